@@ -1,0 +1,1 @@
+"""The decoding cloud: a gRPC server that turns codes back into items (torch-free)."""

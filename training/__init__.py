@@ -1,0 +1,1 @@
+"""Training and export (PyTorch). Only this package imports torch."""

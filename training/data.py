@@ -1,0 +1,26 @@
+"""Data for training: the shared loaders' uint8 items as float tensors in [0, 1], split for validation."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from latent_codec import datasets
+
+
+def load_split(spec: str | None, split: str, limit: int = 0) -> datasets.ArrayDataset:
+    ds = datasets.load(spec, split)
+    if limit and limit < len(ds):
+        ds = datasets.ArrayDataset(ds.x[:limit], None if ds.y is None else ds.y[:limit], ds.source + f"[:{limit}]")
+    return ds
+
+
+def to_tensor(ds: datasets.ArrayDataset) -> torch.Tensor:
+    return torch.from_numpy(datasets.to_unit(ds.x))
+
+
+def train_val_split(x: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """A fixed random split of the training items: validation never sees the test split."""
+    g = np.random.default_rng(seed)
+    idx = g.permutation(len(x))
+    n_val = max(1, int(round(len(x) * val_fraction))) if val_fraction > 0 else 0
+    return x[idx[n_val:]], x[idx[:n_val]]

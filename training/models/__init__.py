@@ -1,0 +1,2 @@
+"""Importing this package registers every model with training.registry."""
+from . import conv, dense  # noqa: F401
