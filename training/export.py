@@ -77,7 +77,7 @@ def export_bundle(checkpoint: Path, out: Path, quant: str = "affine8", entropy: 
                   data: str | None = None) -> Manifest:
     model, cfg, record = load_checkpoint(checkpoint)
     data = data or cfg["data"]
-    train = load_split(data, "train", fit_items)
+    train = load_split(data, "train", fit_items)  # fit_items 0 = the whole training split
     test = load_split(data, "test", test_limit)
     if list(train.item_shape) != list(model.input_shape):
         raise CodecError(f"data items are {train.item_shape}, model was trained on {tuple(model.input_shape)}")

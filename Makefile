@@ -1,0 +1,39 @@
+# Two commands do everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
+
+.PHONY: setup dataset postgres proto demo test test-fast bench-rd bench-ingest bench-variants clean
+
+$(STAMP): requirements/*.txt
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --disable-pip-version-check -r requirements/dev.txt
+	@rm -f $(VENV)/.installed-* && touch $@
+
+setup: $(STAMP) dataset
+
+# Fashion-MNIST from Debian's dataset-fashion-mnist; falls back to digits where it cannot be installed.
+dataset:
+	@bash tools/ensure_dataset.sh
+
+# The PostgreSQL server the storage tests run against (127.0.0.1:5432, database test).
+postgres:
+	@bash tools/ensure_postgres.sh
+
+# Regenerate the gRPC stubs from proto/ (tests/test_proto_stubs.py fails when they are stale).
+proto: $(STAMP)
+	$(PY) tools/gen_proto.py
+
+demo: setup
+	$(PY) -m tools.demo
+
+test: setup postgres
+	$(PY) -m pytest
+
+test-fast: setup
+	$(PY) -m pytest -m "not slow"
+
+clean:
+	rm -rf runs bundles .pytest_cache
