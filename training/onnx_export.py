@@ -15,17 +15,25 @@ OPSET = 18
 PARITY_TOLERANCE = 1e-4
 
 
-def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str]) -> bytes:
-    """Export with a dynamic batch dimension; returns the serialized ModelProto."""
+def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str],
+            varargs_tail: bool = False) -> bytes:
+    """Export with a dynamic batch dimension; returns the serialized ModelProto.
+
+    varargs_tail: forward(first, *rest) -- torch.export binds *rest as one tuple argument, so its
+    dynamic shapes must be nested the same way (the decoder with side inputs, e.g. switches).
+    """
     batch = torch.export.Dim("batch", min=1, max=1 << 20)
     dynamic = {name: {0: batch} for name in input_names}
+    shapes = tuple(dynamic[n] for n in input_names)
+    if varargs_tail:
+        shapes = (shapes[0], shapes[1:])
     buf = io.BytesIO()
     logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" noise
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
             module, args, input_names=input_names, output_names=output_names,
-            dynamic_shapes=tuple(dynamic[n] for n in input_names), dynamo=True,
+            dynamic_shapes=shapes, dynamo=True,
             opset_version=OPSET, verbose=False, optimize=True,
         )
     prog.save(buf) if hasattr(prog, "save") else None
@@ -45,7 +53,7 @@ def export_graphs(model: Autoencoder, sample: torch.Tensor) -> tuple[bytes, byte
         outs = enc(sample)
     outs = outs if isinstance(outs, tuple) else (outs,)
     enc_bytes = _export(enc, (sample,), ["x"], ["code", *side_names])
-    dec_bytes = _export(dec, tuple(outs), ["code", *side_names], ["x_hat"])
+    dec_bytes = _export(dec, tuple(outs), ["code", *side_names], ["x_hat"], varargs_tail=bool(side_names))
     return enc_bytes, dec_bytes
 
 

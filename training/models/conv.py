@@ -1,4 +1,5 @@
-"""Convolutional autoencoder: conv + pooling encoder, transposed-convolution decoder."""
+"""Convolutional autoencoder: conv + pooling (or strided conv) encoder; the decoder mirrors it with
+transposed convolution, average unpooling or max unpooling with switches."""
 from __future__ import annotations
 
 import torch
@@ -6,14 +7,23 @@ from torch import nn
 
 from ..registry import register_model
 from .base import Autoencoder
+from .dense import ACTIVATIONS
+from .unpool import SWITCH_BITS, MaxPoolSwitches, MaxUnpoolSwitches, avg_unpool
+
+UPSAMPLING = ("deconv", "avg", "max")
 
 
 @register_model("conv")
 class ConvAutoencoder(Autoencoder):
     """Conv blocks each halving H and W, a linear bottleneck to code_dim, and the mirror.
 
-    pool: "max" | "avg" (pooling layers) or "stride" (strided convolution).
-    up: "deconv" (transposed convolution, kernel = stride = 2: u x v -> 2u x 2v).
+    pool: "max" | "avg" (2x2 pooling layers) or "stride" (strided convolution).
+    up:   "deconv" transposed convolution, kernel = stride = 2 (u x v -> 2u x 2v), then a 3x3 conv to pixels;
+          "avg"    average unpooling (copy each value into its 2x2 patch) + 3x3 conv per block;
+          "max"    max unpooling with switches (needs pool="max"): the encoder emits, per pooling layer,
+                   the 2-bit position of each window's maximum as a side tensor ("switchesK"), sent
+                   inside the payload, and the decoder puts each value back there (zeros elsewhere).
+    code_activation: applied to the code ("sigmoid" for the KL sparsity penalty).
     """
 
     def __init__(
@@ -23,6 +33,7 @@ class ConvAutoencoder(Autoencoder):
         channels: tuple[int, ...] | list[int] = (32, 64),
         pool: str = "max",
         up: str = "deconv",
+        code_activation: str = "linear",
         output: str = "sigmoid",
         standardize: bool = False,
     ):
@@ -33,33 +44,72 @@ class ConvAutoencoder(Autoencoder):
             raise ValueError(f"input {h}x{w} must be divisible by {factor} for {len(channels)} pooling stages")
         if pool not in ("max", "avg", "stride"):
             raise ValueError(f"pool must be max, avg or stride, got {pool!r}")
-        if up not in ("deconv",):
-            raise ValueError(f"up must be 'deconv', got {up!r}")
+        if up not in UPSAMPLING:
+            raise ValueError(f"up must be one of {', '.join(UPSAMPLING)}, got {up!r}")
+        if up == "max" and pool != "max":
+            raise ValueError("up='max' (max unpooling) needs the switches of max pooling layers: use pool='max'")
+        if code_activation not in ACTIVATIONS:
+            raise ValueError(f"code_activation must be one of {sorted(ACTIVATIONS)}, got {code_activation!r}")
         enc: list[nn.Module] = []
         prev = c_in
         for c in channels:
             if pool == "stride":
                 enc += [nn.Conv2d(prev, c, 3, stride=2, padding=1), nn.ReLU()]
             else:
-                enc += [nn.Conv2d(prev, c, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2) if pool == "max" else nn.AvgPool2d(2)]
+                p = (MaxPoolSwitches() if up == "max" else nn.MaxPool2d(2)) if pool == "max" else nn.AvgPool2d(2)
+                enc += [nn.Conv2d(prev, c, 3, padding=1), nn.ReLU(), p]
             prev = c
         self.features = nn.Sequential(*enc)
         self.bottom = (prev, h // factor, w // factor)
         flat = prev * (h // factor) * (w // factor)
         self.to_code = nn.Linear(flat, code_dim)
+        self.code_act = ACTIVATIONS[code_activation]()
         self.from_code = nn.Linear(code_dim, flat)
-        dec: list[nn.Module] = []
         rev = list(channels)[::-1]
-        for i, c in enumerate(rev):
-            nxt = rev[i + 1] if i + 1 < len(rev) else c
-            dec += [nn.ConvTranspose2d(c, nxt, 2, stride=2), nn.ReLU()]
-        dec.append(nn.Conv2d(rev[-1], c_in, 3, padding=1))  # mix the last upsampled features to pixels
-        self.upsample = nn.Sequential(*dec)
-        self.args.update(code_dim=code_dim, channels=list(channels), pool=pool, up=up)
+        self.up = up
+        if up == "deconv":
+            dec: list[nn.Module] = []
+            for i, c in enumerate(rev):
+                nxt = rev[i + 1] if i + 1 < len(rev) else c
+                dec += [nn.ConvTranspose2d(c, nxt, 2, stride=2), nn.ReLU()]
+            dec.append(nn.Conv2d(rev[-1], c_in, 3, padding=1))  # mix the last upsampled features to pixels
+            self.upsample = nn.Sequential(*dec)
+        else:
+            # Mirror of each encoder block (conv, relu, pool): unpool, then a 3x3 conv back to the
+            # block's input channels (ReLU except on the last, which gives pixel logits).
+            self.unconvs = nn.ModuleList(
+                nn.Conv2d(c, rev[i + 1] if i + 1 < len(rev) else c_in, 3, padding=1) for i, c in enumerate(rev)
+            )
+            self.unpool = MaxUnpoolSwitches() if up == "max" else None
+        # Switch side tensors, outermost pooling layer first: switchesK is [C_K, H / 2^(K+1), W / 2^(K+1)].
+        self._switch_shapes = [[c, h // 2 ** (k + 1), w // 2 ** (k + 1)] for k, c in enumerate(channels)] \
+            if up == "max" else []
+        self.args.update(code_dim=code_dim, channels=list(channels), pool=pool, up=up,
+                         code_activation=code_activation)
+
+    def side_fields(self) -> list[dict]:
+        return [{"name": f"switches{k}", "shape": s, "bits": SWITCH_BITS} for k, s in enumerate(self._switch_shapes)]
 
     def encode(self, x):
-        return self.to_code(self.features(x).flatten(1)), {}
+        side: dict[str, torch.Tensor] = {}
+        h = x
+        for m in self.features:
+            if isinstance(m, MaxPoolSwitches):
+                h, s = m(h)
+                side[f"switches{len(side)}"] = s
+            else:
+                h = m(h)
+        return self.code_act(self.to_code(h.flatten(1))), side
 
     def decode_logits(self, code, side):
         h = torch.relu(self.from_code(code)).view(-1, *self.bottom)
-        return self.upsample(h)
+        if self.up == "deconv":
+            return self.upsample(h)
+        n = len(self.unconvs)
+        for i, conv in enumerate(self.unconvs):
+            level = n - 1 - i  # the encoder pooling layer this block mirrors
+            h = self.unpool(h, side[f"switches{level}"]) if self.up == "max" else avg_unpool(h)
+            h = conv(h)
+            if i < n - 1:
+                h = torch.relu(h)
+        return h
