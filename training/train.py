@@ -21,7 +21,10 @@ from tqdm import tqdm
 
 from latent_codec.errors import CodecError
 from training.data import load_split, to_tensor, train_val_split
+from training.noise import Corruption
 from training.registry import build_model, model_names
+from training.regularizers import Regularizers
+from training.stacked import pretrain_stacked
 
 
 @dataclass
@@ -37,6 +40,14 @@ class TrainConfig:
     val_fraction: float = 0.1  # held out from train for the per-epoch validation loss
     seed: int = 0
     threads: int = 0  # torch intra-op threads (0 = torch's default)
+    # Autoencoder family (docs/models.md): denoising, sparse, contractive, stacked. 0 = off.
+    mask_noise: float = 0.0  # denoising: each input pixel set to 0 with probability q (training/noise.py)
+    gauss_noise: float = 0.0  # denoising: additive N(0, sigma^2) on [0, 1] inputs
+    l1: float = 0.0  # sparse: lambda * sum |code| per item (training/regularizers.py)
+    kl_sparsity: float = 0.0  # sparse: beta * sum_l KL(rho || rho_hat_l); needs sigmoid codes
+    sparsity_target: float = 0.05  # rho, the target mean activation for kl_sparsity
+    contractive: float = 0.0  # contractive: lambda * ||d code / d x||_F^2 per item
+    pretrain_epochs: int = 0  # stacked: greedy layer-wise pre-training epochs per layer (training/stacked.py)
 
 
 def _set_seed(seed: int) -> None:
@@ -67,12 +78,15 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, dic
     x_train, x_val = train_val_split(x_all, cfg.val_fraction, cfg.seed)
     model = build_model(cfg.model, {"input_shape": list(ds.item_shape), **cfg.model_args})
     model.set_input_stats(x_train.mean(0), x_train.std(0))
+    corrupt = Corruption.from_config(cfg)  # denoising (identity when off)
+    reg = Regularizers.from_config(cfg, model, denoising=corrupt.active)  # refuses unregularised overcomplete codes
     opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
     g = torch.Generator().manual_seed(cfg.seed)
     history = []
     t0 = time.perf_counter()
+    pre = pretrain_stacked(model, x_train, cfg, corrupt, progress) if cfg.pretrain_epochs else None
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         perm = torch.randperm(len(x_train), generator=g)
@@ -81,8 +95,10 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, dic
         total = 0.0
         for i in bar:
             xb = x_train[perm[i : i + cfg.batch_size]]
-            out = model(xb)
+            x_in = corrupt(xb)  # denoising: the model sees x~, the loss compares with the clean xb
+            out = model(x_in)
             loss = model.reconstruction_loss(out, xb)
+            loss = loss + reg(model, x_in, out)  # sparse / contractive penalties (0 when off)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
@@ -92,6 +108,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, dic
         val = evaluate(model, x_val) if len(x_val) else {}
         rec = {"epoch": epoch, "train_loss": total / len(x_train), **{f"val_{k}": v for k, v in val.items()},
                "seconds": time.perf_counter() - t0}
+        rec.update(reg.epoch_report(progress))  # sparse: mean code activation rho_hat per unit
         history.append(rec)
         if progress:
             print(f"epoch {epoch}: train loss {rec['train_loss']:.3f}  val loss {val.get('loss', float('nan')):.3f}  "
@@ -99,6 +116,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, dic
     record = {"history": history, "data": {"spec": cfg.data, "source": ds.source, "items": len(x_train),
                                            "val_items": len(x_val), "shape": list(ds.item_shape)},
               "train_seconds": time.perf_counter() - t0}
+    if pre is not None:
+        record["pretraining"] = pre
     return model, record
 
 
@@ -153,6 +172,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--mask-noise", type=float, default=0.0, metavar="Q", help="denoising: masking probability q")
+    p.add_argument("--gauss-noise", type=float, default=0.0, metavar="SIGMA", help="denoising: additive Gaussian sigma")
+    p.add_argument("--l1", type=float, default=0.0, metavar="LAMBDA", help="sparse: L1 penalty on code activations")
+    p.add_argument("--kl-sparsity", type=float, default=0.0, metavar="BETA",
+                   help="sparse: KL penalty towards --sparsity-target (needs code_activation='sigmoid')")
+    p.add_argument("--sparsity-target", type=float, default=TrainConfig.sparsity_target, metavar="RHO")
+    p.add_argument("--contractive", type=float, default=0.0, metavar="LAMBDA",
+                   help="contractive: squared Frobenius norm of the encoder Jacobian")
+    p.add_argument("--pretrain-epochs", type=int, default=0, metavar="N",
+                   help="stacked: greedy layer-wise pre-training epochs per layer, then --epochs of fine-tuning")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -169,7 +198,10 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         model_args[k.strip()] = _parse_value(v.strip())
     return TrainConfig(model=args.model, model_args=model_args, data=args.data, limit=args.limit,
                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       weight_decay=args.weight_decay, seed=args.seed, threads=args.threads)
+                       weight_decay=args.weight_decay, seed=args.seed, threads=args.threads,
+                       mask_noise=args.mask_noise, gauss_noise=args.gauss_noise, l1=args.l1,
+                       kl_sparsity=args.kl_sparsity, sparsity_target=args.sparsity_target,
+                       contractive=args.contractive, pretrain_epochs=args.pretrain_epochs)
 
 
 def main(argv: list[str] | None = None) -> int:
