@@ -120,6 +120,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     e.add_argument("--keep-reconstructions", type=Path, default=None, help="save reconstructions to this .npy")
     e.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     e.add_argument("--no-progress", action="store_true")
+    from .ingest import add_arguments as add_ingest_arguments
+
+    add_ingest_arguments(sub.add_parser(
+        "ingest", help="spool items and upload them durably; resumes after a crash, retries while offline"))
     return p.parse_args(argv)
 
 
@@ -131,6 +135,10 @@ def main(argv: list[str] | None = None) -> int:
             print(report.format())
             if args.json:
                 args.json.write_text(json.dumps(report.to_dict(), indent=1))
+        elif args.command == "ingest":
+            from .ingest import main_ingest
+
+            return main_ingest(args)
     except CodecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -1,0 +1,265 @@
+"""Durable ingest, fetch and listing over a Store: validation, status codes, decode-on-read.
+
+Ack semantics: each IngestRequest gets exactly one IngestAck, in request order,
+sent only after the request's items are committed in one transaction. A
+request the server cannot take (bad field, conflicting item id) aborts the
+stream with a status naming the field; nothing of that request is stored, and
+everything acknowledged before it stays stored.
+
+Items for bundles this server does not hold are accepted and stored: during
+a rollout a device can be ahead of a replica, and refusing would leave data
+stuck on the device. Fetch then reports them with an error instead of a
+reconstruction. Items for held bundles are checked against the manifest
+(size, symbols, entropy-coded stream) before they are stored.
+"""
+from __future__ import annotations
+
+import logging
+import time
+from typing import Iterator
+
+import grpc
+
+from latent_codec.errors import PayloadError
+from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
+
+from .bundles import BundleRegistry, LoadedBundle
+from .decoding import decode_payloads, reconstruction_tensor
+from .store import ItemConflict, NewItem, Store, StoredRecord, StoreError, StoreUnavailable, open_store
+
+log = logging.getLogger(__name__)
+
+MAX_ID_CHARS = 256
+MAX_ITEMS_PER_REQUEST = 10_000
+MAX_PAYLOAD_BYTES = 1 << 20
+DEFAULT_FETCH_LIMIT = 10_000
+MAX_FETCH_LIMIT = 100_000
+FETCH_CHUNK = 256  # items per FetchResponse message
+DECODE_CHUNK = 1024  # items per decoder run
+FORMATS = (pb.RECONSTRUCTION_FORMAT_UINT8, pb.RECONSTRUCTION_FORMAT_FLOAT32, pb.RECONSTRUCTION_FORMAT_NONE)
+
+
+def _now_ms() -> int:
+    return int(time.time() * 1000)
+
+
+def _check_id(value: str, field: str) -> str | None:
+    if not value:
+        return f"{field} is empty"
+    if len(value) > MAX_ID_CHARS:
+        return f"{field} is {len(value)} characters; the limit is {MAX_ID_CHARS}"
+    if not value.isprintable():
+        return f"{field} {value[:40]!r} contains control characters"
+    return None
+
+
+def validate_payloads(lb: LoadedBundle, payloads: list[bytes]) -> int | None:
+    """Index of the first payload that does not decode under the bundle's manifest, or None if all do."""
+    spec = lb.bundle.manifest.payload
+    try:
+        spec.unpack(payloads)
+        return None
+    except Exception:  # PayloadError, or the entropy coder's own error on garbage: find the culprit
+        for i, p in enumerate(payloads):
+            try:
+                spec.unpack([p])
+            except Exception:
+                return i
+        return 0
+
+
+def payload_problem(lb: LoadedBundle, payload: bytes) -> str:
+    spec = lb.bundle.manifest.payload
+    try:
+        spec.unpack([payload])
+    except PayloadError as exc:
+        return str(exc).removeprefix("item 0: ")
+    except Exception as exc:
+        return f"payload does not decode ({type(exc).__name__})"
+    return "payload does not decode"
+
+
+class IngestService:
+    def __init__(self, store: Store, registry: BundleRegistry):
+        self.store = store
+        self.registry = registry
+
+    @classmethod
+    def from_url(cls, url: str, registry: BundleRegistry) -> "IngestService":
+        return cls(open_store(url), registry)
+
+    def close(self) -> None:
+        self.store.close()
+
+    # ---- ingest -------------------------------------------------------------
+    def _items_of(self, req: pb.IngestRequest, n: int, context) -> list[NewItem]:
+        """Validated items of the n-th request of a stream; aborts with INVALID_ARGUMENT naming the field."""
+        def bad(msg: str):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request {n}: {msg}")
+
+        problem = _check_id(req.device_id, "device_id")
+        if problem:
+            bad(problem)
+        if not req.items:
+            bad("items is empty: send at least one item")
+        if len(req.items) > MAX_ITEMS_PER_REQUEST:
+            bad(f"{len(req.items)} items in one request; the limit is {MAX_ITEMS_PER_REQUEST}")
+        seen: set[str] = set()
+        by_bundle: dict[str, list[int]] = {}
+        for k, it in enumerate(req.items):
+            where = f"items[{k}]"
+            for value, field in ((it.item_id, "item_id"), (it.bundle_id, "bundle_id")):
+                problem = _check_id(value, f"{where}.{field}")
+                if problem:
+                    bad(problem)
+            if it.item_id in seen:
+                bad(f"{where}.item_id {it.item_id!r} appears twice in this request")
+            seen.add(it.item_id)
+            if not it.payload:
+                bad(f"{where}.payload is empty")
+            if len(it.payload) > MAX_PAYLOAD_BYTES:
+                bad(f"{where}.payload is {len(it.payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+            if it.captured_at_ms < 0:
+                bad(f"{where}.captured_at_ms is negative ({it.captured_at_ms})")
+            by_bundle.setdefault(it.bundle_id, []).append(k)
+        for bundle_id, idx in by_bundle.items():
+            lb = self.registry.get(bundle_id)
+            if lb is None:
+                continue  # stored as is; see the module docstring
+            spec = lb.bundle.manifest.payload
+            if spec.item_bytes is not None:
+                for k in idx:
+                    size = len(req.items[k].payload)
+                    if size != spec.item_bytes:
+                        bad(f"items[{k}].payload is {size} bytes; bundle {bundle_id} ({spec.format}) "
+                            f"needs exactly {spec.item_bytes}")
+            first = validate_payloads(lb, [req.items[k].payload for k in idx])
+            if first is not None:
+                k = idx[first]
+                bad(f"items[{k}].payload does not fit bundle {bundle_id} ({spec.format}): "
+                    f"{payload_problem(lb, req.items[k].payload)}")
+        return [NewItem(req.device_id, it.item_id, it.bundle_id, bytes(it.payload), int(it.captured_at_ms))
+                for it in req.items]
+
+    def ingest(self, request_iterator: Iterator[pb.IngestRequest], context) -> Iterator[pb.IngestAck]:
+        for n, req in enumerate(request_iterator):
+            items = self._items_of(req, n, context)
+            try:
+                dup = self.store.put_many(items, _now_ms())
+            except ItemConflict as exc:
+                context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request {n}: {exc}")
+            except StoreUnavailable as exc:
+                log.warning("ingest: %s", exc)
+                context.abort(grpc.StatusCode.UNAVAILABLE, f"the store is unavailable, retry later ({exc})")
+            except StoreError as exc:
+                log.error("ingest: %s", exc)
+                context.abort(grpc.StatusCode.INTERNAL, f"storing failed: {exc}")
+            yield pb.IngestAck(item_ids=[it.item_id for it in items], duplicates=dup)
+
+    # ---- fetch --------------------------------------------------------------
+    def _records(self, req: pb.FetchRequest, context) -> tuple[list[StoredRecord], list[str]]:
+        def bad(msg: str):
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, msg)
+
+        if req.reconstruction_format not in FORMATS:
+            bad(f"reconstruction_format {req.reconstruction_format} is unknown")
+        if req.limit > MAX_FETCH_LIMIT:
+            bad(f"limit {req.limit} exceeds the maximum of {MAX_FETCH_LIMIT}")
+        limit = req.limit or DEFAULT_FETCH_LIMIT
+        if req.item_ids:
+            if req.since_ms or req.until_ms:
+                bad("give either item_ids or a time range (since_ms/until_ms), not both")
+            if len(req.item_ids) > limit:
+                bad(f"{len(req.item_ids)} item_ids; the limit is {limit}")
+            for k, item_id in enumerate(req.item_ids):
+                problem = _check_id(item_id, f"item_ids[{k}]")
+                if problem:
+                    bad(problem)
+            if req.device_id:
+                problem = _check_id(req.device_id, "device_id")
+                if problem:
+                    bad(problem)
+            records = self.store.get(list(req.item_ids), req.device_id)
+            found = {r.item_id for r in records}
+            return records, [i for i in dict.fromkeys(req.item_ids) if i not in found]
+        problem = _check_id(req.device_id, "device_id")
+        if problem:
+            bad(f"{problem}: give item_ids, or a device_id and optionally a time range")
+        if req.since_ms < 0 or req.until_ms < 0:
+            bad("since_ms and until_ms must not be negative")
+        if req.until_ms and req.until_ms <= req.since_ms:
+            bad(f"until_ms {req.until_ms} is not after since_ms {req.since_ms}")
+        return self.store.query(req.device_id, req.since_ms, req.until_ms, limit), []
+
+    def _stored_items(self, records: list[StoredRecord], req: pb.FetchRequest) -> list[pb.StoredItem]:
+        out = [pb.StoredItem(item_id=r.item_id, device_id=r.device_id, bundle_id=r.bundle_id,
+                             captured_at_ms=r.captured_at_ms, stored_at_ms=r.stored_at_ms,
+                             payload=r.payload) for r in records]
+        if req.codes_only:
+            return out
+        by_bundle: dict[str, list[int]] = {}
+        for k, r in enumerate(records):
+            by_bundle.setdefault(r.bundle_id, []).append(k)
+        for bundle_id, idx in by_bundle.items():
+            lb = self.registry.get(bundle_id)
+            if lb is None:
+                for k in idx:
+                    out[k].error = (f"bundle {bundle_id} is not held by this server; the stored payload is "
+                                    f"returned undecoded")
+                continue
+            for s in range(0, len(idx), DECODE_CHUNK):
+                self._decode_into(lb, [idx[j] for j in range(s, min(s + DECODE_CHUNK, len(idx)))], records, out,
+                                  req.reconstruction_format)
+        return out
+
+    def _decode_into(self, lb: LoadedBundle, idx: list[int], records: list[StoredRecord],
+                     out: list[pb.StoredItem], fmt: int) -> None:
+        try:
+            rec = decode_payloads(lb, [records[k].payload for k in idx])
+        except Exception:  # one bad stored payload must not hide the others: decode one by one
+            if len(idx) > 1:
+                for k in idx:
+                    self._decode_into(lb, [k], records, out, fmt)
+                return
+            k = idx[0]
+            out[k].error = f"cannot decode with bundle {lb.bundle.bundle_id}: {payload_problem(lb, records[k].payload)}"
+            return
+        for j, k in enumerate(idx):
+            t = reconstruction_tensor(lb, rec[j : j + 1], fmt)
+            if t is not None:
+                out[k].reconstruction.CopyFrom(t)
+
+    def fetch(self, request: pb.FetchRequest, context) -> Iterator[pb.FetchResponse]:
+        try:
+            records, missing = self._records(request, context)
+        except StoreUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the store is unavailable, retry later ({exc})")
+        except StoreError as exc:
+            context.abort(grpc.StatusCode.INTERNAL, f"reading the store failed: {exc}")
+        if not records:
+            yield pb.FetchResponse(missing_ids=missing)
+            return
+        for s in range(0, len(records), FETCH_CHUNK):
+            chunk = records[s : s + FETCH_CHUNK]
+            yield pb.FetchResponse(items=self._stored_items(chunk, request), missing_ids=missing if s == 0 else [])
+
+    # ---- listing ------------------------------------------------------------
+    def list_stored(self, request: pb.ListStoredRequest, context) -> pb.ListStoredResponse:
+        if request.device_id:
+            problem = _check_id(request.device_id, "device_id")
+            if problem:
+                context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        try:
+            rows = self.store.summaries(request.device_id)
+        except StoreUnavailable as exc:
+            context.abort(grpc.StatusCode.UNAVAILABLE, f"the store is unavailable, retry later ({exc})")
+        except StoreError as exc:
+            context.abort(grpc.StatusCode.INTERNAL, f"reading the store failed: {exc}")
+        resp = pb.ListStoredResponse(
+            summaries=[pb.StoredSummary(device_id=r.device_id, bundle_id=r.bundle_id, items=r.items,
+                                        payload_bytes=r.payload_bytes,
+                                        bundle_available=self.registry.get(r.bundle_id) is not None)
+                       for r in rows])
+        resp.total_items = sum(r.items for r in rows)
+        resp.total_payload_bytes = sum(r.payload_bytes for r in rows)
+        return resp

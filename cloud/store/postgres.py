@@ -1,0 +1,175 @@
+"""PostgreSQL store (psycopg 3): for several stateless server replicas sharing one database.
+
+One INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING per batch: one
+round trip however many items, and concurrent replicas writing the same item
+serialise on its primary key, so it is stored once and both acknowledge it.
+Connections come from a small thread-safe pool; a connection that failed is
+discarded, and connection failures surface as StoreUnavailable (retryable).
+"""
+from __future__ import annotations
+
+import queue
+import threading
+from contextlib import contextmanager
+from typing import Iterator, Sequence
+
+import psycopg
+
+from .base import (ItemConflict, NewItem, Store, StoredRecord, StoreError, StoreUnavailable, Summary,
+                   conflict_message, same_content)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ingested_items (
+  device_id      text   NOT NULL,
+  item_id        text   NOT NULL,
+  bundle_id      text   NOT NULL,
+  payload        bytea  NOT NULL,
+  captured_at_ms bigint NOT NULL,
+  stored_at_ms   bigint NOT NULL,
+  PRIMARY KEY (device_id, item_id)
+);
+CREATE INDEX IF NOT EXISTS ingested_items_by_time ON ingested_items (device_id, captured_at_ms, item_id);
+"""
+SCHEMA_LOCK = 0x61656364  # pg_advisory_xact_lock key: replicas starting together create the schema once
+COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms"
+INSERT = (f"INSERT INTO ingested_items ({COLUMNS}) "
+          "SELECT d, i, b, p, c, %s::bigint FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], "
+          "%s::bigint[]) AS t(d, i, b, p, c) "
+          "ON CONFLICT (device_id, item_id) DO NOTHING RETURNING device_id, item_id")
+
+
+def _redact(url: str) -> str:
+    """The URL without a password, for messages."""
+    if "@" in url and "://" in url:
+        scheme, rest = url.split("://", 1)
+        cred, host = rest.rsplit("@", 1)
+        return f"{scheme}://{cred.split(':', 1)[0]}@{host}"
+    return url
+
+
+def _record(row) -> StoredRecord:
+    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]))
+
+
+class PostgresStore(Store):
+    def __init__(self, url: str, pool_size: int = 8, connect_timeout_s: int = 5):
+        self.url = url
+        self.where = _redact(url)
+        self._timeout = connect_timeout_s
+        self._idle: queue.LifoQueue[psycopg.Connection] = queue.LifoQueue()
+        self._slots = threading.BoundedSemaphore(pool_size)
+        self._closed = False
+        with self._conn() as conn:
+            try:
+                with conn.transaction():
+                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                    for stmt in filter(str.strip, SCHEMA.split(";")):
+                        conn.execute(stmt)
+            except psycopg.Error as exc:
+                raise StoreError(f"store {self.where}: cannot create the schema ({exc})".strip()) from None
+
+    def _connect(self) -> psycopg.Connection:
+        try:
+            return psycopg.connect(self.url, connect_timeout=self._timeout, autocommit=True)
+        except psycopg.OperationalError as exc:
+            raise StoreUnavailable(f"store {self.where} is unreachable ({str(exc).strip()})") from None
+        except psycopg.Error as exc:
+            raise StoreError(f"store {self.where}: {str(exc).strip()}") from None
+
+    @contextmanager
+    def _conn(self) -> Iterator[psycopg.Connection]:
+        if self._closed:
+            raise StoreError(f"store {self.where} is closed")
+        self._slots.acquire()
+        conn = None
+        try:
+            try:
+                conn = self._idle.get_nowait()
+            except queue.Empty:
+                conn = self._connect()
+            if conn.closed or conn.broken:
+                conn = self._connect()
+            yield conn
+            self._idle.put(conn)
+        except StoreError:  # our own refusal (e.g. ItemConflict) after a clean rollback: keep the connection
+            self._idle.put(conn)
+            raise
+        except psycopg.OperationalError as exc:
+            if conn is not None:
+                conn.close()
+            raise StoreUnavailable(f"store {self.where} failed ({str(exc).strip()})") from None
+        except psycopg.Error as exc:
+            if conn is not None:
+                conn.close()
+            raise StoreError(f"store {self.where}: {str(exc).strip()}") from None
+        except BaseException:
+            if conn is not None:
+                conn.close()
+            raise
+        finally:
+            self._slots.release()
+
+    def put_many(self, items: Sequence[NewItem], stored_at_ms: int) -> int:
+        if not items:
+            return 0
+        with self._conn() as conn, conn.transaction():
+            cols = ([it.device_id for it in items], [it.item_id for it in items], [it.bundle_id for it in items],
+                    [it.payload for it in items], [it.captured_at_ms for it in items])
+            inserted = set(conn.execute(INSERT, (stored_at_ms, *cols)).fetchall())
+            rest = [it for it in items if (it.device_id, it.item_id) not in inserted]
+            if not rest:
+                return 0
+            rows = conn.execute(
+                "SELECT device_id, item_id, bundle_id, payload FROM ingested_items "
+                "WHERE (device_id, item_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
+                ([it.device_id for it in rest], [it.item_id for it in rest])).fetchall()
+            old = {(d, i): (b, bytes(p)) for d, i, b, p in rows}
+            for it in rest:
+                prev = old.get((it.device_id, it.item_id))
+                if prev is None:  # cannot happen: the row conflicted, so it exists and is committed
+                    raise StoreError(f"item {it.item_id!r} conflicted but is not stored")
+                if not same_content(prev[0], prev[1], it.bundle_id, it.payload):
+                    raise ItemConflict(conflict_message(it))  # rolls the transaction back
+            return len(rest)
+
+    def get(self, item_ids: Sequence[str], device_id: str = "") -> list[StoredRecord]:
+        ids = list(dict.fromkeys(item_ids))
+        q = f"SELECT {COLUMNS} FROM ingested_items WHERE item_id = ANY(%s::text[])"
+        args: list = [ids]
+        if device_id:
+            q += " AND device_id = %s"
+            args.append(device_id)
+        with self._conn() as conn:
+            out = [_record(r) for r in conn.execute(q, args)]
+        order = {k: n for n, k in enumerate(ids)}
+        out.sort(key=lambda r: (order[r.item_id], r.device_id))
+        return out
+
+    def query(self, device_id: str, since_ms: int, until_ms: int, limit: int) -> list[StoredRecord]:
+        q = f"SELECT {COLUMNS} FROM ingested_items WHERE device_id = %s AND captured_at_ms >= %s"
+        args: list = [device_id, since_ms]
+        if until_ms:
+            q += " AND captured_at_ms < %s"
+            args.append(until_ms)
+        q += " ORDER BY captured_at_ms, item_id LIMIT %s"
+        args.append(limit)
+        with self._conn() as conn:
+            return [_record(r) for r in conn.execute(q, args)]
+
+    def summaries(self, device_id: str = "") -> list[Summary]:
+        q = "SELECT device_id, bundle_id, COUNT(*), SUM(octet_length(payload)) FROM ingested_items"
+        args: list = []
+        if device_id:
+            q += " WHERE device_id = %s"
+            args.append(device_id)
+        q += " GROUP BY device_id, bundle_id ORDER BY device_id, bundle_id"
+        with self._conn() as conn:
+            return [Summary(d, b, int(n), int(s or 0)) for d, b, n, s in conn.execute(q, args)]
+
+    def close(self) -> None:
+        self._closed = True
+        while True:
+            try:
+                self._idle.get_nowait().close()
+            except queue.Empty:
+                break

@@ -1,0 +1,152 @@
+"""SQLite store: the embedded default. WAL mode, synchronous=FULL, one writer at a time.
+
+synchronous=FULL makes a commit durable against power loss, not only against a
+crashed process, which is what an acknowledgement promises. Writers take the
+write lock up front (BEGIN IMMEDIATE) so the duplicate check and the insert
+see the same state.
+"""
+from __future__ import annotations
+
+import sqlite3
+import threading
+from pathlib import Path
+from typing import Sequence
+
+from .base import (ItemConflict, NewItem, Store, StoredRecord, StoreError, StoreUnavailable, Summary,
+                   conflict_message, same_content)
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS ingested_items (
+  device_id      TEXT    NOT NULL,
+  item_id        TEXT    NOT NULL,
+  bundle_id      TEXT    NOT NULL,
+  payload        BLOB    NOT NULL,
+  captured_at_ms INTEGER NOT NULL,
+  stored_at_ms   INTEGER NOT NULL,
+  PRIMARY KEY (device_id, item_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS ingested_items_by_time ON ingested_items (device_id, captured_at_ms, item_id);
+"""
+COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms"
+CHUNK = 400  # ids per IN (...) query, well under SQLite's variable limit
+
+
+def _record(row) -> StoredRecord:
+    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]))
+
+
+class SqliteStore(Store):
+    def __init__(self, path: str | Path, busy_timeout_s: float = 10.0):
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise StoreError(f"store {self.path}: directory {self.path.parent} does not exist")
+        self._lock = threading.Lock()
+        try:
+            self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
+                                       check_same_thread=False)
+            mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
+            if mode.lower() != "wal":
+                raise StoreError(f"store {self.path}: cannot switch to WAL mode (got {mode})")
+            self._db.execute("PRAGMA synchronous=FULL")
+            self._db.executescript(SCHEMA)
+        except sqlite3.DatabaseError as exc:
+            raise StoreError(f"store {self.path}: {exc}") from None
+
+    def _fail(self, exc: sqlite3.Error) -> StoreError:
+        if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
+            return StoreUnavailable(f"store {self.path} is busy ({exc})")
+        return StoreError(f"store {self.path}: {exc}")
+
+    def put_many(self, items: Sequence[NewItem], stored_at_ms: int) -> int:
+        if not items:
+            return 0
+        with self._lock:
+            db = self._db
+            try:
+                db.execute("BEGIN IMMEDIATE")
+                try:
+                    existing = self._existing(items)
+                    dup = 0
+                    fresh = []
+                    for it in items:
+                        old = existing.get((it.device_id, it.item_id))
+                        if old is None:
+                            fresh.append((it.device_id, it.item_id, it.bundle_id, it.payload, it.captured_at_ms,
+                                          stored_at_ms))
+                        elif same_content(old[0], old[1], it.bundle_id, it.payload):
+                            dup += 1
+                        else:
+                            raise ItemConflict(conflict_message(it))
+                    db.executemany(f"INSERT INTO ingested_items ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", fresh)
+                    db.execute("COMMIT")
+                    return dup
+                except BaseException:
+                    if db.in_transaction:
+                        db.execute("ROLLBACK")
+                    raise
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+
+    def _existing(self, items: Sequence[NewItem]) -> dict[tuple[str, str], tuple[str, bytes]]:
+        by_device: dict[str, list[str]] = {}
+        for it in items:
+            by_device.setdefault(it.device_id, []).append(it.item_id)
+        found = {}
+        for device, ids in by_device.items():
+            for i in range(0, len(ids), CHUNK):
+                part = ids[i : i + CHUNK]
+                q = (f"SELECT item_id, bundle_id, payload FROM ingested_items WHERE device_id = ? "
+                     f"AND item_id IN ({','.join('?' * len(part))})")
+                for item_id, bundle_id, payload in self._db.execute(q, [device, *part]):
+                    found[(device, item_id)] = (bundle_id, bytes(payload))
+        return found
+
+    def get(self, item_ids: Sequence[str], device_id: str = "") -> list[StoredRecord]:
+        out: list[StoredRecord] = []
+        ids = list(dict.fromkeys(item_ids))
+        with self._lock:
+            try:
+                for i in range(0, len(ids), CHUNK):
+                    part = ids[i : i + CHUNK]
+                    q = f"SELECT {COLUMNS} FROM ingested_items WHERE item_id IN ({','.join('?' * len(part))})"
+                    args: list = list(part)
+                    if device_id:
+                        q += " AND device_id = ?"
+                        args.append(device_id)
+                    out.extend(_record(r) for r in self._db.execute(q, args))
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+        order = {k: n for n, k in enumerate(ids)}
+        out.sort(key=lambda r: (order[r.item_id], r.device_id))
+        return out
+
+    def query(self, device_id: str, since_ms: int, until_ms: int, limit: int) -> list[StoredRecord]:
+        q = f"SELECT {COLUMNS} FROM ingested_items WHERE device_id = ? AND captured_at_ms >= ?"
+        args: list = [device_id, since_ms]
+        if until_ms:
+            q += " AND captured_at_ms < ?"
+            args.append(until_ms)
+        q += " ORDER BY captured_at_ms, item_id LIMIT ?"
+        args.append(limit)
+        with self._lock:
+            try:
+                return [_record(r) for r in self._db.execute(q, args)]
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+
+    def summaries(self, device_id: str = "") -> list[Summary]:
+        q = "SELECT device_id, bundle_id, COUNT(*), SUM(LENGTH(payload)) FROM ingested_items"
+        args: list = []
+        if device_id:
+            q += " WHERE device_id = ?"
+            args.append(device_id)
+        q += " GROUP BY device_id, bundle_id ORDER BY device_id, bundle_id"
+        with self._lock:
+            try:
+                return [Summary(d, b, int(n), int(s or 0)) for d, b, n, s in self._db.execute(q, args)]
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
