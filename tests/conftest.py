@@ -54,7 +54,7 @@ def fashion_bundle(tmp_path_factory) -> Path:
 def digits_bundle(tmp_path_factory) -> Path:
     """An 8x8 digits model (scikit-learn data, always available), entropy-coded 6-bit codes."""
     return train_and_export(tmp_path_factory.mktemp("digits"), "dense", {"code_dim": 8, "hidden": [32]},
-                            data="digits", epochs=15, limit=0, quant="affine6", entropy=True,
+                            data="digits", epochs=80, limit=0, batch_size=64, quant="affine6", entropy=True,
                             test_limit=0, fit_items=0)
 
 

@@ -1,0 +1,117 @@
+"""Loaders read real formats and fail with messages that name the problem."""
+from __future__ import annotations
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from latent_codec import datasets
+from latent_codec.errors import DataError
+from tests.conftest import need_fashion
+
+
+def write_idx(path, arr: np.ndarray, gz: bool = False) -> None:
+    header = struct.pack(">BBBB", 0, 0, 0x08, arr.ndim) + struct.pack(f">{arr.ndim}I", *arr.shape)
+    data = header + arr.astype(np.uint8).tobytes()
+    if gz:
+        with gzip.open(path, "wb") as f:
+            f.write(data)
+    else:
+        path.write_bytes(data)
+
+
+def test_idx_folder_roundtrip_plain_and_gz(tmp_path):
+    rng = np.random.default_rng(0)
+    imgs = rng.integers(0, 256, size=(5, 6, 4), dtype=np.uint8)
+    labels = np.arange(5, dtype=np.uint8)
+    write_idx(tmp_path / "t10k-images-idx3-ubyte.gz", imgs, gz=True)
+    write_idx(tmp_path / "t10k-labels-idx1-ubyte", labels)
+    ds = datasets.load(tmp_path, "test")
+    assert ds.x.shape == (5, 1, 6, 4) and ds.x.dtype == np.uint8
+    np.testing.assert_array_equal(ds.x[:, 0], imgs)
+    np.testing.assert_array_equal(ds.y, labels)
+    u = datasets.to_unit(ds.x)
+    assert u.dtype == np.float32 and 0.0 <= u.min() and u.max() <= 1.0
+    assert u.max() == pytest.approx(imgs.max() / 255.0)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        (b"", "bad magic"),
+        (b"\x01\x02\x08\x03", "bad magic"),
+        (b"\x00\x00\x08\x03\x00\x00", "truncated IDX header"),
+        (b"\x00\x00\x08\x01" + struct.pack(">I", 10) + b"\x00" * 3, r"declares shape \(10,\)"),
+        (b"\x00\x00\x42\x01" + struct.pack(">I", 1) + b"\x00", "unknown IDX element type"),
+    ],
+)
+def test_malformed_idx_is_named(tmp_path, content, message):
+    p = tmp_path / "bad-images-idx3-ubyte"
+    p.write_bytes(content)
+    with pytest.raises(DataError, match=message) as exc:
+        datasets.read_idx(p)
+    assert str(p) in str(exc.value)
+
+
+def test_corrupt_gzip_and_missing_files(tmp_path):
+    bad = tmp_path / "t10k-images-idx3-ubyte.gz"
+    bad.write_bytes(b"not gzip at all")
+    with pytest.raises(DataError, match="cannot read IDX"):
+        datasets.read_idx(bad)
+    with pytest.raises(DataError, match="not found"):
+        datasets.read_idx(tmp_path / "nope-idx3-ubyte")
+    with pytest.raises(DataError, match="no train-images"):
+        datasets.load_idx_dir(tmp_path, "train")
+    with pytest.raises(DataError, match="data not found"):
+        datasets.load(tmp_path / "missing")
+
+
+def test_npz_and_npy(tmp_path):
+    x = np.random.default_rng(1).integers(0, 256, (7, 28, 28), dtype=np.uint8)
+    np.savez(tmp_path / "a.npz", x_test=x, y_test=np.arange(7))
+    ds = datasets.load(tmp_path / "a.npz", "test")
+    assert ds.x.shape == (7, 1, 28, 28)
+    np.save(tmp_path / "b.npy", x.astype(np.float32) / 255)
+    ds2 = datasets.load(tmp_path / "b.npy")
+    assert ds2.x.dtype == np.float32 and ds2.x.shape == (7, 1, 28, 28)
+    np.save(tmp_path / "c.npy", x.astype(np.float32))  # floats outside [0, 1]
+    with pytest.raises(DataError, match=r"must lie in \[0, 1\]"):
+        datasets.load(tmp_path / "c.npy")
+    np.savez(tmp_path / "d.npz", foo=x, bar=x)
+    with pytest.raises(DataError, match="which array"):
+        datasets.load(tmp_path / "d.npz")
+    (tmp_path / "e.npz").write_bytes(b"garbage")
+    with pytest.raises(DataError, match="not a readable"):
+        datasets.load(tmp_path / "e.npz")
+
+
+def test_image_folder(tmp_path):
+    rng = np.random.default_rng(2)
+    arrs = [rng.integers(0, 256, (12, 10), dtype=np.uint8) for _ in range(3)]
+    for i, a in enumerate(arrs):
+        Image.fromarray(a).save(tmp_path / f"img{i}.png")
+    ds = datasets.load(tmp_path)
+    assert ds.x.shape == (3, 1, 12, 10)
+    np.testing.assert_array_equal(ds.x[1, 0], arrs[1])  # PNG is lossless
+    Image.fromarray(rng.integers(0, 256, (8, 8), dtype=np.uint8)).save(tmp_path / "img9.png")
+    with pytest.raises(DataError, match="img9.png: image is 8x8 but earlier images are 10x12"):
+        datasets.load(tmp_path)
+    (tmp_path / "img9.png").write_bytes(b"\x89PNG broken")
+    with pytest.raises(DataError, match="not a readable image"):
+        datasets.load(tmp_path)
+
+
+def test_digits_fallback_is_real_data():
+    tr, te = datasets.load("digits", "train"), datasets.load("digits", "test")
+    assert tr.x.shape[1:] == (1, 8, 8) and len(tr) + len(te) == 1797
+    assert tr.x.max() == 255 and len(te) == 360
+
+
+def test_fashion_mnist_full_splits():
+    need_fashion()
+    tr, te = datasets.load("fashion-mnist", "train"), datasets.load("fashion-mnist", "test")
+    assert tr.x.shape == (60000, 1, 28, 28) and te.x.shape == (10000, 1, 28, 28)
+    assert te.y is not None and set(np.unique(te.y)) == set(range(10))

@@ -1,0 +1,144 @@
+"""A real gRPC server on 127.0.0.1 (ephemeral port): decoding, metrics and every bad request."""
+from __future__ import annotations
+
+import json
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from edge.encoder import EdgeEncoder
+from latent_codec import datasets, metrics
+from latent_codec.bundle import load_bundle, run_decoder
+from latent_codec.packing import join_payloads
+from latent_codec.tensors import from_tensor, to_tensor
+from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
+from tests.conftest import fashion_test_items
+
+
+def make_request(bundle_dir, x, with_originals=True, fmt=pb.RECONSTRUCTION_FORMAT_UINT8):
+    enc = EdgeEncoder(bundle_dir)
+    payloads = enc.encode(x)
+    data, sizes = join_payloads(payloads, enc.manifest.payload.item_bytes is not None)
+    req = pb.DecodeRequest(codes=pb.CodeBatch(bundle_id=enc.bundle_id, count=len(payloads),
+                                              format=enc.manifest.payload.format, data=data, sizes=sizes),
+                           reconstruction_format=fmt)
+    if with_originals:
+        req.originals.CopyFrom(to_tensor(x))
+    return req, payloads
+
+
+def test_decode_matches_local_decoding_and_metrics(stub, fashion_bundle):
+    x = fashion_test_items(64)
+    req, payloads = make_request(fashion_bundle, x)
+    resp = stub.Decode(req, timeout=30)
+    assert resp.count == 64
+    rec = from_tensor(resp.reconstructions)
+    assert rec.shape == (64, 1, 28, 28) and rec.dtype == np.uint8
+    # Independent computation of what the server should return.
+    b = load_bundle(fashion_bundle)
+    z, side = b.manifest.payload.unpack(payloads)
+    expect = np.rint(np.clip(run_decoder(b.session("decoder"), z, side, b.manifest.code_shape), 0, 1) * 255)
+    assert np.abs(rec.astype(int) - expect.astype(int)).max() <= 1  # ORT thread-count rounding
+    mse = metrics.per_item_mse(datasets.to_unit(x), datasets.to_unit(rec))
+    np.testing.assert_allclose(resp.quality.mse, mse, rtol=1e-6, atol=1e-6)
+    assert resp.quality.batch_psnr == pytest.approx(-10 * np.log10(mse.mean()), rel=1e-6)
+    assert resp.quality.batch_psnr > 12  # a trained model, not noise
+
+
+def test_entropy_coded_bundle_decodes(stub, digits_bundle):
+    x = datasets.load("digits", "test").x[:50]
+    req, payloads = make_request(digits_bundle, x, fmt=pb.RECONSTRUCTION_FORMAT_FLOAT32)
+    assert req.codes.format.endswith("+ans") and len(req.codes.sizes) == 50
+    resp = stub.Decode(req, timeout=30)
+    rec = from_tensor(resp.reconstructions)
+    assert rec.dtype == np.float32 and rec.shape == (50, 1, 8, 8)
+    assert resp.quality.batch_psnr > 12
+
+
+def test_stream_decodes_in_order(stub, fashion_bundle):
+    x = fashion_test_items(90)
+    reqs = [make_request(fashion_bundle, x[i : i + 30])[0] for i in range(0, 90, 30)]
+    resps = list(stub.DecodeStream(iter(reqs), timeout=30))
+    assert [r.count for r in resps] == [30, 30, 30]
+    whole = stub.Decode(make_request(fashion_bundle, x)[0], timeout=30)
+    np.testing.assert_allclose(np.concatenate([r.quality.mse for r in resps]), whole.quality.mse, atol=1e-9)
+
+
+def test_model_info_lists_manifests(stub, fashion_bundle, digits_bundle):
+    resp = stub.ModelInfo(pb.ModelInfoRequest(), timeout=10)
+    ids = {b.bundle_id: json.loads(b.manifest_json) for b in resp.bundles}
+    for d in (fashion_bundle, digits_bundle):
+        m = json.loads((d / "manifest.json").read_text())
+        assert ids[m["bundle_id"]] == m
+
+
+def test_health_is_serving(server):
+    with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
+        h = health_pb2_grpc.HealthStub(ch)
+        assert h.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
+        assert h.Check(health_pb2.HealthCheckRequest(service="aecodec.v1.Codec"), timeout=5).status == \
+            health_pb2.HealthCheckResponse.SERVING
+
+
+def _mut(field):
+    def f(req):
+        exec(field, {"req": req, "pb": pb, "np": np, "to_tensor": to_tensor})
+        return req
+    return f
+
+
+BAD = [
+    ("req.codes.bundle_id = 'no-such-bundle'", grpc.StatusCode.NOT_FOUND, "no-such-bundle"),
+    ("req.codes.bundle_id = ''", grpc.StatusCode.INVALID_ARGUMENT, "codes.bundle_id is empty"),
+    ("req.ClearField('codes')", grpc.StatusCode.INVALID_ARGUMENT, "codes is missing"),
+    ("req.codes.data = req.codes.data[:-1]", grpc.StatusCode.INVALID_ARGUMENT, "codes.data is"),
+    ("req.codes.count = req.codes.count + 1", grpc.StatusCode.INVALID_ARGUMENT, "codes.data is"),
+    ("req.codes.count = 0; req.codes.data = b''", grpc.StatusCode.INVALID_ARGUMENT, "codes.count is 0"),
+    ("req.codes.format = 'float16'", grpc.StatusCode.INVALID_ARGUMENT, "codes.format is 'float16'"),
+    ("req.codes.sizes.extend([32] * req.codes.count)", grpc.StatusCode.INVALID_ARGUMENT, "codes.sizes must be empty"),
+    ("req.originals.shape[:] = [4, 1, 32, 32]", grpc.StatusCode.INVALID_ARGUMENT, "originals"),
+    ("req.originals.CopyFrom(to_tensor(np.zeros((4, 1, 32, 32), np.uint8)))", grpc.StatusCode.INVALID_ARGUMENT,
+     "originals.shape is [4, 1, 32, 32], expected [4, 1, 28, 28]"),
+    ("req.originals.CopyFrom(to_tensor(np.zeros((4, 1, 28, 28), np.float32)))", grpc.StatusCode.INVALID_ARGUMENT,
+     "originals.dtype is float32"),
+    ("req.originals.dtype = 0", grpc.StatusCode.INVALID_ARGUMENT, "originals.dtype is unset"),
+    ("req.reconstruction_format = 7", grpc.StatusCode.INVALID_ARGUMENT, "reconstruction_format 7"),
+]
+
+
+@pytest.mark.parametrize("mutation, code, message", BAD, ids=[b[0][:40] for b in BAD])
+def test_bad_requests_get_status_and_server_keeps_serving(stub, fashion_bundle, mutation, code, message):
+    x = fashion_test_items(4)
+    req, _ = make_request(fashion_bundle, x)
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Decode(_mut(mutation)(req), timeout=10)
+    assert exc.value.code() == code, exc.value.details()
+    assert message in exc.value.details()
+    good, _ = make_request(fashion_bundle, x)
+    assert stub.Decode(good, timeout=10).count == 4  # still serving
+
+
+def test_corrupt_entropy_payload_is_invalid_argument(stub, digits_bundle):
+    x = datasets.load("digits", "test").x[:3]
+    req, payloads = make_request(digits_bundle, x)
+    bad = [payloads[0], payloads[1] + b"\x07\x00\x00\x09", payloads[2]]
+    req.codes.data = b"".join(bad)
+    req.codes.sizes[:] = [len(p) for p in bad]
+    with pytest.raises(grpc.RpcError) as exc:
+        stub.Decode(req, timeout=10)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "item 1" in exc.value.details()
+
+
+def test_bad_request_inside_stream_ends_only_that_stream(stub, fashion_bundle):
+    x = fashion_test_items(4)
+    good, _ = make_request(fashion_bundle, x)
+    bad, _ = make_request(fashion_bundle, x)
+    bad.codes.data = b"\x00"
+    it = stub.DecodeStream(iter([good, bad, good]), timeout=10)
+    assert next(it).count == 4
+    with pytest.raises(grpc.RpcError) as exc:
+        next(it)
+    assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert stub.Decode(good, timeout=10).count == 4
