@@ -1,0 +1,246 @@
+"""Fault tests with real processes and real signals: a cloud server and an edge client as children.
+
+Every scenario streams 5,000 items and then checks, through the server's own
+ListStored/Fetch, that each item is stored exactly once with the right bytes.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+
+import grpc
+import numpy as np
+import pytest
+
+from conftest import ROOT
+from ingest_helpers import (ServerProcess, child_env, edge_cmd, free_port, pg_url, start_edge,  # noqa: F401
+                            wait_until)
+from latent_codec import datasets
+from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
+from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
+
+N = 5000
+DEVICE = "phone-1"
+
+
+@pytest.fixture(scope="module")
+def bundles(digits_bundle, tmp_path_factory):
+    d = tmp_path_factory.mktemp("fault-bundles")
+    shutil.copytree(digits_bundle, d / digits_bundle.name)
+    return d
+
+
+@pytest.fixture(scope="module")
+def bundle(bundles):
+    return next(bundles.iterdir())
+
+
+@pytest.fixture(scope="module")
+def data(tmp_path_factory) -> tuple:
+    """5,000 8x8 digit items (the digits set repeated) as the device's source."""
+    x = datasets.load("digits", "train").x
+    items = np.concatenate([x] * (N // len(x) + 1))[:N]
+    path = tmp_path_factory.mktemp("fault-data") / "items.npy"
+    np.save(path, items)
+    return path, items
+
+
+@pytest.fixture(scope="module")
+def expected_payloads(bundle, data):
+    from edge.encoder import EdgeEncoder
+
+    return EdgeEncoder(bundle).encode(data[1])
+
+
+def stored_count(target: str, device: str = DEVICE) -> int:
+    try:
+        with grpc.insecure_channel(target) as ch:
+            return pb_grpc.CodecStub(ch).ListStored(pb.ListStoredRequest(device_id=device), timeout=2).total_items
+    except grpc.RpcError:
+        return -1
+
+
+def check_exactly_once(target: str, payloads: list[bytes]) -> None:
+    """Every source item is stored once, with the payload the edge's encoder produces for it."""
+    with grpc.insecure_channel(target) as ch:
+        stub = pb_grpc.CodecStub(ch)
+        listing = stub.ListStored(pb.ListStoredRequest(device_id=DEVICE), timeout=10)
+        got = {}
+        for resp in stub.Fetch(pb.FetchRequest(device_id=DEVICE, codes_only=True, limit=N + 100), timeout=60):
+            for it in resp.items:
+                assert it.item_id not in got, f"{it.item_id} returned twice"
+                got[it.item_id] = it.payload
+    assert listing.total_items == N
+    assert sorted(got) == sorted(f"cam#{i}" for i in range(N))
+    assert all(got[f"cam#{i}"] == payloads[i] for i in range(N))
+    assert listing.total_payload_bytes == sum(len(p) for p in payloads)
+
+
+def run_edge(cmd, log, timeout=90) -> subprocess.CompletedProcess:
+    proc = start_edge(cmd, log)
+    try:
+        proc.wait(timeout=timeout)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    return proc
+
+
+def read_report(path) -> dict:
+    return json.loads(path.read_text())
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def store(request, tmp_path):
+    if request.param == "sqlite":
+        return str(tmp_path / "cloud.sqlite")
+    # a schema of its own: the counts below are per device and must start at zero
+    from ingest_helpers import pg_drop_schema, pg_fresh_schema
+
+    request.getfixturevalue("pg_url")  # skip/fail visibly without a server
+    schema = pg_fresh_schema()
+    request.addfinalizer(lambda: pg_drop_schema(schema))
+    base = os.environ.get("AECODEC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+    return f"{base}?options=-csearch_path%3D{schema}"
+
+
+def test_server_sigkilled_mid_stream_and_restarted(bundles, bundle, data, expected_payloads, store, tmp_path):
+    server = ServerProcess(bundles, store, tmp_path).start()
+    log = tmp_path / "edge.log"
+    edge = start_edge(edge_cmd(bundle, server.target, data[0], tmp_path / "spool.sqlite", "--batch-size", "32",
+                               "--rate", "2500", "--retry-initial", "0.1", "--retry-max", "0.5",
+                               "--json", str(tmp_path / "report.json")), log)
+    try:
+        wait_until(lambda: stored_count(server.target) >= 1000, 60, "the first 1,000 items to be stored")
+        server.kill(signal.SIGKILL)
+        at_kill = server.proc.returncode
+        assert at_kill == -signal.SIGKILL
+        time.sleep(0.5)  # the edge notices, spools on, retries
+        assert edge.poll() is None, log.read_text()
+        server = ServerProcess(bundles, store, tmp_path, port=server.port).start()
+        assert 0 < stored_count(server.target) < N  # really killed in the middle
+        edge.wait(timeout=90)
+        assert edge.returncode == 0, log.read_text()
+        report = read_report(tmp_path / "report.json")
+        assert report["acknowledged"] >= N and report["still_spooled"] == 0 and report["retries"] >= 1
+        check_exactly_once(server.target, expected_payloads)
+    finally:
+        if edge.poll() is None:
+            edge.kill()
+        server.kill(signal.SIGTERM)
+
+
+def test_edge_sigkilled_mid_run_and_restarted(bundles, bundle, data, expected_payloads, tmp_path):
+    server = ServerProcess(bundles, str(tmp_path / "cloud.sqlite"), tmp_path).start()
+    spool = tmp_path / "spool.sqlite"
+    log = tmp_path / "edge.log"
+    args = ("--batch-size", "32", "--rate", "2500", "--json", str(tmp_path / "report.json"))
+    try:
+        edge = start_edge(edge_cmd(bundle, server.target, data[0], spool, *args), log)
+        wait_until(lambda: stored_count(server.target) >= 1000, 60, "the first 1,000 items to be stored")
+        edge.send_signal(signal.SIGKILL)
+        edge.wait(timeout=10)
+        before = stored_count(server.target)
+        assert 0 < before < N
+        done = run_edge(edge_cmd(bundle, server.target, data[0], spool, *args), log)
+        assert done.returncode == 0, log.read_text()
+        report = read_report(tmp_path / "report.json")
+        assert report["taken"] + report["resumed"] + before >= N  # resumed from the cursor, not from zero
+        assert report["taken"] < N - 900
+        assert report["still_spooled"] == 0
+        check_exactly_once(server.target, expected_payloads)
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+def test_edge_started_while_the_server_is_down_drains_when_it_comes_up(bundles, bundle, data, expected_payloads,
+                                                                        tmp_path):
+    port = free_port()
+    spool = tmp_path / "spool.sqlite"
+    log = tmp_path / "edge.log"
+    edge = start_edge(edge_cmd(bundle, f"127.0.0.1:{port}", data[0], spool, "--batch-size", "128",
+                               "--retry-initial", "0.1", "--retry-max", "0.5", "--retry-for", "60",
+                               "--json", str(tmp_path / "report.json")), log)
+    server = None
+    try:
+        time.sleep(2.0)
+        assert edge.poll() is None, log.read_text()
+        assert "retrying" in log.read_text()
+        server = ServerProcess(bundles, str(tmp_path / "cloud.sqlite"), tmp_path, port=port).start()
+        edge.wait(timeout=90)
+        assert edge.returncode == 0, log.read_text()
+        report = read_report(tmp_path / "report.json")
+        assert report["acknowledged"] == N and report["duplicates"] == 0 and report["still_spooled"] == 0
+        check_exactly_once(server.target, expected_payloads)
+    finally:
+        if edge.poll() is None:
+            edge.kill()
+        if server is not None:
+            server.kill(signal.SIGTERM)
+
+
+def test_full_spool_is_a_clear_error_and_nothing_is_lost(bundles, bundle, data, expected_payloads, tmp_path):
+    """Cloud down, small spool: the run stops with an error naming the full spool; a later run sends it all."""
+    port = free_port()
+    spool = tmp_path / "spool.sqlite"
+    log = tmp_path / "edge.log"
+    done = run_edge(edge_cmd(bundle, f"127.0.0.1:{port}", data[0], spool, "--batch-size", "100",
+                             "--spool-max-bytes", "20k", "--retry-initial", "0.1", "--retry-max", "0.3",
+                             "--retry-for", "1.5"), log, timeout=60)
+    out = log.read_text()
+    assert done.returncode == 3, out
+    assert "spool" in out and "is full" in out and "Traceback" not in out
+    assert "items stay spooled" in out
+    server = ServerProcess(bundles, str(tmp_path / "cloud.sqlite"), tmp_path, port=port).start()
+    try:
+        done = run_edge(edge_cmd(bundle, server.target, data[0], spool, "--batch-size", "100",
+                                 "--spool-max-bytes", "20k"), log)
+        assert done.returncode == 0, log.read_text()
+        check_exactly_once(server.target, expected_payloads)
+    finally:
+        server.kill(signal.SIGTERM)
+
+
+def test_edge_ingest_bad_input_and_no_torch(bundle, data, tmp_path):
+    """One-line errors for bad flags and a busy spool; the ingest path never imports torch."""
+    def edge(*argv):
+        return subprocess.run([sys.executable, "-m", "edge.cli", "ingest", "--bundle", str(bundle), *argv],
+                              cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
+
+    for argv, text in [
+        (["--spool-max-bytes", "lots"], "is not a size"),
+        (["--batch-size", "0"], "--batch-size"),
+        (["--spool", str(tmp_path / "no" / "dir" / "s.sqlite"), "--data", str(data[0])], "does not exist"),
+        (["--data", str(tmp_path / "missing.npy")], "not found"),
+    ]:
+        r = edge(*argv)
+        assert r.returncode == 2 and r.stderr.startswith("error: ") and text in r.stderr, (argv, r.stderr)
+        assert "Traceback" not in r.stderr
+    probe = (
+        "import sys, runpy\n"
+        "sys.argv = ['edge.cli', 'ingest', '--bundle', sys.argv[1], '--data', sys.argv[2], '--spool', sys.argv[3],"
+        " '--server', '127.0.0.1:1', '--retry-for', '0.2', '--limit', '10', '--no-progress']\n"
+        "from edge.cli import main\n"
+        "code = main(sys.argv[1:])\n"
+        "assert 'torch' not in sys.modules, 'edge imported torch'\n"
+        "print('exit', code)\n")
+    r = subprocess.run([sys.executable, "-c", probe, str(bundle), str(data[0]), str(tmp_path / "p.sqlite")],
+                       cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
+    assert "exit 3" in r.stdout, r.stdout + r.stderr
+    # the spool is owned by one process at a time
+    from edge.spool import Spool, SpoolError
+
+    held = Spool(tmp_path / "busy.sqlite", 1 << 20)
+    try:
+        r = edge("--data", str(data[0]), "--spool", str(tmp_path / "busy.sqlite"))
+        assert r.returncode == 2 and "in use by another process" in r.stderr, r.stderr
+    finally:
+        held.close()
+    with pytest.raises(SpoolError):
+        Spool(tmp_path / "x.sqlite", 0)

@@ -1,0 +1,246 @@
+"""Ingest, Fetch and ListStored over a real in-process gRPC server with a real store."""
+from __future__ import annotations
+
+import shutil
+import uuid
+
+import grpc
+import numpy as np
+import pytest
+
+from ingest_helpers import fixed_size_variant, pg_url  # noqa: F401  (session fixture)
+from latent_codec import datasets
+from latent_codec.tensors import from_tensor
+from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
+from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
+
+
+@pytest.fixture(scope="module")
+def bundles(digits_bundle, tmp_path_factory):
+    """A --bundles directory with the digits model twice: entropy-coded and fixed-size codes."""
+    d = tmp_path_factory.mktemp("ingest-bundles")
+    shutil.copytree(digits_bundle, d / digits_bundle.name)
+    fixed_size_variant(digits_bundle, d)
+    return d
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def served(request, bundles, tmp_path):
+    from cloud.server import build_server
+
+    store = str(tmp_path / "store.sqlite") if request.param == "sqlite" else request.getfixturevalue("pg_url")
+    running = build_server(bundles, "127.0.0.1:0", workers=4, store=store)
+    ch = grpc.insecure_channel(f"127.0.0.1:{running.port}")
+    yield running, pb_grpc.CodecStub(ch)
+    ch.close()
+    running.stop(grace=1.0)
+
+
+@pytest.fixture(scope="module")
+def encoders(bundles):
+    from edge.encoder import EdgeEncoder
+
+    return {b.name: EdgeEncoder(b) for b in sorted(bundles.iterdir())}
+
+
+@pytest.fixture(scope="module")
+def x():
+    return datasets.load("digits", "test").x[:300]
+
+
+def device() -> str:
+    return f"dev-{uuid.uuid4().hex[:10]}"
+
+
+def request_of(dev: str, enc, payloads, start=0, t0=1_000) -> pb.IngestRequest:
+    return pb.IngestRequest(device_id=dev, items=[
+        pb.IngestItem(item_id=f"i{start + k}", bundle_id=enc.bundle_id, payload=p, captured_at_ms=t0 + start + k)
+        for k, p in enumerate(payloads)])
+
+
+def fetch_all(stub, req: pb.FetchRequest) -> tuple[list[pb.StoredItem], list[str]]:
+    items, missing = [], []
+    for resp in stub.Fetch(req, timeout=30):
+        items.extend(resp.items)
+        missing.extend(resp.missing_ids)
+    return items, missing
+
+
+def test_ingest_acks_each_request_in_order_and_is_idempotent(served, encoders, x):
+    running, stub = served
+    enc = encoders[next(iter(encoders))]
+    dev = device()
+    payloads = enc.encode(x)
+    reqs = [request_of(dev, enc, payloads[i : i + 64], i) for i in range(0, 300, 64)]
+    acks = list(stub.Ingest(iter(reqs), timeout=30))
+    assert [list(a.item_ids) for a in acks] == [[it.item_id for it in r.items] for r in reqs]
+    assert sum(a.duplicates for a in acks) == 0
+    again = list(stub.Ingest(iter(reqs[1:3]), timeout=30))  # a client resending after a lost ack
+    assert [a.duplicates for a in again] == [64, 64]
+    listing = stub.ListStored(pb.ListStoredRequest(device_id=dev), timeout=10)
+    assert listing.total_items == 300
+    assert listing.total_payload_bytes == sum(len(p) for p in payloads)
+    (summary,) = listing.summaries
+    assert summary.bundle_available and summary.bundle_id == enc.bundle_id
+
+
+@pytest.mark.parametrize("fmt", [pb.RECONSTRUCTION_FORMAT_FLOAT32, pb.RECONSTRUCTION_FORMAT_UINT8])
+def test_fetch_reconstructions_equal_decoding_the_original_payloads(served, encoders, bundles, x, fmt):
+    from cloud.bundles import BundleRegistry
+    from cloud.decoding import decode_payloads, to_raw
+
+    running, stub = served
+    registry = BundleRegistry()  # decode independently of the server's sessions
+    registry.load_dir(bundles)
+    for name, enc in encoders.items():
+        dev = device()
+        payloads = enc.encode(x)
+        list(stub.Ingest(iter([request_of(dev, enc, payloads)]), timeout=30))
+        items, missing = fetch_all(stub, pb.FetchRequest(device_id=dev, reconstruction_format=fmt))
+        assert not missing and [it.item_id for it in items] == [f"i{k}" for k in range(300)]
+        got = np.concatenate([from_tensor(it.reconstruction, "reconstruction") for it in items])
+        lb = registry.get(enc.bundle_id)
+        want = decode_payloads(lb, payloads)
+        if fmt == pb.RECONSTRUCTION_FORMAT_FLOAT32:
+            np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
+        else:
+            np.testing.assert_array_equal(got, to_raw(lb, want))
+        assert [it.payload for it in items] == payloads
+        assert all(not it.error for it in items)
+
+
+def test_fetch_by_ids_codes_only_and_time_range(served, encoders, x):
+    running, stub = served
+    enc = encoders[next(iter(encoders))]
+    dev = device()
+    payloads = enc.encode(x[:50])
+    list(stub.Ingest(iter([request_of(dev, enc, payloads)]), timeout=30))
+    items, missing = fetch_all(stub, pb.FetchRequest(item_ids=["i3", "i7", "nope"], device_id=dev, codes_only=True))
+    assert [it.item_id for it in items] == ["i3", "i7"] and missing == ["nope"]
+    assert items[0].payload == payloads[3] and not items[0].HasField("reconstruction")
+    assert items[0].stored_at_ms > 0 and items[0].captured_at_ms == 1003
+    items, _ = fetch_all(stub, pb.FetchRequest(device_id=dev, since_ms=1010, until_ms=1015, codes_only=True))
+    assert [it.item_id for it in items] == [f"i{k}" for k in range(10, 15)]
+    items, _ = fetch_all(stub, pb.FetchRequest(device_id=dev, limit=4, codes_only=True))
+    assert len(items) == 4
+
+
+def test_items_of_a_bundle_the_server_does_not_hold_are_kept_and_reported(served, encoders, x):
+    running, stub = served
+    enc = encoders[next(iter(encoders))]
+    dev = device()
+    payload = enc.encode(x[:1])[0]
+    req = pb.IngestRequest(device_id=dev, items=[
+        pb.IngestItem(item_id="gone-1", bundle_id="retired-000000000000", payload=payload, captured_at_ms=5),
+        pb.IngestItem(item_id="ok-1", bundle_id=enc.bundle_id, payload=payload, captured_at_ms=6)])
+    (ack,) = stub.Ingest(iter([req]), timeout=30)
+    assert list(ack.item_ids) == ["gone-1", "ok-1"]
+    items, _ = fetch_all(stub, pb.FetchRequest(device_id=dev))
+    gone, ok = items
+    assert "retired-000000000000 is not held" in gone.error and gone.payload == payload
+    assert not gone.HasField("reconstruction")
+    assert not ok.error and ok.HasField("reconstruction")
+    listing = stub.ListStored(pb.ListStoredRequest(device_id=dev), timeout=10)
+    avail = {s.bundle_id: s.bundle_available for s in listing.summaries}
+    assert avail == {"retired-000000000000": False, enc.bundle_id: True}
+
+
+def _status(stub, reqs) -> grpc.RpcError:
+    with pytest.raises(grpc.RpcError) as info:
+        list(stub.Ingest(iter(reqs), timeout=30))
+    return info.value
+
+
+def test_bad_ingest_requests_are_invalid_argument_naming_the_field(served, encoders, x):
+    running, stub = served
+    ans_enc, fixed_enc = (encoders[n] for n in sorted(encoders))  # "...-ans" sorts before "...-ans-fixed"
+    assert fixed_enc.manifest.payload.item_bytes is not None and ans_enc.manifest.payload.item_bytes is None
+    good = fixed_enc.encode(x[:2])
+
+    def item(**kw):
+        d = dict(item_id="a", bundle_id=fixed_enc.bundle_id, payload=good[0], captured_at_ms=1)
+        d.update(kw)
+        return pb.IngestItem(**d)
+
+    cases = [
+        (pb.IngestRequest(device_id="", items=[item()]), "device_id is empty"),
+        (pb.IngestRequest(device_id="d", items=[]), "items is empty"),
+        (pb.IngestRequest(device_id="d", items=[item(item_id="")]), "items[0].item_id is empty"),
+        (pb.IngestRequest(device_id="d", items=[item(), item(item_id="b", bundle_id="")]),
+         "items[1].bundle_id is empty"),
+        (pb.IngestRequest(device_id="d", items=[item(), item()]), "appears twice"),
+        (pb.IngestRequest(device_id="d", items=[item(payload=b"")]), "items[0].payload is empty"),
+        (pb.IngestRequest(device_id="d", items=[item(payload=good[0] + b"\0")]), "needs exactly"),
+        (pb.IngestRequest(device_id="d", items=[item(captured_at_ms=-1)]), "captured_at_ms is negative"),
+        (pb.IngestRequest(device_id="d", items=[item(item_id="x" * 300)]), "limit is 256"),
+        (pb.IngestRequest(device_id="d", items=[item(bundle_id=ans_enc.bundle_id, payload=b"\1")]),
+         "does not fit bundle"),
+    ]
+    for req, text in cases:
+        err = _status(stub, [req])
+        assert err.code() == grpc.StatusCode.INVALID_ARGUMENT, (text, err)
+        assert text in err.details(), (text, err.details())
+    # the server keeps serving, and a rejected request stored nothing
+    (ack,) = stub.Ingest(iter([pb.IngestRequest(device_id="d-ok", items=[item()])]), timeout=30)
+    assert list(ack.item_ids) == ["a"]
+    assert stub.ListStored(pb.ListStoredRequest(device_id="d"), timeout=10).total_items == 0
+
+
+def test_acks_before_a_bad_request_stay_stored(served, encoders, x):
+    running, stub = served
+    enc = encoders[sorted(encoders)[1]]
+    dev = device()
+    payloads = enc.encode(x[:10])
+    reqs = [request_of(dev, enc, payloads[:5]), pb.IngestRequest(device_id=dev, items=[
+        pb.IngestItem(item_id="bad", bundle_id=enc.bundle_id, payload=b"\0", captured_at_ms=1)])]
+    call = stub.Ingest(iter(reqs), timeout=30)
+    first = next(call)
+    assert len(first.item_ids) == 5
+    with pytest.raises(grpc.RpcError) as info:
+        next(call)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "request 1" in info.value.details()
+    assert stub.ListStored(pb.ListStoredRequest(device_id=dev), timeout=10).total_items == 5
+
+
+def test_reusing_an_item_id_for_other_content_is_already_exists(served, encoders, x):
+    running, stub = served
+    enc = encoders[sorted(encoders)[1]]
+    dev = device()
+    p = enc.encode(x[:2])
+    list(stub.Ingest(iter([request_of(dev, enc, p[:1])]), timeout=30))
+    err = _status(stub, [pb.IngestRequest(device_id=dev, items=[
+        pb.IngestItem(item_id="i0", bundle_id=enc.bundle_id, payload=p[1], captured_at_ms=1)])])
+    assert err.code() == grpc.StatusCode.ALREADY_EXISTS and "'i0'" in err.details()
+
+
+def test_bad_fetch_requests(served):
+    running, stub = served
+    cases = [
+        (pb.FetchRequest(), "device_id is empty"),
+        (pb.FetchRequest(device_id="d", since_ms=10, until_ms=5), "until_ms 5 is not after"),
+        (pb.FetchRequest(device_id="d", since_ms=-1), "must not be negative"),
+        (pb.FetchRequest(item_ids=["a"], since_ms=3), "not both"),
+        (pb.FetchRequest(item_ids=[""]), "item_ids[0] is empty"),
+        (pb.FetchRequest(device_id="d", reconstruction_format=9), "reconstruction_format 9"),
+        (pb.FetchRequest(device_id="d", limit=10**7), "exceeds the maximum"),
+    ]
+    for req, text in cases:
+        with pytest.raises(grpc.RpcError) as info:
+            list(stub.Fetch(req, timeout=10))
+        assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT, (text, info.value)
+        assert text in info.value.details(), (text, info.value.details())
+    items, missing = fetch_all(stub, pb.FetchRequest(item_ids=["nothing-here"]))
+    assert items == [] and missing == ["nothing-here"]
+
+
+def test_a_server_without_store_refuses_ingest_clearly(bundles):
+    from cloud.server import build_server
+
+    running = build_server(bundles, "127.0.0.1:0", workers=2)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            with pytest.raises(grpc.RpcError) as info:
+                pb_grpc.CodecStub(ch).ListStored(pb.ListStoredRequest(), timeout=10)
+        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--store" in info.value.details()
+    finally:
+        running.stop(grace=0.5)
