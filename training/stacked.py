@@ -1,11 +1,13 @@
 """Stacked autoencoders: greedy layer-wise pre-training of a deep dense model, before end-to-end fine-tuning.
 
 Layer i is trained as a one-hidden-layer autoencoder on the codes of layer i-1 (layer 0 on the
-inputs, with the model's own output and loss; upper layers reconstruct real-valued activations
-with squared error). Its decoder is then discarded and its encoder output becomes the next layer's
-training data. The deep model's decoder starts from the transposed encoder weights ("unrolling",
-Hinton & Salakhutdinov 2006; with tied=True that is the model itself), and train() then fine-tunes
-the whole network with backpropagation. With masking/Gaussian noise set, every layer is a
+inputs, with the model's own output and loss; upper layers reconstruct the activations below
+through the same activation, with squared error). Layer autoencoders tie their decoder to W^T, as
+RBM pre-training does, so the only decoder-side parameter is a reconstruction bias. The layer's
+decoding path is then dropped and its encoder output becomes the next layer's training data. The
+deep model's decoder starts "unrolled" (Hinton & Salakhutdinov 2006): mirrored layer n-1-i gets
+W_i^T and layer i's reconstruction bias, so before fine-tuning the deep autoencoder is exactly the
+stack of pre-trained layers; train() then fine-tunes the whole network end to end. With masking/Gaussian noise set, every layer is a
 denoising autoencoder (the notes' stacked denoising autoencoder).
 """
 from __future__ import annotations
@@ -23,8 +25,10 @@ from training.models.dense import DenseAutoencoder
 def _layer_loss(model: DenseAutoencoder, first: bool, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     if first and model.output == "sigmoid":
         per = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
-    else:
+    elif first:
         per = (logits - target) ** 2
+    else:
+        per = (model.act(logits) - target) ** 2  # the deep decoder applies act after this layer too
     return per.sum(1).mean()
 
 
@@ -45,8 +49,8 @@ def pretrain_stacked(model: nn.Module, x_train: torch.Tensor, cfg, corrupt=None,
         t0 = time.perf_counter()
         w, b = model.enc_w[i], model.enc_b[i]
         act = model.code_act if i == n - 1 else model.act
-        dec = nn.Linear(w.shape[0], w.shape[1])  # this layer's decoder: trained, then discarded
-        params = [w, b, dec.bias] + ([] if model.tied else [dec.weight])
+        c = nn.Parameter(torch.zeros(w.shape[1]))  # reconstruction bias of this layer's (tied) decoder
+        params = [w, b, c]
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps = cfg.pretrain_epochs * math.ceil(len(h) / cfg.batch_size)
         sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
@@ -58,7 +62,7 @@ def pretrain_stacked(model: nn.Module, x_train: torch.Tensor, cfg, corrupt=None,
                 hb = h[perm[s : s + cfg.batch_size]]
                 h_in = corrupt(hb) if corrupt is not None else hb
                 y = act(nn.functional.linear(h_in, w, b))
-                logits = nn.functional.linear(y, w.t() if model.tied else dec.weight, dec.bias)
+                logits = nn.functional.linear(y, w.t(), c)
                 loss = _layer_loss(model, i == 0, logits, hb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -69,6 +73,7 @@ def pretrain_stacked(model: nn.Module, x_train: torch.Tensor, cfg, corrupt=None,
             h = act(nn.functional.linear(h, w, b))  # this layer's codes: the next layer's data
             if not model.tied:
                 model.dec_w[n - 1 - i].copy_(w.t())
+            model.dec_b[n - 1 - i].copy_(c)
         rec = {"layer": i, "sizes": [int(w.shape[1]), int(w.shape[0])], "loss": total / len(h),
                "seconds": time.perf_counter() - t0}
         layers.append(rec)

@@ -1,2 +1,2 @@
 """Importing this package registers every model with training.registry."""
-from . import conv, dense  # noqa: F401
+from . import conv, dense, linear  # noqa: F401

@@ -1,0 +1,129 @@
+"""Layer-level theory from the notes, with their exact vectors: transposed convolution, average and max
+unpooling (also through the 2-bit switch conversion, and through ONNX Runtime), output sizes."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from training.models.unpool import (MaxPoolSwitches, MaxUnpoolSwitches, avg_unpool, global_to_local,
+                                    local_to_global)
+
+
+def test_transposed_convolution_matches_the_notes_worked_example():
+    deconv = nn.ConvTranspose2d(1, 1, kernel_size=2, stride=2, bias=False)
+    with torch.no_grad():
+        deconv.weight.copy_(torch.tensor([[[[3.0, 4.0], [1.0, 1.0]]]]))
+    out = deconv(torch.tensor([[[[1.0, 2.0], [5.0, 9.0]]]]))
+    expected = torch.tensor([[3, 4, 6, 8], [1, 1, 2, 2], [15, 20, 27, 36], [5, 5, 9, 9]], dtype=torch.float32)
+    assert torch.equal(out[0, 0], expected)
+
+
+@pytest.mark.parametrize("s", [1, 2, 3, 4])
+@pytest.mark.parametrize("u,v", [(1, 1), (2, 3), (7, 5)])
+def test_transposed_convolution_kernel_equal_stride_scales_size(s, u, v):
+    # Notes: output [u + u(s-1)] x [v + v(s-1)] = us x vs when kernel = stride = s, no padding.
+    out = nn.ConvTranspose2d(2, 3, kernel_size=s, stride=s)(torch.randn(1, 2, u, v))
+    assert tuple(out.shape[-2:]) == (u * s, v * s)
+
+
+def test_conv_decoder_uses_kernel_equal_stride_deconvolution():
+    from training.registry import build_model
+
+    m = build_model("conv", {"input_shape": [1, 28, 28], "channels": [4, 8], "up": "deconv"})
+    deconvs = [mod for mod in m.upsample if isinstance(mod, nn.ConvTranspose2d)]
+    assert deconvs and all(d.kernel_size == d.stride == (2, 2) and d.padding == (0, 0) for d in deconvs)
+
+
+def test_average_unpooling_copies_each_value_into_its_patch():
+    x = torch.tensor([[2.0, 0.5], [1.5, 0.0]])
+    expected = torch.tensor([[2, 2, 0.5, 0.5], [2, 2, 0.5, 0.5], [1.5, 1.5, 0, 0], [1.5, 1.5, 0, 0]])
+    assert torch.equal(avg_unpool(x.view(1, 1, 2, 2))[0, 0], expected)
+
+
+def _pool_input() -> torch.Tensor:
+    # Distinct values so every 2x2 window has one maximum; maxima at different corners.
+    return torch.tensor([[[[1.0, 9.0, 2.0, 0.0],
+                           [3.0, 4.0, 8.0, 5.0],
+                           [7.0, 0.5, 0.0, 0.0],
+                           [2.0, 6.5, 0.0, 6.0]]]])
+
+
+def test_max_unpooling_puts_values_back_at_recorded_maxima():
+    x = _pool_input()
+    y, switches = MaxPoolSwitches()(x)
+    assert torch.equal(y[0, 0], torch.tensor([[9.0, 8.0], [7.0, 6.0]]))
+    # Local positions in each window: row-major (0 top-left, 1 top-right, 2 bottom-left, 3 bottom-right).
+    assert torch.equal(switches[0, 0], torch.tensor([[1, 2], [0, 3]]))
+    values = torch.tensor([[[[10.0, 20.0], [30.0, 40.0]]]])  # unpool other values with the same switches
+    out = MaxUnpoolSwitches()(values, switches)
+    expected = torch.tensor([[0, 10, 0, 0], [0, 0, 20, 0], [30, 0, 0, 0], [0, 0, 0, 40]], dtype=torch.float32)
+    assert torch.equal(out[0, 0], expected)
+
+
+def test_switch_conversion_round_trips_and_matches_torch_max_unpool():
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 3, 12, 10, generator=g)
+    y, idx = nn.MaxPool2d(2, return_indices=True)(x)
+    local = global_to_local(idx, 10)
+    assert int(local.min()) >= 0 and int(local.max()) <= 3
+    assert torch.equal(local_to_global(local, 10), idx)
+    ref = nn.MaxUnpool2d(2)(y, idx)
+    assert torch.equal(MaxUnpoolSwitches()(y, local), ref)
+    # Max unpooling of the pooled map: the maxima where they were, zeros elsewhere.
+    assert torch.equal(ref != 0, (x == ref) & (ref != 0))
+    assert int((ref != 0).sum()) == y.numel()
+
+
+def test_max_unpooling_through_onnx_runtime_matches_torch(tmp_path):
+    import onnxruntime as ort
+
+    from training.onnx_export import export_graphs
+    from training.registry import build_model
+
+    torch.manual_seed(0)
+    m = build_model("conv", {"input_shape": [1, 8, 8], "code_dim": 4, "channels": [2, 3], "up": "max"}).eval()
+    x = torch.rand(6, 1, 8, 8)
+    enc, dec = export_graphs(m, x[:2])
+    es = ort.InferenceSession(enc, providers=["CPUExecutionProvider"])
+    names = [o.name for o in es.get_outputs()]
+    assert names == ["code", "switches0", "switches1"]
+    outs = dict(zip(names, es.run(None, {"x": x.numpy()})))
+    with torch.no_grad():
+        code, side = m.encode(x)
+        h1 = m.features[1](m.features[0](x))  # the first pooling layer's input
+    for k in ("switches0", "switches1"):
+        assert outs[k].dtype == np.int64
+        assert np.array_equal(outs[k], side[k].numpy())
+    # The ORT switches point at the true maxima of each 2x2 window of the first pooling layer's input.
+    _, idx = nn.MaxPool2d(2, return_indices=True)(h1)
+    assert np.array_equal(local_to_global(torch.from_numpy(outs["switches0"]), 8).numpy(), idx.numpy())
+    ds = ort.InferenceSession(dec, providers=["CPUExecutionProvider"])
+    rec = ds.run(None, {"code": outs["code"], "switches0": outs["switches0"], "switches1": outs["switches1"]})[0]
+    with torch.no_grad():
+        ref = m.activate(m.decode_logits(code, side)).numpy()
+    assert np.abs(rec - ref).max() <= 1e-5
+    # Switches matter: decoding with other switches changes the reconstruction.
+    wrong = {"switches0": (outs["switches0"] + 1) % 4, "switches1": outs["switches1"]}
+    assert np.abs(ds.run(None, {"code": outs["code"], **wrong})[0] - rec).max() > 1e-6
+
+
+def test_max_unpooling_side_fields_are_counted_at_two_bits():
+    from latent_codec.packing import PayloadSpec, SideField
+    from latent_codec.quantize import Quantizer
+    from training.registry import build_model
+
+    m = build_model("conv", {"input_shape": [1, 28, 28], "code_dim": 16, "channels": [4, 8], "up": "max"})
+    fields = m.side_fields()
+    assert fields == [{"name": "switches0", "shape": [4, 14, 14], "bits": 2},
+                      {"name": "switches1", "shape": [8, 7, 7], "bits": 2}]
+    spec = PayloadSpec(Quantizer("float16"), 16, None, [SideField.from_dict(f) for f in fields])
+    assert spec.item_bytes == (16 * 16 + (4 * 196 + 8 * 49) * 2 + 7) // 8
+
+
+def test_max_unpooling_needs_max_pooling():
+    from training.registry import build_model
+
+    with pytest.raises(ValueError, match="switches"):
+        build_model("conv", {"input_shape": [1, 28, 28], "pool": "avg", "up": "max"})
