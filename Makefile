@@ -35,5 +35,16 @@ test: setup postgres
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
 
+# Ingest throughput per store and batch size, and the edge spool's cost -> docs/bench-ingest.md.
+# Trains a small dense Fashion-MNIST bundle (32 bytes per item) the first time.
+BENCH_INGEST := runs/bench-ingest
+bench-ingest: setup postgres
+	@test -f $(BENCH_INGEST)/bundle/manifest.json || { \
+	  $(PY) -m training.train --model dense --arg code_dim=32 --arg "hidden=[128]" --data fashion-mnist \
+	    --epochs 2 --limit 4000 --out $(BENCH_INGEST)/dense.pt --no-progress && \
+	  $(PY) -m training.export --checkpoint $(BENCH_INGEST)/dense.pt --out $(BENCH_INGEST)/bundle --quant affine8 \
+	    --fit-items 2000 --test-limit 500; }
+	$(PY) -m bench.ingest --bundle $(BENCH_INGEST)/bundle --data fashion-mnist --out docs/bench-ingest.md
+
 clean:
 	rm -rf runs bundles .pytest_cache
