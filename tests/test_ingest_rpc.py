@@ -244,3 +244,34 @@ def test_a_server_without_store_refuses_ingest_clearly(bundles):
         assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--store" in info.value.details()
     finally:
         running.stop(grace=0.5)
+
+
+def test_items_stay_fetchable_after_their_bundle_is_removed(bundles, encoders, x, tmp_path):
+    """Restart the server on the same store without one bundle: its items come back undecoded, with an error."""
+    from cloud.server import build_server
+
+    ans_name, fixed_name = sorted(encoders)
+    enc = encoders[fixed_name]
+    store = str(tmp_path / "store.sqlite")
+    payloads = enc.encode(x[:20])
+    running = build_server(bundles, "127.0.0.1:0", workers=2, store=store)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            list(pb_grpc.CodecStub(ch).Ingest(iter([request_of("d", enc, payloads)]), timeout=30))
+    finally:
+        running.stop(grace=0.5)
+    only_ans = tmp_path / "only-ans"
+    only_ans.mkdir()
+    (only_ans / ans_name).symlink_to(bundles / ans_name, target_is_directory=True)
+    running = build_server(only_ans, "127.0.0.1:0", workers=2, store=store)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            stub = pb_grpc.CodecStub(ch)
+            items, _ = fetch_all(stub, pb.FetchRequest(device_id="d"))
+            listing = stub.ListStored(pb.ListStoredRequest(), timeout=10)
+    finally:
+        running.stop(grace=0.5)
+    assert [it.payload for it in items] == payloads
+    assert all(f"bundle {enc.bundle_id} is not held" in it.error for it in items)
+    (summary,) = listing.summaries
+    assert summary.items == 20 and not summary.bundle_available

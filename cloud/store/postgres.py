@@ -47,6 +47,12 @@ def _redact(url: str) -> str:
     return url
 
 
+def _msg(exc: BaseException) -> str:
+    """psycopg's message without its multi-line detail (SQL excerpts, hints): one line for logs and CLIs."""
+    lines = str(exc).strip().splitlines()
+    return lines[0].strip() if lines else type(exc).__name__
+
+
 def _record(row) -> StoredRecord:
     return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]))
 
@@ -66,15 +72,15 @@ class PostgresStore(Store):
                     for stmt in filter(str.strip, SCHEMA.split(";")):
                         conn.execute(stmt)
             except psycopg.Error as exc:
-                raise StoreError(f"store {self.where}: cannot create the schema ({exc})".strip()) from None
+                raise StoreError(f"store {self.where}: cannot create the schema ({_msg(exc)})") from None
 
     def _connect(self) -> psycopg.Connection:
         try:
             return psycopg.connect(self.url, connect_timeout=self._timeout, autocommit=True)
         except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"store {self.where} is unreachable ({str(exc).strip()})") from None
+            raise StoreUnavailable(f"store {self.where} is unreachable ({_msg(exc)})") from None
         except psycopg.Error as exc:
-            raise StoreError(f"store {self.where}: {str(exc).strip()}") from None
+            raise StoreError(f"store {self.where}: {_msg(exc)}") from None
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection]:
@@ -97,11 +103,11 @@ class PostgresStore(Store):
         except psycopg.OperationalError as exc:
             if conn is not None:
                 conn.close()
-            raise StoreUnavailable(f"store {self.where} failed ({str(exc).strip()})") from None
+            raise StoreUnavailable(f"store {self.where} failed ({_msg(exc)})") from None
         except psycopg.Error as exc:
             if conn is not None:
                 conn.close()
-            raise StoreError(f"store {self.where}: {str(exc).strip()}") from None
+            raise StoreError(f"store {self.where}: {_msg(exc)}") from None
         except BaseException:
             if conn is not None:
                 conn.close()
