@@ -277,7 +277,11 @@ def load_source(args, encoder: EdgeEncoder) -> tuple[np.ndarray, str]:
 
 def run(args, warn=None) -> IngestReport:
     """Take the source into the spool and drain it to the cloud; returns the report (see module doc)."""
-    warn = warn or (lambda msg: print(msg, file=sys.stderr))
+    if warn is None:
+        from tqdm import tqdm
+
+        def warn(msg: str) -> None:  # above the progress bar, not through it
+            tqdm.write(msg, file=sys.stderr)
     encoder = EdgeEncoder(args.bundle, args.threads)
     x, source = load_source(args, encoder)
     spool = Spool(args.spool, args.spool_max_bytes)
