@@ -29,7 +29,7 @@ from training.data import load_split
 from training.onnx_export import export_graphs, parity
 from training.train import load_checkpoint
 
-QUANT_CHOICES = ["float32", "float16"] + [f"affine{b}" for b in range(2, 17)]
+QUANT_CHOICES = ["float32", "float16"] + [f"affine{b}" for b in range(2, 17)] + ["learned", "learned-fit"]
 
 
 def make_quantizer(name: str, codes: np.ndarray, clip_quantile: float) -> Quantizer:
@@ -93,9 +93,18 @@ def export_bundle(checkpoint: Path, out: Path, quant: str = "affine8", entropy: 
     sess = ort.InferenceSession(enc_bytes, providers=["CPUExecutionProvider"])
     codes, _ = encode_all(sess, train.x, side_names)
     flat = codes.reshape(len(codes), -1)
-    q = make_quantizer(quant, flat, clip_quantile)
-    prior = None
-    if entropy:
+    if quant.startswith("learned"):  # rate-distortion checkpoint: integer grid + its learned prior (training/rate.py)
+        from training.rate import learned_payload
+
+        if "rate_prior" not in record:
+            raise CodecError(f"--quant {quant} needs a checkpoint trained with --rd-lambda > 0")
+        q, prior = learned_payload(record["rate_prior"], int(flat.shape[1]))
+        if quant == "learned-fit":
+            q, prior = learned_payload(record["rate_prior"], int(flat.shape[1]), q.quantize(flat))
+    else:
+        q = make_quantizer(quant, flat, clip_quantile)
+        prior = None
+    if entropy and not quant.startswith("learned"):
         if q.kind != "affine" or q.bits > 12:
             raise CodecError("--entropy needs affine quantisation of at most 12 bits")
         prior = FactorizedPrior.fit(q.quantize(flat), q.levels)

@@ -48,6 +48,11 @@ class TrainConfig:
     sparsity_target: float = 0.05  # rho, the target mean activation for kl_sparsity
     contractive: float = 0.0  # contractive: lambda * ||d code / d x||_F^2 per item
     pretrain_epochs: int = 0  # stacked: greedy layer-wise pre-training epochs per layer (training/stacked.py)
+    # Rate-distortion training (training/rate.py): loss = distortion + rd_lambda * bits per item.
+    rd_lambda: float = 0.0  # 0 = plain reconstruction loss
+    quant_noise: str = "none"  # decoder-side rounding proxy: none | noise | ste | mixed
+    rd_distortion: str = "mse"  # mse (pixel squared error, what PSNR measures) | model (its own loss)
+    init_checkpoint: str = ""  # start from these weights (same model and args), e.g. one base for a rate ladder
 
 
 def _set_seed(seed: int) -> None:
@@ -78,9 +83,18 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, dic
     x_train, x_val = train_val_split(x_all, cfg.val_fraction, cfg.seed)
     model = build_model(cfg.model, {"input_shape": list(ds.item_shape), **cfg.model_args})
     model.set_input_stats(x_train.mean(0), x_train.std(0))
+    if cfg.init_checkpoint:
+        model.load_state_dict(load_checkpoint(cfg.init_checkpoint)[0].state_dict())
     corrupt = Corruption.from_config(cfg)  # denoising (identity when off)
     reg = Regularizers.from_config(cfg, model, denoising=corrupt.active)  # refuses unregularised overcomplete codes
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    model.quant_proxy = cfg.quant_noise
+    rate = None
+    if cfg.rd_lambda > 0:
+        from training.rate import build_rate
+
+        rate = build_rate(model, cfg.rd_lambda, cfg.rd_distortion)
+    params = list(model.parameters()) + (list(rate.parameters()) if rate is not None else [])
+    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
     steps = cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
     g = torch.Generator().manual_seed(cfg.seed)
@@ -97,7 +111,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, dic
             xb = x_train[perm[i : i + cfg.batch_size]]
             x_in = corrupt(xb)  # denoising: the model sees x~, the loss compares with the clean xb
             out = model(x_in)
-            loss = model.reconstruction_loss(out, xb)
+            loss = model.reconstruction_loss(out, xb) if rate is None else rate.loss(model, out, xb)
             loss = loss + reg(model, x_in, out)  # sparse / contractive penalties (0 when off)
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -118,6 +132,8 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, dic
               "train_seconds": time.perf_counter() - t0}
     if pre is not None:
         record["pretraining"] = pre
+    if rate is not None:  # the learned prior, tabulated on the integer grid, for export (--quant learned)
+        record["rate_prior"] = rate.export_record(model, x_train)
     return model, record
 
 
@@ -172,6 +188,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--weight-decay", type=float, default=0.0)
+    p.add_argument("--rd-lambda", type=float, default=0.0, help="rate-distortion training: weight of bits per item")
+    p.add_argument("--quant-noise", default="none", choices=["none", "noise", "ste", "mixed"],
+                   help="quantisation-aware training: how the decoder sees rounded codes")
+    p.add_argument("--rd-distortion", default="mse", choices=["mse", "model"])
     p.add_argument("--mask-noise", type=float, default=0.0, metavar="Q", help="denoising: masking probability q")
     p.add_argument("--gauss-noise", type=float, default=0.0, metavar="SIGMA", help="denoising: additive Gaussian sigma")
     p.add_argument("--l1", type=float, default=0.0, metavar="LAMBDA", help="sparse: L1 penalty on code activations")
@@ -199,6 +219,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
     return TrainConfig(model=args.model, model_args=model_args, data=args.data, limit=args.limit,
                        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                        weight_decay=args.weight_decay, seed=args.seed, threads=args.threads,
+                       rd_lambda=args.rd_lambda, quant_noise=args.quant_noise, rd_distortion=args.rd_distortion,
                        mask_noise=args.mask_noise, gauss_noise=args.gauss_noise, l1=args.l1,
                        kl_sparsity=args.kl_sparsity, sparsity_target=args.sparsity_target,
                        contractive=args.contractive, pretrain_epochs=args.pretrain_epochs)

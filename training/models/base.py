@@ -30,6 +30,9 @@ class Autoencoder(nn.Module):
         self.register_buffer("input_mean", torch.zeros(self.input_shape))
         self.register_buffer("input_std", torch.ones(self.input_shape))
         self.args: dict = {"input_shape": list(self.input_shape), "output": output, "standardize": standardize}
+        # Training-only stand-in for code rounding (training.rate.PROXIES); "none" keeps forward unchanged.
+        # Not a constructor argument: exported graphs never quantise, the payload quantiser does.
+        self.quant_proxy = "none"
 
     # -- to implement -----------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -71,7 +74,12 @@ class Autoencoder(nn.Module):
 
     def forward(self, x01: torch.Tensor) -> dict[str, torch.Tensor]:
         code, side = self.encode(self.normalize(x01))
-        logits = self.decode_logits(code, side)
+        if self.quant_proxy != "none":  # quantisation-aware / rate-distortion training
+            from training.rate import quantize_proxy
+
+            logits = self.decode_logits(quantize_proxy(code, self.quant_proxy, self.training), side)
+        else:
+            logits = self.decode_logits(code, side)
         return {"code": code, "side": side, "logits": logits, "x_hat": self.activate(logits)}
 
     def reconstruction_loss(self, out: dict, x01: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,183 @@
+"""Rate-distortion benchmark: bytes per image vs PSNR/SSIM for the project's ladder and the codecs users pick instead.
+
+    python -m bench.rd                       # Fashion-MNIST test split, bundles/rd-ladder, writes docs/rd.*
+    python -m bench.rd --data-dir DIR        # any IDX folder (train + test files)
+    python -m bench.rd --limit 500 --out-dir /tmp/rd   # a quick look
+
+One run, the same test images for every codec: the project's bundles through
+the real edge packing path and wire messages (bench/project.py), PCA with
+the project's quantiser and entropy coder (bench/pca.py), PNG, zstd-19 plain
+and with a dictionary trained on the training split, JPEG, WebP and AVIF over
+quality sweeps (bench/classic.py). Writes rd.md (table, targets, BD-rates),
+rd.png (curves) and rd.json (every number) into --out-dir.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from bench import classic, pca, quality
+from bench.bdrate import bd_rate, common_range, pareto
+from latent_codec import datasets
+from latent_codec.bundle import find_bundles
+from latent_codec.errors import CodecError
+
+DEFAULT_BUNDLES = Path("bundles/rd-ladder")
+TARGET_BYTES = 32.0
+TARGET_DB = 3.0
+
+_ITEMS: np.ndarray | None = None  # set before forking the classic-codec workers
+_ZDICT: bytes | None = None
+
+
+def _row(codec: str, setting: str, sizes: np.ndarray | float, items: np.ndarray, recon: np.ndarray, **extra) -> dict:
+    return {"codec": codec, "setting": setting, "bytes": float(np.mean(sizes)),
+            "psnr": quality.psnr(items, recon), "ssim": float(quality.ssim(items, recon).mean()), **extra}
+
+
+def _classic_job(setting: classic.Setting) -> dict:
+    t0 = time.perf_counter()
+    sizes, recon = classic.codec_roundtrip(setting, _ITEMS, _ZDICT)
+    return _row(setting.codec, setting.label, sizes, _ITEMS, recon, lossless=setting.quality is None,
+                seconds=time.perf_counter() - t0)
+
+
+def run_classic(items: np.ndarray, train: np.ndarray, jobs: int, avif: bool) -> list[dict]:
+    global _ITEMS, _ZDICT
+    _ITEMS = items
+    _ZDICT = classic.train_zstd_dictionary(train)
+    todo = classic.settings(avif)
+    if jobs <= 1:
+        return [_classic_job(s) for s in todo]
+    with mp.get_context("fork").Pool(jobs) as pool:
+        return pool.map(_classic_job, todo, chunksize=1)
+
+
+def run_pca(items: np.ndarray, train: np.ndarray) -> list[dict]:
+    train_unit = datasets.to_unit(train)
+    model = pca.PCA.fit(train_unit, max(max(pca.KS), max(pca.UNIFORM_KS)))
+    rows = []
+    for label, k, spec in pca.payload_specs(model, train_unit):
+        sizes, recon = pca.roundtrip(model, spec, k, items)
+        rows.append(_row("PCA", label, sizes, items, recon, format=spec.format))
+    return rows
+
+
+def run_project(items: np.ndarray, bundles_root: Path, threads: int) -> list[dict]:
+    from bench.project import measure_bundle
+
+    rows = []
+    for b in find_bundles(bundles_root):
+        sizes, recon, info = measure_bundle(b, items, threads)
+        family = f"aecodec {info['model']['name']}"
+        rows.append(_row(family, b.name, sizes.payload, items, recon, decode_request_bytes=sizes.decode_request,
+                         ingest_request_bytes=sizes.ingest_request, **info))
+    return rows
+
+
+def curves(rows: list[dict]) -> dict[str, list[dict]]:
+    """Codec -> its Pareto-optimal rows (lossy codecs) sorted by bytes; lossless codecs keep their one row."""
+    out: dict[str, list[dict]] = {}
+    for codec in dict.fromkeys(r["codec"] for r in rows):
+        mine = [r for r in rows if r["codec"] == codec]
+        front = set(pareto([(r["bytes"], r["psnr"]) for r in mine]))
+        out[codec] = sorted((r for r in mine if (r["bytes"], r["psnr"]) in front), key=lambda r: r["bytes"])
+    return out
+
+
+def psnr_at(curve: list[dict], nbytes: float) -> float | None:
+    """A curve's PSNR at a byte budget, linear in log(bytes); None outside its range."""
+    b = np.log([r["bytes"] for r in curve])
+    if not len(b) or not b[0] <= np.log(nbytes) <= b[-1]:
+        return None
+    return float(np.interp(np.log(nbytes), b, [r["psnr"] for r in curve]))
+
+
+def summarise(rows: list[dict]) -> dict:
+    """BD-rates of each project curve vs WebP (and the others), and the <= 32-byte target vs PCA."""
+    cs = curves(rows)
+    project = [c for c in cs if c.startswith("aecodec")]
+    anchors = [c for c in cs if not c.startswith("aecodec") and not cs[c][0].get("lossless")]
+    bd: dict[str, dict] = {}
+    for p in project:
+        bd[p] = {}
+        for a in anchors:
+            pr, ar = cs[p], cs[a]
+            if min(len(pr), len(ar)) < 2:
+                continue
+            rng = common_range([r["psnr"] for r in ar], [r["psnr"] for r in pr])
+            val = bd_rate([r["bytes"] for r in ar], [r["psnr"] for r in ar], [r["bytes"] for r in pr], [r["psnr"] for r in pr])
+            bd[p][a] = {"bd_rate_percent": val, "psnr_range": rng, "points": [len(ar), len(pr)]}
+            if a == "WebP" and val is not None and "decode_request_bytes" in pr[0]:
+                bd[p]["WebP (DecodeRequest bytes)"] = {
+                    "bd_rate_percent": bd_rate([r["bytes"] for r in ar], [r["psnr"] for r in ar],
+                                               [r["decode_request_bytes"] for r in pr], [r["psnr"] for r in pr]),
+                    "psnr_range": rng, "points": [len(ar), len(pr)]}
+    target = None
+    small = [r for p in project for r in cs[p] if r["bytes"] <= TARGET_BYTES]
+    if small and "PCA" in cs:
+        margins = [(r, psnr_at(cs["PCA"], r["bytes"])) for r in small]
+        margins = [(r, q, r["psnr"] - q) for r, q in margins if q is not None]
+        if margins:
+            r, q, m = max(margins, key=lambda t: t[2])
+            target = {"bundle": r["setting"], "bytes": r["bytes"], "psnr": r["psnr"], "pca_psnr": q,
+                      "margin_db": m, "met": m >= TARGET_DB}
+    webp = [v["WebP"]["bd_rate_percent"] for v in bd.values() if "WebP" in v and v["WebP"]["bd_rate_percent"] is not None]
+    return {"bd_rate": bd, "target_32_bytes": target,
+            "target_bd_rate_met": bool(webp) and min(webp) < 0, "curves": {c: [r["setting"] for r in v] for c, v in cs.items()}}
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="bench-rd", description=__doc__.split("\n")[0])
+    p.add_argument("--data-dir", default="fashion-mnist", help="fashion-mnist, digits, or an IDX folder with train and test files")
+    p.add_argument("--bundles", type=Path, default=DEFAULT_BUNDLES, help="a bundle, or a folder of bundles (the ladder)")
+    p.add_argument("--limit", type=int, default=0, help="only the first N test images (0 = all)")
+    p.add_argument("--out-dir", type=Path, default=Path("docs"))
+    p.add_argument("--jobs", type=int, default=2, help="worker processes for the classic codecs")
+    p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the project's bundles")
+    p.add_argument("--no-avif", action="store_true", help="skip AVIF (the slowest encoder)")
+    p.add_argument("--no-classic", action="store_true", help="skip PNG/zstd/JPEG/WebP/AVIF")
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from bench.rd_report import write_report
+
+    t0 = time.perf_counter()
+    try:
+        test = datasets.load(args.data_dir, "test")
+        train = datasets.load(args.data_dir, "train")
+        items = test.x[: args.limit] if args.limit else test.x
+        if items.dtype != np.uint8:
+            raise CodecError("bench.rd compares image codecs: it needs uint8 items")
+        rows = run_project(items, args.bundles, args.threads)
+        print(f"project: {len(rows)} bundles ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        rows += run_pca(items, train.x)
+        print(f"PCA done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+        if not args.no_classic:
+            rows += run_classic(items, train.x, args.jobs, not args.no_avif)
+            print(f"classic codecs done ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    except CodecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = summarise(rows)
+    meta = {"command": "python -m bench.rd " + shlex.join(argv if argv is not None else sys.argv[1:]),
+            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "data": test.source,
+            "items": int(len(items)), "seconds": round(time.perf_counter() - t0, 1)}
+    args.out_dir.mkdir(parents=True, exist_ok=True)
+    (args.out_dir / "rd.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1) + "\n")
+    write_report(args.out_dir, meta, rows, summary, curves(rows))
+    print((args.out_dir / "rd.md").read_text())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Write the rate-distortion benchmark's Markdown table and its bytes-vs-PSNR plot."""
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _fmt(v, spec: str) -> str:
+    return "–" if v is None else format(v, spec)
+
+
+def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list[dict]]) -> str:
+    on_curve = {(r["codec"], r["setting"]) for c in curves.values() for r in c}
+    t = summary.get("target_32_bytes")
+    lines = [
+        "# Rate–distortion benchmark",
+        "",
+        f"- command: `{meta['command']}`",
+        f"- date: {meta['date']}; data: {meta['data']}, {meta['items']} test images, the same images for every codec; "
+        f"run time {meta['seconds']:.0f} s",
+        "- bytes/image: the project's entropy-coded item payload (what storage holds; the DecodeRequest column adds "
+        "the gRPC batch framing of `edge.cli evaluate`, 500 items per request), or the whole encoded file for "
+        "PNG/JPEG/WebP/AVIF/zstd (headers included: one image = one file).",
+        "- PSNR: of the mean per-image MSE on uint8 reconstructions (peak 255); SSIM: mean per image, "
+        "skimage defaults (7x7 window). Lossless codecs show PSNR ∞.",
+        "- curves (plot, BD-rate) use each codec's Pareto-optimal settings (marked * below).",
+        "",
+        "## Targets (issue 4)",
+        "",
+    ]
+    if t:
+        lines.append(f"- At ≤ 32 bytes/image: best project bundle `{t['bundle']}` reaches {t['psnr']:.2f} dB at "
+                     f"{t['bytes']:.2f} bytes; PCA (same quantiser + entropy coder) at the same bytes: "
+                     f"{t['pca_psnr']:.2f} dB; margin **{t['margin_db']:+.2f} dB** (target ≥ +3 dB: "
+                     f"{'met' if t['met'] else 'NOT met'}).")
+    else:
+        lines.append("- At ≤ 32 bytes/image: no project bundle in range of the PCA curve (target not evaluated).")
+    for p, v in summary["bd_rate"].items():
+        w = v.get("WebP")
+        if w and w["bd_rate_percent"] is not None:
+            lo, hi = w["psnr_range"]
+            lines.append(f"- BD-rate of `{p}` vs WebP over {lo:.2f}–{hi:.2f} dB: **{w['bd_rate_percent']:+.1f} %** "
+                         f"(target < 0: {'met' if w['bd_rate_percent'] < 0 else 'NOT met'}).")
+        elif w is not None:
+            lines.append(f"- `{p}` and WebP share no PSNR range: BD-rate undefined (target NOT met).")
+    lines += ["", "## Bjøntegaard delta rate (project curve vs each codec, over their common PSNR range)", "",
+              "| project curve | anchor | common PSNR range (dB) | BD-rate |", "|---|---|---|---|"]
+    for p, v in summary["bd_rate"].items():
+        for a, d in v.items():
+            rng = d["psnr_range"]
+            lines.append(f"| {p} | {a} | {'–' if rng is None else f'{rng[0]:.2f}–{rng[1]:.2f}'} | "
+                         f"{'no overlap' if d['bd_rate_percent'] is None else format(d['bd_rate_percent'], '+.1f') + ' %'} |")
+    lines += ["", "## All measurements", "",
+              "| codec | setting | bytes/image | DecodeRequest bytes/item | IngestRequest bytes/item | PSNR (dB) | SSIM |",
+              "|---|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        star = "*" if (r["codec"], r["setting"]) in on_curve else ""
+        psnr = "∞" if r.get("lossless") else f"{r['psnr']:.2f}"
+        lines.append(f"| {r['codec']} | {r['setting']}{star} | {r['bytes']:.2f} | {_fmt(r.get('decode_request_bytes'), '.2f')} | "
+                     f"{_fmt(r.get('ingest_request_bytes'), '.2f')} | {psnr} | {r['ssim']:.4f} |")
+    lines += ["", "IngestRequest bytes include each item's 32-character item id, its bundle id and a timestamp "
+              "(the durable-ingest message as defined in proto/); DecodeRequest bytes are the batch path.", ""]
+    return "\n".join(lines)
+
+
+def plot(path: Path, curves: dict[str, list[dict]], title: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(9, 6), dpi=110)
+    for codec, pts in curves.items():
+        if pts and pts[0].get("lossless"):
+            ax.axvline(pts[0]["bytes"], ls=":", lw=1, color="grey")
+            ax.text(pts[0]["bytes"], 0.02, f" {codec} (lossless)", rotation=90, va="bottom", fontsize=8,
+                    color="grey", transform=ax.get_xaxis_transform())
+            continue
+        style = dict(lw=2.5, marker="o") if codec.startswith("aecodec") else dict(lw=1.2, marker=".")
+        ax.plot([r["bytes"] for r in pts], [r["psnr"] for r in pts], label=codec, **style)
+    ax.set_xscale("log")
+    ax.set_xlabel("bytes per image (log scale)")
+    ax.set_ylabel("PSNR (dB)")
+    ax.set_title(title)
+    ax.grid(True, which="both", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
+def write_report(out_dir: Path, meta: dict, rows: list[dict], summary: dict, curves: dict[str, list[dict]]) -> None:
+    (out_dir / "rd.md").write_text(markdown(meta, rows, summary, curves))
+    plot(out_dir / "rd.png", curves, f"{meta['data']}: {meta['items']} test images")

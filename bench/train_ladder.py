@@ -1,0 +1,107 @@
+"""Train the rate ladder: one base autoencoder, then one rate-distortion fine-tune and bundle per lambda.
+
+    python -m bench.train_ladder                      # conv model, default lambdas -> bundles/rd-ladder
+    python -m bench.train_ladder --lambdas 0.01,0.04 --base-epochs 2 --epochs 1 --limit 5000 --out /tmp/ladder
+
+A shared base costs its epochs once; each rung then only has to learn where to
+spend bits (loss = squared error + lambda * bits under the learned prior,
+straight-through rounding for the decoder). Each bundle's manifest carries its
+measured test bytes/item and PSNR; docs/rd_ladder.json summarises the ladder.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_LAMBDAS = (0.1, 0.04, 0.016, 0.007, 0.003)
+DEFAULT_ARGS = {"code_dim": 64, "channels": [32, 64], "pool": "stride"}
+
+
+def counted_bits(ckpt: Path, rate_prior: dict, data: str, items: int) -> tuple[float, float]:
+    """(learned-prior bits, counted-prior bits) per item on training codes: which tables to ship."""
+    import torch
+
+    from latent_codec.entropy import FactorizedPrior
+    from training.data import load_split, to_tensor
+    from training.rate import learned_payload
+    from training.train import load_checkpoint
+
+    model, _, _ = load_checkpoint(ckpt)
+    x = to_tensor(load_split(data, "train", items))
+    with torch.no_grad():
+        z = torch.cat([model.encode(model.normalize(x[i : i + 1000]))[0].flatten(1) for i in range(0, len(x), 1000)])
+    q, learned = learned_payload(rate_prior, z.shape[1])
+    s = q.quantize(z.numpy())
+    counted = FactorizedPrior.fit(s, q.levels)
+    return float(learned.bits(s).mean()), float(counted.bits(s).mean())
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(prog="train-ladder", description=__doc__.split("\n")[0])
+    p.add_argument("--model", default="conv")
+    p.add_argument("--args", default=json.dumps(DEFAULT_ARGS), help="model constructor arguments, JSON")
+    p.add_argument("--lambdas", default=",".join(map(str, DEFAULT_LAMBDAS)), help="comma-separated rd_lambda values")
+    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--limit", type=int, default=0, help="training items (0 = all)")
+    p.add_argument("--base-epochs", type=int, default=6)
+    p.add_argument("--epochs", type=int, default=3, help="rate-distortion epochs per rung")
+    p.add_argument("--batch-size", type=int, default=256)
+    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--test-limit", type=int, default=0, help="test items measured into each manifest (0 = all)")
+    p.add_argument("--runs", type=Path, default=Path("runs/rd-ladder"), help="checkpoints")
+    p.add_argument("--out", type=Path, default=Path("bundles/rd-ladder"), help="one bundle per lambda")
+    p.add_argument("--summary", type=Path, default=Path("docs/rd_ladder.json"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    from training.export import export_bundle
+    from training.train import TrainConfig, save_checkpoint, train
+
+    lambdas = [float(v) for v in args.lambdas.split(",") if v.strip()]
+    model_args = json.loads(args.args)
+    common = dict(model=args.model, model_args=model_args, data=args.data, limit=args.limit,
+                  batch_size=args.batch_size, lr=args.lr, threads=args.threads)
+    t0 = time.perf_counter()
+    args.runs.mkdir(parents=True, exist_ok=True)
+    base_cfg = TrainConfig(epochs=args.base_epochs, **common)
+    model, record = train(base_cfg, progress=False)
+    base = save_checkpoint(args.runs / "base.pt", model, base_cfg, record)
+    print(f"base: val PSNR {record['history'][-1]['val_psnr']:.2f} dB ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    rungs = []
+    for lam in lambdas:
+        cfg = TrainConfig(epochs=args.epochs, rd_lambda=lam, quant_noise="mixed", init_checkpoint=str(base), **common)
+        model, record = train(cfg, progress=False)
+        ckpt = save_checkpoint(args.runs / f"lambda-{lam:g}.pt", model, cfg, record)
+        learned, counted = counted_bits(ckpt, record["rate_prior"], args.data, 10000)
+        # Ship the learned tables unless counting the training codes is clearly (> 1 %) cheaper.
+        quant = "learned" if learned <= counted * 1.01 else "learned-fit"
+        out = args.out / f"{args.model}-lambda-{lam:g}"
+        m = export_bundle(ckpt, out, quant=quant, test_limit=args.test_limit)
+        t = m.metrics["test"]
+        rungs.append({"rd_lambda": lam, "bundle": str(out), "bundle_id": m.bundle_id, "tables": quant,
+                      "train_bits_learned": learned, "train_bits_counted": counted,
+                      "grid_bits": record["rate_prior"]["grid_bits"], "test_psnr": t["psnr"],
+                      "test_bytes_per_item": t["bytes_per_item"], "train_seconds": record["train_seconds"]})
+        print(f"lambda {lam:g}: {t['bytes_per_item']:.2f} bytes/item, PSNR {t['psnr']:.2f} dB, tables {quant} "
+              f"(learned {learned / 8:.2f} vs counted {counted / 8:.2f} bytes ideal) "
+              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    summary = {"command": "python -m bench.train_ladder " + " ".join(argv if argv is not None else sys.argv[1:]),
+               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args.model,
+               "model_args": model_args, "base_epochs": args.base_epochs, "epochs": args.epochs,
+               "seconds": round(time.perf_counter() - t0, 1), "rungs": rungs}
+    args.summary.parent.mkdir(parents=True, exist_ok=True)
+    args.summary.write_text(json.dumps(summary, indent=1) + "\n")
+    print(json.dumps(summary, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,85 @@
+"""The benchmark's arithmetic: BD-rate on known curves, SSIM against skimage, Pareto fronts, the PCA baseline."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from bench.bdrate import bd_rate, common_range, pareto
+
+
+def test_bd_rate_of_a_curve_needing_half_the_bytes_is_minus_50_percent():
+    psnr = np.array([20.0, 23.0, 26.0, 29.0, 32.0])
+    rate = 100.0 * 1.3 ** (psnr - 20.0)  # any smooth monotone curve
+    assert bd_rate(rate, psnr, rate / 2, psnr) == pytest.approx(-50.0, abs=1e-6)
+    assert bd_rate(rate, psnr, rate * 1.25, psnr) == pytest.approx(25.0, abs=1e-6)
+    assert bd_rate(rate, psnr, rate, psnr) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_bd_rate_uses_only_the_common_psnr_range():
+    psnr = np.linspace(18, 30, 7)
+    rate = np.exp(0.2 * psnr)
+    # The test curve covers 24-36 dB: only 24-30 dB is shared; there it needs 20 % fewer bytes.
+    tp = np.linspace(24, 36, 7)
+    assert common_range(psnr, tp) == pytest.approx((24.0, 30.0))
+    assert bd_rate(rate, psnr, 0.8 * np.exp(0.2 * tp), tp) == pytest.approx(-20.0, abs=1e-6)
+    assert bd_rate(rate, psnr, rate, psnr + 20) is None  # no overlap
+    with pytest.raises(ValueError):
+        bd_rate([1.0], [20.0], rate, psnr)
+
+
+def test_pareto_front():
+    pts = [(10, 20.0), (12, 19.0), (15, 22.0), (15, 21.0), (30, 21.5), (40, 25.0)]
+    assert pareto(pts) == [(10, 20.0), (15, 22.0), (40, 25.0)]
+
+
+def test_ssim_matches_skimage():
+    from skimage.metrics import structural_similarity
+
+    from bench.quality import psnr, ssim
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 256, (6, 1, 28, 28), dtype=np.uint8)
+    y = np.clip(x.astype(int) + rng.integers(-40, 40, x.shape), 0, 255).astype(np.uint8)
+    ours = ssim(x, y)
+    ref = [structural_similarity(a[0], b[0], data_range=255) for a, b in zip(x, y)]
+    assert np.allclose(ours, ref, atol=1e-9)
+    assert ssim(x, x) == pytest.approx(np.ones(6))
+    mse = ((x.astype(float) - y.astype(float)) ** 2).mean(axis=(1, 2, 3)) / 255.0**2
+    assert psnr(x, y) == pytest.approx(-10 * np.log10(mse.mean()))
+
+
+def test_pca_baseline_pays_the_project_framing():
+    """PCA codes go through the same PayloadSpec pack/unpack; more components -> better PSNR."""
+    from bench import pca
+    from bench.quality import psnr
+    from latent_codec import datasets
+
+    train = datasets.load("digits", "train").x
+    test = datasets.load("digits", "test").x[:200]
+    model = pca.PCA.fit(datasets.to_unit(train), 16)
+    z = model.encode(datasets.to_unit(train), 16).astype(np.float32)
+    results = []
+    for k in (4, 16):
+        q = pca.uniform_quantizer(z[:, :k], 0.5)
+        from latent_codec.entropy import FactorizedPrior
+        from latent_codec.packing import PayloadSpec
+
+        spec = PayloadSpec(q, k, FactorizedPrior.fit(q.quantize(z[:, :k]), q.levels))
+        sizes, rec = pca.roundtrip(model, spec, k, test)
+        assert spec.format.endswith("+ans") and sizes.min() >= 1
+        results.append((sizes.mean(), psnr(test, rec)))
+    assert results[1][1] > results[0][1] and results[1][0] > results[0][0]
+
+
+def test_classic_codecs_round_trip():
+    from bench import classic
+
+    rng = np.random.default_rng(1)
+    items = rng.integers(0, 256, (3, 1, 16, 16), dtype=np.uint8)
+    zdict = classic.train_zstd_dictionary(np.repeat(items, 40, axis=0))
+    for s in [classic.Setting("PNG"), classic.Setting("zstd-19"), classic.Setting("zstd-19+dict")]:
+        sizes, rec = classic.codec_roundtrip(s, items, zdict)
+        assert np.array_equal(rec, items) and sizes.min() > 0
+    sizes_lo, _ = classic.codec_roundtrip(classic.Setting("WebP", 0), items)
+    sizes_hi, _ = classic.codec_roundtrip(classic.Setting("WebP", 95), items)
+    assert sizes_lo.sum() < sizes_hi.sum()
