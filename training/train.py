@@ -47,6 +47,7 @@ class TrainConfig:
     kl_sparsity: float = 0.0  # sparse: beta * sum_l KL(rho || rho_hat_l); needs sigmoid codes
     sparsity_target: float = 0.05  # rho, the target mean activation for kl_sparsity
     contractive: float = 0.0  # contractive: lambda * ||d code / d x||_F^2 per item
+    contractive_samples: int = 0  # 0 = exact Jacobian norm (k products); m = Hutchinson estimate (m products)
     pretrain_epochs: int = 0  # stacked: greedy layer-wise pre-training epochs per layer (training/stacked.py)
     # Rate-distortion training (training/rate.py): loss = distortion + rd_lambda * bits per item.
     rd_lambda: float = 0.0  # 0 = plain reconstruction loss
@@ -200,6 +201,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--sparsity-target", type=float, default=TrainConfig.sparsity_target, metavar="RHO")
     p.add_argument("--contractive", type=float, default=0.0, metavar="LAMBDA",
                    help="contractive: squared Frobenius norm of the encoder Jacobian")
+    p.add_argument("--contractive-samples", type=int, default=0, metavar="M",
+                   help="contractive: 0 = exact norm; M = unbiased estimate from M random projections (faster)")
     p.add_argument("--pretrain-epochs", type=int, default=0, metavar="N",
                    help="stacked: greedy layer-wise pre-training epochs per layer, then --epochs of fine-tuning")
     p.add_argument("--seed", type=int, default=0)
@@ -222,7 +225,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                        rd_lambda=args.rd_lambda, quant_noise=args.quant_noise, rd_distortion=args.rd_distortion,
                        mask_noise=args.mask_noise, gauss_noise=args.gauss_noise, l1=args.l1,
                        kl_sparsity=args.kl_sparsity, sparsity_target=args.sparsity_target,
-                       contractive=args.contractive, pretrain_epochs=args.pretrain_epochs)
+                       contractive=args.contractive, contractive_samples=args.contractive_samples,
+                       pretrain_epochs=args.pretrain_epochs)
 
 
 def main(argv: list[str] | None = None) -> int:
