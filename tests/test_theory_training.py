@@ -230,3 +230,13 @@ def test_stacked_refuses_models_without_layers():
     with pytest.raises(ValueError, match="hidden"):
         train(TrainConfig(model="dense", model_args={"code_dim": 4}, data="digits", epochs=1,
                           pretrain_epochs=1), progress=None)
+
+
+def test_contractive_hutchinson_estimate_is_unbiased():
+    torch.manual_seed(1)
+    lin = torch.nn.Linear(10, 6)
+    x = torch.randn(3, 10, requires_grad=True)
+    h = torch.tanh(lin(x))
+    exact = jacobian_frobenius_sq(h, x)
+    est = jacobian_frobenius_sq(h, x, samples=4000, generator=torch.Generator().manual_seed(0))
+    assert torch.allclose(est, exact.detach(), rtol=0.1)

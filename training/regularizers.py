@@ -35,14 +35,26 @@ def l1_activity(code: torch.Tensor) -> torch.Tensor:
     return code.flatten(1).abs().sum(1).mean()
 
 
-def jacobian_frobenius_sq(code: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Per-item ||d code / d x||_F^2, exactly (one vector-Jacobian product per code unit), differentiable.
+def jacobian_frobenius_sq(code: torch.Tensor, x: torch.Tensor, samples: int = 0,
+                          generator: torch.Generator | None = None) -> torch.Tensor:
+    """Per-item ||d code / d x||_F^2, differentiable.
+
+    samples=0: exact, one vector-Jacobian product per code unit (k of them). samples=m > 0: the
+    unbiased Hutchinson estimate mean_m ||J^T e_m||^2 with e_m ~ N(0, I_k) (E[e e^T] = I, so
+    E||J^T e||^2 = tr(J J^T) = ||J||_F^2): m products instead of k, for wide codes or big encoders.
 
     Items are independent, so d(sum_n code[n, j]) / d x[n] is row j of item n's Jacobian: k products
     cover the whole batch. Tries one batched call first and falls back to a loop over units.
     """
     c = code.flatten(1)
     k = c.shape[1]
+    if samples > 0:
+        total = torch.zeros(c.shape[0], dtype=c.dtype)
+        for _ in range(samples):
+            e = torch.randn(c.shape, generator=generator, dtype=c.dtype)
+            (g,) = torch.autograd.grad(c, x, grad_outputs=e, create_graph=True)
+            total = total + g.pow(2).flatten(1).sum(1)
+        return total / samples
     try:
         eye = torch.eye(k, dtype=c.dtype).unsqueeze(1).expand(k, c.shape[0], k)
         (g,) = torch.autograd.grad(c, x, grad_outputs=eye, is_grads_batched=True, create_graph=True)
@@ -74,6 +86,7 @@ class Regularizers:
     kl: float = 0.0  # beta, weight of the KL sparsity penalty (sigmoid codes)
     rho: float = 0.05  # target mean activation for KL
     contractive: float = 0.0  # lambda of ||J_f(x)||_F^2
+    contractive_samples: int = 0  # 0 = exact Jacobian norm; m = Hutchinson estimate with m projections
     _sum: torch.Tensor | None = field(default=None, repr=False)
     _count: int = field(default=0, repr=False)
 
@@ -81,7 +94,7 @@ class Regularizers:
     def from_config(cls, cfg, model, denoising: bool = False) -> "Regularizers":
         """Build from TrainConfig fields and validate them against the model (before any training)."""
         reg = cls(getattr(cfg, "l1", 0.0), getattr(cfg, "kl_sparsity", 0.0), getattr(cfg, "sparsity_target", 0.05),
-                  getattr(cfg, "contractive", 0.0))
+                  getattr(cfg, "contractive", 0.0), getattr(cfg, "contractive_samples", 0))
         for name in ("l1", "kl", "contractive"):
             if getattr(reg, name) < 0:
                 raise ValueError(f"{name} weight must be >= 0")
@@ -118,7 +131,7 @@ class Regularizers:
         if self.contractive > 0:
             xn = model.normalize(x_in).detach().requires_grad_(True)
             c, _ = model.encode(xn)
-            penalty = penalty + self.contractive * jacobian_frobenius_sq(c, xn).mean()
+            penalty = penalty + self.contractive * jacobian_frobenius_sq(c, xn, self.contractive_samples).mean()
         return penalty
 
     def epoch_report(self, progress: bool | None = None) -> dict:
