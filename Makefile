@@ -46,5 +46,9 @@ bench-ingest: setup postgres
 	    --fit-items 2000 --test-limit 500; }
 	$(PY) -m bench.ingest --bundle $(BENCH_INGEST)/bundle --data fashion-mnist --out docs/bench-ingest.md
 
+# Every autoencoder variant, one small fixed budget on Fashion-MNIST -> docs/variants.{md,png,json} (~15 min).
+bench-variants: setup
+	$(PY) -m bench.variants --out-dir docs --work-dir runs/variants
+
 clean:
 	rm -rf runs bundles .pytest_cache
