@@ -17,6 +17,9 @@ class LinearAutoencoder(DenseAutoencoder):
     """Dense, no hidden layers, identity activations, linear output + squared error, centred inputs."""
 
     def __init__(self, input_shape=(1, 28, 28), code_dim: int = 16, tied: bool = False, **_fixed):
+        fixed = {"output", "standardize", "hidden", "activation", "code_activation"}
+        if set(_fixed) - fixed:
+            raise TypeError(f"linear autoencoder: unknown arguments {sorted(set(_fixed) - fixed)}")
         for k, want in (("output", "linear"), ("standardize", True), ("hidden", []), ("activation", "linear"),
                         ("code_activation", "linear")):
             if k in _fixed and _fixed[k] != want and not (k == "hidden" and list(_fixed[k]) == want):
