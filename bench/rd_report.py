@@ -24,6 +24,9 @@ def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list
         "skimage defaults (7x7 window). Lossless codecs show PSNR ∞.",
         "- curves (plot, BD-rate) use each codec's Pareto-optimal settings (marked * below).",
         "",
+        "Reproduce: `make bench-rd` (trains the ladder with `python -m bench.train_ladder` into bundles/rd-ladder "
+        "if it is missing, then runs this benchmark); `python -m bench.rd --data-dir DIR` runs it on any IDX folder.",
+        "",
         "## Targets (issue 4)",
         "",
     ]

@@ -12,14 +12,40 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from pathlib import Path
 
 import numpy as np
 
-DEFAULT_LAMBDAS = (0.1, 0.04, 0.016, 0.007, 0.003)
-DEFAULT_ARGS = {"code_dim": 64, "channels": [32, 64], "pool": "stride"}
+DEFAULT_LAMBDAS = (0.3, 0.1, 0.035, 0.012, 0.004, 0.0015)
+DEFAULT_MODEL = "linres"
+DEFAULT_ARGS = {"code_dim": 128, "hidden": 512}
+
+
+def step_for(rd_lambda: float) -> float:
+    """The uniform step that is rate-distortion optimal for a Gaussian-like linear code at this lambda.
+
+    Per active dimension D ~ step^2 / 12 (summed squared error, orthonormal
+    basis) and dR/dstep = -1 / (step ln 2) bits, so lambda = -dD/dR gives
+    step = sqrt(6 lambda / ln 2): where each rung's PCA start should sit.
+    """
+    return math.sqrt(6.0 * rd_lambda / math.log(2.0))
+
+
+def pca_start(path: Path, model_name: str, model_args: dict, data: str, limit: int, step: float) -> Path:
+    """A checkpoint of the model with its linear path set to PCA at `step` (no training yet)."""
+    from latent_codec import datasets
+    from training.data import load_split
+    from training.registry import build_model
+    from training.train import TrainConfig, save_checkpoint
+
+    ds = load_split(data, "train", limit)
+    model = build_model(model_name, {"input_shape": list(ds.item_shape), **model_args})
+    model.init_pca(datasets.to_unit(ds.x), step)
+    cfg = TrainConfig(model=model_name, model_args=model_args, data=data, limit=limit, epochs=0)
+    return save_checkpoint(path, model, cfg, {"history": [], "pca_init_step": step})
 
 
 def counted_bits(ckpt: Path, rate_prior: dict, data: str, items: int) -> tuple[float, float]:
@@ -43,15 +69,16 @@ def counted_bits(ckpt: Path, rate_prior: dict, data: str, items: int) -> tuple[f
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="train-ladder", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default="conv")
+    p.add_argument("--model", default=DEFAULT_MODEL)
     p.add_argument("--args", default=json.dumps(DEFAULT_ARGS), help="model constructor arguments, JSON")
     p.add_argument("--lambdas", default=",".join(map(str, DEFAULT_LAMBDAS)), help="comma-separated rd_lambda values")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--limit", type=int, default=0, help="training items (0 = all)")
-    p.add_argument("--base-epochs", type=int, default=6)
-    p.add_argument("--epochs", type=int, default=3, help="rate-distortion epochs per rung")
+    p.add_argument("--base-epochs", type=int, default=0,
+                   help="plain training before the rungs; 0 with a PCA-initialisable model: each rung starts from PCA")
+    p.add_argument("--epochs", type=int, default=2, help="rate-distortion epochs per rung")
     p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=3e-3)
+    p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--test-limit", type=int, default=0, help="test items measured into each manifest (0 = all)")
     p.add_argument("--runs", type=Path, default=Path("runs/rd-ladder"), help="checkpoints")
@@ -71,13 +98,22 @@ def main(argv: list[str] | None = None) -> int:
                   batch_size=args.batch_size, lr=args.lr, threads=args.threads)
     t0 = time.perf_counter()
     args.runs.mkdir(parents=True, exist_ok=True)
-    base_cfg = TrainConfig(epochs=args.base_epochs, **common)
-    model, record = train(base_cfg, progress=False)
-    base = save_checkpoint(args.runs / "base.pt", model, base_cfg, record)
-    print(f"base: val PSNR {record['history'][-1]['val_psnr']:.2f} dB ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
+    from training.registry import MODELS, model_names
+
+    model_names()
+    pca_init = args.base_epochs == 0 and hasattr(MODELS[args.model], "init_pca")
+    base = None
+    if not pca_init:
+        base_cfg = TrainConfig(epochs=args.base_epochs, **common)
+        model, record = train(base_cfg, progress=False)
+        base = save_checkpoint(args.runs / "base.pt", model, base_cfg, record)
+        print(f"base: val PSNR {record['history'][-1]['val_psnr']:.2f} dB ({time.perf_counter() - t0:.0f} s)",
+              file=sys.stderr)
     rungs = []
     for lam in lambdas:
-        cfg = TrainConfig(epochs=args.epochs, rd_lambda=lam, quant_noise="mixed", init_checkpoint=str(base), **common)
+        start = base or pca_start(args.runs / f"pca-start-{lam:g}.pt", args.model, model_args, args.data, args.limit,
+                                  step_for(lam))
+        cfg = TrainConfig(epochs=args.epochs, rd_lambda=lam, quant_noise="mixed", init_checkpoint=str(start), **common)
         model, record = train(cfg, progress=False)
         ckpt = save_checkpoint(args.runs / f"lambda-{lam:g}.pt", model, cfg, record)
         learned, counted = counted_bits(ckpt, record["rate_prior"], args.data, 10000)

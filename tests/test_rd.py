@@ -156,3 +156,23 @@ def test_cross_process_bit_exact(rd_bundle, tmp_path):
     assert dec1["codes"].tobytes() == dec2["codes"].tobytes()
     # Re-packing the decoded codes reproduces the original payloads byte for byte.
     assert dec2["data"].tobytes() == enc1["data"].tobytes()
+
+
+def test_linres_starts_as_pca_on_the_integer_grid():
+    """The PCA-initialised model reconstructs exactly like PCA whose codes are quantised with the given step."""
+    from bench.pca import PCA
+    from latent_codec import datasets
+    from training.registry import build_model
+
+    x = datasets.to_unit(datasets.load("digits", "train").x)
+    m = build_model("linres", {"input_shape": [1, 8, 8], "code_dim": 10, "hidden": 16}).eval()
+    m.init_pca(x, step=0.5)
+    p = PCA.fit(x, 10)
+    xt = torch.from_numpy(x[:50])
+    with torch.no_grad():
+        code = m.encode(m.normalize(xt))[0].numpy()
+        m.quant_proxy = "ste"
+        rec = m(xt)["x_hat"].numpy().reshape(50, -1)
+    ref = p.encode(x[:50], 10) / 0.5
+    assert np.allclose(np.abs(code), np.abs(ref), atol=1e-3)  # eigenvectors are defined up to sign
+    assert np.allclose(rec, p.decode(np.sign(ref) * np.sign(code) * np.round(code) * 0.5), atol=1e-3)

@@ -52,6 +52,15 @@ class FactorizedLogisticPrior(nn.Module):
         self.log_scale_raw = nn.Parameter(torch.full((self.dims, components), math.log(init_scale) / self.GAIN))
         self.logit_weight_raw = nn.Parameter(torch.zeros(self.dims, components))
 
+    @torch.no_grad()
+    def init_from(self, codes: torch.Tensor) -> None:
+        """Data-dependent start: centre the mixture on each dimension's codes, logistic scale ~ their spread."""
+        mean, std = codes.mean(0), codes.std(0).clamp_min(0.5)
+        k = self.loc_raw.shape[1]
+        spread = torch.linspace(-0.5, 0.5, k) if k > 1 else torch.zeros(1)
+        self.loc_raw.copy_((mean[:, None] + spread[None, :] * std[:, None]) / self.GAIN)
+        self.log_scale_raw.copy_(torch.log(0.55 * std)[:, None].expand(-1, k) / self.GAIN)
+
     @property
     def loc(self) -> torch.Tensor:
         return self.loc_raw * self.GAIN
@@ -118,6 +127,7 @@ class RateDistortion(nn.Module):
         self.prior = FactorizedLogisticPrior(code_dims, components)
         self.rd_lambda = float(rd_lambda)
         self.distortion = distortion
+        self._started = False  # the prior is fitted to the first batch's codes
 
     def noisy(self, code: torch.Tensor) -> torch.Tensor:
         return code + torch.empty_like(code).uniform_(-0.5, 0.5) if self.training else torch.round(code)
@@ -128,7 +138,11 @@ class RateDistortion(nn.Module):
             dist = ((out["x_hat"] - x01) ** 2).flatten(1).sum(1).mean()
         else:
             dist = model.reconstruction_loss(out, x01)
-        bits = self.prior.bits(self.noisy(out["code"].flatten(1))).mean()
+        code = out["code"].flatten(1)
+        if not self._started and self.training:
+            self.prior.init_from(code.detach())
+            self._started = True
+        bits = self.prior.bits(self.noisy(code)).mean()
         return dist, bits
 
     def loss(self, model, out: dict, x01: torch.Tensor) -> torch.Tensor:

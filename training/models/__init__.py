@@ -1,2 +1,3 @@
 """Importing this package registers every model with training.registry."""
 from . import conv, dense, linear  # noqa: F401
+from . import linres  # noqa: F401  (rate-distortion: PCA-initialised linear path + MLP)
