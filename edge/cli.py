@@ -23,7 +23,7 @@ from latent_codec.packing import join_payloads
 from latent_codec.tensors import to_tensor
 from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
 
-from .client import CloudClient, CloudError
+from .client import CloudClient, CloudError, Security, add_connection_arguments
 from .encoder import EdgeEncoder
 from .report import Report
 
@@ -42,7 +42,7 @@ def evaluate(args: argparse.Namespace) -> Report:
     ds = load_items(args, encoder)
     m = encoder.manifest
     report = Report(encoder.bundle_id, m.payload.format)
-    client = CloudClient(args.server, args.connect_timeout)
+    client = CloudClient(args.server, args.connect_timeout, Security.from_args(args))
     t0 = time.perf_counter()
     try:
         client.wait_ready()
@@ -122,8 +122,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     e.add_argument("--no-progress", action="store_true")
     from .ingest import add_arguments as add_ingest_arguments
 
-    add_ingest_arguments(sub.add_parser(
-        "ingest", help="spool items and upload them durably; resumes after a crash, retries while offline"))
+    i = sub.add_parser("ingest",
+                       help="spool items and upload them durably; resumes after a crash, retries while offline")
+    add_ingest_arguments(i)
+    for sp in (e, i):
+        add_connection_arguments(sp)
     return p.parse_args(argv)
 
 

@@ -26,7 +26,7 @@ from latent_codec.errors import CodecError
 from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
 
-from .client import MAX_MESSAGE_BYTES, CloudError, describe
+from .client import MAX_MESSAGE_BYTES, CloudError, Security, describe, make_channel
 from .encoder import EdgeEncoder
 from .spool import Spool, SpooledItem, SpoolFullError, item_cost
 
@@ -47,9 +47,9 @@ class GaveUp(CodecError):
     """The cloud stayed unreachable for the whole retry budget; items remain spooled."""
 
 
-def open_channel(target: str) -> grpc.Channel:
+def open_channel(target: str, security: Security | None = None) -> grpc.Channel:
     """A channel that retries per its service config and reconnects quickly once the cloud is back."""
-    return grpc.insecure_channel(target, options=[
+    return make_channel(target, security=security, options=[
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
         ("grpc.enable_retries", 1),
@@ -289,7 +289,7 @@ def run(args, warn=None) -> IngestReport:
     t0 = time.monotonic()
     stop = threading.Event()
     wake = threading.Condition()
-    channel = open_channel(args.server)
+    channel = open_channel(args.server, Security.from_args(args))
     producer = None
     bar = None
     try:
