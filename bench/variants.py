@@ -47,11 +47,11 @@ VARIANTS: list[Variant] = [
     Variant("deep-tied", "dense", {"code_dim": 30, "hidden": [1000, 500, 250], "tied": True}, note="W* = W^T"),
     Variant("dense-linear-mse", "dense", {"code_dim": 32, "hidden": [256], "output": "linear", "standardize": True},
             note="linear output, squared error on standardised inputs"),
-    Variant("conv-deconv", "conv", {"code_dim": 32, "channels": [16, 32], "pool": "max", "up": "deconv"},
-            note="max pooling / transposed convolution"),
-    Variant("conv-stride", "conv", {"code_dim": 32, "channels": [16, 32], "pool": "stride", "up": "deconv"},
-            note="strided convolution / transposed convolution"),
-    Variant("conv-avg-unpool", "conv", {"code_dim": 32, "channels": [16, 32], "pool": "avg", "up": "avg"},
+    Variant("conv-deconv", "conv", {"code_dim": 32, "channels": [8, 16], "pool": "max", "up": "deconv",
+                                    "deconv_kernel": 2}, note="max pooling / transposed convolution, kernel = stride = 2"),
+    Variant("conv-stride", "conv", {"code_dim": 32, "channels": [8, 16], "pool": "stride", "up": "deconv",
+                                    "deconv_kernel": 4}, note="strided convolution / transposed convolution, kernel 4, stride 2"),
+    Variant("conv-avg-unpool", "conv", {"code_dim": 32, "channels": [8, 16], "pool": "avg", "up": "avg"},
             note="average pooling / average unpooling"),
     Variant("conv-max-unpool", "conv", {"code_dim": 32, "channels": [4, 8], "pool": "max", "up": "max"},
             note="max pooling / max unpooling; 2-bit switches in the payload"),
@@ -76,7 +76,7 @@ VARIANTS: list[Variant] = [
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.variants", description=__doc__.split("\n")[0])
     p.add_argument("--data", default="fashion-mnist")
-    p.add_argument("--limit", type=int, default=8000, help="training items (the fixed budget)")
+    p.add_argument("--limit", type=int, default=6000, help="training items (the fixed budget)")
     p.add_argument("--epochs", type=int, default=3, help="training epochs (the fixed budget)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--lr", type=float, default=3e-3, help="Adam, one-cycle schedule")

@@ -31,7 +31,7 @@ def test_transposed_convolution_kernel_equal_stride_scales_size(s, u, v):
 def test_conv_decoder_uses_kernel_equal_stride_deconvolution():
     from training.registry import build_model
 
-    m = build_model("conv", {"input_shape": [1, 28, 28], "channels": [4, 8], "up": "deconv"})
+    m = build_model("conv", {"input_shape": [1, 28, 28], "channels": [4, 8], "up": "deconv", "deconv_kernel": 2})
     deconvs = [mod for mod in m.upsample if isinstance(mod, nn.ConvTranspose2d)]
     assert deconvs and all(d.kernel_size == d.stride == (2, 2) and d.padding == (0, 0) for d in deconvs)
 
@@ -127,3 +127,18 @@ def test_max_unpooling_needs_max_pooling():
 
     with pytest.raises(ValueError, match="switches"):
         build_model("conv", {"input_shape": [1, 28, 28], "pool": "avg", "up": "max"})
+
+
+def test_tied_weights_decode_with_the_transposed_encoder_weights():
+    from training.registry import build_model
+
+    torch.manual_seed(0)
+    tied = build_model("dense", {"input_shape": [1, 8, 8], "code_dim": 5, "hidden": [16], "tied": True})
+    free = build_model("dense", {"input_shape": [1, 8, 8], "code_dim": 5, "hidden": [16]})
+    n_w = 64 * 16 + 16 * 5
+    assert sum(p.numel() for p in free.parameters()) - sum(p.numel() for p in tied.parameters()) == n_w
+    code = torch.randn(3, 5)
+    with torch.no_grad():
+        h = torch.relu(code @ tied.enc_w[1] + tied.dec_b[0])  # W2^T applied to the code
+        want = (h @ tied.enc_w[0] + tied.dec_b[1]).view(3, 1, 8, 8)  # then W1^T
+        assert torch.allclose(tied.decode_logits(code, {}), want, atol=1e-6)
