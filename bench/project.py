@@ -15,7 +15,6 @@ from pathlib import Path
 
 import numpy as np
 
-from latent_codec import datasets
 from latent_codec.bundle import load_bundle, run_decoder
 from latent_codec.packing import join_payloads, split_payloads
 from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
@@ -76,7 +75,3 @@ def measure_bundle(bundle_dir: Path, items: np.ndarray, threads: int = 1) -> tup
     info = {"bundle_id": enc.bundle_id, "format": spec.format, "model": m.model,
             "rd_lambda": (m.training.get("config") or {}).get("rd_lambda"), "path": str(bundle_dir)}
     return sizes, recon, info
-
-
-def items_unit(items: np.ndarray) -> np.ndarray:
-    return datasets.to_unit(items)

@@ -32,7 +32,7 @@ def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list
     ]
     if t:
         lines.append(f"- At ≤ 32 bytes/image: best project bundle `{t['bundle']}` reaches {t['psnr']:.2f} dB at "
-                     f"{t['bytes']:.2f} bytes; PCA (same quantiser + entropy coder) at the same bytes: "
+                     f"{t['bytes']:.2f} bytes; PCA (same quantiser + entropy coder, best of both quantiser sweeps) at the same bytes: "
                      f"{t['pca_psnr']:.2f} dB; margin **{t['margin_db']:+.2f} dB** (target ≥ +3 dB: "
                      f"{'met' if t['met'] else 'NOT met'}).")
     else:

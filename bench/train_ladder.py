@@ -17,7 +17,6 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
 DEFAULT_LAMBDAS = (0.3, 0.1, 0.035, 0.012, 0.004, 0.0015)
 DEFAULT_MODEL = "linres"
