@@ -53,6 +53,7 @@ def measure_bundle(bundle_dir: Path, items: np.ndarray, threads: int = 1) -> tup
     fixed = spec.item_bytes is not None
     recon = np.empty_like(items)
     n_payload = n_request = 0
+    ideal_bits = 0.0
     all_payloads: list[bytes] = []
     for i in range(0, len(items), BATCH):
         xb = items[i : i + BATCH]
@@ -68,10 +69,13 @@ def measure_bundle(bundle_dir: Path, items: np.ndarray, threads: int = 1) -> tup
         all_payloads += payloads
         got = pb.DecodeRequest.FromString(wire).codes  # the cloud's view: parse, split, unpack, decode
         z, side = spec.unpack(split_payloads(got.data, list(got.sizes), got.count, spec.item_bytes))
+        if spec.prior is not None:  # the prior's ideal code length: what the coder's termination adds to it
+            ideal_bits += float(spec.prior.bits(spec.quantizer.quantize(z)).sum())
         rec = np.clip(run_decoder(dec, z, side, m.code_shape), 0.0, 1.0)
         recon[i : i + BATCH] = np.rint(rec * 255.0).astype(np.uint8).reshape(xb.shape)
     n = len(items)
     sizes = WireSizes(n_payload / n, n_request / n, _ingest_bytes(enc.bundle_id, all_payloads) / n)
     info = {"bundle_id": enc.bundle_id, "format": spec.format, "model": m.model,
-            "rd_lambda": (m.training.get("config") or {}).get("rd_lambda"), "path": str(bundle_dir)}
+            "rd_lambda": (m.training.get("config") or {}).get("rd_lambda"), "path": str(bundle_dir),
+            "ideal_bytes": ideal_bits / 8 / n if spec.prior is not None else None}
     return sizes, recon, info

@@ -147,6 +147,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the project's bundles")
     p.add_argument("--no-avif", action="store_true", help="skip AVIF (the slowest encoder)")
     p.add_argument("--no-classic", action="store_true", help="skip PNG/zstd/JPEG/WebP/AVIF")
+    p.add_argument("--report-only", action="store_true", help="re-render rd.md/rd.png from --out-dir/rd.json, no measuring")
     return p.parse_args(argv)
 
 
@@ -154,6 +155,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench.rd_report import write_report
 
+    if args.report_only:
+        saved = json.loads((args.out_dir / "rd.json").read_text())
+        rows = saved["rows"]
+        write_report(args.out_dir, saved["meta"], rows, summarise(rows), curves(rows))
+        print((args.out_dir / "rd.md").read_text())
+        return 0
     t0 = time.perf_counter()
     try:
         test = datasets.load(args.data_dir, "test")
