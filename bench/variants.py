@@ -63,7 +63,7 @@ VARIANTS: list[Variant] = [
     Variant("sparse-kl", "dense", {"code_dim": 32, "hidden": [256], "code_activation": "sigmoid"},
             {"kl_sparsity": 1.0, "sparsity_target": 0.05}, note="KL to rho=0.05, sigmoid codes"),
     Variant("contractive", "dense", {"code_dim": 32, "hidden": [256], "code_activation": "sigmoid"},
-            {"contractive": 0.1, "contractive_samples": 2}, note="||J||_F^2 (2-projection estimate)"),
+            {"contractive": 0.1, "contractive_samples": 2}, note="squared Frobenius norm of the Jacobian (2-projection estimate)"),
     Variant("weight-decay", "dense", {"code_dim": 32, "hidden": [256]}, {"weight_decay": 1e-4}, note="L2 1e-4"),
     Variant("stacked", "dense", {"code_dim": 32, "hidden": [256, 128]}, {"pretrain_epochs": 1},
             note="1 pre-training epoch per layer, then fine-tuning"),
@@ -170,14 +170,16 @@ def write_markdown(rows: list[dict], args: argparse.Namespace, argv: list[str], 
         f"{args.threads} torch threads; codes quantised {args.quant}; test metrics on the first "
         f"{rows[0]['test_items'] if rows else 0} test items through each exported bundle (ONNX Runtime, "
         f"payload packing, uint8 pixels). Bytes per item include side information (max-unpooling switches). "
-        f"Raw items are 784 bytes. Total run {seconds / 60:.1f} min.",
+        f"Raw items are 784 bytes. Total run {seconds / 60:.1f} min; training seconds depend on the machine's "
+        f"load at the time (it is shared), so compare them only roughly.",
         "",
         "| variant | what | parameters | code size | test MSE | PSNR (dB) | bytes/item | ratio | training (s) |",
         "|---|---|---:|---|---:|---:|---:|---:|---:|",
     ]
     for r in rows:
         code = f"{r['code_values']}" + (f" + {r['side_bits']} switch bits" if r["side_bits"] else "")
-        lines.append(f"| {r['variant']} | {r['note']} | {r['params']:,} | {code} | {r['test_mse']:.5f} | "
+        note = r["note"].replace("|", "\\|")  # a pipe would split the table cell
+        lines.append(f"| {r['variant']} | {note} | {r['params']:,} | {code} | {r['test_mse']:.5f} | "
                      f"{r['test_psnr']:.2f} | {r['bytes_per_item']:.0f} | {r['compression_ratio']:.1f}:1 | "
                      f"{r['train_seconds']:.0f} |")
     lines += ["", "Training flags of each row (add `--data fashion-mnist --limit N --epochs E --out X.pt`):", ""]
