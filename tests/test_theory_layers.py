@@ -142,3 +142,21 @@ def test_tied_weights_decode_with_the_transposed_encoder_weights():
         h = torch.relu(code @ tied.enc_w[1] + tied.dec_b[0])  # W2^T applied to the code
         want = (h @ tied.enc_w[0] + tied.dec_b[1]).view(3, 1, 8, 8)  # then W1^T
         assert torch.allclose(tied.decode_logits(code, {}), want, atol=1e-6)
+
+
+def test_parity_tolerates_rare_switch_ties_but_not_wrong_switches(monkeypatch):
+    from latent_codec.errors import CodecError
+    from training.models import unpool
+    from training.onnx_export import export_graphs, parity
+    from training.registry import build_model
+
+    torch.manual_seed(0)
+    m = build_model("conv", {"input_shape": [1, 8, 8], "code_dim": 4, "channels": [2, 3], "up": "max"}).eval()
+    x = torch.rand(16, 1, 8, 8)
+    enc, dec = export_graphs(m, x[:2])
+    rep = parity(m, enc, dec, x)
+    assert rep["side_values"] == 16 * (2 * 16 + 3 * 4) and rep["side_mismatches"] == 0
+    real = unpool.global_to_local
+    monkeypatch.setattr(unpool, "global_to_local", lambda idx, w, p=2: (real(idx, w, p) + 1) % 4)
+    with pytest.raises(CodecError, match="side mismatches"):
+        parity(m, enc, dec, x)

@@ -13,6 +13,11 @@ from training.models.base import Autoencoder, DecoderGraph, EncoderGraph
 
 OPSET = 18
 PARITY_TOLERANCE = 1e-4
+# Integer side outputs (max-pooling switches) are argmaxes: where two values in a window are equal up
+# to float noise, torch's and ORT's convolutions (~1e-7 apart) can pick different positions. Such
+# near-ties are rare and harmless (the payload carries ORT's switches, and the decoder is checked on
+# identical inputs); a real bug, e.g. a wrong index conversion, mismatches a large fraction.
+SIDE_MISMATCH_FRACTION = 1e-4
 
 
 def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str],
@@ -75,12 +80,16 @@ def parity(model: Autoencoder, enc_bytes: bytes, dec_bytes: bytes, x: torch.Tens
     o_rec = ds.run(None, feeds)[0]
     code_err = float(np.abs(o_out[0] - t_out[0].numpy()).max())
     side_mismatch = int(sum(int((a != b.numpy()).sum()) for a, b in zip(o_out[1:], t_out[1:])))
+    side_values = int(sum(a.size for a in o_out[1:]))
+    side_frac = side_mismatch / side_values if side_values else 0.0
     rec_err = float(np.abs(o_rec - t_rec.numpy()).max())
     report = {"encoder_max_abs_diff": code_err, "decoder_max_abs_diff": rec_err,
-              "side_mismatches": side_mismatch, "tolerance": PARITY_TOLERANCE, "items": len(x)}
-    if code_err > PARITY_TOLERANCE or rec_err > PARITY_TOLERANCE or side_mismatch:
+              "side_mismatches": side_mismatch, "side_values": side_values,
+              "side_mismatch_tolerance": SIDE_MISMATCH_FRACTION, "tolerance": PARITY_TOLERANCE, "items": len(x)}
+    if code_err > PARITY_TOLERANCE or rec_err > PARITY_TOLERANCE or side_frac > SIDE_MISMATCH_FRACTION:
         raise CodecError(
             f"ONNX Runtime and torch disagree: encoder {code_err:.2e}, decoder {rec_err:.2e}, "
-            f"side mismatches {side_mismatch} (tolerance {PARITY_TOLERANCE:g})"
+            f"side mismatches {side_mismatch} of {side_values} (tolerance {PARITY_TOLERANCE:g}, "
+            f"side fraction {SIDE_MISMATCH_FRACTION:g})"
         )
     return report
