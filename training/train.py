@@ -74,7 +74,7 @@ def evaluate(model, x: torch.Tensor, batch_size: int = 1000) -> dict:
     return {"loss": loss / len(x), "mse": mse, "psnr": -10 * math.log10(max(mse, 1e-10))}
 
 
-def train(cfg: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, dict]:
+def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Module, dict]:
     """Train and return (model, record). The loop: batches, loss, step; validation each epoch."""
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
@@ -106,7 +106,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, dic
         model.train()
         perm = torch.randperm(len(x_train), generator=g)
         bar = tqdm(range(0, len(x_train), cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}",
-                   disable=not progress, leave=False, file=sys.stderr)
+                   disable=not progress, leave=False, file=sys.stderr)  # None and False: no bar
         total = 0.0
         for i in bar:
             xb = x_train[perm[i : i + cfg.batch_size]]
@@ -125,7 +125,7 @@ def train(cfg: TrainConfig, progress: bool = True) -> tuple[torch.nn.Module, dic
                "seconds": time.perf_counter() - t0}
         rec.update(reg.epoch_report(progress))  # sparse: mean code activation rho_hat per unit
         history.append(rec)
-        if progress:
+        if progress is not None:  # None: silent (tests); False: no bar, one line per epoch
             print(f"epoch {epoch}: train loss {rec['train_loss']:.3f}  val loss {val.get('loss', float('nan')):.3f}  "
                   f"val PSNR {val.get('psnr', float('nan')):.2f} dB", file=sys.stderr)
     record = {"history": history, "data": {"spec": cfg.data, "source": ds.source, "items": len(x_train),
