@@ -32,7 +32,7 @@ def run(cmd: list[str], capture: bool = False) -> str:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument("--epochs", type=int, default=10)
     p.add_argument("--code-dim", type=int, default=32, help="32 dims x 8 bits = 32 bytes per 784-byte image")
     p.add_argument("--workdir", type=Path, default=ROOT / "runs" / "demo")
     p.add_argument("--doc", type=Path, default=None, help="also write the report as Markdown here (docs/demo.md)")
@@ -54,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
     if data == "digits":
         model_args = ["--arg", f"code_dim={min(args.code_dim, 16)}", "--arg", "channels=(16,32)"]
     run([py, "-m", "training.train", "--model", "conv", *model_args, "--data", data,
-         "--epochs", str(args.epochs if data != "digits" else 60), "--out", str(ckpt), "--no-progress"])
+         "--epochs", str(args.epochs if data != "digits" else 60), "--batch-size", "256", "--lr", "4e-3",
+         "--out", str(ckpt), "--no-progress"])
     run([py, "-m", "training.export", "--checkpoint", str(ckpt), "--out", str(bundle), "--quant", "affine8"])
     port_file = work / "server.port"
     port_file.unlink(missing_ok=True)
