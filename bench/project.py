@@ -9,7 +9,6 @@ with the bundle's decoder as the cloud does.
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -26,18 +25,25 @@ BATCH = 500  # edge.cli evaluate's default --batch-size
 class WireSizes:
     payload: float  # mean payload bytes per item (what storage holds)
     decode_request: float  # serialised DecodeRequest bytes per item, batches of BATCH, no originals
-    ingest_request: float  # serialised IngestRequest bytes per item (uuid item ids, device id, timestamps)
+    ingest_request: float  # serialised IngestRequest bytes per item (edge ids, device id, timestamps)
 
 
 def _ingest_bytes(bundle_id: str, payloads: list[bytes]) -> int:
-    """Bytes of IngestRequests carrying these payloads, BATCH items each, with realistic ids."""
-    total = 0
+    """Bytes of the IngestRequests the edge's ingest sends for these payloads, BATCH items each.
+
+    Built by the edge's own ``build_request`` with its default item ids (8 hex digits of the source,
+    '#', the index), so this measures the real framing, not an estimate.
+    """
+    from edge.ingest import build_request, default_source_id
+    from edge.spool import SpooledItem
+
+    source = default_source_id("idx:/usr/share/datasets/fashion-mnist:test")
     now = int(time.time() * 1000)
+    total = 0
     for i in range(0, len(payloads), BATCH):
-        req = pb.IngestRequest(device_id="device-0001", items=[
-            pb.IngestItem(item_id=uuid.uuid4().hex, bundle_id=bundle_id, payload=p, captured_at_ms=now + j)
-            for j, p in enumerate(payloads[i : i + BATCH])])
-        total += req.ByteSize()
+        batch = [SpooledItem(seq=i + j, item_id=f"{source}#{i + j}", bundle_id=bundle_id, payload=p,
+                             captured_at_ms=now + i + j) for j, p in enumerate(payloads[i : i + BATCH])]
+        total += build_request("device-0001", batch).ByteSize()
     return total
 
 

@@ -106,12 +106,13 @@ class IngestService:
             bad(f"{len(req.items)} items in one request; the limit is {MAX_ITEMS_PER_REQUEST}")
         seen: set[str] = set()
         by_bundle: dict[str, list[int]] = {}
+        bundle_of = [it.bundle_id or req.bundle_id for it in req.items]  # empty: the request's bundle
         for k, it in enumerate(req.items):
             where = f"items[{k}]"
-            for value, field in ((it.item_id, "item_id"), (it.bundle_id, "bundle_id")):
+            for value, field in ((it.item_id, "item_id"), (bundle_of[k], "bundle_id")):
                 problem = _check_id(value, f"{where}.{field}")
                 if problem:
-                    bad(problem)
+                    bad(problem + (" (and the request's bundle_id is empty)" if field == "bundle_id" else ""))
             if it.item_id in seen:
                 bad(f"{where}.item_id {it.item_id!r} appears twice in this request")
             seen.add(it.item_id)
@@ -121,7 +122,7 @@ class IngestService:
                 bad(f"{where}.payload is {len(it.payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
             if it.captured_at_ms < 0:
                 bad(f"{where}.captured_at_ms is negative ({it.captured_at_ms})")
-            by_bundle.setdefault(it.bundle_id, []).append(k)
+            by_bundle.setdefault(bundle_of[k], []).append(k)
         for bundle_id, idx in by_bundle.items():
             lb = self.registry.get(bundle_id)
             if lb is None:
@@ -138,8 +139,8 @@ class IngestService:
                 k = idx[first]
                 bad(f"items[{k}].payload does not fit bundle {bundle_id} ({spec.format}): "
                     f"{payload_problem(lb, req.items[k].payload)}")
-        return [NewItem(req.device_id, it.item_id, it.bundle_id, bytes(it.payload), int(it.captured_at_ms))
-                for it in req.items]
+        return [NewItem(req.device_id, it.item_id, bundle_of[k], bytes(it.payload), int(it.captured_at_ms))
+                for k, it in enumerate(req.items)]
 
     def ingest(self, request_iterator: Iterator[pb.IngestRequest], context) -> Iterator[pb.IngestAck]:
         for n, req in enumerate(request_iterator):

@@ -10,6 +10,8 @@ without progress; everything not acknowledged stays spooled for the next run.
 """
 from __future__ import annotations
 
+import hashlib
+
 import json
 import random
 import sys
@@ -214,9 +216,7 @@ class Sender:
                             self.wake.wait(0.05)
                         continue
                     after = batch[-1].seq
-                    req = pb.IngestRequest(device_id=self.device_id, items=[
-                        pb.IngestItem(item_id=it.item_id, bundle_id=it.bundle_id, payload=it.payload,
-                                      captured_at_ms=it.captured_at_ms) for it in batch])
+                    req = build_request(self.device_id, batch)
                     with self.wake:
                         if not inflight:
                             state["last_ack"] = time.monotonic()
@@ -264,12 +264,25 @@ class AckTimeout(Exception):
         self.acked = acked
 
 
+def build_request(device_id: str, batch) -> pb.IngestRequest:
+    """One IngestRequest; the batch's common bundle id is sent once, not per item (framing bytes)."""
+    common = batch[0].bundle_id if all(it.bundle_id == batch[0].bundle_id for it in batch) else ""
+    return pb.IngestRequest(device_id=device_id, bundle_id=common, items=[
+        pb.IngestItem(item_id=it.item_id, bundle_id="" if common else it.bundle_id, payload=it.payload,
+                      captured_at_ms=it.captured_at_ms) for it in batch])
+
+
+def default_source_id(data_source: str) -> str:
+    """A short, stable name for a data source: item ids travel with every item, so keep them small."""
+    return hashlib.sha256(data_source.encode()).hexdigest()[:8]
+
+
 def load_source(args, encoder: EdgeEncoder) -> tuple[np.ndarray, str]:
     mode = "L" if encoder.manifest.input.shape[0] == 1 else "RGB"
     ds = datasets.load(args.data, args.split, mode=mode)
     x = ds.x[: args.limit] if args.limit else ds.x
     encoder.check_items(x[:1])
-    source = args.source_id or ds.source
+    source = args.source_id or default_source_id(ds.source)
     if len(source) + 12 > MAX_ID_CHARS:
         raise CodecError(f"source id {source[:40]!r}... is too long for item ids; pass a shorter --source-id")
     return x, source
@@ -371,7 +384,8 @@ def add_arguments(p) -> None:
     p.add_argument("--spool-max-bytes", default="64M", help="size bound of the spool, e.g. 64M, 512k")
     p.add_argument("--device-id", default=None, help="device id (default: generated once and kept in the spool)")
     p.add_argument("--source-id", default=None,
-                   help="names the source in item ids (default: the data source); item id = SOURCE#index")
+                   help="names the source in item ids (default: 8 hex digits of a hash of the data source); "
+                        "item id = SOURCE#index")
     p.add_argument("--batch-size", type=int, default=256, help="items per IngestRequest")
     p.add_argument("--window", type=int, default=8, help="requests in flight before waiting for acks")
     p.add_argument("--rate", type=float, default=0.0, help="take at most this many items per second (0 = no limit)")

@@ -186,6 +186,38 @@ def test_bad_ingest_requests_are_invalid_argument_naming_the_field(served, encod
     assert stub.ListStored(pb.ListStoredRequest(device_id="d"), timeout=10).total_items == 0
 
 
+def test_request_level_bundle_id_saves_framing_and_is_stored_per_item(served, encoders, x):
+    """Items may leave bundle_id empty and inherit the request's; mixed batches keep their own."""
+    from edge.ingest import build_request
+    from edge.spool import SpooledItem
+
+    running, stub = served
+    ans_enc, fixed_enc = (encoders[n] for n in sorted(encoders))
+    dev = device()
+    pa, pf = ans_enc.encode(x[:40]), fixed_enc.encode(x[:40])
+    same = [SpooledItem(k, f"s{k}", ans_enc.bundle_id, p, 5 + k) for k, p in enumerate(pa)]
+    req = build_request(dev, same)
+    assert req.bundle_id == ans_enc.bundle_id and all(it.bundle_id == "" for it in req.items)
+    per_item = pb.IngestRequest(device_id=dev, items=[
+        pb.IngestItem(item_id=it.item_id, bundle_id=it.bundle_id, payload=it.payload,
+                      captured_at_ms=it.captured_at_ms) for it in same])
+    # The bundle id is sent once instead of once per item.
+    assert per_item.ByteSize() - req.ByteSize() >= 39 * len(ans_enc.bundle_id)
+    mixed = build_request(dev, [SpooledItem(100 + k, f"m{k}", b, p, 7)
+                                for k, (b, p) in enumerate([(ans_enc.bundle_id, pa[0]), (fixed_enc.bundle_id, pf[1])])])
+    assert mixed.bundle_id == "" and [it.bundle_id for it in mixed.items] == [ans_enc.bundle_id, fixed_enc.bundle_id]
+    acks = list(stub.Ingest(iter([req, mixed]), timeout=30))
+    assert [len(a.item_ids) for a in acks] == [40, 2]
+    got, missing = fetch_all(stub, pb.FetchRequest(device_id=dev, item_ids=["s0", "s39", "m0", "m1"], codes_only=True))
+    assert not missing
+    bundle_of = {it.item_id: it.bundle_id for it in got}
+    assert bundle_of == {"s0": ans_enc.bundle_id, "s39": ans_enc.bundle_id,
+                         "m0": ans_enc.bundle_id, "m1": fixed_enc.bundle_id}
+    err = _status(stub, [pb.IngestRequest(device_id=dev, items=[pb.IngestItem(item_id="z", payload=pa[0])])])
+    assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "items[0].bundle_id is empty (and the request's bundle_id is empty)" in err.details()
+
+
 def test_acks_before_a_bad_request_stay_stored(served, encoders, x):
     running, stub = served
     enc = encoders[sorted(encoders)[1]]

@@ -118,12 +118,14 @@ class IngestItem(_message.Message):
     def __init__(self, item_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., captured_at_ms: _Optional[int] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
-    __slots__ = ("device_id", "items")
+    __slots__ = ("device_id", "items", "bundle_id")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     items: _containers.RepeatedCompositeFieldContainer[IngestItem]
-    def __init__(self, device_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[IngestItem, _Mapping]]] = ...) -> None: ...
+    bundle_id: str
+    def __init__(self, device_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[IngestItem, _Mapping]]] = ..., bundle_id: _Optional[str] = ...) -> None: ...
 
 class IngestAck(_message.Message):
     __slots__ = ("item_ids", "duplicates")
