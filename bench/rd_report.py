@@ -60,8 +60,9 @@ def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list
         psnr = "∞" if r.get("lossless") else f"{r['psnr']:.2f}"
         lines.append(f"| {r['codec']} | {r['setting']}{star} | {r['bytes']:.2f} | {_fmt(r.get('decode_request_bytes'), '.2f')} | "
                      f"{_fmt(r.get('ingest_request_bytes'), '.2f')} | {psnr} | {r['ssim']:.4f} |")
-    lines += ["", "IngestRequest bytes include each item's 32-character item id, its bundle id and a timestamp "
-              "(the durable-ingest message as defined in proto/); DecodeRequest bytes are the batch path.", ""]
+    lines += ["", "IngestRequest bytes are the requests `edge.cli ingest` builds (edge/ingest.py build_request): "
+              "each item's id (8 hex digits of the source, '#', its index) and timestamp, the bundle id once "
+              "per request of 500 items; DecodeRequest bytes are the batch path of `edge.cli evaluate`.", ""]
     lines += _notes(rows)
     return "\n".join(lines)
 
