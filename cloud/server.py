@@ -24,6 +24,7 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
 from latent_codec.errors import CodecError
+from latent_codec.pem import read_pem
 from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
 
@@ -133,17 +134,6 @@ def build_server(bundles: Path | str, address: str = "127.0.0.1:0", workers: int
     hs.set("", health_pb2.HealthCheckResponse.SERVING)
     hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
     return Running(server, port, hs, service, metrics, metrics_http)
-
-
-def read_pem(path: Path, flag: str) -> bytes:
-    """The file's bytes, or a one-line error naming the flag."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise CodecError(f"{flag}: cannot read {path} ({exc.strerror or exc})") from None
-    if b"-----BEGIN" not in data:
-        raise CodecError(f"{flag}: {path} is not a PEM file")
-    return data
 
 
 def security_from_args(args: argparse.Namespace) -> tuple[list[str] | None, tuple[bytes, bytes] | None]:

@@ -8,6 +8,7 @@ from pathlib import Path
 import grpc
 
 from latent_codec.errors import CodecError
+from latent_codec.pem import read_pem
 from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
 
@@ -47,12 +48,7 @@ class Security:
         ca_path = getattr(args, "tls_ca", None)
         roots = None
         if ca_path:
-            try:
-                roots = Path(ca_path).read_bytes()
-            except OSError as exc:
-                raise CodecError(f"--tls-ca: cannot read {ca_path} ({exc.strerror or exc})") from None
-            if b"-----BEGIN CERTIFICATE" not in roots:
-                raise CodecError(f"--tls-ca: {ca_path} is not a PEM certificate")
+            roots = read_pem(ca_path, "--tls-ca", b"-----BEGIN CERTIFICATE", "PEM certificate")
         return cls(token, bool(getattr(args, "tls", False) or roots), roots, getattr(args, "tls_server_name", None))
 
 
