@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from latent_codec import datasets
 from latent_codec.bundle import load_bundle, run_decoder
-from latent_codec.packing import join_payloads, split_payloads
+from latent_codec.packing import split_payloads
 from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
 
 BATCH = 500  # edge.cli evaluate's default --batch-size
@@ -56,7 +57,6 @@ def measure_bundle(bundle_dir: Path, items: np.ndarray, threads: int = 1) -> tup
     dec = bundle.session("decoder", threads)
     m = bundle.manifest
     spec = m.payload
-    fixed = spec.item_bytes is not None
     recon = np.empty_like(items)
     n_payload = n_request = 0
     ideal_bits = 0.0
@@ -64,9 +64,8 @@ def measure_bundle(bundle_dir: Path, items: np.ndarray, threads: int = 1) -> tup
     for i in range(0, len(items), BATCH):
         xb = items[i : i + BATCH]
         payloads = enc.encode(xb)
-        data, sizes = join_payloads(payloads, fixed)
         req = pb.DecodeRequest(
-            codes=pb.CodeBatch(bundle_id=enc.bundle_id, count=len(payloads), format=spec.format, data=data, sizes=sizes),
+            codes=enc.code_batch(payloads),
             reconstruction_format=pb.RECONSTRUCTION_FORMAT_NONE,
         )
         wire = req.SerializeToString()
@@ -78,7 +77,7 @@ def measure_bundle(bundle_dir: Path, items: np.ndarray, threads: int = 1) -> tup
         if spec.prior is not None:  # the prior's ideal code length: what the coder's termination adds to it
             ideal_bits += float(spec.prior.bits(spec.quantizer.quantize(z)).sum())
         rec = np.clip(run_decoder(dec, z, side, m.code_shape), 0.0, 1.0)
-        recon[i : i + BATCH] = np.rint(rec * 255.0).astype(np.uint8).reshape(xb.shape)
+        recon[i : i + BATCH] = datasets.from_unit(rec, "uint8").reshape(xb.shape)
     n = len(items)
     sizes = WireSizes(n_payload / n, n_request / n, _ingest_bytes(enc.bundle_id, all_payloads) / n)
     info = {"bundle_id": enc.bundle_id, "format": spec.format, "model": m.model,

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from latent_codec import metrics
+from latent_codec import datasets, metrics
 from latent_codec.bundle import run_decoder
 from latent_codec.errors import PayloadError
 from latent_codec.packing import split_payloads
@@ -36,21 +36,17 @@ def decode_payloads(lb: LoadedBundle, payloads: list[bytes]) -> np.ndarray:
 
 def to_raw(lb: LoadedBundle, rec_unit: np.ndarray) -> np.ndarray:
     """[0, 1] reconstruction -> the manifest's raw dtype (what the user gets back)."""
-    if lb.bundle.manifest.input.dtype == "uint8":
-        return np.rint(rec_unit * 255.0).astype(np.uint8)
-    return rec_unit.astype(np.float32)
+    return datasets.from_unit(rec_unit, lb.bundle.manifest.input.dtype)
 
 
-def unit_of_raw(lb: LoadedBundle, raw: np.ndarray) -> np.ndarray:
-    return raw.astype(np.float32) / np.float32(lb.bundle.manifest.input.scale)
-
-
-def reconstruction_tensor(lb: LoadedBundle, rec_unit: np.ndarray, fmt: int) -> pb.Tensor | None:
+def reconstruction_tensor(lb: LoadedBundle, rec_unit: np.ndarray, fmt: int,
+                          raw: np.ndarray | None = None) -> pb.Tensor | None:
+    """The reply's reconstructions in the requested format (raw: to_raw(rec_unit), if already computed)."""
     if fmt == pb.RECONSTRUCTION_FORMAT_NONE:
         return None
     if fmt == pb.RECONSTRUCTION_FORMAT_FLOAT32:
         return to_tensor(rec_unit.astype(np.float32))
-    return to_tensor(to_raw(lb, rec_unit))
+    return to_tensor(to_raw(lb, rec_unit) if raw is None else raw)
 
 
 def decode_request(lb: LoadedBundle, req: pb.DecodeRequest) -> pb.DecodeResponse:
@@ -68,14 +64,16 @@ def decode_request(lb: LoadedBundle, req: pb.DecodeRequest) -> pb.DecodeResponse
                                          pb.RECONSTRUCTION_FORMAT_NONE):
         raise PayloadError(f"reconstruction_format {req.reconstruction_format} is unknown")
     rec = decode_payloads(lb, payloads)
+    float_reply = req.reconstruction_format == pb.RECONSTRUCTION_FORMAT_FLOAT32
+    raw = None if float_reply else to_raw(lb, rec)  # once: for the reply and for the error
     resp = pb.DecodeResponse(bundle_id=m.bundle_id, count=len(payloads))
-    t = reconstruction_tensor(lb, rec, req.reconstruction_format)
+    t = reconstruction_tensor(lb, rec, req.reconstruction_format, raw)
     if t is not None:
         resp.reconstructions.CopyFrom(t)
     if originals is not None:
         # Error of what the user receives: uint8-rounded for uint8 data.
-        got = unit_of_raw(lb, to_raw(lb, rec)) if req.reconstruction_format != pb.RECONSTRUCTION_FORMAT_FLOAT32 else rec
-        mse = metrics.per_item_mse(unit_of_raw(lb, originals), got)
+        got = rec if float_reply else datasets.to_unit(raw)
+        mse = metrics.per_item_mse(datasets.to_unit(originals), got)
         batch_mse = float(mse.mean())
         resp.quality.CopyFrom(pb.Quality(mse=mse.tolist(), psnr=np.asarray(metrics.psnr_from_mse(mse)).tolist(),
                                          batch_mse=batch_mse, batch_psnr=metrics.psnr_from_mse(batch_mse)))

@@ -19,7 +19,6 @@ from tqdm import tqdm
 
 from latent_codec import datasets
 from latent_codec.errors import CodecError
-from latent_codec.packing import join_payloads
 from latent_codec.tensors import to_tensor
 from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
 
@@ -57,10 +56,8 @@ def evaluate(args: argparse.Namespace) -> Report:
             for i in range(n_batches):
                 xb = ds.x[i * args.batch_size : (i + 1) * args.batch_size]
                 payloads = encoder.encode(xb)
-                data, sizes = join_payloads(payloads, m.payload.item_bytes is not None)
                 req = pb.DecodeRequest(
-                    codes=pb.CodeBatch(bundle_id=encoder.bundle_id, count=len(payloads),
-                                       format=m.payload.format, data=data, sizes=sizes),
+                    codes=encoder.code_batch(payloads),
                     reconstruction_format=pb.RECONSTRUCTION_FORMAT_UINT8 if args.keep_reconstructions
                     else pb.RECONSTRUCTION_FORMAT_NONE,
                 )

@@ -8,6 +8,8 @@ import numpy as np
 from latent_codec import datasets
 from latent_codec.bundle import Bundle, load_bundle, run_encoder
 from latent_codec.errors import DataError
+from latent_codec.packing import join_payloads
+from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
 
 
 class EdgeEncoder:
@@ -33,6 +35,12 @@ class EdgeEncoder:
         raw = self.manifest.input.dtype
         if raw == "uint8" and x.dtype != np.uint8:
             raise DataError(f"items are {x.dtype} but bundle {self.bundle_id} expects uint8 pixels")
+
+    def code_batch(self, payloads: list[bytes]) -> pb.CodeBatch:
+        """The wire form of a batch of this bundle's payloads (sizes only for variable-size formats)."""
+        spec = self.manifest.payload
+        data, sizes = join_payloads(payloads, spec.item_bytes is not None)
+        return pb.CodeBatch(bundle_id=self.bundle_id, count=len(payloads), format=spec.format, data=data, sizes=sizes)
 
     def encode(self, x_raw: np.ndarray) -> list[bytes]:
         """(N, C, H, W) raw items -> N payloads, packed as the manifest says."""

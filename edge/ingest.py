@@ -192,15 +192,21 @@ class Sender:
         ended = threading.Event()
         state = {"last_ack": time.monotonic(), "acked": 0, "error": None, "call": None, "timed_out": False}
 
+        def ack_overdue() -> bool:
+            """With acks outstanding and none for ack_timeout: cancel the call (caller holds self.wake)."""
+            if inflight and time.monotonic() - state["last_ack"] > self.ack_timeout:
+                state["timed_out"] = True
+                state["call"].cancel()
+                return True
+            return False
+
         def requests():
             after = 0
             try:
                 while not ended.is_set():
                     with self.wake:
                         if len(inflight) >= self.window:
-                            if inflight and time.monotonic() - state["last_ack"] > self.ack_timeout:
-                                state["timed_out"] = True
-                                state["call"].cancel()
+                            if ack_overdue():
                                 return
                             self.wake.wait(0.05)
                             continue
@@ -209,9 +215,7 @@ class Sender:
                         with self.wake:
                             if self.producer_done() and not inflight and not self.spool.peek(after, 1):
                                 return  # drained: close our side, the server finishes the stream
-                            if inflight and time.monotonic() - state["last_ack"] > self.ack_timeout:
-                                state["timed_out"] = True
-                                state["call"].cancel()
+                            if ack_overdue():
                                 return
                             self.wake.wait(0.05)
                         continue

@@ -48,6 +48,13 @@ def to_unit(x: np.ndarray) -> np.ndarray:
     return x
 
 
+def from_unit(x_unit: np.ndarray, raw_dtype: str) -> np.ndarray:
+    """[0, 1] floats -> raw items: uint8 rounded (what a user stores or shows), or float32 as is."""
+    if raw_dtype == "uint8":
+        return np.rint(np.clip(x_unit, 0.0, 1.0) * 255.0).astype(np.uint8)
+    return np.asarray(x_unit, dtype=np.float32)
+
+
 def _open(path: Path):
     return gzip.open(path, "rb") if path.suffix == ".gz" else open(path, "rb")
 

@@ -12,7 +12,6 @@ _TO_NP = {
     pb.DTYPE_FLOAT16: np.dtype("<f2"),
     pb.DTYPE_FLOAT32: np.dtype("<f4"),
 }
-_FROM_NP = {v.str.lstrip("<|>=").lstrip(): k for k, v in _TO_NP.items()}
 _NAMES = {"uint8": pb.DTYPE_UINT8, "uint16": pb.DTYPE_UINT16, "float16": pb.DTYPE_FLOAT16, "float32": pb.DTYPE_FLOAT32}
 
 

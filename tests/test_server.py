@@ -11,7 +11,6 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from edge.encoder import EdgeEncoder
 from latent_codec import datasets, metrics
 from latent_codec.bundle import load_bundle, run_decoder
-from latent_codec.packing import join_payloads
 from latent_codec.tensors import from_tensor, to_tensor
 from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
 from tests.conftest import fashion_test_items
@@ -20,10 +19,7 @@ from tests.conftest import fashion_test_items
 def make_request(bundle_dir, x, with_originals=True, fmt=pb.RECONSTRUCTION_FORMAT_UINT8):
     enc = EdgeEncoder(bundle_dir)
     payloads = enc.encode(x)
-    data, sizes = join_payloads(payloads, enc.manifest.payload.item_bytes is not None)
-    req = pb.DecodeRequest(codes=pb.CodeBatch(bundle_id=enc.bundle_id, count=len(payloads),
-                                              format=enc.manifest.payload.format, data=data, sizes=sizes),
-                           reconstruction_format=fmt)
+    req = pb.DecodeRequest(codes=enc.code_batch(payloads), reconstruction_format=fmt)
     if with_originals:
         req.originals.CopyFrom(to_tensor(x))
     return req, payloads

@@ -55,7 +55,6 @@ def test_variant_trains_exports_and_decodes_through_the_server(variant: Variant,
     from edge.encoder import EdgeEncoder
     from latent_codec import datasets
     from latent_codec.bundle import load_bundle, run_decoder
-    from latent_codec.packing import join_payloads
     from latent_codec.tensors import from_tensor, to_tensor
     from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
     from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
@@ -87,11 +86,8 @@ def test_variant_trains_exports_and_decodes_through_the_server(variant: Variant,
         enc = EdgeEncoder(bundle)
         x = datasets.load("digits", "test").x[:32]
         payloads = enc.encode(x)
-        m = enc.manifest
-        data, sizes = join_payloads(payloads, m.payload.item_bytes is not None)
-        req = pb.DecodeRequest(codes=pb.CodeBatch(bundle_id=enc.bundle_id, count=len(payloads),
-                                                  format=m.payload.format, data=data, sizes=sizes),
-                               originals=to_tensor(x), reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32)
+        req = pb.DecodeRequest(codes=enc.code_batch(payloads), originals=to_tensor(x),
+                               reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32)
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
             resp = pb_grpc.CodecStub(ch).Decode(req, timeout=60)
     finally:

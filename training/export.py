@@ -63,7 +63,7 @@ def measure(bundle_dir: Path, x_raw: np.ndarray, batch: int = 1000) -> dict:
         nbytes += sum(len(p) for p in payloads)
         z, side2 = m.payload.unpack(payloads)
         rec = np.clip(run_decoder(dec, z, side2, m.code_shape), 0.0, 1.0)
-        rec_raw = np.rint(rec * 255.0).astype(np.uint8) if m.input.dtype == "uint8" else rec
+        rec_raw = datasets.from_unit(rec, m.input.dtype)
         se += float(metrics.per_item_mse(datasets.to_unit(xb), datasets.to_unit(rec_raw)).sum())
     mse = se / len(x_raw)
     bpi = nbytes / len(x_raw)
