@@ -51,7 +51,8 @@ bench-variants: setup
 	$(PY) -m bench.variants --out-dir docs --work-dir runs/variants
 
 # Rate-distortion: the project's rate ladder vs PCA/PNG/zstd/JPEG/WebP/AVIF on the full Fashion-MNIST test split
-# -> docs/rd.{md,png,json}. Trains the ladder (bundles/rd-ladder, ~15 min on 2 cores) the first time.
+# -> docs/rd.{md,png,json}. Trains the ladder the first time (bundles/rd-ladder: the vq, conv and linres presets of
+# bench/train_ladder.py, ~20 min on 2 idle cores).
 bench-rd: setup
 	@test -n "$$(ls bundles/rd-ladder/*/manifest.json 2>/dev/null)" || $(PY) -m bench.train_ladder
 	$(PY) -m bench.rd --bundles bundles/rd-ladder --out-dir docs

@@ -19,10 +19,10 @@ from latent_codec.entropy import FactorizedPrior
 from latent_codec.packing import PayloadSpec
 from latent_codec.quantize import Quantizer
 
-KS = (4, 8, 12, 16, 24, 32, 48, 64)
-BITS = (3, 4, 5, 6)
+KS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)  # k 1-2 and 2 bits reach the few-byte end of the ladder
+BITS = (2, 3, 4, 5, 6)
 UNIFORM_KS = (16, 32, 64, 128)
-STEPS = (0.15, 0.25, 0.4, 0.6, 0.9, 1.3, 2.0, 3.0)  # on the [0, 1]-pixel PCA code scale (norms up to ~15)
+STEPS = (0.15, 0.25, 0.4, 0.6, 0.9, 1.3, 2.0, 3.0, 4.5, 6.5)  # on the [0, 1]-pixel PCA code scale (norms up to ~15)
 MAX_BITS = 12
 
 

@@ -1,12 +1,17 @@
 """Train the rate ladder: one base autoencoder, then one rate-distortion fine-tune and bundle per lambda.
 
-    python -m bench.train_ladder                      # conv model, default lambdas -> bundles/rd-ladder
-    python -m bench.train_ladder --lambdas 0.01,0.04 --base-epochs 2 --epochs 1 --limit 5000 --out /tmp/ladder
+    python -m bench.train_ladder                      # the three presets (vq, conv, linres) -> bundles/rd-ladder
+    python -m bench.train_ladder --preset conv --epochs 6        # one preset, a flag overridden
+    python -m bench.train_ladder --model dense --args '{"code_dim": 16}' --lambdas 0.01,0.04 --limit 5000 --out /tmp/ladder
 
-A shared base costs its epochs once; each rung then only has to learn where to
-spend bits (loss = squared error + lambda * bits under the learned prior,
-straight-through rounding for the decoder). Each bundle's manifest carries its
-measured test bytes/item and PSNR; docs/rd_ladder.json summarises the ladder.
+Each rung is trained with loss = squared error + lambda * bits under the
+learned prior (straight-through rounding for the decoder, additive uniform
+noise for the rate). A model with a PCA start (linres) starts every rung from
+PCA at that rung's step; any other model is chained: the first rung trains
+from scratch (or from a --base-epochs plain base) for --first-epochs, and each
+later rung starts from the one before, so the lambdas run from the highest
+rate to the lowest and every rung inherits the features already learned. Each bundle's manifest carries its
+measured test bytes/item and PSNR; docs/rd_ladder_MODEL.json summarises each ladder.
 """
 from __future__ import annotations
 
@@ -18,10 +23,21 @@ import time
 from pathlib import Path
 
 
-DEFAULT_LAMBDAS = (0.3, 0.1, 0.035, 0.012, 0.004, 0.0015)
-DEFAULT_MODEL = "linres"
-DEFAULT_ARGS = {"code_dim": 128, "hidden": 512}
-
+# The committed ladder (docs/rd.md) is three presets, one per stretch of the rate axis. Each preset's values
+# are the defaults of the flags below; any flag given on the command line overrides them.
+PRESETS: dict[str, dict] = {
+    # ~3 bytes/item: one 12-bit index fills the ANS coder's minimum payload (Lloyd iterations, ~2 min).
+    "vq": {"model": "vq", "args": {"codewords": 4096}, "lambdas": "0", "epochs": 15},
+    # ~4-12 bytes/item: 5x5 strided convolutions and an MLP to a 64-dim global code, chained from the
+    # highest rate down (10 epochs from scratch, then 4 per rung; ~12 min).
+    "conv": {"model": "conv", "args": {"channels": [32, 32], "pool": "stride", "kernel": 5, "hidden": 256,
+                                       "code_dim": 64, "output": "linear"},
+             "lambdas": "0.03,0.1,0.3,1", "first_epochs": 10, "epochs": 4, "lr": 2e-3, "batch_size": 128},
+    # ~25-60 bytes/item: PCA-initialised linear path + MLP corrections, every rung from PCA (~3 min).
+    "linres": {"model": "linres", "args": {"code_dim": 128, "hidden": 512}, "lambdas": "0.035,0.012,0.004,0.0015",
+               "epochs": 2, "lr": 1e-3, "batch_size": 256},
+}
+DEFAULT_PRESETS = ("vq", "conv", "linres")
 
 def step_for(rd_lambda: float) -> float:
     """The uniform step that is rate-distortion optimal for a Gaussian-like linear code at this lambda.
@@ -66,28 +82,53 @@ def counted_bits(ckpt: Path, rate_prior: dict, data: str, items: int) -> tuple[f
     return float(learned.bits(s).mean()), float(counted.bits(s).mean())
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
+def _parser(preset: dict) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train-ladder", description=__doc__.split("\n")[0])
-    p.add_argument("--model", default=DEFAULT_MODEL)
-    p.add_argument("--args", default=json.dumps(DEFAULT_ARGS), help="model constructor arguments, JSON")
-    p.add_argument("--lambdas", default=",".join(map(str, DEFAULT_LAMBDAS)), help="comma-separated rd_lambda values")
+    p.add_argument("--preset", choices=[*PRESETS, "all"], default="all",
+                   help="which ladder's defaults to use; all = " + " + ".join(DEFAULT_PRESETS) + " in turn")
+    p.add_argument("--model", default=preset.get("model", "linres"))
+    p.add_argument("--args", default=json.dumps(preset.get("args", {})), help="model constructor arguments, JSON")
+    p.add_argument("--lambdas", default=preset.get("lambdas", "0.01"), help="comma-separated rd_lambda values")
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--limit", type=int, default=0, help="training items (0 = all)")
     p.add_argument("--base-epochs", type=int, default=0,
                    help="plain training before the rungs; 0 with a PCA-initialisable model: each rung starts from PCA")
-    p.add_argument("--epochs", type=int, default=2, help="rate-distortion epochs per rung")
-    p.add_argument("--batch-size", type=int, default=256)
-    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--epochs", type=int, default=preset.get("epochs", 2), help="rate-distortion epochs per rung")
+    p.add_argument("--first-epochs", type=int, default=preset.get("first_epochs", 0),
+                   help="epochs of the first rung of a chained ladder (0 = --epochs)")
+    p.add_argument("--batch-size", type=int, default=preset.get("batch_size", 256))
+    p.add_argument("--lr", type=float, default=preset.get("lr", 1e-3))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--test-limit", type=int, default=0, help="test items measured into each manifest (0 = all)")
-    p.add_argument("--runs", type=Path, default=Path("runs/rd-ladder"), help="checkpoints")
+    p.add_argument("--runs", type=Path, default=None, help="checkpoints (default runs/rd-ladder-MODEL)")
     p.add_argument("--out", type=Path, default=Path("bundles/rd-ladder"), help="one bundle per lambda")
-    p.add_argument("--summary", type=Path, default=Path("docs/rd_ladder.json"))
-    return p.parse_args(argv)
+    p.add_argument("--summary", type=Path, default=None, help="default docs/rd_ladder_MODEL.json")
+    return p
+
+
+def parse_args(argv: list[str] | None) -> list[argparse.Namespace]:
+    """One namespace per ladder to train: the chosen preset's values as defaults, the command line on top."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    chosen = _parser({}).parse_known_args(argv)[0].preset
+    out = []
+    custom = chosen == "all" and any(a.split("=")[0] == "--model" for a in argv)  # one ladder of the user's own
+    for name in (None,) if custom else DEFAULT_PRESETS if chosen == "all" else (chosen,):
+        args = _parser(PRESETS.get(name, {})).parse_args(argv)
+        args.runs = args.runs or Path(f"runs/rd-ladder-{args.model}")
+        args.summary = args.summary or Path(f"docs/rd_ladder_{args.model}.json")
+        args.argv = argv
+        out.append(args)
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    for args in parse_args(argv):
+        train_ladder(args)
+    return 0
+
+
+def train_ladder(args: argparse.Namespace) -> dict:
+    """Train and export one ladder; writes its summary JSON and returns it."""
     from training.export import export_bundle
     from training.train import TrainConfig, save_checkpoint, train
 
@@ -102,19 +143,25 @@ def main(argv: list[str] | None = None) -> int:
     model_names()
     pca_init = args.base_epochs == 0 and hasattr(MODELS[args.model], "init_pca")
     base = None
-    if not pca_init:
+    if not pca_init and args.base_epochs:
         base_cfg = TrainConfig(epochs=args.base_epochs, **common)
         model, record = train(base_cfg, progress=False)
         base = save_checkpoint(args.runs / "base.pt", model, base_cfg, record)
         print(f"base: val PSNR {record['history'][-1]['val_psnr']:.2f} dB ({time.perf_counter() - t0:.0f} s)",
               file=sys.stderr)
     rungs = []
-    for lam in lambdas:
-        start = base or pca_start(args.runs / f"pca-start-{lam:g}.pt", args.model, model_args, args.data, args.limit,
-                                  step_for(lam))
-        cfg = TrainConfig(epochs=args.epochs, rd_lambda=lam, quant_noise="mixed", init_checkpoint=str(start), **common)
+    prev = base  # chained ladder: each rung starts from the one before
+    for i, lam in enumerate(lambdas):
+        if pca_init:
+            start = pca_start(args.runs / f"pca-start-{lam:g}.pt", args.model, model_args, args.data, args.limit,
+                              step_for(lam))
+        else:
+            start = prev
+        epochs = args.first_epochs if i == 0 and not pca_init and args.first_epochs else args.epochs
+        cfg = TrainConfig(epochs=epochs, rd_lambda=lam, quant_noise="mixed",
+                          init_checkpoint=str(start) if start else "", **common)
         model, record = train(cfg, progress=False)
-        ckpt = save_checkpoint(args.runs / f"lambda-{lam:g}.pt", model, cfg, record)
+        ckpt = prev = save_checkpoint(args.runs / f"lambda-{lam:g}.pt", model, cfg, record)
         learned, counted = counted_bits(ckpt, record["rate_prior"], args.data, 10000)
         # Ship the learned tables unless counting the training codes is clearly (> 1 %) cheaper.
         quant = "learned" if learned <= counted * 1.01 else "learned-fit"
@@ -124,18 +171,20 @@ def main(argv: list[str] | None = None) -> int:
         rungs.append({"rd_lambda": lam, "bundle": str(out), "bundle_id": m.bundle_id, "tables": quant,
                       "train_bits_learned": learned, "train_bits_counted": counted,
                       "grid_bits": record["rate_prior"]["grid_bits"], "test_psnr": t["psnr"],
-                      "test_bytes_per_item": t["bytes_per_item"], "train_seconds": record["train_seconds"]})
+                      "test_bytes_per_item": t["bytes_per_item"], "epochs": epochs,
+                      "started_from": str(start) if start else "scratch", "train_seconds": record["train_seconds"]})
         print(f"lambda {lam:g}: {t['bytes_per_item']:.2f} bytes/item, PSNR {t['psnr']:.2f} dB, tables {quant} "
               f"(learned {learned / 8:.2f} vs counted {counted / 8:.2f} bytes ideal) "
               f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    summary = {"command": "python -m bench.train_ladder " + " ".join(argv if argv is not None else sys.argv[1:]),
+    summary = {"command": " ".join(["python -m bench.train_ladder", *args.argv]),
                "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args.model,
-               "model_args": model_args, "base_epochs": args.base_epochs, "epochs": args.epochs,
+               "model_args": model_args, "lambdas": lambdas, "base_epochs": args.base_epochs,
+               "first_epochs": args.first_epochs, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
                "seconds": round(time.perf_counter() - t0, 1), "rungs": rungs}
     args.summary.parent.mkdir(parents=True, exist_ok=True)
     args.summary.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))
-    return 0
+    return summary
 
 
 if __name__ == "__main__":

@@ -176,3 +176,25 @@ def test_linres_starts_as_pca_on_the_integer_grid():
     ref = p.encode(x[:50], 10) / 0.5
     assert np.allclose(np.abs(code), np.abs(ref), atol=1e-3)  # eigenvectors are defined up to sign
     assert np.allclose(rec, p.decode(np.sign(ref) * np.sign(code) * np.round(code) * 0.5), atol=1e-3)
+
+
+def test_conv_with_hidden_mlp_and_kernel_5_rd_trains_and_exports(tmp_path):
+    """The ladder's conv rungs: 5x5 strided convolutions and an MLP to a small global code."""
+    from conftest import train_and_export
+    from training.registry import build_model
+
+    old = build_model("conv", {"input_shape": [1, 8, 8], "code_dim": 4, "channels": [4, 8], "pool": "stride"})
+    assert {k for k in old.state_dict() if k.startswith("to_code")} == {"to_code.weight", "to_code.bias"}  # as before
+    args = {"code_dim": 6, "channels": [8, 8], "pool": "stride", "kernel": 5, "hidden": 16, "output": "linear"}
+    m = build_model("conv", {"input_shape": [1, 8, 8], **args})
+    assert m.features[0].kernel_size == (5, 5) and m.to_code[0].out_features == 16 and m.code_shape == [6]
+    with pytest.raises(ValueError, match="kernel"):
+        build_model("conv", {"input_shape": [1, 8, 8], **args, "kernel": 4})
+    bundle = train_and_export(tmp_path, "conv", args, data="digits", limit=0, epochs=3, batch_size=64,
+                              rd_lambda=0.05, quant_noise="mixed", quant="learned", test_limit=100, fit_items=600)
+    import json
+
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["model"]["args"]["hidden"] == 16 and manifest["model"]["args"]["kernel"] == 5
+    assert manifest["training"]["onnx_parity"]["decoder_max_abs_diff"] <= 1e-4
+    assert manifest["payload"]["entropy"] is not None

@@ -83,3 +83,33 @@ def test_classic_codecs_round_trip():
     sizes_lo, _ = classic.codec_roundtrip(classic.Setting("WebP", 0), items)
     sizes_hi, _ = classic.codec_roundtrip(classic.Setting("WebP", 95), items)
     assert sizes_lo.sum() < sizes_hi.sum()
+
+
+def test_train_ladder_presets_and_overrides():
+    from bench.train_ladder import PRESETS, parse_args
+
+    ladders = parse_args([])
+    assert [a.model for a in ladders] == ["vq", "conv", "linres"]
+    conv = parse_args(["--preset", "conv", "--epochs", "6"])
+    assert len(conv) == 1 and conv[0].epochs == 6 and conv[0].first_epochs == PRESETS["conv"]["first_epochs"]
+    own = parse_args(["--model", "dense", "--lambdas", "0.1"])
+    assert [(a.model, a.lambdas, str(a.summary)) for a in own] == [("dense", "0.1", "docs/rd_ladder_dense.json")]
+
+
+def test_chained_ladder_on_digits(tmp_path):
+    """Each rung of a chained ladder starts from the one before and spends fewer bytes as lambda grows."""
+    import json
+
+    from bench.train_ladder import main
+
+    args = {"channels": [8, 8], "pool": "stride", "kernel": 5, "hidden": 16, "code_dim": 6, "output": "linear"}
+    assert main(["--model", "conv", "--args", json.dumps(args), "--lambdas", "0.01,0.3", "--first-epochs", "4",
+                 "--epochs", "2", "--batch-size", "64", "--data", "digits", "--threads", "1", "--test-limit", "200",
+                 "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "bundles"),
+                 "--summary", str(tmp_path / "ladder.json")]) == 0
+    summary = json.loads((tmp_path / "ladder.json").read_text())
+    first, second = summary["rungs"]
+    assert first["started_from"] == "scratch" and first["epochs"] == 4
+    assert second["started_from"].endswith("lambda-0.01.pt") and second["epochs"] == 2
+    assert second["test_bytes_per_item"] < first["test_bytes_per_item"]
+    assert (tmp_path / "bundles" / "conv-lambda-0.3" / "manifest.json").is_file()

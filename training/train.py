@@ -86,6 +86,13 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
     model.set_input_stats(x_train.mean(0), x_train.std(0))
     if cfg.init_checkpoint:
         model.load_state_dict(load_checkpoint(cfg.init_checkpoint)[0].state_dict())
+    if hasattr(model, "codebook"):  # vector quantiser: Lloyd iterations, not gradient steps (training/vq.py)
+        from training.vq import train_vq
+
+        record = train_vq(model, x_train, x_val, cfg, progress)
+        record["data"] = {"spec": cfg.data, "source": ds.source, "items": len(x_train), "val_items": len(x_val),
+                          "shape": list(ds.item_shape)}
+        return model.eval(), record
     corrupt = Corruption.from_config(cfg)  # denoising (identity when off)
     reg = Regularizers.from_config(cfg, model, denoising=corrupt.active)  # refuses unregularised overcomplete codes
     model.quant_proxy = cfg.quant_noise

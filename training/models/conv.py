@@ -24,6 +24,11 @@ class ConvAutoencoder(Autoencoder):
                    the 2-bit position of each window's maximum as a side tensor ("switchesK"), sent
                    inside the payload, and the decoder puts each value back there (zeros elsewhere).
     code_activation: applied to the code ("sigmoid" for the KL sparsity penalty).
+    kernel: encoder convolution size (3; 5 gives each stride-2 stage overlapping support, as in
+          learned image codecs).
+    hidden: 0 = one linear layer between features and code (and back); > 0 = an MLP with one hidden
+          layer of this width on each side, so a small global code can be a nonlinear function of the
+          features: what rate-distortion training at a few bytes per item needs (docs/rd.md).
     """
 
     def __init__(
@@ -37,6 +42,8 @@ class ConvAutoencoder(Autoencoder):
         output: str = "sigmoid",
         standardize: bool = False,
         deconv_kernel: int = 4,
+        kernel: int = 3,
+        hidden: int = 0,
     ):
         super().__init__(input_shape, output, standardize)
         c_in, h, w = self.input_shape
@@ -51,23 +58,31 @@ class ConvAutoencoder(Autoencoder):
             raise ValueError(f"up must be one of {', '.join(UPSAMPLING)}, got {up!r}")
         if up == "max" and pool != "max":
             raise ValueError("up='max' (max unpooling) needs the switches of max pooling layers: use pool='max'")
+        if kernel not in (3, 5):
+            raise ValueError(f"kernel must be 3 or 5, got {kernel}")
+        if hidden < 0:
+            raise ValueError(f"hidden must be >= 0 (0 = linear bottleneck), got {hidden}")
         if code_activation not in ACTIVATIONS:
             raise ValueError(f"code_activation must be one of {sorted(ACTIVATIONS)}, got {code_activation!r}")
         enc: list[nn.Module] = []
         prev = c_in
         for c in channels:
             if pool == "stride":
-                enc += [nn.Conv2d(prev, c, 3, stride=2, padding=1), nn.ReLU()]
+                enc += [nn.Conv2d(prev, c, kernel, stride=2, padding=kernel // 2), nn.ReLU()]
             else:
                 p = (MaxPoolSwitches() if up == "max" else nn.MaxPool2d(2)) if pool == "max" else nn.AvgPool2d(2)
-                enc += [nn.Conv2d(prev, c, 3, padding=1), nn.ReLU(), p]
+                enc += [nn.Conv2d(prev, c, kernel, padding=kernel // 2), nn.ReLU(), p]
             prev = c
         self.features = nn.Sequential(*enc)
         self.bottom = (prev, h // factor, w // factor)
         flat = prev * (h // factor) * (w // factor)
-        self.to_code = nn.Linear(flat, code_dim)
+        if hidden:
+            self.to_code = nn.Sequential(nn.Linear(flat, hidden), nn.ReLU(), nn.Linear(hidden, code_dim))
+            self.from_code = nn.Sequential(nn.Linear(code_dim, hidden), nn.ReLU(), nn.Linear(hidden, flat))
+        else:
+            self.to_code = nn.Linear(flat, code_dim)
+            self.from_code = nn.Linear(code_dim, flat)
         self.code_act = ACTIVATIONS[code_activation]()
-        self.from_code = nn.Linear(code_dim, flat)
         rev = list(channels)[::-1]
         self.up = up
         if up == "deconv":
@@ -91,7 +106,7 @@ class ConvAutoencoder(Autoencoder):
         self._switch_shapes = [[c, h // 2 ** (k + 1), w // 2 ** (k + 1)] for k, c in enumerate(channels)] \
             if up == "max" else []
         self.args.update(code_dim=code_dim, channels=list(channels), pool=pool, up=up,
-                         code_activation=code_activation, deconv_kernel=deconv_kernel)
+                         code_activation=code_activation, deconv_kernel=deconv_kernel, kernel=kernel, hidden=hidden)
 
     def side_fields(self) -> list[dict]:
         return [{"name": f"switches{k}", "shape": s, "bits": SWITCH_BITS} for k, s in enumerate(self._switch_shapes)]
