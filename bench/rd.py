@@ -102,6 +102,26 @@ def psnr_at(curve: list[dict], nbytes: float) -> float | None:
     return float(np.interp(np.log(nbytes), b, [r["psnr"] for r in curve]))
 
 
+def best_margin(project_rows: list[dict], pca_front: list[dict]) -> dict | None:
+    """The project row <= TARGET_BYTES with the largest PSNR margin over PCA at the same bytes (None if none)."""
+    margins = [(r, psnr_at(pca_front, r["bytes"])) for r in project_rows if r["bytes"] <= TARGET_BYTES]
+    margins = [(r, q, r["psnr"] - q) for r, q in margins if q is not None]
+    if not margins:
+        return None
+    r, q, m = max(margins, key=lambda t: t[2])
+    return {"bundle": r["setting"], "bytes": r["bytes"], "psnr": r["psnr"], "pca_psnr": q, "margin_db": m,
+            "met": m >= TARGET_DB, "pca_bytes_at_same_psnr": bytes_at(pca_front, r["psnr"])}
+
+
+def bytes_at(curve: list[dict], psnr: float) -> float | None:
+    """A curve's bytes at a PSNR (log(bytes) linear in PSNR); None outside its range."""
+    q = [r["psnr"] for r in curve]
+    if len(q) < 2 or not min(q) <= psnr <= max(q):
+        return None
+    order = np.argsort(q)
+    return float(np.exp(np.interp(psnr, np.asarray(q)[order], np.log([curve[i]["bytes"] for i in order]))))
+
+
 def summarise(rows: list[dict]) -> dict:
     """BD-rates of each project curve vs WebP (and the others), and the <= 32-byte target vs PCA."""
     cs = curves(rows)
@@ -126,21 +146,15 @@ def summarise(rows: list[dict]) -> dict:
                     "bd_rate_percent": bd_rate([r["bytes"] for r in ar], [r["psnr"] for r in ar],
                                                [r["decode_request_bytes"] for r in pr], [r["psnr"] for r in pr]),
                     "psnr_range": rng, "points": [len(ar), len(pr)]}
-    target = None
-    small = [r for p in project for r in cs[p] if r["bytes"] <= TARGET_BYTES]
     pca_rows = [r for r in rows if r["codec"].startswith("PCA")]
     pca_front = curves([{**r, "codec": "PCA"} for r in pca_rows]).get("PCA", [])  # best of both quantisers
-    if small and pca_front:
-        margins = [(r, psnr_at(pca_front, r["bytes"])) for r in small]
-        margins = [(r, q, r["psnr"] - q) for r, q in margins if q is not None]
-        if margins:
-            r, q, m = max(margins, key=lambda t: t[2])
-            target = {"bundle": r["setting"], "bytes": r["bytes"], "psnr": r["psnr"], "pca_psnr": q,
-                      "margin_db": m, "met": m >= TARGET_DB}
+    target = best_margin([r for p in families for r in cs[p]], pca_front)
+    by_family = {p: best_margin(cs[p], pca_front) for p in families}
     judged = {PROJECT: bd[PROJECT]} if PROJECT in bd else bd
     webp = [v["WebP"]["bd_rate_percent"] for v in judged.values()
             if "WebP" in v and v["WebP"]["bd_rate_percent"] is not None]
-    return {"bd_rate": bd, "target_32_bytes": target, "target_bd_rate_curve": next(iter(judged), None),
+    return {"bd_rate": bd, "target_32_bytes": target, "margin_by_family": by_family,
+            "target_bd_rate_curve": next(iter(judged), None),
             "target_bd_rate_met": bool(webp) and min(webp) < 0, "curves": {c: [r["setting"] for r in v] for c, v in cs.items()}}
 
 

@@ -35,8 +35,16 @@ def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list
                      f"{t['bytes']:.2f} bytes; PCA (same quantiser + entropy coder, best of both quantiser sweeps) at the same bytes: "
                      f"{t['pca_psnr']:.2f} dB; margin **{t['margin_db']:+.2f} dB** (target ≥ +3 dB: "
                      f"{'met' if t['met'] else 'NOT met'}).")
+        if t.get("pca_bytes_at_same_psnr"):
+            lines.append(f"  - PCA reaches the same {t['psnr']:.2f} dB at {t['pca_bytes_at_same_psnr']:.2f} bytes/image "
+                         f"({t['pca_bytes_at_same_psnr'] / t['bytes']:.1f}x the bytes).")
     else:
         lines.append("- At ≤ 32 bytes/image: no project bundle in range of the PCA curve (target not evaluated).")
+    fam = {p: v for p, v in (summary.get("margin_by_family") or {}).items() if v}
+    if len(fam) > 1:
+        lines.append("  - best margin of each family at ≤ 32 bytes/image: " + "; ".join(
+            f"`{p.removeprefix('aecodec ')}` {v['margin_db']:+.2f} dB (`{v['bundle']}`, {v['bytes']:.2f} bytes, "
+            f"{v['psnr']:.2f} vs {v['pca_psnr']:.2f} dB)" for p, v in fam.items()) + ".")
     judged = summary.get("target_bd_rate_curve")
     for p, v in summary["bd_rate"].items():
         if judged and p != judged:
