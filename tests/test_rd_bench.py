@@ -113,3 +113,29 @@ def test_chained_ladder_on_digits(tmp_path):
     assert second["started_from"].endswith("lambda-0.01.pt") and second["epochs"] == 2
     assert second["test_bytes_per_item"] < first["test_bytes_per_item"]
     assert (tmp_path / "bundles" / "conv-lambda-0.3" / "manifest.json").is_file()
+
+
+def test_summary_judges_targets_on_the_front_of_all_project_bundles():
+    import math
+
+    from bench.rd import PROJECT, summarise
+
+    def row(codec, setting, nbytes, psnr):
+        return {"codec": codec, "setting": setting, "bytes": nbytes, "psnr": psnr, "ssim": 0.5}
+
+    pca = [row("PCA uniform step", f"p{b}", b, 10 + 2 * math.log2(b)) for b in (2, 4, 8, 16, 32, 64)]
+    webp = [row("WebP", f"w{b}", b, 12 + 2 * math.log2(b)) for b in (40, 80, 160)]
+    rows = pca + webp + [
+        row("aecodec vq", "vq", 4.0, 16.5),  # PCA at 4 bytes: 14 dB -> +2.5
+        row("aecodec conv", "c1", 8.0, 19.5), row("aecodec conv", "c2", 16.0, 21.0),  # +3.5 at 8 bytes
+        row("aecodec linres", "l1", 30.0, 22.5), row("aecodec linres", "l2", 60.0, 24.0),  # +2.7 at 30 bytes
+        row("aecodec linres", "far", 1.0, 15.0),  # below PCA's byte range: never compared by extrapolation
+    ]
+    s = summarise(rows)
+    t = s["target_32_bytes"]
+    assert (t["bundle"], t["met"]) == ("c1", True) and t["margin_db"] == pytest.approx(3.5)
+    # PCA reaches 19.5 dB at 2^4.75 bytes, 3.4x the bundle's 8.
+    assert t["pca_bytes_at_same_psnr"] == pytest.approx(2 ** 4.75)
+    assert s["margin_by_family"]["aecodec vq"]["margin_db"] == pytest.approx(2.5)
+    assert s["target_bd_rate_curve"] == PROJECT and s["curves"][PROJECT][0] == "far"
+    assert s["bd_rate"][PROJECT]["WebP"]["bd_rate_percent"] < 0 and s["target_bd_rate_met"]
