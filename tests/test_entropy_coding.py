@@ -71,3 +71,17 @@ def test_tables_reject_invalid_rows():
     d["tables"][0][0] += 1  # no longer sums to 2**precision
     with pytest.raises(ValueError):
         FactorizedPrior.from_dict(d)
+
+
+def test_an_empty_payload_is_the_code_of_the_most_probable_symbols():
+    """Not a corrupt item: when every symbol is near-certain the ANS stream trims to zero bytes, and
+    decoding zero bytes gives back exactly those symbols (so the cloud must accept empty payloads)."""
+    from latent_codec.entropy import FactorizedPrior
+
+    s = np.zeros((2000, 8), dtype=np.int64)
+    s[0, 0] = 1
+    prior = FactorizedPrior.fit(s, 16, pseudo_count=1e-6)
+    payloads = prior.encode(s[1:40])
+    assert min(len(p) for p in payloads) == 0
+    assert np.array_equal(prior.decode([b""]), np.zeros((1, 8)))
+    assert np.array_equal(prior.decode(payloads), s[1:40])
