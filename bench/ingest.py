@@ -108,7 +108,7 @@ def ingest_rate(target: str, bundle_id: str, payloads: list[bytes], batch: int, 
         t0 = time.perf_counter()
         acked = 0
         for ack in stub.Ingest(gen(), timeout=600):
-            acked += len(ack.item_ids)
+            acked += len(ack.item_ids) + len(ack.item_seqs)
             slots.release()
         dt = time.perf_counter() - t0
         total = stub.ListStored(pb.ListStoredRequest(device_id=device), timeout=30).total_items

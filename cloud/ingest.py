@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 MAX_ID_CHARS = 256
 MAX_ITEMS_PER_REQUEST = 10_000
 MAX_PAYLOAD_BYTES = 1 << 20
+MAX_TIME_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: what every store and datetime library can hold
 DEFAULT_FETCH_LIMIT = 10_000
 MAX_FETCH_LIMIT = 100_000
 FETCH_CHUNK = 256  # items per FetchResponse message
@@ -104,24 +105,35 @@ class IngestService:
             bad("items is empty: send at least one item")
         if len(req.items) > MAX_ITEMS_PER_REQUEST:
             bad(f"{len(req.items)} items in one request; the limit is {MAX_ITEMS_PER_REQUEST}")
+        if req.captured_base_ms < 0:
+            bad(f"captured_base_ms is negative ({req.captured_base_ms})")
         seen: set[str] = set()
         by_bundle: dict[str, list[int]] = {}
         bundle_of = [it.bundle_id or req.bundle_id for it in req.items]  # empty: the request's bundle
+        ids = []
         for k, it in enumerate(req.items):
             where = f"items[{k}]"
-            for value, field in ((it.item_id, "item_id"), (bundle_of[k], "bundle_id")):
+            item_id = it.item_id
+            if it.HasField("item_seq"):  # compact id: the request's prefix + the decimal number
+                if it.item_id:
+                    bad(f"{where} gives both item_id and item_seq: give one")
+                item_id = req.item_id_prefix + str(it.item_seq)
+            for value, field in ((item_id, "item_id"), (bundle_of[k], "bundle_id")):
                 problem = _check_id(value, f"{where}.{field}")
                 if problem:
                     bad(problem + (" (and the request's bundle_id is empty)" if field == "bundle_id" else ""))
-            if it.item_id in seen:
-                bad(f"{where}.item_id {it.item_id!r} appears twice in this request")
-            seen.add(it.item_id)
-            if not it.payload:
-                bad(f"{where}.payload is empty")
+            if item_id in seen:
+                bad(f"{where}.item_id {item_id!r} appears twice in this request")
+            seen.add(item_id)
+            ids.append(item_id)
+            # An empty payload is not refused here: an entropy-coded code of near-certain symbols takes zero
+            # bytes. Payloads of held bundles are checked against their format below.
             if len(it.payload) > MAX_PAYLOAD_BYTES:
                 bad(f"{where}.payload is {len(it.payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
             if it.captured_at_ms < 0:
                 bad(f"{where}.captured_at_ms is negative ({it.captured_at_ms})")
+            if req.captured_base_ms + it.captured_at_ms > MAX_TIME_MS:
+                bad(f"{where}.captured_at_ms + captured_base_ms is past the year 9999")
             by_bundle.setdefault(bundle_of[k], []).append(k)
         for bundle_id, idx in by_bundle.items():
             lb = self.registry.get(bundle_id)
@@ -139,8 +151,8 @@ class IngestService:
                 k = idx[first]
                 bad(f"items[{k}].payload does not fit bundle {bundle_id} ({spec.format}): "
                     f"{payload_problem(lb, req.items[k].payload)}")
-        return [NewItem(req.device_id, it.item_id, bundle_of[k], bytes(it.payload), int(it.captured_at_ms))
-                for k, it in enumerate(req.items)]
+        return [NewItem(req.device_id, ids[k], bundle_of[k], bytes(it.payload),
+                        int(req.captured_base_ms + it.captured_at_ms)) for k, it in enumerate(req.items)]
 
     def ingest(self, request_iterator: Iterator[pb.IngestRequest], context) -> Iterator[pb.IngestAck]:
         for n, req in enumerate(request_iterator):
@@ -155,7 +167,9 @@ class IngestService:
             except StoreError as exc:
                 log.error("ingest: %s", exc)
                 context.abort(grpc.StatusCode.INTERNAL, f"storing failed: {exc}")
-            yield pb.IngestAck(item_ids=[it.item_id for it in items], duplicates=dup)
+            by_seq = [it.HasField("item_seq") for it in req.items]  # acknowledged the way the request named them
+            yield pb.IngestAck(item_ids=[it.item_id for it, s in zip(items, by_seq) if not s],
+                               item_seqs=[it.item_seq for it, s in zip(req.items, by_seq) if s], duplicates=dup)
 
     # ---- fetch --------------------------------------------------------------
     def _records(self, req: pb.FetchRequest, context) -> tuple[list[StoredRecord], list[str]]:

@@ -11,9 +11,9 @@ without progress; everything not acknowledged stays spooled for the next run.
 from __future__ import annotations
 
 import hashlib
-
 import json
 import random
+import re
 import sys
 import threading
 import time
@@ -188,7 +188,7 @@ class Sender:
 
         Raises grpc.RpcError when the stream fails (the caller decides whether to retry).
         """
-        inflight: deque[list[SpooledItem]] = deque()
+        inflight: deque[tuple[list[SpooledItem], pb.IngestRequest]] = deque()  # sent, not yet acknowledged
         ended = threading.Event()
         state = {"last_ack": time.monotonic(), "acked": 0, "error": None, "call": None, "timed_out": False}
 
@@ -224,7 +224,7 @@ class Sender:
                     with self.wake:
                         if not inflight:
                             state["last_ack"] = time.monotonic()
-                        inflight.append(batch)
+                        inflight.append((batch, req))
                     self.report.sent += len(batch)
                     self.report.wire_bytes += req.ByteSize()
                     yield req
@@ -236,9 +236,9 @@ class Sender:
         try:
             for ack in call:
                 with self.wake:
-                    batch = inflight.popleft() if inflight else None
+                    batch, req = inflight.popleft() if inflight else (None, None)
                     state["last_ack"] = time.monotonic()
-                if batch is None or list(ack.item_ids) != [it.item_id for it in batch]:
+                if batch is None or not acknowledged_ids(req, ack):
                     raise CloudError("the cloud acknowledged items this client did not send in that order; "
                                      "stopping with everything unacknowledged still spooled")
                 self.spool.remove(batch)
@@ -268,12 +268,40 @@ class AckTimeout(Exception):
         self.acked = acked
 
 
+_SEQ_ID = re.compile(r"(.*?)(0|[1-9][0-9]{0,18})")  # a prefix, then a decimal number that str() gives back
+
+
 def build_request(device_id: str, batch) -> pb.IngestRequest:
-    """One IngestRequest; the batch's common bundle id is sent once, not per item (framing bytes)."""
+    """One IngestRequest with as little framing per item as the batch allows.
+
+    What items share is sent once per request: the bundle id; the start of the
+    item ids, each item then carrying only its number (item_seq, a 1-3 byte
+    varint; `8hex#index` ids all share `8hex#`); the earliest capture time,
+    each item carrying its offset from it. Ids the server rebuilds are the
+    same strings, so idempotency does not depend on the form sent.
+    """
     common = batch[0].bundle_id if all(it.bundle_id == batch[0].bundle_id for it in batch) else ""
-    return pb.IngestRequest(device_id=device_id, bundle_id=common, items=[
-        pb.IngestItem(item_id=it.item_id, bundle_id="" if common else it.bundle_id, payload=it.payload,
-                      captured_at_ms=it.captured_at_ms) for it in batch])
+    parts = [_SEQ_ID.fullmatch(it.item_id) for it in batch]
+    prefix = parts[0].group(1) if all(parts) and len({m.group(1) for m in parts}) == 1 else None
+    base = min(it.captured_at_ms for it in batch)
+    items = []
+    for it, m in zip(batch, parts):
+        item = pb.IngestItem(bundle_id="" if common else it.bundle_id, payload=it.payload,
+                             captured_at_ms=it.captured_at_ms - base)
+        if prefix is None:
+            item.item_id = it.item_id
+        else:
+            item.item_seq = int(m.group(2))
+        items.append(item)
+    return pb.IngestRequest(device_id=device_id, bundle_id=common, item_id_prefix=prefix or "",
+                            captured_base_ms=base, items=items)
+
+
+def acknowledged_ids(req: pb.IngestRequest, ack: pb.IngestAck) -> bool:
+    """True when the ack names exactly the request's items, in order, the way the request named them."""
+    by_seq = [it.HasField("item_seq") for it in req.items]
+    return (list(ack.item_ids) == [it.item_id for it, s in zip(req.items, by_seq) if not s]
+            and list(ack.item_seqs) == [it.item_seq for it, s in zip(req.items, by_seq) if s])
 
 
 def default_source_id(data_source: str) -> str:

@@ -169,7 +169,12 @@ def test_bad_ingest_requests_are_invalid_argument_naming_the_field(served, encod
         (pb.IngestRequest(device_id="d", items=[item(), item(item_id="b", bundle_id="")]),
          "items[1].bundle_id is empty"),
         (pb.IngestRequest(device_id="d", items=[item(), item()]), "appears twice"),
-        (pb.IngestRequest(device_id="d", items=[item(payload=b"")]), "items[0].payload is empty"),
+        (pb.IngestRequest(device_id="d", items=[item(payload=b"")]), "items[0].payload is 0 bytes"),
+        (pb.IngestRequest(device_id="d", items=[item(item_seq=3)]), "gives both item_id and item_seq"),
+        (pb.IngestRequest(device_id="d", item_id_prefix="p", items=[item(item_id="", item_seq=3),
+                                                                    item(item_id="p3")]), "'p3' appears twice"),
+        (pb.IngestRequest(device_id="d", captured_base_ms=-5, items=[item()]), "captured_base_ms is negative"),
+        (pb.IngestRequest(device_id="d", captured_base_ms=2**62, items=[item()]), "past the year 9999"),
         (pb.IngestRequest(device_id="d", items=[item(payload=good[0] + b"\0")]), "needs exactly"),
         (pb.IngestRequest(device_id="d", items=[item(captured_at_ms=-1)]), "captured_at_ms is negative"),
         (pb.IngestRequest(device_id="d", items=[item(item_id="x" * 300)]), "limit is 256"),
@@ -207,7 +212,7 @@ def test_request_level_bundle_id_saves_framing_and_is_stored_per_item(served, en
                                 for k, (b, p) in enumerate([(ans_enc.bundle_id, pa[0]), (fixed_enc.bundle_id, pf[1])])])
     assert mixed.bundle_id == "" and [it.bundle_id for it in mixed.items] == [ans_enc.bundle_id, fixed_enc.bundle_id]
     acks = list(stub.Ingest(iter([req, mixed]), timeout=30))
-    assert [len(a.item_ids) for a in acks] == [40, 2]
+    assert [(list(a.item_ids), list(a.item_seqs)) for a in acks] == [([], list(range(40))), ([], [0, 1])]
     got, missing = fetch_all(stub, pb.FetchRequest(device_id=dev, item_ids=["s0", "s39", "m0", "m1"], codes_only=True))
     assert not missing
     bundle_of = {it.item_id: it.bundle_id for it in got}
@@ -307,3 +312,70 @@ def test_items_stay_fetchable_after_their_bundle_is_removed(bundles, encoders, x
     assert all(f"bundle {enc.bundle_id} is not held" in it.error for it in items)
     (summary,) = listing.summaries
     assert summary.items == 20 and not summary.bundle_available
+
+
+def test_compact_ids_and_times_cut_framing_and_store_the_same_items(served, encoders, x):
+    """build_request sends the id prefix and the earliest capture time once; the server stores the full ids
+    and times, and a resend in the long form is recognised as the same items (idempotency across forms)."""
+    from edge.ingest import build_request
+    from edge.spool import SpooledItem
+
+    running, stub = served
+    enc = encoders[sorted(encoders)[0]]
+    dev = device()
+    payloads = enc.encode(x[:200])
+    t0 = 1_763_800_000_000  # a 2025 timestamp in ms: 6 bytes as a varint
+    batch = [SpooledItem(k, f"0a1b2c3d#{k}", enc.bundle_id, p, t0 + 40 * k) for k, p in enumerate(payloads)]
+    req = build_request(dev, batch)
+    assert req.item_id_prefix == "0a1b2c3d#" and req.captured_base_ms == t0
+    assert all(it.item_id == "" and it.item_seq == k for k, it in enumerate(req.items))
+    long_form = pb.IngestRequest(device_id=dev, bundle_id=enc.bundle_id, items=[
+        pb.IngestItem(item_id=it.item_id, payload=it.payload, captured_at_ms=it.captured_at_ms) for it in batch])
+    framing = (req.ByteSize() - sum(len(p) for p in payloads)) / len(batch)
+    assert framing < 10 and long_form.ByteSize() - req.ByteSize() > 15 * len(batch), framing
+    (ack,) = stub.Ingest(iter([req]), timeout=30)
+    assert list(ack.item_seqs) == list(range(200)) and not ack.item_ids and ack.duplicates == 0
+    got, missing = fetch_all(stub, pb.FetchRequest(device_id=dev, item_ids=["0a1b2c3d#0", "0a1b2c3d#199"],
+                                                   codes_only=True))
+    assert not missing
+    assert {(it.item_id, it.captured_at_ms, it.payload) for it in got} == {
+        ("0a1b2c3d#0", t0, payloads[0]), ("0a1b2c3d#199", t0 + 40 * 199, payloads[199])}
+    (again,) = stub.Ingest(iter([long_form]), timeout=30)
+    assert again.duplicates == 200 and len(again.item_ids) == 200
+
+
+def test_build_request_keeps_ids_it_cannot_shorten():
+    from edge.ingest import acknowledged_ids, build_request
+    from edge.spool import SpooledItem
+
+    lead = build_request("d", [SpooledItem(1, "x#007", "b", b"p", 5), SpooledItem(2, "x#008", "b", b"q", 9)])
+    # "007" would come back as "7": the prefix takes the zeros, the number what str() gives back.
+    assert (lead.item_id_prefix, [it.item_seq for it in lead.items]) == ("x#00", [7, 8])
+    mixed = build_request("d", [SpooledItem(1, "a#1", "b", b"p", 5), SpooledItem(2, "b#2", "b", b"q", 5),
+                                SpooledItem(3, "c", "b", b"r", 5)])
+    assert mixed.item_id_prefix == "" and [it.item_id for it in mixed.items] == ["a#1", "b#2", "c"]
+    assert not any(it.HasField("item_seq") for it in mixed.items)
+    assert acknowledged_ids(mixed, pb.IngestAck(item_ids=["a#1", "b#2", "c"]))
+    assert not acknowledged_ids(mixed, pb.IngestAck(item_ids=["a#1", "c", "b#2"]))
+    assert not acknowledged_ids(lead, pb.IngestAck(item_seqs=[8, 7]))
+
+
+def test_an_empty_entropy_coded_payload_is_stored_and_decodes(served, encoders, bundles):
+    """Zero bytes is the valid code of an entropy-coded bundle's most probable symbols: accepted, stored, decoded."""
+    from latent_codec.bundle import load_bundle, run_decoder
+
+    running, stub = served
+    enc = encoders[sorted(encoders)[0]]
+    assert enc.manifest.payload.item_bytes is None  # entropy-coded
+    dev = device()
+    (ack,) = stub.Ingest(iter([pb.IngestRequest(device_id=dev, bundle_id=enc.bundle_id, items=[
+        pb.IngestItem(item_id="empty", payload=b"", captured_at_ms=1)])]), timeout=30)
+    assert list(ack.item_ids) == ["empty"]
+    got, _ = fetch_all(stub, pb.FetchRequest(device_id=dev, item_ids=["empty"],
+                                             reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32))
+    b = load_bundle(bundles / "bundle-dense-affine6-ans")
+    assert b.bundle_id == enc.bundle_id
+    z, side = b.manifest.payload.unpack([b""])
+    local = np.clip(run_decoder(b.session("decoder"), z, side, b.manifest.code_shape), 0, 1)
+    assert got[0].payload == b"" and not got[0].error
+    assert np.abs(from_tensor(got[0].reconstruction) - local).max() <= 1e-6

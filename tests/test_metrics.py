@@ -83,14 +83,14 @@ def test_metrics_count_rpcs_statuses_latency_and_items(bundle, tmp_path):
             enc = EdgeEncoder(bundle)
             payloads = enc.encode(x[:20])
 
-            def ingest_req(lo, hi):
-                return pb.IngestRequest(device_id="dev-1", items=[
-                    pb.IngestItem(item_id=f"i{k}", bundle_id=enc.bundle_id, payload=payloads[k],
-                                  captured_at_ms=1000 + k) for k in range(lo, hi)])
+            def ingest_req(lo, hi, compact=False):  # compact: ids as prefix "i" + item_seq, acked by number
+                return pb.IngestRequest(device_id="dev-1", item_id_prefix="i" if compact else "", items=[
+                    pb.IngestItem(bundle_id=enc.bundle_id, payload=payloads[k], captured_at_ms=1000 + k,
+                                  **({"item_seq": k} if compact else {"item_id": f"i{k}"})) for k in range(lo, hi)])
 
-            reqs = [ingest_req(0, 12), ingest_req(12, 20), ingest_req(0, 12)]
+            reqs = [ingest_req(0, 12), ingest_req(12, 20, compact=True), ingest_req(0, 12)]
             acks = list(stub.Ingest(iter(reqs), metadata=md, timeout=30))
-            assert [len(a.item_ids) for a in acks] == [12, 8, 12] and acks[2].duplicates == 12
+            assert [len(a.item_ids) + len(a.item_seqs) for a in acks] == [12, 8, 12] and acks[2].duplicates == 12
         s = scrape(running.metrics_port)
     finally:
         running.stop(grace=1.0)

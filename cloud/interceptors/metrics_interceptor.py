@@ -62,7 +62,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
             self.m.decoded_items.inc(response.count)
             self.m.decoded_bytes.inc(nbytes)
         elif name == _INGEST:
-            self.m.ingested_items.inc(len(response.item_ids))
+            self.m.ingested_items.inc(len(response.item_ids) + len(response.item_seqs))
             self.m.ingested_duplicates.inc(response.duplicates)
             self.m.ingested_bytes.inc(nbytes)
 

@@ -106,34 +106,42 @@ class ModelInfoResponse(_message.Message):
     def __init__(self, bundles: _Optional[_Iterable[_Union[BundleInfo, _Mapping]]] = ...) -> None: ...
 
 class IngestItem(_message.Message):
-    __slots__ = ("item_id", "bundle_id", "payload", "captured_at_ms")
+    __slots__ = ("item_id", "bundle_id", "payload", "captured_at_ms", "item_seq")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CAPTURED_AT_MS_FIELD_NUMBER: _ClassVar[int]
+    ITEM_SEQ_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     bundle_id: str
     payload: bytes
     captured_at_ms: int
-    def __init__(self, item_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., captured_at_ms: _Optional[int] = ...) -> None: ...
+    item_seq: int
+    def __init__(self, item_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., captured_at_ms: _Optional[int] = ..., item_seq: _Optional[int] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
-    __slots__ = ("device_id", "items", "bundle_id")
+    __slots__ = ("device_id", "items", "bundle_id", "item_id_prefix", "captured_base_ms")
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     ITEMS_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    ITEM_ID_PREFIX_FIELD_NUMBER: _ClassVar[int]
+    CAPTURED_BASE_MS_FIELD_NUMBER: _ClassVar[int]
     device_id: str
     items: _containers.RepeatedCompositeFieldContainer[IngestItem]
     bundle_id: str
-    def __init__(self, device_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[IngestItem, _Mapping]]] = ..., bundle_id: _Optional[str] = ...) -> None: ...
+    item_id_prefix: str
+    captured_base_ms: int
+    def __init__(self, device_id: _Optional[str] = ..., items: _Optional[_Iterable[_Union[IngestItem, _Mapping]]] = ..., bundle_id: _Optional[str] = ..., item_id_prefix: _Optional[str] = ..., captured_base_ms: _Optional[int] = ...) -> None: ...
 
 class IngestAck(_message.Message):
-    __slots__ = ("item_ids", "duplicates")
+    __slots__ = ("item_ids", "duplicates", "item_seqs")
     ITEM_IDS_FIELD_NUMBER: _ClassVar[int]
     DUPLICATES_FIELD_NUMBER: _ClassVar[int]
+    ITEM_SEQS_FIELD_NUMBER: _ClassVar[int]
     item_ids: _containers.RepeatedScalarFieldContainer[str]
     duplicates: int
-    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., duplicates: _Optional[int] = ...) -> None: ...
+    item_seqs: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., duplicates: _Optional[int] = ..., item_seqs: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class FetchRequest(_message.Message):
     __slots__ = ("item_ids", "device_id", "since_ms", "until_ms", "codes_only", "reconstruction_format", "limit")
