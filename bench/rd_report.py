@@ -71,9 +71,10 @@ def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list
         psnr = "∞" if r.get("lossless") else f"{r['psnr']:.2f}"
         lines.append(f"| {r['codec']} | {r['setting']}{star} | {r['bytes']:.2f} | {_fmt(r.get('decode_request_bytes'), '.2f')} | "
                      f"{_fmt(r.get('ingest_request_bytes'), '.2f')} | {psnr} | {r['ssim']:.4f} |")
-    lines += ["", "IngestRequest bytes are the requests `edge.cli ingest` builds (edge/ingest.py build_request): "
-              "each item's id (8 hex digits of the source, '#', its index) and timestamp, the bundle id once "
-              "per request of 500 items; DecodeRequest bytes are the batch path of `edge.cli evaluate`.", ""]
+    lines += ["", "IngestRequest bytes are the requests `edge.cli ingest` builds (edge/ingest.py build_request), "
+              "500 items per request: the bundle id, the item-id prefix (8 hex digits of the source and '#') and "
+              "the earliest capture time once per request; per item its number (item_seq) and its capture-time "
+              "offset (here items 1 ms apart); DecodeRequest bytes are the batch path of `edge.cli evaluate`.", ""]
     lines += _notes(rows)
     return "\n".join(lines)
 
@@ -91,8 +92,7 @@ def _notes(rows: list[dict]) -> list[str]:
         "## Notes", "",
         f"- Per-item framing: a DecodeRequest adds {dec:.2f} bytes/item on average over the payload (a size varint "
         f"per item plus the batch header shared by 500 items); an IngestRequest adds {ing:.1f} bytes/item "
-        "(item id, bundle id and timestamp repeated in every IngestItem), more than the payload itself at every "
-        "rung of the ladder.",
+        "(each IngestItem's own tag and length, its payload's length, its item_seq and its capture-time offset).",
         f"- The payload includes the ANS coder's termination: {over} bytes/item on average above the prior's ideal code "
         "length (the first symbol sits at its CDF offset in constriction's 24-bit-precision state). It is paid by "
         "PCA too, which uses the same coder.",
