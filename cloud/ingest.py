@@ -21,6 +21,7 @@ from typing import Iterator
 import grpc
 
 from latent_codec.errors import PayloadError
+from latent_codec.rejection import REJECTED_ITEM_KEY
 from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
 
 from .bundles import BundleRegistry, LoadedBundle
@@ -95,7 +96,9 @@ class IngestService:
     # ---- ingest -------------------------------------------------------------
     def _items_of(self, req: pb.IngestRequest, n: int, context) -> list[NewItem]:
         """Validated items of the n-th request of a stream; aborts with INVALID_ARGUMENT naming the field."""
-        def bad(msg: str):
+        def bad(msg: str, item: int | None = None):
+            if item is not None:  # the client can set this one item aside and send the rest
+                context.set_trailing_metadata(((REJECTED_ITEM_KEY, str(item)),))
             context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request {n}: {msg}")
 
         problem = _check_id(req.device_id, "device_id")
@@ -116,24 +119,24 @@ class IngestService:
             item_id = it.item_id
             if it.HasField("item_seq"):  # compact id: the request's prefix + the decimal number
                 if it.item_id:
-                    bad(f"{where} gives both item_id and item_seq: give one")
+                    bad(f"{where} gives both item_id and item_seq: give one", k)
                 item_id = req.item_id_prefix + str(it.item_seq)
             for value, field in ((item_id, "item_id"), (bundle_of[k], "bundle_id")):
                 problem = _check_id(value, f"{where}.{field}")
                 if problem:
-                    bad(problem + (" (and the request's bundle_id is empty)" if field == "bundle_id" else ""))
+                    bad(problem + (" (and the request's bundle_id is empty)" if field == "bundle_id" else ""), k)
             if item_id in seen:
-                bad(f"{where}.item_id {item_id!r} appears twice in this request")
+                bad(f"{where}.item_id {item_id!r} appears twice in this request", k)
             seen.add(item_id)
             ids.append(item_id)
             # An empty payload is not refused here: an entropy-coded code of near-certain symbols takes zero
             # bytes. Payloads of held bundles are checked against their format below.
             if len(it.payload) > MAX_PAYLOAD_BYTES:
-                bad(f"{where}.payload is {len(it.payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}")
+                bad(f"{where}.payload is {len(it.payload)} bytes; the limit is {MAX_PAYLOAD_BYTES}", k)
             if it.captured_at_ms < 0:
-                bad(f"{where}.captured_at_ms is negative ({it.captured_at_ms})")
+                bad(f"{where}.captured_at_ms is negative ({it.captured_at_ms})", k)
             if req.captured_base_ms + it.captured_at_ms > MAX_TIME_MS:
-                bad(f"{where}.captured_at_ms + captured_base_ms is past the year 9999")
+                bad(f"{where}.captured_at_ms + captured_base_ms is past the year 9999", k)
             by_bundle.setdefault(bundle_of[k], []).append(k)
         for bundle_id, idx in by_bundle.items():
             lb = self.registry.get(bundle_id)
@@ -145,12 +148,12 @@ class IngestService:
                     size = len(req.items[k].payload)
                     if size != spec.item_bytes:
                         bad(f"items[{k}].payload is {size} bytes; bundle {bundle_id} ({spec.format}) "
-                            f"needs exactly {spec.item_bytes}")
+                            f"needs exactly {spec.item_bytes}", k)
             first = validate_payloads(lb, [req.items[k].payload for k in idx])
             if first is not None:
                 k = idx[first]
                 bad(f"items[{k}].payload does not fit bundle {bundle_id} ({spec.format}): "
-                    f"{payload_problem(lb, req.items[k].payload)}")
+                    f"{payload_problem(lb, req.items[k].payload)}", k)
         return [NewItem(req.device_id, ids[k], bundle_of[k], bytes(it.payload),
                         int(req.captured_base_ms + it.captured_at_ms)) for k, it in enumerate(req.items)]
 
@@ -160,6 +163,9 @@ class IngestService:
             try:
                 dup = self.store.put_many(items, _now_ms())
             except ItemConflict as exc:
+                k = next((k for k, it in enumerate(items) if it.item_id == exc.item_id), None)
+                if k is not None:
+                    context.set_trailing_metadata(((REJECTED_ITEM_KEY, str(k)),))
                 context.abort(grpc.StatusCode.ALREADY_EXISTS, f"request {n}: {exc}")
             except StoreUnavailable as exc:
                 log.warning("ingest: %s", exc)

@@ -124,7 +124,31 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     add_ingest_arguments(i)
     for sp in (e, i):
         add_connection_arguments(sp)
+    q = sub.add_parser("quarantine", help="list the items the cloud refused for good, or send them again")
+    q.add_argument("--spool", type=Path, default=Path("edge-spool.sqlite"), help="the spool file of `ingest`")
+    q.add_argument("--requeue", action="store_true",
+                   help="put them back in the send queue (after fixing the cause); the next `ingest` sends them")
     return p.parse_args(argv)
+
+
+def quarantine(args) -> int:
+    """List quarantined items (one line each, with the cloud's reason) or requeue them."""
+    from .spool import Spool
+
+    if not args.spool.is_file():
+        raise CodecError(f"spool not found: {args.spool}")
+    spool = Spool(args.spool, max_bytes=1 << 62)  # nothing is added here: no bound to enforce
+    try:
+        if args.requeue:
+            print(f"requeued {spool.requeue()} items; run `edge.cli ingest --spool {args.spool}` to send them")
+            return 0
+        items = spool.quarantined()
+        for it in items:
+            print(f"{it.item_id}\t{it.bundle_id}\t{it.payload_bytes} B\t{it.reason}")
+        print(f"{len(items)} quarantined items in {args.spool}", file=sys.stderr)
+    finally:
+        spool.close()
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -139,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
             from .ingest import main_ingest
 
             return main_ingest(args)
+        elif args.command == "quarantine":
+            return quarantine(args)
     except CodecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2

@@ -25,6 +25,7 @@ import numpy as np
 
 from latent_codec import datasets
 from latent_codec.errors import CodecError
+from latent_codec.rejection import rejected_item
 from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
 
@@ -87,6 +88,7 @@ class IngestReport:
     acknowledged: int = 0
     duplicates: int = 0  # acknowledged items the cloud already held (resends)
     still_spooled: int = 0
+    quarantined: int = 0  # items this run set aside because the cloud refused them for good
     spooled_bytes: int = 0
     payload_bytes: int = 0  # payload bytes acknowledged
     wire_bytes: int = 0  # serialised IngestRequest bytes sent
@@ -107,6 +109,7 @@ class IngestReport:
             f"sent              {self.sent} ({self.retries} retries)",
             f"acknowledged      {self.acknowledged} ({self.duplicates} already stored)",
             f"still spooled     {self.still_spooled} ({self.spooled_bytes:,} bytes)",
+            f"quarantined       {self.quarantined} (refused by the cloud, kept in the spool: edge.cli quarantine)",
             f"payload bytes     {self.payload_bytes:,} acknowledged",
             f"wire bytes        {self.wire_bytes:,}",
             f"time              {self.seconds:.2f} s ({rate:,.0f} items/s acknowledged)",
@@ -253,6 +256,8 @@ class Sender:
             if state["timed_out"]:
                 raise AckTimeout(state["acked"], self.ack_timeout) from None
             exc.acked = state["acked"]  # type: ignore[attr-defined]
+            # Acks come in request order, so the refused request is the oldest one still in flight.
+            exc.refused_batch = inflight[0][0] if inflight else None  # type: ignore[attr-defined]
             raise
         finally:
             ended.set()
@@ -269,6 +274,14 @@ class AckTimeout(Exception):
 
 
 _SEQ_ID = re.compile(r"(.*?)(0|[1-9][0-9]{0,18})")  # a prefix, then a decimal number that str() gives back
+
+
+def refused_item(exc) -> SpooledItem | None:
+    """The spooled item the cloud refused for good, when its error names one (latent_codec/rejection.py)."""
+    if exc.code() not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
+        return None
+    batch, k = getattr(exc, "refused_batch", None), rejected_item(exc)
+    return batch[k] if batch is not None and k is not None and 0 <= k < len(batch) else None
 
 
 def build_request(device_id: str, batch) -> pb.IngestRequest:
@@ -364,7 +377,17 @@ def run(args, warn=None) -> IngestReport:
                 if getattr(exc, "acked", 0):
                     attempt, last_progress = 0, time.monotonic()
                 if exc.code() not in RETRYABLE:
-                    raise CloudError(describe(exc, args.server)) from None
+                    item = refused_item(exc)
+                    if item is None:
+                        raise CloudError(describe(exc, args.server)) from None
+                    if report.quarantined >= args.max_quarantine:
+                        raise CloudError(f"{describe(exc, args.server)}; {report.quarantined} items were refused "
+                                         f"already (--max-quarantine): stopping, the rest stays spooled") from None
+                    spool.quarantine(item, f"{exc.code().name}: {exc.details()}", int(time.time() * 1000))
+                    report.quarantined += 1
+                    warn(f"quarantined {item.item_id}: the cloud refused it ({exc.code().name}: {exc.details()})")
+                    attempt, last_progress = 0, time.monotonic()
+                    continue  # send the rest at once
                 why = describe(exc, args.server)
             except AckTimeout as exc:
                 if exc.acked:
@@ -427,6 +450,8 @@ def add_arguments(p) -> None:
     p.add_argument("--retry-max", type=float, default=5.0, help="longest retry delay, seconds")
     p.add_argument("--ack-timeout", type=float, default=30.0,
                    help="treat the stream as broken after this long without an ack while items are in flight")
+    p.add_argument("--max-quarantine", type=int, default=100,
+                   help="items the cloud may refuse for good (set aside in the spool) before the run stops")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = default)")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     p.add_argument("--no-progress", action="store_true")
@@ -441,7 +466,7 @@ def check_arguments(args) -> None:
             raise CodecError(f"--{name.replace('_', '-')} must be at least 1")
     if not 1 <= args.batch_size <= 10_000:
         raise CodecError("--batch-size must be 1..10000 (the cloud's per-request limit)")
-    for name in ("limit", "rate", "retry_for", "retry_initial", "retry_max", "ack_timeout"):
+    for name in ("limit", "rate", "retry_for", "retry_initial", "retry_max", "ack_timeout", "max_quarantine"):
         if getattr(args, name) < 0:
             raise CodecError(f"--{name.replace('_', '-')} must not be negative")
     if isinstance(args.spool_max_bytes, str):
@@ -449,7 +474,8 @@ def check_arguments(args) -> None:
 
 
 def main_ingest(args) -> int:
-    """Run `ingest`; print the report; exit 0 when everything was acknowledged, 3 when items remain spooled."""
+    """Run `ingest`; print the report. Exit 0: everything acknowledged; 3: items remain spooled (the cloud
+    was unreachable too long); 4: everything else acknowledged, some items quarantined; 2: stopped by an error."""
     check_arguments(args)
     code = 0
     try:
@@ -465,6 +491,10 @@ def main_ingest(args) -> int:
     if code:
         print(f"error: {report.error}; {report.still_spooled} items stay spooled in {report.spool}",
               file=sys.stderr)
+    elif report.quarantined:
+        print(f"warning: the cloud refused {report.quarantined} items for good; they are kept in {report.spool} "
+              f"(list them with `edge.cli quarantine --spool {report.spool}`)", file=sys.stderr)
+        code = 4
     return code
 
 

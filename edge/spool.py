@@ -5,6 +5,13 @@ cursor, so after a crash the client neither loses an item nor takes one twice;
 it leaves the spool only when an IngestAck names it. The spool is bounded
 (payload + id bytes); `add_many` raises SpoolFullError instead of dropping.
 One process at a time owns a spool (an flock on a side file).
+
+An item the cloud refuses for good (its payload does not fit the bundle, its
+id was used for other content) is moved to the `quarantine` table with the
+cloud's reason, in one transaction: it no longer blocks the items behind it,
+and it is still on the device (`edge.cli quarantine` lists it, `--requeue`
+sends it again after the cause is fixed). Quarantined bytes count towards
+the bound.
 """
 from __future__ import annotations
 
@@ -27,6 +34,14 @@ CREATE TABLE IF NOT EXISTS items (
   captured_at_ms INTEGER NOT NULL
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS quarantine (
+  item_id           TEXT    PRIMARY KEY,
+  bundle_id         TEXT    NOT NULL,
+  payload           BLOB    NOT NULL,
+  captured_at_ms    INTEGER NOT NULL,
+  reason            TEXT    NOT NULL,
+  quarantined_at_ms INTEGER NOT NULL
+);
 """
 ITEM_OVERHEAD = 32  # bytes counted per item besides payload and id (row, index entries), roughly
 
@@ -46,6 +61,16 @@ class SpooledItem:
     bundle_id: str
     payload: bytes
     captured_at_ms: int
+
+
+@dataclass(frozen=True)
+class QuarantinedItem:
+    item_id: str
+    bundle_id: str
+    payload_bytes: int
+    captured_at_ms: int
+    reason: str
+    quarantined_at_ms: int
 
 
 def item_cost(item_id: str, payload: bytes) -> int:
@@ -151,10 +176,14 @@ class Spool:
                 self._count, self._bytes = self._usage()
 
     def _usage(self) -> tuple[int, int]:
-        n, size = self._db.execute(
-            "SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(CAST(item_id AS BLOB))), 0) FROM items"
-        ).fetchone()
-        return int(n), int(size) + ITEM_OVERHEAD * int(n)
+        """(items waiting to be sent, bytes of the spool file's items, quarantined ones included)."""
+        usage = []
+        for table in ("items", "quarantine"):
+            n, size = self._db.execute(
+                f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(CAST(item_id AS BLOB))), 0) FROM {table}"
+            ).fetchone()
+            usage.append((int(n), int(size) + ITEM_OVERHEAD * int(n)))
+        return usage[0][0], usage[0][1] + usage[1][1]
 
     def peek(self, after_seq: int, limit: int) -> list[SpooledItem]:
         """Up to limit spooled items with seq > after_seq, oldest first."""
@@ -181,6 +210,49 @@ class Spool:
             self._count -= len(items)
             self._bytes -= sum(item_cost(it.item_id, it.payload) for it in items)
 
+    # ---- quarantine -----------------------------------------------------------
+    def _transaction(self, statements) -> None:
+        db = self._db
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            for sql, params in statements:
+                db.execute(sql, params)
+            db.execute("COMMIT")
+        except sqlite3.Error as exc:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise SpoolError(f"spool {self.path}: {exc}") from None
+
+    def quarantine(self, item: SpooledItem, reason: str, now_ms: int) -> None:
+        """Move an item the cloud refused for good out of the send queue, keeping it and the reason."""
+        with self._lock:
+            self._transaction([
+                ("INSERT OR REPLACE INTO quarantine (item_id, bundle_id, payload, captured_at_ms, reason, "
+                 "quarantined_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                 (item.item_id, item.bundle_id, item.payload, item.captured_at_ms, reason, now_ms)),
+                ("DELETE FROM items WHERE seq = ?", (item.seq,)),
+            ])
+            self._count, self._bytes = self._usage()
+
+    def quarantined(self) -> list[QuarantinedItem]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT item_id, bundle_id, LENGTH(payload), captured_at_ms, reason, quarantined_at_ms "
+                "FROM quarantine ORDER BY quarantined_at_ms, item_id").fetchall()
+        return [QuarantinedItem(i, b, int(n), int(c), r, int(q)) for i, b, n, c, r, q in rows]
+
+    def requeue(self) -> int:
+        """Put every quarantined item back in the send queue (after the cause was fixed); returns how many."""
+        with self._lock:
+            n = self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
+            self._transaction([
+                ("INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms) "
+                 "SELECT item_id, bundle_id, payload, captured_at_ms FROM quarantine ORDER BY quarantined_at_ms", ()),
+                ("DELETE FROM quarantine", ()),
+            ])
+            self._count, self._bytes = self._usage()
+        return int(n)
+
     def close(self) -> None:
         with self._lock:
             self._db.close()
@@ -204,4 +276,4 @@ def parse_size(text: str) -> int:
     return value
 
 
-__all__ = ["Spool", "SpoolError", "SpoolFullError", "SpooledItem", "parse_size"]
+__all__ = ["Spool", "SpoolError", "SpoolFullError", "SpooledItem", "QuarantinedItem", "parse_size"]

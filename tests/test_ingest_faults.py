@@ -244,3 +244,65 @@ def test_edge_ingest_bad_input_and_no_torch(bundle, data, tmp_path):
         held.close()
     with pytest.raises(SpoolError):
         Spool(tmp_path / "x.sqlite", 0)
+
+
+def test_items_the_cloud_refuses_are_quarantined_not_lost_and_do_not_block_the_rest(bundles, bundle, data,
+                                                                                   expected_payloads, tmp_path):
+    """A corrupt item and an id the cloud holds with other content: both set aside in the spool with the
+    cloud's reason, every other item stored once, exit 4; `quarantine --requeue` puts them back."""
+    from edge.encoder import EdgeEncoder
+    from edge.spool import Spool
+
+    n = 300
+    bid = EdgeEncoder(bundle).bundle_id
+    server = ServerProcess(bundles, str(tmp_path / "cloud.sqlite"), tmp_path).start()
+    try:
+        with grpc.insecure_channel(server.target) as ch:  # the cloud already holds cam#7 with other bytes
+            list(pb_grpc.CodecStub(ch).Ingest(iter([pb.IngestRequest(device_id=DEVICE, bundle_id=bid, items=[
+                pb.IngestItem(item_id="cam#7", payload=expected_payloads[8], captured_at_ms=1)])]), timeout=30))
+        spool_path = tmp_path / "spool.sqlite"
+        spool = Spool(spool_path, 1 << 26)
+        spool.add_many([("cam#junk", bid, b"\1", 5)])  # no valid ANS stream of this bundle
+        spool.close()
+        report_path = tmp_path / "report.json"
+        proc = run_edge(edge_cmd(bundle, server.target, data[0], spool_path, "--limit", str(n), "--batch-size",
+                                 "64", "--json", str(report_path)), tmp_path / "edge.log")
+        log = (tmp_path / "edge.log").read_text()
+        assert proc.returncode == 4, log
+        report = read_report(report_path)
+        assert report["quarantined"] == 2 and report["still_spooled"] == 0, report
+        assert "quarantined cam#junk" in log and "quarantined cam#7" in log
+        with grpc.insecure_channel(server.target) as ch:
+            stub = pb_grpc.CodecStub(ch)
+            got = {it.item_id: it.payload for r in stub.Fetch(pb.FetchRequest(device_id=DEVICE, codes_only=True,
+                                                                             limit=1000), timeout=60)
+                   for it in r.items}
+        assert sorted(got) == sorted(f"cam#{i}" for i in range(n))
+        assert got["cam#7"] == expected_payloads[8]  # the cloud's copy is not overwritten ...
+        assert all(got[f"cam#{i}"] == expected_payloads[i] for i in range(n) if i != 7)
+        listing = subprocess.run([sys.executable, "-m", "edge.cli", "quarantine", "--spool", str(spool_path)],
+                                 cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
+        lines = sorted(listing.stdout.strip().splitlines())
+        assert listing.returncode == 0 and len(lines) == 2, listing
+        assert lines[0].startswith("cam#7\t") and "ALREADY_EXISTS" in lines[0]  # ... and the device keeps its own
+        assert lines[1].startswith("cam#junk\t") and "INVALID_ARGUMENT" in lines[1] and "does not fit" in lines[1]
+        requeue = subprocess.run([sys.executable, "-m", "edge.cli", "quarantine", "--spool", str(spool_path),
+                                  "--requeue"], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
+        assert requeue.returncode == 0 and "requeued 2 items" in requeue.stdout
+        spool = Spool(spool_path, 1 << 26)
+        try:
+            assert spool.count == 2 and spool.quarantined() == []
+            assert {it.item_id for it in spool.peek(0, 10)} == {"cam#7", "cam#junk"}
+        finally:
+            spool.close()
+        # With no room for refusals the run stops at the first one, and that item stays queued.
+        stopped = run_edge(edge_cmd(bundle, server.target, data[0], spool_path, "--limit", str(n),
+                                    "--max-quarantine", "0"), tmp_path / "edge2.log")
+        assert stopped.returncode == 2 and "--max-quarantine" in (tmp_path / "edge2.log").read_text()
+        spool = Spool(spool_path, 1 << 26)
+        try:
+            assert spool.count == 2
+        finally:
+            spool.close()
+    finally:
+        server.kill(signal.SIGTERM)

@@ -26,6 +26,10 @@ class StoreUnavailable(StoreError):
 class ItemConflict(StoreError):
     """An item id was reused for different content: a client bug, never silently accepted."""
 
+    def __init__(self, message: str, item_id: str = ""):
+        super().__init__(message)
+        self.item_id = item_id  # which item of the request, so the client can set it aside
+
 
 @dataclass(frozen=True)
 class NewItem:

@@ -135,7 +135,7 @@ class PostgresStore(Store):
                 if prev is None:  # cannot happen: the row conflicted, so it exists and is committed
                     raise StoreError(f"item {it.item_id!r} conflicted but is not stored")
                 if not same_content(prev[0], prev[1], it.bundle_id, it.payload):
-                    raise ItemConflict(conflict_message(it))  # rolls the transaction back
+                    raise ItemConflict(conflict_message(it), it.item_id)  # rolls the transaction back
             return len(rest)
 
     def get(self, item_ids: Sequence[str], device_id: str = "") -> list[StoredRecord]:

@@ -76,7 +76,7 @@ class SqliteStore(Store):
                         elif same_content(old[0], old[1], it.bundle_id, it.payload):
                             dup += 1
                         else:
-                            raise ItemConflict(conflict_message(it))
+                            raise ItemConflict(conflict_message(it), it.item_id)
                     db.executemany(f"INSERT INTO ingested_items ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", fresh)
                     db.execute("COMMIT")
                     return dup

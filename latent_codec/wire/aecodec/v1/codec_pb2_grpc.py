@@ -92,6 +92,9 @@ class CodecServicer:
 
     def Ingest(self, request_iterator, context):
         """Store items durably; each ack is sent only after its write committed.
+        A refused request ends the stream with INVALID_ARGUMENT or ALREADY_EXISTS;
+        when one item is at fault the trailing metadata "aecodec-rejected-item"
+        holds its index in that request (latent_codec/rejection.py).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
