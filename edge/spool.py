@@ -19,6 +19,7 @@ import fcntl
 import sqlite3
 import threading
 import uuid
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -154,9 +155,7 @@ class Spool:
                 raise SpoolFullError(
                     f"spool {self.path} is full: {self._count} items use {self._bytes:,} of {self.max_bytes:,} "
                     f"bytes and {len(items)} more need {cost:,}")
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with self._transaction() as db:
                 before = db.total_changes
                 db.executemany("INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms) "
                                "VALUES (?, ?, ?, ?)", items)
@@ -164,11 +163,6 @@ class Spool:
                 if source is not None and cursor is not None:
                     db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
                                (f"cursor:{source}", str(cursor)))
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise SpoolError(f"spool {self.path}: {exc}") from None
             if added == len(items):
                 self._count += len(items)
                 self._bytes += cost
@@ -198,40 +192,37 @@ class Spool:
         if not items:
             return
         with self._lock:
-            db = self._db
-            try:
-                db.execute("BEGIN IMMEDIATE")
+            with self._transaction() as db:
                 db.executemany("DELETE FROM items WHERE seq = ?", [(it.seq,) for it in items])
-                db.execute("COMMIT")
-            except sqlite3.Error as exc:
-                if db.in_transaction:
-                    db.execute("ROLLBACK")
-                raise SpoolError(f"spool {self.path}: {exc}") from None
             self._count -= len(items)
             self._bytes -= sum(item_cost(it.item_id, it.payload) for it in items)
 
-    # ---- quarantine -----------------------------------------------------------
-    def _transaction(self, statements) -> None:
+    @contextmanager
+    def _transaction(self):
+        """One write transaction (caller holds self._lock); any SQLite error rolls back and is a SpoolError."""
         db = self._db
         try:
             db.execute("BEGIN IMMEDIATE")
-            for sql, params in statements:
-                db.execute(sql, params)
+            yield db
             db.execute("COMMIT")
         except sqlite3.Error as exc:
             if db.in_transaction:
                 db.execute("ROLLBACK")
             raise SpoolError(f"spool {self.path}: {exc}") from None
+        except BaseException:
+            if db.in_transaction:
+                db.execute("ROLLBACK")
+            raise
 
+    # ---- quarantine -----------------------------------------------------------
     def quarantine(self, item: SpooledItem, reason: str, now_ms: int) -> None:
         """Move an item the cloud refused for good out of the send queue, keeping it and the reason."""
         with self._lock:
-            self._transaction([
-                ("INSERT OR REPLACE INTO quarantine (item_id, bundle_id, payload, captured_at_ms, reason, "
-                 "quarantined_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                 (item.item_id, item.bundle_id, item.payload, item.captured_at_ms, reason, now_ms)),
-                ("DELETE FROM items WHERE seq = ?", (item.seq,)),
-            ])
+            with self._transaction() as db:
+                db.execute("INSERT OR REPLACE INTO quarantine (item_id, bundle_id, payload, captured_at_ms, reason, "
+                           "quarantined_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                           (item.item_id, item.bundle_id, item.payload, item.captured_at_ms, reason, now_ms))
+                db.execute("DELETE FROM items WHERE seq = ?", (item.seq,))
             self._count, self._bytes = self._usage()
 
     def quarantined(self) -> list[QuarantinedItem]:
@@ -245,11 +236,11 @@ class Spool:
         """Put every quarantined item back in the send queue (after the cause was fixed); returns how many."""
         with self._lock:
             n = self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
-            self._transaction([
-                ("INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms) "
-                 "SELECT item_id, bundle_id, payload, captured_at_ms FROM quarantine ORDER BY quarantined_at_ms", ()),
-                ("DELETE FROM quarantine", ()),
-            ])
+            with self._transaction() as db:
+                db.execute("INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms) "
+                           "SELECT item_id, bundle_id, payload, captured_at_ms FROM quarantine "
+                           "ORDER BY quarantined_at_ms")
+                db.execute("DELETE FROM quarantine")
             self._count, self._bytes = self._usage()
         return int(n)
 

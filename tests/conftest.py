@@ -42,6 +42,25 @@ def train_and_export(out_dir: Path, model: str = "dense", model_args: dict | Non
     return bundle
 
 
+def decode_through_server(bundles_root: Path, enc, payloads: list[bytes], x: np.ndarray):
+    """Start a real server on bundles_root, send one evaluated DecodeRequest of these payloads, stop it."""
+    import grpc
+
+    from cloud.server import build_server
+    from latent_codec.tensors import to_tensor
+    from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
+    from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
+
+    running = build_server(bundles_root, "127.0.0.1:0", workers=2)
+    try:
+        req = pb.DecodeRequest(codes=enc.code_batch(payloads), originals=to_tensor(x),
+                               reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32)
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            return pb_grpc.CodecStub(ch).Decode(req, timeout=60)
+    finally:
+        running.stop(grace=1.0)
+
+
 @pytest.fixture(scope="session")
 def fashion_bundle(tmp_path_factory) -> Path:
     """A dense 784-128-32 autoencoder trained briefly on Fashion-MNIST, 8-bit affine codes."""

@@ -47,17 +47,13 @@ def served(tmp_path_factory):
 
 @pytest.mark.parametrize("variant", _params())
 def test_variant_trains_exports_and_decodes_through_the_server(variant: Variant, served, tmp_path):
-    import grpc
     import torch
 
-    from cloud.server import build_server
-    from conftest import train_and_export
+    from conftest import decode_through_server, train_and_export
     from edge.encoder import EdgeEncoder
     from latent_codec import datasets
     from latent_codec.bundle import load_bundle, run_decoder
-    from latent_codec.tensors import from_tensor, to_tensor
-    from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
-    from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
+    from latent_codec.tensors import from_tensor
 
     torch.set_num_threads(1)
     train = {"epochs": 10, "batch_size": 64, **variant.train}
@@ -81,17 +77,10 @@ def test_variant_trains_exports_and_decodes_through_the_server(variant: Variant,
     root = served / variant.name
     root.mkdir()
     (root / bundle.name).symlink_to(bundle, target_is_directory=True)
-    running = build_server(root, "127.0.0.1:0", workers=2)
-    try:
-        enc = EdgeEncoder(bundle)
-        x = datasets.load("digits", "test").x[:32]
-        payloads = enc.encode(x)
-        req = pb.DecodeRequest(codes=enc.code_batch(payloads), originals=to_tensor(x),
-                               reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32)
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            resp = pb_grpc.CodecStub(ch).Decode(req, timeout=60)
-    finally:
-        running.stop(grace=1.0)
+    enc = EdgeEncoder(bundle)
+    x = datasets.load("digits", "test").x[:32]
+    payloads = enc.encode(x)
+    resp = decode_through_server(root, enc, payloads, x)
     rec = from_tensor(resp.reconstructions)
     # The cloud's reconstruction is exactly what this bundle decodes locally from the same payloads.
     b = load_bundle(bundle)

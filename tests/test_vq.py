@@ -68,15 +68,10 @@ def test_lloyd_iterations_never_increase_the_objective_and_rate_training_spends_
 
 
 def test_vq_bundle_decodes_through_the_server_to_its_codewords(tmp_path):
-    import grpc
-
-    from cloud.server import build_server
-    from conftest import train_and_export
+    from conftest import decode_through_server, train_and_export
     from edge.encoder import EdgeEncoder
     from latent_codec import datasets
-    from latent_codec.tensors import from_tensor, to_tensor
-    from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
-    from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
+    from latent_codec.tensors import from_tensor
     from training.train import load_checkpoint
 
     torch.set_num_threads(1)
@@ -86,14 +81,7 @@ def test_vq_bundle_decodes_through_the_server_to_its_codewords(tmp_path):
     x = datasets.load("digits", "test").x[:40]
     payloads = enc.encode(x)
     assert max(len(p) for p in payloads) <= 4  # one 6-bit index in the ANS coder's few bytes
-    running = build_server(bundle.parent, "127.0.0.1:0", workers=2)
-    try:
-        req = pb.DecodeRequest(codes=enc.code_batch(payloads), originals=to_tensor(x),
-                               reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32)
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            resp = pb_grpc.CodecStub(ch).Decode(req, timeout=60)
-    finally:
-        running.stop(grace=1.0)
+    resp = decode_through_server(bundle.parent, enc, payloads, x)
     rec = from_tensor(resp.reconstructions).reshape(40, -1)
     # The cloud returns, for each item, the codeword torch picks for it (the nearest one).
     model, _, _ = load_checkpoint(tmp_path / "vq.pt")

@@ -14,11 +14,12 @@ integer grid) for `--quant learned` export.
 """
 from __future__ import annotations
 
-import math
 import sys
 import time
 
 import torch
+
+from latent_codec.metrics import psnr_from_mse
 
 PSEUDO_COUNT = 0.5  # per index in P(k): an index never seen in training still gets a finite code length
 CHUNK = 4096  # items per distance block: (CHUNK, K) floats stay small
@@ -35,9 +36,10 @@ def assign(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.cat(idx), torch.cat(err)
 
 
-def _psnr(sq_err: torch.Tensor, pixels: int) -> float:
-    mse = float(sq_err.mean()) / pixels
-    return -10 * math.log10(max(mse, 1e-10))
+def index_probabilities(idx: torch.Tensor, k_total: int) -> torch.Tensor:
+    """P(k) from assignment counts, smoothed so every index has a finite code length."""
+    counts = torch.bincount(idx, minlength=k_total).double()
+    return (counts + PSEUDO_COUNT) / (counts.sum() + PSEUDO_COUNT * k_total)
 
 
 @torch.no_grad()
@@ -53,7 +55,6 @@ def train_vq(model, x_train: torch.Tensor, x_val: torch.Tensor, cfg, progress: b
             raise ValueError(f"{k_total} codewords need at least as many training items, got {len(flat)}")
         model.codebook.copy_(flat[torch.randperm(len(flat), generator=g)[:k_total]])
     history = []
-    counts = torch.zeros(k_total)
     for it in range(1, cfg.epochs + 1):
         idx, err = assign(model, x_train)
         counts = torch.bincount(idx, minlength=k_total).float()
@@ -63,22 +64,22 @@ def train_vq(model, x_train: torch.Tensor, x_val: torch.Tensor, cfg, progress: b
         empty = int((~used).sum())
         if empty and cfg.rd_lambda == 0:  # re-seed on the worst-reconstructed items
             model.codebook[~used] = flat[torch.argsort(err, descending=True)[:empty]]
-        p = (counts + PSEUDO_COUNT) / (counts.sum() + PSEUDO_COUNT * k_total)
+        p = index_probabilities(idx, k_total)
         model.bias.copy_(cfg.rd_lambda * -torch.log2(p))
         bits = float((-torch.log2(p[idx])).mean())
         rec = {"epoch": it, "train_loss": float(err.mean()) + cfg.rd_lambda * bits, "train_bits": bits,
                "codewords_used": int(used.sum()), "seconds": time.perf_counter() - t0}
         if len(x_val):
             _, verr = assign(model, x_val)
-            rec.update(val_mse=float(verr.mean()) / pixels, val_psnr=_psnr(verr, pixels))
+            val_mse = float(verr.mean()) / pixels
+            rec.update(val_mse=val_mse, val_psnr=psnr_from_mse(val_mse))
         history.append(rec)
         if progress is not None:
             print(f"iteration {it}: train loss {rec['train_loss']:.3f}  {bits:.2f} bits  "
                   f"{rec['codewords_used']} codewords used  val PSNR {rec.get('val_psnr', float('nan')):.2f} dB",
                   file=sys.stderr)
-    idx, _ = assign(model, x_train)
-    counts = torch.bincount(idx, minlength=k_total).double()
-    p = (counts + PSEUDO_COUNT) / (counts.sum() + PSEUDO_COUNT * k_total)
+    idx, _ = assign(model, x_train)  # the final codebook's assignment: what the exported tables describe
+    p = index_probabilities(idx, k_total)
     b = model.grid_bits
     return {"history": history, "train_seconds": time.perf_counter() - t0,
             "rate_prior": {"grid_bits": b, "lo": -(1 << (b - 1)), "hi": (1 << (b - 1)) - 1, "components": 0,
