@@ -6,6 +6,7 @@ the mean log-rate difference into a percentage. Negative = the test curve
 needs fewer bytes than the anchor at the same quality. With fewer than four
 points a curve is fitted with a polynomial of degree points - 1.
 """
+
 from __future__ import annotations
 
 import numpy as np

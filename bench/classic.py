@@ -4,6 +4,7 @@ Every image is encoded on its own (one item = one file/message, as the
 project's payloads are) and decoded again; bytes are the encoded size
 including each format's headers, because that is what a user stores or sends.
 """
+
 from __future__ import annotations
 
 import io
@@ -61,7 +62,9 @@ def _from_pil(img, shape: tuple[int, ...]) -> np.ndarray:
     return a[None] if shape[0] == 1 else np.moveaxis(a, -1, 0)
 
 
-def codec_roundtrip(setting: Setting, items: np.ndarray, zstd_dict: bytes | None = None) -> tuple[np.ndarray, np.ndarray]:
+def codec_roundtrip(
+    setting: Setting, items: np.ndarray, zstd_dict: bytes | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Encode and decode each item (N, C, H, W) uint8 -> (bytes per item (N,), reconstructions)."""
     from PIL import Image
 
@@ -71,7 +74,11 @@ def codec_roundtrip(setting: Setting, items: np.ndarray, zstd_dict: bytes | None
         import zstandard as zstd
 
         d = zstd.ZstdCompressionDict(zstd_dict) if setting.codec.endswith("dict") else None
-        cctx = zstd.ZstdCompressor(level=19, dict_data=d, write_dict_id=False) if d else zstd.ZstdCompressor(level=19)
+        cctx = (
+            zstd.ZstdCompressor(level=19, dict_data=d, write_dict_id=False)
+            if d
+            else zstd.ZstdCompressor(level=19)
+        )
         dctx = zstd.ZstdDecompressor(dict_data=d) if d else zstd.ZstdDecompressor()
         for i, x in enumerate(items):
             blob = cctx.compress(x.tobytes())

@@ -9,6 +9,7 @@ after the commit: SQLite WAL with synchronous=FULL, PostgreSQL with its
 default synchronous_commit=on). The spool rows time the edge with and without
 the spool around the same encoder. Prints a Markdown table.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,15 +30,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench-ingest", description=__doc__.split("\n")[0])
-    p.add_argument("--bundle", type=Path, required=True, help="bundle directory whose encoder makes the payloads")
+    p.add_argument(
+        "--bundle", type=Path, required=True, help="bundle directory whose encoder makes the payloads"
+    )
     p.add_argument("--data", default="digits", help="items to encode (see edge.cli --data)")
     p.add_argument("--batch-sizes", default="1,64,1024")
     p.add_argument("--items", type=int, default=20000, help="items per run (batch size 1 uses --items-b1)")
-    p.add_argument("--items-b1", type=int, default=2000, help="items per run at batch size 1 (one commit each)")
+    p.add_argument(
+        "--items-b1", type=int, default=2000, help="items per run at batch size 1 (one commit each)"
+    )
     p.add_argument("--window", type=int, default=8, help="requests in flight")
     p.add_argument("--stores", default="sqlite,postgres")
-    p.add_argument("--pg", default=os.environ.get("AECODEC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"),
-                   help="PostgreSQL database; the benchmark works in a schema of its own and drops it")
+    p.add_argument(
+        "--pg",
+        default=os.environ.get("AECODEC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test"),
+        help="PostgreSQL database; the benchmark works in a schema of its own and drops it",
+    )
     p.add_argument("--spool-items", type=int, default=20000)
     p.add_argument("--out", type=Path, default=None, help="also write the Markdown here")
     return p.parse_args(argv)
@@ -64,9 +72,26 @@ class Server:
         port_file = workdir / f"port-{uuid.uuid4().hex[:6]}"
         env = dict(os.environ, PYTHONPATH=str(ROOT))
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud.server", "--bundles", str(bundles), "--store", store,
-             "--address", "127.0.0.1:0", "--port-file", str(port_file), "--log-level", "WARNING"],
-            cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True)
+            [
+                sys.executable,
+                "-m",
+                "cloud.server",
+                "--bundles",
+                str(bundles),
+                "--store",
+                store,
+                "--address",
+                "127.0.0.1:0",
+                "--port-file",
+                str(port_file),
+                "--log-level",
+                "WARNING",
+            ],
+            cwd=ROOT,
+            env=env,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         deadline = time.monotonic() + 60
         while not port_file.exists():
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -92,9 +117,16 @@ def ingest_rate(target: str, bundle_id: str, payloads: list[bytes], batch: int, 
 
     device = f"bench-{uuid.uuid4().hex[:8]}"
     now = int(time.time() * 1000)
-    reqs = [pb.IngestRequest(device_id=device, items=[
-        pb.IngestItem(item_id=f"i{i + k}", bundle_id=bundle_id, payload=p, captured_at_ms=now)
-        for k, p in enumerate(payloads[i : i + batch])]) for i in range(0, len(payloads), batch)]
+    reqs = [
+        pb.IngestRequest(
+            device_id=device,
+            items=[
+                pb.IngestItem(item_id=f"i{i + k}", bundle_id=bundle_id, payload=p, captured_at_ms=now)
+                for k, p in enumerate(payloads[i : i + batch])
+            ],
+        )
+        for i in range(0, len(payloads), batch)
+    ]
     slots = threading.Semaphore(window)
 
     def gen():
@@ -203,8 +235,10 @@ def main(argv: list[str] | None = None) -> int:
         "",
         "| edge path | µs/item | overhead |",
         "|---|---:|---:|",
-        *[f"| {name} | {us:.1f} | {'-' if k == 0 else f'+{us - base:.1f} µs ({(us / base - 1) * 100:.0f} %)'} |"
-          for k, (name, us) in enumerate(spool_rows)],
+        *[
+            f"| {name} | {us:.1f} | {'-' if k == 0 else f'+{us - base:.1f} µs ({(us / base - 1) * 100:.0f} %)'} |"
+            for k, (name, us) in enumerate(spool_rows)
+        ],
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
         f"{platform.system()} {platform.release()}.",
@@ -212,8 +246,9 @@ def main(argv: list[str] | None = None) -> int:
     text = "\n".join(lines)
     print(text)
     if args.out:
-        args.out.write_text(f"# Ingest benchmark\n\n`python -m bench.ingest {' '.join(argv or sys.argv[1:])}`\n\n"
-                            f"{text}\n")
+        args.out.write_text(
+            f"# Ingest benchmark\n\n`python -m bench.ingest {' '.join(argv or sys.argv[1:])}`\n\n{text}\n"
+        )
     return 0
 
 

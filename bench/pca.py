@@ -9,6 +9,7 @@ PayloadSpec.pack/unpack, so PCA pays exactly the framing the project pays:
   and cost almost nothing).
 The reported curve is the Pareto front over the sweep.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -22,7 +23,18 @@ from latent_codec.quantize import Quantizer
 KS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)  # k 1-2 and 2 bits reach the few-byte end of the ladder
 BITS = (2, 3, 4, 5, 6)
 UNIFORM_KS = (16, 32, 64, 128)
-STEPS = (0.15, 0.25, 0.4, 0.6, 0.9, 1.3, 2.0, 3.0, 4.5, 6.5)  # on the [0, 1]-pixel PCA code scale (norms up to ~15)
+STEPS = (
+    0.15,
+    0.25,
+    0.4,
+    0.6,
+    0.9,
+    1.3,
+    2.0,
+    3.0,
+    4.5,
+    6.5,
+)  # on the [0, 1]-pixel PCA code scale (norms up to ~15)
 MAX_BITS = 12
 
 
@@ -32,7 +44,7 @@ class PCA:
     components: np.ndarray  # (P, K) orthonormal columns, by decreasing variance
 
     @classmethod
-    def fit(cls, x_unit: np.ndarray, k_max: int) -> "PCA":
+    def fit(cls, x_unit: np.ndarray, k_max: int) -> PCA:
         x = x_unit.reshape(len(x_unit), -1).astype(np.float64)
         mean = x.mean(axis=0)
         xc = x - mean
@@ -66,12 +78,16 @@ def payload_specs(pca: PCA, train_unit: np.ndarray) -> list[tuple[str, int, Payl
         z = z_all[:, :k]
         for b in BITS:
             q = Quantizer.fit_affine(z, b)
-            out.append((f"PCA k{k} affine{b}", k, PayloadSpec(q, k, FactorizedPrior.fit(q.quantize(z), q.levels))))
+            out.append(
+                (f"PCA k{k} affine{b}", k, PayloadSpec(q, k, FactorizedPrior.fit(q.quantize(z), q.levels)))
+            )
     for k in UNIFORM_KS:
         z = z_all[:, :k]
         for step in STEPS:
             q = uniform_quantizer(z, step)
-            out.append((f"PCA k{k} step{step:g}", k, PayloadSpec(q, k, FactorizedPrior.fit(q.quantize(z), q.levels))))
+            out.append(
+                (f"PCA k{k} step{step:g}", k, PayloadSpec(q, k, FactorizedPrior.fit(q.quantize(z), q.levels)))
+            )
     return out
 
 

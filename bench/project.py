@@ -6,6 +6,7 @@ payloads framed as the edge sends them (a DecodeRequest per batch, like
 ingest path), parsed back from the serialised bytes, unpacked and decoded
 with the bundle's decoder as the cloud does.
 """
+
 from __future__ import annotations
 
 import time
@@ -42,13 +43,23 @@ def _ingest_bytes(bundle_id: str, payloads: list[bytes]) -> int:
     now = int(time.time() * 1000)
     total = 0
     for i in range(0, len(payloads), BATCH):
-        batch = [SpooledItem(seq=i + j, item_id=f"{source}#{i + j}", bundle_id=bundle_id, payload=p,
-                             captured_at_ms=now + i + j) for j, p in enumerate(payloads[i : i + BATCH])]
+        batch = [
+            SpooledItem(
+                seq=i + j,
+                item_id=f"{source}#{i + j}",
+                bundle_id=bundle_id,
+                payload=p,
+                captured_at_ms=now + i + j,
+            )
+            for j, p in enumerate(payloads[i : i + BATCH])
+        ]
         total += build_request("device-0001", batch).ByteSize()
     return total
 
 
-def measure_bundle(bundle_dir: Path, items: np.ndarray, threads: int = 1) -> tuple[WireSizes, np.ndarray, dict]:
+def measure_bundle(
+    bundle_dir: Path, items: np.ndarray, threads: int = 1
+) -> tuple[WireSizes, np.ndarray, dict]:
     """-> (bytes per item, uint8 reconstructions, bundle info) for items (N, C, H, W) uint8."""
     from edge.encoder import EdgeEncoder
 
@@ -80,7 +91,12 @@ def measure_bundle(bundle_dir: Path, items: np.ndarray, threads: int = 1) -> tup
         recon[i : i + BATCH] = datasets.from_unit(rec, "uint8").reshape(xb.shape)
     n = len(items)
     sizes = WireSizes(n_payload / n, n_request / n, _ingest_bytes(enc.bundle_id, all_payloads) / n)
-    info = {"bundle_id": enc.bundle_id, "format": spec.format, "model": m.model,
-            "rd_lambda": (m.training.get("config") or {}).get("rd_lambda"), "path": str(bundle_dir),
-            "ideal_bytes": ideal_bits / 8 / n if spec.prior is not None else None}
+    info = {
+        "bundle_id": enc.bundle_id,
+        "format": spec.format,
+        "model": m.model,
+        "rd_lambda": (m.training.get("config") or {}).get("rd_lambda"),
+        "path": str(bundle_dir),
+        "ideal_bytes": ideal_bits / 8 / n if spec.prior is not None else None,
+    }
     return sizes, recon, info

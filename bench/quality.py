@@ -5,6 +5,7 @@ window, sample covariance, K1 = 0.01, K2 = 0.03, data_range 255), computed for
 a whole stack of images at once: 10,000 per-image calls per codec setting
 would dominate the benchmark's run time.
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -11,6 +11,7 @@ and with a dictionary trained on the training split, JPEG, WebP and AVIF over
 quality sweeps (bench/classic.py). Writes rd.md (table, targets, BD-rates),
 rd.png (curves) and rd.json (every number) into --out-dir.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,16 +39,31 @@ _ITEMS: np.ndarray | None = None  # set before forking the classic-codec workers
 _ZDICT: bytes | None = None
 
 
-def _row(codec: str, setting: str, sizes: np.ndarray | float, items: np.ndarray, recon: np.ndarray, **extra) -> dict:
-    return {"codec": codec, "setting": setting, "bytes": float(np.mean(sizes)),
-            "psnr": quality.psnr(items, recon), "ssim": float(quality.ssim(items, recon).mean()), **extra}
+def _row(
+    codec: str, setting: str, sizes: np.ndarray | float, items: np.ndarray, recon: np.ndarray, **extra
+) -> dict:
+    return {
+        "codec": codec,
+        "setting": setting,
+        "bytes": float(np.mean(sizes)),
+        "psnr": quality.psnr(items, recon),
+        "ssim": float(quality.ssim(items, recon).mean()),
+        **extra,
+    }
 
 
 def _classic_job(setting: classic.Setting) -> dict:
     t0 = time.perf_counter()
     sizes, recon = classic.codec_roundtrip(setting, _ITEMS, _ZDICT)
-    return _row(setting.codec, setting.label, sizes, _ITEMS, recon, lossless=setting.quality is None,
-                seconds=time.perf_counter() - t0)
+    return _row(
+        setting.codec,
+        setting.label,
+        sizes,
+        _ITEMS,
+        recon,
+        lossless=setting.quality is None,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def run_classic(items: np.ndarray, train: np.ndarray, jobs: int, avif: bool) -> list[dict]:
@@ -79,8 +95,18 @@ def run_project(items: np.ndarray, bundles_root: Path, threads: int) -> list[dic
     for b in find_bundles(bundles_root):
         sizes, recon, info = measure_bundle(b, items, threads)
         family = f"aecodec {info['model']['name']}"
-        rows.append(_row(family, b.name, sizes.payload, items, recon, decode_request_bytes=sizes.decode_request,
-                         ingest_request_bytes=sizes.ingest_request, **info))
+        rows.append(
+            _row(
+                family,
+                b.name,
+                sizes.payload,
+                items,
+                recon,
+                decode_request_bytes=sizes.decode_request,
+                ingest_request_bytes=sizes.ingest_request,
+                **info,
+            )
+        )
     return rows
 
 
@@ -109,8 +135,15 @@ def best_margin(project_rows: list[dict], pca_front: list[dict]) -> dict | None:
     if not margins:
         return None
     r, q, m = max(margins, key=lambda t: t[2])
-    return {"bundle": r["setting"], "bytes": r["bytes"], "psnr": r["psnr"], "pca_psnr": q, "margin_db": m,
-            "met": m >= TARGET_DB, "pca_bytes_at_same_psnr": bytes_at(pca_front, r["psnr"])}
+    return {
+        "bundle": r["setting"],
+        "bytes": r["bytes"],
+        "psnr": r["psnr"],
+        "pca_psnr": q,
+        "margin_db": m,
+        "met": m >= TARGET_DB,
+        "pca_bytes_at_same_psnr": bytes_at(pca_front, r["psnr"]),
+    }
 
 
 def bytes_at(curve: list[dict], psnr: float) -> float | None:
@@ -139,36 +172,65 @@ def summarise(rows: list[dict]) -> dict:
             if min(len(pr), len(ar)) < 2:
                 continue
             rng = common_range([r["psnr"] for r in ar], [r["psnr"] for r in pr])
-            val = bd_rate([r["bytes"] for r in ar], [r["psnr"] for r in ar], [r["bytes"] for r in pr], [r["psnr"] for r in pr])
+            val = bd_rate(
+                [r["bytes"] for r in ar],
+                [r["psnr"] for r in ar],
+                [r["bytes"] for r in pr],
+                [r["psnr"] for r in pr],
+            )
             bd[p][a] = {"bd_rate_percent": val, "psnr_range": rng, "points": [len(ar), len(pr)]}
             if a == "WebP" and val is not None and "decode_request_bytes" in pr[0]:
                 bd[p]["WebP (DecodeRequest bytes)"] = {
-                    "bd_rate_percent": bd_rate([r["bytes"] for r in ar], [r["psnr"] for r in ar],
-                                               [r["decode_request_bytes"] for r in pr], [r["psnr"] for r in pr]),
-                    "psnr_range": rng, "points": [len(ar), len(pr)]}
+                    "bd_rate_percent": bd_rate(
+                        [r["bytes"] for r in ar],
+                        [r["psnr"] for r in ar],
+                        [r["decode_request_bytes"] for r in pr],
+                        [r["psnr"] for r in pr],
+                    ),
+                    "psnr_range": rng,
+                    "points": [len(ar), len(pr)],
+                }
     pca_rows = [r for r in rows if r["codec"].startswith("PCA")]
     pca_front = curves([{**r, "codec": "PCA"} for r in pca_rows]).get("PCA", [])  # best of both quantisers
     target = best_margin([r for p in families for r in cs[p]], pca_front)
     by_family = {p: best_margin(cs[p], pca_front) for p in families}
     judged = {PROJECT: bd[PROJECT]} if PROJECT in bd else bd
-    webp = [v["WebP"]["bd_rate_percent"] for v in judged.values()
-            if "WebP" in v and v["WebP"]["bd_rate_percent"] is not None]
-    return {"bd_rate": bd, "target_32_bytes": target, "margin_by_family": by_family,
-            "target_bd_rate_curve": next(iter(judged), None),
-            "target_bd_rate_met": bool(webp) and min(webp) < 0, "curves": {c: [r["setting"] for r in v] for c, v in cs.items()}}
+    webp = [
+        v["WebP"]["bd_rate_percent"]
+        for v in judged.values()
+        if "WebP" in v and v["WebP"]["bd_rate_percent"] is not None
+    ]
+    return {
+        "bd_rate": bd,
+        "target_32_bytes": target,
+        "margin_by_family": by_family,
+        "target_bd_rate_curve": next(iter(judged), None),
+        "target_bd_rate_met": bool(webp) and min(webp) < 0,
+        "curves": {c: [r["setting"] for r in v] for c, v in cs.items()},
+    }
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench-rd", description=__doc__.split("\n")[0])
-    p.add_argument("--data-dir", default="fashion-mnist", help="fashion-mnist, digits, or an IDX folder with train and test files")
-    p.add_argument("--bundles", type=Path, default=DEFAULT_BUNDLES, help="a bundle, or a folder of bundles (the ladder)")
+    p.add_argument(
+        "--data-dir",
+        default="fashion-mnist",
+        help="fashion-mnist, digits, or an IDX folder with train and test files",
+    )
+    p.add_argument(
+        "--bundles", type=Path, default=DEFAULT_BUNDLES, help="a bundle, or a folder of bundles (the ladder)"
+    )
     p.add_argument("--limit", type=int, default=0, help="only the first N test images (0 = all)")
     p.add_argument("--out-dir", type=Path, default=Path("docs"))
     p.add_argument("--jobs", type=int, default=2, help="worker processes for the classic codecs")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the project's bundles")
     p.add_argument("--no-avif", action="store_true", help="skip AVIF (the slowest encoder)")
     p.add_argument("--no-classic", action="store_true", help="skip PNG/zstd/JPEG/WebP/AVIF")
-    p.add_argument("--report-only", action="store_true", help="re-render rd.md/rd.png from --out-dir/rd.json, no measuring")
+    p.add_argument(
+        "--report-only",
+        action="store_true",
+        help="re-render rd.md/rd.png from --out-dir/rd.json, no measuring",
+    )
     return p.parse_args(argv)
 
 
@@ -200,11 +262,17 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     summary = summarise(rows)
-    meta = {"command": "python -m bench.rd " + shlex.join(argv if argv is not None else sys.argv[1:]),
-            "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "data": test.source,
-            "items": int(len(items)), "seconds": round(time.perf_counter() - t0, 1)}
+    meta = {
+        "command": "python -m bench.rd " + shlex.join(argv if argv is not None else sys.argv[1:]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "data": test.source,
+        "items": int(len(items)),
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     args.out_dir.mkdir(parents=True, exist_ok=True)
-    (args.out_dir / "rd.json").write_text(json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1) + "\n")
+    (args.out_dir / "rd.json").write_text(
+        json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1) + "\n"
+    )
     write_report(args.out_dir, meta, rows, summary, curves(rows))
     print((args.out_dir / "rd.md").read_text())
     return 0

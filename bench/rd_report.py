@@ -1,4 +1,5 @@
 """Write the rate-distortion benchmark's Markdown table and its bytes-vs-PSNR plot."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -31,20 +32,32 @@ def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list
         "",
     ]
     if t:
-        lines.append(f"- At ≤ 32 bytes/image: best project bundle `{t['bundle']}` reaches {t['psnr']:.2f} dB at "
-                     f"{t['bytes']:.2f} bytes; PCA (same quantiser + entropy coder, best of both quantiser sweeps) at the same bytes: "
-                     f"{t['pca_psnr']:.2f} dB; margin **{t['margin_db']:+.2f} dB** (target ≥ +3 dB: "
-                     f"{'met' if t['met'] else 'NOT met'}).")
+        lines.append(
+            f"- At ≤ 32 bytes/image: best project bundle `{t['bundle']}` reaches {t['psnr']:.2f} dB at "
+            f"{t['bytes']:.2f} bytes; PCA (same quantiser + entropy coder, best of both quantiser sweeps) at the same bytes: "
+            f"{t['pca_psnr']:.2f} dB; margin **{t['margin_db']:+.2f} dB** (target ≥ +3 dB: "
+            f"{'met' if t['met'] else 'NOT met'})."
+        )
         if t.get("pca_bytes_at_same_psnr"):
-            lines.append(f"  - PCA reaches the same {t['psnr']:.2f} dB at {t['pca_bytes_at_same_psnr']:.2f} bytes/image "
-                         f"({t['pca_bytes_at_same_psnr'] / t['bytes']:.1f}x the bytes).")
+            lines.append(
+                f"  - PCA reaches the same {t['psnr']:.2f} dB at {t['pca_bytes_at_same_psnr']:.2f} bytes/image "
+                f"({t['pca_bytes_at_same_psnr'] / t['bytes']:.1f}x the bytes)."
+            )
     else:
-        lines.append("- At ≤ 32 bytes/image: no project bundle in range of the PCA curve (target not evaluated).")
+        lines.append(
+            "- At ≤ 32 bytes/image: no project bundle in range of the PCA curve (target not evaluated)."
+        )
     fam = {p: v for p, v in (summary.get("margin_by_family") or {}).items() if v}
     if len(fam) > 1:
-        lines.append("  - best margin of each family at ≤ 32 bytes/image: " + "; ".join(
-            f"`{p.removeprefix('aecodec ')}` {v['margin_db']:+.2f} dB (`{v['bundle']}`, {v['bytes']:.2f} bytes, "
-            f"{v['psnr']:.2f} vs {v['pca_psnr']:.2f} dB)" for p, v in fam.items()) + ".")
+        lines.append(
+            "  - best margin of each family at ≤ 32 bytes/image: "
+            + "; ".join(
+                f"`{p.removeprefix('aecodec ')}` {v['margin_db']:+.2f} dB (`{v['bundle']}`, {v['bytes']:.2f} bytes, "
+                f"{v['psnr']:.2f} vs {v['pca_psnr']:.2f} dB)"
+                for p, v in fam.items()
+            )
+            + "."
+        )
     judged = summary.get("target_bd_rate_curve")
     for p, v in summary["bd_rate"].items():
         if judged and p != judged:
@@ -52,29 +65,48 @@ def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list
         w = v.get("WebP")
         if w and w["bd_rate_percent"] is not None:
             lo, hi = w["psnr_range"]
-            lines.append(f"- BD-rate of `{p}` vs WebP over {lo:.2f}–{hi:.2f} dB: **{w['bd_rate_percent']:+.1f} %** "
-                         f"(target < 0: {'met' if w['bd_rate_percent'] < 0 else 'NOT met'}).")
+            lines.append(
+                f"- BD-rate of `{p}` vs WebP over {lo:.2f}–{hi:.2f} dB: **{w['bd_rate_percent']:+.1f} %** "
+                f"(target < 0: {'met' if w['bd_rate_percent'] < 0 else 'NOT met'})."
+            )
         elif w is not None:
             lines.append(f"- `{p}` and WebP share no PSNR range: BD-rate undefined (target NOT met).")
-    lines += ["", "## Bjøntegaard delta rate (project curve vs each codec, over their common PSNR range)", "",
-              "| project curve | anchor | common PSNR range (dB) | BD-rate |", "|---|---|---|---|"]
+    lines += [
+        "",
+        "## Bjøntegaard delta rate (project curve vs each codec, over their common PSNR range)",
+        "",
+        "| project curve | anchor | common PSNR range (dB) | BD-rate |",
+        "|---|---|---|---|",
+    ]
     for p, v in summary["bd_rate"].items():
         for a, d in v.items():
             rng = d["psnr_range"]
-            lines.append(f"| {p} | {a} | {'–' if rng is None else f'{rng[0]:.2f}–{rng[1]:.2f}'} | "
-                         f"{'no overlap' if d['bd_rate_percent'] is None else format(d['bd_rate_percent'], '+.1f') + ' %'} |")
-    lines += ["", "## All measurements", "",
-              "| codec | setting | bytes/image | DecodeRequest bytes/item | IngestRequest bytes/item | PSNR (dB) | SSIM |",
-              "|---|---|---:|---:|---:|---:|---:|"]
+            lines.append(
+                f"| {p} | {a} | {'–' if rng is None else f'{rng[0]:.2f}–{rng[1]:.2f}'} | "
+                f"{'no overlap' if d['bd_rate_percent'] is None else format(d['bd_rate_percent'], '+.1f') + ' %'} |"
+            )
+    lines += [
+        "",
+        "## All measurements",
+        "",
+        "| codec | setting | bytes/image | DecodeRequest bytes/item | IngestRequest bytes/item | PSNR (dB) | SSIM |",
+        "|---|---|---:|---:|---:|---:|---:|",
+    ]
     for r in rows:
         star = "*" if (r["codec"], r["setting"]) in on_curve else ""
         psnr = "∞" if r.get("lossless") else f"{r['psnr']:.2f}"
-        lines.append(f"| {r['codec']} | {r['setting']}{star} | {r['bytes']:.2f} | {_fmt(r.get('decode_request_bytes'), '.2f')} | "
-                     f"{_fmt(r.get('ingest_request_bytes'), '.2f')} | {psnr} | {r['ssim']:.4f} |")
-    lines += ["", "IngestRequest bytes are the requests `edge.cli ingest` builds (edge/ingest.py build_request), "
-              "500 items per request: the bundle id, the item-id prefix (8 hex digits of the source and '#') and "
-              "the earliest capture time once per request; per item its number (item_seq) and its capture-time "
-              "offset (here items 1 ms apart); DecodeRequest bytes are the batch path of `edge.cli evaluate`.", ""]
+        lines.append(
+            f"| {r['codec']} | {r['setting']}{star} | {r['bytes']:.2f} | {_fmt(r.get('decode_request_bytes'), '.2f')} | "
+            f"{_fmt(r.get('ingest_request_bytes'), '.2f')} | {psnr} | {r['ssim']:.4f} |"
+        )
+    lines += [
+        "",
+        "IngestRequest bytes are the requests `edge.cli ingest` builds (edge/ingest.py build_request), "
+        "500 items per request: the bundle id, the item-id prefix (8 hex digits of the source and '#') and "
+        "the earliest capture time once per request; per item its number (item_seq) and its capture-time "
+        "offset (here items 1 ms apart); DecodeRequest bytes are the batch path of `edge.cli evaluate`.",
+        "",
+    ]
     lines += _notes(rows)
     return "\n".join(lines)
 
@@ -89,7 +121,8 @@ def _notes(rows: list[dict]) -> list[str]:
     gaps = [r["bytes"] - r["ideal_bytes"] for r in mine if r.get("ideal_bytes") is not None]
     over = f"{sum(gaps) / len(gaps):.2f}" if gaps else "a few"
     return [
-        "## Notes", "",
+        "## Notes",
+        "",
         f"- Per-item framing: a DecodeRequest adds {dec:.2f} bytes/item on average over the payload (a size varint "
         f"per item plus the batch header shared by 500 items); an IngestRequest adds {ing:.1f} bytes/item "
         "(each IngestItem's own tag and length, its payload's length, its item_seq and its capture-time offset).",
@@ -99,18 +132,22 @@ def _notes(rows: list[dict]) -> list[str]:
         "- The ladder (bench/train_ladder.py, one preset per family; each family's training is in "
         "docs/rd_ladder_MODEL.json). Every rate-distortion rung is trained with loss = squared error + lambda * bits "
         "under a learned prior, straight-through rounding for the decoder, additive uniform noise for the rate:",
-        *[f"  - `{name}`: {text}" for name, text in FAMILIES.items() if f"aecodec {name}" in {r["codec"] for r in rows}],
+        *[
+            f"  - `{name}`: {text}"
+            for name, text in FAMILIES.items()
+            if f"aecodec {name}" in {r["codec"] for r in rows}
+        ],
         "",
     ]
 
 
 FAMILIES = {
     "vq": "one-hot code: the index of the nearest of 4096 codewords (training/models/vq.py), trained by Lloyd "
-          "iterations; one 12-bit symbol, which the ANS coder's minimum payload of about 3 bytes holds.",
+    "iterations; one 12-bit symbol, which the ANS coder's minimum payload of about 3 bytes holds.",
     "conv": "5x5 stride-2 convolutions (32 channels), an MLP (256) to a 64-dim global code and back, transposed "
-            "convolutions; chained from the highest rate down (10 epochs from scratch, then 4 per rung).",
+    "convolutions; chained from the highest rate down (10 epochs from scratch, then 4 per rung).",
     "linres": "a linear path initialised to PCA at each rung's rate-distortion-optimal step, plus 784-512-128 MLP "
-              "corrections, 2 epochs per rung.",
+    "corrections, 2 epochs per rung.",
 }
 
 
@@ -124,8 +161,16 @@ def plot(path: Path, curves: dict[str, list[dict]], title: str) -> None:
     for codec, pts in curves.items():
         if pts and pts[0].get("lossless"):
             ax.axvline(pts[0]["bytes"], ls=":", lw=1, color="grey")
-            ax.text(pts[0]["bytes"], 0.02, f" {codec} (lossless)", rotation=90, va="bottom", fontsize=8,
-                    color="grey", transform=ax.get_xaxis_transform())
+            ax.text(
+                pts[0]["bytes"],
+                0.02,
+                f" {codec} (lossless)",
+                rotation=90,
+                va="bottom",
+                fontsize=8,
+                color="grey",
+                transform=ax.get_xaxis_transform(),
+            )
             continue
         style = dict(lw=2.5, marker="o") if codec.startswith("aecodec") else dict(lw=1.2, marker=".")
         ax.plot([r["bytes"] for r in pts], [r["psnr"] for r in pts], label=codec, **style)
@@ -140,6 +185,8 @@ def plot(path: Path, curves: dict[str, list[dict]], title: str) -> None:
     plt.close(fig)
 
 
-def write_report(out_dir: Path, meta: dict, rows: list[dict], summary: dict, curves: dict[str, list[dict]]) -> None:
+def write_report(
+    out_dir: Path, meta: dict, rows: list[dict], summary: dict, curves: dict[str, list[dict]]
+) -> None:
     (out_dir / "rd.md").write_text(markdown(meta, rows, summary, curves))
     plot(out_dir / "rd.png", curves, f"{meta['data']}: {meta['items']} test images")

@@ -13,6 +13,7 @@ later rung starts from the one before, so the lambdas run from the highest
 rate to the lowest and every rung inherits the features already learned. Each bundle's manifest carries its
 measured test bytes/item and PSNR; docs/rd_ladder_MODEL.json summarises each ladder.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,6 @@ import sys
 import time
 from pathlib import Path
 
-
 # The committed ladder (docs/rd.md) is three presets, one per stretch of the rate axis. Each preset's values
 # are the defaults of the flags below; any flag given on the command line overrides them.
 PRESETS: dict[str, dict] = {
@@ -30,14 +30,34 @@ PRESETS: dict[str, dict] = {
     "vq": {"model": "vq", "args": {"codewords": 4096}, "lambdas": "0", "epochs": 15},
     # ~4-12 bytes/item: 5x5 strided convolutions and an MLP to a 64-dim global code, chained from the
     # highest rate down (10 epochs from scratch, then 4 per rung; ~12 min).
-    "conv": {"model": "conv", "args": {"channels": [32, 32], "pool": "stride", "kernel": 5, "hidden": 256,
-                                       "code_dim": 64, "output": "linear"},
-             "lambdas": "0.03,0.1,0.3,1", "first_epochs": 10, "epochs": 4, "lr": 2e-3, "batch_size": 128},
+    "conv": {
+        "model": "conv",
+        "args": {
+            "channels": [32, 32],
+            "pool": "stride",
+            "kernel": 5,
+            "hidden": 256,
+            "code_dim": 64,
+            "output": "linear",
+        },
+        "lambdas": "0.03,0.1,0.3,1",
+        "first_epochs": 10,
+        "epochs": 4,
+        "lr": 2e-3,
+        "batch_size": 128,
+    },
     # ~25-60 bytes/item: PCA-initialised linear path + MLP corrections, every rung from PCA (~3 min).
-    "linres": {"model": "linres", "args": {"code_dim": 128, "hidden": 512}, "lambdas": "0.035,0.012,0.004,0.0015",
-               "epochs": 2, "lr": 1e-3, "batch_size": 256},
+    "linres": {
+        "model": "linres",
+        "args": {"code_dim": 128, "hidden": 512},
+        "lambdas": "0.035,0.012,0.004,0.0015",
+        "epochs": 2,
+        "lr": 1e-3,
+        "batch_size": 256,
+    },
 }
 DEFAULT_PRESETS = ("vq", "conv", "linres")
+
 
 def step_for(rd_lambda: float) -> float:
     """The uniform step that is rate-distortion optimal for a Gaussian-like linear code at this lambda.
@@ -75,7 +95,9 @@ def counted_bits(ckpt: Path, rate_prior: dict, data: str, items: int) -> tuple[f
     model, _, _ = load_checkpoint(ckpt)
     x = to_tensor(load_split(data, "train", items))
     with torch.no_grad():
-        z = torch.cat([model.encode(model.normalize(x[i : i + 1000]))[0].flatten(1) for i in range(0, len(x), 1000)])
+        z = torch.cat(
+            [model.encode(model.normalize(x[i : i + 1000]))[0].flatten(1) for i in range(0, len(x), 1000)]
+        )
     q, learned = learned_payload(rate_prior, z.shape[1])
     s = q.quantize(z.numpy())
     counted = FactorizedPrior.fit(s, q.levels)
@@ -84,22 +106,42 @@ def counted_bits(ckpt: Path, rate_prior: dict, data: str, items: int) -> tuple[f
 
 def _parser(preset: dict) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="train-ladder", description=__doc__.split("\n")[0])
-    p.add_argument("--preset", choices=[*PRESETS, "all"], default="all",
-                   help="which ladder's defaults to use; all = " + " + ".join(DEFAULT_PRESETS) + " in turn")
+    p.add_argument(
+        "--preset",
+        choices=[*PRESETS, "all"],
+        default="all",
+        help="which ladder's defaults to use; all = " + " + ".join(DEFAULT_PRESETS) + " in turn",
+    )
     p.add_argument("--model", default=preset.get("model", "linres"))
-    p.add_argument("--args", default=json.dumps(preset.get("args", {})), help="model constructor arguments, JSON")
-    p.add_argument("--lambdas", default=preset.get("lambdas", "0.01"), help="comma-separated rd_lambda values")
+    p.add_argument(
+        "--args", default=json.dumps(preset.get("args", {})), help="model constructor arguments, JSON"
+    )
+    p.add_argument(
+        "--lambdas", default=preset.get("lambdas", "0.01"), help="comma-separated rd_lambda values"
+    )
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--limit", type=int, default=0, help="training items (0 = all)")
-    p.add_argument("--base-epochs", type=int, default=0,
-                   help="plain training before the rungs; 0 with a PCA-initialisable model: each rung starts from PCA")
-    p.add_argument("--epochs", type=int, default=preset.get("epochs", 2), help="rate-distortion epochs per rung")
-    p.add_argument("--first-epochs", type=int, default=preset.get("first_epochs", 0),
-                   help="epochs of the first rung of a chained ladder (0 = --epochs)")
+    p.add_argument(
+        "--base-epochs",
+        type=int,
+        default=0,
+        help="plain training before the rungs; 0 with a PCA-initialisable model: each rung starts from PCA",
+    )
+    p.add_argument(
+        "--epochs", type=int, default=preset.get("epochs", 2), help="rate-distortion epochs per rung"
+    )
+    p.add_argument(
+        "--first-epochs",
+        type=int,
+        default=preset.get("first_epochs", 0),
+        help="epochs of the first rung of a chained ladder (0 = --epochs)",
+    )
     p.add_argument("--batch-size", type=int, default=preset.get("batch_size", 256))
     p.add_argument("--lr", type=float, default=preset.get("lr", 1e-3))
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--test-limit", type=int, default=0, help="test items measured into each manifest (0 = all)")
+    p.add_argument(
+        "--test-limit", type=int, default=0, help="test items measured into each manifest (0 = all)"
+    )
     p.add_argument("--runs", type=Path, default=None, help="checkpoints (default runs/rd-ladder-MODEL)")
     p.add_argument("--out", type=Path, default=Path("bundles/rd-ladder"), help="one bundle per lambda")
     p.add_argument("--summary", type=Path, default=None, help="default docs/rd_ladder_MODEL.json")
@@ -111,7 +153,9 @@ def parse_args(argv: list[str] | None) -> list[argparse.Namespace]:
     argv = list(sys.argv[1:] if argv is None else argv)
     chosen = _parser({}).parse_known_args(argv)[0].preset
     out = []
-    custom = chosen == "all" and any(a.split("=")[0] == "--model" for a in argv)  # one ladder of the user's own
+    custom = chosen == "all" and any(
+        a.split("=")[0] == "--model" for a in argv
+    )  # one ladder of the user's own
     for name in (None,) if custom else DEFAULT_PRESETS if chosen == "all" else (chosen,):
         args = _parser(PRESETS.get(name, {})).parse_args(argv)
         args.runs = args.runs or Path(f"runs/rd-ladder-{args.model}")
@@ -134,8 +178,15 @@ def train_ladder(args: argparse.Namespace) -> dict:
 
     lambdas = [float(v) for v in args.lambdas.split(",") if v.strip()]
     model_args = json.loads(args.args)
-    common = dict(model=args.model, model_args=model_args, data=args.data, limit=args.limit,
-                  batch_size=args.batch_size, lr=args.lr, threads=args.threads)
+    common = dict(
+        model=args.model,
+        model_args=model_args,
+        data=args.data,
+        limit=args.limit,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        threads=args.threads,
+    )
     t0 = time.perf_counter()
     args.runs.mkdir(parents=True, exist_ok=True)
     from training.registry import MODELS, model_names
@@ -147,19 +198,32 @@ def train_ladder(args: argparse.Namespace) -> dict:
         base_cfg = TrainConfig(epochs=args.base_epochs, **common)
         model, record = train(base_cfg, progress=False)
         base = save_checkpoint(args.runs / "base.pt", model, base_cfg, record)
-        print(f"base: val PSNR {record['history'][-1]['val_psnr']:.2f} dB ({time.perf_counter() - t0:.0f} s)",
-              file=sys.stderr)
+        print(
+            f"base: val PSNR {record['history'][-1]['val_psnr']:.2f} dB ({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+        )
     rungs = []
     prev = base  # chained ladder: each rung starts from the one before
     for i, lam in enumerate(lambdas):
         if pca_init:
-            start = pca_start(args.runs / f"pca-start-{lam:g}.pt", args.model, model_args, args.data, args.limit,
-                              step_for(lam))
+            start = pca_start(
+                args.runs / f"pca-start-{lam:g}.pt",
+                args.model,
+                model_args,
+                args.data,
+                args.limit,
+                step_for(lam),
+            )
         else:
             start = prev
         epochs = args.first_epochs if i == 0 and not pca_init and args.first_epochs else args.epochs
-        cfg = TrainConfig(epochs=epochs, rd_lambda=lam, quant_noise="mixed",
-                          init_checkpoint=str(start) if start else "", **common)
+        cfg = TrainConfig(
+            epochs=epochs,
+            rd_lambda=lam,
+            quant_noise="mixed",
+            init_checkpoint=str(start) if start else "",
+            **common,
+        )
         model, record = train(cfg, progress=False)
         ckpt = prev = save_checkpoint(args.runs / f"lambda-{lam:g}.pt", model, cfg, record)
         learned, counted = counted_bits(ckpt, record["rate_prior"], args.data, 10000)
@@ -168,19 +232,42 @@ def train_ladder(args: argparse.Namespace) -> dict:
         out = args.out / f"{args.model}-lambda-{lam:g}"
         m = export_bundle(ckpt, out, quant=quant, test_limit=args.test_limit)
         t = m.metrics["test"]
-        rungs.append({"rd_lambda": lam, "bundle": str(out), "bundle_id": m.bundle_id, "tables": quant,
-                      "train_bits_learned": learned, "train_bits_counted": counted,
-                      "grid_bits": record["rate_prior"]["grid_bits"], "test_psnr": t["psnr"],
-                      "test_bytes_per_item": t["bytes_per_item"], "epochs": epochs,
-                      "started_from": str(start) if start else "scratch", "train_seconds": record["train_seconds"]})
-        print(f"lambda {lam:g}: {t['bytes_per_item']:.2f} bytes/item, PSNR {t['psnr']:.2f} dB, tables {quant} "
-              f"(learned {learned / 8:.2f} vs counted {counted / 8:.2f} bytes ideal) "
-              f"({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
-    summary = {"command": " ".join(["python -m bench.train_ladder", *args.argv]),
-               "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "model": args.model,
-               "model_args": model_args, "lambdas": lambdas, "base_epochs": args.base_epochs,
-               "first_epochs": args.first_epochs, "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size,
-               "seconds": round(time.perf_counter() - t0, 1), "rungs": rungs}
+        rungs.append(
+            {
+                "rd_lambda": lam,
+                "bundle": str(out),
+                "bundle_id": m.bundle_id,
+                "tables": quant,
+                "train_bits_learned": learned,
+                "train_bits_counted": counted,
+                "grid_bits": record["rate_prior"]["grid_bits"],
+                "test_psnr": t["psnr"],
+                "test_bytes_per_item": t["bytes_per_item"],
+                "epochs": epochs,
+                "started_from": str(start) if start else "scratch",
+                "train_seconds": record["train_seconds"],
+            }
+        )
+        print(
+            f"lambda {lam:g}: {t['bytes_per_item']:.2f} bytes/item, PSNR {t['psnr']:.2f} dB, tables {quant} "
+            f"(learned {learned / 8:.2f} vs counted {counted / 8:.2f} bytes ideal) "
+            f"({time.perf_counter() - t0:.0f} s)",
+            file=sys.stderr,
+        )
+    summary = {
+        "command": " ".join(["python -m bench.train_ladder", *args.argv]),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "model": args.model,
+        "model_args": model_args,
+        "lambdas": lambdas,
+        "base_epochs": args.base_epochs,
+        "first_epochs": args.first_epochs,
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "rungs": rungs,
+    }
     args.summary.parent.mkdir(parents=True, exist_ok=True)
     args.summary.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))

@@ -1,4 +1,5 @@
 """The bundles a server holds: loaded once, hash-verified, with one decoder session each."""
+
 from __future__ import annotations
 
 import logging

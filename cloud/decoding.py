@@ -1,4 +1,5 @@
 """Decode a CodeBatch with its bundle; compare against originals when given. No gRPC here."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -18,11 +19,15 @@ MAX_BATCH_ITEMS = 65536  # bounds memory per request; clients send batches of hu
 def payloads_of(batch: pb.CodeBatch, lb: LoadedBundle) -> list[bytes]:
     spec = lb.bundle.manifest.payload
     if batch.format != spec.format:
-        raise PayloadError(f"codes.format is {batch.format!r} but bundle {lb.bundle.bundle_id} uses {spec.format!r}")
+        raise PayloadError(
+            f"codes.format is {batch.format!r} but bundle {lb.bundle.bundle_id} uses {spec.format!r}"
+        )
     if batch.count == 0:
         raise PayloadError("codes.count is 0: send at least one item")
     if batch.count > MAX_BATCH_ITEMS:
-        raise PayloadError(f"codes.count {batch.count} exceeds the limit of {MAX_BATCH_ITEMS} items per batch")
+        raise PayloadError(
+            f"codes.count {batch.count} exceeds the limit of {MAX_BATCH_ITEMS} items per batch"
+        )
     return split_payloads(batch.data, list(batch.sizes), batch.count, spec.item_bytes)
 
 
@@ -39,8 +44,9 @@ def to_raw(lb: LoadedBundle, rec_unit: np.ndarray) -> np.ndarray:
     return datasets.from_unit(rec_unit, lb.bundle.manifest.input.dtype)
 
 
-def reconstruction_tensor(lb: LoadedBundle, rec_unit: np.ndarray, fmt: int,
-                          raw: np.ndarray | None = None) -> pb.Tensor | None:
+def reconstruction_tensor(
+    lb: LoadedBundle, rec_unit: np.ndarray, fmt: int, raw: np.ndarray | None = None
+) -> pb.Tensor | None:
     """The reply's reconstructions in the requested format (raw: to_raw(rec_unit), if already computed)."""
     if fmt == pb.RECONSTRUCTION_FORMAT_NONE:
         return None
@@ -57,11 +63,18 @@ def decode_request(lb: LoadedBundle, req: pb.DecodeRequest) -> pb.DecodeResponse
         originals = from_tensor(req.originals, "originals")
         want = [len(payloads), *m.input.shape]
         if list(originals.shape) != want:
-            raise PayloadError(f"originals.shape is {list(originals.shape)}, expected {want} (count x manifest input.shape)")
+            raise PayloadError(
+                f"originals.shape is {list(originals.shape)}, expected {want} (count x manifest input.shape)"
+            )
         if originals.dtype.name != m.input.dtype:
-            raise PayloadError(f"originals.dtype is {originals.dtype.name}, the manifest's input dtype is {m.input.dtype}")
-    if req.reconstruction_format not in (pb.RECONSTRUCTION_FORMAT_UINT8, pb.RECONSTRUCTION_FORMAT_FLOAT32,
-                                         pb.RECONSTRUCTION_FORMAT_NONE):
+            raise PayloadError(
+                f"originals.dtype is {originals.dtype.name}, the manifest's input dtype is {m.input.dtype}"
+            )
+    if req.reconstruction_format not in (
+        pb.RECONSTRUCTION_FORMAT_UINT8,
+        pb.RECONSTRUCTION_FORMAT_FLOAT32,
+        pb.RECONSTRUCTION_FORMAT_NONE,
+    ):
         raise PayloadError(f"reconstruction_format {req.reconstruction_format} is unknown")
     rec = decode_payloads(lb, payloads)
     float_reply = req.reconstruction_format == pb.RECONSTRUCTION_FORMAT_FLOAT32
@@ -75,6 +88,12 @@ def decode_request(lb: LoadedBundle, req: pb.DecodeRequest) -> pb.DecodeResponse
         got = rec if float_reply else datasets.to_unit(raw)
         mse = metrics.per_item_mse(datasets.to_unit(originals), got)
         batch_mse = float(mse.mean())
-        resp.quality.CopyFrom(pb.Quality(mse=mse.tolist(), psnr=np.asarray(metrics.psnr_from_mse(mse)).tolist(),
-                                         batch_mse=batch_mse, batch_psnr=metrics.psnr_from_mse(batch_mse)))
+        resp.quality.CopyFrom(
+            pb.Quality(
+                mse=mse.tolist(),
+                psnr=np.asarray(metrics.psnr_from_mse(mse)).tolist(),
+                batch_mse=batch_mse,
+                batch_psnr=metrics.psnr_from_mse(batch_mse),
+            )
+        )
     return resp

@@ -5,6 +5,7 @@
 For container HEALTHCHECKs and scripts: no grpcurl or grpc_health_probe binary
 needs to be in the image. Health is open even when the server requires tokens.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,15 +26,24 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def check(address: str, service: str = "", timeout: float = 3.0, ca_pem: bytes | None = None,
-          server_name: str | None = None) -> str:
+def check(
+    address: str,
+    service: str = "",
+    timeout: float = 3.0,
+    ca_pem: bytes | None = None,
+    server_name: str | None = None,
+) -> str:
     """The status name (SERVING, NOT_SERVING, ...) or 'UNREACHABLE: why'."""
     opts = [("grpc.ssl_target_name_override", server_name)] if server_name else []
-    channel = (grpc.secure_channel(address, grpc.ssl_channel_credentials(ca_pem), options=opts)
-               if ca_pem is not None else grpc.insecure_channel(address))
+    channel = (
+        grpc.secure_channel(address, grpc.ssl_channel_credentials(ca_pem), options=opts)
+        if ca_pem is not None
+        else grpc.insecure_channel(address)
+    )
     try:
-        resp = health_pb2_grpc.HealthStub(channel).Check(health_pb2.HealthCheckRequest(service=service),
-                                                         timeout=timeout)
+        resp = health_pb2_grpc.HealthStub(channel).Check(
+            health_pb2.HealthCheckRequest(service=service), timeout=timeout
+        )
         return health_pb2.HealthCheckResponse.ServingStatus.Name(resp.status)
     except grpc.RpcError as exc:
         return f"UNREACHABLE: {exc.code().name}: {exc.details()}"

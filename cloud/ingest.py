@@ -12,11 +12,12 @@ stuck on the device. Fetch then reports them with an error instead of a
 reconstruction. Items for held bundles are checked against the manifest
 (size, symbols, entropy-coded stream) before they are stored.
 """
+
 from __future__ import annotations
 
 import logging
 import time
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 
@@ -87,7 +88,7 @@ class IngestService:
         self.registry = registry
 
     @classmethod
-    def from_url(cls, url: str, registry: BundleRegistry) -> "IngestService":
+    def from_url(cls, url: str, registry: BundleRegistry) -> IngestService:
         return cls(open_store(url), registry)
 
     def close(self) -> None:
@@ -96,6 +97,7 @@ class IngestService:
     # ---- ingest -------------------------------------------------------------
     def _items_of(self, req: pb.IngestRequest, n: int, context) -> list[NewItem]:
         """Validated items of the n-th request of a stream; aborts with INVALID_ARGUMENT naming the field."""
+
         def bad(msg: str, item: int | None = None):
             if item is not None:  # the client can set this one item aside and send the rest
                 context.set_trailing_metadata(((REJECTED_ITEM_KEY, str(item)),))
@@ -124,7 +126,10 @@ class IngestService:
             for value, field in ((item_id, "item_id"), (bundle_of[k], "bundle_id")):
                 problem = _check_id(value, f"{where}.{field}")
                 if problem:
-                    bad(problem + (" (and the request's bundle_id is empty)" if field == "bundle_id" else ""), k)
+                    bad(
+                        problem + (" (and the request's bundle_id is empty)" if field == "bundle_id" else ""),
+                        k,
+                    )
             if item_id in seen:
                 bad(f"{where}.item_id {item_id!r} appears twice in this request", k)
             seen.add(item_id)
@@ -147,15 +152,29 @@ class IngestService:
                 for k in idx:
                     size = len(req.items[k].payload)
                     if size != spec.item_bytes:
-                        bad(f"items[{k}].payload is {size} bytes; bundle {bundle_id} ({spec.format}) "
-                            f"needs exactly {spec.item_bytes}", k)
+                        bad(
+                            f"items[{k}].payload is {size} bytes; bundle {bundle_id} ({spec.format}) "
+                            f"needs exactly {spec.item_bytes}",
+                            k,
+                        )
             first = validate_payloads(lb, [req.items[k].payload for k in idx])
             if first is not None:
                 k = idx[first]
-                bad(f"items[{k}].payload does not fit bundle {bundle_id} ({spec.format}): "
-                    f"{payload_problem(lb, req.items[k].payload)}", k)
-        return [NewItem(req.device_id, ids[k], bundle_of[k], bytes(it.payload),
-                        int(req.captured_base_ms + it.captured_at_ms)) for k, it in enumerate(req.items)]
+                bad(
+                    f"items[{k}].payload does not fit bundle {bundle_id} ({spec.format}): "
+                    f"{payload_problem(lb, req.items[k].payload)}",
+                    k,
+                )
+        return [
+            NewItem(
+                req.device_id,
+                ids[k],
+                bundle_of[k],
+                bytes(it.payload),
+                int(req.captured_base_ms + it.captured_at_ms),
+            )
+            for k, it in enumerate(req.items)
+        ]
 
     def ingest(self, request_iterator: Iterator[pb.IngestRequest], context) -> Iterator[pb.IngestAck]:
         for n, req in enumerate(request_iterator):
@@ -173,9 +192,14 @@ class IngestService:
             except StoreError as exc:
                 log.error("ingest: %s", exc)
                 context.abort(grpc.StatusCode.INTERNAL, f"storing failed: {exc}")
-            by_seq = [it.HasField("item_seq") for it in req.items]  # acknowledged the way the request named them
-            yield pb.IngestAck(item_ids=[it.item_id for it, s in zip(items, by_seq) if not s],
-                               item_seqs=[it.item_seq for it, s in zip(req.items, by_seq) if s], duplicates=dup)
+            by_seq = [
+                it.HasField("item_seq") for it in req.items
+            ]  # acknowledged the way the request named them
+            yield pb.IngestAck(
+                item_ids=[it.item_id for it, s in zip(items, by_seq) if not s],
+                item_seqs=[it.item_seq for it, s in zip(req.items, by_seq) if s],
+                duplicates=dup,
+            )
 
     # ---- fetch --------------------------------------------------------------
     def _records(self, req: pb.FetchRequest, context) -> tuple[list[StoredRecord], list[str]]:
@@ -213,9 +237,17 @@ class IngestService:
         return self.store.query(req.device_id, req.since_ms, req.until_ms, limit), []
 
     def _stored_items(self, records: list[StoredRecord], req: pb.FetchRequest) -> list[pb.StoredItem]:
-        out = [pb.StoredItem(item_id=r.item_id, device_id=r.device_id, bundle_id=r.bundle_id,
-                             captured_at_ms=r.captured_at_ms, stored_at_ms=r.stored_at_ms,
-                             payload=r.payload) for r in records]
+        out = [
+            pb.StoredItem(
+                item_id=r.item_id,
+                device_id=r.device_id,
+                bundle_id=r.bundle_id,
+                captured_at_ms=r.captured_at_ms,
+                stored_at_ms=r.stored_at_ms,
+                payload=r.payload,
+            )
+            for r in records
+        ]
         if req.codes_only:
             return out
         by_bundle: dict[str, list[int]] = {}
@@ -225,16 +257,29 @@ class IngestService:
             lb = self.registry.get(bundle_id)
             if lb is None:
                 for k in idx:
-                    out[k].error = (f"bundle {bundle_id} is not held by this server; the stored payload is "
-                                    f"returned undecoded")
+                    out[k].error = (
+                        f"bundle {bundle_id} is not held by this server; the stored payload is "
+                        f"returned undecoded"
+                    )
                 continue
             for s in range(0, len(idx), DECODE_CHUNK):
-                self._decode_into(lb, [idx[j] for j in range(s, min(s + DECODE_CHUNK, len(idx)))], records, out,
-                                  req.reconstruction_format)
+                self._decode_into(
+                    lb,
+                    [idx[j] for j in range(s, min(s + DECODE_CHUNK, len(idx)))],
+                    records,
+                    out,
+                    req.reconstruction_format,
+                )
         return out
 
-    def _decode_into(self, lb: LoadedBundle, idx: list[int], records: list[StoredRecord],
-                     out: list[pb.StoredItem], fmt: int) -> None:
+    def _decode_into(
+        self,
+        lb: LoadedBundle,
+        idx: list[int],
+        records: list[StoredRecord],
+        out: list[pb.StoredItem],
+        fmt: int,
+    ) -> None:
         try:
             rec = decode_payloads(lb, [records[k].payload for k in idx])
         except Exception:  # one bad stored payload must not hide the others: decode one by one
@@ -243,7 +288,11 @@ class IngestService:
                     self._decode_into(lb, [k], records, out, fmt)
                 return
             k = idx[0]
-            out[k].error = f"cannot decode with bundle {lb.bundle.bundle_id}: {payload_problem(lb, records[k].payload)}"
+            out[
+                k
+            ].error = (
+                f"cannot decode with bundle {lb.bundle.bundle_id}: {payload_problem(lb, records[k].payload)}"
+            )
             return
         for j, k in enumerate(idx):
             t = reconstruction_tensor(lb, rec[j : j + 1], fmt)
@@ -262,7 +311,9 @@ class IngestService:
             return
         for s in range(0, len(records), FETCH_CHUNK):
             chunk = records[s : s + FETCH_CHUNK]
-            yield pb.FetchResponse(items=self._stored_items(chunk, request), missing_ids=missing if s == 0 else [])
+            yield pb.FetchResponse(
+                items=self._stored_items(chunk, request), missing_ids=missing if s == 0 else []
+            )
 
     # ---- listing ------------------------------------------------------------
     def list_stored(self, request: pb.ListStoredRequest, context) -> pb.ListStoredResponse:
@@ -277,10 +328,17 @@ class IngestService:
         except StoreError as exc:
             context.abort(grpc.StatusCode.INTERNAL, f"reading the store failed: {exc}")
         resp = pb.ListStoredResponse(
-            summaries=[pb.StoredSummary(device_id=r.device_id, bundle_id=r.bundle_id, items=r.items,
-                                        payload_bytes=r.payload_bytes,
-                                        bundle_available=self.registry.get(r.bundle_id) is not None)
-                       for r in rows])
+            summaries=[
+                pb.StoredSummary(
+                    device_id=r.device_id,
+                    bundle_id=r.bundle_id,
+                    items=r.items,
+                    payload_bytes=r.payload_bytes,
+                    bundle_available=self.registry.get(r.bundle_id) is not None,
+                )
+                for r in rows
+            ]
+        )
         resp.total_items = sum(r.items for r in rows)
         resp.total_payload_bytes = sum(r.payload_bytes for r in rows)
         return resp

@@ -3,13 +3,14 @@
 The cloud image stays small and the text format (version 0.0.4) is simple and
 stable, so a few dozen lines of stdlib replace prometheus_client here.
 """
+
 from __future__ import annotations
 
 import math
 import threading
 from bisect import bisect_left
+from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Iterable
 
 from latent_codec.errors import CodecError
 
@@ -95,8 +96,13 @@ class Gauge(Counter):
 class Histogram(_Metric):
     kind = "histogram"
 
-    def __init__(self, name: str, help_text: str, labelnames: Iterable[str] = (),
-                 buckets: tuple[float, ...] = LATENCY_BUCKETS):
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        labelnames: Iterable[str] = (),
+        buckets: tuple[float, ...] = LATENCY_BUCKETS,
+    ):
         super().__init__(name, help_text, labelnames)
         self.buckets = tuple(sorted(buckets))
         self._data: dict[Labels, list] = {}  # key -> [bucket counts..., +Inf count, sum]
@@ -149,22 +155,42 @@ class CodecMetrics:
         r = self.registry = Registry()
         rpc = ("grpc_service", "grpc_method")
         self.started = r.register(Counter("aecodec_grpc_server_started_total", "RPCs started.", rpc))
-        self.handled = r.register(Counter("aecodec_grpc_server_handled_total",
-                                          "RPCs completed, by status code.", rpc + ("grpc_code",)))
-        self.latency = r.register(Histogram("aecodec_grpc_server_handling_seconds",
-                                            "Time from call start to the last response (streams: whole stream).",
-                                            rpc))
+        self.handled = r.register(
+            Counter(
+                "aecodec_grpc_server_handled_total", "RPCs completed, by status code.", rpc + ("grpc_code",)
+            )
+        )
+        self.latency = r.register(
+            Histogram(
+                "aecodec_grpc_server_handling_seconds",
+                "Time from call start to the last response (streams: whole stream).",
+                rpc,
+            )
+        )
         self.in_flight = r.register(Gauge("aecodec_grpc_server_in_flight", "RPCs being handled now.", rpc))
-        self.decoded_items = r.register(Counter("aecodec_decoded_items_total",
-                                                "Items decoded and returned (Decode, DecodeStream)."))
-        self.decoded_bytes = r.register(Counter("aecodec_decoded_payload_bytes_total",
-                                                "Code payload bytes of requests answered by Decode/DecodeStream."))
-        self.ingested_items = r.register(Counter("aecodec_ingested_items_total",
-                                                 "Items acknowledged by Ingest (duplicates included)."))
-        self.ingested_duplicates = r.register(Counter("aecodec_ingested_duplicate_items_total",
-                                                      "Acknowledged items the store already held (resends)."))
-        self.ingested_bytes = r.register(Counter("aecodec_ingested_payload_bytes_total",
-                                                 "Payload bytes of requests acknowledged by Ingest."))
+        self.decoded_items = r.register(
+            Counter("aecodec_decoded_items_total", "Items decoded and returned (Decode, DecodeStream).")
+        )
+        self.decoded_bytes = r.register(
+            Counter(
+                "aecodec_decoded_payload_bytes_total",
+                "Code payload bytes of requests answered by Decode/DecodeStream.",
+            )
+        )
+        self.ingested_items = r.register(
+            Counter("aecodec_ingested_items_total", "Items acknowledged by Ingest (duplicates included).")
+        )
+        self.ingested_duplicates = r.register(
+            Counter(
+                "aecodec_ingested_duplicate_items_total",
+                "Acknowledged items the store already held (resends).",
+            )
+        )
+        self.ingested_bytes = r.register(
+            Counter(
+                "aecodec_ingested_payload_bytes_total", "Payload bytes of requests acknowledged by Ingest."
+            )
+        )
         self.bundles = r.register(Gauge("aecodec_bundles_loaded", "Model bundles this server holds."))
 
     def render(self) -> str:

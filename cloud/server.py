@@ -8,6 +8,7 @@ SIGINT (in-flight RPCs get a grace period). To expose it beyond loopback:
 --auth-token-file (bearer tokens), --tls-cert/--tls-key, --metrics-address
 (Prometheus), --max-concurrent-rpcs; see docs/deployment.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,27 +63,47 @@ class Running:
             self.metrics_http.close()
 
 
-def keepalive_options(time_s: float = 60.0, timeout_s: float = 20.0, min_client_ping_s: float = 10.0,
-                      max_connection_age_s: float = 0.0) -> list[tuple[str, int]]:
+def keepalive_options(
+    time_s: float = 60.0,
+    timeout_s: float = 20.0,
+    min_client_ping_s: float = 10.0,
+    max_connection_age_s: float = 0.0,
+) -> list[tuple[str, int]]:
     """Server keepalive: ping idle connections so dead peers (a phone gone offline, a dropped NAT entry) are
     noticed, accept client pings down to min_client_ping_s, and optionally recycle connections after
     max_connection_age_s so a load balancer can spread long-lived clients over new replicas."""
-    opts = [("grpc.keepalive_permit_without_calls", 1),
-            ("grpc.http2.min_recv_ping_interval_without_data_ms", int(min_client_ping_s * 1000)),
-            ("grpc.http2.max_ping_strikes", 2)]
+    opts = [
+        ("grpc.keepalive_permit_without_calls", 1),
+        ("grpc.http2.min_recv_ping_interval_without_data_ms", int(min_client_ping_s * 1000)),
+        ("grpc.http2.max_ping_strikes", 2),
+    ]
     if time_s > 0:  # 0 = the server sends no pings of its own
-        opts += [("grpc.keepalive_time_ms", int(time_s * 1000)), ("grpc.keepalive_timeout_ms", int(timeout_s * 1000))]
+        opts += [
+            ("grpc.keepalive_time_ms", int(time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(timeout_s * 1000)),
+        ]
     if max_connection_age_s > 0:
-        opts += [("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
-                 ("grpc.max_connection_age_grace_ms", 30_000)]
+        opts += [
+            ("grpc.max_connection_age_ms", int(max_connection_age_s * 1000)),
+            ("grpc.max_connection_age_grace_ms", 30_000),
+        ]
     return opts
 
 
-def build_server(bundles: Path | str, address: str = "127.0.0.1:0", workers: int = 8, threads: int = 0,
-                 store: str | None = None, *, auth_tokens: list[str] | None = None,
-                 tls: tuple[bytes, bytes] | None = None, metrics_address: str | None = None,
-                 max_concurrent_rpcs: int | None = None, max_message_bytes: int = MAX_MESSAGE_BYTES,
-                 keepalive: list[tuple[str, int]] | None = None) -> Running:
+def build_server(
+    bundles: Path | str,
+    address: str = "127.0.0.1:0",
+    workers: int = 8,
+    threads: int = 0,
+    store: str | None = None,
+    *,
+    auth_tokens: list[str] | None = None,
+    tls: tuple[bytes, bytes] | None = None,
+    metrics_address: str | None = None,
+    max_concurrent_rpcs: int | None = None,
+    max_message_bytes: int = MAX_MESSAGE_BYTES,
+    keepalive: list[tuple[str, int]] | None = None,
+) -> Running:
     """Build and start a server; returns it with the bound port (address port 0 = ephemeral).
 
     The keyword arguments are off by default (plaintext, no auth, no metrics, no bound): auth_tokens turns on
@@ -106,8 +127,11 @@ def build_server(bundles: Path | str, address: str = "127.0.0.1:0", workers: int
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers),
         interceptors=interceptors,
-        options=[("grpc.max_receive_message_length", max_message_bytes),
-                 ("grpc.max_send_message_length", max_message_bytes)] + list(keepalive or []),
+        options=[
+            ("grpc.max_receive_message_length", max_message_bytes),
+            ("grpc.max_send_message_length", max_message_bytes),
+        ]
+        + list(keepalive or []),
         maximum_concurrent_rpcs=max_concurrent_rpcs or None,
     )
     pb_grpc.add_CodecServicer_to_server(service, server)
@@ -141,7 +165,11 @@ def security_from_args(args: argparse.Namespace) -> tuple[list[str] | None, tupl
     tokens = load_tokens(args.auth_token_file) if args.auth_token_file else None
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CodecError("--tls-cert and --tls-key go together")
-    tls = (read_pem(args.tls_key, "--tls-key"), read_pem(args.tls_cert, "--tls-cert")) if args.tls_cert else None
+    tls = (
+        (read_pem(args.tls_key, "--tls-key"), read_pem(args.tls_cert, "--tls-cert"))
+        if args.tls_cert
+        else None
+    )
     for name in ("max_concurrent_rpcs", "keepalive_time", "keepalive_timeout", "max_connection_age"):
         if getattr(args, name) < 0:
             raise CodecError(f"--{name.replace('_', '-')} must not be negative")
@@ -154,44 +182,88 @@ def security_from_args(args: argparse.Namespace) -> tuple[list[str] | None, tupl
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="aecodec-cloud", description=__doc__.split("\n")[0])
-    p.add_argument("--bundles", required=True, type=Path, help="a bundle directory, or a directory of bundles")
-    p.add_argument("--address", default="127.0.0.1:50051", help="host:port to listen on (port 0 = any free port)")
+    p.add_argument(
+        "--bundles", required=True, type=Path, help="a bundle directory, or a directory of bundles"
+    )
+    p.add_argument(
+        "--address", default="127.0.0.1:50051", help="host:port to listen on (port 0 = any free port)"
+    )
     p.add_argument("--workers", type=int, default=8, help="RPC worker threads")
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads per decoder (0 = default)")
-    p.add_argument("--store", default=None,
-                   help="where ingested items are kept: a SQLite file path or sqlite:///path, or postgresql://...")
+    p.add_argument(
+        "--threads", type=int, default=0, help="ONNX Runtime intra-op threads per decoder (0 = default)"
+    )
+    p.add_argument(
+        "--store",
+        default=None,
+        help="where ingested items are kept: a SQLite file path or sqlite:///path, or postgresql://...",
+    )
     p.add_argument("--port-file", type=Path, default=None, help="write the bound port here once serving")
-    p.add_argument("--auth-token-file", type=Path, default=None,
-                   help="require 'authorization: Bearer <token>' with one of these tokens (one per line); "
-                        "health checks stay open")
+    p.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help="require 'authorization: Bearer <token>' with one of these tokens (one per line); "
+        "health checks stay open",
+    )
     p.add_argument("--tls-cert", type=Path, default=None, help="serve TLS with this certificate chain (PEM)")
     p.add_argument("--tls-key", type=Path, default=None, help="the private key of --tls-cert (PEM)")
-    p.add_argument("--metrics-address", default=None,
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 0.0.0.0:9100; off by default)")
-    p.add_argument("--max-concurrent-rpcs", type=int, default=256,
-                   help="answer RESOURCE_EXHAUSTED beyond this many RPCs in flight (0 = no bound)")
-    p.add_argument("--max-message-mib", type=int, default=MAX_MESSAGE_BYTES >> 20,
-                   help="largest request or response message, MiB")
-    p.add_argument("--keepalive-time", type=float, default=60.0, help="ping idle connections every N s (0 = never)")
-    p.add_argument("--keepalive-timeout", type=float, default=20.0, help="drop a connection whose ping is unanswered")
-    p.add_argument("--max-connection-age", type=float, default=0.0,
-                   help="close connections after N s so a load balancer can rebalance (0 = never)")
+    p.add_argument(
+        "--metrics-address",
+        default=None,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 0.0.0.0:9100; off by default)",
+    )
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=256,
+        help="answer RESOURCE_EXHAUSTED beyond this many RPCs in flight (0 = no bound)",
+    )
+    p.add_argument(
+        "--max-message-mib",
+        type=int,
+        default=MAX_MESSAGE_BYTES >> 20,
+        help="largest request or response message, MiB",
+    )
+    p.add_argument(
+        "--keepalive-time", type=float, default=60.0, help="ping idle connections every N s (0 = never)"
+    )
+    p.add_argument(
+        "--keepalive-timeout", type=float, default=20.0, help="drop a connection whose ping is unanswered"
+    )
+    p.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=0.0,
+        help="close connections after N s so a load balancer can rebalance (0 = never)",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    logging.basicConfig(level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s %(message)s",
-                        stream=sys.stderr)
+    logging.basicConfig(
+        level=args.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+        stream=sys.stderr,
+    )
     try:
         tokens, tls = security_from_args(args)
-        running = build_server(args.bundles, args.address, args.workers, args.threads, args.store,
-                               auth_tokens=tokens, tls=tls, metrics_address=args.metrics_address,
-                               max_concurrent_rpcs=args.max_concurrent_rpcs,
-                               max_message_bytes=args.max_message_mib << 20,
-                               keepalive=keepalive_options(args.keepalive_time, args.keepalive_timeout,
-                                                           max_connection_age_s=args.max_connection_age))
+        running = build_server(
+            args.bundles,
+            args.address,
+            args.workers,
+            args.threads,
+            args.store,
+            auth_tokens=tokens,
+            tls=tls,
+            metrics_address=args.metrics_address,
+            max_concurrent_rpcs=args.max_concurrent_rpcs,
+            max_message_bytes=args.max_message_mib << 20,
+            keepalive=keepalive_options(
+                args.keepalive_time, args.keepalive_timeout, max_connection_age_s=args.max_connection_age
+            ),
+        )
     except CodecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -199,11 +271,18 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: cannot listen on {args.address} ({exc})", file=sys.stderr)
         return 2
     ids = running.service.registry.ids()
-    log.info("serving %d bundle(s) on port %d (%s, %s): %s", len(ids), running.port,
-             "TLS" if args.tls_cert else "plaintext", "token auth" if args.auth_token_file else "no auth",
-             ", ".join(ids))
+    log.info(
+        "serving %d bundle(s) on port %d (%s, %s): %s",
+        len(ids),
+        running.port,
+        "TLS" if args.tls_cert else "plaintext",
+        "token auth" if args.auth_token_file else "no auth",
+        ", ".join(ids),
+    )
     if running.metrics_port:
-        log.info("metrics on http://%s:%d/metrics", args.metrics_address.rpartition(":")[0], running.metrics_port)
+        log.info(
+            "metrics on http://%s:%d/metrics", args.metrics_address.rpartition(":")[0], running.metrics_port
+        )
     if args.port_file:
         tmp = args.port_file.with_suffix(".tmp")
         tmp.write_text(str(running.port))

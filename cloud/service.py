@@ -1,8 +1,9 @@
 """The Codec gRPC service: maps requests to decoding and domain errors to status codes."""
+
 from __future__ import annotations
 
 import logging
-from typing import Iterator
+from collections.abc import Iterator
 
 import grpc
 
@@ -30,8 +31,11 @@ class CodecService(pb_grpc.CodecServicer):
             _abort(context, grpc.StatusCode.INVALID_ARGUMENT, "codes.bundle_id is empty")
         lb = self.registry.get(bundle_id)
         if lb is None:
-            _abort(context, grpc.StatusCode.NOT_FOUND,
-                   f"bundle {bundle_id!r} is not held by this server (held: {', '.join(self.registry.ids()) or 'none'})")
+            _abort(
+                context,
+                grpc.StatusCode.NOT_FOUND,
+                f"bundle {bundle_id!r} is not held by this server (held: {', '.join(self.registry.ids()) or 'none'})",
+            )
         return lb
 
     def _decode_one(self, request: pb.DecodeRequest, context) -> pb.DecodeResponse:
@@ -57,15 +61,20 @@ class CodecService(pb_grpc.CodecServicer):
 
     def ModelInfo(self, request, context):
         return pb.ModelInfoResponse(
-            bundles=[pb.BundleInfo(bundle_id=i, manifest_json=self.registry.get(i).manifest_json)
-                     for i in self.registry.ids()]
+            bundles=[
+                pb.BundleInfo(bundle_id=i, manifest_json=self.registry.get(i).manifest_json)
+                for i in self.registry.ids()
+            ]
         )
 
     # Durable ingest: delegated to cloud.ingest when the server has a store.
     def _need_store(self, context):
         if self.ingest is None:
-            _abort(context, grpc.StatusCode.FAILED_PRECONDITION,
-                   "this server was started without a store (--store); ingest and fetch are disabled")
+            _abort(
+                context,
+                grpc.StatusCode.FAILED_PRECONDITION,
+                "this server was started without a store (--store); ingest and fetch are disabled",
+            )
 
     def Ingest(self, request_iterator, context):
         self._need_store(context)

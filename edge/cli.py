@@ -6,6 +6,7 @@ evaluate: encode items with the bundle's encoder (ONNX Runtime), quantise and
 pack them per the manifest, send them to the cloud in batches over one
 stream, and print what it cost and the quality the cloud measured.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,10 @@ def evaluate(args: argparse.Namespace) -> Report:
         client.wait_ready()
         held = client.model_info()
         if encoder.bundle_id not in held:
-            raise CloudError(f"the cloud at {args.server} does not hold bundle {encoder.bundle_id} "
-                             f"(it holds: {', '.join(held) or 'none'})")
+            raise CloudError(
+                f"the cloud at {args.server} does not hold bundle {encoder.bundle_id} "
+                f"(it holds: {', '.join(held) or 'none'})"
+            )
         n_batches = math.ceil(len(ds) / args.batch_size)
         bar = tqdm(total=len(ds), unit="item", disable=args.no_progress, file=sys.stderr)
 
@@ -58,7 +61,8 @@ def evaluate(args: argparse.Namespace) -> Report:
                 payloads = encoder.encode(xb)
                 req = pb.DecodeRequest(
                     codes=encoder.code_batch(payloads),
-                    reconstruction_format=pb.RECONSTRUCTION_FORMAT_UINT8 if args.keep_reconstructions
+                    reconstruction_format=pb.RECONSTRUCTION_FORMAT_UINT8
+                    if args.keep_reconstructions
                     else pb.RECONSTRUCTION_FORMAT_NONE,
                 )
                 wire = req.ByteSize()
@@ -104,8 +108,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     e = sub.add_parser("evaluate", help="encode items, send them to the cloud, report bytes and quality")
     e.add_argument("--bundle", required=True, type=Path, help="bundle directory (manifest.json + ONNX files)")
     e.add_argument("--server", default="127.0.0.1:50051", help="cloud address host:port")
-    e.add_argument("--data", default="fashion-mnist",
-                   help="fashion-mnist | digits | an IDX folder | .npy/.npz | a folder of PNG/JPEG images")
+    e.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="fashion-mnist | digits | an IDX folder | .npy/.npz | a folder of PNG/JPEG images",
+    )
     e.add_argument("--data-dir", dest="data", help="alias of --data")
     e.add_argument("--split", default="test", choices=["train", "test"])
     e.add_argument("--limit", type=int, default=0, help="only the first N items")
@@ -114,20 +121,26 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     e.add_argument("--connect-timeout", type=float, default=10.0)
     e.add_argument("--timeout", type=float, default=None, help="deadline for the whole stream, seconds")
     e.add_argument("--no-evaluate", action="store_true", help="do not send originals; no MSE/PSNR")
-    e.add_argument("--keep-reconstructions", type=Path, default=None, help="save reconstructions to this .npy")
+    e.add_argument(
+        "--keep-reconstructions", type=Path, default=None, help="save reconstructions to this .npy"
+    )
     e.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     e.add_argument("--no-progress", action="store_true")
     from .ingest import add_arguments as add_ingest_arguments
 
-    i = sub.add_parser("ingest",
-                       help="spool items and upload them durably; resumes after a crash, retries while offline")
+    i = sub.add_parser(
+        "ingest", help="spool items and upload them durably; resumes after a crash, retries while offline"
+    )
     add_ingest_arguments(i)
     for sp in (e, i):
         add_connection_arguments(sp)
     q = sub.add_parser("quarantine", help="list the items the cloud refused for good, or send them again")
     q.add_argument("--spool", type=Path, default=Path("edge-spool.sqlite"), help="the spool file of `ingest`")
-    q.add_argument("--requeue", action="store_true",
-                   help="put them back in the send queue (after fixing the cause); the next `ingest` sends them")
+    q.add_argument(
+        "--requeue",
+        action="store_true",
+        help="put them back in the send queue (after fixing the cause); the next `ingest` sends them",
+    )
     return p.parse_args(argv)
 
 
@@ -140,7 +153,9 @@ def quarantine(args) -> int:
     spool = Spool(args.spool, max_bytes=1 << 62)  # nothing is added here: no bound to enforce
     try:
         if args.requeue:
-            print(f"requeued {spool.requeue()} items; run `edge.cli ingest --spool {args.spool}` to send them")
+            print(
+                f"requeued {spool.requeue()} items; run `edge.cli ingest --spool {args.spool}` to send them"
+            )
             return 0
         items = spool.quarantined()
         for it in items:

@@ -1,4 +1,5 @@
 """gRPC channel to the cloud, with errors a person can read."""
+
 from __future__ import annotations
 
 import os
@@ -30,7 +31,7 @@ class Security:
     server_name: str | None = None  # name to verify in the cloud's certificate, if not the target's host
 
     @classmethod
-    def from_args(cls, args) -> "Security":
+    def from_args(cls, args) -> Security:
         """From --auth-token-file (else $AECODEC_TOKEN), --tls, --tls-ca, --tls-server-name; missing flags = off."""
         token = None
         path = getattr(args, "auth_token_file", None)
@@ -38,8 +39,9 @@ class Security:
             try:
                 lines = Path(path).read_text(encoding="utf-8").splitlines()
             except (OSError, UnicodeDecodeError) as exc:
-                raise CodecError(f"--auth-token-file: cannot read {path} ({getattr(exc, 'strerror', None) or exc})"
-                                 ) from None
+                raise CodecError(
+                    f"--auth-token-file: cannot read {path} ({getattr(exc, 'strerror', None) or exc})"
+                ) from None
             token = next((t.strip() for t in lines if t.strip() and not t.strip().startswith("#")), None)
             if token is None:
                 raise CodecError(f"--auth-token-file: {path} holds no token")
@@ -49,28 +51,46 @@ class Security:
         roots = None
         if ca_path:
             roots = read_pem(ca_path, "--tls-ca", b"-----BEGIN CERTIFICATE", "PEM certificate")
-        return cls(token, bool(getattr(args, "tls", False) or roots), roots, getattr(args, "tls_server_name", None))
+        return cls(
+            token, bool(getattr(args, "tls", False) or roots), roots, getattr(args, "tls_server_name", None)
+        )
 
 
 def add_connection_arguments(p) -> None:
     """The flags every subcommand that talks to the cloud takes (auth and TLS)."""
-    p.add_argument("--auth-token-file", type=Path, default=None,
-                   help=f"send the token in this file as 'authorization: Bearer ...' (default: ${TOKEN_ENV}, if set)")
+    p.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help=f"send the token in this file as 'authorization: Bearer ...' (default: ${TOKEN_ENV}, if set)",
+    )
     p.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
-    p.add_argument("--tls-ca", type=Path, default=None, help="connect with TLS, trusting this CA certificate (PEM)")
+    p.add_argument(
+        "--tls-ca", type=Path, default=None, help="connect with TLS, trusting this CA certificate (PEM)"
+    )
     p.add_argument("--tls-server-name", default=None, help="name to verify in the cloud's certificate")
 
 
-class _BearerToken(grpc.UnaryUnaryClientInterceptor, grpc.UnaryStreamClientInterceptor,
-                   grpc.StreamUnaryClientInterceptor, grpc.StreamStreamClientInterceptor):
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
     """Adds the authorization metadata to every call (one place for the CLI, ingest and benchmarks)."""
 
     def __init__(self, token: str):
         self._pair = ("authorization", f"Bearer {token}")
 
     def _details(self, d: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        return _CallDetails(d.method, d.timeout, list(d.metadata or []) + [self._pair], d.credentials,
-                            getattr(d, "wait_for_ready", None), getattr(d, "compression", None))
+        return _CallDetails(
+            d.method,
+            d.timeout,
+            list(d.metadata or []) + [self._pair],
+            d.credentials,
+            getattr(d, "wait_for_ready", None),
+            getattr(d, "compression", None),
+        )
 
     def intercept_unary_unary(self, continuation, client_call_details, request):
         return continuation(self._details(client_call_details), request)
@@ -91,11 +111,15 @@ class _CallDetails(grpc.ClientCallDetails):
         self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
 
 
-def make_channel(target: str, options: list[tuple[str, object]], security: Security | None = None) -> grpc.Channel:
+def make_channel(
+    target: str, options: list[tuple[str, object]], security: Security | None = None
+) -> grpc.Channel:
     """Plaintext or TLS channel with `options`, carrying the bearer token when there is one."""
     sec = security or Security()
     if sec.tls:
-        opts = list(options) + ([("grpc.ssl_target_name_override", sec.server_name)] if sec.server_name else [])
+        opts = list(options) + (
+            [("grpc.ssl_target_name_override", sec.server_name)] if sec.server_name else []
+        )
         channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(sec.root_certs), options=opts)
     else:
         channel = grpc.insecure_channel(target, options=options)
@@ -105,8 +129,10 @@ def make_channel(target: str, options: list[tuple[str, object]], security: Secur
 def open_channel(target: str, security: Security | None = None) -> grpc.Channel:
     return make_channel(
         target,
-        [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-         ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)],
+        [
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+        ],
         security,
     )
 
@@ -116,8 +142,10 @@ def describe(exc: grpc.RpcError, target: str) -> str:
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
         return f"cannot reach the cloud at {target} ({code.name}: {exc.details()})"
     if code == grpc.StatusCode.UNAUTHENTICATED:
-        return (f"cloud at {target} refused the credentials: {exc.details()} "
-                f"(pass --auth-token-file or set ${TOKEN_ENV})")
+        return (
+            f"cloud at {target} refused the credentials: {exc.details()} "
+            f"(pass --auth-token-file or set ${TOKEN_ENV})"
+        )
     return f"cloud at {target} refused the request: {code.name}: {exc.details()}"
 
 
@@ -132,8 +160,9 @@ class CloudClient:
         try:
             grpc.channel_ready_future(self.channel).result(timeout=self.connect_timeout)
         except grpc.FutureTimeoutError:
-            raise CloudError(f"cannot reach the cloud at {self.target} (no connection within "
-                             f"{self.connect_timeout:g} s)") from None
+            raise CloudError(
+                f"cannot reach the cloud at {self.target} (no connection within {self.connect_timeout:g} s)"
+            ) from None
 
     def model_info(self) -> dict[str, str]:
         try:

@@ -1,4 +1,5 @@
 """Items -> item payloads with a bundle's encoder in ONNX Runtime."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,7 +41,9 @@ class EdgeEncoder:
         """The wire form of a batch of this bundle's payloads (sizes only for variable-size formats)."""
         spec = self.manifest.payload
         data, sizes = join_payloads(payloads, spec.item_bytes is not None)
-        return pb.CodeBatch(bundle_id=self.bundle_id, count=len(payloads), format=spec.format, data=data, sizes=sizes)
+        return pb.CodeBatch(
+            bundle_id=self.bundle_id, count=len(payloads), format=spec.format, data=data, sizes=sizes
+        )
 
     def encode(self, x_raw: np.ndarray) -> list[bytes]:
         """(N, C, H, W) raw items -> N payloads, packed as the manifest says."""

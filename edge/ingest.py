@@ -8,6 +8,7 @@ keeps spooling (until the spool is full, then waits) and the sender retries
 with exponential backoff and jitter, giving up only after --retry-for seconds
 without progress; everything not acknowledged stays spooled for the next run.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -33,17 +34,36 @@ from .client import MAX_MESSAGE_BYTES, CloudError, Security, describe, make_chan
 from .encoder import EdgeEncoder
 from .spool import Spool, SpooledItem, SpoolFullError, item_cost
 
-RETRYABLE = (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.RESOURCE_EXHAUSTED,
-             grpc.StatusCode.ABORTED)
+RETRYABLE = (
+    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.ABORTED,
+)
 MAX_ID_CHARS = 256
 
 # gRPC retries a failed call itself (with its own jittered backoff) when nothing was received yet:
 # connection refused on the first batch, a replica restarting. Our loop handles failures mid-stream.
-_RETRY = {"maxAttempts": 4, "initialBackoff": "0.1s", "maxBackoff": "1s", "backoffMultiplier": 2,
-          "retryableStatusCodes": ["UNAVAILABLE"]}
-SERVICE_CONFIG = json.dumps({"methodConfig": [
-    {"name": [{"service": "aecodec.v1.Codec", "method": m} for m in ("Ingest", "ListStored", "ModelInfo")],
-     "retryPolicy": _RETRY}]})
+_RETRY = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": "aecodec.v1.Codec", "method": m}
+                    for m in ("Ingest", "ListStored", "ModelInfo")
+                ],
+                "retryPolicy": _RETRY,
+            }
+        ]
+    }
+)
 
 
 class GaveUp(CodecError):
@@ -52,15 +72,19 @@ class GaveUp(CodecError):
 
 def open_channel(target: str, security: Security | None = None) -> grpc.Channel:
     """A channel that retries per its service config and reconnects quickly once the cloud is back."""
-    return make_channel(target, security=security, options=[
-        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ("grpc.enable_retries", 1),
-        ("grpc.service_config", SERVICE_CONFIG),
-        ("grpc.initial_reconnect_backoff_ms", 100),
-        ("grpc.min_reconnect_backoff_ms", 100),
-        ("grpc.max_reconnect_backoff_ms", 2000),
-    ])
+    return make_channel(
+        target,
+        security=security,
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", SERVICE_CONFIG),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ],
+    )
 
 
 @dataclass
@@ -72,7 +96,7 @@ class Backoff:
     multiplier: float = 2.0
 
     def delay(self, attempt: int) -> float:
-        d = min(self.maximum, self.initial * self.multiplier ** attempt)
+        d = min(self.maximum, self.initial * self.multiplier**attempt)
         return d / 2 + random.uniform(0, d / 2)
 
 
@@ -101,26 +125,38 @@ class IngestReport:
 
     def format(self) -> str:
         rate = self.acknowledged / self.seconds if self.seconds else 0.0
-        return "\n".join([
-            f"device            {self.device_id}",
-            f"bundle            {self.bundle_id}",
-            f"spool             {self.spool}",
-            f"taken             {self.taken} of {self.total} source items (+{self.resumed} resumed from the spool)",
-            f"sent              {self.sent} ({self.retries} retries)",
-            f"acknowledged      {self.acknowledged} ({self.duplicates} already stored)",
-            f"still spooled     {self.still_spooled} ({self.spooled_bytes:,} bytes)",
-            f"quarantined       {self.quarantined} (refused by the cloud, kept in the spool: edge.cli quarantine)",
-            f"payload bytes     {self.payload_bytes:,} acknowledged",
-            f"wire bytes        {self.wire_bytes:,}",
-            f"time              {self.seconds:.2f} s ({rate:,.0f} items/s acknowledged)",
-        ])
+        return "\n".join(
+            [
+                f"device            {self.device_id}",
+                f"bundle            {self.bundle_id}",
+                f"spool             {self.spool}",
+                f"taken             {self.taken} of {self.total} source items (+{self.resumed} resumed from the spool)",
+                f"sent              {self.sent} ({self.retries} retries)",
+                f"acknowledged      {self.acknowledged} ({self.duplicates} already stored)",
+                f"still spooled     {self.still_spooled} ({self.spooled_bytes:,} bytes)",
+                f"quarantined       {self.quarantined} (refused by the cloud, kept in the spool: edge.cli quarantine)",
+                f"payload bytes     {self.payload_bytes:,} acknowledged",
+                f"wire bytes        {self.wire_bytes:,}",
+                f"time              {self.seconds:.2f} s ({rate:,.0f} items/s acknowledged)",
+            ]
+        )
 
 
 class Producer(threading.Thread):
     """Encodes source items [cursor, n) in batches and spools them; waits while the spool is full."""
 
-    def __init__(self, x: np.ndarray, source: str, encoder: EdgeEncoder, spool: Spool, batch_size: int,
-                 rate: float, stop: threading.Event, wake: threading.Condition, warn):
+    def __init__(
+        self,
+        x: np.ndarray,
+        source: str,
+        encoder: EdgeEncoder,
+        spool: Spool,
+        batch_size: int,
+        rate: float,
+        stop: threading.Event,
+        wake: threading.Condition,
+        warn,
+    ):
         super().__init__(name="spool-producer", daemon=True)
         self.x, self.source, self.encoder, self.spool = x, source, encoder, spool
         self.batch_size, self.rate, self.stop, self.wake, self.warn = batch_size, rate, stop, wake, warn
@@ -158,8 +194,10 @@ class Producer(threading.Thread):
             batch = [(f"{self.source}#{i + k}", bid, p, now) for k, p in enumerate(payloads)]
             cost = sum(item_cost(a, c) for a, _b, c, _d in batch)
             if cost > self.spool.max_bytes:
-                raise SpoolFullError(f"spool bound {self.spool.max_bytes:,} bytes is smaller than one batch "
-                                     f"({cost:,} bytes): raise --spool-max-bytes or lower --batch-size")
+                raise SpoolFullError(
+                    f"spool bound {self.spool.max_bytes:,} bytes is smaller than one batch "
+                    f"({cost:,} bytes): raise --spool-max-bytes or lower --batch-size"
+                )
             while True:
                 try:
                     self.spool.add_many(batch, self.source, i + len(batch))
@@ -179,8 +217,18 @@ class Producer(threading.Thread):
 class Sender:
     """Streams spooled items over Ingest; a batch leaves the spool only when its ack names its items."""
 
-    def __init__(self, stub: pb_grpc.CodecStub, spool: Spool, device_id: str, batch_size: int, window: int,
-                 ack_timeout: float, report: IngestReport, wake: threading.Condition, on_ack):
+    def __init__(
+        self,
+        stub: pb_grpc.CodecStub,
+        spool: Spool,
+        device_id: str,
+        batch_size: int,
+        window: int,
+        ack_timeout: float,
+        report: IngestReport,
+        wake: threading.Condition,
+        on_ack,
+    ):
         self.stub, self.spool, self.device_id = stub, spool, device_id
         self.batch_size, self.window, self.ack_timeout = batch_size, window, ack_timeout
         self.report, self.wake, self.on_ack = report, wake, on_ack
@@ -242,8 +290,10 @@ class Sender:
                     batch, req = inflight.popleft() if inflight else (None, None)
                     state["last_ack"] = time.monotonic()
                 if batch is None or not acknowledged_ids(req, ack):
-                    raise CloudError("the cloud acknowledged items this client did not send in that order; "
-                                     "stopping with everything unacknowledged still spooled")
+                    raise CloudError(
+                        "the cloud acknowledged items this client did not send in that order; "
+                        "stopping with everything unacknowledged still spooled"
+                    )
                 self.spool.remove(batch)
                 state["acked"] += len(batch)
                 self.report.acknowledged += len(batch)
@@ -299,22 +349,27 @@ def build_request(device_id: str, batch) -> pb.IngestRequest:
     base = min(it.captured_at_ms for it in batch)
     items = []
     for it, m in zip(batch, parts):
-        item = pb.IngestItem(bundle_id="" if common else it.bundle_id, payload=it.payload,
-                             captured_at_ms=it.captured_at_ms - base)
+        item = pb.IngestItem(
+            bundle_id="" if common else it.bundle_id,
+            payload=it.payload,
+            captured_at_ms=it.captured_at_ms - base,
+        )
         if prefix is None:
             item.item_id = it.item_id
         else:
             item.item_seq = int(m.group(2))
         items.append(item)
-    return pb.IngestRequest(device_id=device_id, bundle_id=common, item_id_prefix=prefix or "",
-                            captured_base_ms=base, items=items)
+    return pb.IngestRequest(
+        device_id=device_id, bundle_id=common, item_id_prefix=prefix or "", captured_base_ms=base, items=items
+    )
 
 
 def acknowledged_ids(req: pb.IngestRequest, ack: pb.IngestAck) -> bool:
     """True when the ack names exactly the request's items, in order, the way the request named them."""
     by_seq = [it.HasField("item_seq") for it in req.items]
-    return (list(ack.item_ids) == [it.item_id for it, s in zip(req.items, by_seq) if not s]
-            and list(ack.item_seqs) == [it.item_seq for it, s in zip(req.items, by_seq) if s])
+    return list(ack.item_ids) == [it.item_id for it, s in zip(req.items, by_seq) if not s] and list(
+        ack.item_seqs
+    ) == [it.item_seq for it, s in zip(req.items, by_seq) if s]
 
 
 def default_source_id(data_source: str) -> str:
@@ -340,6 +395,7 @@ def run(args, warn=None) -> IngestReport:
 
         def warn(msg: str) -> None:  # above the progress bar, not through it
             tqdm.write(msg, file=sys.stderr)
+
     encoder = EdgeEncoder(args.bundle, args.threads)
     x, source = load_source(args, encoder)
     spool = Spool(args.spool, args.spool_max_bytes)
@@ -356,10 +412,24 @@ def run(args, warn=None) -> IngestReport:
         producer = Producer(x, source, encoder, spool, args.batch_size, args.rate, stop, wake, warn)
         from tqdm import tqdm
 
-        bar = tqdm(total=report.resumed + len(x) - producer.start_at, unit="item", disable=args.no_progress,
-                   file=sys.stderr, desc="acknowledged")
-        sender = Sender(pb_grpc.CodecStub(channel), spool, report.device_id, args.batch_size, args.window,
-                        args.ack_timeout, report, wake, bar.update)
+        bar = tqdm(
+            total=report.resumed + len(x) - producer.start_at,
+            unit="item",
+            disable=args.no_progress,
+            file=sys.stderr,
+            desc="acknowledged",
+        )
+        sender = Sender(
+            pb_grpc.CodecStub(channel),
+            spool,
+            report.device_id,
+            args.batch_size,
+            args.window,
+            args.ack_timeout,
+            report,
+            wake,
+            bar.update,
+        )
         sender.producer_done = lambda: producer.finished
         producer.start()
         backoff = Backoff(args.retry_initial, args.retry_max)
@@ -381,11 +451,15 @@ def run(args, warn=None) -> IngestReport:
                     if item is None:
                         raise CloudError(describe(exc, args.server)) from None
                     if report.quarantined >= args.max_quarantine:
-                        raise CloudError(f"{describe(exc, args.server)}; {report.quarantined} items were refused "
-                                         f"already (--max-quarantine): stopping, the rest stays spooled") from None
+                        raise CloudError(
+                            f"{describe(exc, args.server)}; {report.quarantined} items were refused "
+                            f"already (--max-quarantine): stopping, the rest stays spooled"
+                        ) from None
                     spool.quarantine(item, f"{exc.code().name}: {exc.details()}", int(time.time() * 1000))
                     report.quarantined += 1
-                    warn(f"quarantined {item.item_id}: the cloud refused it ({exc.code().name}: {exc.details()})")
+                    warn(
+                        f"quarantined {item.item_id}: the cloud refused it ({exc.code().name}: {exc.details()})"
+                    )
                     attempt, last_progress = 0, time.monotonic()
                     continue  # send the rest at once
                 why = describe(exc, args.server)
@@ -397,8 +471,10 @@ def run(args, warn=None) -> IngestReport:
                 raise producer.error
             waited = time.monotonic() - last_progress
             if waited > args.retry_for:
-                raise GaveUp(f"{why}; gave up after {waited:.0f} s without progress"
-                             + (" (the spool is full)" if producer.waiting_full else ""))
+                raise GaveUp(
+                    f"{why}; gave up after {waited:.0f} s without progress"
+                    + (" (the spool is full)" if producer.waiting_full else "")
+                )
             report.retries += 1
             delay = backoff.delay(attempt)
             attempt += 1
@@ -430,28 +506,54 @@ def add_arguments(p) -> None:
 
     p.add_argument("--bundle", required=True, type=Path, help="bundle directory (manifest.json + ONNX files)")
     p.add_argument("--server", default="127.0.0.1:50051", help="cloud address host:port")
-    p.add_argument("--data", default="fashion-mnist",
-                   help="fashion-mnist | digits | an IDX folder | .npy/.npz | a folder of PNG/JPEG images")
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="fashion-mnist | digits | an IDX folder | .npy/.npz | a folder of PNG/JPEG images",
+    )
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--limit", type=int, default=0, help="only the first N items")
-    p.add_argument("--spool", type=Path, default=Path("edge-spool.sqlite"),
-                   help="the spool file (SQLite); created if missing, resumed if present")
+    p.add_argument(
+        "--spool",
+        type=Path,
+        default=Path("edge-spool.sqlite"),
+        help="the spool file (SQLite); created if missing, resumed if present",
+    )
     p.add_argument("--spool-max-bytes", default="64M", help="size bound of the spool, e.g. 64M, 512k")
-    p.add_argument("--device-id", default=None, help="device id (default: generated once and kept in the spool)")
-    p.add_argument("--source-id", default=None,
-                   help="names the source in item ids (default: 8 hex digits of a hash of the data source); "
-                        "item id = SOURCE#index")
+    p.add_argument(
+        "--device-id", default=None, help="device id (default: generated once and kept in the spool)"
+    )
+    p.add_argument(
+        "--source-id",
+        default=None,
+        help="names the source in item ids (default: 8 hex digits of a hash of the data source); "
+        "item id = SOURCE#index",
+    )
     p.add_argument("--batch-size", type=int, default=256, help="items per IngestRequest")
     p.add_argument("--window", type=int, default=8, help="requests in flight before waiting for acks")
-    p.add_argument("--rate", type=float, default=0.0, help="take at most this many items per second (0 = no limit)")
-    p.add_argument("--retry-for", type=float, default=300.0,
-                   help="give up after this many seconds without an acknowledgement (items stay spooled)")
+    p.add_argument(
+        "--rate", type=float, default=0.0, help="take at most this many items per second (0 = no limit)"
+    )
+    p.add_argument(
+        "--retry-for",
+        type=float,
+        default=300.0,
+        help="give up after this many seconds without an acknowledgement (items stay spooled)",
+    )
     p.add_argument("--retry-initial", type=float, default=0.2, help="first retry delay, seconds")
     p.add_argument("--retry-max", type=float, default=5.0, help="longest retry delay, seconds")
-    p.add_argument("--ack-timeout", type=float, default=30.0,
-                   help="treat the stream as broken after this long without an ack while items are in flight")
-    p.add_argument("--max-quarantine", type=int, default=100,
-                   help="items the cloud may refuse for good (set aside in the spool) before the run stops")
+    p.add_argument(
+        "--ack-timeout",
+        type=float,
+        default=30.0,
+        help="treat the stream as broken after this long without an ack while items are in flight",
+    )
+    p.add_argument(
+        "--max-quarantine",
+        type=int,
+        default=100,
+        help="items the cloud may refuse for good (set aside in the spool) before the run stops",
+    )
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = default)")
     p.add_argument("--json", type=Path, default=None, help="also write the report as JSON here")
     p.add_argument("--no-progress", action="store_true")
@@ -489,11 +591,16 @@ def main_ingest(args) -> int:
     if args.json:
         args.json.write_text(json.dumps(report.to_dict(), indent=1))
     if code:
-        print(f"error: {report.error}; {report.still_spooled} items stay spooled in {report.spool}",
-              file=sys.stderr)
+        print(
+            f"error: {report.error}; {report.still_spooled} items stay spooled in {report.spool}",
+            file=sys.stderr,
+        )
     elif report.quarantined:
-        print(f"warning: the cloud refused {report.quarantined} items for good; they are kept in {report.spool} "
-              f"(list them with `edge.cli quarantine --spool {report.spool}`)", file=sys.stderr)
+        print(
+            f"warning: the cloud refused {report.quarantined} items for good; they are kept in {report.spool} "
+            f"(list them with `edge.cli quarantine --spool {report.spool}`)",
+            file=sys.stderr,
+        )
         code = 4
     return code
 

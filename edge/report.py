@@ -1,4 +1,5 @@
 """The numbers a user compares: bytes raw, in payloads and on the wire, and the quality kept."""
+
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
@@ -43,7 +44,11 @@ class Report:
             f"ratio raw/wire    {self.ratio_wire:>12.1f}:1",
         ]
         if self.mse is not None:
-            lines += [f"MSE (server)      {self.mse:>12.5f}  (pixels on [0, 1])",
-                      f"PSNR (server)     {self.psnr:>12.2f} dB"]
-        lines.append(f"time              {self.seconds:>12.1f} s  ({self.items / max(self.seconds, 1e-9):.0f} items/s)")
+            lines += [
+                f"MSE (server)      {self.mse:>12.5f}  (pixels on [0, 1])",
+                f"PSNR (server)     {self.psnr:>12.2f} dB",
+            ]
+        lines.append(
+            f"time              {self.seconds:>12.1f} s  ({self.items / max(self.seconds, 1e-9):.0f} items/s)"
+        )
         return "\n".join(lines)

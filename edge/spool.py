@@ -13,16 +13,17 @@ and it is still on the device (`edge.cli quarantine` lists it, `--requeue`
 sends it again after the cause is fixed). Quarantined bytes count towards
 the bound.
 """
+
 from __future__ import annotations
 
 import fcntl
 import sqlite3
 import threading
 import uuid
+from collections.abc import Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 from latent_codec.errors import CodecError
 
@@ -94,7 +95,9 @@ class Spool:
             raise SpoolError(f"spool {self.path} is in use by another process") from None
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False, timeout=10)
+            self._db = sqlite3.connect(
+                str(self.path), isolation_level=None, check_same_thread=False, timeout=10
+            )
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
@@ -117,8 +120,10 @@ class Spool:
         """The device id this spool sends as: stored on first use so restarts keep it."""
         stored = self.get_meta("device_id")
         if wanted and stored and wanted != stored and self._count:
-            raise SpoolError(f"spool {self.path} holds {self._count} items of device {stored!r}; "
-                             f"refusing to send them as {wanted!r} (use another --spool)")
+            raise SpoolError(
+                f"spool {self.path} holds {self._count} items of device {stored!r}; "
+                f"refusing to send them as {wanted!r} (use another --spool)"
+            )
         if wanted:
             if wanted != stored:
                 self.set_meta("device_id", wanted)
@@ -143,8 +148,12 @@ class Spool:
     def bytes_used(self) -> int:
         return self._bytes
 
-    def add_many(self, items: Sequence[tuple[str, str, bytes, int]], source: str | None = None,
-                 cursor: int | None = None) -> None:
+    def add_many(
+        self,
+        items: Sequence[tuple[str, str, bytes, int]],
+        source: str | None = None,
+        cursor: int | None = None,
+    ) -> None:
         """Spool (item_id, bundle_id, payload, captured_at_ms) items and advance the source cursor, atomically.
 
         Raises SpoolFullError (taking nothing) when they do not fit.
@@ -154,15 +163,21 @@ class Spool:
             if self._bytes + cost > self.max_bytes:
                 raise SpoolFullError(
                     f"spool {self.path} is full: {self._count} items use {self._bytes:,} of {self.max_bytes:,} "
-                    f"bytes and {len(items)} more need {cost:,}")
+                    f"bytes and {len(items)} more need {cost:,}"
+                )
             with self._transaction() as db:
                 before = db.total_changes
-                db.executemany("INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms) "
-                               "VALUES (?, ?, ?, ?)", items)
+                db.executemany(
+                    "INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms) "
+                    "VALUES (?, ?, ?, ?)",
+                    items,
+                )
                 added = db.total_changes - before
                 if source is not None and cursor is not None:
-                    db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
-                               (f"cursor:{source}", str(cursor)))
+                    db.execute(
+                        "INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)",
+                        (f"cursor:{source}", str(cursor)),
+                    )
             if added == len(items):
                 self._count += len(items)
                 self._bytes += cost
@@ -184,7 +199,8 @@ class Spool:
         with self._lock:
             rows = self._db.execute(
                 "SELECT seq, item_id, bundle_id, payload, captured_at_ms FROM items WHERE seq > ? ORDER BY seq LIMIT ?",
-                (after_seq, limit)).fetchall()
+                (after_seq, limit),
+            ).fetchall()
         return [SpooledItem(int(s), i, b, bytes(p), int(c)) for s, i, b, p, c in rows]
 
     def remove(self, items: Sequence[SpooledItem]) -> None:
@@ -219,9 +235,11 @@ class Spool:
         """Move an item the cloud refused for good out of the send queue, keeping it and the reason."""
         with self._lock:
             with self._transaction() as db:
-                db.execute("INSERT OR REPLACE INTO quarantine (item_id, bundle_id, payload, captured_at_ms, reason, "
-                           "quarantined_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                           (item.item_id, item.bundle_id, item.payload, item.captured_at_ms, reason, now_ms))
+                db.execute(
+                    "INSERT OR REPLACE INTO quarantine (item_id, bundle_id, payload, captured_at_ms, reason, "
+                    "quarantined_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
+                    (item.item_id, item.bundle_id, item.payload, item.captured_at_ms, reason, now_ms),
+                )
                 db.execute("DELETE FROM items WHERE seq = ?", (item.seq,))
             self._count, self._bytes = self._usage()
 
@@ -229,7 +247,8 @@ class Spool:
         with self._lock:
             rows = self._db.execute(
                 "SELECT item_id, bundle_id, LENGTH(payload), captured_at_ms, reason, quarantined_at_ms "
-                "FROM quarantine ORDER BY quarantined_at_ms, item_id").fetchall()
+                "FROM quarantine ORDER BY quarantined_at_ms, item_id"
+            ).fetchall()
         return [QuarantinedItem(i, b, int(n), int(c), r, int(q)) for i, b, n, c, r, q in rows]
 
     def requeue(self) -> int:
@@ -237,9 +256,11 @@ class Spool:
         with self._lock:
             n = self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
             with self._transaction() as db:
-                db.execute("INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms) "
-                           "SELECT item_id, bundle_id, payload, captured_at_ms FROM quarantine "
-                           "ORDER BY quarantined_at_ms")
+                db.execute(
+                    "INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms) "
+                    "SELECT item_id, bundle_id, payload, captured_at_ms FROM quarantine "
+                    "ORDER BY quarantined_at_ms"
+                )
                 db.execute("DELETE FROM quarantine")
             self._count, self._bytes = self._usage()
         return int(n)

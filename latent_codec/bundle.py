@@ -1,4 +1,5 @@
 """Load a bundle directory, verify its content hash, and open ONNX Runtime sessions."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -88,7 +89,9 @@ def find_bundles(root: str | Path) -> list[Path]:
     return sorted(p for p in root.iterdir() if (p / MANIFEST_NAME).is_file())
 
 
-def run_encoder(session, x_unit: np.ndarray, side_names: list[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def run_encoder(
+    session, x_unit: np.ndarray, side_names: list[str]
+) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """Run an encoder session on [0, 1] inputs; return the code and named side outputs."""
     outputs = session.run(["code", *side_names], {"x": np.ascontiguousarray(x_unit, dtype=np.float32)})
     return outputs[0], dict(zip(side_names, outputs[1:]))

@@ -4,6 +4,7 @@ Every loader returns uint8 (or float32 in [0, 1]) arrays shaped (N, C, H, W):
 the raw items a device would hold. Scaling to [0, 1] happens once, in
 ``to_unit``, so raw bytes are counted honestly in compression ratios.
 """
+
 from __future__ import annotations
 
 import gzip
@@ -171,7 +172,9 @@ def load_array_file(path: str | Path, split: str = "test") -> ArrayDataset:
                 if len(keys) == 1:
                     x = data[keys[0]]
                 else:
-                    raise DataError(f"{path}: which array holds the items? found {keys}; name one 'x' or 'x_{split}'")
+                    raise DataError(
+                        f"{path}: which array holds the items? found {keys}; name one 'x' or 'x_{split}'"
+                    )
             for key in (f"y_{split}", "y", "labels"):
                 if key in keys:
                     y = data[key]
@@ -204,7 +207,9 @@ def load_image_folder(folder: str | Path, mode: str | None = None) -> ArrayDatas
         if size is None:
             size = im.size
         elif im.size != size:
-            raise DataError(f"{p}: image is {im.size[0]}x{im.size[1]} but earlier images are {size[0]}x{size[1]}")
+            raise DataError(
+                f"{p}: image is {im.size[0]}x{im.size[1]} but earlier images are {size[0]}x{size[1]}"
+            )
         arr = np.asarray(im, dtype=np.uint8)
         items.append(arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0))
     return ArrayDataset(np.stack(items), None, f"images:{folder}")

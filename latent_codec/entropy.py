@@ -9,6 +9,7 @@ Payload bytes: constriction emits 32-bit words; the top word of an ANS stream
 is usually small, so up to three trailing zero bytes are dropped and restored
 (zero padding) on decode: byte, not word, granularity for 20-byte payloads.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,7 +36,9 @@ class FactorizedPrior:
 
     # ---- fitting ----------------------------------------------------------
     @classmethod
-    def fit(cls, symbols: np.ndarray, levels: int, precision: int = 16, pseudo_count: float = 0.5) -> "FactorizedPrior":
+    def fit(
+        cls, symbols: np.ndarray, levels: int, precision: int = 16, pseudo_count: float = 0.5
+    ) -> FactorizedPrior:
         """Count symbols (N, D) on training codes; smooth; scale to integers summing to 2**precision."""
         s = np.asarray(symbols, dtype=np.int64).reshape(len(symbols), -1)
         if levels > (1 << precision) // 2:
@@ -44,7 +47,7 @@ class FactorizedPrior:
         return cls(cls._to_integer_table(counts + pseudo_count, precision), precision)
 
     @classmethod
-    def from_probabilities(cls, probs: np.ndarray, precision: int = 16) -> "FactorizedPrior":
+    def from_probabilities(cls, probs: np.ndarray, precision: int = 16) -> FactorizedPrior:
         """From a learned float prior (D, levels), e.g. trained with rate-distortion loss."""
         return cls(cls._to_integer_table(np.asarray(probs, np.float64), precision), precision)
 
@@ -76,7 +79,7 @@ class FactorizedPrior:
         return {"coder": CODER_NAME, "precision": self.precision, "tables": self.tables.tolist()}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "FactorizedPrior":
+    def from_dict(cls, d: dict) -> FactorizedPrior:
         if d.get("coder") != CODER_NAME:
             raise ValueError(f"unknown entropy coder {d.get('coder')!r} (this build has {CODER_NAME!r})")
         precision = int(d["precision"])
@@ -139,6 +142,8 @@ class FactorizedPrior:
             except Exception as exc:  # constriction raises plain exceptions on bad data
                 raise PayloadError(f"item {i}: entropy-coded payload is corrupt ({exc})") from None
             if not coder.is_empty():
-                raise PayloadError(f"item {i}: entropy-coded payload has trailing data (corrupt or wrong bundle)")
+                raise PayloadError(
+                    f"item {i}: entropy-coded payload has trailing data (corrupt or wrong bundle)"
+                )
             out[i] = sym
         return out

@@ -9,6 +9,7 @@ A bundle is a directory:
 The content hash covers both ONNX files and every manifest field a decoder
 depends on (input, code, payload); it names the bundle and is verified on load.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -56,7 +57,7 @@ class InputSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "InputSpec":
+    def from_dict(cls, d: dict) -> InputSpec:
         spec = cls(
             [int(s) for s in d["shape"]],
             str(d.get("dtype", "uint8")),
@@ -104,10 +105,12 @@ class Manifest:
         return json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n"
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Manifest":
+    def from_dict(cls, d: dict) -> Manifest:
         version = d.get("format_version")
         if version != FORMAT_VERSION:
-            raise BundleError(f"manifest format_version {version!r} is not supported (this build reads {FORMAT_VERSION})")
+            raise BundleError(
+                f"manifest format_version {version!r} is not supported (this build reads {FORMAT_VERSION})"
+            )
         try:
             return cls(
                 model=dict(d["model"]),
@@ -126,7 +129,7 @@ class Manifest:
             raise BundleError(f"manifest is invalid: {exc}") from None
 
     @classmethod
-    def from_json(cls, text: str) -> "Manifest":
+    def from_json(cls, text: str) -> Manifest:
         try:
             d = json.loads(text)
         except json.JSONDecodeError as exc:

@@ -1,4 +1,5 @@
 """Reconstruction quality on the [0, 1] scale: MSE and PSNR (peak 1.0)."""
+
 from __future__ import annotations
 
 import numpy as np

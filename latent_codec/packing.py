@@ -11,6 +11,7 @@ Layout of one item's payload (manifest "payload" section):
 Everything a decoder needs beyond the code itself (switches) is *inside* the
 payload, so compression ratios count it.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -38,7 +39,7 @@ class SideField:
         return {"name": self.name, "shape": list(self.shape), "bits": self.bits}
 
     @classmethod
-    def from_dict(cls, d: dict) -> "SideField":
+    def from_dict(cls, d: dict) -> SideField:
         f = cls(str(d["name"]), [int(s) for s in d["shape"]], int(d["bits"]))
         if not 1 <= f.bits <= 16:
             raise ValueError(f"side field {f.name}: bits must be 1..16")
@@ -84,7 +85,7 @@ class PayloadSpec:
         }
 
     @classmethod
-    def from_dict(cls, d: dict) -> "PayloadSpec":
+    def from_dict(cls, d: dict) -> PayloadSpec:
         q = Quantizer.from_dict(d["quantization"])
         prior = FactorizedPrior.from_dict(d["entropy"]) if d.get("entropy") else None
         spec = cls(q, int(d["code_dims"]), prior, [SideField.from_dict(f) for f in d.get("side", [])])
@@ -143,7 +144,9 @@ class PayloadSpec:
             if self.prior is None and len(p) != fb:
                 raise PayloadError(f"item {i}: payload is {len(p)} bytes, format {self.format} needs {fb}")
             if self.prior is not None and len(p) < fb:
-                raise PayloadError(f"item {i}: payload is {len(p)} bytes, shorter than its {fb}-byte fixed part")
+                raise PayloadError(
+                    f"item {i}: payload is {len(p)} bytes, shorter than its {fb}-byte fixed part"
+                )
         fixed = np.frombuffer(b"".join(bytes(p[:fb]) for p in payloads), dtype=np.uint8).reshape(n, fb)
         widths: list[tuple[int, int]] = []
         if self.prior is None:

@@ -1,4 +1,5 @@
 """Reading PEM files (TLS keys, certificates, CAs) with errors that name the flag: edge and cloud both do it."""
+
 from __future__ import annotations
 
 from pathlib import Path

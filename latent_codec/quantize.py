@@ -5,6 +5,7 @@ Two families:
   ``lo[d]`` and ``hi[d]`` fitted on training codes; symbols 0..2^bits-1.
 - ``float16`` / ``float32``: the code itself, cast; no fitted parameters.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ class Quantizer:
 
     # ---- construction -------------------------------------------------
     @classmethod
-    def fit_affine(cls, codes: np.ndarray, bits: int, clip_quantile: float = 0.0) -> "Quantizer":
+    def fit_affine(cls, codes: np.ndarray, bits: int, clip_quantile: float = 0.0) -> Quantizer:
         """Fit per-dimension [lo, hi] on training codes (N, D).
 
         clip_quantile > 0 ignores that fraction of outliers on each side:
@@ -41,7 +42,7 @@ class Quantizer:
         return cls("affine", bits, [float(v) for v in lo], [float(v) for v in hi])
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Quantizer":
+    def from_dict(cls, d: dict) -> Quantizer:
         kind = d.get("kind")
         if kind == "affine":
             q = cls("affine", int(d["bits"]), [float(v) for v in d["lo"]], [float(v) for v in d["hi"]])

@@ -7,6 +7,7 @@ item aside (edge/spool.py quarantine) and send the rest. A refusal without
 it concerns the whole request (a bad device id, too many items) and is not
 the item's fault. Documented next to Ingest in proto/aecodec/v1/codec.proto.
 """
+
 from __future__ import annotations
 
 REJECTED_ITEM_KEY = "aecodec-rejected-item"

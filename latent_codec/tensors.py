@@ -1,4 +1,5 @@
 """numpy arrays <-> the wire's Tensor message (packed little-endian bytes, dtype, shape)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -12,7 +13,12 @@ _TO_NP = {
     pb.DTYPE_FLOAT16: np.dtype("<f2"),
     pb.DTYPE_FLOAT32: np.dtype("<f4"),
 }
-_NAMES = {"uint8": pb.DTYPE_UINT8, "uint16": pb.DTYPE_UINT16, "float16": pb.DTYPE_FLOAT16, "float32": pb.DTYPE_FLOAT32}
+_NAMES = {
+    "uint8": pb.DTYPE_UINT8,
+    "uint16": pb.DTYPE_UINT16,
+    "float16": pb.DTYPE_FLOAT16,
+    "float32": pb.DTYPE_FLOAT32,
+}
 
 
 def dtype_enum(name: str) -> int:
@@ -23,7 +29,9 @@ def to_tensor(arr: np.ndarray) -> pb.Tensor:
     arr = np.asarray(arr)
     name = arr.dtype.name
     if name not in _NAMES:
-        raise PayloadError(f"dtype {arr.dtype} cannot travel on the wire (use uint8, uint16, float16, float32)")
+        raise PayloadError(
+            f"dtype {arr.dtype} cannot travel on the wire (use uint8, uint16, float16, float32)"
+        )
     le = arr.astype(_TO_NP[_NAMES[name]], copy=False)
     return pb.Tensor(dtype=_NAMES[name], shape=list(arr.shape), data=np.ascontiguousarray(le).tobytes())
 

@@ -1,4 +1,5 @@
 """Shared fixtures: real trained bundles, real gRPC servers on 127.0.0.1 with ephemeral ports."""
+
 from __future__ import annotations
 
 import os
@@ -26,9 +27,19 @@ def need_fashion() -> None:
     pytest.skip(f"Fashion-MNIST not installed at {FASHION_MNIST_DIR}")
 
 
-def train_and_export(out_dir: Path, model: str = "dense", model_args: dict | None = None, data: str = "fashion-mnist",
-                     epochs: int = 2, limit: int = 3000, quant: str = "affine8", entropy: bool = False,
-                     test_limit: int = 500, fit_items: int = 2000, **cfg) -> Path:
+def train_and_export(
+    out_dir: Path,
+    model: str = "dense",
+    model_args: dict | None = None,
+    data: str = "fashion-mnist",
+    epochs: int = 2,
+    limit: int = 3000,
+    quant: str = "affine8",
+    entropy: bool = False,
+    test_limit: int = 500,
+    fit_items: int = 2000,
+    **cfg,
+) -> Path:
     """Train a small model for real and export it as a bundle; returns the bundle directory."""
     from training.export import export_bundle
     from training.train import TrainConfig, save_checkpoint, train
@@ -53,8 +64,11 @@ def decode_through_server(bundles_root: Path, enc, payloads: list[bytes], x: np.
 
     running = build_server(bundles_root, "127.0.0.1:0", workers=2)
     try:
-        req = pb.DecodeRequest(codes=enc.code_batch(payloads), originals=to_tensor(x),
-                               reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32)
+        req = pb.DecodeRequest(
+            codes=enc.code_batch(payloads),
+            originals=to_tensor(x),
+            reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32,
+        )
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
             return pb_grpc.CodecStub(ch).Decode(req, timeout=60)
     finally:
@@ -65,16 +79,27 @@ def decode_through_server(bundles_root: Path, enc, payloads: list[bytes], x: np.
 def fashion_bundle(tmp_path_factory) -> Path:
     """A dense 784-128-32 autoencoder trained briefly on Fashion-MNIST, 8-bit affine codes."""
     need_fashion()
-    return train_and_export(tmp_path_factory.mktemp("fashion"), "dense",
-                            {"code_dim": 32, "hidden": [128]}, epochs=2, limit=4000)
+    return train_and_export(
+        tmp_path_factory.mktemp("fashion"), "dense", {"code_dim": 32, "hidden": [128]}, epochs=2, limit=4000
+    )
 
 
 @pytest.fixture(scope="session")
 def digits_bundle(tmp_path_factory) -> Path:
     """An 8x8 digits model (scikit-learn data, always available), entropy-coded 6-bit codes."""
-    return train_and_export(tmp_path_factory.mktemp("digits"), "dense", {"code_dim": 8, "hidden": [32]},
-                            data="digits", epochs=80, limit=0, batch_size=64, quant="affine6", entropy=True,
-                            test_limit=0, fit_items=0)
+    return train_and_export(
+        tmp_path_factory.mktemp("digits"),
+        "dense",
+        {"code_dim": 8, "hidden": [32]},
+        data="digits",
+        epochs=80,
+        limit=0,
+        batch_size=64,
+        quant="affine6",
+        entropy=True,
+        test_limit=0,
+        fit_items=0,
+    )
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,5 @@
 """Shared pieces of the ingest tests: a PostgreSQL schema per session, real server/edge processes."""
+
 from __future__ import annotations
 
 import os
@@ -12,7 +13,6 @@ import uuid
 from pathlib import Path
 
 import pytest
-
 from conftest import IN_CI, ROOT
 
 PG_BASE = os.environ.get("AECODEC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
@@ -95,14 +95,32 @@ class ServerProcess:
         self.bundles, self.store, self.workdir, self.port = bundles, store, workdir, port
         self.proc: subprocess.Popen | None = None
 
-    def start(self, timeout: float = 30.0) -> "ServerProcess":
+    def start(self, timeout: float = 30.0) -> ServerProcess:
         port_file = self.workdir / f"port-{uuid.uuid4().hex[:6]}"
         self.log = open(self.workdir / "server.log", "ab")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud.server", "--bundles", str(self.bundles), "--store", self.store,
-             "--address", f"127.0.0.1:{self.port}", "--port-file", str(port_file), "--log-level", "WARNING",
-             "--workers", "4"],
-            cwd=ROOT, env=child_env(), stdout=self.log, stderr=subprocess.STDOUT)
+            [
+                sys.executable,
+                "-m",
+                "cloud.server",
+                "--bundles",
+                str(self.bundles),
+                "--store",
+                self.store,
+                "--address",
+                f"127.0.0.1:{self.port}",
+                "--port-file",
+                str(port_file),
+                "--log-level",
+                "WARNING",
+                "--workers",
+                "4",
+            ],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         while not port_file.exists():
             if self.proc.poll() is not None:
@@ -130,9 +148,26 @@ class ServerProcess:
 
 
 def edge_cmd(bundle: Path, target: str, data: Path, spool: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "edge.cli", "ingest", "--bundle", str(bundle), "--server", target,
-            "--data", str(data), "--spool", str(spool), "--source-id", "cam", "--device-id", "phone-1",
-            "--no-progress", *extra]
+    return [
+        sys.executable,
+        "-m",
+        "edge.cli",
+        "ingest",
+        "--bundle",
+        str(bundle),
+        "--server",
+        target,
+        "--data",
+        str(data),
+        "--spool",
+        str(spool),
+        "--source-id",
+        "cam",
+        "--device-id",
+        "phone-1",
+        "--no-progress",
+        *extra,
+    ]
 
 
 def start_edge(cmd: list[str], log: Path) -> subprocess.Popen:

@@ -9,6 +9,7 @@ symbols and dequantised codes with the shared package, as the cloud does.
 The parent runs each step in a fresh interpreter with different thread
 settings (OMP_NUM_THREADS too) and compares the outputs byte for byte.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -29,8 +30,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def _blob(payloads: list[bytes]) -> dict[str, np.ndarray]:
-    return {"data": np.frombuffer(b"".join(payloads), dtype=np.uint8),
-            "sizes": np.array([len(p) for p in payloads], dtype=np.int64)}
+    return {
+        "data": np.frombuffer(b"".join(payloads), dtype=np.uint8),
+        "sizes": np.array([len(p) for p in payloads], dtype=np.int64),
+    }
 
 
 def _payloads(npz) -> list[bytes]:

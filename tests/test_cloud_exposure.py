@@ -3,6 +3,7 @@
 Real servers on 127.0.0.1 (ephemeral ports), the real edge CLI in subprocesses,
 a self-signed certificate made with the openssl CLI for each session.
 """
+
 from __future__ import annotations
 
 import os
@@ -34,6 +35,7 @@ def digits_bundle(tmp_path_factory):
     """Shadows conftest's: a few epochs are enough to test transport and auth."""
     return tiny_bundle(tmp_path_factory)
 
+
 TOKENS = ["tok-alpha-0123456789", "tok-beta-9876543210"]
 
 
@@ -51,9 +53,29 @@ def cert(tmp_path_factory):
         pytest.skip("the openssl CLI is not installed")
     d = tmp_path_factory.mktemp("tls")
     crt, key = d / "cloud.crt", d / "cloud.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return crt, key
 
 
@@ -62,16 +84,37 @@ def other_cert(tmp_path_factory):
     """A second, unrelated self-signed certificate (a CA the server's certificate does not chain to)."""
     d = tmp_path_factory.mktemp("tls-other")
     crt, key = d / "other.crt", d / "other.key"
-    subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost",
-                    "-addext", "subjectAltName=DNS:localhost,IP:127.0.0.1",
-                    "-keyout", str(key), "-out", str(crt)], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [
+            "openssl",
+            "req",
+            "-x509",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=localhost",
+            "-addext",
+            "subjectAltName=DNS:localhost,IP:127.0.0.1",
+            "-keyout",
+            str(key),
+            "-out",
+            str(crt),
+        ],
+        check=True,
+        capture_output=True,
+        timeout=60,
+    )
     return crt
 
 
 @pytest.fixture
 def auth_server(digits_bundle, tmp_path):
-    running = build_server(digits_bundle, "127.0.0.1:0", workers=4, store=str(tmp_path / "store.sqlite"),
-                           auth_tokens=TOKENS)
+    running = build_server(
+        digits_bundle, "127.0.0.1:0", workers=4, store=str(tmp_path / "store.sqlite"), auth_tokens=TOKENS
+    )
     yield running
     running.stop(grace=1.0)
 
@@ -87,8 +130,14 @@ def bearer(token: str) -> list[tuple[str, str]]:
 def run_edge(*args: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     full_env = {k: v for k, v in os.environ.items() if k != "AECODEC_TOKEN"}
     full_env.update({"PYTHONPATH": str(ROOT), **(env or {})})
-    return subprocess.run([sys.executable, "-c", RUNNER, *args], capture_output=True, text=True, cwd=ROOT,
-                          timeout=timeout, env=full_env)
+    return subprocess.run(
+        [sys.executable, "-c", RUNNER, *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=timeout,
+        env=full_env,
+    )
 
 
 # ---- auth -----------------------------------------------------------------------------------------------------
@@ -96,9 +145,12 @@ def test_calls_without_a_valid_token_are_unauthenticated(auth_server, digits_bun
     req = digits_request(digits_bundle)
     with grpc.insecure_channel(f"127.0.0.1:{auth_server.port}") as ch:
         stub = pb_grpc.CodecStub(ch)
-        cases = [(None, "missing authorization metadata"), ([("authorization", "Basic abc")], "must be 'Bearer"),
-                 (bearer("tok-alpha-012345678"), "invalid bearer token"),  # a prefix of a real token
-                 (bearer(TOKENS[0] + "x"), "invalid bearer token")]
+        cases = [
+            (None, "missing authorization metadata"),
+            ([("authorization", "Basic abc")], "must be 'Bearer"),
+            (bearer("tok-alpha-012345678"), "invalid bearer token"),  # a prefix of a real token
+            (bearer(TOKENS[0] + "x"), "invalid bearer token"),
+        ]
         for metadata, why in cases:
             with pytest.raises(grpc.RpcError) as ei:
                 stub.Decode(req, metadata=metadata, timeout=10)
@@ -132,7 +184,10 @@ def test_edge_client_sends_the_token_on_every_kind_of_call(auth_server, digits_b
     try:
         client.wait_ready()
         assert len(client.model_info()) == 1
-        assert sum(r.count for r in client.decode_stream(iter([digits_request(digits_bundle)] * 2), timeout=30)) == 40
+        assert (
+            sum(r.count for r in client.decode_stream(iter([digits_request(digits_bundle)] * 2), timeout=30))
+            == 40
+        )
     finally:
         client.close()
     anonymous = CloudClient(target, 10)
@@ -143,17 +198,43 @@ def test_edge_client_sends_the_token_on_every_kind_of_call(auth_server, digits_b
         anonymous.close()
 
 
-def test_edge_cli_evaluate_and_ingest_with_token_file_and_env(auth_server, digits_bundle, token_file, tmp_path):
+def test_edge_cli_evaluate_and_ingest_with_token_file_and_env(
+    auth_server, digits_bundle, token_file, tmp_path
+):
     target = f"127.0.0.1:{auth_server.port}"
-    base = ["evaluate", "--bundle", str(digits_bundle), "--server", target, "--data", "digits", "--limit", "50",
-            "--no-progress"]
+    base = [
+        "evaluate",
+        "--bundle",
+        str(digits_bundle),
+        "--server",
+        target,
+        "--data",
+        "digits",
+        "--limit",
+        "50",
+        "--no-progress",
+    ]
     assert_one_line_error(run_edge(*base), "refused the credentials", "AECODEC_TOKEN")
     ok = run_edge(*base, "--auth-token-file", str(token_file))
     assert ok.returncode == 0, ok.stderr
     assert "items             50" in ok.stdout
 
-    ingest = ["ingest", "--bundle", str(digits_bundle), "--server", target, "--data", "digits", "--limit", "40",
-              "--spool", str(tmp_path / "spool.sqlite"), "--no-progress", "--retry-for", "5"]
+    ingest = [
+        "ingest",
+        "--bundle",
+        str(digits_bundle),
+        "--server",
+        target,
+        "--data",
+        "digits",
+        "--limit",
+        "40",
+        "--spool",
+        str(tmp_path / "spool.sqlite"),
+        "--no-progress",
+        "--retry-for",
+        "5",
+    ]
     denied = run_edge(*ingest, env={"AECODEC_TOKEN": "wrong"})
     assert denied.returncode == 2 and "Traceback" not in denied.stderr
     assert "invalid bearer token" in denied.stderr and "40 items stay spooled" in denied.stderr
@@ -168,8 +249,9 @@ def test_edge_security_flags(tmp_path, monkeypatch, cert):
     import argparse
 
     def ns(**kw):
-        return argparse.Namespace(**{"auth_token_file": None, "tls": False, "tls_ca": None,
-                                     "tls_server_name": None, **kw})
+        return argparse.Namespace(
+            **{"auth_token_file": None, "tls": False, "tls_ca": None, "tls_server_name": None, **kw}
+        )
 
     monkeypatch.delenv("AECODEC_TOKEN", raising=False)
     assert Security.from_args(ns()) == Security()
@@ -182,9 +264,11 @@ def test_edge_security_flags(tmp_path, monkeypatch, cert):
     sec = Security.from_args(ns(tls_ca=cert[0]))
     assert sec.tls and sec.root_certs == cert[0].read_bytes()
     assert Security.from_args(ns(tls=True)) == Security(token="from-env", tls=True)
-    for kw, needle in [({"auth_token_file": tmp_path / "none"}, "--auth-token-file: cannot read"),
-                       ({"tls_ca": tmp_path / "none"}, "--tls-ca: cannot read"),
-                       ({"tls_ca": f}, "not a PEM certificate")]:
+    for kw, needle in [
+        ({"auth_token_file": tmp_path / "none"}, "--auth-token-file: cannot read"),
+        ({"tls_ca": tmp_path / "none"}, "--tls-ca: cannot read"),
+        ({"tls_ca": f}, "not a PEM certificate"),
+    ]:
         with pytest.raises(CodecError, match=needle):
             Security.from_args(ns(**kw))
     f.write_text("# only a comment\n")
@@ -197,17 +281,32 @@ def test_server_cli_refuses_bad_security_flags(digits_bundle, tmp_path):
     empty.write_text("# nothing\n\n")
     notpem = tmp_path / "cert.txt"
     notpem.write_text("hello")
-    cases = [(["--auth-token-file", str(tmp_path / "missing")], "cannot read the auth token file"),
-             (["--auth-token-file", str(empty)], "holds no token"),
-             (["--tls-cert", str(notpem)], "--tls-cert and --tls-key go together"),
-             (["--tls-cert", str(notpem), "--tls-key", str(notpem)], "is not a PEM file"),
-             (["--max-message-mib", "0"], "--max-message-mib"),
-             (["--max-concurrent-rpcs", "-1"], "--max-concurrent-rpcs"),
-             (["--metrics-address", "nonsense"], "--metrics-address must be host:port")]
+    cases = [
+        (["--auth-token-file", str(tmp_path / "missing")], "cannot read the auth token file"),
+        (["--auth-token-file", str(empty)], "holds no token"),
+        (["--tls-cert", str(notpem)], "--tls-cert and --tls-key go together"),
+        (["--tls-cert", str(notpem), "--tls-key", str(notpem)], "is not a PEM file"),
+        (["--max-message-mib", "0"], "--max-message-mib"),
+        (["--max-concurrent-rpcs", "-1"], "--max-concurrent-rpcs"),
+        (["--metrics-address", "nonsense"], "--metrics-address must be host:port"),
+    ]
     for extra, needle in cases:
-        proc = subprocess.run([sys.executable, "-m", "cloud.server", "--bundles", str(digits_bundle),
-                               "--address", "127.0.0.1:0", *extra], cwd=ROOT, capture_output=True, text=True,
-                              timeout=60)
+        proc = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "cloud.server",
+                "--bundles",
+                str(digits_bundle),
+                "--address",
+                "127.0.0.1:0",
+                *extra,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert proc.returncode == 2 and "Traceback" not in proc.stderr, (extra, proc.stderr)
         assert proc.stderr.strip().startswith("error: ") and needle in proc.stderr, (extra, proc.stderr)
 
@@ -215,26 +314,36 @@ def test_server_cli_refuses_bad_security_flags(digits_bundle, tmp_path):
 # ---- TLS ------------------------------------------------------------------------------------------------------
 def test_tls_server_with_token_auth(digits_bundle, cert, other_cert):
     crt, key = cert
-    running = build_server(digits_bundle, "127.0.0.1:0", workers=4, tls=(key.read_bytes(), crt.read_bytes()),
-                           auth_tokens=TOKENS)
+    running = build_server(
+        digits_bundle, "127.0.0.1:0", workers=4, tls=(key.read_bytes(), crt.read_bytes()), auth_tokens=TOKENS
+    )
     target = f"127.0.0.1:{running.port}"
     try:
         good = CloudClient(target, 10, Security(token=TOKENS[0], tls=True, root_certs=crt.read_bytes()))
         try:
             good.wait_ready()
             assert len(good.model_info()) == 1
-            assert sum(r.count for r in good.decode_stream(iter([digits_request(digits_bundle)]), timeout=30)) == 20
+            assert (
+                sum(r.count for r in good.decode_stream(iter([digits_request(digits_bundle)]), timeout=30))
+                == 20
+            )
         finally:
             good.close()
         # via the name in the certificate instead of the IP
-        named = CloudClient(target, 10, Security(token=TOKENS[0], tls=True, root_certs=crt.read_bytes(),
-                                                 server_name="localhost"))
+        named = CloudClient(
+            target,
+            10,
+            Security(token=TOKENS[0], tls=True, root_certs=crt.read_bytes(), server_name="localhost"),
+        )
         try:
             assert len(named.model_info()) == 1
         finally:
             named.close()
         # a plaintext client, and a client trusting another CA, cannot talk to it
-        for sec in (Security(token=TOKENS[0]), Security(token=TOKENS[0], tls=True, root_certs=other_cert.read_bytes())):
+        for sec in (
+            Security(token=TOKENS[0]),
+            Security(token=TOKENS[0], tls=True, root_certs=other_cert.read_bytes()),
+        ):
             bad = CloudClient(target, 3, sec)
             try:
                 with pytest.raises(CloudError, match="cannot reach the cloud"):
@@ -250,10 +359,29 @@ def test_tls_server_with_token_auth(digits_bundle, cert, other_cert):
 def test_tls_end_to_end_from_the_cli(digits_bundle, cert, token_file, tmp_path):
     crt, key = cert
     port_file = tmp_path / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "cloud.server", "--bundles", str(digits_bundle),
-                             "--address", "127.0.0.1:0", "--port-file", str(port_file), "--tls-cert", str(crt),
-                             "--tls-key", str(key), "--auth-token-file", str(token_file)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cloud.server",
+            "--bundles",
+            str(digits_bundle),
+            "--address",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+            "--tls-cert",
+            str(crt),
+            "--tls-key",
+            str(key),
+            "--auth-token-file",
+            str(token_file),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         import time
 
@@ -262,8 +390,22 @@ def test_tls_end_to_end_from_the_cli(digits_bundle, cert, token_file, tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
             time.sleep(0.05)
         target = f"127.0.0.1:{port_file.read_text()}"
-        base = ["evaluate", "--bundle", str(digits_bundle), "--server", target, "--data", "digits", "--limit", "30",
-                "--no-progress", "--auth-token-file", str(token_file), "--connect-timeout", "5"]
+        base = [
+            "evaluate",
+            "--bundle",
+            str(digits_bundle),
+            "--server",
+            target,
+            "--data",
+            "digits",
+            "--limit",
+            "30",
+            "--no-progress",
+            "--auth-token-file",
+            str(token_file),
+            "--connect-timeout",
+            "5",
+        ]
         ok = run_edge(*base, "--tls-ca", str(crt))
         assert ok.returncode == 0, ok.stderr
         assert "items             30" in ok.stdout
@@ -322,7 +464,9 @@ def test_healthcheck_entry_point(digits_bundle, capsys):
     running = build_server(digits_bundle, "127.0.0.1:0", workers=2, auth_tokens=TOKENS)
     try:
         assert healthcheck_main(["--address", f"127.0.0.1:{running.port}"]) == 0
-        assert healthcheck_main(["--address", f"127.0.0.1:{running.port}", "--service", "aecodec.v1.Codec"]) == 0
+        assert (
+            healthcheck_main(["--address", f"127.0.0.1:{running.port}", "--service", "aecodec.v1.Codec"]) == 0
+        )
         assert "SERVING" in capsys.readouterr().out
         running.health.enter_graceful_shutdown()
         assert healthcheck_main(["--address", f"127.0.0.1:{running.port}"]) == 1

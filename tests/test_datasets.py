@@ -1,4 +1,5 @@
 """Loaders read real formats and fail with messages that name the problem."""
+
 from __future__ import annotations
 
 import gzip

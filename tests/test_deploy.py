@@ -5,6 +5,7 @@ docker-compose.yml against the compose spec (check-jsonschema) and through
 routes to the compose service and port the cloud listens on; the Dockerfiles
 install only torch-free requirement files and copy only torch-free code.
 """
+
 from __future__ import annotations
 
 import os
@@ -57,8 +58,12 @@ def compose_binary() -> Path:
 
 # ---- docker-compose.yml -------------------------------------------------------------------------------------
 def check_compose_schema(path: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([str(tool("check-jsonschema")), "--builtin-schema", "vendor.compose-spec", str(path)],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [str(tool("check-jsonschema")), "--builtin-schema", "vendor.compose-spec", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def test_compose_file_is_valid_against_the_compose_spec(tmp_path):
@@ -78,8 +83,13 @@ def test_compose_config_resolves_offline(tmp_path):
     env = {**os.environ, "AECODEC_TOKENS_FILE": str(tokens), "POSTGRES_PASSWORD": "s3cret"}
 
     def config(path: Path) -> subprocess.CompletedProcess:
-        return subprocess.run([str(exe), "-f", str(path), "--project-directory", str(ROOT), "config", "--format",
-                               "json"], capture_output=True, text=True, timeout=120, env=env)
+        return subprocess.run(
+            [str(exe), "-f", str(path), "--project-directory", str(ROOT), "config", "--format", "json"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=env,
+        )
 
     proc = config(COMPOSE)
     assert proc.returncode == 0, proc.stderr
@@ -125,13 +135,20 @@ def test_envoy_routes_to_the_compose_cloud_service_and_port():
     cmd = c["services"]["cloud"]["command"]
     cloud_port = int(cmd[cmd.index("--address") + 1].rpartition(":")[2])
     [cluster] = e["static_resources"]["clusters"]
-    addrs = [ep["endpoint"]["address"]["socket_address"]
-             for group in cluster["load_assignment"]["endpoints"] for ep in group["lb_endpoints"]]
-    assert addrs and all(a["address"] in c["services"] and a["port_value"] == cloud_port for a in addrs), addrs
+    addrs = [
+        ep["endpoint"]["address"]["socket_address"]
+        for group in cluster["load_assignment"]["endpoints"]
+        for ep in group["lb_endpoints"]
+    ]
+    assert addrs and all(a["address"] in c["services"] and a["port_value"] == cloud_port for a in addrs), (
+        addrs
+    )
     assert {a["address"] for a in addrs} == {"cloud"}
     assert cluster["type"] == "STRICT_DNS"  # one endpoint per replica the name resolves to
     assert cluster["lb_policy"] in ("ROUND_ROBIN", "LEAST_REQUEST")
-    proto = cluster["typed_extension_protocol_options"]["envoy.extensions.upstreams.http.v3.HttpProtocolOptions"]
+    proto = cluster["typed_extension_protocol_options"][
+        "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+    ]
     assert "http2_protocol_options" in proto["explicit_http_config"]  # gRPC upstreams need HTTP/2
     [hc] = cluster["health_checks"]
     assert hc["grpc_health_check"]["service_name"] == "aecodec.v1.Codec"
@@ -184,7 +201,9 @@ def test_dockerfiles_install_only_torch_free_requirements():
             if op == "RUN" and "pip" in rest and "install" in rest:
                 words = shlex.split(rest)
                 files = [words[i + 1] for i, w in enumerate(words) if w in ("-r", "--requirement")]
-                assert files and all(not w.startswith(("torch", "onnx")) for w in words), rest  # only -r files
+                assert files and all(not w.startswith(("torch", "onnx")) for w in words), (
+                    rest
+                )  # only -r files
                 installed |= set(files)
         assert installed == expect[name], (path, installed)
         packages = set().union(*(requirement_closure(ROOT / f) for f in installed))
@@ -199,15 +218,21 @@ def test_dockerfiles_install_only_torch_free_requirements():
     cloud = instructions(DOCKERFILES["cloud"])
     assert any(op == "HEALTHCHECK" and "cloud.healthcheck" in rest for op, rest in cloud)
     assert ("ENTRYPOINT", '["python", "-m", "cloud.server"]') in cloud
-    assert "psycopg" in requirement_closure(ROOT / "requirements/cloud.txt")  # --store postgresql:// in the image
+    assert "psycopg" in requirement_closure(
+        ROOT / "requirements/cloud.txt"
+    )  # --store postgresql:// in the image
 
 
 def test_the_image_code_imports_without_torch_or_training():
     """What the cloud image copies (latent_codec, cloud) must import with no training code or torch around."""
-    probe = ("import sys\n"
-             "import cloud.server, cloud.healthcheck, cloud.ingest, cloud.store.postgres, cloud.metrics\n"
-             "import edge.cli, edge.ingest\n"
-             "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'bench'))\n"
-             "sys.exit(f'imported {bad}' if bad else 0)\n")
-    proc = subprocess.run([sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    probe = (
+        "import sys\n"
+        "import cloud.server, cloud.healthcheck, cloud.ingest, cloud.store.postgres, cloud.metrics\n"
+        "import edge.cli, edge.ingest\n"
+        "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'bench'))\n"
+        "sys.exit(f'imported {bad}' if bad else 0)\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert proc.returncode == 0, proc.stderr

@@ -1,4 +1,5 @@
 """Entropy coding through the shared package: exact round trips, corrupt payloads fail loudly."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -49,8 +50,12 @@ def test_corrupt_payload_raises_payload_error(damage):
     spec, z = _spec(seed=5)
     good = spec.pack(z[:20])
     p = good[7]
-    bad = {"append": p + b"\x01\x02\x03\x04\x05", "truncate": p[: len(p) // 2],
-           "zeros": b"\x00" * 8, "garbage": b"\xff" * (len(p) + 6)}[damage]
+    bad = {
+        "append": p + b"\x01\x02\x03\x04\x05",
+        "truncate": p[: len(p) // 2],
+        "zeros": b"\x00" * 8,
+        "garbage": b"\xff" * (len(p) + 6),
+    }[damage]
     with pytest.raises(PayloadError):
         spec.unpack(good[:7] + [bad] + good[8:])
 

@@ -3,6 +3,7 @@
 Every scenario streams 5,000 items and then checks, through the server's own
 ListStored/Fetch, that each item is stored exactly once with the right bytes.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,10 +17,16 @@ import time
 import grpc
 import numpy as np
 import pytest
-
 from conftest import ROOT
-from ingest_helpers import (ServerProcess, child_env, edge_cmd, free_port, pg_url, start_edge,  # noqa: F401
-                            wait_until)
+from ingest_helpers import (
+    ServerProcess,
+    child_env,
+    edge_cmd,
+    free_port,
+    start_edge,  # noqa: F401
+    wait_until,
+)
+
 from latent_codec import datasets
 from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
@@ -60,7 +67,11 @@ def expected_payloads(bundle, data):
 def stored_count(target: str, device: str = DEVICE) -> int:
     try:
         with grpc.insecure_channel(target) as ch:
-            return pb_grpc.CodecStub(ch).ListStored(pb.ListStoredRequest(device_id=device), timeout=2).total_items
+            return (
+                pb_grpc.CodecStub(ch)
+                .ListStored(pb.ListStoredRequest(device_id=device), timeout=2)
+                .total_items
+            )
     except grpc.RpcError:
         return -1
 
@@ -113,9 +124,25 @@ def store(request, tmp_path):
 def test_server_sigkilled_mid_stream_and_restarted(bundles, bundle, data, expected_payloads, store, tmp_path):
     server = ServerProcess(bundles, store, tmp_path).start()
     log = tmp_path / "edge.log"
-    edge = start_edge(edge_cmd(bundle, server.target, data[0], tmp_path / "spool.sqlite", "--batch-size", "32",
-                               "--rate", "2500", "--retry-initial", "0.1", "--retry-max", "0.5",
-                               "--json", str(tmp_path / "report.json")), log)
+    edge = start_edge(
+        edge_cmd(
+            bundle,
+            server.target,
+            data[0],
+            tmp_path / "spool.sqlite",
+            "--batch-size",
+            "32",
+            "--rate",
+            "2500",
+            "--retry-initial",
+            "0.1",
+            "--retry-max",
+            "0.5",
+            "--json",
+            str(tmp_path / "report.json"),
+        ),
+        log,
+    )
     try:
         wait_until(lambda: stored_count(server.target) >= 1000, 60, "the first 1,000 items to be stored")
         server.kill(signal.SIGKILL)
@@ -159,14 +186,31 @@ def test_edge_sigkilled_mid_run_and_restarted(bundles, bundle, data, expected_pa
         server.kill(signal.SIGTERM)
 
 
-def test_edge_started_while_the_server_is_down_drains_when_it_comes_up(bundles, bundle, data, expected_payloads,
-                                                                        tmp_path):
+def test_edge_started_while_the_server_is_down_drains_when_it_comes_up(
+    bundles, bundle, data, expected_payloads, tmp_path
+):
     port = free_port()
     spool = tmp_path / "spool.sqlite"
     log = tmp_path / "edge.log"
-    edge = start_edge(edge_cmd(bundle, f"127.0.0.1:{port}", data[0], spool, "--batch-size", "128",
-                               "--retry-initial", "0.1", "--retry-max", "0.5", "--retry-for", "60",
-                               "--json", str(tmp_path / "report.json")), log)
+    edge = start_edge(
+        edge_cmd(
+            bundle,
+            f"127.0.0.1:{port}",
+            data[0],
+            spool,
+            "--batch-size",
+            "128",
+            "--retry-initial",
+            "0.1",
+            "--retry-max",
+            "0.5",
+            "--retry-for",
+            "60",
+            "--json",
+            str(tmp_path / "report.json"),
+        ),
+        log,
+    )
     server = None
     try:
         time.sleep(2.0)
@@ -190,17 +234,38 @@ def test_full_spool_is_a_clear_error_and_nothing_is_lost(bundles, bundle, data, 
     port = free_port()
     spool = tmp_path / "spool.sqlite"
     log = tmp_path / "edge.log"
-    done = run_edge(edge_cmd(bundle, f"127.0.0.1:{port}", data[0], spool, "--batch-size", "100",
-                             "--spool-max-bytes", "20k", "--retry-initial", "0.1", "--retry-max", "0.3",
-                             "--retry-for", "1.5"), log, timeout=60)
+    done = run_edge(
+        edge_cmd(
+            bundle,
+            f"127.0.0.1:{port}",
+            data[0],
+            spool,
+            "--batch-size",
+            "100",
+            "--spool-max-bytes",
+            "20k",
+            "--retry-initial",
+            "0.1",
+            "--retry-max",
+            "0.3",
+            "--retry-for",
+            "1.5",
+        ),
+        log,
+        timeout=60,
+    )
     out = log.read_text()
     assert done.returncode == 3, out
     assert "spool" in out and "is full" in out and "Traceback" not in out
     assert "items stay spooled" in out
     server = ServerProcess(bundles, str(tmp_path / "cloud.sqlite"), tmp_path, port=port).start()
     try:
-        done = run_edge(edge_cmd(bundle, server.target, data[0], spool, "--batch-size", "100",
-                                 "--spool-max-bytes", "20k"), log)
+        done = run_edge(
+            edge_cmd(
+                bundle, server.target, data[0], spool, "--batch-size", "100", "--spool-max-bytes", "20k"
+            ),
+            log,
+        )
         assert done.returncode == 0, log.read_text()
         check_exactly_once(server.target, expected_payloads)
     finally:
@@ -209,9 +274,16 @@ def test_full_spool_is_a_clear_error_and_nothing_is_lost(bundles, bundle, data, 
 
 def test_edge_ingest_bad_input_and_no_torch(bundle, data, tmp_path):
     """One-line errors for bad flags and a busy spool; the ingest path never imports torch."""
+
     def edge(*argv):
-        return subprocess.run([sys.executable, "-m", "edge.cli", "ingest", "--bundle", str(bundle), *argv],
-                              cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
+        return subprocess.run(
+            [sys.executable, "-m", "edge.cli", "ingest", "--bundle", str(bundle), *argv],
+            cwd=ROOT,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
 
     for argv, text in [
         (["--spool-max-bytes", "lots"], "is not a size"),
@@ -229,9 +301,16 @@ def test_edge_ingest_bad_input_and_no_torch(bundle, data, tmp_path):
         "from edge.cli import main\n"
         "code = main(sys.argv[1:])\n"
         "assert 'torch' not in sys.modules, 'edge imported torch'\n"
-        "print('exit', code)\n")
-    r = subprocess.run([sys.executable, "-c", probe, str(bundle), str(data[0]), str(tmp_path / "p.sqlite")],
-                       cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
+        "print('exit', code)\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", probe, str(bundle), str(data[0]), str(tmp_path / "p.sqlite")],
+        cwd=ROOT,
+        env=child_env(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert "exit 3" in r.stdout, r.stdout + r.stderr
     # the spool is owned by one process at a time
     from edge.spool import Spool, SpoolError
@@ -246,8 +325,9 @@ def test_edge_ingest_bad_input_and_no_torch(bundle, data, tmp_path):
         Spool(tmp_path / "x.sqlite", 0)
 
 
-def test_items_the_cloud_refuses_are_quarantined_not_lost_and_do_not_block_the_rest(bundles, bundle, data,
-                                                                                   expected_payloads, tmp_path):
+def test_items_the_cloud_refuses_are_quarantined_not_lost_and_do_not_block_the_rest(
+    bundles, bundle, data, expected_payloads, tmp_path
+):
     """A corrupt item and an id the cloud holds with other content: both set aside in the spool with the
     cloud's reason, every other item stored once, exit 4; `quarantine --requeue` puts them back."""
     from edge.encoder import EdgeEncoder
@@ -258,15 +338,44 @@ def test_items_the_cloud_refuses_are_quarantined_not_lost_and_do_not_block_the_r
     server = ServerProcess(bundles, str(tmp_path / "cloud.sqlite"), tmp_path).start()
     try:
         with grpc.insecure_channel(server.target) as ch:  # the cloud already holds cam#7 with other bytes
-            list(pb_grpc.CodecStub(ch).Ingest(iter([pb.IngestRequest(device_id=DEVICE, bundle_id=bid, items=[
-                pb.IngestItem(item_id="cam#7", payload=expected_payloads[8], captured_at_ms=1)])]), timeout=30))
+            list(
+                pb_grpc.CodecStub(ch).Ingest(
+                    iter(
+                        [
+                            pb.IngestRequest(
+                                device_id=DEVICE,
+                                bundle_id=bid,
+                                items=[
+                                    pb.IngestItem(
+                                        item_id="cam#7", payload=expected_payloads[8], captured_at_ms=1
+                                    )
+                                ],
+                            )
+                        ]
+                    ),
+                    timeout=30,
+                )
+            )
         spool_path = tmp_path / "spool.sqlite"
         spool = Spool(spool_path, 1 << 26)
         spool.add_many([("cam#junk", bid, b"\1", 5)])  # no valid ANS stream of this bundle
         spool.close()
         report_path = tmp_path / "report.json"
-        proc = run_edge(edge_cmd(bundle, server.target, data[0], spool_path, "--limit", str(n), "--batch-size",
-                                 "64", "--json", str(report_path)), tmp_path / "edge.log")
+        proc = run_edge(
+            edge_cmd(
+                bundle,
+                server.target,
+                data[0],
+                spool_path,
+                "--limit",
+                str(n),
+                "--batch-size",
+                "64",
+                "--json",
+                str(report_path),
+            ),
+            tmp_path / "edge.log",
+        )
         log = (tmp_path / "edge.log").read_text()
         assert proc.returncode == 4, log
         report = read_report(report_path)
@@ -274,20 +383,42 @@ def test_items_the_cloud_refuses_are_quarantined_not_lost_and_do_not_block_the_r
         assert "quarantined cam#junk" in log and "quarantined cam#7" in log
         with grpc.insecure_channel(server.target) as ch:
             stub = pb_grpc.CodecStub(ch)
-            got = {it.item_id: it.payload for r in stub.Fetch(pb.FetchRequest(device_id=DEVICE, codes_only=True,
-                                                                             limit=1000), timeout=60)
-                   for it in r.items}
+            got = {
+                it.item_id: it.payload
+                for r in stub.Fetch(
+                    pb.FetchRequest(device_id=DEVICE, codes_only=True, limit=1000), timeout=60
+                )
+                for it in r.items
+            }
         assert sorted(got) == sorted(f"cam#{i}" for i in range(n))
         assert got["cam#7"] == expected_payloads[8]  # the cloud's copy is not overwritten ...
         assert all(got[f"cam#{i}"] == expected_payloads[i] for i in range(n) if i != 7)
-        listing = subprocess.run([sys.executable, "-m", "edge.cli", "quarantine", "--spool", str(spool_path)],
-                                 cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
+        listing = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "quarantine", "--spool", str(spool_path)],
+            cwd=ROOT,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         lines = sorted(listing.stdout.strip().splitlines())
         assert listing.returncode == 0 and len(lines) == 2, listing
-        assert lines[0].startswith("cam#7\t") and "ALREADY_EXISTS" in lines[0]  # ... and the device keeps its own
-        assert lines[1].startswith("cam#junk\t") and "INVALID_ARGUMENT" in lines[1] and "does not fit" in lines[1]
-        requeue = subprocess.run([sys.executable, "-m", "edge.cli", "quarantine", "--spool", str(spool_path),
-                                  "--requeue"], cwd=ROOT, env=child_env(), capture_output=True, text=True, timeout=60)
+        assert (
+            lines[0].startswith("cam#7\t") and "ALREADY_EXISTS" in lines[0]
+        )  # ... and the device keeps its own
+        assert (
+            lines[1].startswith("cam#junk\t")
+            and "INVALID_ARGUMENT" in lines[1]
+            and "does not fit" in lines[1]
+        )
+        requeue = subprocess.run(
+            [sys.executable, "-m", "edge.cli", "quarantine", "--spool", str(spool_path), "--requeue"],
+            cwd=ROOT,
+            env=child_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
         assert requeue.returncode == 0 and "requeued 2 items" in requeue.stdout
         spool = Spool(spool_path, 1 << 26)
         try:
@@ -296,8 +427,10 @@ def test_items_the_cloud_refuses_are_quarantined_not_lost_and_do_not_block_the_r
         finally:
             spool.close()
         # With no room for refusals the run stops at the first one, and that item stays queued.
-        stopped = run_edge(edge_cmd(bundle, server.target, data[0], spool_path, "--limit", str(n),
-                                    "--max-quarantine", "0"), tmp_path / "edge2.log")
+        stopped = run_edge(
+            edge_cmd(bundle, server.target, data[0], spool_path, "--limit", str(n), "--max-quarantine", "0"),
+            tmp_path / "edge2.log",
+        )
         assert stopped.returncode == 2 and "--max-quarantine" in (tmp_path / "edge2.log").read_text()
         spool = Spool(spool_path, 1 << 26)
         try:

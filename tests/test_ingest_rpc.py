@@ -1,4 +1,5 @@
 """Ingest, Fetch and ListStored over a real in-process gRPC server with a real store."""
+
 from __future__ import annotations
 
 import shutil
@@ -7,8 +8,8 @@ import uuid
 import grpc
 import numpy as np
 import pytest
-
 from ingest_helpers import fixed_size_variant, pg_url  # noqa: F401  (session fixture)
+
 from latent_codec import datasets
 from latent_codec.tensors import from_tensor
 from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
@@ -53,9 +54,15 @@ def device() -> str:
 
 
 def request_of(dev: str, enc, payloads, start=0, t0=1_000) -> pb.IngestRequest:
-    return pb.IngestRequest(device_id=dev, items=[
-        pb.IngestItem(item_id=f"i{start + k}", bundle_id=enc.bundle_id, payload=p, captured_at_ms=t0 + start + k)
-        for k, p in enumerate(payloads)])
+    return pb.IngestRequest(
+        device_id=dev,
+        items=[
+            pb.IngestItem(
+                item_id=f"i{start + k}", bundle_id=enc.bundle_id, payload=p, captured_at_ms=t0 + start + k
+            )
+            for k, p in enumerate(payloads)
+        ],
+    )
 
 
 def fetch_all(stub, req: pb.FetchRequest) -> tuple[list[pb.StoredItem], list[str]]:
@@ -92,7 +99,7 @@ def test_fetch_reconstructions_equal_decoding_the_original_payloads(served, enco
     running, stub = served
     registry = BundleRegistry()  # decode independently of the server's sessions
     registry.load_dir(bundles)
-    for name, enc in encoders.items():
+    for enc in encoders.values():
         dev = device()
         payloads = enc.encode(x)
         list(stub.Ingest(iter([request_of(dev, enc, payloads)]), timeout=30))
@@ -115,7 +122,9 @@ def test_fetch_by_ids_codes_only_and_time_range(served, encoders, x):
     dev = device()
     payloads = enc.encode(x[:50])
     list(stub.Ingest(iter([request_of(dev, enc, payloads)]), timeout=30))
-    items, missing = fetch_all(stub, pb.FetchRequest(item_ids=["i3", "i7", "nope"], device_id=dev, codes_only=True))
+    items, missing = fetch_all(
+        stub, pb.FetchRequest(item_ids=["i3", "i7", "nope"], device_id=dev, codes_only=True)
+    )
     assert [it.item_id for it in items] == ["i3", "i7"] and missing == ["nope"]
     assert items[0].payload == payloads[3] and not items[0].HasField("reconstruction")
     assert items[0].stored_at_ms > 0 and items[0].captured_at_ms == 1003
@@ -130,9 +139,15 @@ def test_items_of_a_bundle_the_server_does_not_hold_are_kept_and_reported(served
     enc = encoders[next(iter(encoders))]
     dev = device()
     payload = enc.encode(x[:1])[0]
-    req = pb.IngestRequest(device_id=dev, items=[
-        pb.IngestItem(item_id="gone-1", bundle_id="retired-000000000000", payload=payload, captured_at_ms=5),
-        pb.IngestItem(item_id="ok-1", bundle_id=enc.bundle_id, payload=payload, captured_at_ms=6)])
+    req = pb.IngestRequest(
+        device_id=dev,
+        items=[
+            pb.IngestItem(
+                item_id="gone-1", bundle_id="retired-000000000000", payload=payload, captured_at_ms=5
+            ),
+            pb.IngestItem(item_id="ok-1", bundle_id=enc.bundle_id, payload=payload, captured_at_ms=6),
+        ],
+    )
     (ack,) = stub.Ingest(iter([req]), timeout=30)
     assert list(ack.item_ids) == ["gone-1", "ok-1"]
     items, _ = fetch_all(stub, pb.FetchRequest(device_id=dev))
@@ -166,20 +181,31 @@ def test_bad_ingest_requests_are_invalid_argument_naming_the_field(served, encod
         (pb.IngestRequest(device_id="", items=[item()]), "device_id is empty"),
         (pb.IngestRequest(device_id="d", items=[]), "items is empty"),
         (pb.IngestRequest(device_id="d", items=[item(item_id="")]), "items[0].item_id is empty"),
-        (pb.IngestRequest(device_id="d", items=[item(), item(item_id="b", bundle_id="")]),
-         "items[1].bundle_id is empty"),
+        (
+            pb.IngestRequest(device_id="d", items=[item(), item(item_id="b", bundle_id="")]),
+            "items[1].bundle_id is empty",
+        ),
         (pb.IngestRequest(device_id="d", items=[item(), item()]), "appears twice"),
         (pb.IngestRequest(device_id="d", items=[item(payload=b"")]), "items[0].payload is 0 bytes"),
         (pb.IngestRequest(device_id="d", items=[item(item_seq=3)]), "gives both item_id and item_seq"),
-        (pb.IngestRequest(device_id="d", item_id_prefix="p", items=[item(item_id="", item_seq=3),
-                                                                    item(item_id="p3")]), "'p3' appears twice"),
-        (pb.IngestRequest(device_id="d", captured_base_ms=-5, items=[item()]), "captured_base_ms is negative"),
+        (
+            pb.IngestRequest(
+                device_id="d", item_id_prefix="p", items=[item(item_id="", item_seq=3), item(item_id="p3")]
+            ),
+            "'p3' appears twice",
+        ),
+        (
+            pb.IngestRequest(device_id="d", captured_base_ms=-5, items=[item()]),
+            "captured_base_ms is negative",
+        ),
         (pb.IngestRequest(device_id="d", captured_base_ms=2**62, items=[item()]), "past the year 9999"),
         (pb.IngestRequest(device_id="d", items=[item(payload=good[0] + b"\0")]), "needs exactly"),
         (pb.IngestRequest(device_id="d", items=[item(captured_at_ms=-1)]), "captured_at_ms is negative"),
         (pb.IngestRequest(device_id="d", items=[item(item_id="x" * 300)]), "limit is 256"),
-        (pb.IngestRequest(device_id="d", items=[item(bundle_id=ans_enc.bundle_id, payload=b"\1")]),
-         "does not fit bundle"),
+        (
+            pb.IngestRequest(device_id="d", items=[item(bundle_id=ans_enc.bundle_id, payload=b"\1")]),
+            "does not fit bundle",
+        ),
     ]
     for req, text in cases:
         err = _status(stub, [req])
@@ -203,21 +229,44 @@ def test_request_level_bundle_id_saves_framing_and_is_stored_per_item(served, en
     same = [SpooledItem(k, f"s{k}", ans_enc.bundle_id, p, 5 + k) for k, p in enumerate(pa)]
     req = build_request(dev, same)
     assert req.bundle_id == ans_enc.bundle_id and all(it.bundle_id == "" for it in req.items)
-    per_item = pb.IngestRequest(device_id=dev, items=[
-        pb.IngestItem(item_id=it.item_id, bundle_id=it.bundle_id, payload=it.payload,
-                      captured_at_ms=it.captured_at_ms) for it in same])
+    per_item = pb.IngestRequest(
+        device_id=dev,
+        items=[
+            pb.IngestItem(
+                item_id=it.item_id,
+                bundle_id=it.bundle_id,
+                payload=it.payload,
+                captured_at_ms=it.captured_at_ms,
+            )
+            for it in same
+        ],
+    )
     # The bundle id is sent once instead of once per item.
     assert per_item.ByteSize() - req.ByteSize() >= 39 * len(ans_enc.bundle_id)
-    mixed = build_request(dev, [SpooledItem(100 + k, f"m{k}", b, p, 7)
-                                for k, (b, p) in enumerate([(ans_enc.bundle_id, pa[0]), (fixed_enc.bundle_id, pf[1])])])
-    assert mixed.bundle_id == "" and [it.bundle_id for it in mixed.items] == [ans_enc.bundle_id, fixed_enc.bundle_id]
+    mixed = build_request(
+        dev,
+        [
+            SpooledItem(100 + k, f"m{k}", b, p, 7)
+            for k, (b, p) in enumerate([(ans_enc.bundle_id, pa[0]), (fixed_enc.bundle_id, pf[1])])
+        ],
+    )
+    assert mixed.bundle_id == "" and [it.bundle_id for it in mixed.items] == [
+        ans_enc.bundle_id,
+        fixed_enc.bundle_id,
+    ]
     acks = list(stub.Ingest(iter([req, mixed]), timeout=30))
     assert [(list(a.item_ids), list(a.item_seqs)) for a in acks] == [([], list(range(40))), ([], [0, 1])]
-    got, missing = fetch_all(stub, pb.FetchRequest(device_id=dev, item_ids=["s0", "s39", "m0", "m1"], codes_only=True))
+    got, missing = fetch_all(
+        stub, pb.FetchRequest(device_id=dev, item_ids=["s0", "s39", "m0", "m1"], codes_only=True)
+    )
     assert not missing
     bundle_of = {it.item_id: it.bundle_id for it in got}
-    assert bundle_of == {"s0": ans_enc.bundle_id, "s39": ans_enc.bundle_id,
-                         "m0": ans_enc.bundle_id, "m1": fixed_enc.bundle_id}
+    assert bundle_of == {
+        "s0": ans_enc.bundle_id,
+        "s39": ans_enc.bundle_id,
+        "m0": ans_enc.bundle_id,
+        "m1": fixed_enc.bundle_id,
+    }
     err = _status(stub, [pb.IngestRequest(device_id=dev, items=[pb.IngestItem(item_id="z", payload=pa[0])])])
     assert err.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert "items[0].bundle_id is empty (and the request's bundle_id is empty)" in err.details()
@@ -228,8 +277,13 @@ def test_acks_before_a_bad_request_stay_stored(served, encoders, x):
     enc = encoders[sorted(encoders)[1]]
     dev = device()
     payloads = enc.encode(x[:10])
-    reqs = [request_of(dev, enc, payloads[:5]), pb.IngestRequest(device_id=dev, items=[
-        pb.IngestItem(item_id="bad", bundle_id=enc.bundle_id, payload=b"\0", captured_at_ms=1)])]
+    reqs = [
+        request_of(dev, enc, payloads[:5]),
+        pb.IngestRequest(
+            device_id=dev,
+            items=[pb.IngestItem(item_id="bad", bundle_id=enc.bundle_id, payload=b"\0", captured_at_ms=1)],
+        ),
+    ]
     call = stub.Ingest(iter(reqs), timeout=30)
     first = next(call)
     assert len(first.item_ids) == 5
@@ -245,8 +299,15 @@ def test_reusing_an_item_id_for_other_content_is_already_exists(served, encoders
     dev = device()
     p = enc.encode(x[:2])
     list(stub.Ingest(iter([request_of(dev, enc, p[:1])]), timeout=30))
-    err = _status(stub, [pb.IngestRequest(device_id=dev, items=[
-        pb.IngestItem(item_id="i0", bundle_id=enc.bundle_id, payload=p[1], captured_at_ms=1)])])
+    err = _status(
+        stub,
+        [
+            pb.IngestRequest(
+                device_id=dev,
+                items=[pb.IngestItem(item_id="i0", bundle_id=enc.bundle_id, payload=p[1], captured_at_ms=1)],
+            )
+        ],
+    )
     assert err.code() == grpc.StatusCode.ALREADY_EXISTS and "'i0'" in err.details()
 
 
@@ -329,17 +390,26 @@ def test_compact_ids_and_times_cut_framing_and_store_the_same_items(served, enco
     req = build_request(dev, batch)
     assert req.item_id_prefix == "0a1b2c3d#" and req.captured_base_ms == t0
     assert all(it.item_id == "" and it.item_seq == k for k, it in enumerate(req.items))
-    long_form = pb.IngestRequest(device_id=dev, bundle_id=enc.bundle_id, items=[
-        pb.IngestItem(item_id=it.item_id, payload=it.payload, captured_at_ms=it.captured_at_ms) for it in batch])
+    long_form = pb.IngestRequest(
+        device_id=dev,
+        bundle_id=enc.bundle_id,
+        items=[
+            pb.IngestItem(item_id=it.item_id, payload=it.payload, captured_at_ms=it.captured_at_ms)
+            for it in batch
+        ],
+    )
     framing = (req.ByteSize() - sum(len(p) for p in payloads)) / len(batch)
     assert framing < 10 and long_form.ByteSize() - req.ByteSize() > 15 * len(batch), framing
     (ack,) = stub.Ingest(iter([req]), timeout=30)
     assert list(ack.item_seqs) == list(range(200)) and not ack.item_ids and ack.duplicates == 0
-    got, missing = fetch_all(stub, pb.FetchRequest(device_id=dev, item_ids=["0a1b2c3d#0", "0a1b2c3d#199"],
-                                                   codes_only=True))
+    got, missing = fetch_all(
+        stub, pb.FetchRequest(device_id=dev, item_ids=["0a1b2c3d#0", "0a1b2c3d#199"], codes_only=True)
+    )
     assert not missing
     assert {(it.item_id, it.captured_at_ms, it.payload) for it in got} == {
-        ("0a1b2c3d#0", t0, payloads[0]), ("0a1b2c3d#199", t0 + 40 * 199, payloads[199])}
+        ("0a1b2c3d#0", t0, payloads[0]),
+        ("0a1b2c3d#199", t0 + 40 * 199, payloads[199]),
+    }
     (again,) = stub.Ingest(iter([long_form]), timeout=30)
     assert again.duplicates == 200 and len(again.item_ids) == 200
 
@@ -351,8 +421,14 @@ def test_build_request_keeps_ids_it_cannot_shorten():
     lead = build_request("d", [SpooledItem(1, "x#007", "b", b"p", 5), SpooledItem(2, "x#008", "b", b"q", 9)])
     # "007" would come back as "7": the prefix takes the zeros, the number what str() gives back.
     assert (lead.item_id_prefix, [it.item_seq for it in lead.items]) == ("x#00", [7, 8])
-    mixed = build_request("d", [SpooledItem(1, "a#1", "b", b"p", 5), SpooledItem(2, "b#2", "b", b"q", 5),
-                                SpooledItem(3, "c", "b", b"r", 5)])
+    mixed = build_request(
+        "d",
+        [
+            SpooledItem(1, "a#1", "b", b"p", 5),
+            SpooledItem(2, "b#2", "b", b"q", 5),
+            SpooledItem(3, "c", "b", b"r", 5),
+        ],
+    )
     assert mixed.item_id_prefix == "" and [it.item_id for it in mixed.items] == ["a#1", "b#2", "c"]
     assert not any(it.HasField("item_seq") for it in mixed.items)
     assert acknowledged_ids(mixed, pb.IngestAck(item_ids=["a#1", "b#2", "c"]))
@@ -368,11 +444,25 @@ def test_an_empty_entropy_coded_payload_is_stored_and_decodes(served, encoders, 
     enc = encoders[sorted(encoders)[0]]
     assert enc.manifest.payload.item_bytes is None  # entropy-coded
     dev = device()
-    (ack,) = stub.Ingest(iter([pb.IngestRequest(device_id=dev, bundle_id=enc.bundle_id, items=[
-        pb.IngestItem(item_id="empty", payload=b"", captured_at_ms=1)])]), timeout=30)
+    (ack,) = stub.Ingest(
+        iter(
+            [
+                pb.IngestRequest(
+                    device_id=dev,
+                    bundle_id=enc.bundle_id,
+                    items=[pb.IngestItem(item_id="empty", payload=b"", captured_at_ms=1)],
+                )
+            ]
+        ),
+        timeout=30,
+    )
     assert list(ack.item_ids) == ["empty"]
-    got, _ = fetch_all(stub, pb.FetchRequest(device_id=dev, item_ids=["empty"],
-                                             reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32))
+    got, _ = fetch_all(
+        stub,
+        pb.FetchRequest(
+            device_id=dev, item_ids=["empty"], reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32
+        ),
+    )
     b = load_bundle(bundles / "bundle-dense-affine6-ans")
     assert b.bundle_id == enc.bundle_id
     z, side = b.manifest.payload.unpack([b""])

@@ -1,13 +1,14 @@
 """The store contract, run against both real backends: SQLite (a file) and PostgreSQL (a real server)."""
+
 from __future__ import annotations
 
 import threading
 import uuid
 
 import pytest
+from ingest_helpers import pg_url  # noqa: F401  (session fixture)
 
 from cloud.store import ItemConflict, NewItem, StoreError, open_store
-from ingest_helpers import pg_url  # noqa: F401  (session fixture)
 
 
 @pytest.fixture(params=["sqlite", "postgres"])
@@ -24,8 +25,10 @@ def device() -> str:
 
 
 def items(device: str, n: int, start: int = 0, bundle: str = "b1") -> list[NewItem]:
-    return [NewItem(device, f"it-{k}", bundle, bytes([k % 251, 7]) * (1 + k % 5), 1000 + k)
-            for k in range(start, start + n)]
+    return [
+        NewItem(device, f"it-{k}", bundle, bytes([k % 251, 7]) * (1 + k % 5), 1000 + k)
+        for k in range(start, start + n)
+    ]
 
 
 def test_put_is_idempotent_and_durable_across_reopen(store_url, device):

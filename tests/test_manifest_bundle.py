@@ -1,4 +1,5 @@
 """Manifest round trip, content-hash naming and verification, ONNX parity recorded at export."""
+
 from __future__ import annotations
 
 import json
@@ -17,7 +18,9 @@ def test_manifest_roundtrip(fashion_bundle):
     m = Manifest.from_json(text)
     again = Manifest.from_json(m.to_json())
     assert again.to_dict() == m.to_dict()
-    assert m.bundle_id.startswith("dense-") and m.content_hash.split(":")[1].startswith(m.bundle_id.split("-")[1])
+    assert m.bundle_id.startswith("dense-") and m.content_hash.split(":")[1].startswith(
+        m.bundle_id.split("-")[1]
+    )
     assert m.input.shape == [1, 28, 28] and m.input.dtype == "uint8" and m.input.output == "sigmoid"
     assert m.payload.format == "affine8" and m.payload.item_bytes == 32
     assert len(m.payload.quantizer.lo) == 32

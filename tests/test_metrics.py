@@ -1,4 +1,5 @@
 """Prometheus metrics: scrape /metrics over HTTP after real RPCs and check every count against what was sent."""
+
 from __future__ import annotations
 
 import re
@@ -20,7 +21,7 @@ from tests.conftest import ROOT
 from tests.test_server import make_request
 from tests.tiny_bundle import tiny_bundle
 
-SERIES = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$')
+SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 LABEL = re.compile(r'([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"')
 CODEC = "aecodec.v1.Codec"
 TOKEN = "metrics-token"
@@ -52,8 +53,14 @@ def val(samples, name: str, **labels) -> float:
 
 
 def test_metrics_count_rpcs_statuses_latency_and_items(bundle, tmp_path):
-    running = build_server(bundle, "127.0.0.1:0", workers=4, store=str(tmp_path / "s.sqlite"),
-                           auth_tokens=[TOKEN], metrics_address="127.0.0.1:0")
+    running = build_server(
+        bundle,
+        "127.0.0.1:0",
+        workers=4,
+        store=str(tmp_path / "s.sqlite"),
+        auth_tokens=[TOKEN],
+        metrics_address="127.0.0.1:0",
+    )
     md = [("authorization", f"Bearer {TOKEN}")]
     x = datasets.load("digits", "test").x
     try:
@@ -66,7 +73,7 @@ def test_metrics_count_rpcs_statuses_latency_and_items(bundle, tmp_path):
             r2, _ = make_request(bundle, x[30:47])
             for r in (r1, r2):
                 stub.Decode(r, metadata=md, timeout=30)
-            stream = [make_request(bundle, x[i:i + 10])[0] for i in range(0, 30, 10)]
+            stream = [make_request(bundle, x[i : i + 10])[0] for i in range(0, 30, 10)]
             assert len(list(stub.DecodeStream(iter(stream), metadata=md, timeout=30))) == 3
             bad = pb.DecodeRequest()
             bad.CopyFrom(r1)
@@ -84,19 +91,33 @@ def test_metrics_count_rpcs_statuses_latency_and_items(bundle, tmp_path):
             payloads = enc.encode(x[:20])
 
             def ingest_req(lo, hi, compact=False):  # compact: ids as prefix "i" + item_seq, acked by number
-                return pb.IngestRequest(device_id="dev-1", item_id_prefix="i" if compact else "", items=[
-                    pb.IngestItem(bundle_id=enc.bundle_id, payload=payloads[k], captured_at_ms=1000 + k,
-                                  **({"item_seq": k} if compact else {"item_id": f"i{k}"})) for k in range(lo, hi)])
+                return pb.IngestRequest(
+                    device_id="dev-1",
+                    item_id_prefix="i" if compact else "",
+                    items=[
+                        pb.IngestItem(
+                            bundle_id=enc.bundle_id,
+                            payload=payloads[k],
+                            captured_at_ms=1000 + k,
+                            **({"item_seq": k} if compact else {"item_id": f"i{k}"}),
+                        )
+                        for k in range(lo, hi)
+                    ],
+                )
 
             reqs = [ingest_req(0, 12), ingest_req(12, 20, compact=True), ingest_req(0, 12)]
             acks = list(stub.Ingest(iter(reqs), metadata=md, timeout=30))
-            assert [len(a.item_ids) + len(a.item_seqs) for a in acks] == [12, 8, 12] and acks[2].duplicates == 12
+            assert [len(a.item_ids) + len(a.item_seqs) for a in acks] == [12, 8, 12] and acks[
+                2
+            ].duplicates == 12
         s = scrape(running.metrics_port)
     finally:
         running.stop(grace=1.0)
 
     def handled(method, code):
-        return val(s, "aecodec_grpc_server_handled_total", grpc_service=CODEC, grpc_method=method, grpc_code=code)
+        return val(
+            s, "aecodec_grpc_server_handled_total", grpc_service=CODEC, grpc_method=method, grpc_code=code
+        )
 
     assert handled("Decode", "OK") == 2
     assert handled("Decode", "NOT_FOUND") == 1
@@ -109,8 +130,11 @@ def test_metrics_count_rpcs_statuses_latency_and_items(bundle, tmp_path):
     assert val(s, lat + "_count", grpc_service=CODEC, grpc_method="Decode") == 4
     assert val(s, lat + "_bucket", grpc_service=CODEC, grpc_method="Decode", le="+Inf") == 4
     assert 0 < val(s, lat + "_sum", grpc_service=CODEC, grpc_method="Decode") < 60
-    buckets = sorted((float(dict(k[1])["le"]), v) for k, v in s.items()
-                     if k[0] == lat + "_bucket" and dict(k[1])["grpc_method"] == "Decode")
+    buckets = sorted(
+        (float(dict(k[1])["le"]), v)
+        for k, v in s.items()
+        if k[0] == lat + "_bucket" and dict(k[1])["grpc_method"] == "Decode"
+    )
     assert [v for _, v in buckets] == sorted(v for _, v in buckets)  # cumulative
     # items and bytes: only answered requests count (not the NOT_FOUND or the unauthenticated one)
     assert val(s, "aecodec_decoded_items_total") == 30 + 17 + 30
@@ -119,7 +143,8 @@ def test_metrics_count_rpcs_statuses_latency_and_items(bundle, tmp_path):
     assert val(s, "aecodec_ingested_items_total") == 32
     assert val(s, "aecodec_ingested_duplicate_items_total") == 12
     assert val(s, "aecodec_ingested_payload_bytes_total") == sum(len(p) for p in payloads) + sum(
-        len(p) for p in payloads[:12])
+        len(p) for p in payloads[:12]
+    )
 
 
 def test_histogram_buckets_are_upper_bounds():
@@ -127,8 +152,13 @@ def test_histogram_buckets_are_upper_bounds():
     for v in (0.5, 1.0, 1.5, 3.0):
         h.observe(v)
     lines = dict(line.rsplit(" ", 1) for line in h.render() if not line.startswith("#"))
-    assert lines == {'h_bucket{le="1"}': "2", 'h_bucket{le="2"}': "3", 'h_bucket{le="+Inf"}': "4",
-                     "h_sum": "6", "h_count": "4"}
+    assert lines == {
+        'h_bucket{le="1"}': "2",
+        'h_bucket{le="2"}': "3",
+        'h_bucket{le="+Inf"}': "4",
+        "h_sum": "6",
+        "h_count": "4",
+    }
 
 
 def test_metrics_endpoint_from_the_server_cli(bundle, tmp_path):
@@ -138,9 +168,25 @@ def test_metrics_endpoint_from_the_server_cli(bundle, tmp_path):
         sock.bind(("127.0.0.1", 0))
         mport = sock.getsockname()[1]
     port_file = tmp_path / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "cloud.server", "--bundles", str(bundle), "--address",
-                             "127.0.0.1:0", "--port-file", str(port_file), "--metrics-address", f"127.0.0.1:{mport}"],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cloud.server",
+            "--bundles",
+            str(bundle),
+            "--address",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+            "--metrics-address",
+            f"127.0.0.1:{mport}",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         deadline = time.monotonic() + 60
         while not port_file.exists():
@@ -149,12 +195,24 @@ def test_metrics_endpoint_from_the_server_cli(bundle, tmp_path):
         with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as ch:
             pb_grpc.CodecStub(ch).ModelInfo(pb.ModelInfoRequest(), timeout=10)
         s = scrape(mport)
-        assert val(s, "aecodec_grpc_server_handled_total", grpc_service=CODEC, grpc_method="ModelInfo",
-                   grpc_code="OK") == 1
+        assert (
+            val(
+                s,
+                "aecodec_grpc_server_handled_total",
+                grpc_service=CODEC,
+                grpc_method="ModelInfo",
+                grpc_code="OK",
+            )
+            == 1
+        )
         with pytest.raises(urllib.error.HTTPError) as ei:
             urllib.request.urlopen(f"http://127.0.0.1:{mport}/other", timeout=10)
         assert ei.value.code == 404
     finally:
         proc.terminate()
         _, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0 and "Traceback" not in err and f"metrics on http://127.0.0.1:{mport}/metrics" in err
+    assert (
+        proc.returncode == 0
+        and "Traceback" not in err
+        and f"metrics on http://127.0.0.1:{mport}/metrics" in err
+    )

@@ -1,4 +1,5 @@
 """The committed gRPC stubs are exactly what `make proto` generates from proto/ (not stale)."""
+
 from __future__ import annotations
 
 from tools.gen_proto import ROOT, generate

@@ -1,4 +1,5 @@
 """Quantisation and payload packing round trips, and their validation errors."""
+
 from __future__ import annotations
 
 import numpy as np

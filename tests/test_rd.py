@@ -1,4 +1,5 @@
 """Rate-distortion training, learned-prior export and cross-process bit-exact entropy decoding."""
+
 from __future__ import annotations
 
 import os
@@ -18,8 +19,17 @@ DIGITS_ARGS = {"code_dim": 8, "hidden": [32]}
 def _rd_train(rd_lambda: float, epochs: int = 30, proxy: str = "mixed"):
     from training.train import TrainConfig, train
 
-    cfg = TrainConfig(model="dense", model_args=DIGITS_ARGS, data="digits", epochs=epochs, batch_size=64,
-                      lr=5e-3, rd_lambda=rd_lambda, quant_noise=proxy, threads=1)
+    cfg = TrainConfig(
+        model="dense",
+        model_args=DIGITS_ARGS,
+        data="digits",
+        epochs=epochs,
+        batch_size=64,
+        lr=5e-3,
+        rd_lambda=rd_lambda,
+        quant_noise=proxy,
+        threads=1,
+    )
     return cfg, *train(cfg, progress=None)
 
 
@@ -129,8 +139,21 @@ def test_rd_bundle_manifest_and_measured_rate(rd_bundle):
 
 def _run(mode: str, bundle: Path, inp: Path, out: Path, threads: int) -> None:
     env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads))
-    r = subprocess.run([sys.executable, str(ROOT / "tests" / "rd_xproc_worker.py"), mode, str(bundle), str(inp),
-                        str(out), str(threads)], env=env, capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "tests" / "rd_xproc_worker.py"),
+            mode,
+            str(bundle),
+            str(inp),
+            str(out),
+            str(threads),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
 
@@ -181,17 +204,40 @@ def test_linres_starts_as_pca_on_the_integer_grid():
 def test_conv_with_hidden_mlp_and_kernel_5_rd_trains_and_exports(tmp_path):
     """The ladder's conv rungs: 5x5 strided convolutions and an MLP to a small global code."""
     from conftest import train_and_export
+
     from training.registry import build_model
 
     old = build_model("conv", {"input_shape": [1, 8, 8], "code_dim": 4, "channels": [4, 8], "pool": "stride"})
-    assert {k for k in old.state_dict() if k.startswith("to_code")} == {"to_code.weight", "to_code.bias"}  # as before
-    args = {"code_dim": 6, "channels": [8, 8], "pool": "stride", "kernel": 5, "hidden": 16, "output": "linear"}
+    assert {k for k in old.state_dict() if k.startswith("to_code")} == {
+        "to_code.weight",
+        "to_code.bias",
+    }  # as before
+    args = {
+        "code_dim": 6,
+        "channels": [8, 8],
+        "pool": "stride",
+        "kernel": 5,
+        "hidden": 16,
+        "output": "linear",
+    }
     m = build_model("conv", {"input_shape": [1, 8, 8], **args})
     assert m.features[0].kernel_size == (5, 5) and m.to_code[0].out_features == 16 and m.code_shape == [6]
     with pytest.raises(ValueError, match="kernel"):
         build_model("conv", {"input_shape": [1, 8, 8], **args, "kernel": 4})
-    bundle = train_and_export(tmp_path, "conv", args, data="digits", limit=0, epochs=3, batch_size=64,
-                              rd_lambda=0.05, quant_noise="mixed", quant="learned", test_limit=100, fit_items=600)
+    bundle = train_and_export(
+        tmp_path,
+        "conv",
+        args,
+        data="digits",
+        limit=0,
+        epochs=3,
+        batch_size=64,
+        rd_lambda=0.05,
+        quant_noise="mixed",
+        quant="learned",
+        test_limit=100,
+        fit_items=600,
+    )
     import json
 
     manifest = json.loads((bundle / "manifest.json").read_text())

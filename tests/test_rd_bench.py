@@ -1,4 +1,5 @@
 """The benchmark's arithmetic: BD-rate on known curves, SSIM against skimage, Pareto fronts, the PCA baseline."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -93,7 +94,9 @@ def test_train_ladder_presets_and_overrides():
     conv = parse_args(["--preset", "conv", "--epochs", "6"])
     assert len(conv) == 1 and conv[0].epochs == 6 and conv[0].first_epochs == PRESETS["conv"]["first_epochs"]
     own = parse_args(["--model", "dense", "--lambdas", "0.1"])
-    assert [(a.model, a.lambdas, str(a.summary)) for a in own] == [("dense", "0.1", "docs/rd_ladder_dense.json")]
+    assert [(a.model, a.lambdas, str(a.summary)) for a in own] == [
+        ("dense", "0.1", "docs/rd_ladder_dense.json")
+    ]
 
 
 def test_chained_ladder_on_digits(tmp_path):
@@ -102,11 +105,45 @@ def test_chained_ladder_on_digits(tmp_path):
 
     from bench.train_ladder import main
 
-    args = {"channels": [8, 8], "pool": "stride", "kernel": 5, "hidden": 16, "code_dim": 6, "output": "linear"}
-    assert main(["--model", "conv", "--args", json.dumps(args), "--lambdas", "0.01,0.3", "--first-epochs", "4",
-                 "--epochs", "2", "--batch-size", "64", "--data", "digits", "--threads", "1", "--test-limit", "200",
-                 "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "bundles"),
-                 "--summary", str(tmp_path / "ladder.json")]) == 0
+    args = {
+        "channels": [8, 8],
+        "pool": "stride",
+        "kernel": 5,
+        "hidden": 16,
+        "code_dim": 6,
+        "output": "linear",
+    }
+    assert (
+        main(
+            [
+                "--model",
+                "conv",
+                "--args",
+                json.dumps(args),
+                "--lambdas",
+                "0.01,0.3",
+                "--first-epochs",
+                "4",
+                "--epochs",
+                "2",
+                "--batch-size",
+                "64",
+                "--data",
+                "digits",
+                "--threads",
+                "1",
+                "--test-limit",
+                "200",
+                "--runs",
+                str(tmp_path / "runs"),
+                "--out",
+                str(tmp_path / "bundles"),
+                "--summary",
+                str(tmp_path / "ladder.json"),
+            ]
+        )
+        == 0
+    )
     summary = json.loads((tmp_path / "ladder.json").read_text())
     first, second = summary["rungs"]
     assert first["started_from"] == "scratch" and first["epochs"] == 4
@@ -125,17 +162,25 @@ def test_summary_judges_targets_on_the_front_of_all_project_bundles():
 
     pca = [row("PCA uniform step", f"p{b}", b, 10 + 2 * math.log2(b)) for b in (2, 4, 8, 16, 32, 64)]
     webp = [row("WebP", f"w{b}", b, 12 + 2 * math.log2(b)) for b in (40, 80, 160)]
-    rows = pca + webp + [
-        row("aecodec vq", "vq", 4.0, 16.5),  # PCA at 4 bytes: 14 dB -> +2.5
-        row("aecodec conv", "c1", 8.0, 19.5), row("aecodec conv", "c2", 16.0, 21.0),  # +3.5 at 8 bytes
-        row("aecodec linres", "l1", 30.0, 22.5), row("aecodec linres", "l2", 60.0, 24.0),  # +2.7 at 30 bytes
-        row("aecodec linres", "far", 1.0, 15.0),  # below PCA's byte range: never compared by extrapolation
-    ]
+    rows = (
+        pca
+        + webp
+        + [
+            row("aecodec vq", "vq", 4.0, 16.5),  # PCA at 4 bytes: 14 dB -> +2.5
+            row("aecodec conv", "c1", 8.0, 19.5),
+            row("aecodec conv", "c2", 16.0, 21.0),  # +3.5 at 8 bytes
+            row("aecodec linres", "l1", 30.0, 22.5),
+            row("aecodec linres", "l2", 60.0, 24.0),  # +2.7 at 30 bytes
+            row(
+                "aecodec linres", "far", 1.0, 15.0
+            ),  # below PCA's byte range: never compared by extrapolation
+        ]
+    )
     s = summarise(rows)
     t = s["target_32_bytes"]
     assert (t["bundle"], t["met"]) == ("c1", True) and t["margin_db"] == pytest.approx(3.5)
     # PCA reaches 19.5 dB at 2^4.75 bytes, 3.4x the bundle's 8.
-    assert t["pca_bytes_at_same_psnr"] == pytest.approx(2 ** 4.75)
+    assert t["pca_bytes_at_same_psnr"] == pytest.approx(2**4.75)
     assert s["margin_by_family"]["aecodec vq"]["margin_db"] == pytest.approx(2.5)
     assert s["target_bd_rate_curve"] == PROJECT and s["curves"][PROJECT][0] == "far"
     assert s["bd_rate"][PROJECT]["WebP"]["bd_rate_percent"] < 0 and s["target_bd_rate_met"]

@@ -1,4 +1,5 @@
 """A real gRPC server on 127.0.0.1 (ephemeral port): decoding, metrics and every bad request."""
+
 from __future__ import annotations
 
 import json
@@ -73,15 +74,21 @@ def test_model_info_lists_manifests(stub, fashion_bundle, digits_bundle):
 def test_health_is_serving(server):
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         h = health_pb2_grpc.HealthStub(ch)
-        assert h.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == health_pb2.HealthCheckResponse.SERVING
-        assert h.Check(health_pb2.HealthCheckRequest(service="aecodec.v1.Codec"), timeout=5).status == \
-            health_pb2.HealthCheckResponse.SERVING
+        assert (
+            h.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
+        assert (
+            h.Check(health_pb2.HealthCheckRequest(service="aecodec.v1.Codec"), timeout=5).status
+            == health_pb2.HealthCheckResponse.SERVING
+        )
 
 
 def _mut(field):
     def f(req):
         exec(field, {"req": req, "pb": pb, "np": np, "to_tensor": to_tensor})
         return req
+
     return f
 
 
@@ -93,12 +100,22 @@ BAD = [
     ("req.codes.count = req.codes.count + 1", grpc.StatusCode.INVALID_ARGUMENT, "codes.data is"),
     ("req.codes.count = 0; req.codes.data = b''", grpc.StatusCode.INVALID_ARGUMENT, "codes.count is 0"),
     ("req.codes.format = 'float16'", grpc.StatusCode.INVALID_ARGUMENT, "codes.format is 'float16'"),
-    ("req.codes.sizes.extend([32] * req.codes.count)", grpc.StatusCode.INVALID_ARGUMENT, "codes.sizes must be empty"),
+    (
+        "req.codes.sizes.extend([32] * req.codes.count)",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "codes.sizes must be empty",
+    ),
     ("req.originals.shape[:] = [4, 1, 32, 32]", grpc.StatusCode.INVALID_ARGUMENT, "originals"),
-    ("req.originals.CopyFrom(to_tensor(np.zeros((4, 1, 32, 32), np.uint8)))", grpc.StatusCode.INVALID_ARGUMENT,
-     "originals.shape is [4, 1, 32, 32], expected [4, 1, 28, 28]"),
-    ("req.originals.CopyFrom(to_tensor(np.zeros((4, 1, 28, 28), np.float32)))", grpc.StatusCode.INVALID_ARGUMENT,
-     "originals.dtype is float32"),
+    (
+        "req.originals.CopyFrom(to_tensor(np.zeros((4, 1, 32, 32), np.uint8)))",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "originals.shape is [4, 1, 32, 32], expected [4, 1, 28, 28]",
+    ),
+    (
+        "req.originals.CopyFrom(to_tensor(np.zeros((4, 1, 28, 28), np.float32)))",
+        grpc.StatusCode.INVALID_ARGUMENT,
+        "originals.dtype is float32",
+    ),
     ("req.originals.dtype = 0", grpc.StatusCode.INVALID_ARGUMENT, "originals.dtype is unset"),
     ("req.reconstruction_format = 7", grpc.StatusCode.INVALID_ARGUMENT, "reconstruction_format 7"),
 ]

@@ -1,4 +1,5 @@
 """The server as a real process: starts from the CLI, answers health checks, stops cleanly on signals."""
+
 from __future__ import annotations
 
 import signal
@@ -15,9 +16,23 @@ from tests.conftest import ROOT
 
 def start(bundles_dir, tmp_path):
     port_file = tmp_path / "port"
-    proc = subprocess.Popen([sys.executable, "-m", "cloud.server", "--bundles", str(bundles_dir),
-                             "--address", "127.0.0.1:0", "--port-file", str(port_file)],
-                            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "cloud.server",
+            "--bundles",
+            str(bundles_dir),
+            "--address",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+        ],
+        cwd=ROOT,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     deadline = time.monotonic() + 60
     while not port_file.exists():
         if proc.poll() is not None or time.monotonic() > deadline:
@@ -40,7 +55,20 @@ def test_clean_shutdown_on_signal(bundles_dir, tmp_path, sig):
 
 
 def test_bad_bundle_dir_is_one_line_error(tmp_path):
-    proc = subprocess.run([sys.executable, "-m", "cloud.server", "--bundles", str(tmp_path / "none"),
-                           "--address", "127.0.0.1:0"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    proc = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "cloud.server",
+            "--bundles",
+            str(tmp_path / "none"),
+            "--address",
+            "127.0.0.1:0",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().startswith("error: bundle directory not found")

@@ -1,5 +1,6 @@
 """Layer-level theory from the notes, with their exact vectors: transposed convolution, average and max
 unpooling (also through the 2-bit switch conversion, and through ONNX Runtime), output sizes."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -7,8 +8,13 @@ import pytest
 import torch
 from torch import nn
 
-from training.models.unpool import (MaxPoolSwitches, MaxUnpoolSwitches, avg_unpool, global_to_local,
-                                    local_to_global)
+from training.models.unpool import (
+    MaxPoolSwitches,
+    MaxUnpoolSwitches,
+    avg_unpool,
+    global_to_local,
+    local_to_global,
+)
 
 
 def test_transposed_convolution_matches_the_notes_worked_example():
@@ -31,7 +37,9 @@ def test_transposed_convolution_kernel_equal_stride_scales_size(s, u, v):
 def test_conv_decoder_uses_kernel_equal_stride_deconvolution():
     from training.registry import build_model
 
-    m = build_model("conv", {"input_shape": [1, 28, 28], "channels": [4, 8], "up": "deconv", "deconv_kernel": 2})
+    m = build_model(
+        "conv", {"input_shape": [1, 28, 28], "channels": [4, 8], "up": "deconv", "deconv_kernel": 2}
+    )
     deconvs = [mod for mod in m.upsample if isinstance(mod, nn.ConvTranspose2d)]
     assert deconvs and all(d.kernel_size == d.stride == (2, 2) and d.padding == (0, 0) for d in deconvs)
 
@@ -44,10 +52,9 @@ def test_average_unpooling_copies_each_value_into_its_patch():
 
 def _pool_input() -> torch.Tensor:
     # Distinct values so every 2x2 window has one maximum; maxima at different corners.
-    return torch.tensor([[[[1.0, 9.0, 2.0, 0.0],
-                           [3.0, 4.0, 8.0, 5.0],
-                           [7.0, 0.5, 0.0, 0.0],
-                           [2.0, 6.5, 0.0, 6.0]]]])
+    return torch.tensor(
+        [[[[1.0, 9.0, 2.0, 0.0], [3.0, 4.0, 8.0, 5.0], [7.0, 0.5, 0.0, 0.0], [2.0, 6.5, 0.0, 6.0]]]]
+    )
 
 
 def test_max_unpooling_puts_values_back_at_recorded_maxima():
@@ -100,7 +107,9 @@ def test_max_unpooling_through_onnx_runtime_matches_torch(tmp_path):
     _, idx = nn.MaxPool2d(2, return_indices=True)(h1)
     assert np.array_equal(local_to_global(torch.from_numpy(outs["switches0"]), 8).numpy(), idx.numpy())
     ds = ort.InferenceSession(dec, providers=["CPUExecutionProvider"])
-    rec = ds.run(None, {"code": outs["code"], "switches0": outs["switches0"], "switches1": outs["switches1"]})[0]
+    rec = ds.run(
+        None, {"code": outs["code"], "switches0": outs["switches0"], "switches1": outs["switches1"]}
+    )[0]
     with torch.no_grad():
         ref = m.activate(m.decode_logits(code, side)).numpy()
     assert np.abs(rec - ref).max() <= 1e-5
@@ -116,8 +125,10 @@ def test_max_unpooling_side_fields_are_counted_at_two_bits():
 
     m = build_model("conv", {"input_shape": [1, 28, 28], "code_dim": 16, "channels": [4, 8], "up": "max"})
     fields = m.side_fields()
-    assert fields == [{"name": "switches0", "shape": [4, 14, 14], "bits": 2},
-                      {"name": "switches1", "shape": [8, 7, 7], "bits": 2}]
+    assert fields == [
+        {"name": "switches0", "shape": [4, 14, 14], "bits": 2},
+        {"name": "switches1", "shape": [8, 7, 7], "bits": 2},
+    ]
     spec = PayloadSpec(Quantizer("float16"), 16, None, [SideField.from_dict(f) for f in fields])
     assert spec.item_bytes == (16 * 16 + (4 * 196 + 8 * 49) * 2 + 7) // 8
 

@@ -4,6 +4,7 @@ one-hot autoencoder, linear AE = PCA, denoising, stacked pre-training, and the o
 Each training test is small (digits or a Fashion-MNIST subset, one torch thread, fixed seeds) and
 compares against a margin that is far from what chance or a broken implementation would give.
 """
+
 from __future__ import annotations
 
 import math
@@ -11,8 +12,8 @@ import math
 import numpy as np
 import pytest
 import torch
-
 from conftest import need_fashion
+
 from training.noise import Corruption, gaussian_noise, mask_noise
 from training.regularizers import Regularizers, jacobian_frobenius_sq, kl_sparsity, l1_activity
 from training.train import TrainConfig, config_from_args, evaluate, parse_args, train
@@ -81,7 +82,7 @@ def test_contractive_penalty_matches_closed_form_for_a_sigmoid_layer():
     x = torch.randn(5, 6, requires_grad=True)
     h = torch.sigmoid(lin(x))
     got = jacobian_frobenius_sq(h, x)
-    want = ((h * (1 - h)) ** 2 * (lin.weight ** 2).sum(1)).sum(1)
+    want = ((h * (1 - h)) ** 2 * (lin.weight**2).sum(1)).sum(1)
     assert torch.allclose(got, want.detach(), atol=1e-6)
     got.sum().backward()  # differentiable: the penalty can be trained
     assert lin.weight.grad is not None and float(lin.weight.grad.abs().sum()) > 0
@@ -96,12 +97,42 @@ def test_kl_needs_sigmoid_codes():
 
 
 def test_cli_flags_reach_the_config():
-    cfg = config_from_args(parse_args(["--model", "dense", "--out", "x.pt", "--mask-noise", "0.25",
-                                       "--gauss-noise", "0.1", "--l1", "0.01", "--kl-sparsity", "0.5",
-                                       "--sparsity-target", "0.1", "--contractive", "0.02",
-                                       "--pretrain-epochs", "3", "--weight-decay", "1e-4"]))
-    assert (cfg.mask_noise, cfg.gauss_noise, cfg.l1, cfg.kl_sparsity, cfg.sparsity_target, cfg.contractive,
-            cfg.pretrain_epochs, cfg.weight_decay) == (0.25, 0.1, 0.01, 0.5, 0.1, 0.02, 3, 1e-4)
+    cfg = config_from_args(
+        parse_args(
+            [
+                "--model",
+                "dense",
+                "--out",
+                "x.pt",
+                "--mask-noise",
+                "0.25",
+                "--gauss-noise",
+                "0.1",
+                "--l1",
+                "0.01",
+                "--kl-sparsity",
+                "0.5",
+                "--sparsity-target",
+                "0.1",
+                "--contractive",
+                "0.02",
+                "--pretrain-epochs",
+                "3",
+                "--weight-decay",
+                "1e-4",
+            ]
+        )
+    )
+    assert (
+        cfg.mask_noise,
+        cfg.gauss_noise,
+        cfg.l1,
+        cfg.kl_sparsity,
+        cfg.sparsity_target,
+        cfg.contractive,
+        cfg.pretrain_epochs,
+        cfg.weight_decay,
+    ) == (0.25, 0.1, 0.01, 0.5, 0.1, 0.02, 3, 1e-4)
 
 
 # ---- overcomplete ------------------------------------------------------------------------------------------
@@ -111,8 +142,24 @@ def test_overcomplete_without_regulariser_refuses_with_the_reason(capsys):
         train(cfg, progress=None)
     from training.train import main
 
-    assert main(["--model", "dense", "--arg", "code_dim=64", "--data", "digits", "--epochs", "1",
-                 "--out", "/nonexistent/never.pt", "--no-progress"]) == 2  # complete (= input) refuses too
+    assert (
+        main(
+            [
+                "--model",
+                "dense",
+                "--arg",
+                "code_dim=64",
+                "--data",
+                "digits",
+                "--epochs",
+                "1",
+                "--out",
+                "/nonexistent/never.pt",
+                "--no-progress",
+            ]
+        )
+        == 2
+    )  # complete (= input) refuses too
     assert "identity" in capsys.readouterr().err
 
 
@@ -125,8 +172,14 @@ def test_overcomplete_with_a_regulariser_trains(reg):
 
 # ---- sparse ------------------------------------------------------------------------------------------------
 def test_kl_sparse_training_reports_rho_hat_per_unit_and_approaches_target():
-    base = dict(model="dense", data="digits", epochs=12, batch_size=64, seed=0,
-                model_args={"code_dim": 16, "hidden": [32], "code_activation": "sigmoid"})
+    base = dict(
+        model="dense",
+        data="digits",
+        epochs=12,
+        batch_size=64,
+        seed=0,
+        model_args={"code_dim": 16, "hidden": [32], "code_activation": "sigmoid"},
+    )
     _, plain = train(TrainConfig(**base), progress=None)
     _, sparse = train(TrainConfig(kl_sparsity=2.0, sparsity_target=0.05, **base), progress=None)
     last = sparse["history"][-1]
@@ -167,8 +220,15 @@ def test_linear_autoencoder_learns_the_pca_subspace():
     from training.data import load_split, to_tensor
 
     k = 8
-    cfg = TrainConfig(model="linear", model_args={"code_dim": k}, data="digits", epochs=30, lr=2e-2,
-                      batch_size=64, val_fraction=0)
+    cfg = TrainConfig(
+        model="linear",
+        model_args={"code_dim": k},
+        data="digits",
+        epochs=30,
+        lr=2e-2,
+        batch_size=64,
+        val_fraction=0,
+    )
     m, _ = train(cfg, progress=None)
     x = to_tensor(load_split("digits", "train")).flatten(1).numpy().astype(np.float64)
     pca = PCA(k).fit(x)
@@ -193,8 +253,14 @@ def test_denoising_beats_plain_on_masked_inputs():
     need_fashion()
     from training.data import load_split, to_tensor
 
-    base = dict(model="dense", data="fashion-mnist", limit=5000, epochs=4, batch_size=64,
-                model_args={"code_dim": 32, "hidden": [128]})
+    base = dict(
+        model="dense",
+        data="fashion-mnist",
+        limit=5000,
+        epochs=4,
+        batch_size=64,
+        model_args={"code_dim": 32, "hidden": [128]},
+    )
     plain, _ = train(TrainConfig(**base), progress=None)
     dae, _ = train(TrainConfig(mask_noise=0.5, **base), progress=None)
     clean = to_tensor(load_split("fashion-mnist", "test", 1000))
@@ -216,11 +282,17 @@ def test_stacked_pretraining_then_finetuning_at_least_matches_scratch():
     hidden = [128, 64]
     layers = len(hidden) + 1
     p, f = 2, 3  # pre-training epochs per layer, fine-tuning epochs
-    base = dict(model="dense", data="fashion-mnist", limit=4000, batch_size=64, seed=0,
-                model_args={"code_dim": 16, "hidden": hidden, "activation": "sigmoid"})
+    base = dict(
+        model="dense",
+        data="fashion-mnist",
+        limit=4000,
+        batch_size=64,
+        seed=0,
+        model_args={"code_dim": 16, "hidden": hidden, "activation": "sigmoid"},
+    )
     stacked, rec = train(TrainConfig(epochs=f, pretrain_epochs=p, **base), progress=None)
     scratch, _ = train(TrainConfig(epochs=layers * p + f, **base), progress=None)  # same total epochs
-    assert [l["layer"] for l in rec["pretraining"]["layers"]] == [0, 1, 2]
+    assert [layer["layer"] for layer in rec["pretraining"]["layers"]] == [0, 1, 2]
     test = to_tensor(load_split("fashion-mnist", "test", 1000))
     e_stacked, e_scratch = evaluate(stacked, test)["mse"], evaluate(scratch, test)["mse"]
     assert e_stacked <= e_scratch, (e_stacked, e_scratch)
@@ -228,8 +300,12 @@ def test_stacked_pretraining_then_finetuning_at_least_matches_scratch():
 
 def test_stacked_refuses_models_without_layers():
     with pytest.raises(ValueError, match="hidden"):
-        train(TrainConfig(model="dense", model_args={"code_dim": 4}, data="digits", epochs=1,
-                          pretrain_epochs=1), progress=None)
+        train(
+            TrainConfig(
+                model="dense", model_args={"code_dim": 4}, data="digits", epochs=1, pretrain_epochs=1
+            ),
+            progress=None,
+        )
 
 
 def test_contractive_hutchinson_estimate_is_unbiased():

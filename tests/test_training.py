@@ -1,4 +1,5 @@
 """Training smoke test: loss falls, checkpoints reload with weights_only=True, the CLI reports errors."""
+
 from __future__ import annotations
 
 import torch
@@ -7,8 +8,15 @@ from training.train import TrainConfig, load_checkpoint, main, save_checkpoint, 
 
 
 def test_short_training_improves_and_checkpoint_reloads(tmp_path):
-    cfg = TrainConfig(model="conv", model_args={"code_dim": 8, "channels": [8, 16]}, data="digits",
-                      epochs=3, limit=600, batch_size=64, seed=1)
+    cfg = TrainConfig(
+        model="conv",
+        model_args={"code_dim": 8, "channels": [8, 16]},
+        data="digits",
+        epochs=3,
+        limit=600,
+        batch_size=64,
+        seed=1,
+    )
     model, record = train(cfg, progress=None)
     h = record["history"]
     assert len(h) == 3 and h[-1]["train_loss"] < h[0]["train_loss"]
@@ -35,5 +43,7 @@ def test_same_seed_same_model():
 def test_cli_errors_are_one_line(tmp_path, capsys):
     assert main(["--model", "conv", "--arg", "code_dim", "--out", str(tmp_path / "x.pt")]) == 2
     assert "expected KEY=VALUE" in capsys.readouterr().err
-    assert main(["--model", "conv", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")]) == 2
+    assert (
+        main(["--model", "conv", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")]) == 2
+    )
     assert "data not found" in capsys.readouterr().err

@@ -4,6 +4,7 @@ export) and decodes through a real gRPC server: what the phone packs is what the
 Uses the variant list of bench/variants.py on digits (8x8) with tiny budgets. Variants whose exported
 graphs repeat another's (the regularisers only change training) are marked slow.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,16 @@ import pytest
 from bench.variants import VARIANTS, Variant
 
 # One representative per distinct exported graph; the rest differ only in how they were trained.
-FAST = {"deep-tied", "dense-linear-mse", "conv-deconv", "conv-stride", "conv-avg-unpool", "conv-max-unpool",
-        "sparse-kl", "linear-pca"}
+FAST = {
+    "deep-tied",
+    "dense-linear-mse",
+    "conv-deconv",
+    "conv-stride",
+    "conv-avg-unpool",
+    "conv-max-unpool",
+    "sparse-kl",
+    "linear-pca",
+}
 
 
 def _digits_args(v: Variant) -> dict:
@@ -23,7 +32,9 @@ def _digits_args(v: Variant) -> dict:
     if v.model == "dense" and args.get("hidden"):
         args["hidden"] = [max(8, h // 8) for h in args["hidden"]]  # a smaller stack for 64-pixel items
     if "code_dim" in args:
-        args["code_dim"] = 80 if args["code_dim"] > 784 else min(args["code_dim"], 12)  # overcomplete stays so
+        args["code_dim"] = (
+            80 if args["code_dim"] > 784 else min(args["code_dim"], 12)
+        )  # overcomplete stays so
     return args
 
 
@@ -48,8 +59,8 @@ def served(tmp_path_factory):
 @pytest.mark.parametrize("variant", _params())
 def test_variant_trains_exports_and_decodes_through_the_server(variant: Variant, served, tmp_path):
     import torch
-
     from conftest import decode_through_server, train_and_export
+
     from edge.encoder import EdgeEncoder
     from latent_codec import datasets
     from latent_codec.bundle import load_bundle, run_decoder
@@ -59,13 +70,22 @@ def test_variant_trains_exports_and_decodes_through_the_server(variant: Variant,
     train = {"epochs": 10, "batch_size": 64, **variant.train}
     if "pretrain_epochs" in train:
         train["pretrain_epochs"] = 1
-    bundle = train_and_export(tmp_path, variant.model, _digits_args(variant), data="digits", limit=0,
-                              test_limit=100, fit_items=600, **train)
+    bundle = train_and_export(
+        tmp_path,
+        variant.model,
+        _digits_args(variant),
+        data="digits",
+        limit=0,
+        test_limit=100,
+        fit_items=600,
+        **train,
+    )
     manifest = json.loads((bundle / "manifest.json").read_text())
     par = manifest["training"]["onnx_parity"]
     assert par["encoder_max_abs_diff"] <= 1e-4 and par["decoder_max_abs_diff"] <= 1e-4
-    assert manifest["input"]["output"] == variant.model_args.get("output", "linear" if variant.model == "linear"
-                                                                  else "sigmoid")
+    assert manifest["input"]["output"] == variant.model_args.get(
+        "output", "linear" if variant.model == "linear" else "sigmoid"
+    )
     assert manifest["input"]["loss"] == {"sigmoid": "bce", "linear": "mse"}[manifest["input"]["output"]]
     side = manifest["payload"]["side"]
     if variant.model_args.get("up") == "max":
@@ -91,4 +111,4 @@ def test_variant_trains_exports_and_decodes_through_the_server(variant: Variant,
     x01 = datasets.to_unit(x)
     assert resp.quality.batch_mse == pytest.approx(float(((rec - x01) ** 2).mean()), rel=1e-4)
     # ... and the variant reconstructs something: far closer than a blank image (quality is bench/variants.py's job).
-    assert resp.quality.batch_mse < 0.5 * float((x01 ** 2).mean())
+    assert resp.quality.batch_mse < 0.5 * float((x01**2).mean())

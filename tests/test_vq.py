@@ -1,5 +1,6 @@
 """The vector-quantised autoencoder (one-hot code): nearest-codeword encoding, Lloyd / ECVQ training,
 and its bundle through the real edge packing path and a real gRPC server."""
+
 from __future__ import annotations
 
 import math
@@ -51,7 +52,9 @@ def test_codewords_must_fit_the_entropy_tables():
 def _train(rd_lambda: float, epochs: int = 8):
     from training.train import TrainConfig, train
 
-    cfg = TrainConfig(model="vq", model_args={"codewords": 64}, data="digits", epochs=epochs, rd_lambda=rd_lambda)
+    cfg = TrainConfig(
+        model="vq", model_args={"codewords": 64}, data="digits", epochs=epochs, rd_lambda=rd_lambda
+    )
     return train(cfg, progress=None)
 
 
@@ -69,14 +72,24 @@ def test_lloyd_iterations_never_increase_the_objective_and_rate_training_spends_
 
 def test_vq_bundle_decodes_through_the_server_to_its_codewords(tmp_path):
     from conftest import decode_through_server, train_and_export
+
     from edge.encoder import EdgeEncoder
     from latent_codec import datasets
     from latent_codec.tensors import from_tensor
     from training.train import load_checkpoint
 
     torch.set_num_threads(1)
-    bundle = train_and_export(tmp_path, "vq", {"codewords": 64}, data="digits", limit=0, epochs=8,
-                              quant="learned", test_limit=100, fit_items=600)
+    bundle = train_and_export(
+        tmp_path,
+        "vq",
+        {"codewords": 64},
+        data="digits",
+        limit=0,
+        epochs=8,
+        quant="learned",
+        test_limit=100,
+        fit_items=600,
+    )
     enc = EdgeEncoder(bundle)
     x = datasets.load("digits", "test").x[:40]
     payloads = enc.encode(x)
@@ -89,4 +102,4 @@ def test_vq_bundle_decodes_through_the_server_to_its_codewords(tmp_path):
     idx = torch.argmin(model.costs(x01.flatten(1)), dim=1)
     expected = np.clip(model.codebook[idx].numpy(), 0, 1)
     assert np.abs(rec - expected).max() <= 1e-5
-    assert resp.quality.batch_mse < 0.5 * float((x01 ** 2).mean())
+    assert resp.quality.batch_mse < 0.5 * float((x01**2).mean())

@@ -3,6 +3,7 @@
 The single command behind `make proto`; tests/test_proto_stubs.py runs it into
 a temporary directory and fails when the committed stubs differ (stale).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,8 +23,8 @@ def proto_files() -> list[Path]:
 
 def generate(out_dir: Path) -> list[Path]:
     """Run protoc into out_dir; return the generated files (relative paths)."""
-    from grpc_tools import protoc  # build-time only dependency
     import grpc_tools
+    from grpc_tools import protoc  # build-time only dependency
 
     include = Path(grpc_tools.__file__).parent / "_proto"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -1,4 +1,5 @@
 """Data for training: the shared loaders' uint8 items as float tensors in [0, 1], split for validation."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -10,7 +11,9 @@ from latent_codec import datasets
 def load_split(spec: str | None, split: str, limit: int = 0) -> datasets.ArrayDataset:
     ds = datasets.load(spec, split)
     if limit and limit < len(ds):
-        ds = datasets.ArrayDataset(ds.x[:limit], None if ds.y is None else ds.y[:limit], ds.source + f"[:{limit}]")
+        ds = datasets.ArrayDataset(
+            ds.x[:limit], None if ds.y is None else ds.y[:limit], ds.source + f"[:{limit}]"
+        )
     return ds
 
 

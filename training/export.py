@@ -7,6 +7,7 @@ training split's codes, checks ONNX Runtime against torch (fails above 1e-4),
 measures test quality through the real packing path, and seals the manifest
 with the content hash that names the bundle.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -67,20 +68,34 @@ def measure(bundle_dir: Path, x_raw: np.ndarray, batch: int = 1000) -> dict:
         se += float(metrics.per_item_mse(datasets.to_unit(xb), datasets.to_unit(rec_raw)).sum())
     mse = se / len(x_raw)
     bpi = nbytes / len(x_raw)
-    return {"items": int(len(x_raw)), "mse": mse, "psnr": metrics.psnr_from_mse(mse),
-            "bytes_per_item": bpi, "raw_bytes_per_item": m.input.raw_bytes,
-            "compression_ratio": m.input.raw_bytes / bpi if bpi else float("inf")}
+    return {
+        "items": int(len(x_raw)),
+        "mse": mse,
+        "psnr": metrics.psnr_from_mse(mse),
+        "bytes_per_item": bpi,
+        "raw_bytes_per_item": m.input.raw_bytes,
+        "compression_ratio": m.input.raw_bytes / bpi if bpi else float("inf"),
+    }
 
 
-def export_bundle(checkpoint: Path, out: Path, quant: str = "affine8", entropy: bool = False,
-                  fit_items: int = 10000, clip_quantile: float = 0.0, test_limit: int = 0,
-                  data: str | None = None) -> Manifest:
+def export_bundle(
+    checkpoint: Path,
+    out: Path,
+    quant: str = "affine8",
+    entropy: bool = False,
+    fit_items: int = 10000,
+    clip_quantile: float = 0.0,
+    test_limit: int = 0,
+    data: str | None = None,
+) -> Manifest:
     model, cfg, record = load_checkpoint(checkpoint)
     data = data or cfg["data"]
     train = load_split(data, "train", fit_items)  # fit_items 0 = the whole training split
     test = load_split(data, "test", test_limit)
     if list(train.item_shape) != list(model.input_shape):
-        raise CodecError(f"data items are {train.item_shape}, model was trained on {tuple(model.input_shape)}")
+        raise CodecError(
+            f"data items are {train.item_shape}, model was trained on {tuple(model.input_shape)}"
+        )
     sample = torch.from_numpy(datasets.to_unit(train.x[:8]))
     enc_bytes, dec_bytes = export_graphs(model, sample)
     par = parity(model, enc_bytes, dec_bytes, torch.from_numpy(datasets.to_unit(test.x[:256])))
@@ -93,7 +108,9 @@ def export_bundle(checkpoint: Path, out: Path, quant: str = "affine8", entropy: 
     sess = ort.InferenceSession(enc_bytes, providers=["CPUExecutionProvider"])
     codes, _ = encode_all(sess, train.x, side_names)
     flat = codes.reshape(len(codes), -1)
-    if quant.startswith("learned"):  # rate-distortion checkpoint: integer grid + its learned prior (training/rate.py)
+    if quant.startswith(
+        "learned"
+    ):  # rate-distortion checkpoint: integer grid + its learned prior (training/rate.py)
         from training.rate import learned_payload
 
         if "rate_prior" not in record:
@@ -110,19 +127,27 @@ def export_bundle(checkpoint: Path, out: Path, quant: str = "affine8", entropy: 
         prior = FactorizedPrior.fit(q.quantize(flat), q.levels)
     spec = PayloadSpec(q, int(flat.shape[1]), prior, side_fields)
     input_spec = InputSpec(
-        shape=list(model.input_shape), dtype="uint8" if train.x.dtype == np.uint8 else "float32",
+        shape=list(model.input_shape),
+        dtype="uint8" if train.x.dtype == np.uint8 else "float32",
         scale=255.0 if train.x.dtype == np.uint8 else 1.0,
         standardize={"per_pixel": True, "baked_into_graphs": True} if model.standardize else None,
-        output=model.output, loss=model.loss_name,
+        output=model.output,
+        loss=model.loss_name,
     )
     manifest = Manifest(
         model={"name": model.registry_name, "args": model.args},
         input=input_spec,
         code_shape=list(codes.shape[1:]),
         payload=spec,
-        training={"checkpoint": checkpoint.name, "config": cfg, "data": record.get("data", {}),
-                  "final": (record.get("history") or [{}])[-1], "quantizer_fit_items": int(len(train)),
-                  "onnx_parity": par, "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())},
+        training={
+            "checkpoint": checkpoint.name,
+            "config": cfg,
+            "data": record.get("data", {}),
+            "final": (record.get("history") or [{}])[-1],
+            "quantizer_fit_items": int(len(train)),
+            "onnx_parity": par,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
     )
     manifest.seal(enc_bytes, dec_bytes)
     if out.exists():
@@ -143,9 +168,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--out", required=True, type=Path, help="bundle directory to (re)create")
     p.add_argument("--quant", default="affine8", choices=QUANT_CHOICES)
     p.add_argument("--entropy", action="store_true", help="entropy-code the symbols (factorised prior + ANS)")
-    p.add_argument("--clip-quantile", type=float, default=0.0, help="ignore this outlier fraction when fitting ranges")
+    p.add_argument(
+        "--clip-quantile", type=float, default=0.0, help="ignore this outlier fraction when fitting ranges"
+    )
     p.add_argument("--fit-items", type=int, default=10000, help="training items used to fit the quantiser")
-    p.add_argument("--test-limit", type=int, default=0, help="measure test metrics on the first N items (0 = all)")
+    p.add_argument(
+        "--test-limit", type=int, default=0, help="measure test metrics on the first N items (0 = all)"
+    )
     p.add_argument("--data", default=None, help="override the checkpoint's data spec")
     return p.parse_args(argv)
 
@@ -153,17 +182,29 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     try:
-        m = export_bundle(args.checkpoint, args.out, args.quant, args.entropy, args.fit_items,
-                          args.clip_quantile, args.test_limit, args.data)
+        m = export_bundle(
+            args.checkpoint,
+            args.out,
+            args.quant,
+            args.entropy,
+            args.fit_items,
+            args.clip_quantile,
+            args.test_limit,
+            args.data,
+        )
     except CodecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     t = m.metrics["test"]
     par = m.training["onnx_parity"]
     print(f"bundle {m.bundle_id} -> {args.out}")
-    print(f"  ONNX parity: encoder {par['encoder_max_abs_diff']:.1e}, decoder {par['decoder_max_abs_diff']:.1e} (<= 1e-4)")
-    print(f"  test ({t['items']} items): PSNR {t['psnr']:.2f} dB, MSE {t['mse']:.5f}, "
-          f"{t['bytes_per_item']:.1f} bytes/item, ratio {t['compression_ratio']:.1f}:1 ({m.payload.format})")
+    print(
+        f"  ONNX parity: encoder {par['encoder_max_abs_diff']:.1e}, decoder {par['decoder_max_abs_diff']:.1e} (<= 1e-4)"
+    )
+    print(
+        f"  test ({t['items']} items): PSNR {t['psnr']:.2f} dB, MSE {t['mse']:.5f}, "
+        f"{t['bytes_per_item']:.1f} bytes/item, ratio {t['compression_ratio']:.1f}:1 ({m.payload.format})"
+    )
     return 0
 
 

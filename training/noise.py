@@ -3,6 +3,7 @@
 Applied in [0, 1] pixel space, before any standardisation, so "set to 0" means a black pixel
 whatever the model's input normalisation.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -44,7 +45,7 @@ class Corruption:
         self.generator = torch.Generator().manual_seed(self.seed + 7919)
 
     @classmethod
-    def from_config(cls, cfg) -> "Corruption":
+    def from_config(cls, cfg) -> Corruption:
         return cls(getattr(cfg, "mask_noise", 0.0), getattr(cfg, "gauss_noise", 0.0), getattr(cfg, "seed", 0))
 
     @property

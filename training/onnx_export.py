@@ -1,4 +1,5 @@
 """torch -> ONNX for the encoder and decoder graphs, and the parity check against ONNX Runtime."""
+
 from __future__ import annotations
 
 import io
@@ -20,8 +21,13 @@ PARITY_TOLERANCE = 1e-4
 SIDE_MISMATCH_FRACTION = 1e-4
 
 
-def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output_names: list[str],
-            varargs_tail: bool = False) -> bytes:
+def _export(
+    module: torch.nn.Module,
+    args: tuple,
+    input_names: list[str],
+    output_names: list[str],
+    varargs_tail: bool = False,
+) -> bytes:
     """Export with a dynamic batch dimension; returns the serialized ModelProto.
 
     varargs_tail: forward(first, *rest) -- torch.export binds *rest as one tuple argument, so its
@@ -37,9 +43,15 @@ def _export(module: torch.nn.Module, args: tuple, input_names: list[str], output
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
-            module, args, input_names=input_names, output_names=output_names,
-            dynamic_shapes=shapes, dynamo=True,
-            opset_version=OPSET, verbose=False, optimize=True,
+            module,
+            args,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=shapes,
+            dynamo=True,
+            opset_version=OPSET,
+            verbose=False,
+            optimize=True,
         )
     prog.save(buf) if hasattr(prog, "save") else None
     data = buf.getvalue()
@@ -83,9 +95,15 @@ def parity(model: Autoencoder, enc_bytes: bytes, dec_bytes: bytes, x: torch.Tens
     side_values = int(sum(a.size for a in o_out[1:]))
     side_frac = side_mismatch / side_values if side_values else 0.0
     rec_err = float(np.abs(o_rec - t_rec.numpy()).max())
-    report = {"encoder_max_abs_diff": code_err, "decoder_max_abs_diff": rec_err,
-              "side_mismatches": side_mismatch, "side_values": side_values,
-              "side_mismatch_tolerance": SIDE_MISMATCH_FRACTION, "tolerance": PARITY_TOLERANCE, "items": len(x)}
+    report = {
+        "encoder_max_abs_diff": code_err,
+        "decoder_max_abs_diff": rec_err,
+        "side_mismatches": side_mismatch,
+        "side_values": side_values,
+        "side_mismatch_tolerance": SIDE_MISMATCH_FRACTION,
+        "tolerance": PARITY_TOLERANCE,
+        "items": len(x),
+    }
     if code_err > PARITY_TOLERANCE or rec_err > PARITY_TOLERANCE or side_frac > SIDE_MISMATCH_FRACTION:
         raise CodecError(
             f"ONNX Runtime and torch disagree: encoder {code_err:.2e}, decoder {rec_err:.2e}, "

@@ -12,6 +12,7 @@ the training codes and stored in the checkpoint record (plain JSON), from
 which export builds the manifest's integer frequency tables; nothing of this
 module runs on the edge or in the cloud.
 """
+
 from __future__ import annotations
 
 import math
@@ -49,7 +50,9 @@ class FactorizedLogisticPrior(nn.Module):
         self.dims = int(dims)
         spread = torch.linspace(-1.0, 1.0, components) if components > 1 else torch.zeros(1)
         self.loc_raw = nn.Parameter(spread.repeat(self.dims, 1).clone() / self.GAIN)
-        self.log_scale_raw = nn.Parameter(torch.full((self.dims, components), math.log(init_scale) / self.GAIN))
+        self.log_scale_raw = nn.Parameter(
+            torch.full((self.dims, components), math.log(init_scale) / self.GAIN)
+        )
         self.logit_weight_raw = nn.Parameter(torch.zeros(self.dims, components))
 
     @torch.no_grad()
@@ -164,9 +167,15 @@ class RateDistortion(nn.Module):
         probs = self.prior.table(lo, hi)
         model.train(was[0])
         self.train(was[1])
-        return {"grid_bits": b, "lo": lo, "hi": hi, "components": int(self.prior.loc.shape[1]),
-                "rd_lambda": self.rd_lambda, "train_bits_per_item": float(self.prior.bits(torch.round(z)).mean()),
-                "probs": [[float(v) for v in row] for row in probs]}
+        return {
+            "grid_bits": b,
+            "lo": lo,
+            "hi": hi,
+            "components": int(self.prior.loc.shape[1]),
+            "rd_lambda": self.rd_lambda,
+            "train_bits_per_item": float(self.prior.bits(torch.round(z)).mean()),
+            "probs": [[float(v) for v in row] for row in probs],
+        }
 
 
 def build_rate(model, rd_lambda: float, distortion: str = "mse") -> RateDistortion:

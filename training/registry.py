@@ -1,7 +1,8 @@
 """The model registry: name -> constructor. The CLIs' ``choices=`` read it."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 MODELS: dict[str, type] = {}
 

@@ -5,6 +5,7 @@ L2 weight decay is the optimiser's ``weight_decay`` (TrainConfig.weight_decay); 
 training/noise.py. All penalties are per item, averaged over the batch, like the reconstruction loss,
 so their weights mean the same thing at any batch size.
 """
+
 from __future__ import annotations
 
 import math
@@ -35,8 +36,9 @@ def l1_activity(code: torch.Tensor) -> torch.Tensor:
     return code.flatten(1).abs().sum(1).mean()
 
 
-def jacobian_frobenius_sq(code: torch.Tensor, x: torch.Tensor, samples: int = 0,
-                          generator: torch.Generator | None = None) -> torch.Tensor:
+def jacobian_frobenius_sq(
+    code: torch.Tensor, x: torch.Tensor, samples: int = 0, generator: torch.Generator | None = None
+) -> torch.Tensor:
     """Per-item ||d code / d x||_F^2, differentiable.
 
     samples=0: exact, one vector-Jacobian product per code unit (k of them). samples=m > 0: the
@@ -91,18 +93,25 @@ class Regularizers:
     _count: int = field(default=0, repr=False)
 
     @classmethod
-    def from_config(cls, cfg, model, denoising: bool = False) -> "Regularizers":
+    def from_config(cls, cfg, model, denoising: bool = False) -> Regularizers:
         """Build from TrainConfig fields and validate them against the model (before any training)."""
-        reg = cls(getattr(cfg, "l1", 0.0), getattr(cfg, "kl_sparsity", 0.0), getattr(cfg, "sparsity_target", 0.05),
-                  getattr(cfg, "contractive", 0.0), getattr(cfg, "contractive_samples", 0))
+        reg = cls(
+            getattr(cfg, "l1", 0.0),
+            getattr(cfg, "kl_sparsity", 0.0),
+            getattr(cfg, "sparsity_target", 0.05),
+            getattr(cfg, "contractive", 0.0),
+            getattr(cfg, "contractive_samples", 0),
+        )
         for name in ("l1", "kl", "contractive"):
             if getattr(reg, name) < 0:
                 raise ValueError(f"{name} weight must be >= 0")
         if reg.kl > 0:
             kl_sparsity(torch.zeros(1), reg.rho)  # validates rho
             if not has_sigmoid_code(model):
-                raise ValueError("the KL sparsity penalty needs code activations in (0, 1), read as firing "
-                                 "probabilities: use --arg code_activation='sigmoid' (or the L1 penalty --l1)")
+                raise ValueError(
+                    "the KL sparsity penalty needs code activations in (0, 1), read as firing "
+                    "probabilities: use --arg code_activation='sigmoid' (or the L1 penalty --l1)"
+                )
         check_overcomplete(model, regularised=denoising or reg.active)
         return reg
 
@@ -131,7 +140,9 @@ class Regularizers:
         if self.contractive > 0:
             xn = model.normalize(x_in).detach().requires_grad_(True)
             c, _ = model.encode(xn)
-            penalty = penalty + self.contractive * jacobian_frobenius_sq(c, xn, self.contractive_samples).mean()
+            penalty = (
+                penalty + self.contractive * jacobian_frobenius_sq(c, xn, self.contractive_samples).mean()
+            )
         return penalty
 
     def epoch_report(self, progress: bool | None = None) -> dict:
@@ -143,6 +154,9 @@ class Regularizers:
         rep = {"rho_hat": [round(r, 5) for r in rho_hat], "rho_hat_mean": sum(rho_hat) / len(rho_hat)}
         if progress is not None:
             target = f" (target rho {self.rho:g})" if self.kl > 0 else ""
-            print(f"  mean code activation rho_hat per unit: mean {rep['rho_hat_mean']:.4f}, "
-                  f"min {min(rho_hat):.4f}, max {max(rho_hat):.4f}{target}", file=sys.stderr)
+            print(
+                f"  mean code activation rho_hat per unit: mean {rep['rho_hat_mean']:.4f}, "
+                f"min {min(rho_hat):.4f}, max {max(rho_hat):.4f}{target}",
+                file=sys.stderr,
+            )
         return rep

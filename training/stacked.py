@@ -10,6 +10,7 @@ W_i^T and layer i's reconstruction bias, so before fine-tuning the deep autoenco
 stack of pre-trained layers; train() then fine-tunes the whole network end to end. With masking/Gaussian noise set, every layer is a
 denoising autoencoder (the notes' stacked denoising autoencoder).
 """
+
 from __future__ import annotations
 
 import math
@@ -22,7 +23,9 @@ from torch import nn
 from training.models.dense import DenseAutoencoder
 
 
-def _layer_loss(model: DenseAutoencoder, first: bool, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+def _layer_loss(
+    model: DenseAutoencoder, first: bool, logits: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
     if first and model.output == "sigmoid":
         per = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
     elif first:
@@ -32,15 +35,20 @@ def _layer_loss(model: DenseAutoencoder, first: bool, logits: torch.Tensor, targ
     return per.sum(1).mean()
 
 
-def pretrain_stacked(model: nn.Module, x_train: torch.Tensor, cfg, corrupt=None,
-                     progress: bool | None = None) -> dict:
+def pretrain_stacked(
+    model: nn.Module, x_train: torch.Tensor, cfg, corrupt=None, progress: bool | None = None
+) -> dict:
     """Greedy layer-wise pre-training in place; returns {"layers": [{"layer", "sizes", "loss", "seconds"}]}."""
     if not isinstance(model, DenseAutoencoder):
-        raise ValueError(f"stacked pre-training is implemented for dense models (layer-wise dense AEs), "
-                         f"not {getattr(model, 'registry_name', type(model).__name__)!r}")
+        raise ValueError(
+            f"stacked pre-training is implemented for dense models (layer-wise dense AEs), "
+            f"not {getattr(model, 'registry_name', type(model).__name__)!r}"
+        )
     n = len(model.enc_w)
     if n < 2:
-        raise ValueError("stacked pre-training needs a deep model: give hidden layers, e.g. --arg hidden=(256,64)")
+        raise ValueError(
+            "stacked pre-training needs a deep model: give hidden layers, e.g. --arg hidden=(256,64)"
+        )
     g = torch.Generator().manual_seed(cfg.seed + 1)
     with torch.no_grad():
         h = model.normalize(x_train).flatten(1)
@@ -53,7 +61,9 @@ def pretrain_stacked(model: nn.Module, x_train: torch.Tensor, cfg, corrupt=None,
         params = [w, b, c]
         opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
         steps = cfg.pretrain_epochs * math.ceil(len(h) / cfg.batch_size)
-        sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
+        sched = torch.optim.lr_scheduler.OneCycleLR(
+            opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15
+        )
         total = 0.0
         for _ in range(cfg.pretrain_epochs):
             perm = torch.randperm(len(h), generator=g)
@@ -74,10 +84,17 @@ def pretrain_stacked(model: nn.Module, x_train: torch.Tensor, cfg, corrupt=None,
             if not model.tied:
                 model.dec_w[n - 1 - i].copy_(w.t())
             model.dec_b[n - 1 - i].copy_(c)
-        rec = {"layer": i, "sizes": [int(w.shape[1]), int(w.shape[0])], "loss": total / len(h),
-               "seconds": time.perf_counter() - t0}
+        rec = {
+            "layer": i,
+            "sizes": [int(w.shape[1]), int(w.shape[0])],
+            "loss": total / len(h),
+            "seconds": time.perf_counter() - t0,
+        }
         layers.append(rec)
         if progress is not None:
-            print(f"pretrain layer {i} ({rec['sizes'][0]}->{rec['sizes'][1]}): loss {rec['loss']:.3f} "
-                  f"after {cfg.pretrain_epochs} epochs", file=sys.stderr)
+            print(
+                f"pretrain layer {i} ({rec['sizes'][0]}->{rec['sizes'][1]}): loss {rec['loss']:.3f} "
+                f"after {cfg.pretrain_epochs} epochs",
+                file=sys.stderr,
+            )
     return {"epochs_per_layer": cfg.pretrain_epochs, "layers": layers}

@@ -5,6 +5,7 @@
 The checkpoint holds weights, the constructor arguments and the config, and
 loads with ``torch.load(path, weights_only=True)``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -53,7 +54,9 @@ class TrainConfig:
     rd_lambda: float = 0.0  # 0 = plain reconstruction loss
     quant_noise: str = "none"  # decoder-side rounding proxy: none | noise | ste | mixed
     rd_distortion: str = "mse"  # mse (pixel squared error, what PSNR measures) | model (its own loss)
-    init_checkpoint: str = ""  # start from these weights (same model and args), e.g. one base for a rate ladder
+    init_checkpoint: str = (
+        ""  # start from these weights (same model and args), e.g. one base for a rate ladder
+    )
 
 
 def _set_seed(seed: int) -> None:
@@ -90,11 +93,18 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
         from training.vq import train_vq
 
         record = train_vq(model, x_train, x_val, cfg, progress)
-        record["data"] = {"spec": cfg.data, "source": ds.source, "items": len(x_train), "val_items": len(x_val),
-                          "shape": list(ds.item_shape)}
+        record["data"] = {
+            "spec": cfg.data,
+            "source": ds.source,
+            "items": len(x_train),
+            "val_items": len(x_val),
+            "shape": list(ds.item_shape),
+        }
         return model.eval(), record
     corrupt = Corruption.from_config(cfg)  # denoising (identity when off)
-    reg = Regularizers.from_config(cfg, model, denoising=corrupt.active)  # refuses unregularised overcomplete codes
+    reg = Regularizers.from_config(
+        cfg, model, denoising=corrupt.active
+    )  # refuses unregularised overcomplete codes
     model.quant_proxy = cfg.quant_noise
     rate = None
     if cfg.rd_lambda > 0:
@@ -112,8 +122,13 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         perm = torch.randperm(len(x_train), generator=g)
-        bar = tqdm(range(0, len(x_train), cfg.batch_size), desc=f"epoch {epoch}/{cfg.epochs}",
-                   disable=not progress, leave=False, file=sys.stderr)  # None and False: no bar
+        bar = tqdm(
+            range(0, len(x_train), cfg.batch_size),
+            desc=f"epoch {epoch}/{cfg.epochs}",
+            disable=not progress,
+            leave=False,
+            file=sys.stderr,
+        )  # None and False: no bar
         total = 0.0
         for i in bar:
             xb = x_train[perm[i : i + cfg.batch_size]]
@@ -128,16 +143,31 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
             total += float(loss.detach()) * len(xb)
             bar.set_postfix(loss=f"{float(loss.detach()):.2f}", refresh=False)
         val = evaluate(model, x_val) if len(x_val) else {}
-        rec = {"epoch": epoch, "train_loss": total / len(x_train), **{f"val_{k}": v for k, v in val.items()},
-               "seconds": time.perf_counter() - t0}
+        rec = {
+            "epoch": epoch,
+            "train_loss": total / len(x_train),
+            **{f"val_{k}": v for k, v in val.items()},
+            "seconds": time.perf_counter() - t0,
+        }
         rec.update(reg.epoch_report(progress))  # sparse: mean code activation rho_hat per unit
         history.append(rec)
         if progress is not None:  # None: silent (tests); False: no bar, one line per epoch
-            print(f"epoch {epoch}: train loss {rec['train_loss']:.3f}  val loss {val.get('loss', float('nan')):.3f}  "
-                  f"val PSNR {val.get('psnr', float('nan')):.2f} dB", file=sys.stderr)
-    record = {"history": history, "data": {"spec": cfg.data, "source": ds.source, "items": len(x_train),
-                                           "val_items": len(x_val), "shape": list(ds.item_shape)},
-              "train_seconds": time.perf_counter() - t0}
+            print(
+                f"epoch {epoch}: train loss {rec['train_loss']:.3f}  val loss {val.get('loss', float('nan')):.3f}  "
+                f"val PSNR {val.get('psnr', float('nan')):.2f} dB",
+                file=sys.stderr,
+            )
+    record = {
+        "history": history,
+        "data": {
+            "spec": cfg.data,
+            "source": ds.source,
+            "items": len(x_train),
+            "val_items": len(x_val),
+            "shape": list(ds.item_shape),
+        },
+        "train_seconds": time.perf_counter() - t0,
+    }
     if pre is not None:
         record["pretraining"] = pre
     if rate is not None:  # the learned prior, tabulated on the integer grid, for export (--quant learned)
@@ -187,31 +217,72 @@ def _parse_value(text: str):
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="aecodec-train", description=__doc__.split("\n")[0])
     p.add_argument("--model", default="conv", choices=model_names())
-    p.add_argument("--arg", action="append", default=[], metavar="KEY=VALUE",
-                   help="model constructor argument (Python literal), e.g. code_dim=32 or channels=(16,32)")
-    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist | digits | an IDX folder, .npz, or image folder")
+    p.add_argument(
+        "--arg",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="model constructor argument (Python literal), e.g. code_dim=32 or channels=(16,32)",
+    )
+    p.add_argument(
+        "--data",
+        default="fashion-mnist",
+        help="fashion-mnist | digits | an IDX folder, .npz, or image folder",
+    )
     p.add_argument("--data-dir", dest="data", help="alias of --data for an IDX folder")
     p.add_argument("--limit", type=int, default=0)
     p.add_argument("--epochs", type=int, default=TrainConfig.epochs)
     p.add_argument("--batch-size", type=int, default=TrainConfig.batch_size)
     p.add_argument("--lr", type=float, default=TrainConfig.lr)
     p.add_argument("--weight-decay", type=float, default=0.0)
-    p.add_argument("--rd-lambda", type=float, default=0.0, help="rate-distortion training: weight of bits per item")
-    p.add_argument("--quant-noise", default="none", choices=["none", "noise", "ste", "mixed"],
-                   help="quantisation-aware training: how the decoder sees rounded codes")
+    p.add_argument(
+        "--rd-lambda", type=float, default=0.0, help="rate-distortion training: weight of bits per item"
+    )
+    p.add_argument(
+        "--quant-noise",
+        default="none",
+        choices=["none", "noise", "ste", "mixed"],
+        help="quantisation-aware training: how the decoder sees rounded codes",
+    )
     p.add_argument("--rd-distortion", default="mse", choices=["mse", "model"])
-    p.add_argument("--mask-noise", type=float, default=0.0, metavar="Q", help="denoising: masking probability q")
-    p.add_argument("--gauss-noise", type=float, default=0.0, metavar="SIGMA", help="denoising: additive Gaussian sigma")
-    p.add_argument("--l1", type=float, default=0.0, metavar="LAMBDA", help="sparse: L1 penalty on code activations")
-    p.add_argument("--kl-sparsity", type=float, default=0.0, metavar="BETA",
-                   help="sparse: KL penalty towards --sparsity-target (needs code_activation='sigmoid')")
+    p.add_argument(
+        "--mask-noise", type=float, default=0.0, metavar="Q", help="denoising: masking probability q"
+    )
+    p.add_argument(
+        "--gauss-noise", type=float, default=0.0, metavar="SIGMA", help="denoising: additive Gaussian sigma"
+    )
+    p.add_argument(
+        "--l1", type=float, default=0.0, metavar="LAMBDA", help="sparse: L1 penalty on code activations"
+    )
+    p.add_argument(
+        "--kl-sparsity",
+        type=float,
+        default=0.0,
+        metavar="BETA",
+        help="sparse: KL penalty towards --sparsity-target (needs code_activation='sigmoid')",
+    )
     p.add_argument("--sparsity-target", type=float, default=TrainConfig.sparsity_target, metavar="RHO")
-    p.add_argument("--contractive", type=float, default=0.0, metavar="LAMBDA",
-                   help="contractive: squared Frobenius norm of the encoder Jacobian")
-    p.add_argument("--contractive-samples", type=int, default=0, metavar="M",
-                   help="contractive: 0 = exact norm; M = unbiased estimate from M random projections (faster)")
-    p.add_argument("--pretrain-epochs", type=int, default=0, metavar="N",
-                   help="stacked: greedy layer-wise pre-training epochs per layer, then --epochs of fine-tuning")
+    p.add_argument(
+        "--contractive",
+        type=float,
+        default=0.0,
+        metavar="LAMBDA",
+        help="contractive: squared Frobenius norm of the encoder Jacobian",
+    )
+    p.add_argument(
+        "--contractive-samples",
+        type=int,
+        default=0,
+        metavar="M",
+        help="contractive: 0 = exact norm; M = unbiased estimate from M random projections (faster)",
+    )
+    p.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=0,
+        metavar="N",
+        help="stacked: greedy layer-wise pre-training epochs per layer, then --epochs of fine-tuning",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -226,14 +297,29 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
             raise CodecError(f"--arg {kv!r}: expected KEY=VALUE")
         k, v = kv.split("=", 1)
         model_args[k.strip()] = _parse_value(v.strip())
-    return TrainConfig(model=args.model, model_args=model_args, data=args.data, limit=args.limit,
-                       epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                       weight_decay=args.weight_decay, seed=args.seed, threads=args.threads,
-                       rd_lambda=args.rd_lambda, quant_noise=args.quant_noise, rd_distortion=args.rd_distortion,
-                       mask_noise=args.mask_noise, gauss_noise=args.gauss_noise, l1=args.l1,
-                       kl_sparsity=args.kl_sparsity, sparsity_target=args.sparsity_target,
-                       contractive=args.contractive, contractive_samples=args.contractive_samples,
-                       pretrain_epochs=args.pretrain_epochs)
+    return TrainConfig(
+        model=args.model,
+        model_args=model_args,
+        data=args.data,
+        limit=args.limit,
+        epochs=args.epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        seed=args.seed,
+        threads=args.threads,
+        rd_lambda=args.rd_lambda,
+        quant_noise=args.quant_noise,
+        rd_distortion=args.rd_distortion,
+        mask_noise=args.mask_noise,
+        gauss_noise=args.gauss_noise,
+        l1=args.l1,
+        kl_sparsity=args.kl_sparsity,
+        sparsity_target=args.sparsity_target,
+        contractive=args.contractive,
+        contractive_samples=args.contractive_samples,
+        pretrain_epochs=args.pretrain_epochs,
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -246,8 +332,10 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     path = save_checkpoint(args.out, model, cfg, record)
     last = record["history"][-1] if record["history"] else {}
-    print(f"saved {path}: {cfg.model} {model.args}, val PSNR {last.get('val_psnr', float('nan')):.2f} dB, "
-          f"{record['train_seconds']:.0f} s")
+    print(
+        f"saved {path}: {cfg.model} {model.args}, val PSNR {last.get('val_psnr', float('nan')):.2f} dB, "
+        f"{record['train_seconds']:.0f} s"
+    )
     return 0
 
 

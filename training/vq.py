@@ -12,6 +12,7 @@ The record has the same shape as gradient training's: a per-iteration history
 with the validation PSNR, and `rate_prior` (the index distribution on the
 integer grid) for `--quant learned` export.
 """
+
 from __future__ import annotations
 
 import sys
@@ -50,7 +51,9 @@ def train_vq(model, x_train: torch.Tensor, x_val: torch.Tensor, cfg, progress: b
     k_total = model.codewords
     flat = x_train.flatten(1)
     pixels = flat.shape[1]
-    if not bool(model.codebook.abs().sum()):  # fresh model (a chained rung keeps its codebook): K distinct items
+    if not bool(
+        model.codebook.abs().sum()
+    ):  # fresh model (a chained rung keeps its codebook): K distinct items
         if len(flat) < k_total:
             raise ValueError(f"{k_total} codewords need at least as many training items, got {len(flat)}")
         model.codebook.copy_(flat[torch.randperm(len(flat), generator=g)[:k_total]])
@@ -67,21 +70,37 @@ def train_vq(model, x_train: torch.Tensor, x_val: torch.Tensor, cfg, progress: b
         p = index_probabilities(idx, k_total)
         model.bias.copy_(cfg.rd_lambda * -torch.log2(p))
         bits = float((-torch.log2(p[idx])).mean())
-        rec = {"epoch": it, "train_loss": float(err.mean()) + cfg.rd_lambda * bits, "train_bits": bits,
-               "codewords_used": int(used.sum()), "seconds": time.perf_counter() - t0}
+        rec = {
+            "epoch": it,
+            "train_loss": float(err.mean()) + cfg.rd_lambda * bits,
+            "train_bits": bits,
+            "codewords_used": int(used.sum()),
+            "seconds": time.perf_counter() - t0,
+        }
         if len(x_val):
             _, verr = assign(model, x_val)
             val_mse = float(verr.mean()) / pixels
             rec.update(val_mse=val_mse, val_psnr=psnr_from_mse(val_mse))
         history.append(rec)
         if progress is not None:
-            print(f"iteration {it}: train loss {rec['train_loss']:.3f}  {bits:.2f} bits  "
-                  f"{rec['codewords_used']} codewords used  val PSNR {rec.get('val_psnr', float('nan')):.2f} dB",
-                  file=sys.stderr)
+            print(
+                f"iteration {it}: train loss {rec['train_loss']:.3f}  {bits:.2f} bits  "
+                f"{rec['codewords_used']} codewords used  val PSNR {rec.get('val_psnr', float('nan')):.2f} dB",
+                file=sys.stderr,
+            )
     idx, _ = assign(model, x_train)  # the final codebook's assignment: what the exported tables describe
     p = index_probabilities(idx, k_total)
     b = model.grid_bits
-    return {"history": history, "train_seconds": time.perf_counter() - t0,
-            "rate_prior": {"grid_bits": b, "lo": -(1 << (b - 1)), "hi": (1 << (b - 1)) - 1, "components": 0,
-                           "rd_lambda": cfg.rd_lambda, "train_bits_per_item": float((-torch.log2(p[idx])).mean()),
-                           "probs": [[float(v) for v in p]]}}
+    return {
+        "history": history,
+        "train_seconds": time.perf_counter() - t0,
+        "rate_prior": {
+            "grid_bits": b,
+            "lo": -(1 << (b - 1)),
+            "hi": (1 << (b - 1)) - 1,
+            "components": 0,
+            "rd_lambda": cfg.rd_lambda,
+            "train_bits_per_item": float((-torch.log2(p[idx])).mean()),
+            "probs": [[float(v) for v in p]],
+        },
+    }

@@ -4,11 +4,12 @@ Health stays open because load balancers (Envoy, Kubernetes, Docker) probe it
 without credentials. Tokens are compared with hmac.compare_digest against every
 configured token so that timing does not reveal how much of a guess matched.
 """
+
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import grpc
 
@@ -74,7 +75,7 @@ class AuthInterceptor(grpc.ServerInterceptor):
         value = values[0] if isinstance(values[0], str) else values[0].decode("utf-8", "replace")
         if not value.lower().startswith(_SCHEME):
             return "authorization metadata must be 'Bearer <token>'"
-        if not self._valid(value[len(_SCHEME):].strip().encode()):
+        if not self._valid(value[len(_SCHEME) :].strip().encode()):
             return "invalid bearer token"
         return None
 

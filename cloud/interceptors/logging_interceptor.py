@@ -1,4 +1,5 @@
 """One structured log line per RPC: method, status code, duration, peer."""
+
 from __future__ import annotations
 
 import logging
@@ -19,7 +20,13 @@ def _wrap_unary(behavior, method: str):
             code = context.code().name if context.code() else "UNKNOWN"
             raise
         finally:
-            log.info("rpc=%s code=%s ms=%.1f peer=%s", method, code, (time.perf_counter() - t0) * 1e3, context.peer())
+            log.info(
+                "rpc=%s code=%s ms=%.1f peer=%s",
+                method,
+                code,
+                (time.perf_counter() - t0) * 1e3,
+                context.peer(),
+            )
 
     return handler
 
@@ -34,7 +41,13 @@ def _wrap_stream(behavior, method: str):
             code = context.code().name if context.code() else "UNKNOWN"
             raise
         finally:
-            log.info("rpc=%s code=%s ms=%.1f peer=%s", method, code, (time.perf_counter() - t0) * 1e3, context.peer())
+            log.info(
+                "rpc=%s code=%s ms=%.1f peer=%s",
+                method,
+                code,
+                (time.perf_counter() - t0) * 1e3,
+                context.peer(),
+            )
 
     return handler
 

@@ -5,11 +5,12 @@ interceptor (auth) rejects. Items and bytes are counted as responses go out:
 Decode/DecodeStream answer each request with one response and Ingest
 acknowledges each request with one ack, so a FIFO of request sizes pairs them.
 """
+
 from __future__ import annotations
 
 import time
 from collections import deque
-from typing import Callable, Iterator
+from collections.abc import Callable, Iterator
 
 import grpc
 

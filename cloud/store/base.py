@@ -5,12 +5,13 @@ the caller may acknowledge the items. The key is (device_id, item_id); writing
 an item again is a no-op that reports it as a duplicate, which is what makes
 ingest idempotent under client retries.
 """
+
 from __future__ import annotations
 
 import abc
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence
 
 from latent_codec.errors import CodecError
 
@@ -64,8 +65,10 @@ def same_content(a_bundle: str, a_payload: bytes, b_bundle: str, b_payload: byte
 
 def conflict_message(item: NewItem) -> str:
     digest = hashlib.sha256(item.payload).hexdigest()[:12]
-    return (f"item_id {item.item_id!r} of device {item.device_id!r} is already stored with a different "
-            f"bundle or payload (this payload sha256 {digest}); item ids must not be reused")
+    return (
+        f"item_id {item.item_id!r} of device {item.device_id!r} is already stored with a different "
+        f"bundle or payload (this payload sha256 {digest}); item ids must not be reused"
+    )
 
 
 class Store(abc.ABC):
@@ -108,13 +111,17 @@ def open_store(url: str) -> Store:
     if url.startswith("sqlite:"):
         # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db
         if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
-            raise StoreError(f"store URL {url!r}: use sqlite:///relative.db, sqlite:////abs/path.db or a plain path")
-        path = url[len("sqlite:///"):]
+            raise StoreError(
+                f"store URL {url!r}: use sqlite:///relative.db, sqlite:////abs/path.db or a plain path"
+            )
+        path = url[len("sqlite:///") :]
         from .sqlite import SqliteStore
 
         return SqliteStore(path)
     if "://" in url:
-        raise StoreError(f"store URL {url!r}: unknown scheme (use a file path, sqlite:///path or postgresql://...)")
+        raise StoreError(
+            f"store URL {url!r}: unknown scheme (use a file path, sqlite:///path or postgresql://...)"
+        )
     from .sqlite import SqliteStore
 
     return SqliteStore(url)

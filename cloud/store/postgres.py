@@ -6,17 +6,27 @@ serialise on its primary key, so it is stored once and both acknowledge it.
 Connections come from a small thread-safe pool; a connection that failed is
 discarded, and connection failures surface as StoreUnavailable (retryable).
 """
+
 from __future__ import annotations
 
 import queue
 import threading
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from typing import Iterator, Sequence
 
 import psycopg
 
-from .base import (ItemConflict, NewItem, Store, StoredRecord, StoreError, StoreUnavailable, Summary,
-                   conflict_message, same_content)
+from .base import (
+    ItemConflict,
+    NewItem,
+    Store,
+    StoredRecord,
+    StoreError,
+    StoreUnavailable,
+    Summary,
+    conflict_message,
+    same_content,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ingested_items (
@@ -32,10 +42,12 @@ CREATE INDEX IF NOT EXISTS ingested_items_by_time ON ingested_items (device_id, 
 """
 SCHEMA_LOCK = 0x61656364  # pg_advisory_xact_lock key: replicas starting together create the schema once
 COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms"
-INSERT = (f"INSERT INTO ingested_items ({COLUMNS}) "
-          "SELECT d, i, b, p, c, %s::bigint FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], "
-          "%s::bigint[]) AS t(d, i, b, p, c) "
-          "ON CONFLICT (device_id, item_id) DO NOTHING RETURNING device_id, item_id")
+INSERT = (
+    f"INSERT INTO ingested_items ({COLUMNS}) "
+    "SELECT d, i, b, p, c, %s::bigint FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], "
+    "%s::bigint[]) AS t(d, i, b, p, c) "
+    "ON CONFLICT (device_id, item_id) DO NOTHING RETURNING device_id, item_id"
+)
 
 
 def _redact(url: str) -> str:
@@ -119,8 +131,13 @@ class PostgresStore(Store):
         if not items:
             return 0
         with self._conn() as conn, conn.transaction():
-            cols = ([it.device_id for it in items], [it.item_id for it in items], [it.bundle_id for it in items],
-                    [it.payload for it in items], [it.captured_at_ms for it in items])
+            cols = (
+                [it.device_id for it in items],
+                [it.item_id for it in items],
+                [it.bundle_id for it in items],
+                [it.payload for it in items],
+                [it.captured_at_ms for it in items],
+            )
             inserted = set(conn.execute(INSERT, (stored_at_ms, *cols)).fetchall())
             rest = [it for it in items if (it.device_id, it.item_id) not in inserted]
             if not rest:
@@ -128,7 +145,8 @@ class PostgresStore(Store):
             rows = conn.execute(
                 "SELECT device_id, item_id, bundle_id, payload FROM ingested_items "
                 "WHERE (device_id, item_id) IN (SELECT * FROM unnest(%s::text[], %s::text[]))",
-                ([it.device_id for it in rest], [it.item_id for it in rest])).fetchall()
+                ([it.device_id for it in rest], [it.item_id for it in rest]),
+            ).fetchall()
             old = {(d, i): (b, bytes(p)) for d, i, b, p in rows}
             for it in rest:
                 prev = old.get((it.device_id, it.item_id))

@@ -5,15 +5,25 @@ crashed process, which is what an acknowledgement promises. Writers take the
 write lock up front (BEGIN IMMEDIATE) so the duplicate check and the insert
 see the same state.
 """
+
 from __future__ import annotations
 
 import sqlite3
 import threading
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
-from .base import (ItemConflict, NewItem, Store, StoredRecord, StoreError, StoreUnavailable, Summary,
-                   conflict_message, same_content)
+from .base import (
+    ItemConflict,
+    NewItem,
+    Store,
+    StoredRecord,
+    StoreError,
+    StoreUnavailable,
+    Summary,
+    conflict_message,
+    same_content,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS ingested_items (
@@ -42,8 +52,9 @@ class SqliteStore(Store):
             raise StoreError(f"store {self.path}: directory {self.path.parent} does not exist")
         self._lock = threading.Lock()
         try:
-            self._db = sqlite3.connect(str(self.path), timeout=busy_timeout_s, isolation_level=None,
-                                       check_same_thread=False)
+            self._db = sqlite3.connect(
+                str(self.path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
+            )
             mode = self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0]
             if mode.lower() != "wal":
                 raise StoreError(f"store {self.path}: cannot switch to WAL mode (got {mode})")
@@ -71,8 +82,16 @@ class SqliteStore(Store):
                     for it in items:
                         old = existing.get((it.device_id, it.item_id))
                         if old is None:
-                            fresh.append((it.device_id, it.item_id, it.bundle_id, it.payload, it.captured_at_ms,
-                                          stored_at_ms))
+                            fresh.append(
+                                (
+                                    it.device_id,
+                                    it.item_id,
+                                    it.bundle_id,
+                                    it.payload,
+                                    it.captured_at_ms,
+                                    stored_at_ms,
+                                )
+                            )
                         elif same_content(old[0], old[1], it.bundle_id, it.payload):
                             dup += 1
                         else:
@@ -95,8 +114,10 @@ class SqliteStore(Store):
         for device, ids in by_device.items():
             for i in range(0, len(ids), CHUNK):
                 part = ids[i : i + CHUNK]
-                q = (f"SELECT item_id, bundle_id, payload FROM ingested_items WHERE device_id = ? "
-                     f"AND item_id IN ({','.join('?' * len(part))})")
+                q = (
+                    f"SELECT item_id, bundle_id, payload FROM ingested_items WHERE device_id = ? "
+                    f"AND item_id IN ({','.join('?' * len(part))})"
+                )
                 for item_id, bundle_id, payload in self._db.execute(q, [device, *part]):
                     found[(device, item_id)] = (bundle_id, bytes(payload))
         return found

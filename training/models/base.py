@@ -6,6 +6,7 @@ with squared error) is applied here, once, so training can use the
 numerically stable BCE-with-logits and export can bake the activation and
 the input standardisation into the ONNX graphs.
 """
+
 from __future__ import annotations
 
 import torch
@@ -29,7 +30,11 @@ class Autoencoder(nn.Module):
         # Per-pixel statistics of the training data; identity until set_input_stats.
         self.register_buffer("input_mean", torch.zeros(self.input_shape))
         self.register_buffer("input_std", torch.ones(self.input_shape))
-        self.args: dict = {"input_shape": list(self.input_shape), "output": output, "standardize": standardize}
+        self.args: dict = {
+            "input_shape": list(self.input_shape),
+            "output": output,
+            "standardize": standardize,
+        }
         # Training-only stand-in for code rounding (training.rate.PROXIES); "none" keeps forward unchanged.
         # Not a constructor argument: exported graphs never quantise, the payload quantiser does.
         self.quant_proxy = "none"

@@ -1,5 +1,6 @@
 """Convolutional autoencoder: conv + pooling (or strided conv) encoder; the decoder mirrors it with
 transposed convolution, average unpooling or max unpooling with switches."""
+
 from __future__ import annotations
 
 import torch
@@ -48,16 +49,22 @@ class ConvAutoencoder(Autoencoder):
         super().__init__(input_shape, output, standardize)
         c_in, h, w = self.input_shape
         if deconv_kernel not in (2, 4):
-            raise ValueError(f"deconv_kernel must be 2 (kernel = stride, no overlap) or 4 (overlapping), got {deconv_kernel}")
+            raise ValueError(
+                f"deconv_kernel must be 2 (kernel = stride, no overlap) or 4 (overlapping), got {deconv_kernel}"
+            )
         factor = 2 ** len(channels)
         if h % factor or w % factor:
-            raise ValueError(f"input {h}x{w} must be divisible by {factor} for {len(channels)} pooling stages")
+            raise ValueError(
+                f"input {h}x{w} must be divisible by {factor} for {len(channels)} pooling stages"
+            )
         if pool not in ("max", "avg", "stride"):
             raise ValueError(f"pool must be max, avg or stride, got {pool!r}")
         if up not in UPSAMPLING:
             raise ValueError(f"up must be one of {', '.join(UPSAMPLING)}, got {up!r}")
         if up == "max" and pool != "max":
-            raise ValueError("up='max' (max unpooling) needs the switches of max pooling layers: use pool='max'")
+            raise ValueError(
+                "up='max' (max unpooling) needs the switches of max pooling layers: use pool='max'"
+            )
         if kernel not in (3, 5):
             raise ValueError(f"kernel must be 3 or 5, got {kernel}")
         if hidden < 0:
@@ -70,7 +77,11 @@ class ConvAutoencoder(Autoencoder):
             if pool == "stride":
                 enc += [nn.Conv2d(prev, c, kernel, stride=2, padding=kernel // 2), nn.ReLU()]
             else:
-                p = (MaxPoolSwitches() if up == "max" else nn.MaxPool2d(2)) if pool == "max" else nn.AvgPool2d(2)
+                p = (
+                    (MaxPoolSwitches() if up == "max" else nn.MaxPool2d(2))
+                    if pool == "max"
+                    else nn.AvgPool2d(2)
+                )
                 enc += [nn.Conv2d(prev, c, kernel, padding=kernel // 2), nn.ReLU(), p]
             prev = c
         self.features = nn.Sequential(*enc)
@@ -99,17 +110,30 @@ class ConvAutoencoder(Autoencoder):
             # Mirror of each encoder block (conv, relu, pool): unpool, then a 3x3 conv back to the
             # block's input channels (ReLU except on the last, which gives pixel logits).
             self.unconvs = nn.ModuleList(
-                nn.Conv2d(c, rev[i + 1] if i + 1 < len(rev) else c_in, 3, padding=1) for i, c in enumerate(rev)
+                nn.Conv2d(c, rev[i + 1] if i + 1 < len(rev) else c_in, 3, padding=1)
+                for i, c in enumerate(rev)
             )
             self.unpool = MaxUnpoolSwitches() if up == "max" else None
         # Switch side tensors, outermost pooling layer first: switchesK is [C_K, H / 2^(K+1), W / 2^(K+1)].
-        self._switch_shapes = [[c, h // 2 ** (k + 1), w // 2 ** (k + 1)] for k, c in enumerate(channels)] \
-            if up == "max" else []
-        self.args.update(code_dim=code_dim, channels=list(channels), pool=pool, up=up,
-                         code_activation=code_activation, deconv_kernel=deconv_kernel, kernel=kernel, hidden=hidden)
+        self._switch_shapes = (
+            [[c, h // 2 ** (k + 1), w // 2 ** (k + 1)] for k, c in enumerate(channels)] if up == "max" else []
+        )
+        self.args.update(
+            code_dim=code_dim,
+            channels=list(channels),
+            pool=pool,
+            up=up,
+            code_activation=code_activation,
+            deconv_kernel=deconv_kernel,
+            kernel=kernel,
+            hidden=hidden,
+        )
 
     def side_fields(self) -> list[dict]:
-        return [{"name": f"switches{k}", "shape": s, "bits": SWITCH_BITS} for k, s in enumerate(self._switch_shapes)]
+        return [
+            {"name": f"switches{k}", "shape": s, "bits": SWITCH_BITS}
+            for k, s in enumerate(self._switch_shapes)
+        ]
 
     def encode(self, x):
         side: dict[str, torch.Tensor] = {}

@@ -1,9 +1,9 @@
 """Dense autoencoders: undercomplete (one hidden layer) and deep, optionally with tied weights."""
+
 from __future__ import annotations
 
 import math
 
-import torch
 from torch import nn
 
 from ..registry import register_model
@@ -51,8 +51,11 @@ class DenseAutoencoder(Autoencoder):
         self.code_act = ACTIVATIONS[code_activation]()
         self.tied = tied
         self.args.update(
-            code_dim=code_dim, hidden=list(hidden), activation=activation,
-            code_activation=code_activation, tied=tied,
+            code_dim=code_dim,
+            hidden=list(hidden),
+            activation=activation,
+            code_activation=code_activation,
+            tied=tied,
         )
 
     def encode(self, x):

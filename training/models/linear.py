@@ -4,6 +4,7 @@ z = W x_c + b, x_hat_c = W' z + b' with x_c = x - mean (per pixel, baked into th
 At the optimum the columns of W' span the top-k principal subspace (Baldi & Hornik 1989); they
 need not be orthonormal or equal to the eigenvectors themselves, so compare subspaces, not weights.
 """
+
 from __future__ import annotations
 
 import torch
@@ -20,8 +21,13 @@ class LinearAutoencoder(DenseAutoencoder):
         fixed = {"output", "standardize", "hidden", "activation", "code_activation"}
         if set(_fixed) - fixed:
             raise TypeError(f"linear autoencoder: unknown arguments {sorted(set(_fixed) - fixed)}")
-        for k, want in (("output", "linear"), ("standardize", True), ("hidden", []), ("activation", "linear"),
-                        ("code_activation", "linear")):
+        for k, want in (
+            ("output", "linear"),
+            ("standardize", True),
+            ("hidden", []),
+            ("activation", "linear"),
+            ("code_activation", "linear"),
+        ):
             if k in _fixed and _fixed[k] != want and not (k == "hidden" and list(_fixed[k]) == want):
                 raise ValueError(f"the linear autoencoder fixes {k}={want!r} (it is what makes it PCA)")
         # standardize=True routes the per-pixel mean through normalize/activate and the exported

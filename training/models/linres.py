@@ -9,6 +9,7 @@ starts from the linear baseline's operating point and only has to learn what
 the nonlinear corrections buy; a short training budget cannot end up worse
 than the linear code it started from. Outputs are linear (squared error).
 """
+
 from __future__ import annotations
 
 import math
@@ -27,8 +28,14 @@ class LinearResidualAutoencoder(Autoencoder):
     # step, so the PCA start drifts LINEAR_GAIN times slower than the MLPs learn their corrections.
     LINEAR_GAIN = 0.1
 
-    def __init__(self, input_shape=(1, 28, 28), code_dim: int = 128, hidden: int = 512, output: str = "linear",
-                 standardize: bool = False):
+    def __init__(
+        self,
+        input_shape=(1, 28, 28),
+        code_dim: int = 128,
+        hidden: int = 512,
+        output: str = "linear",
+        standardize: bool = False,
+    ):
         super().__init__(input_shape, output, standardize)
         d = math.prod(self.input_shape)
         self.lin_enc = nn.Linear(d, code_dim)

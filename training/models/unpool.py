@@ -7,6 +7,7 @@ what the payload carries; the decoder rebuilds the global indices that
 MaxUnpool2d wants. Both conversions are plain tensor arithmetic, so they are
 part of the exported ONNX graphs.
 """
+
 from __future__ import annotations
 
 import torch

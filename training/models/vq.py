@@ -17,12 +17,12 @@ nothing new.
 Why it is in the family: at a few bytes per item one index of up to 12 bits is
 a much better use of the bytes than a few scalar dimensions (docs/rd.md).
 """
+
 from __future__ import annotations
 
 import math
 
 import torch
-from torch import nn
 
 from ..registry import register_model
 from .base import Autoencoder
@@ -32,8 +32,13 @@ MAX_CODEWORDS = 4096  # 12-bit symbols: the largest alphabet the entropy tables 
 
 @register_model("vq")
 class VectorQuantizedAutoencoder(Autoencoder):
-    def __init__(self, input_shape=(1, 28, 28), codewords: int = 1024, output: str = "linear",
-                 standardize: bool = False):
+    def __init__(
+        self,
+        input_shape=(1, 28, 28),
+        codewords: int = 1024,
+        output: str = "linear",
+        standardize: bool = False,
+    ):
         super().__init__(input_shape, output, standardize)
         if output != "linear":
             raise ValueError("vq reconstructs codewords directly: use output='linear'")
@@ -51,7 +56,7 @@ class VectorQuantizedAutoencoder(Autoencoder):
 
     def costs(self, h: torch.Tensor) -> torch.Tensor:
         """(N, K) squared distance to each codeword, up to the per-item constant ||x||^2, plus the bias."""
-        return (self.codebook ** 2).sum(1) - 2 * h @ self.codebook.t() + self.bias
+        return (self.codebook**2).sum(1) - 2 * h @ self.codebook.t() + self.bias
 
     def encode(self, x):
         idx = torch.argmin(self.costs(x.flatten(1)), dim=1)
