@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset postgres proto demo test test-fast bench-rd bench-ingest bench-variants clean
+.PHONY: setup dataset postgres proto lint demo test test-fast bench-rd bench-ingest bench-variants clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,12 +26,19 @@ postgres:
 proto: $(STAMP)
 	$(PY) tools/gen_proto.py
 
+# Lint, format and types: what .ci/run runs before the tests.
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/mypy
+
 demo: setup
 	$(PY) -m tools.demo
 
 test: setup postgres
 	$(PY) -m pytest
 
+# Everything but the tests that train models for a while (under a minute on 2 cores).
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
 

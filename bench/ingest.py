@@ -52,11 +52,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def payloads_for(bundle: Path, data: str, n: int) -> tuple[str, list[bytes]]:
-    from edge.encoder import EdgeEncoder
     from latent_codec import datasets
+    from latent_codec.codec import Codec
 
-    enc = EdgeEncoder(bundle)
-    x = datasets.load(data, "train", mode="L" if enc.manifest.input.shape[0] == 1 else "RGB").x
+    enc = Codec.open(bundle, need=("encoder",))
+    x = datasets.load(data, "train", mode="L" if enc.input.shape[0] == 1 else "RGB").x
     x = np.concatenate([x] * (n // len(x) + 1))[:n]
     return enc.bundle_id, enc.encode(x)
 
@@ -112,8 +112,8 @@ def ingest_rate(target: str, bundle_id: str, payloads: list[bytes], batch: int, 
 
     import grpc
 
-    from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
-    from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
+    from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+    from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
     device = f"bench-{uuid.uuid4().hex[:8]}"
     now = int(time.time() * 1000)
@@ -135,7 +135,7 @@ def ingest_rate(target: str, bundle_id: str, payloads: list[bytes], batch: int, 
             yield r
 
     with grpc.insecure_channel(target) as ch:
-        stub = pb_grpc.CodecStub(ch)
+        stub = pb_grpc.StorageStub(ch)
         grpc.channel_ready_future(ch).result(timeout=30)
         t0 = time.perf_counter()
         acked = 0
@@ -167,11 +167,11 @@ def pg_drop(url: str, schema: str) -> None:
 
 def spool_overhead(bundle: Path, data: str, n: int, batch: int, workdir: Path) -> list[tuple[str, float]]:
     """Microseconds per item: encode alone, then encode + spool in + read + remove on ack (one batch at a time)."""
-    from edge.encoder import EdgeEncoder
     from edge.spool import Spool
     from latent_codec import datasets
+    from latent_codec.codec import Codec
 
-    enc = EdgeEncoder(bundle)
+    enc = Codec.open(bundle, need=("encoder",))
     x = datasets.load(data, "train", mode="L").x
     x = np.concatenate([x] * (n // len(x) + 1))[:n]
     t0 = time.perf_counter()

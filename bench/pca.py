@@ -16,9 +16,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from latent_codec.entropy import FactorizedPrior
-from latent_codec.packing import PayloadSpec
-from latent_codec.quantize import Quantizer
+from latent_codec.bundle import InputSpec
+from latent_codec.codec import Codec, FunctionTransforms
+from latent_codec.payload import FactorizedPrior, PayloadSpec, Quantizer
 
 KS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)  # k 1-2 and 2 bits reach the few-byte end of the ladder
 BITS = (2, 3, 4, 5, 6)
@@ -91,10 +91,16 @@ def payload_specs(pca: PCA, train_unit: np.ndarray) -> list[tuple[str, int, Payl
     return out
 
 
-def roundtrip(pca: PCA, spec: PayloadSpec, k: int, items_uint8: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Items -> (payload bytes per item, uint8 reconstructions) through pack/unpack."""
-    x = items_uint8.astype(np.float32) / 255.0
-    payloads = spec.pack(pca.encode(x, k).astype(np.float32))
-    z, _ = spec.unpack(payloads)
-    rec = np.clip(pca.decode(z), 0.0, 1.0).reshape(items_uint8.shape)
-    return np.array([len(p) for p in payloads]), np.rint(rec * 255.0).astype(np.uint8)
+def codec(pca: PCA, spec: PayloadSpec, k: int, items: np.ndarray) -> Codec:
+    """PCA with k components as a Codec: the project's own scaling, quantiser, coder and layout around it."""
+    transforms = FunctionTransforms(
+        lambda x: pca.encode(x, k).astype(np.float32), lambda z: pca.decode(z).astype(np.float32)
+    )
+    return Codec(InputSpec.of_items(items), [k], spec, transforms, bundle_id=f"pca-k{k}")
+
+
+def roundtrip(pca: PCA, spec: PayloadSpec, k: int, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Items -> (payload bytes per item, raw reconstructions) through the Codec's encode and decode."""
+    c = codec(pca, spec, k, items)
+    payloads = c.encode(items)
+    return np.array([len(p) for p in payloads]), c.decode(payloads)

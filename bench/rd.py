@@ -27,7 +27,7 @@ import numpy as np
 from bench import classic, pca, quality
 from bench.bdrate import bd_rate, common_range, pareto
 from latent_codec import datasets
-from latent_codec.bundle import find_bundles
+from latent_codec.bundle import InputSpec, find_bundles
 from latent_codec.errors import CodecError
 
 DEFAULT_BUNDLES = Path("bundles/rd-ladder")
@@ -78,7 +78,7 @@ def run_classic(items: np.ndarray, train: np.ndarray, jobs: int, avif: bool) -> 
 
 
 def run_pca(items: np.ndarray, train: np.ndarray) -> list[dict]:
-    train_unit = datasets.to_unit(train)
+    train_unit = InputSpec.of_items(train).to_unit(train)
     model = pca.PCA.fit(train_unit, max(max(pca.KS), max(pca.UNIFORM_KS)))
     rows = []
     for label, k, spec in pca.payload_specs(model, train_unit):

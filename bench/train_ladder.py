@@ -71,14 +71,13 @@ def step_for(rd_lambda: float) -> float:
 
 def pca_start(path: Path, model_name: str, model_args: dict, data: str, limit: int, step: float) -> Path:
     """A checkpoint of the model with its linear path set to PCA at `step` (no training yet)."""
-    from latent_codec import datasets
-    from training.data import load_split
+    from training.data import load_split, to_tensor
     from training.registry import build_model
     from training.train import TrainConfig, save_checkpoint
 
     ds = load_split(data, "train", limit)
     model = build_model(model_name, {"input_shape": list(ds.item_shape), **model_args})
-    model.init_pca(datasets.to_unit(ds.x), step)
+    model.init_pca(to_tensor(ds).numpy(), step)
     cfg = TrainConfig(model=model_name, model_args=model_args, data=data, limit=limit, epochs=0)
     return save_checkpoint(path, model, cfg, {"history": [], "pca_init_step": step})
 
@@ -87,7 +86,7 @@ def counted_bits(ckpt: Path, rate_prior: dict, data: str, items: int) -> tuple[f
     """(learned-prior bits, counted-prior bits) per item on training codes: which tables to ship."""
     import torch
 
-    from latent_codec.entropy import FactorizedPrior
+    from latent_codec.payload import FactorizedPrior
     from training.data import load_split, to_tensor
     from training.rate import learned_payload
     from training.train import load_checkpoint

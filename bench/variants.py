@@ -206,15 +206,11 @@ def run_variant(v: Variant, args: argparse.Namespace) -> dict:
 
 
 def reconstructions(bundle_dir: str, x_raw: np.ndarray) -> np.ndarray:
-    """Items through a sealed bundle (encoder, packing, decoder): [0, 1] reconstructions."""
-    from latent_codec import datasets
-    from latent_codec.bundle import load_bundle, run_decoder, run_encoder
+    """Items through a sealed bundle's codec (encode, then decode): [0, 1] reconstructions."""
+    from latent_codec.codec import Codec
 
-    b = load_bundle(bundle_dir)
-    names = [f.name for f in b.manifest.payload.side]
-    code, side = run_encoder(b.session("encoder"), datasets.to_unit(x_raw), names)
-    z, side2 = b.manifest.payload.unpack(b.manifest.payload.pack(code, side))
-    return np.clip(run_decoder(b.session("decoder"), z, side2, b.manifest.code_shape), 0, 1)
+    codec = Codec.open(bundle_dir)
+    return codec.decode(codec.encode(x_raw), unit=True)
 
 
 def write_png(rows: list[dict], x_raw: np.ndarray, path: Path) -> None:
@@ -223,10 +219,10 @@ def write_png(rows: list[dict], x_raw: np.ndarray, path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from latent_codec import datasets
+    from latent_codec.bundle import InputSpec
 
     n = len(x_raw)
-    grid = [("original", datasets.to_unit(x_raw))] + [
+    grid = [("original", InputSpec.of_items(x_raw).to_unit(x_raw))] + [
         (r["variant"], reconstructions(r["bundle"], x_raw)) for r in rows
     ]
     fig, axes = plt.subplots(len(grid), n, figsize=(n * 0.9 + 1.6, len(grid) * 0.9), squeeze=False)

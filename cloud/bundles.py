@@ -1,4 +1,4 @@
-"""The bundles a server holds: loaded once, hash-verified, with one decoder session each."""
+"""The bundles a server holds: loaded once, hash-verified, one decoding codec each."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ import threading
 from dataclasses import dataclass
 from pathlib import Path
 
-from latent_codec.bundle import Bundle, find_bundles, load_bundle
+from latent_codec.bundle import find_bundles, load_bundle
+from latent_codec.codec import Codec
 from latent_codec.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -15,9 +16,13 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class LoadedBundle:
-    bundle: Bundle
-    decoder: object  # onnxruntime.InferenceSession (thread-safe for run())
+    codec: Codec  # decoder side only (ONNX Runtime sessions are thread-safe for run())
+    path: Path
     manifest_json: str
+
+    @property
+    def bundle_id(self) -> str:
+        return self.codec.bundle_id
 
 
 class BundleRegistry:
@@ -28,19 +33,16 @@ class BundleRegistry:
 
     def load_dir(self, root: str | Path) -> list[str]:
         """Load every bundle under root; a corrupt one is an error, not silently skipped."""
-        ids = []
-        for path in find_bundles(root):
-            ids.append(self.add(path))
-        return ids
+        return [self.add(path) for path in find_bundles(root)]
 
     def add(self, path: str | Path) -> str:
-        b = load_bundle(path, need=("decoder",))
-        sess = b.session("decoder", self._threads)
-        text = (Path(path) / "manifest.json").read_text()
+        path = Path(path)
+        codec = Codec.from_bundle(load_bundle(path, need=("decoder",)), self._threads)
+        text = (path / "manifest.json").read_text()
         with self._lock:
-            self._bundles[b.bundle_id] = LoadedBundle(b, sess, text)
-        log.info("loaded bundle %s from %s", b.bundle_id, path)
-        return b.bundle_id
+            self._bundles[codec.bundle_id] = LoadedBundle(codec, path, text)
+        log.info("loaded bundle %s from %s", codec.bundle_id, path)
+        return codec.bundle_id
 
     def get(self, bundle_id: str) -> LoadedBundle | None:
         return self._bundles.get(bundle_id)
@@ -52,4 +54,4 @@ class BundleRegistry:
         return len(self._bundles)
 
 
-__all__ = ["BundleRegistry", "LoadedBundle", "BundleError"]
+__all__ = ["BundleError", "BundleRegistry", "LoadedBundle"]

@@ -11,6 +11,7 @@ import threading
 from bisect import bisect_left
 from collections.abc import Iterable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import TypeVar
 
 from latent_codec.errors import CodecError
 
@@ -51,6 +52,9 @@ class _Metric:
 
     def header(self) -> list[str]:
         return [f"# HELP {self.name} {self.help}", f"# TYPE {self.name} {self.kind}"]
+
+    def render(self) -> list[str]:
+        raise NotImplementedError
 
 
 class Counter(_Metric):
@@ -134,13 +138,16 @@ class Histogram(_Metric):
         return out
 
 
+M = TypeVar("M", bound="_Metric")
+
+
 class Registry:
     """The metrics one server exposes; render() is the /metrics body."""
 
     def __init__(self) -> None:
         self._metrics: list[_Metric] = []
 
-    def register(self, metric: _Metric) -> _Metric:
+    def register(self, metric: M) -> M:
         self._metrics.append(metric)
         return metric
 

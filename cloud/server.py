@@ -2,8 +2,9 @@
 
     python -m cloud.server --bundles bundles/ --address 127.0.0.1:50051
 
-Loads every bundle under --bundles (hash-verified), registers the Codec
-service, grpc.health.v1 and reflection, and shuts down cleanly on SIGTERM or
+Loads every bundle under --bundles (hash-verified), registers the Decoding
+service (and the Storage service when --store is given), grpc.health.v1 and
+reflection, and shuts down cleanly on SIGTERM or
 SIGINT (in-flight RPCs get a grace period). To expose it beyond loopback:
 --auth-token-file (bearer tokens), --tls-cert/--tls-key, --metrics-address
 (Prometheus), --max-concurrent-rpcs; see docs/deployment.md.
@@ -26,18 +27,19 @@ from grpc_reflection.v1alpha import reflection
 
 from latent_codec.errors import CodecError
 from latent_codec.pem import read_pem
-from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
-from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
+from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
 from .bundles import BundleRegistry
+from .decoding_service import DecodingService
 from .interceptors.auth_interceptor import AuthInterceptor, load_tokens
 from .interceptors.logging_interceptor import LoggingInterceptor
 from .interceptors.metrics_interceptor import MetricsInterceptor
 from .metrics import CodecMetrics, MetricsHTTPServer, parse_address
-from .service import CodecService
 
 log = logging.getLogger("cloud")
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["Codec"].full_name
+DECODING = pb.DESCRIPTOR.services_by_name["Decoding"].full_name
+STORAGE = pb.DESCRIPTOR.services_by_name["Storage"].full_name
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 
 
@@ -46,7 +48,8 @@ class Running:
     server: grpc.Server
     port: int
     health: health.HealthServicer
-    service: CodecService
+    registry: BundleRegistry
+    storage: object | None = None  # cloud.storage_service.StorageService, when a store is configured
     metrics: CodecMetrics | None = None
     metrics_http: MetricsHTTPServer | None = None
 
@@ -57,8 +60,8 @@ class Running:
     def stop(self, grace: float = 5.0) -> None:
         self.health.enter_graceful_shutdown()
         self.server.stop(grace).wait()
-        if self.service.ingest is not None:
-            self.service.ingest.close()
+        if self.storage is not None:
+            self.storage.close()  # type: ignore[attr-defined]
         if self.metrics_http is not None:
             self.metrics_http.close()
 
@@ -112,12 +115,11 @@ def build_server(
     """
     registry = BundleRegistry(threads=threads)
     registry.load_dir(bundles)
-    ingest = None
+    storage = None
     if store:
-        from .ingest import IngestService  # only with a store
+        from .storage_service import StorageService  # only with a store
 
-        ingest = IngestService.from_url(store, registry)
-    service = CodecService(registry, ingest)
+        storage = StorageService.from_url(store, registry)
     metrics = CodecMetrics() if metrics_address else None
     # Order matters: metrics outermost (it sees calls auth rejects), then logging, then auth.
     interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics)] if metrics else []
@@ -134,10 +136,14 @@ def build_server(
         + list(keepalive or []),
         maximum_concurrent_rpcs=max_concurrent_rpcs or None,
     )
-    pb_grpc.add_CodecServicer_to_server(service, server)
+    pb_grpc.add_DecodingServicer_to_server(DecodingService(registry), server)
+    services = [DECODING]
+    if storage is not None:  # a server without a store does not offer Storage at all
+        pb_grpc.add_StorageServicer_to_server(storage, server)
+        services.append(STORAGE)
     hs = health.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
     metrics_http = None
     try:
         if tls is not None:
@@ -148,16 +154,17 @@ def build_server(
             raise CodecError(f"cannot bind {address}")
         if metrics:
             metrics.bundles.set(len(registry.ids()))
-            metrics_http = MetricsHTTPServer(metrics, metrics_address)
+            metrics_http = MetricsHTTPServer(metrics, metrics_address or "")
     except BaseException:
         server.stop(None)
-        if ingest is not None:
-            ingest.close()
+        if storage is not None:
+            storage.close()
         raise
     server.start()
     hs.set("", health_pb2.HealthCheckResponse.SERVING)
-    hs.set(SERVICE_NAME, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, port, hs, service, metrics, metrics_http)
+    for name in services:
+        hs.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return Running(server, port, hs, registry, storage, metrics, metrics_http)
 
 
 def security_from_args(args: argparse.Namespace) -> tuple[list[str] | None, tuple[bytes, bytes] | None]:
@@ -270,7 +277,7 @@ def main(argv: list[str] | None = None) -> int:
     except RuntimeError as exc:  # grpc raises RuntimeError when a port cannot be bound
         print(f"error: cannot listen on {args.address} ({exc})", file=sys.stderr)
         return 2
-    ids = running.service.registry.ids()
+    ids = running.registry.ids()
     log.info(
         "serving %d bundle(s) on port %d (%s, %s): %s",
         len(ids),

@@ -1,160 +1,97 @@
-"""gRPC channel to the cloud, with errors a person can read."""
+"""The Python client of the cloud: numpy arrays in, numpy arrays out.
+
+    from latent_codec.codec import Codec
+    from edge.client import CloudClient
+
+    codec = Codec.open("bundles/conv", need=("encoder",))
+    with CloudClient("127.0.0.1:50051") as cloud:
+        result = cloud.decode(codec, codec.encode(x), originals=x)   # reconstructions + MSE/PSNR
+        items = cloud.fetch(device_id="cam-7")                        # stored items, decoded
+        summary = cloud.list_stored()
+
+``ingest`` (durable upload through the device's spool) is ``edge.ingest.run(IngestConfig(...))``;
+``CloudClient.ingest`` is the same call with this client's address and credentials.
+"""
 
 from __future__ import annotations
 
-import os
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import grpc
+import numpy as np
 
-from latent_codec.errors import CodecError
-from latent_codec.pem import read_pem
-from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
-from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
+from latent_codec.codec import Codec, from_tensor, to_tensor
+from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-TOKEN_ENV = "AECODEC_TOKEN"
+from .channel import CloudError, Security, describe, open_channel
 
-
-class CloudError(CodecError):
-    """The cloud is unreachable or refused a request (the message carries its status)."""
+if TYPE_CHECKING:
+    from .ingest import IngestConfig, IngestReport
 
 
-@dataclass(frozen=True)
-class Security:
-    """How the edge proves who it is (bearer token) and checks who the cloud is (TLS); default: neither."""
+@dataclass
+class Decoded:
+    """What Decode returns: reconstructions (raw dtype, or [0, 1] with unit=True) and, with originals, the error."""
 
-    token: str | None = None
-    tls: bool = False
-    root_certs: bytes | None = None  # None with tls = the system's trusted CAs
-    server_name: str | None = None  # name to verify in the cloud's certificate, if not the target's host
-
-    @classmethod
-    def from_args(cls, args) -> Security:
-        """From --auth-token-file (else $AECODEC_TOKEN), --tls, --tls-ca, --tls-server-name; missing flags = off."""
-        token = None
-        path = getattr(args, "auth_token_file", None)
-        if path:
-            try:
-                lines = Path(path).read_text(encoding="utf-8").splitlines()
-            except (OSError, UnicodeDecodeError) as exc:
-                raise CodecError(
-                    f"--auth-token-file: cannot read {path} ({getattr(exc, 'strerror', None) or exc})"
-                ) from None
-            token = next((t.strip() for t in lines if t.strip() and not t.strip().startswith("#")), None)
-            if token is None:
-                raise CodecError(f"--auth-token-file: {path} holds no token")
-        elif os.environ.get(TOKEN_ENV, "").strip():
-            token = os.environ[TOKEN_ENV].strip()
-        ca_path = getattr(args, "tls_ca", None)
-        roots = None
-        if ca_path:
-            roots = read_pem(ca_path, "--tls-ca", b"-----BEGIN CERTIFICATE", "PEM certificate")
-        return cls(
-            token, bool(getattr(args, "tls", False) or roots), roots, getattr(args, "tls_server_name", None)
-        )
+    items: np.ndarray | None
+    mse: np.ndarray | None = None  # per item, [0, 1] scale
+    psnr: np.ndarray | None = None  # per item, dB
+    batch_psnr: float | None = None
 
 
-def add_connection_arguments(p) -> None:
-    """The flags every subcommand that talks to the cloud takes (auth and TLS)."""
-    p.add_argument(
-        "--auth-token-file",
-        type=Path,
-        default=None,
-        help=f"send the token in this file as 'authorization: Bearer ...' (default: ${TOKEN_ENV}, if set)",
-    )
-    p.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
-    p.add_argument(
-        "--tls-ca", type=Path, default=None, help="connect with TLS, trusting this CA certificate (PEM)"
-    )
-    p.add_argument("--tls-server-name", default=None, help="name to verify in the cloud's certificate")
+@dataclass
+class FetchedItem:
+    item_id: str
+    device_id: str
+    bundle_id: str
+    captured_at_ms: int
+    stored_at_ms: int
+    payload: bytes
+    item: np.ndarray | None  # the reconstruction (C, H, W), unless codes only or not decodable
+    error: str = ""
 
 
-class _BearerToken(
-    grpc.UnaryUnaryClientInterceptor,
-    grpc.UnaryStreamClientInterceptor,
-    grpc.StreamUnaryClientInterceptor,
-    grpc.StreamStreamClientInterceptor,
-):
-    """Adds the authorization metadata to every call (one place for the CLI, ingest and benchmarks)."""
-
-    def __init__(self, token: str):
-        self._pair = ("authorization", f"Bearer {token}")
-
-    def _details(self, d: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
-        return _CallDetails(
-            d.method,
-            d.timeout,
-            list(d.metadata or []) + [self._pair],
-            d.credentials,
-            getattr(d, "wait_for_ready", None),
-            getattr(d, "compression", None),
-        )
-
-    def intercept_unary_unary(self, continuation, client_call_details, request):
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_unary_stream(self, continuation, client_call_details, request):
-        return continuation(self._details(client_call_details), request)
-
-    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
-        return continuation(self._details(client_call_details), request_iterator)
-
-    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
-        return continuation(self._details(client_call_details), request_iterator)
-
-
-class _CallDetails(grpc.ClientCallDetails):
-    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
-        self.method, self.timeout, self.metadata = method, timeout, metadata
-        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
-
-
-def make_channel(
-    target: str, options: list[tuple[str, object]], security: Security | None = None
-) -> grpc.Channel:
-    """Plaintext or TLS channel with `options`, carrying the bearer token when there is one."""
-    sec = security or Security()
-    if sec.tls:
-        opts = list(options) + (
-            [("grpc.ssl_target_name_override", sec.server_name)] if sec.server_name else []
-        )
-        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(sec.root_certs), options=opts)
-    else:
-        channel = grpc.insecure_channel(target, options=options)
-    return grpc.intercept_channel(channel, _BearerToken(sec.token)) if sec.token else channel
-
-
-def open_channel(target: str, security: Security | None = None) -> grpc.Channel:
-    return make_channel(
-        target,
-        [
-            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
-            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
-        ],
-        security,
-    )
-
-
-def describe(exc: grpc.RpcError, target: str) -> str:
-    code = exc.code()
-    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return f"cannot reach the cloud at {target} ({code.name}: {exc.details()})"
-    if code == grpc.StatusCode.UNAUTHENTICATED:
-        return (
-            f"cloud at {target} refused the credentials: {exc.details()} "
-            f"(pass --auth-token-file or set ${TOKEN_ENV})"
-        )
-    return f"cloud at {target} refused the request: {code.name}: {exc.details()}"
+@dataclass
+class StoredSummary:
+    device_id: str
+    bundle_id: str
+    items: int
+    payload_bytes: int
+    bundle_available: bool
 
 
 class CloudClient:
-    def __init__(self, target: str, connect_timeout: float = 10.0, security: Security | None = None):
+    """One channel to one cloud; every method raises CloudError with a readable message on failure."""
+
+    def __init__(
+        self,
+        target: str,
+        security: Security | None = None,
+        connect_timeout: float = 10.0,
+        timeout: float | None = 60.0,
+    ):
         self.target = target
-        self.channel = open_channel(target, security)
-        self.stub = pb_grpc.CodecStub(self.channel)
+        self.security = security or Security()
+        self.channel = open_channel(target, self.security)
+        self.decoding = pb_grpc.DecodingStub(self.channel)
+        self.storage = pb_grpc.StorageStub(self.channel)
         self.connect_timeout = connect_timeout
+        self.timeout = timeout
+
+    def __enter__(self) -> CloudClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.channel.close()
+
+    def _fail(self, exc: grpc.RpcError) -> CloudError:
+        return CloudError(describe(exc, self.target))
 
     def wait_ready(self) -> None:
         try:
@@ -164,19 +101,130 @@ class CloudClient:
                 f"cannot reach the cloud at {self.target} (no connection within {self.connect_timeout:g} s)"
             ) from None
 
+    # ---- decoding ------------------------------------------------------------------------------------------
     def model_info(self) -> dict[str, str]:
+        """Bundle id -> manifest JSON of every bundle the cloud holds."""
         try:
-            resp = self.stub.ModelInfo(pb.ModelInfoRequest(), timeout=self.connect_timeout)
+            resp = self.decoding.ModelInfo(pb.ModelInfoRequest(), timeout=self.connect_timeout)
         except grpc.RpcError as exc:
-            raise CloudError(describe(exc, self.target)) from None
+            raise self._fail(exc) from None
         return {b.bundle_id: b.manifest_json for b in resp.bundles}
 
-    def decode_stream(self, requests, timeout: float | None = None):
-        """Yield one DecodeResponse per request, in order; CloudError on failure."""
-        try:
-            yield from self.stub.DecodeStream(requests, timeout=timeout)
-        except grpc.RpcError as exc:
-            raise CloudError(describe(exc, self.target)) from None
+    @staticmethod
+    def decode_request(
+        codec: Codec,
+        payloads: Sequence[bytes],
+        originals: np.ndarray | None = None,
+        unit: bool = False,
+        reconstructions: bool = True,
+    ) -> pb.DecodeRequest:
+        """The DecodeRequest for payloads (and, for evaluation, their originals)."""
+        if not reconstructions:
+            fmt = pb.RECONSTRUCTION_FORMAT_NONE
+        else:
+            fmt = pb.RECONSTRUCTION_FORMAT_FLOAT32 if unit else pb.RECONSTRUCTION_FORMAT_UINT8
+        req = pb.DecodeRequest(codes=codec.to_batch(payloads), reconstruction_format=fmt)
+        if originals is not None:
+            req.originals.CopyFrom(to_tensor(originals))
+        return req
 
-    def close(self) -> None:
-        self.channel.close()
+    @staticmethod
+    def decoded(resp: pb.DecodeResponse) -> Decoded:
+        out = Decoded(
+            from_tensor(resp.reconstructions, "reconstructions") if resp.HasField("reconstructions") else None
+        )
+        if resp.HasField("quality"):
+            out.mse = np.asarray(resp.quality.mse)
+            out.psnr = np.asarray(resp.quality.psnr)
+            out.batch_psnr = resp.quality.batch_psnr
+        return out
+
+    def decode(
+        self, codec: Codec, payloads: Sequence[bytes], originals: np.ndarray | None = None, unit: bool = False
+    ) -> Decoded:
+        """Decode payloads of codec's bundle in the cloud; with originals, also get the error per item."""
+        try:
+            resp = self.decoding.Decode(
+                self.decode_request(codec, payloads, originals, unit), timeout=self.timeout
+            )
+        except grpc.RpcError as exc:
+            raise self._fail(exc) from None
+        return self.decoded(resp)
+
+    def decode_stream(
+        self, requests: Iterable[pb.DecodeRequest], timeout: float | None = None
+    ) -> Iterator[pb.DecodeResponse]:
+        """Many DecodeRequests over one stream; yields one response per request, in order."""
+        try:
+            yield from self.decoding.DecodeStream(iter(requests), timeout=timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc) from None
+
+    # ---- storage -------------------------------------------------------------------------------------------
+    def fetch(
+        self,
+        item_ids: Sequence[str] = (),
+        device_id: str = "",
+        since_ms: int = 0,
+        until_ms: int = 0,
+        codes_only: bool = False,
+        unit: bool = False,
+        limit: int = 0,
+    ) -> list[FetchedItem]:
+        """Stored items by id, or a device's items in a capture-time range, decoded unless codes_only."""
+        if codes_only:
+            fmt = pb.RECONSTRUCTION_FORMAT_NONE
+        else:
+            fmt = pb.RECONSTRUCTION_FORMAT_FLOAT32 if unit else pb.RECONSTRUCTION_FORMAT_UINT8
+        req = pb.FetchRequest(
+            item_ids=list(item_ids),
+            device_id=device_id,
+            since_ms=since_ms,
+            until_ms=until_ms,
+            codes_only=codes_only,
+            reconstruction_format=fmt,
+            limit=limit,
+        )
+        out: list[FetchedItem] = []
+        try:
+            for resp in self.storage.Fetch(req, timeout=self.timeout):
+                for it in resp.items:
+                    rec = (
+                        from_tensor(it.reconstruction, "reconstruction")[0]
+                        if it.HasField("reconstruction")
+                        else None
+                    )
+                    out.append(
+                        FetchedItem(
+                            it.item_id,
+                            it.device_id,
+                            it.bundle_id,
+                            it.captured_at_ms,
+                            it.stored_at_ms,
+                            bytes(it.payload),
+                            rec,
+                            it.error,
+                        )
+                    )
+        except grpc.RpcError as exc:
+            raise self._fail(exc) from None
+        return out
+
+    def list_stored(self, device_id: str = "") -> list[StoredSummary]:
+        """Items and payload bytes stored per device and bundle."""
+        try:
+            resp = self.storage.ListStored(pb.ListStoredRequest(device_id=device_id), timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc) from None
+        return [
+            StoredSummary(s.device_id, s.bundle_id, s.items, s.payload_bytes, s.bundle_available)
+            for s in resp.summaries
+        ]
+
+    def ingest(self, config: IngestConfig, items: np.ndarray | None = None, **overrides: Any) -> IngestReport:
+        """Durable upload (edge.ingest.run) to this client's cloud with its credentials."""
+        from dataclasses import replace
+
+        from .ingest import run
+
+        return run(replace(config, server=self.target, security=self.security, **overrides), items)

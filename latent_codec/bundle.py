@@ -1,14 +1,196 @@
-"""Load a bundle directory, verify its content hash, and open ONNX Runtime sessions."""
+"""A model bundle: the manifest (single source of truth for shapes, scaling and code format) and its loader.
+
+A bundle is a directory:
+
+    encoder.onnx   x [N, *input.shape] float32 in [0, 1]  ->  code [N, *code.shape] (+ side outputs)
+    decoder.onnx   code [N, *code.shape] (+ side inputs)   ->  x_hat [N, *input.shape] float32
+    manifest.json  this file's schema, FORMAT_VERSION
+
+The content hash covers both ONNX files and every manifest field a decoder
+depends on (input, code, payload); it names the bundle and is verified on load.
+``latent_codec.codec.Codec`` is what turns a loaded bundle into encode/decode.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import hashlib
+import json
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from .errors import BundleError
-from .manifest import DECODER_NAME, ENCODER_NAME, MANIFEST_NAME, Manifest
+from .errors import BundleError, DataError
+from .payload import PayloadSpec
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+ENCODER_NAME = "encoder.onnx"
+DECODER_NAME = "decoder.onnx"
+RAW_DTYPES = ("uint8", "float32")
+
+
+def default_scale(dtype: str) -> float:
+    """Raw -> [0, 1] divisor for items of this raw dtype: uint8 pixels / 255; float32 items are already [0, 1]."""
+    return 255.0 if dtype == "uint8" else 1.0
+
+
+@dataclass
+class InputSpec:
+    shape: list[int]  # per item, (C, H, W)
+    dtype: str = "uint8"  # raw dtype on the device
+    # Raw -> model input: x / scale, giving [0, 1] (the codec's first step). Any standardisation
+    # (mean/std) is baked into the ONNX graphs and only recorded here.
+    scale: float = 255.0
+    standardize: dict[str, Any] | None = None
+    output: str = "sigmoid"  # "sigmoid" (loss bce) or "linear" (loss mse)
+    loss: str = "bce"
+
+    @classmethod
+    def of_items(cls, x: np.ndarray, **fields: Any) -> InputSpec:
+        """The spec of raw items (N, C, H, W) as a loader gives them: their shape, dtype and default scale."""
+        dtype = "uint8" if x.dtype == np.uint8 else "float32"
+        return cls([int(s) for s in x.shape[1:]], dtype, default_scale(dtype), **fields)
+
+    @property
+    def raw_bytes(self) -> int:
+        n = 1
+        for s in self.shape:
+            n *= s
+        return n * (1 if self.dtype == "uint8" else 4)
+
+    # ---- scaling: raw items <-> [0, 1] ----------------------------------------------------------------
+    def to_unit(self, x_raw: np.ndarray) -> np.ndarray:
+        """Raw items -> float32 model input in [0, 1]: x / scale."""
+        x = np.asarray(x_raw)
+        if self.dtype == "uint8" and x.dtype != np.uint8:
+            raise DataError(f"items are {x.dtype} but the bundle expects uint8 pixels")
+        x = x.astype(np.float32, copy=False)
+        if self.dtype != "uint8" and not np.all(np.isfinite(x)):
+            raise DataError("input contains NaN or infinite values")
+        return x / np.float32(self.scale) if self.scale != 1.0 else x
+
+    def from_unit(self, x_unit: np.ndarray) -> np.ndarray:
+        """[0, 1] floats -> raw items: clipped, times scale; uint8 rounded to the nearest level."""
+        x = np.clip(np.asarray(x_unit, dtype=np.float32), 0.0, 1.0) * np.float32(self.scale)
+        if self.dtype == "uint8":
+            return np.rint(x).astype(np.uint8)
+        return x.astype(np.float32, copy=False)
+
+    def to_dict(self) -> dict:
+        return {
+            "shape": list(self.shape),
+            "dtype": self.dtype,
+            "scale": self.scale,
+            "standardize": self.standardize,
+            "output": self.output,
+            "loss": self.loss,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict) -> InputSpec:
+        spec = cls(
+            [int(s) for s in d["shape"]],
+            str(d.get("dtype", "uint8")),
+            float(d.get("scale", 255.0)),
+            d.get("standardize"),
+            str(d.get("output", "sigmoid")),
+            str(d.get("loss", "bce")),
+        )
+        if spec.dtype not in RAW_DTYPES:
+            raise ValueError(f"input.dtype must be one of {RAW_DTYPES}, got {spec.dtype!r}")
+        if len(spec.shape) != 3 or min(spec.shape) < 1:
+            raise ValueError(f"input.shape must be (C, H, W), got {spec.shape}")
+        if not spec.scale > 0 or spec.scale != spec.scale or spec.scale == float("inf"):
+            raise ValueError(f"input.scale must be a positive number, got {spec.scale}")
+        return spec
+
+
+@dataclass
+class Manifest:
+    model: dict[str, Any]  # {"name": registry name, "args": constructor arguments}
+    input: InputSpec
+    code_shape: list[int]
+    payload: PayloadSpec
+    training: dict[str, Any] = field(default_factory=dict)
+    metrics: dict[str, Any] = field(default_factory=dict)
+    content_hash: str = ""
+    bundle_id: str = ""
+    format_version: int = FORMAT_VERSION
+
+    def decoding_fields(self) -> dict:
+        """What a decoder's output depends on besides the ONNX files: hashed."""
+        return {
+            "format_version": self.format_version,
+            "input": self.input.to_dict(),
+            "code": {"shape": list(self.code_shape)},
+            "payload": self.payload.to_dict(),
+        }
+
+    def to_dict(self) -> dict:
+        d = {"bundle_id": self.bundle_id, "content_hash": self.content_hash, "model": self.model}
+        d.update(self.decoding_fields())
+        d["training"] = self.training
+        d["metrics"] = self.metrics
+        return d
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n"
+
+    @classmethod
+    def from_dict(cls, d: dict) -> Manifest:
+        version = d.get("format_version")
+        if version != FORMAT_VERSION:
+            raise BundleError(
+                f"manifest format_version {version!r} is not supported (this build reads {FORMAT_VERSION})"
+            )
+        try:
+            return cls(
+                model=dict(d["model"]),
+                input=InputSpec.from_dict(d["input"]),
+                code_shape=[int(s) for s in d["code"]["shape"]],
+                payload=PayloadSpec.from_dict(d["payload"]),
+                training=dict(d.get("training") or {}),
+                metrics=dict(d.get("metrics") or {}),
+                content_hash=str(d.get("content_hash", "")),
+                bundle_id=str(d.get("bundle_id", "")),
+                format_version=int(version),
+            )
+        except KeyError as exc:
+            raise BundleError(f"manifest is missing field {exc.args[0]!r}") from None
+        except (TypeError, ValueError) as exc:
+            raise BundleError(f"manifest is invalid: {exc}") from None
+
+    @classmethod
+    def from_json(cls, text: str) -> Manifest:
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise BundleError(f"manifest is not valid JSON ({exc})") from None
+        if not isinstance(d, dict):
+            raise BundleError("manifest must be a JSON object")
+        return cls.from_dict(d)
+
+    # ---- hashing ----------------------------------------------------------------
+    def compute_hash(self, encoder_bytes: bytes, decoder_bytes: bytes) -> str:
+        h = hashlib.sha256()
+        for name, blob in ((ENCODER_NAME, encoder_bytes), (DECODER_NAME, decoder_bytes)):
+            h.update(name.encode() + b"\0" + len(blob).to_bytes(8, "little"))
+            h.update(blob)
+        h.update(json.dumps(self.decoding_fields(), sort_keys=True, separators=(",", ":")).encode())
+        return "sha256:" + h.hexdigest()
+
+    def seal(self, encoder_bytes: bytes, decoder_bytes: bytes) -> None:
+        """Set content_hash and the bundle id derived from it."""
+        self.content_hash = self.compute_hash(encoder_bytes, decoder_bytes)
+        self.bundle_id = f"{self.model['name']}-{self.content_hash.split(':', 1)[1][:12]}"
+
+
+def write_manifest(directory: Path, manifest: Manifest) -> Path:
+    path = Path(directory) / MANIFEST_NAME
+    path.write_text(manifest.to_json())
+    return path
 
 
 @dataclass
@@ -24,20 +206,25 @@ class Bundle:
 
     def session(self, which: str, threads: int = 0):
         """An ONNX Runtime session for "encoder" or "decoder" (threads 0 = ORT's default)."""
-        import onnxruntime as ort
-
         blob = self.encoder_bytes if which == "encoder" else self.decoder_bytes
         if blob is None:
             raise BundleError(f"{self.path}: bundle was loaded without its {which}")
-        opts = ort.SessionOptions()
-        if threads:
-            opts.intra_op_num_threads = threads
-            opts.inter_op_num_threads = 1
-        opts.log_severity_level = 3
-        try:
-            return ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
-        except Exception as exc:  # ORT raises its own exception types for bad graphs
-            raise BundleError(f"{self.path}/{which}.onnx: ONNX Runtime cannot load it ({exc})") from None
+        return ort_session(blob, threads, f"{self.path}/{which}.onnx")
+
+
+def ort_session(blob: bytes, threads: int = 0, where: str = "ONNX graph"):
+    """An ONNX Runtime CPU session over a serialised graph; BundleError when ORT cannot load it."""
+    import onnxruntime as ort
+
+    opts = ort.SessionOptions()
+    if threads:
+        opts.intra_op_num_threads = threads
+        opts.inter_op_num_threads = 1
+    opts.log_severity_level = 3
+    try:
+        return ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # ORT raises its own exception types for bad graphs
+        raise BundleError(f"{where}: ONNX Runtime cannot load it ({exc})") from None
 
 
 def load_bundle(path: str | Path, need: tuple[str, ...] = ("encoder", "decoder")) -> Bundle:
@@ -87,18 +274,3 @@ def find_bundles(root: str | Path) -> list[Path]:
     if not root.is_dir():
         raise BundleError(f"bundle directory not found: {root}")
     return sorted(p for p in root.iterdir() if (p / MANIFEST_NAME).is_file())
-
-
-def run_encoder(
-    session, x_unit: np.ndarray, side_names: list[str]
-) -> tuple[np.ndarray, dict[str, np.ndarray]]:
-    """Run an encoder session on [0, 1] inputs; return the code and named side outputs."""
-    outputs = session.run(["code", *side_names], {"x": np.ascontiguousarray(x_unit, dtype=np.float32)})
-    return outputs[0], dict(zip(side_names, outputs[1:]))
-
-
-def run_decoder(session, codes: np.ndarray, side: dict[str, np.ndarray], code_shape: list[int]) -> np.ndarray:
-    feeds = {"code": np.ascontiguousarray(codes.reshape(len(codes), *code_shape), dtype=np.float32)}
-    for name, value in side.items():
-        feeds[name] = np.ascontiguousarray(value, dtype=np.int64)
-    return session.run(["x_hat"], feeds)[0]

@@ -1,14 +1,23 @@
 """Loaders for real data, with no download: IDX folders, .npy/.npz, image folders, digits.
 
 Every loader returns uint8 (or float32 in [0, 1]) arrays shaped (N, C, H, W):
-the raw items a device would hold. Scaling to [0, 1] happens once, in
-``to_unit``, so raw bytes are counted honestly in compression ratios.
+the raw items a device would hold, so raw bytes are counted honestly in
+compression ratios. Scaling to [0, 1] is the codec's first step (the
+manifest's ``input.scale``, ``latent_codec.bundle.InputSpec``), not the loaders'.
+
+Files are checked before they are read: a header that declares more data than
+the file holds, or an image of more than MAX_IMAGE_PIXELS pixels (a
+decompression bomb), is a one-line DataError, never an allocation of what the
+header claims.
 """
 
 from __future__ import annotations
 
 import gzip
+import math
 import struct
+import warnings
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,9 +27,18 @@ from .errors import DataError
 
 FASHION_MNIST_DIR = Path("/usr/share/datasets/fashion-mnist")
 IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff"}
+MAX_IMAGE_PIXELS = 64 * 1024 * 1024  # per image; larger is refused (Pillow's bomb guard, tightened)
+MAX_ARRAY_BYTES = 1 << 34  # 16 GiB: a declared array larger than this is refused before reading
 
 # IDX type codes (http://yann.lecun.com/exdb/mnist/ format description).
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, str | type] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 @dataclass
@@ -37,23 +55,6 @@ class ArrayDataset:
     @property
     def item_shape(self) -> tuple[int, ...]:
         return tuple(int(s) for s in self.x.shape[1:])
-
-
-def to_unit(x: np.ndarray) -> np.ndarray:
-    """Raw items -> float32 in [0, 1] (uint8 divided by 255; floats checked)."""
-    if x.dtype == np.uint8:
-        return x.astype(np.float32) / np.float32(255.0)
-    x = x.astype(np.float32, copy=False)
-    if not np.all(np.isfinite(x)):
-        raise DataError("input contains NaN or infinite values")
-    return x
-
-
-def from_unit(x_unit: np.ndarray, raw_dtype: str) -> np.ndarray:
-    """[0, 1] floats -> raw items: uint8 rounded (what a user stores or shows), or float32 as is."""
-    if raw_dtype == "uint8":
-        return np.rint(np.clip(x_unit, 0.0, 1.0) * 255.0).astype(np.uint8)
-    return np.asarray(x_unit, dtype=np.float32)
 
 
 def _open(path: Path):
@@ -78,8 +79,13 @@ def read_idx(path: str | Path) -> np.ndarray:
                 raise DataError(f"{path}: truncated IDX header")
             dims = struct.unpack(f">{ndim}I", dims_raw)
             dtype = np.dtype(_IDX_DTYPES[code])
-            count = int(np.prod(dims)) if dims else 1
-            body = f.read()
+            count = math.prod(dims)  # Python ints: no overflow, whatever the header says
+            if count * dtype.itemsize > MAX_ARRAY_BYTES:
+                raise DataError(
+                    f"{path}: IDX header declares shape {tuple(dims)} ({count * dtype.itemsize:,} bytes), "
+                    f"more than the {MAX_ARRAY_BYTES:,}-byte limit"
+                )
+            body = _read_at_most(f, count * dtype.itemsize + 1)  # +1: tells a longer file from an exact one
     except (OSError, EOFError, gzip.BadGzipFile) as exc:
         raise DataError(f"{path}: cannot read IDX file ({exc})") from None
     if len(body) != count * dtype.itemsize:
@@ -88,6 +94,18 @@ def read_idx(path: str | Path) -> np.ndarray:
             f"but the file holds {len(body)} bytes"
         )
     return np.frombuffer(body, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
+
+
+def _read_at_most(f, n: int, chunk: int = 1 << 22) -> bytes:
+    """Up to n bytes, read in chunks: memory follows what the file holds, not what a header claims."""
+    parts, got = [], 0
+    while got < n:
+        block = f.read(min(chunk, n - got))
+        if not block:
+            break
+        parts.append(block)
+        got += len(block)
+    return b"".join(parts)
 
 
 def _find(folder: Path, stems: list[str]) -> Path | None:
@@ -155,8 +173,9 @@ def load_array_file(path: str | Path, split: str = "test") -> ArrayDataset:
     if not path.is_file():
         raise DataError(f"array file not found: {path}")
     try:
+        _check_array_headers(path)
         data = np.load(path, allow_pickle=False)
-    except (ValueError, OSError, EOFError) as exc:
+    except (ValueError, OSError, EOFError, zipfile.BadZipFile) as exc:
         raise DataError(f"{path}: not a readable .npy/.npz file ({exc})") from None
     y = None
     if isinstance(data, np.ndarray):
@@ -182,6 +201,36 @@ def load_array_file(path: str | Path, split: str = "test") -> ArrayDataset:
     return ArrayDataset(_as_items(x, str(path)), y, f"array:{path}")
 
 
+def _check_npy_header(f, size: int, where: str) -> None:
+    """Refuse a .npy stream whose header declares more bytes than the stream holds (or than we accept)."""
+    version = np.lib.format.read_magic(f)
+    if version == (1, 0):
+        shape, _fortran, dtype = np.lib.format.read_array_header_1_0(f)
+    else:
+        shape, _fortran, dtype = np.lib.format.read_array_header_2_0(f)
+    declared = math.prod(shape) * dtype.itemsize
+    held = size - f.tell()
+    if dtype.hasobject:
+        raise DataError(f"{where}: holds Python objects; only numeric arrays are read")
+    if declared > MAX_ARRAY_BYTES or declared > held:
+        raise DataError(
+            f"{where}: header declares shape {tuple(shape)} of {dtype} ({declared:,} bytes) "
+            f"but the file holds {max(held, 0):,} bytes of data"
+        )
+
+
+def _check_array_headers(path: Path) -> None:
+    if path.suffix == ".npz":
+        with zipfile.ZipFile(path) as z:
+            for info in z.infolist():
+                if info.filename.endswith(".npy"):
+                    with z.open(info) as f:
+                        _check_npy_header(f, info.file_size, f"{path}:{info.filename}")
+        return
+    with open(path, "rb") as f:
+        _check_npy_header(f, path.stat().st_size, str(path))
+
+
 def load_image_folder(folder: str | Path, mode: str | None = None) -> ArrayDataset:
     """Every image file in a folder (sorted by name), all of one size, as uint8 items.
 
@@ -197,20 +246,30 @@ def load_image_folder(folder: str | Path, mode: str | None = None) -> ArrayDatas
     size = None
     for p in files:
         try:
-            with Image.open(p) as im:
-                im.load()
-                if mode is None:
-                    mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "P") else "RGB"
-                im = im.convert(mode)
-        except (UnidentifiedImageError, OSError) as exc:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                with Image.open(p) as im:
+                    w, h = im.size
+                    if w * h > MAX_IMAGE_PIXELS:
+                        raise DataError(
+                            f"{p}: image is {w}x{h} ({w * h:,} pixels), more than the "
+                            f"{MAX_IMAGE_PIXELS:,}-pixel limit (a decompression bomb?)"
+                        )
+                    im.load()
+                    if mode is None:
+                        mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "P") else "RGB"
+                    converted = im.convert(mode)
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+            raise DataError(f"{p}: refused as a decompression bomb ({exc})") from None
+        except (UnidentifiedImageError, OSError, ValueError) as exc:
             raise DataError(f"{p}: not a readable image ({exc})") from None
         if size is None:
-            size = im.size
-        elif im.size != size:
+            size = converted.size
+        elif converted.size != size:
             raise DataError(
-                f"{p}: image is {im.size[0]}x{im.size[1]} but earlier images are {size[0]}x{size[1]}"
+                f"{p}: image is {converted.size[0]}x{converted.size[1]} but earlier images are {size[0]}x{size[1]}"
             )
-        arr = np.asarray(im, dtype=np.uint8)
+        arr = np.asarray(converted, dtype=np.uint8)
         items.append(arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0))
     return ArrayDataset(np.stack(items), None, f"images:{folder}")
 

@@ -5,7 +5,7 @@ with other content) and its message say what is wrong; this key says which
 item, as its index in the refused request, so the device can set that one
 item aside (edge/spool.py quarantine) and send the rest. A refusal without
 it concerns the whole request (a bad device id, too many items) and is not
-the item's fault. Documented next to Ingest in proto/aecodec/v1/codec.proto.
+the item's fault. Documented next to Ingest in proto/aecodec/v2/codec.proto.
 """
 
 from __future__ import annotations

@@ -44,25 +44,20 @@ def _payloads(npz) -> list[bytes]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from latent_codec.bundle import load_bundle
+    from latent_codec.codec import Codec
 
-    spec = load_bundle(args.bundle, need=()).manifest.payload
+    codec = Codec.open(args.bundle, threads=args.threads)
     if args.mode == "encode":
-        from edge.encoder import EdgeEncoder
-
-        enc = EdgeEncoder(args.bundle, args.threads)
         items = np.load(args.inp)
-        payloads = enc.encode(items)
-        from latent_codec.bundle import run_encoder
-        from latent_codec.datasets import to_unit
-
-        code, _ = run_encoder(enc.session, to_unit(items), [])
-        np.savez(args.out, symbols=spec.quantizer.quantize(code), code=code, **_blob(payloads))
+        payloads = codec.encode(items)
+        code, _ = codec.analyse(codec.scale(items))
+        np.savez(args.out, symbols=codec.quantise(code), code=code, **_blob(payloads))
     else:
         payloads = _payloads(np.load(args.inp))
-        codes, _ = spec.unpack(payloads)
-        symbols = spec.prior.decode([bytes(p) for p in payloads])
-        repacked = spec.pack(codes)  # bin centres re-quantise to the same symbols and bytes
+        symbols, side = codec.symbols(payloads)
+        codes = codec.dequantise(symbols)
+        again = codec.quantise(codes)  # bin centres re-quantise to the same symbols and bytes
+        repacked = codec.pack(again, side, codec.entropy_encode(again))
         np.savez(args.out, symbols=symbols, codes=codes, **_blob(repacked))
     return 0
 

@@ -19,15 +19,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cloud.healthcheck import main as healthcheck_main
 from cloud.interceptors.auth_interceptor import AuthInterceptor
 from cloud.server import build_server
-from edge.client import CloudClient, CloudError, Security
+from edge.channel import CloudError, Security
+from edge.client import CloudClient
 from latent_codec import datasets
 from latent_codec.errors import CodecError
-from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
-from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
-from tests.conftest import ROOT
+from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+from tests.helpers import ROOT, CloudStub, tiny_bundle
 from tests.test_edge_cli import RUNNER, assert_one_line_error
 from tests.test_server import make_request
-from tests.tiny_bundle import tiny_bundle
 
 
 @pytest.fixture(scope="module")
@@ -144,7 +143,7 @@ def run_edge(*args: str, env: dict | None = None, timeout: float = 120) -> subpr
 def test_calls_without_a_valid_token_are_unauthenticated(auth_server, digits_bundle):
     req = digits_request(digits_bundle)
     with grpc.insecure_channel(f"127.0.0.1:{auth_server.port}") as ch:
-        stub = pb_grpc.CodecStub(ch)
+        stub = CloudStub(ch)
         cases = [
             (None, "missing authorization metadata"),
             ([("authorization", "Basic abc")], "must be 'Bearer"),
@@ -180,7 +179,7 @@ def test_auth_interceptor_rejects_empty_token_list():
 
 def test_edge_client_sends_the_token_on_every_kind_of_call(auth_server, digits_bundle):
     target = f"127.0.0.1:{auth_server.port}"
-    client = CloudClient(target, 10, Security(token=TOKENS[1]))
+    client = CloudClient(target, Security(token=TOKENS[1]), connect_timeout=10)
     try:
         client.wait_ready()
         assert len(client.model_info()) == 1
@@ -190,7 +189,7 @@ def test_edge_client_sends_the_token_on_every_kind_of_call(auth_server, digits_b
         )
     finally:
         client.close()
-    anonymous = CloudClient(target, 10)
+    anonymous = CloudClient(target, connect_timeout=10)
     try:
         with pytest.raises(CloudError, match="refused the credentials: missing authorization"):
             anonymous.model_info()
@@ -241,7 +240,7 @@ def test_edge_cli_evaluate_and_ingest_with_token_file_and_env(
     done = run_edge(*ingest, env={"AECODEC_TOKEN": TOKENS[0]})
     assert done.returncode == 0, done.stderr
     assert "acknowledged      40" in done.stdout
-    stored = auth_server.service.ingest.store
+    stored = auth_server.storage.store
     assert sum(s.items for s in stored.summaries()) == 40
 
 
@@ -319,7 +318,7 @@ def test_tls_server_with_token_auth(digits_bundle, cert, other_cert):
     )
     target = f"127.0.0.1:{running.port}"
     try:
-        good = CloudClient(target, 10, Security(token=TOKENS[0], tls=True, root_certs=crt.read_bytes()))
+        good = CloudClient(target, Security(token=TOKENS[0], tls=True, root_certs=crt.read_bytes()), 10)
         try:
             good.wait_ready()
             assert len(good.model_info()) == 1
@@ -332,8 +331,8 @@ def test_tls_server_with_token_auth(digits_bundle, cert, other_cert):
         # via the name in the certificate instead of the IP
         named = CloudClient(
             target,
-            10,
             Security(token=TOKENS[0], tls=True, root_certs=crt.read_bytes(), server_name="localhost"),
+            10,
         )
         try:
             assert len(named.model_info()) == 1
@@ -344,7 +343,7 @@ def test_tls_server_with_token_auth(digits_bundle, cert, other_cert):
             Security(token=TOKENS[0]),
             Security(token=TOKENS[0], tls=True, root_certs=other_cert.read_bytes()),
         ):
-            bad = CloudClient(target, 3, sec)
+            bad = CloudClient(target, sec, 3)
             try:
                 with pytest.raises(CloudError, match="cannot reach the cloud"):
                     bad.model_info()
@@ -429,7 +428,7 @@ def test_concurrency_bound_answers_resource_exhausted(digits_bundle):
 
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            stub = pb_grpc.CodecStub(ch)
+            stub = CloudStub(ch)
             stream = stub.DecodeStream(held_requests(), timeout=60)
             assert next(stream).count == 5  # the stream is in flight now
             with pytest.raises(grpc.RpcError) as ei:
@@ -447,7 +446,7 @@ def test_message_size_limit(digits_bundle):
     running = build_server(digits_bundle, "127.0.0.1:0", workers=2, max_message_bytes=2048)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            stub = pb_grpc.CodecStub(ch)
+            stub = CloudStub(ch)
             small = digits_request(digits_bundle, 2)
             small.reconstruction_format = pb.RECONSTRUCTION_FORMAT_NONE
             assert stub.Decode(small, timeout=10).count == 2
@@ -465,7 +464,8 @@ def test_healthcheck_entry_point(digits_bundle, capsys):
     try:
         assert healthcheck_main(["--address", f"127.0.0.1:{running.port}"]) == 0
         assert (
-            healthcheck_main(["--address", f"127.0.0.1:{running.port}", "--service", "aecodec.v1.Codec"]) == 0
+            healthcheck_main(["--address", f"127.0.0.1:{running.port}", "--service", "aecodec.v2.Decoding"])
+            == 0
         )
         assert "SERVING" in capsys.readouterr().out
         running.health.enter_graceful_shutdown()

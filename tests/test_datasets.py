@@ -11,7 +11,7 @@ from PIL import Image
 
 from latent_codec import datasets
 from latent_codec.errors import DataError
-from tests.conftest import need_fashion
+from tests.helpers import need_fashion, unit
 
 
 def write_idx(path, arr: np.ndarray, gz: bool = False) -> None:
@@ -34,7 +34,7 @@ def test_idx_folder_roundtrip_plain_and_gz(tmp_path):
     assert ds.x.shape == (5, 1, 6, 4) and ds.x.dtype == np.uint8
     np.testing.assert_array_equal(ds.x[:, 0], imgs)
     np.testing.assert_array_equal(ds.y, labels)
-    u = datasets.to_unit(ds.x)
+    u = unit(ds.x)
     assert u.dtype == np.float32 and 0.0 <= u.min() and u.max() <= 1.0
     assert u.max() == pytest.approx(imgs.max() / 255.0)
 

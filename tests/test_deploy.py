@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 from ruamel.yaml import YAML
 
-from tests.conftest import IN_CI, ROOT
+from tests.helpers import IN_CI, ROOT
 
 VENV_BIN = Path(sys.executable).parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -151,14 +151,14 @@ def test_envoy_routes_to_the_compose_cloud_service_and_port():
     ]
     assert "http2_protocol_options" in proto["explicit_http_config"]  # gRPC upstreams need HTTP/2
     [hc] = cluster["health_checks"]
-    assert hc["grpc_health_check"]["service_name"] == "aecodec.v1.Codec"
+    assert hc["grpc_health_check"]["service_name"] == "aecodec.v2.Decoding"
     # every route goes to that cluster; the long streams are not cut by a route timeout
     [listener] = e["static_resources"]["listeners"]
     [fc] = listener["filter_chains"]
     [hcm] = fc["filters"]
     routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
     assert {r["route"]["cluster"] for r in routes} == {cluster["name"]}
-    codec = [r for r in routes if r["match"]["prefix"] == "/aecodec.v1.Codec/"]
+    codec = [r for r in routes if r["match"]["prefix"] == "/aecodec.v2."]  # Decoding and Storage
     assert codec and codec[0]["route"]["timeout"] == "0s"
     # the compose file publishes the listener's port
     port = listener["address"]["socket_address"]["port_value"]
@@ -227,8 +227,8 @@ def test_the_image_code_imports_without_torch_or_training():
     """What the cloud image copies (latent_codec, cloud) must import with no training code or torch around."""
     probe = (
         "import sys\n"
-        "import cloud.server, cloud.healthcheck, cloud.ingest, cloud.store.postgres, cloud.metrics\n"
-        "import edge.cli, edge.ingest\n"
+        "import cloud.server, cloud.healthcheck, cloud.storage_service, cloud.store.postgres, cloud.metrics\n"
+        "import edge.cli, edge.ingest, edge.client\n"
         "bad = sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'training', 'bench'))\n"
         "sys.exit(f'imported {bad}' if bad else 0)\n"
     )

@@ -5,10 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latent_codec.entropy import FactorizedPrior
+from latent_codec.codec import split_payloads
 from latent_codec.errors import PayloadError
-from latent_codec.packing import PayloadSpec, join_payloads, split_payloads
-from latent_codec.quantize import Quantizer
+from latent_codec.payload import FactorizedPrior, PayloadSpec, Quantizer
+from tests.helpers import codes_codec, pack_codes, unpack_codes
 
 
 def _spec(dims: int = 12, bits: int = 6, seed: int = 0) -> tuple[PayloadSpec, np.ndarray]:
@@ -23,8 +23,8 @@ def _spec(dims: int = 12, bits: int = 6, seed: int = 0) -> tuple[PayloadSpec, np
 
 def test_round_trip_is_exact_on_the_integer_grid():
     spec, z = _spec()
-    payloads = spec.pack(z)
-    codes, _ = spec.unpack(payloads)
+    payloads = pack_codes(spec, z)
+    codes, _ = unpack_codes(spec, payloads)
     assert np.array_equal(codes, np.clip(np.rint(z), -32, 31))
     assert spec.format == "affine6+ans"
     # Variable sizes; the ideal code length (+ a few bytes of coder termination) bounds them.
@@ -32,23 +32,22 @@ def test_round_trip_is_exact_on_the_integer_grid():
     ideal = spec.prior.bits(spec.quantizer.quantize(z)) / 8
     assert np.all(sizes <= np.ceil(ideal) + 4)
     assert sizes.mean() < 12 * 6 / 8  # beats fixed 6-bit packing
-    data, lens = join_payloads(payloads, fixed_size=False)
-    again = split_payloads(data, lens, len(payloads), None)
-    assert again == payloads
+    c = codes_codec(spec)
+    assert c.from_batch(c.to_batch(payloads)) == payloads
 
 
 def test_manifest_dict_round_trip_decodes_the_same():
     spec, z = _spec(seed=3)
-    payloads = spec.pack(z)
+    payloads = pack_codes(spec, z)
     spec2 = PayloadSpec.from_dict(spec.to_dict())
     assert np.array_equal(spec2.prior.tables, spec.prior.tables)
-    assert np.array_equal(spec2.unpack(payloads)[0], spec.unpack(payloads)[0])
+    assert np.array_equal(unpack_codes(spec2, payloads)[0], unpack_codes(spec, payloads)[0])
 
 
 @pytest.mark.parametrize("damage", ["append", "truncate", "zeros", "garbage"])
 def test_corrupt_payload_raises_payload_error(damage):
     spec, z = _spec(seed=5)
-    good = spec.pack(z[:20])
+    good = pack_codes(spec, z[:20])
     p = good[7]
     bad = {
         "append": p + b"\x01\x02\x03\x04\x05",
@@ -57,13 +56,14 @@ def test_corrupt_payload_raises_payload_error(damage):
         "garbage": b"\xff" * (len(p) + 6),
     }[damage]
     with pytest.raises(PayloadError):
-        spec.unpack(good[:7] + [bad] + good[8:])
+        unpack_codes(spec, good[:7] + [bad] + good[8:])
 
 
 def test_wrong_batch_framing_raises_payload_error():
     spec, z = _spec()
-    payloads = spec.pack(z[:5])
-    data, lens = join_payloads(payloads, fixed_size=False)
+    payloads = pack_codes(spec, z[:5])
+    batch = codes_codec(spec).to_batch(payloads)
+    data, lens = batch.data, list(batch.sizes)
     with pytest.raises(PayloadError):
         split_payloads(data, lens[:-1], 5, None)
     with pytest.raises(PayloadError):
@@ -81,7 +81,6 @@ def test_tables_reject_invalid_rows():
 def test_an_empty_payload_is_the_code_of_the_most_probable_symbols():
     """Not a corrupt item: when every symbol is near-certain the ANS stream trims to zero bytes, and
     decoding zero bytes gives back exactly those symbols (so the cloud must accept empty payloads)."""
-    from latent_codec.entropy import FactorizedPrior
 
     s = np.zeros((2000, 8), dtype=np.int64)
     s[0, 0] = 1

@@ -17,8 +17,12 @@ import time
 import grpc
 import numpy as np
 import pytest
-from conftest import ROOT
-from ingest_helpers import (
+
+from latent_codec import datasets
+from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+from tests.helpers import (
+    ROOT,
+    CloudStub,
     ServerProcess,
     child_env,
     edge_cmd,
@@ -26,10 +30,6 @@ from ingest_helpers import (
     start_edge,  # noqa: F401
     wait_until,
 )
-
-from latent_codec import datasets
-from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
-from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
 
 N = 5000
 DEVICE = "phone-1"
@@ -59,19 +59,15 @@ def data(tmp_path_factory) -> tuple:
 
 @pytest.fixture(scope="module")
 def expected_payloads(bundle, data):
-    from edge.encoder import EdgeEncoder
+    from latent_codec.codec import Codec
 
-    return EdgeEncoder(bundle).encode(data[1])
+    return Codec.open(bundle).encode(data[1])
 
 
 def stored_count(target: str, device: str = DEVICE) -> int:
     try:
         with grpc.insecure_channel(target) as ch:
-            return (
-                pb_grpc.CodecStub(ch)
-                .ListStored(pb.ListStoredRequest(device_id=device), timeout=2)
-                .total_items
-            )
+            return CloudStub(ch).ListStored(pb.ListStoredRequest(device_id=device), timeout=2).total_items
     except grpc.RpcError:
         return -1
 
@@ -79,7 +75,7 @@ def stored_count(target: str, device: str = DEVICE) -> int:
 def check_exactly_once(target: str, payloads: list[bytes]) -> None:
     """Every source item is stored once, with the payload the edge's encoder produces for it."""
     with grpc.insecure_channel(target) as ch:
-        stub = pb_grpc.CodecStub(ch)
+        stub = CloudStub(ch)
         listing = stub.ListStored(pb.ListStoredRequest(device_id=DEVICE), timeout=10)
         got = {}
         for resp in stub.Fetch(pb.FetchRequest(device_id=DEVICE, codes_only=True, limit=N + 100), timeout=60):
@@ -112,7 +108,7 @@ def store(request, tmp_path):
     if request.param == "sqlite":
         return str(tmp_path / "cloud.sqlite")
     # a schema of its own: the counts below are per device and must start at zero
-    from ingest_helpers import pg_drop_schema, pg_fresh_schema
+    from tests.helpers import pg_drop_schema, pg_fresh_schema
 
     request.getfixturevalue("pg_url")  # skip/fail visibly without a server
     schema = pg_fresh_schema()
@@ -330,16 +326,16 @@ def test_items_the_cloud_refuses_are_quarantined_not_lost_and_do_not_block_the_r
 ):
     """A corrupt item and an id the cloud holds with other content: both set aside in the spool with the
     cloud's reason, every other item stored once, exit 4; `quarantine --requeue` puts them back."""
-    from edge.encoder import EdgeEncoder
     from edge.spool import Spool
+    from latent_codec.codec import Codec
 
     n = 300
-    bid = EdgeEncoder(bundle).bundle_id
+    bid = Codec.open(bundle).bundle_id
     server = ServerProcess(bundles, str(tmp_path / "cloud.sqlite"), tmp_path).start()
     try:
         with grpc.insecure_channel(server.target) as ch:  # the cloud already holds cam#7 with other bytes
             list(
-                pb_grpc.CodecStub(ch).Ingest(
+                CloudStub(ch).Ingest(
                     iter(
                         [
                             pb.IngestRequest(
@@ -382,7 +378,7 @@ def test_items_the_cloud_refuses_are_quarantined_not_lost_and_do_not_block_the_r
         assert report["quarantined"] == 2 and report["still_spooled"] == 0, report
         assert "quarantined cam#junk" in log and "quarantined cam#7" in log
         with grpc.insecure_channel(server.target) as ch:
-            stub = pb_grpc.CodecStub(ch)
+            stub = CloudStub(ch)
             got = {
                 it.item_id: it.payload
                 for r in stub.Fetch(

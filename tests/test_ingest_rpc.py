@@ -8,12 +8,11 @@ import uuid
 import grpc
 import numpy as np
 import pytest
-from ingest_helpers import fixed_size_variant, pg_url  # noqa: F401  (session fixture)
 
 from latent_codec import datasets
-from latent_codec.tensors import from_tensor
-from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
-from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
+from latent_codec.codec import Codec, from_tensor
+from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+from tests.helpers import CloudStub, fixed_size_variant
 
 
 @pytest.fixture(scope="module")
@@ -32,21 +31,26 @@ def served(request, bundles, tmp_path):
     store = str(tmp_path / "store.sqlite") if request.param == "sqlite" else request.getfixturevalue("pg_url")
     running = build_server(bundles, "127.0.0.1:0", workers=4, store=store)
     ch = grpc.insecure_channel(f"127.0.0.1:{running.port}")
-    yield running, pb_grpc.CodecStub(ch)
+    yield running, CloudStub(ch)
     ch.close()
     running.stop(grace=1.0)
 
 
 @pytest.fixture(scope="module")
 def encoders(bundles):
-    from edge.encoder import EdgeEncoder
+    from latent_codec.codec import Codec
 
-    return {b.name: EdgeEncoder(b) for b in sorted(bundles.iterdir())}
+    return {b.name: Codec.open(b) for b in sorted(bundles.iterdir())}
 
 
 @pytest.fixture(scope="module")
 def x():
     return datasets.load("digits", "test").x[:300]
+
+
+def enc_dir(bundles, codec) -> object:
+    """The bundle directory a codec was opened from."""
+    return next(b for b in bundles.iterdir() if Codec.open(b, need=()).bundle_id == codec.bundle_id)
 
 
 def device() -> str:
@@ -93,12 +97,9 @@ def test_ingest_acks_each_request_in_order_and_is_idempotent(served, encoders, x
 
 @pytest.mark.parametrize("fmt", [pb.RECONSTRUCTION_FORMAT_FLOAT32, pb.RECONSTRUCTION_FORMAT_UINT8])
 def test_fetch_reconstructions_equal_decoding_the_original_payloads(served, encoders, bundles, x, fmt):
-    from cloud.bundles import BundleRegistry
-    from cloud.decoding import decode_payloads, to_raw
+    from latent_codec.codec import Codec
 
     running, stub = served
-    registry = BundleRegistry()  # decode independently of the server's sessions
-    registry.load_dir(bundles)
     for enc in encoders.values():
         dev = device()
         payloads = enc.encode(x)
@@ -106,12 +107,12 @@ def test_fetch_reconstructions_equal_decoding_the_original_payloads(served, enco
         items, missing = fetch_all(stub, pb.FetchRequest(device_id=dev, reconstruction_format=fmt))
         assert not missing and [it.item_id for it in items] == [f"i{k}" for k in range(300)]
         got = np.concatenate([from_tensor(it.reconstruction, "reconstruction") for it in items])
-        lb = registry.get(enc.bundle_id)
-        want = decode_payloads(lb, payloads)
+        local = Codec.open(enc_dir(bundles, enc), need=("decoder",))
+        want = local.decode(payloads, unit=True)  # the same codec, decoding independently of the server
         if fmt == pb.RECONSTRUCTION_FORMAT_FLOAT32:
             np.testing.assert_allclose(got, want, rtol=0, atol=1e-6)
         else:
-            np.testing.assert_array_equal(got, to_raw(lb, want))
+            np.testing.assert_array_equal(got, local.unscale(want))
         assert [it.payload for it in items] == payloads
         assert all(not it.error for it in items)
 
@@ -219,8 +220,8 @@ def test_bad_ingest_requests_are_invalid_argument_naming_the_field(served, encod
 
 def test_request_level_bundle_id_saves_framing_and_is_stored_per_item(served, encoders, x):
     """Items may leave bundle_id empty and inherit the request's; mixed batches keep their own."""
-    from edge.ingest import build_request
     from edge.spool import SpooledItem
+    from latent_codec.framing import ingest_request as build_request
 
     running, stub = served
     ans_enc, fixed_enc = (encoders[n] for n in sorted(encoders))
@@ -331,17 +332,30 @@ def test_bad_fetch_requests(served):
     assert items == [] and missing == ["nothing-here"]
 
 
-def test_a_server_without_store_refuses_ingest_clearly(bundles):
-    from cloud.server import build_server
+def test_storage_is_offered_only_with_a_store_and_the_client_says_so(served, bundles):
+    """With a store, health and reflection list Storage; without one, the Python client's error names why."""
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-    running = build_server(bundles, "127.0.0.1:0", workers=2)
+    from cloud.server import build_server
+    from edge.channel import CloudError
+    from edge.client import CloudClient
+    from tests.test_server import reflected_services
+
+    running, _ = served
+    with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+        status = health_pb2_grpc.HealthStub(ch).Check(
+            health_pb2.HealthCheckRequest(service="aecodec.v2.Storage")
+        )
+    assert status.status == health_pb2.HealthCheckResponse.SERVING
+    assert {"aecodec.v2.Decoding", "aecodec.v2.Storage"} <= set(reflected_services(running.port))
+    bare = build_server(bundles, "127.0.0.1:0", workers=2)
     try:
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            with pytest.raises(grpc.RpcError) as info:
-                pb_grpc.CodecStub(ch).ListStored(pb.ListStoredRequest(), timeout=10)
-        assert info.value.code() == grpc.StatusCode.FAILED_PRECONDITION and "--store" in info.value.details()
+        with CloudClient(f"127.0.0.1:{bare.port}") as client:
+            with pytest.raises(CloudError, match="UNIMPLEMENTED|does not offer") as info:
+                client.list_stored()
+        assert "--store" in str(info.value)
     finally:
-        running.stop(grace=0.5)
+        bare.stop(grace=0.5)
 
 
 def test_items_stay_fetchable_after_their_bundle_is_removed(bundles, encoders, x, tmp_path):
@@ -355,7 +369,7 @@ def test_items_stay_fetchable_after_their_bundle_is_removed(bundles, encoders, x
     running = build_server(bundles, "127.0.0.1:0", workers=2, store=store)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            list(pb_grpc.CodecStub(ch).Ingest(iter([request_of("d", enc, payloads)]), timeout=30))
+            list(CloudStub(ch).Ingest(iter([request_of("d", enc, payloads)]), timeout=30))
     finally:
         running.stop(grace=0.5)
     only_ans = tmp_path / "only-ans"
@@ -364,7 +378,7 @@ def test_items_stay_fetchable_after_their_bundle_is_removed(bundles, encoders, x
     running = build_server(only_ans, "127.0.0.1:0", workers=2, store=store)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            stub = pb_grpc.CodecStub(ch)
+            stub = CloudStub(ch)
             items, _ = fetch_all(stub, pb.FetchRequest(device_id="d"))
             listing = stub.ListStored(pb.ListStoredRequest(), timeout=10)
     finally:
@@ -378,8 +392,8 @@ def test_items_stay_fetchable_after_their_bundle_is_removed(bundles, encoders, x
 def test_compact_ids_and_times_cut_framing_and_store_the_same_items(served, encoders, x):
     """build_request sends the id prefix and the earliest capture time once; the server stores the full ids
     and times, and a resend in the long form is recognised as the same items (idempotency across forms)."""
-    from edge.ingest import build_request
     from edge.spool import SpooledItem
+    from latent_codec.framing import ingest_request as build_request
 
     running, stub = served
     enc = encoders[sorted(encoders)[0]]
@@ -415,8 +429,9 @@ def test_compact_ids_and_times_cut_framing_and_store_the_same_items(served, enco
 
 
 def test_build_request_keeps_ids_it_cannot_shorten():
-    from edge.ingest import acknowledged_ids, build_request
     from edge.spool import SpooledItem
+    from latent_codec.framing import acknowledges as acknowledged_ids
+    from latent_codec.framing import ingest_request as build_request
 
     lead = build_request("d", [SpooledItem(1, "x#007", "b", b"p", 5), SpooledItem(2, "x#008", "b", b"q", 9)])
     # "007" would come back as "7": the prefix takes the zeros, the number what str() gives back.
@@ -438,11 +453,9 @@ def test_build_request_keeps_ids_it_cannot_shorten():
 
 def test_an_empty_entropy_coded_payload_is_stored_and_decodes(served, encoders, bundles):
     """Zero bytes is the valid code of an entropy-coded bundle's most probable symbols: accepted, stored, decoded."""
-    from latent_codec.bundle import load_bundle, run_decoder
-
     running, stub = served
     enc = encoders[sorted(encoders)[0]]
-    assert enc.manifest.payload.item_bytes is None  # entropy-coded
+    assert enc.item_bytes is None  # entropy-coded
     dev = device()
     (ack,) = stub.Ingest(
         iter(
@@ -463,9 +476,6 @@ def test_an_empty_entropy_coded_payload_is_stored_and_decodes(served, encoders, 
             device_id=dev, item_ids=["empty"], reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32
         ),
     )
-    b = load_bundle(bundles / "bundle-dense-affine6-ans")
-    assert b.bundle_id == enc.bundle_id
-    z, side = b.manifest.payload.unpack([b""])
-    local = np.clip(run_decoder(b.session("decoder"), z, side, b.manifest.code_shape), 0, 1)
+    local = enc.decode([b""], unit=True)
     assert got[0].payload == b"" and not got[0].error
     assert np.abs(from_tensor(got[0].reconstruction) - local).max() <= 1e-6

@@ -6,7 +6,6 @@ import threading
 import uuid
 
 import pytest
-from ingest_helpers import pg_url  # noqa: F401  (session fixture)
 
 from cloud.store import ItemConflict, NewItem, StoreError, open_store
 

@@ -8,9 +8,8 @@ import shutil
 import numpy as np
 import pytest
 
-from latent_codec.bundle import load_bundle
+from latent_codec.bundle import Manifest, load_bundle
 from latent_codec.errors import BundleError
-from latent_codec.manifest import Manifest
 
 
 def test_manifest_roundtrip(fashion_bundle):
@@ -95,12 +94,15 @@ def test_broken_bundles_are_named(fashion_bundle, tmp_path, mutate, message):
         load_bundle(b)
 
 
-def test_bundle_sessions_run(fashion_bundle):
-    from latent_codec.bundle import run_decoder, run_encoder
+def test_codec_transforms_run_on_the_bundle_graphs(fashion_bundle):
+    from latent_codec.codec import Codec
 
-    b = load_bundle(fashion_bundle)
+    c = Codec.open(fashion_bundle, threads=1)
     x = np.random.default_rng(0).random((3, 1, 28, 28), dtype=np.float32)
-    code, side = run_encoder(b.session("encoder", threads=1), x, [])
+    code, side = c.analyse(x)
     assert code.shape == (3, 32) and side == {}
-    rec = run_decoder(b.session("decoder", threads=1), code, {}, b.manifest.code_shape)
+    rec = c.synthesise(code, {})
     assert rec.shape == (3, 1, 28, 28) and 0 <= rec.min() and rec.max() <= 1
+    # A codec opened with one side refuses the other with a message, not a crash.
+    with pytest.raises(BundleError, match="without its decoder"):
+        Codec.open(fashion_bundle, need=("encoder",)).synthesise(code, {})

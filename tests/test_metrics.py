@@ -15,15 +15,14 @@ import pytest
 from cloud.metrics import Histogram
 from cloud.server import build_server
 from latent_codec import datasets
-from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
-from latent_codec.wire.aecodec.v1 import codec_pb2_grpc as pb_grpc
-from tests.conftest import ROOT
+from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+from tests.helpers import ROOT, CloudStub, tiny_bundle
 from tests.test_server import make_request
-from tests.tiny_bundle import tiny_bundle
 
 SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
 LABEL = re.compile(r'([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"')
-CODEC = "aecodec.v1.Codec"
+CODEC = "aecodec.v2.Decoding"
+STORAGE = "aecodec.v2.Storage"
 TOKEN = "metrics-token"
 
 
@@ -68,7 +67,7 @@ def test_metrics_count_rpcs_statuses_latency_and_items(bundle, tmp_path):
         assert val(before, "aecodec_bundles_loaded") == 1
         assert val(before, "aecodec_decoded_items_total") == 0
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            stub = pb_grpc.CodecStub(ch)
+            stub = CloudStub(ch)
             r1, _ = make_request(bundle, x[:30])
             r2, _ = make_request(bundle, x[30:47])
             for r in (r1, r2):
@@ -85,9 +84,9 @@ def test_metrics_count_rpcs_statuses_latency_and_items(bundle, tmp_path):
                 stub.Decode(r1, timeout=10)  # no token
             assert ei.value.code() == grpc.StatusCode.UNAUTHENTICATED
             # ingest: 2 requests of 12 and 8 items, then the first one again (all duplicates)
-            from edge.encoder import EdgeEncoder
+            from latent_codec.codec import Codec
 
-            enc = EdgeEncoder(bundle)
+            enc = Codec.open(bundle)
             payloads = enc.encode(x[:20])
 
             def ingest_req(lo, hi, compact=False):  # compact: ids as prefix "i" + item_seq, acked by number
@@ -115,8 +114,9 @@ def test_metrics_count_rpcs_statuses_latency_and_items(bundle, tmp_path):
         running.stop(grace=1.0)
 
     def handled(method, code):
+        service = STORAGE if method in ("Ingest", "Fetch", "ListStored") else CODEC
         return val(
-            s, "aecodec_grpc_server_handled_total", grpc_service=CODEC, grpc_method=method, grpc_code=code
+            s, "aecodec_grpc_server_handled_total", grpc_service=service, grpc_method=method, grpc_code=code
         )
 
     assert handled("Decode", "OK") == 2
@@ -193,7 +193,7 @@ def test_metrics_endpoint_from_the_server_cli(bundle, tmp_path):
             assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
             time.sleep(0.05)
         with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as ch:
-            pb_grpc.CodecStub(ch).ModelInfo(pb.ModelInfoRequest(), timeout=10)
+            CloudStub(ch).ModelInfo(pb.ModelInfoRequest(), timeout=10)
         s = scrape(mport)
         assert (
             val(

@@ -1,14 +1,14 @@
-"""Quantisation and payload packing round trips, and their validation errors."""
+"""The codec's coding steps (quantise, entropy-code, lay out) and its container: round trips and validation errors."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from latent_codec.entropy import FactorizedPrior
+from latent_codec.codec import split_payloads
 from latent_codec.errors import PayloadError
-from latent_codec.packing import PayloadSpec, SideField, join_payloads, split_payloads
-from latent_codec.quantize import Quantizer
+from latent_codec.payload import FactorizedPrior, PayloadSpec, Quantizer, SideField
+from tests.helpers import codes_codec, pack_codes, unpack_codes
 
 
 @pytest.fixture
@@ -26,18 +26,18 @@ def test_affine_error_within_half_step(codes, bits):
     err = np.abs(q.dequantize(s) - codes)
     assert np.all(err <= step / 2 + 1e-5)
     spec = PayloadSpec(q, 12)
-    payloads = spec.pack(codes)
+    payloads = pack_codes(spec, codes)
     assert all(len(p) == (12 * bits + 7) // 8 for p in payloads) and spec.item_bytes == (12 * bits + 7) // 8
-    back, _ = spec.unpack(payloads)
+    back, _ = unpack_codes(spec, payloads)
     np.testing.assert_array_equal(back, q.dequantize(s))
 
 
 def test_float16_and_float32(codes):
     for kind, nbytes in (("float16", 24), ("float32", 48)):
         spec = PayloadSpec(Quantizer(kind), 12)
-        p = spec.pack(codes)
+        p = pack_codes(spec, codes)
         assert len(p[0]) == nbytes
-        back, _ = spec.unpack(p)
+        back, _ = unpack_codes(spec, p)
         np.testing.assert_array_equal(back, codes.astype(kind).astype(np.float32))
 
 
@@ -45,14 +45,14 @@ def test_side_fields_are_packed_and_counted(codes):
     rng = np.random.default_rng(3)
     sw = rng.integers(0, 4, size=(200, 2, 3, 3))
     spec = PayloadSpec(Quantizer.fit_affine(codes, 4), 12, side=[SideField("switches0", [2, 3, 3], 2)])
-    p = spec.pack(codes, {"switches0": sw})
+    p = pack_codes(spec, codes, {"switches0": sw})
     assert len(p[0]) == (12 * 4 + 18 * 2 + 7) // 8  # 84 bits -> 11 bytes
-    _, side = spec.unpack(p)
+    _, side = unpack_codes(spec, p)
     np.testing.assert_array_equal(side["switches0"], sw)
     with pytest.raises(PayloadError, match="missing side field"):
-        spec.pack(codes)
+        pack_codes(spec, codes)
     with pytest.raises(PayloadError, match="values outside 0..3"):
-        spec.pack(codes, {"switches0": sw + 4})
+        pack_codes(spec, codes, {"switches0": sw + 4})
 
 
 def test_entropy_coded_roundtrip_and_smaller(codes):
@@ -60,15 +60,15 @@ def test_entropy_coded_roundtrip_and_smaller(codes):
     prior = FactorizedPrior.fit(q.quantize(codes), q.levels)
     assert np.all(prior.tables.sum(axis=1) == 1 << 16) and prior.tables.min() >= 1
     spec = PayloadSpec(q, 12, prior)
-    p = spec.pack(codes)
-    back, _ = spec.unpack(p)
+    p = pack_codes(spec, codes)
+    back, _ = unpack_codes(spec, p)
     np.testing.assert_array_equal(back, q.dequantize(q.quantize(codes)))
     # ANS spends close to the ideal code length under the prior (a few bytes of state overhead).
     ideal = prior.bits(q.quantize(codes)) / 8
     assert np.mean([len(x) for x in p]) <= ideal.mean() + 4
     # The manifest form rebuilds an identical coder.
     spec2 = PayloadSpec.from_dict(spec.to_dict())
-    assert spec2.pack(codes) == p
+    assert pack_codes(spec2, codes) == p
 
 
 def test_entropy_coding_pays_off_on_peaked_codes():
@@ -77,23 +77,31 @@ def test_entropy_coding_pays_off_on_peaked_codes():
     codes = np.where(rng.random((2000, 16)) < 0.8, 0.0, rng.normal(size=(2000, 16))).astype(np.float32)
     q = Quantizer.fit_affine(codes, 8)
     spec = PayloadSpec(q, 16, FactorizedPrior.fit(q.quantize(codes), q.levels))
-    sizes = [len(x) for x in spec.pack(codes)]
+    sizes = [len(x) for x in pack_codes(spec, codes)]
     assert np.mean(sizes) < 0.5 * 16  # half the bytes of 8-bit fixed width
 
 
 def test_corrupt_entropy_payload_is_reported(codes):
     q = Quantizer.fit_affine(codes, 6)
     spec = PayloadSpec(q, 12, FactorizedPrior.fit(q.quantize(codes), q.levels))
-    p = spec.pack(codes[:1])[0]
+    p = pack_codes(spec, codes[:1])[0]
     with pytest.raises(PayloadError):
-        spec.unpack([p + b"\xff\xff\xff\xff\x01"])
+        unpack_codes(spec, [p + b"\xff\xff\xff\xff\x01"])
 
 
 def test_split_validation():
     assert split_payloads(b"abcdef", [], 3, 2) == [b"ab", b"cd", b"ef"]
     assert split_payloads(b"abcdef", [1, 5], 2, None) == [b"a", b"bcdef"]
-    data, sizes = join_payloads([b"a", b"bcd"], fixed_size=False)
-    assert (data, sizes) == (b"abcd", [1, 3])
+    q = Quantizer.fit_affine(np.zeros((2, 1), np.float32), 4)
+    variable = codes_codec(PayloadSpec(q, 1, FactorizedPrior.fit(np.zeros((2, 1), np.int64), q.levels)))
+    batch = variable.to_batch([b"a", b"bcd"])
+    assert (batch.data, list(batch.sizes), batch.count, batch.format) == (b"abcd", [1, 3], 2, "affine4+ans")
+    assert variable.from_batch(batch) == [b"a", b"bcd"]
+    fixed = codes_codec(PayloadSpec(q, 3))  # 12 bits -> 2 bytes per item
+    assert list(fixed.to_batch([b"ab", b"cd"]).sizes) == []
+    batch.format = "affine8"
+    with pytest.raises(PayloadError, match="codes.format is 'affine8' but bundle  uses 'affine4\\+ans'"):
+        variable.from_batch(batch)
     with pytest.raises(PayloadError, match="codes.data is 5 bytes; 3 items of 2 bytes need 6"):
         split_payloads(b"abcde", [], 3, 2)
     with pytest.raises(PayloadError, match="codes.sizes has 1 entries for 2 items"):
@@ -105,4 +113,4 @@ def test_split_validation():
 def test_wrong_fixed_payload_length(codes):
     spec = PayloadSpec(Quantizer.fit_affine(codes, 8), 12)
     with pytest.raises(PayloadError, match="item 0: payload is 11 bytes, format affine8 needs 12"):
-        spec.unpack([b"x" * 11])
+        unpack_codes(spec, [b"x" * 11])

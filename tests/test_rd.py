@@ -11,6 +11,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import unit
+
 ROOT = Path(__file__).resolve().parents[1]
 
 DIGITS_ARGS = {"code_dim": 8, "hidden": [32]}
@@ -46,6 +48,7 @@ def rd_bundle(tmp_path_factory) -> Path:
     return d / "bundle"
 
 
+@pytest.mark.slow
 def test_higher_lambda_spends_fewer_bits():
     _, _, low = _rd_train(0.005)
     _, _, high = _rd_train(0.2)
@@ -84,7 +87,7 @@ def test_ste_passes_gradients():
 
 def test_prior_tables_round_trip():
     """Learned float prior -> integer tables -> manifest dict -> coder: same distribution, exact sums."""
-    from latent_codec.entropy import FactorizedPrior
+    from latent_codec.payload import FactorizedPrior
     from training.rate import FactorizedLogisticPrior
 
     torch.manual_seed(1)
@@ -125,6 +128,7 @@ def test_learned_payload_grid_has_step_one():
         learned_payload(rp, 4)
 
 
+@pytest.mark.slow
 def test_rd_bundle_manifest_and_measured_rate(rd_bundle):
     from latent_codec.bundle import load_bundle
 
@@ -157,6 +161,7 @@ def _run(mode: str, bundle: Path, inp: Path, out: Path, threads: int) -> None:
     assert r.returncode == 0, r.stderr[-2000:]
 
 
+@pytest.mark.slow
 def test_cross_process_bit_exact(rd_bundle, tmp_path):
     """Encode in one process (1 thread), decode in two others (2 threads, 1 thread): identical bytes."""
     from latent_codec import datasets
@@ -187,7 +192,7 @@ def test_linres_starts_as_pca_on_the_integer_grid():
     from latent_codec import datasets
     from training.registry import build_model
 
-    x = datasets.to_unit(datasets.load("digits", "train").x)
+    x = unit(datasets.load("digits", "train").x)
     m = build_model("linres", {"input_shape": [1, 8, 8], "code_dim": 10, "hidden": 16}).eval()
     m.init_pca(x, step=0.5)
     p = PCA.fit(x, 10)
@@ -201,10 +206,10 @@ def test_linres_starts_as_pca_on_the_integer_grid():
     assert np.allclose(rec, p.decode(np.sign(ref) * np.sign(code) * np.round(code) * 0.5), atol=1e-3)
 
 
+@pytest.mark.slow
 def test_conv_with_hidden_mlp_and_kernel_5_rd_trains_and_exports(tmp_path):
     """The ladder's conv rungs: 5x5 strided convolutions and an MLP to a small global code."""
-    from conftest import train_and_export
-
+    from tests.helpers import train_and_export
     from training.registry import build_model
 
     old = build_model("conv", {"input_shape": [1, 8, 8], "code_dim": 4, "channels": [4, 8], "pool": "stride"})

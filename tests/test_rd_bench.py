@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 from bench.bdrate import bd_rate, common_range, pareto
+from tests.helpers import unit
 
 
 def test_bd_rate_of_a_curve_needing_half_the_bytes_is_minus_50_percent():
@@ -57,13 +58,12 @@ def test_pca_baseline_pays_the_project_framing():
 
     train = datasets.load("digits", "train").x
     test = datasets.load("digits", "test").x[:200]
-    model = pca.PCA.fit(datasets.to_unit(train), 16)
-    z = model.encode(datasets.to_unit(train), 16).astype(np.float32)
+    model = pca.PCA.fit(unit(train), 16)
+    z = model.encode(unit(train), 16).astype(np.float32)
     results = []
     for k in (4, 16):
         q = pca.uniform_quantizer(z[:, :k], 0.5)
-        from latent_codec.entropy import FactorizedPrior
-        from latent_codec.packing import PayloadSpec
+        from latent_codec.payload import FactorizedPrior, PayloadSpec
 
         spec = PayloadSpec(q, k, FactorizedPrior.fit(q.quantize(z[:, :k]), q.levels))
         sizes, rec = pca.roundtrip(model, spec, k, test)
@@ -99,6 +99,7 @@ def test_train_ladder_presets_and_overrides():
     ]
 
 
+@pytest.mark.slow
 def test_chained_ladder_on_digits(tmp_path):
     """Each rung of a chained ladder starts from the one before and spends fewer bytes as lambda grows."""
     import json

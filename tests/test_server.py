@@ -9,18 +9,17 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from edge.encoder import EdgeEncoder
 from latent_codec import datasets, metrics
-from latent_codec.bundle import load_bundle, run_decoder
-from latent_codec.tensors import from_tensor, to_tensor
-from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
-from tests.conftest import fashion_test_items
+from latent_codec.codec import Codec, from_tensor, to_tensor
+from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
+from tests.helpers import fashion_test_items, unit
 
 
 def make_request(bundle_dir, x, with_originals=True, fmt=pb.RECONSTRUCTION_FORMAT_UINT8):
-    enc = EdgeEncoder(bundle_dir)
+    enc = Codec.open(bundle_dir)
     payloads = enc.encode(x)
-    req = pb.DecodeRequest(codes=enc.code_batch(payloads), reconstruction_format=fmt)
+    req = pb.DecodeRequest(codes=enc.to_batch(payloads), reconstruction_format=fmt)
     if with_originals:
         req.originals.CopyFrom(to_tensor(x))
     return req, payloads
@@ -33,12 +32,10 @@ def test_decode_matches_local_decoding_and_metrics(stub, fashion_bundle):
     assert resp.count == 64
     rec = from_tensor(resp.reconstructions)
     assert rec.shape == (64, 1, 28, 28) and rec.dtype == np.uint8
-    # Independent computation of what the server should return.
-    b = load_bundle(fashion_bundle)
-    z, side = b.manifest.payload.unpack(payloads)
-    expect = np.rint(np.clip(run_decoder(b.session("decoder"), z, side, b.manifest.code_shape), 0, 1) * 255)
+    # The same codec offline gives what the server returned (the server runs no other decode path).
+    expect = Codec.open(fashion_bundle, need=("decoder",)).decode(payloads)
     assert np.abs(rec.astype(int) - expect.astype(int)).max() <= 1  # ORT thread-count rounding
-    mse = metrics.per_item_mse(datasets.to_unit(x), datasets.to_unit(rec))
+    mse = metrics.per_item_mse(unit(x), unit(rec))
     np.testing.assert_allclose(resp.quality.mse, mse, rtol=1e-6, atol=1e-6)
     assert resp.quality.batch_psnr == pytest.approx(-10 * np.log10(mse.mean()), rel=1e-6)
     assert resp.quality.batch_psnr > 12  # a trained model, not noise
@@ -71,17 +68,35 @@ def test_model_info_lists_manifests(stub, fashion_bundle, digits_bundle):
         assert ids[m["bundle_id"]] == m
 
 
-def test_health_is_serving(server):
+def reflected_services(port: int) -> list[str]:
+    """The service names a server lists through grpc.reflection (what grpcurl `list` shows)."""
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+        req = reflection_pb2.ServerReflectionRequest(list_services="")
+        (resp,) = list(stub.ServerReflectionInfo(iter([req]), timeout=5))
+    return sorted(s.name for s in resp.list_services_response.service)
+
+
+def test_without_a_store_health_and_reflection_offer_decoding_only(server):
+    """Storage is not registered without --store: health does not know it, reflection does not list it, and a
+    call is UNIMPLEMENTED (not a FAILED_PRECONDITION from a service that pretends to exist)."""
+    serving = health_pb2.HealthCheckResponse.SERVING
     with grpc.insecure_channel(f"127.0.0.1:{server.port}") as ch:
         h = health_pb2_grpc.HealthStub(ch)
+        assert h.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status == serving
         assert (
-            h.Check(health_pb2.HealthCheckRequest(service=""), timeout=5).status
-            == health_pb2.HealthCheckResponse.SERVING
+            h.Check(health_pb2.HealthCheckRequest(service="aecodec.v2.Decoding"), timeout=5).status == serving
         )
-        assert (
-            h.Check(health_pb2.HealthCheckRequest(service="aecodec.v1.Codec"), timeout=5).status
-            == health_pb2.HealthCheckResponse.SERVING
-        )
+        with pytest.raises(grpc.RpcError) as err:
+            h.Check(health_pb2.HealthCheckRequest(service="aecodec.v2.Storage"), timeout=5)
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND
+        with pytest.raises(grpc.RpcError) as err:
+            pb_grpc.StorageStub(ch).ListStored(pb.ListStoredRequest(), timeout=5)
+        assert err.value.code() == grpc.StatusCode.UNIMPLEMENTED
+    names = reflected_services(server.port)
+    assert "aecodec.v2.Decoding" in names and "aecodec.v2.Storage" not in names
 
 
 def _mut(field):

@@ -11,7 +11,7 @@ import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def start(bundles_dir, tmp_path):

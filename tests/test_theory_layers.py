@@ -83,6 +83,7 @@ def test_switch_conversion_round_trips_and_matches_torch_max_unpool():
     assert int((ref != 0).sum()) == y.numel()
 
 
+@pytest.mark.slow
 def test_max_unpooling_through_onnx_runtime_matches_torch(tmp_path):
     import onnxruntime as ort
 
@@ -119,8 +120,7 @@ def test_max_unpooling_through_onnx_runtime_matches_torch(tmp_path):
 
 
 def test_max_unpooling_side_fields_are_counted_at_two_bits():
-    from latent_codec.packing import PayloadSpec, SideField
-    from latent_codec.quantize import Quantizer
+    from latent_codec.payload import PayloadSpec, Quantizer, SideField
     from training.registry import build_model
 
     m = build_model("conv", {"input_shape": [1, 28, 28], "code_dim": 16, "channels": [4, 8], "up": "max"})
@@ -155,6 +155,7 @@ def test_tied_weights_decode_with_the_transposed_encoder_weights():
         assert torch.allclose(tied.decode_logits(code, {}), want, atol=1e-6)
 
 
+@pytest.mark.slow
 def test_parity_tolerates_rare_switch_ties_but_not_wrong_switches(monkeypatch):
     from latent_codec.errors import CodecError
     from training.models import unpool

@@ -12,8 +12,8 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import need_fashion
 
+from tests.helpers import need_fashion
 from training.noise import Corruption, gaussian_noise, mask_noise
 from training.regularizers import Regularizers, jacobian_frobenius_sq, kl_sparsity, l1_activity
 from training.train import TrainConfig, config_from_args, evaluate, parse_args, train
@@ -163,6 +163,7 @@ def test_overcomplete_without_regulariser_refuses_with_the_reason(capsys):
     assert "identity" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("reg", [{"mask_noise": 0.3}, {"l1": 0.01}, {"contractive": 0.01}])
 def test_overcomplete_with_a_regulariser_trains(reg):
     cfg = TrainConfig(model="dense", model_args={"code_dim": 100}, data="digits", epochs=1, limit=300, **reg)
@@ -171,6 +172,7 @@ def test_overcomplete_with_a_regulariser_trains(reg):
 
 
 # ---- sparse ------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_kl_sparse_training_reports_rho_hat_per_unit_and_approaches_target():
     base = dict(
         model="dense",
@@ -190,6 +192,7 @@ def test_kl_sparse_training_reports_rho_hat_per_unit_and_approaches_target():
 
 
 # ---- 8-3-8 -------------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_one_hot_8_3_8_autoencoder_reconstructs_all_eight_inputs():
     from training.registry import build_model
 
@@ -213,6 +216,7 @@ def test_one_hot_8_3_8_autoencoder_reconstructs_all_eight_inputs():
 
 
 # ---- linear AE = PCA ---------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_linear_autoencoder_learns_the_pca_subspace():
     from scipy.linalg import subspace_angles
     from sklearn.decomposition import PCA
@@ -249,6 +253,7 @@ def test_linear_autoencoder_learns_the_pca_subspace():
 
 
 # ---- denoising ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_denoising_beats_plain_on_masked_inputs():
     need_fashion()
     from training.data import load_split, to_tensor
@@ -275,6 +280,7 @@ def test_denoising_beats_plain_on_masked_inputs():
 
 
 # ---- stacked -----------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_stacked_pretraining_then_finetuning_at_least_matches_scratch():
     need_fashion()
     from training.data import load_split, to_tensor

@@ -47,3 +47,39 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
         main(["--model", "conv", "--data", str(tmp_path / "nothing"), "--out", str(tmp_path / "x.pt")]) == 2
     )
     assert "data not found" in capsys.readouterr().err
+
+
+def test_export_replaces_only_a_bundle_directory(tmp_path, capsys):
+    """`training.export --out DIR` never deletes a directory that is not a bundle (unless --force)."""
+    from training.export import main as export_main
+    from training.train import TrainConfig, save_checkpoint, train
+
+    cfg = TrainConfig(
+        model="dense", model_args={"code_dim": 4, "hidden": [16]}, data="digits", epochs=1, limit=200
+    )
+    model, record = train(cfg, progress=None)
+    ckpt = save_checkpoint(tmp_path / "m.pt", model, cfg, record)
+    precious = tmp_path / "bundles"
+    (precious / "other-bundle").mkdir(parents=True)
+    (precious / "other-bundle" / "manifest.json").write_text("{}")
+    (precious / "notes.txt").write_text("keep me")
+    args = ["--checkpoint", str(ckpt), "--quant", "affine8", "--fit-items", "100", "--test-limit", "50"]
+    assert export_main([*args, "--out", str(precious)]) == 2
+    err = capsys.readouterr().err
+    assert "is a directory that is not a bundle" in err and "--force" in err
+    assert (precious / "notes.txt").read_text() == "keep me" and (precious / "other-bundle").is_dir()
+    # A bundle directory is replaced (a re-export), and a new path is created.
+    bundle = precious / "dense"
+    assert export_main([*args, "--out", str(bundle)]) == 0
+    first = (bundle / "manifest.json").read_text()
+    assert export_main([*args, "--out", str(bundle)]) == 0
+    assert (bundle / "manifest.json").read_text() != "" and sorted(p.name for p in bundle.iterdir()) == [
+        "decoder.onnx",
+        "encoder.onnx",
+        "manifest.json",
+    ]
+    assert first  # the earlier bundle was a bundle: replacing it is what re-export means
+    assert (precious / "notes.txt").read_text() == "keep me"
+    # --force replaces even a non-bundle directory: the user asked for it.
+    assert export_main([*args, "--out", str(precious), "--force"]) == 0
+    assert not (precious / "notes.txt").exists() and (precious / "manifest.json").is_file()

@@ -13,18 +13,7 @@ import numpy as np
 import pytest
 
 from bench.variants import VARIANTS, Variant
-
-# One representative per distinct exported graph; the rest differ only in how they were trained.
-FAST = {
-    "deep-tied",
-    "dense-linear-mse",
-    "conv-deconv",
-    "conv-stride",
-    "conv-avg-unpool",
-    "conv-max-unpool",
-    "sparse-kl",
-    "linear-pca",
-}
+from tests.helpers import unit
 
 
 def _digits_args(v: Variant) -> dict:
@@ -39,7 +28,7 @@ def _digits_args(v: Variant) -> dict:
 
 
 def _params():
-    return [pytest.param(v, id=v.name, marks=() if v.name in FAST else pytest.mark.slow) for v in VARIANTS]
+    return [pytest.param(v, id=v.name, marks=pytest.mark.slow) for v in VARIANTS]  # each trains a model
 
 
 def test_variants_cover_the_registry():
@@ -59,12 +48,10 @@ def served(tmp_path_factory):
 @pytest.mark.parametrize("variant", _params())
 def test_variant_trains_exports_and_decodes_through_the_server(variant: Variant, served, tmp_path):
     import torch
-    from conftest import decode_through_server, train_and_export
 
-    from edge.encoder import EdgeEncoder
     from latent_codec import datasets
-    from latent_codec.bundle import load_bundle, run_decoder
-    from latent_codec.tensors import from_tensor
+    from latent_codec.codec import Codec, from_tensor
+    from tests.helpers import decode_through_server, train_and_export
 
     torch.set_num_threads(1)
     train = {"epochs": 10, "batch_size": 64, **variant.train}
@@ -97,18 +84,16 @@ def test_variant_trains_exports_and_decodes_through_the_server(variant: Variant,
     root = served / variant.name
     root.mkdir()
     (root / bundle.name).symlink_to(bundle, target_is_directory=True)
-    enc = EdgeEncoder(bundle)
+    enc = Codec.open(bundle)
     x = datasets.load("digits", "test").x[:32]
     payloads = enc.encode(x)
     resp = decode_through_server(root, enc, payloads, x)
     rec = from_tensor(resp.reconstructions)
     # The cloud's reconstruction is exactly what this bundle decodes locally from the same payloads.
-    b = load_bundle(bundle)
-    z, side_vals = b.manifest.payload.unpack(payloads)
-    local = np.clip(run_decoder(b.session("decoder"), z, side_vals, b.manifest.code_shape), 0, 1)
+    local = enc.decode(payloads, unit=True)
     assert rec.shape == (32, 1, 8, 8) and np.abs(rec - local).max() <= 1e-5
     # The server's quality report is the error of what it sent back ...
-    x01 = datasets.to_unit(x)
+    x01 = unit(x)
     assert resp.quality.batch_mse == pytest.approx(float(((rec - x01) ** 2).mean()), rel=1e-4)
     # ... and the variant reconstructs something: far closer than a blank image (quality is bench/variants.py's job).
     assert resp.quality.batch_mse < 0.5 * float((x01**2).mean())

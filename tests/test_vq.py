@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 import torch
 
+from tests.helpers import unit
+
 
 def _model(codebook, bias=None):
     from training.registry import build_model
@@ -58,6 +60,7 @@ def _train(rd_lambda: float, epochs: int = 8):
     return train(cfg, progress=None)
 
 
+@pytest.mark.slow
 def test_lloyd_iterations_never_increase_the_objective_and_rate_training_spends_fewer_bits():
     _, plain = _train(0.0)
     losses = [h["train_loss"] for h in plain["history"]]
@@ -70,12 +73,11 @@ def test_lloyd_iterations_never_increase_the_objective_and_rate_training_spends_
     assert probs.shape == (1, 64) and math.isclose(probs.sum(), 1.0, rel_tol=1e-9)
 
 
+@pytest.mark.slow
 def test_vq_bundle_decodes_through_the_server_to_its_codewords(tmp_path):
-    from conftest import decode_through_server, train_and_export
-
-    from edge.encoder import EdgeEncoder
     from latent_codec import datasets
-    from latent_codec.tensors import from_tensor
+    from latent_codec.codec import Codec, from_tensor
+    from tests.helpers import decode_through_server, train_and_export
     from training.train import load_checkpoint
 
     torch.set_num_threads(1)
@@ -90,7 +92,7 @@ def test_vq_bundle_decodes_through_the_server_to_its_codewords(tmp_path):
         test_limit=100,
         fit_items=600,
     )
-    enc = EdgeEncoder(bundle)
+    enc = Codec.open(bundle)
     x = datasets.load("digits", "test").x[:40]
     payloads = enc.encode(x)
     assert max(len(p) for p in payloads) <= 4  # one 6-bit index in the ANS coder's few bytes
@@ -98,7 +100,7 @@ def test_vq_bundle_decodes_through_the_server_to_its_codewords(tmp_path):
     rec = from_tensor(resp.reconstructions).reshape(40, -1)
     # The cloud returns, for each item, the codeword torch picks for it (the nearest one).
     model, _, _ = load_checkpoint(tmp_path / "vq.pt")
-    x01 = torch.from_numpy(datasets.to_unit(x))
+    x01 = torch.from_numpy(unit(x))
     idx = torch.argmin(model.costs(x01.flatten(1)), dim=1)
     expected = np.clip(model.codebook[idx].numpy(), 0, 1)
     assert np.abs(rec - expected).max() <= 1e-5

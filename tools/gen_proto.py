@@ -13,7 +13,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 PROTO_DIR = ROOT / "proto"
 # The .proto files are mapped under this virtual path so the generated modules
-# import each other as `latent_codec.wire.aecodec.v1...`, no sys.path tricks.
+# import each other as `latent_codec.wire.aecodec.v2...`, no sys.path tricks.
 VIRTUAL_PREFIX = "latent_codec/wire"
 
 

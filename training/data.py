@@ -6,6 +6,7 @@ import numpy as np
 import torch
 
 from latent_codec import datasets
+from latent_codec.bundle import InputSpec
 
 
 def load_split(spec: str | None, split: str, limit: int = 0) -> datasets.ArrayDataset:
@@ -18,7 +19,8 @@ def load_split(spec: str | None, split: str, limit: int = 0) -> datasets.ArrayDa
 
 
 def to_tensor(ds: datasets.ArrayDataset) -> torch.Tensor:
-    return torch.from_numpy(datasets.to_unit(ds.x))
+    """Items scaled to [0, 1] exactly as the exported bundle's codec will scale them (InputSpec.of_items)."""
+    return torch.from_numpy(InputSpec.of_items(ds.x).to_unit(ds.x))
 
 
 def train_val_split(x: torch.Tensor, val_fraction: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:

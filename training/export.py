@@ -11,6 +11,7 @@ with the content hash that names the bundle.
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -19,13 +20,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from latent_codec import datasets, metrics
-from latent_codec.bundle import load_bundle, run_decoder, run_encoder
-from latent_codec.entropy import FactorizedPrior
+from latent_codec import metrics
+from latent_codec.bundle import DECODER_NAME, ENCODER_NAME, MANIFEST_NAME, InputSpec, Manifest, write_manifest
+from latent_codec.codec import Codec, OnnxTransforms
 from latent_codec.errors import CodecError
-from latent_codec.manifest import DECODER_NAME, ENCODER_NAME, InputSpec, Manifest, write_manifest
-from latent_codec.packing import PayloadSpec, SideField
-from latent_codec.quantize import Quantizer
+from latent_codec.payload import FactorizedPrior, PayloadSpec, Quantizer, SideField
 from training.data import load_split
 from training.onnx_export import export_graphs, parity
 from training.train import load_checkpoint
@@ -39,42 +38,33 @@ def make_quantizer(name: str, codes: np.ndarray, clip_quantile: float) -> Quanti
     return Quantizer.fit_affine(codes, int(name.removeprefix("affine")), clip_quantile)
 
 
-def encode_all(session, x_raw: np.ndarray, side_names: list[str], batch: int = 1000):
-    codes, sides = [], {n: [] for n in side_names}
-    for i in range(0, len(x_raw), batch):
-        c, s = run_encoder(session, datasets.to_unit(x_raw[i : i + batch]), side_names)
-        codes.append(c)
-        for n in side_names:
-            sides[n].append(s[n])
-    return np.concatenate(codes), {n: np.concatenate(v) for n, v in sides.items()}
+def training_codes(codec: Codec, x_raw: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """(N, D) codes of raw items as ONNX Runtime computes them: scale + analyse, the codec's first two steps."""
+    return np.concatenate(
+        [codec.analyse(codec.scale(x_raw[i : i + batch]))[0] for i in range(0, len(x_raw), batch)]
+    )
 
 
 def measure(bundle_dir: Path, x_raw: np.ndarray, batch: int = 1000) -> dict:
-    """Quality and bytes of a sealed bundle on items, through load_bundle + packing: the real path."""
-    b = load_bundle(bundle_dir)
-    m = b.manifest
-    side_names = [f.name for f in m.payload.side]
-    enc, dec = b.session("encoder"), b.session("decoder")
+    """Quality and bytes of a sealed bundle on items, through its Codec: the path edge and cloud run."""
+    codec = Codec.open(bundle_dir)
     se = 0.0
     nbytes = 0
     for i in range(0, len(x_raw), batch):
         xb = x_raw[i : i + batch]
-        code, side = run_encoder(enc, datasets.to_unit(xb), side_names)
-        payloads = m.payload.pack(code, side)
+        payloads = codec.encode(xb)
         nbytes += sum(len(p) for p in payloads)
-        z, side2 = m.payload.unpack(payloads)
-        rec = np.clip(run_decoder(dec, z, side2, m.code_shape), 0.0, 1.0)
-        rec_raw = datasets.from_unit(rec, m.input.dtype)
-        se += float(metrics.per_item_mse(datasets.to_unit(xb), datasets.to_unit(rec_raw)).sum())
+        se += float(codec.squared_error(xb, codec.decode(payloads)).sum())
     mse = se / len(x_raw)
     bpi = nbytes / len(x_raw)
+    raw = codec.input.raw_bytes
     return {
         "items": int(len(x_raw)),
         "mse": mse,
         "psnr": metrics.psnr_from_mse(mse),
         "bytes_per_item": bpi,
-        "raw_bytes_per_item": m.input.raw_bytes,
-        "compression_ratio": m.input.raw_bytes / bpi if bpi else float("inf"),
+        "raw_bytes_per_item": raw,
+        "compression_ratio": raw / bpi if bpi else float("inf"),
     }
 
 
@@ -87,6 +77,7 @@ def export_bundle(
     clip_quantile: float = 0.0,
     test_limit: int = 0,
     data: str | None = None,
+    force: bool = False,
 ) -> Manifest:
     model, cfg, record = load_checkpoint(checkpoint)
     data = data or cfg["data"]
@@ -96,18 +87,27 @@ def export_bundle(
         raise CodecError(
             f"data items are {train.item_shape}, model was trained on {tuple(model.input_shape)}"
         )
-    sample = torch.from_numpy(datasets.to_unit(train.x[:8]))
+    check_out(out, force)
+    input_spec = InputSpec.of_items(
+        train.x,
+        standardize={"per_pixel": True, "baked_into_graphs": True} if model.standardize else None,
+        output=model.output,
+        loss=model.loss_name,
+    )
+    sample = torch.from_numpy(input_spec.to_unit(train.x[:8]))
     enc_bytes, dec_bytes = export_graphs(model, sample)
-    par = parity(model, enc_bytes, dec_bytes, torch.from_numpy(datasets.to_unit(test.x[:256])))
+    par = parity(model, enc_bytes, dec_bytes, torch.from_numpy(input_spec.to_unit(test.x[:256])))
 
-    # Fit the quantiser (and prior) on training codes as ONNX Runtime computes them.
-    import onnxruntime as ort
-
+    # Fit the quantiser (and prior) on training codes as ONNX Runtime computes them, through the codec's own
+    # first steps; the payload spec is a placeholder until it is fitted.
     side_fields = [SideField.from_dict(f) for f in model.side_fields()]
-    side_names = [f.name for f in side_fields]
-    sess = ort.InferenceSession(enc_bytes, providers=["CPUExecutionProvider"])
-    codes, _ = encode_all(sess, train.x, side_names)
-    flat = codes.reshape(len(codes), -1)
+    code_shape = list(model.code_shape)
+    dims = int(np.prod(code_shape))
+    transforms = OnnxTransforms.from_graphs(enc_bytes, None, [f.name for f in side_fields], code_shape)
+    fitting = Codec(
+        input_spec, code_shape, PayloadSpec(Quantizer("float32"), dims, None, side_fields), transforms
+    )
+    flat = training_codes(fitting, train.x)
     if quant.startswith(
         "learned"
     ):  # rate-distortion checkpoint: integer grid + its learned prior (training/rate.py)
@@ -125,19 +125,11 @@ def export_bundle(
         if q.kind != "affine" or q.bits > 12:
             raise CodecError("--entropy needs affine quantisation of at most 12 bits")
         prior = FactorizedPrior.fit(q.quantize(flat), q.levels)
-    spec = PayloadSpec(q, int(flat.shape[1]), prior, side_fields)
-    input_spec = InputSpec(
-        shape=list(model.input_shape),
-        dtype="uint8" if train.x.dtype == np.uint8 else "float32",
-        scale=255.0 if train.x.dtype == np.uint8 else 1.0,
-        standardize={"per_pixel": True, "baked_into_graphs": True} if model.standardize else None,
-        output=model.output,
-        loss=model.loss_name,
-    )
+    spec = PayloadSpec(q, dims, prior, side_fields)
     manifest = Manifest(
         model={"name": model.registry_name, "args": model.args},
         input=input_spec,
-        code_shape=list(codes.shape[1:]),
+        code_shape=code_shape,
         payload=spec,
         training={
             "checkpoint": checkpoint.name,
@@ -150,22 +142,54 @@ def export_bundle(
         },
     )
     manifest.seal(enc_bytes, dec_bytes)
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / ENCODER_NAME).write_bytes(enc_bytes)
-    (out / DECODER_NAME).write_bytes(dec_bytes)
-    write_manifest(out, manifest)
-    # Test metrics through the sealed bundle; metrics are not hashed, so adding them keeps the id.
-    manifest.metrics = {"test": {"data": test.source, **measure(out, test.x)}}
-    write_manifest(out, manifest)
+    tmp = out.parent / f".{out.name}.exporting-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        (tmp / ENCODER_NAME).write_bytes(enc_bytes)
+        (tmp / DECODER_NAME).write_bytes(dec_bytes)
+        write_manifest(tmp, manifest)
+        # Test metrics through the sealed bundle; metrics are not hashed, so adding them keeps the id.
+        manifest.metrics = {"test": {"data": test.source, **measure(tmp, test.x)}}
+        write_manifest(tmp, manifest)
+        check_out(out, force)  # again: something may have appeared there meanwhile
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
+
+
+BUNDLE_FILES = {ENCODER_NAME, DECODER_NAME, MANIFEST_NAME}
+
+
+def check_out(out: Path, force: bool) -> None:
+    """Export replaces a bundle (or an empty directory) at --out, never anything else unless forced."""
+    if not out.exists() or force:
+        if out.exists() and not out.is_dir():
+            raise CodecError(f"--out {out} exists and is not a directory")
+        return
+    if not out.is_dir():
+        raise CodecError(f"--out {out} exists and is not a directory; pick another path")
+    entries = sorted(p.name for p in out.iterdir())
+    if entries and not (MANIFEST_NAME in entries and set(entries) <= BUNDLE_FILES):
+        shown = ", ".join(entries[:3]) + (", ..." if len(entries) > 3 else "")
+        raise CodecError(
+            f"--out {out} is a directory that is not a bundle ({len(entries)} entries: {shown}); "
+            f"export replaces only a bundle directory: pick another path, or pass --force to replace it"
+        )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="aecodec-export", description=__doc__.split("\n")[0])
     p.add_argument("--checkpoint", required=True, type=Path)
-    p.add_argument("--out", required=True, type=Path, help="bundle directory to (re)create")
+    p.add_argument(
+        "--out",
+        required=True,
+        type=Path,
+        help="bundle directory to create (an existing bundle there is replaced)",
+    )
     p.add_argument("--quant", default="affine8", choices=QUANT_CHOICES)
     p.add_argument("--entropy", action="store_true", help="entropy-code the symbols (factorised prior + ANS)")
     p.add_argument(
@@ -176,6 +200,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--test-limit", type=int, default=0, help="measure test metrics on the first N items (0 = all)"
     )
     p.add_argument("--data", default=None, help="override the checkpoint's data spec")
+    p.add_argument(
+        "--force", action="store_true", help="replace --out even when it is a directory that is not a bundle"
+    )
     return p.parse_args(argv)
 
 
@@ -191,6 +218,7 @@ def main(argv: list[str] | None = None) -> int:
             args.clip_quantile,
             args.test_limit,
             args.data,
+            force=args.force,
         )
     except CodecError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -193,8 +193,7 @@ def learned_payload(rate_prior: dict, code_dims: int, refit_symbols=None):
     """
     import numpy as np
 
-    from latent_codec.entropy import FactorizedPrior
-    from latent_codec.quantize import Quantizer
+    from latent_codec.payload import FactorizedPrior, Quantizer
 
     b = int(rate_prior["grid_bits"])
     lo, hi = -(1 << (b - 1)), (1 << (b - 1)) - 1

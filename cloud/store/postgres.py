@@ -110,7 +110,8 @@ class PostgresStore(Store):
             yield conn
             self._idle.put(conn)
         except StoreError:  # our own refusal (e.g. ItemConflict) after a clean rollback: keep the connection
-            self._idle.put(conn)
+            if conn is not None:
+                self._idle.put(conn)
             raise
         except psycopg.OperationalError as exc:
             if conn is not None:

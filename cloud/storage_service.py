@@ -1,4 +1,4 @@
-"""Durable ingest, fetch and listing over a Store: validation, status codes, decode-on-read.
+"""The Storage gRPC service: durable Ingest, Fetch and ListStored over a Store; validation, status codes, decode-on-read.
 
 Ack semantics: each IngestRequest gets exactly one IngestAck, in request order,
 sent only after the request's items are committed in one transaction. A
@@ -21,12 +21,13 @@ from collections.abc import Iterator
 
 import grpc
 
-from latent_codec.errors import PayloadError
+from latent_codec import framing
 from latent_codec.rejection import REJECTED_ITEM_KEY
-from latent_codec.wire.aecodec.v1 import codec_pb2 as pb
+from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
 from .bundles import BundleRegistry, LoadedBundle
-from .decoding import decode_payloads, reconstruction_tensor
+from .decoding_service import FORMATS, reconstruction_tensor
 from .store import ItemConflict, NewItem, Store, StoredRecord, StoreError, StoreUnavailable, open_store
 
 log = logging.getLogger(__name__)
@@ -39,7 +40,6 @@ DEFAULT_FETCH_LIMIT = 10_000
 MAX_FETCH_LIMIT = 100_000
 FETCH_CHUNK = 256  # items per FetchResponse message
 DECODE_CHUNK = 1024  # items per decoder run
-FORMATS = (pb.RECONSTRUCTION_FORMAT_UINT8, pb.RECONSTRUCTION_FORMAT_FLOAT32, pb.RECONSTRUCTION_FORMAT_NONE)
 
 
 def _now_ms() -> int:
@@ -56,39 +56,13 @@ def _check_id(value: str, field: str) -> str | None:
     return None
 
 
-def validate_payloads(lb: LoadedBundle, payloads: list[bytes]) -> int | None:
-    """Index of the first payload that does not decode under the bundle's manifest, or None if all do."""
-    spec = lb.bundle.manifest.payload
-    try:
-        spec.unpack(payloads)
-        return None
-    except Exception:  # PayloadError, or the entropy coder's own error on garbage: find the culprit
-        for i, p in enumerate(payloads):
-            try:
-                spec.unpack([p])
-            except Exception:
-                return i
-        return 0
-
-
-def payload_problem(lb: LoadedBundle, payload: bytes) -> str:
-    spec = lb.bundle.manifest.payload
-    try:
-        spec.unpack([payload])
-    except PayloadError as exc:
-        return str(exc).removeprefix("item 0: ")
-    except Exception as exc:
-        return f"payload does not decode ({type(exc).__name__})"
-    return "payload does not decode"
-
-
-class IngestService:
+class StorageService(pb_grpc.StorageServicer):
     def __init__(self, store: Store, registry: BundleRegistry):
         self.store = store
         self.registry = registry
 
     @classmethod
-    def from_url(cls, url: str, registry: BundleRegistry) -> IngestService:
+    def from_url(cls, url: str, registry: BundleRegistry) -> StorageService:
         return cls(open_store(url), registry)
 
     def close(self) -> None:
@@ -118,11 +92,9 @@ class IngestService:
         ids = []
         for k, it in enumerate(req.items):
             where = f"items[{k}]"
-            item_id = it.item_id
-            if it.HasField("item_seq"):  # compact id: the request's prefix + the decimal number
-                if it.item_id:
-                    bad(f"{where} gives both item_id and item_seq: give one", k)
-                item_id = req.item_id_prefix + str(it.item_seq)
+            if it.HasField("item_seq") and it.item_id:
+                bad(f"{where} gives both item_id and item_seq: give one", k)
+            item_id = framing.item_id(req, it)  # compact ids: the request's prefix + the decimal number
             for value, field in ((item_id, "item_id"), (bundle_of[k], "bundle_id")):
                 problem = _check_id(value, f"{where}.{field}")
                 if problem:
@@ -147,22 +119,22 @@ class IngestService:
             lb = self.registry.get(bundle_id)
             if lb is None:
                 continue  # stored as is; see the module docstring
-            spec = lb.bundle.manifest.payload
-            if spec.item_bytes is not None:
+            codec = lb.codec
+            if codec.item_bytes is not None:
                 for k in idx:
                     size = len(req.items[k].payload)
-                    if size != spec.item_bytes:
+                    if size != codec.item_bytes:
                         bad(
-                            f"items[{k}].payload is {size} bytes; bundle {bundle_id} ({spec.format}) "
-                            f"needs exactly {spec.item_bytes}",
+                            f"items[{k}].payload is {size} bytes; bundle {bundle_id} ({codec.format}) "
+                            f"needs exactly {codec.item_bytes}",
                             k,
                         )
-            first = validate_payloads(lb, [req.items[k].payload for k in idx])
+            first = codec.first_invalid([req.items[k].payload for k in idx])
             if first is not None:
                 k = idx[first]
                 bad(
-                    f"items[{k}].payload does not fit bundle {bundle_id} ({spec.format}): "
-                    f"{payload_problem(lb, req.items[k].payload)}",
+                    f"items[{k}].payload does not fit bundle {bundle_id} ({codec.format}): "
+                    f"{codec.problem(req.items[k].payload)}",
                     k,
                 )
         return [
@@ -176,7 +148,7 @@ class IngestService:
             for k, it in enumerate(req.items)
         ]
 
-    def ingest(self, request_iterator: Iterator[pb.IngestRequest], context) -> Iterator[pb.IngestAck]:
+    def Ingest(self, request_iterator: Iterator[pb.IngestRequest], context) -> Iterator[pb.IngestAck]:
         for n, req in enumerate(request_iterator):
             items = self._items_of(req, n, context)
             try:
@@ -192,14 +164,7 @@ class IngestService:
             except StoreError as exc:
                 log.error("ingest: %s", exc)
                 context.abort(grpc.StatusCode.INTERNAL, f"storing failed: {exc}")
-            by_seq = [
-                it.HasField("item_seq") for it in req.items
-            ]  # acknowledged the way the request named them
-            yield pb.IngestAck(
-                item_ids=[it.item_id for it, s in zip(items, by_seq) if not s],
-                item_seqs=[it.item_seq for it, s in zip(req.items, by_seq) if s],
-                duplicates=dup,
-            )
+            yield framing.ack(req, dup)  # the items named the way the request named them
 
     # ---- fetch --------------------------------------------------------------
     def _records(self, req: pb.FetchRequest, context) -> tuple[list[StoredRecord], list[str]]:
@@ -281,25 +246,21 @@ class IngestService:
         fmt: int,
     ) -> None:
         try:
-            rec = decode_payloads(lb, [records[k].payload for k in idx])
+            rec = lb.codec.decode([records[k].payload for k in idx], unit=True)
         except Exception:  # one bad stored payload must not hide the others: decode one by one
             if len(idx) > 1:
                 for k in idx:
                     self._decode_into(lb, [k], records, out, fmt)
                 return
             k = idx[0]
-            out[
-                k
-            ].error = (
-                f"cannot decode with bundle {lb.bundle.bundle_id}: {payload_problem(lb, records[k].payload)}"
-            )
+            out[k].error = f"cannot decode with bundle {lb.bundle_id}: {lb.codec.problem(records[k].payload)}"
             return
         for j, k in enumerate(idx):
-            t = reconstruction_tensor(lb, rec[j : j + 1], fmt)
+            t = reconstruction_tensor(lb.codec, rec[j : j + 1], fmt)
             if t is not None:
                 out[k].reconstruction.CopyFrom(t)
 
-    def fetch(self, request: pb.FetchRequest, context) -> Iterator[pb.FetchResponse]:
+    def Fetch(self, request: pb.FetchRequest, context) -> Iterator[pb.FetchResponse]:
         try:
             records, missing = self._records(request, context)
         except StoreUnavailable as exc:
@@ -316,7 +277,7 @@ class IngestService:
             )
 
     # ---- listing ------------------------------------------------------------
-    def list_stored(self, request: pb.ListStoredRequest, context) -> pb.ListStoredResponse:
+    def ListStored(self, request: pb.ListStoredRequest, context) -> pb.ListStoredResponse:
         if request.device_id:
             problem = _check_id(request.device_id, "device_id")
             if problem:

@@ -1,0 +1,186 @@
+"""The edge's one way to open a gRPC channel to the cloud: TLS, bearer token, retries, readable errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from latent_codec.errors import CodecError
+from latent_codec.pem import read_pem
+from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+
+MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+TOKEN_ENV = "AECODEC_TOKEN"
+DECODING = pb.DESCRIPTOR.services_by_name["Decoding"].full_name
+STORAGE = pb.DESCRIPTOR.services_by_name["Storage"].full_name
+
+# gRPC retries a failed call itself (with its own jittered backoff) when nothing was received yet:
+# connection refused on the first batch, a replica restarting. The ingest sender handles failures
+# mid-stream. Only calls that are safe to repeat are listed: Ingest is idempotent by item id.
+_RETRY = {
+    "maxAttempts": 4,
+    "initialBackoff": "0.1s",
+    "maxBackoff": "1s",
+    "backoffMultiplier": 2,
+    "retryableStatusCodes": ["UNAVAILABLE"],
+}
+SERVICE_CONFIG = json.dumps(
+    {
+        "methodConfig": [
+            {
+                "name": [
+                    {"service": STORAGE, "method": "Ingest"},
+                    {"service": STORAGE, "method": "ListStored"},
+                    {"service": STORAGE, "method": "Fetch"},
+                    {"service": DECODING, "method": "ModelInfo"},
+                    {"service": DECODING, "method": "Decode"},
+                ],
+                "retryPolicy": _RETRY,
+            }
+        ]
+    }
+)
+
+
+class CloudError(CodecError):
+    """The cloud is unreachable or refused a request (the message carries its status)."""
+
+
+@dataclass(frozen=True)
+class Security:
+    """How the edge proves who it is (bearer token) and checks who the cloud is (TLS); default: neither."""
+
+    token: str | None = None
+    tls: bool = False
+    root_certs: bytes | None = None  # None with tls = the system's trusted CAs
+    server_name: str | None = None  # name to verify in the cloud's certificate, if not the target's host
+
+    @classmethod
+    def from_args(cls, args: Any) -> Security:
+        """From --auth-token-file (else $AECODEC_TOKEN), --tls, --tls-ca, --tls-server-name; missing flags = off."""
+        token = None
+        path = getattr(args, "auth_token_file", None)
+        if path:
+            token = read_token(path)
+        elif os.environ.get(TOKEN_ENV, "").strip():
+            token = os.environ[TOKEN_ENV].strip()
+        ca_path = getattr(args, "tls_ca", None)
+        roots = (
+            read_pem(ca_path, "--tls-ca", b"-----BEGIN CERTIFICATE", "PEM certificate") if ca_path else None
+        )
+        return cls(
+            token, bool(getattr(args, "tls", False) or roots), roots, getattr(args, "tls_server_name", None)
+        )
+
+
+def read_token(path: str | Path) -> str:
+    """The first token in a file (blank lines and #-comments skipped); a one-line error if there is none."""
+    try:
+        lines = Path(path).read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        why = getattr(exc, "strerror", None) or exc
+        raise CodecError(f"--auth-token-file: cannot read {path} ({why})") from None
+    token = next((t.strip() for t in lines if t.strip() and not t.strip().startswith("#")), None)
+    if token is None:
+        raise CodecError(f"--auth-token-file: {path} holds no token")
+    return token
+
+
+def add_connection_arguments(p: Any) -> None:
+    """The flags every subcommand that talks to the cloud takes (auth and TLS)."""
+    p.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help=f"send the token in this file as 'authorization: Bearer ...' (default: ${TOKEN_ENV}, if set)",
+    )
+    p.add_argument("--tls", action="store_true", help="connect with TLS, trusting the system's CAs")
+    p.add_argument(
+        "--tls-ca", type=Path, default=None, help="connect with TLS, trusting this CA certificate (PEM)"
+    )
+    p.add_argument("--tls-server-name", default=None, help="name to verify in the cloud's certificate")
+
+
+class _BearerToken(
+    grpc.UnaryUnaryClientInterceptor,
+    grpc.UnaryStreamClientInterceptor,
+    grpc.StreamUnaryClientInterceptor,
+    grpc.StreamStreamClientInterceptor,
+):
+    """Adds the authorization metadata to every call."""
+
+    def __init__(self, token: str):
+        self._pair = ("authorization", f"Bearer {token}")
+
+    def _details(self, d: grpc.ClientCallDetails) -> grpc.ClientCallDetails:
+        return _CallDetails(
+            d.method,
+            d.timeout,
+            [*list(d.metadata or []), self._pair],
+            d.credentials,
+            getattr(d, "wait_for_ready", None),
+            getattr(d, "compression", None),
+        )
+
+    def intercept_unary_unary(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_unary_stream(self, continuation, client_call_details, request):
+        return continuation(self._details(client_call_details), request)
+
+    def intercept_stream_unary(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+    def intercept_stream_stream(self, continuation, client_call_details, request_iterator):
+        return continuation(self._details(client_call_details), request_iterator)
+
+
+class _CallDetails(grpc.ClientCallDetails):
+    def __init__(self, method, timeout, metadata, credentials, wait_for_ready, compression):
+        self.method, self.timeout, self.metadata = method, timeout, metadata
+        self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
+
+
+def open_channel(target: str, security: Security | None = None, *, retry: bool = True) -> grpc.Channel:
+    """Plaintext or TLS channel carrying the bearer token, with large messages allowed and, with retry=True,
+    gRPC's own retries of safe calls and quick reconnects once the cloud is back."""
+    sec = security or Security()
+    options: list[tuple[str, Any]] = [
+        ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+        ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+    ]
+    if retry:
+        options += [
+            ("grpc.enable_retries", 1),
+            ("grpc.service_config", SERVICE_CONFIG),
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+    else:
+        options.append(("grpc.enable_retries", 0))
+    if sec.tls:
+        if sec.server_name:
+            options.append(("grpc.ssl_target_name_override", sec.server_name))
+        channel = grpc.secure_channel(target, grpc.ssl_channel_credentials(sec.root_certs), options=options)
+    else:
+        channel = grpc.insecure_channel(target, options=options)
+    return grpc.intercept_channel(channel, _BearerToken(sec.token)) if sec.token else channel
+
+
+def describe(exc: grpc.RpcError, target: str) -> str:
+    """A failed call as one sentence for a person (status name and the server's message)."""
+    code = exc.code()
+    details = exc.details()
+    if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
+        return f"cannot reach the cloud at {target} ({code.name}: {details})"
+    if code == grpc.StatusCode.UNAUTHENTICATED:
+        return f"cloud at {target} refused the credentials: {details} (pass --auth-token-file or set ${TOKEN_ENV})"
+    if code == grpc.StatusCode.UNIMPLEMENTED:
+        return f"cloud at {target} does not offer this ({details}); a server without --store has no Storage service"
+    return f"cloud at {target} refused the request: {code.name}: {details}"

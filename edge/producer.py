@@ -1,0 +1,91 @@
+"""Taking source items into the spool: encode a batch with the codec, spool it with the source cursor, repeat.
+
+The producer runs in its own thread beside the sender. An item enters the
+spool in the same transaction that advances the source cursor (edge/spool.py),
+so after a crash nothing is lost or taken twice. While the spool is full it
+waits for acknowledgements instead of dropping items.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+from latent_codec.codec import Codec
+
+from .spool import Spool, SpoolFullError, item_cost
+
+
+class Producer(threading.Thread):
+    """Encodes source items [cursor, n) in batches and spools them; waits while the spool is full."""
+
+    def __init__(
+        self,
+        x: np.ndarray,
+        source: str,
+        codec: Codec,
+        spool: Spool,
+        batch_size: int,
+        rate: float,
+        stop: threading.Event,
+        wake: threading.Condition,
+        warn: Callable[[str], None],
+    ):
+        super().__init__(name="spool-producer", daemon=True)
+        self.x, self.source, self.codec, self.spool = x, source, codec, spool
+        self.batch_size, self.rate, self.stop, self.wake, self.warn = batch_size, rate, stop, wake, warn
+        self.start_at = min(spool.cursor(source), len(x))
+        self.taken = 0
+        self.error: BaseException | None = None
+        self.waiting_full = False
+
+    @property
+    def finished(self) -> bool:
+        return not self.is_alive()
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # reported by the main thread
+            self.error = exc
+        finally:
+            with self.wake:
+                self.wake.notify_all()
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        bid = self.codec.bundle_id
+        for i in range(self.start_at, len(self.x), self.batch_size):
+            if self.stop.is_set():
+                return
+            if self.rate > 0:
+                lag = t0 + self.taken / self.rate - time.monotonic()
+                if lag > 0:
+                    self.stop.wait(lag)
+            xb = self.x[i : i + self.batch_size]
+            payloads = self.codec.encode(xb)
+            now = int(time.time() * 1000)
+            batch = [(f"{self.source}#{i + k}", bid, p, now) for k, p in enumerate(payloads)]
+            cost = sum(item_cost(a, c) for a, _b, c, _d in batch)
+            if cost > self.spool.max_bytes:
+                raise SpoolFullError(
+                    f"spool bound {self.spool.max_bytes:,} bytes is smaller than one batch "
+                    f"({cost:,} bytes): raise --spool-max-bytes or lower --batch-size"
+                )
+            while True:
+                try:
+                    self.spool.add_many(batch, self.source, i + len(batch))
+                    break
+                except SpoolFullError as exc:
+                    if not self.waiting_full:
+                        self.warn(f"warning: {exc}; waiting for the cloud to acknowledge items")
+                    self.waiting_full = True
+                    if self.stop.wait(0.05):
+                        return
+            self.waiting_full = False
+            self.taken += len(batch)
+            with self.wake:
+                self.wake.notify_all()

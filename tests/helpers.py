@@ -1,0 +1,306 @@
+"""What the tests share, imported one way: ``from tests.helpers import ...`` (fixtures live in conftest.py).
+
+Real parts throughout: bundles trained for real, servers on 127.0.0.1 with ephemeral ports, child
+processes killed with real signals, a real PostgreSQL schema per session.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from latent_codec.datasets import FASHION_MNIST_DIR
+
+ROOT = Path(__file__).resolve().parents[1]
+HAVE_FASHION = FASHION_MNIST_DIR.is_dir()
+IN_CI = os.environ.get("CI") == "true"
+
+
+def need_fashion() -> None:
+    """Skip (visibly) without Fashion-MNIST on a user's machine; under CI its absence fails."""
+    if HAVE_FASHION:
+        return
+    if IN_CI:
+        pytest.fail(f"CI needs Fashion-MNIST at {FASHION_MNIST_DIR} (make dataset installs it)")
+    pytest.skip(f"Fashion-MNIST not installed at {FASHION_MNIST_DIR}")
+
+
+def fashion_test_items(n: int) -> np.ndarray:
+    from latent_codec import datasets
+
+    return datasets.load("fashion-mnist", "test").x[:n]
+
+
+def train_and_export(
+    out_dir: Path,
+    model: str = "dense",
+    model_args: dict | None = None,
+    data: str = "fashion-mnist",
+    epochs: int = 2,
+    limit: int = 3000,
+    quant: str = "affine8",
+    entropy: bool = False,
+    test_limit: int = 500,
+    fit_items: int = 2000,
+    **cfg,
+) -> Path:
+    """Train a small model for real and export it as a bundle; returns the bundle directory."""
+    from training.export import export_bundle
+    from training.train import TrainConfig, save_checkpoint, train
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tc = TrainConfig(model=model, model_args=model_args or {}, data=data, epochs=epochs, limit=limit, **cfg)
+    m, record = train(tc, progress=False)
+    ckpt = save_checkpoint(out_dir / f"{model}.pt", m, tc, record)
+    bundle = out_dir / f"bundle-{model}-{quant}{'-ans' if entropy else ''}"
+    export_bundle(ckpt, bundle, quant=quant, entropy=entropy, fit_items=fit_items, test_limit=test_limit)
+    return bundle
+
+
+def tiny_bundle(tmp_path_factory) -> Path:
+    """One tiny digits bundle per test session for the serving tests (transport, auth, counting, not quality).
+
+    Shared through the session's base temp directory, so the modules that use it train it once.
+    """
+    root = tmp_path_factory.getbasetemp() / "tiny-digits"
+    bundle = root / "bundle-dense-affine8"
+    if not (bundle / "manifest.json").is_file():
+        bundle = train_and_export(
+            root,
+            "dense",
+            {"code_dim": 8, "hidden": [32]},
+            data="digits",
+            epochs=3,
+            limit=0,
+            batch_size=64,
+            quant="affine8",
+            test_limit=0,
+            fit_items=0,
+        )
+    return bundle
+
+
+def decode_through_server(bundles_root: Path, codec, payloads: list[bytes], x: np.ndarray):
+    """Start a real server on bundles_root, send one evaluated DecodeRequest of these payloads, stop it."""
+    import grpc
+
+    from cloud.server import build_server
+    from latent_codec.codec import to_tensor
+    from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+    from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
+
+    running = build_server(bundles_root, "127.0.0.1:0", workers=2)
+    try:
+        req = pb.DecodeRequest(
+            codes=codec.to_batch(payloads),
+            originals=to_tensor(x),
+            reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32,
+        )
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            return pb_grpc.DecodingStub(ch).Decode(req, timeout=60)
+    finally:
+        running.stop(grace=1.0)
+
+
+# ---- PostgreSQL and processes (the ingest and fault tests) ---------------------------------------------------
+PG_BASE = os.environ.get("AECODEC_TEST_PG", "postgresql://postgres@127.0.0.1:5432/test")
+
+
+def pg_admin():
+    import psycopg
+
+    return psycopg.connect(PG_BASE, autocommit=True, connect_timeout=3)
+
+
+def pg_fresh_schema() -> str:
+    """Not a fixture: a second schema for a test that needs an empty database (dropped by the caller)."""
+    schema = f"aecodec_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    with pg_admin() as admin:
+        admin.execute(f'CREATE SCHEMA "{schema}"')
+    return schema
+
+
+def pg_drop_schema(schema: str) -> None:
+    with pg_admin() as admin:
+        admin.execute(f'DROP SCHEMA IF EXISTS "{schema}" CASCADE')
+
+
+def fixed_size_variant(bundle: Path, out_dir: Path) -> Path:
+    """The same trained model with plain (not entropy-coded) codes: a fixed payload size per item."""
+    from latent_codec.bundle import DECODER_NAME, ENCODER_NAME, Manifest, write_manifest
+
+    dst = out_dir / (bundle.name + "-fixed")
+    if dst.exists():
+        return dst
+    shutil.copytree(bundle, dst)
+    m = Manifest.from_json((dst / "manifest.json").read_text())
+    m.payload.prior = None
+    m.seal((dst / ENCODER_NAME).read_bytes(), (dst / DECODER_NAME).read_bytes())
+    write_manifest(dst, m)
+    return dst
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def child_env() -> dict:
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+class ServerProcess:
+    """`python -m cloud.server` in a child process; start() waits until it writes its port."""
+
+    def __init__(self, bundles: Path, store: str, workdir: Path, port: int = 0):
+        self.bundles, self.store, self.workdir, self.port = bundles, store, workdir, port
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        port_file = self.workdir / f"port-{uuid.uuid4().hex[:6]}"
+        self.log = open(self.workdir / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "cloud.server",
+                "--bundles",
+                str(self.bundles),
+                "--store",
+                self.store,
+                "--address",
+                f"127.0.0.1:{self.port}",
+                "--port-file",
+                str(port_file),
+                "--log-level",
+                "WARNING",
+                "--workers",
+                "4",
+            ],
+            cwd=ROOT,
+            env=child_env(),
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
+        deadline = time.monotonic() + timeout
+        while not port_file.exists():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}: {self.log_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"server did not start within {timeout} s: {self.log_text()[-2000:]}")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        return self
+
+    def log_text(self) -> str:
+        return (self.workdir / "server.log").read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=30)
+        if self.proc is not None:
+            self.log.close()
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+
+def edge_cmd(bundle: Path, target: str, data: Path, spool: Path, *extra: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "edge.cli",
+        "ingest",
+        "--bundle",
+        str(bundle),
+        "--server",
+        target,
+        "--data",
+        str(data),
+        "--spool",
+        str(spool),
+        "--source-id",
+        "cam",
+        "--device-id",
+        "phone-1",
+        "--no-progress",
+        *extra,
+    ]
+
+
+def start_edge(cmd: list[str], log: Path) -> subprocess.Popen:
+    return subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+
+
+def wait_until(pred, timeout: float, what: str, step: float = 0.05):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = pred()
+        if value:
+            return value
+        time.sleep(step)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+# ---- the codec's coding steps on codes directly (no transforms) -----------------------------------------------
+def codes_codec(spec):
+    """A Codec over a payload spec whose transforms are unused: its quantise, entropy and pack steps on codes."""
+    from latent_codec.bundle import InputSpec
+    from latent_codec.codec import Codec, FunctionTransforms
+
+    return Codec(
+        InputSpec([1, 1, spec.code_dims], "float32", 1.0),
+        [spec.code_dims],
+        spec,
+        FunctionTransforms(lambda x: x, lambda z: z),
+    )
+
+
+def pack_codes(spec, codes: np.ndarray, side: dict | None = None) -> list[bytes]:
+    """codes -> payloads through the codec's steps: quantise, entropy-encode, pack."""
+    c = codes_codec(spec)
+    symbols = c.quantise(codes)
+    return c.pack(symbols, side or {}, c.entropy_encode(symbols))
+
+
+def unpack_codes(spec, payloads: list[bytes]) -> tuple[np.ndarray, dict]:
+    """payloads -> (codes at bin centres, side fields) through the codec's steps: unpack, entropy-decode, dequantise."""
+    c = codes_codec(spec)
+    symbols, side = c.symbols(payloads)
+    return c.dequantise(symbols), side
+
+
+def unit(x: np.ndarray) -> np.ndarray:
+    """Raw items on the [0, 1] scale, as the codec's scaling step gives them."""
+    from latent_codec.bundle import InputSpec
+
+    return InputSpec.of_items(x).to_unit(x)
+
+
+class CloudStub:
+    """Both v2 services behind one object (tests call Decode and Ingest alike): each method goes to its service."""
+
+    def __init__(self, channel):
+        from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
+
+        self.decoding = pb_grpc.DecodingStub(channel)
+        self.storage = pb_grpc.StorageStub(channel)
+
+    def __getattr__(self, name: str):
+        return getattr(self.storage if name in ("Ingest", "Fetch", "ListStored") else self.decoding, name)
