@@ -1,4 +1,4 @@
-"""The bundles a server holds: loaded once, hash-verified, one decoding codec each."""
+"""The bundles a server holds: loaded once, hash- and id-verified, one decoding codec each."""
 
 from __future__ import annotations
 
@@ -32,7 +32,7 @@ class BundleRegistry:
         self._lock = threading.Lock()
 
     def load_dir(self, root: str | Path) -> list[str]:
-        """Load every bundle under root; a corrupt one is an error, not silently skipped."""
+        """Load every bundle under root; a corrupt one, or two with one id, is an error, not silently skipped."""
         return [self.add(path) for path in find_bundles(root)]
 
     def add(self, path: str | Path) -> str:
@@ -40,6 +40,12 @@ class BundleRegistry:
         codec = Codec.from_bundle(load_bundle(path, need=("decoder",)), self._threads)
         text = (path / "manifest.json").read_text()
         with self._lock:
+            held = self._bundles.get(codec.bundle_id)
+            if held is not None and held.path.resolve() != path.resolve():
+                raise BundleError(
+                    f"bundle {codec.bundle_id} is in two places: {held.path} and {path}; keep one "
+                    f"(the same id must mean the same bytes)"
+                )
             self._bundles[codec.bundle_id] = LoadedBundle(codec, path, text)
         log.info("loaded bundle %s from %s", codec.bundle_id, path)
         return codec.bundle_id

@@ -2,13 +2,18 @@
 
 A DecodeRequest's payloads go through the bundle's ``Codec`` (latent_codec/codec.py), the one
 decode path; when the request carries originals, the reply carries the error of what the caller
-receives (uint8-rounded for uint8 data). Domain errors map to status codes naming the field.
+receives (uint8-rounded for uint8 data). Each request is checked against the per-request budgets
+(cloud/limits.py) before anything is decoded; decoding runs on the server's decode thread pool so
+the event loop keeps answering other calls. Domain errors map to status codes naming the field.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Iterator
+import time
+from collections.abc import AsyncIterator
+from concurrent.futures import Executor
 
 import grpc
 import numpy as np
@@ -20,21 +25,12 @@ from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
 from .bundles import BundleRegistry, LoadedBundle
+from .limits import Limits, OverBudget
+from .metrics import CodecMetrics
 
 log = logging.getLogger(__name__)
 
-MAX_BATCH_ITEMS = 65536  # bounds memory per request; clients send batches of hundreds
 FORMATS = (pb.RECONSTRUCTION_FORMAT_UINT8, pb.RECONSTRUCTION_FORMAT_FLOAT32, pb.RECONSTRUCTION_FORMAT_NONE)
-
-
-def payloads_of(batch: pb.CodeBatch, codec: Codec) -> list[bytes]:
-    if batch.count == 0:
-        raise PayloadError("codes.count is 0: send at least one item")
-    if batch.count > MAX_BATCH_ITEMS:
-        raise PayloadError(
-            f"codes.count {batch.count} exceeds the limit of {MAX_BATCH_ITEMS} items per batch"
-        )
-    return codec.from_batch(batch)
 
 
 def reconstruction_tensor(codec: Codec, rec_unit: np.ndarray, fmt: int, raw: np.ndarray | None = None):
@@ -46,8 +42,18 @@ def reconstruction_tensor(codec: Codec, rec_unit: np.ndarray, fmt: int, raw: np.
     return to_tensor(codec.unscale(rec_unit) if raw is None else raw)
 
 
-def decode_request(codec: Codec, req: pb.DecodeRequest) -> pb.DecodeResponse:
-    payloads = payloads_of(req.codes, codec)
+def check_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> None:
+    """Everything about a request that can be refused without decoding (PayloadError / OverBudget)."""
+    if req.codes.count == 0:
+        raise PayloadError("codes.count is 0: send at least one item")
+    limits.check(codec, req.codes.count, "codes")
+    if req.reconstruction_format not in FORMATS:
+        raise PayloadError(f"reconstruction_format {req.reconstruction_format} is unknown")
+
+
+def decode_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> pb.DecodeResponse:
+    """Decode one checked request (runs on a decode thread)."""
+    payloads = codec.from_batch(req.codes)
     originals = None
     if req.HasField("originals"):
         originals = from_tensor(req.originals, "originals")
@@ -60,9 +66,7 @@ def decode_request(codec: Codec, req: pb.DecodeRequest) -> pb.DecodeResponse:
             raise PayloadError(
                 f"originals.dtype is {originals.dtype.name}, the manifest's input dtype is {codec.input.dtype}"
             )
-    if req.reconstruction_format not in FORMATS:
-        raise PayloadError(f"reconstruction_format {req.reconstruction_format} is unknown")
-    rec = codec.decode(payloads, unit=True)
+    rec = codec.decode(payloads, unit=True, chunk=limits.decode_chunk)
     float_reply = req.reconstruction_format == pb.RECONSTRUCTION_FORMAT_FLOAT32
     raw = None if float_reply else codec.unscale(rec)  # once: for the reply and for the error
     resp = pb.DecodeResponse(bundle_id=codec.bundle_id, count=len(payloads))
@@ -88,46 +92,77 @@ def decode_request(codec: Codec, req: pb.DecodeRequest) -> pb.DecodeResponse:
     return resp
 
 
-def lookup(registry: BundleRegistry, bundle_id: str, context: grpc.ServicerContext) -> LoadedBundle:
+async def lookup(registry: BundleRegistry, bundle_id: str, context: grpc.aio.ServicerContext) -> LoadedBundle:
     """The bundle named by a request, or abort: INVALID_ARGUMENT when unnamed, NOT_FOUND when not held."""
     if not bundle_id:
-        context.abort(grpc.StatusCode.INVALID_ARGUMENT, "codes.bundle_id is empty")
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "codes.bundle_id is empty")
     lb = registry.get(bundle_id)
     if lb is None:
         held = ", ".join(registry.ids()) or "none"
-        context.abort(
-            grpc.StatusCode.NOT_FOUND, f"bundle {bundle_id!r} is not held by this server (held: {held})"
+        await context.abort(
+            grpc.StatusCode.NOT_FOUND, f"bundle {bundle_id[:80]!r} is not held by this server (held: {held})"
         )
-    return lb  # type: ignore[return-value]  # abort raises
+    assert lb is not None  # abort raises
+    return lb
+
+
+async def run_checked(context: grpc.aio.ServicerContext, executor: Executor, fn, *args):
+    """fn(*args) on a worker thread; its domain errors become the status codes they mean."""
+    try:
+        return await asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+    except OverBudget as exc:
+        await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
+    except PayloadError as exc:
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+    except CodecError as exc:
+        await context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
+    except Exception as exc:  # an ORT failure on well-formed input is our bug, not the caller's
+        log.exception("decoding failed")
+        await context.abort(grpc.StatusCode.INTERNAL, f"decoding failed: {type(exc).__name__}")
 
 
 class DecodingService(pb_grpc.DecodingServicer):
-    def __init__(self, registry: BundleRegistry):
+    def __init__(
+        self,
+        registry: BundleRegistry,
+        executor: Executor,
+        limits: Limits | None = None,
+        metrics: CodecMetrics | None = None,
+    ):
         self.registry = registry
+        self.executor = executor
+        self.limits = limits or Limits()
+        self.metrics = metrics
 
-    def _decode_one(self, request: pb.DecodeRequest, context) -> pb.DecodeResponse:
+    async def _decode_one(
+        self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DecodeResponse:
         if not request.HasField("codes"):
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, "codes is missing")
-        lb = lookup(self.registry, request.codes.bundle_id, context)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "codes is missing")
+        lb = await lookup(self.registry, request.codes.bundle_id, context)
         try:
-            return decode_request(lb.codec, request)
+            check_request(lb.codec, request, self.limits)
+        except OverBudget as exc:
+            await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except PayloadError as exc:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        except CodecError as exc:
-            context.abort(grpc.StatusCode.FAILED_PRECONDITION, str(exc))
-        except Exception as exc:  # an ORT failure on well-formed input is our bug, not the caller's
-            log.exception("decode failed")
-            context.abort(grpc.StatusCode.INTERNAL, f"decoding failed: {type(exc).__name__}")
-        raise AssertionError("unreachable: abort raises")
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        t0 = time.perf_counter()
+        resp = await run_checked(context, self.executor, decode_request, lb.codec, request, self.limits)
+        if self.metrics is not None:
+            self.metrics.decode_seconds.observe(time.perf_counter() - t0)
+            self.metrics.batch_items.observe(resp.count)
+            self.metrics.decoded_items.inc(resp.count)
+            self.metrics.decoded_bytes.inc(len(request.codes.data))
+        return resp
 
-    def Decode(self, request, context):
-        return self._decode_one(request, context)
+    async def Decode(self, request, context):
+        return await self._decode_one(request, context)
 
-    def DecodeStream(self, request_iterator: Iterator[pb.DecodeRequest], context):
-        for request in request_iterator:
-            yield self._decode_one(request, context)
+    async def DecodeStream(self, request_iterator: AsyncIterator[pb.DecodeRequest], context):
+        async for request in request_iterator:
+            yield await self._decode_one(request, context)
 
-    def ModelInfo(self, request, context):
+    async def ModelInfo(self, request, context):
         bundles = []
         for bundle_id in self.registry.ids():
             lb = self.registry.get(bundle_id)

@@ -1,28 +1,36 @@
 """Start the decoding server.
 
-    python -m cloud.server --bundles bundles/ --address 127.0.0.1:50051
+    python -m cloud.server --bundles bundles/ --address 127.0.0.1:50051 [--store cloud.db]
 
-Loads every bundle under --bundles (hash-verified), registers the Decoding
-service (and the Storage service when --store is given), grpc.health.v1 and
-reflection, and shuts down cleanly on SIGTERM or
-SIGINT (in-flight RPCs get a grace period). To expose it beyond loopback:
---auth-token-file (bearer tokens), --tls-cert/--tls-key, --metrics-address
-(Prometheus), --max-concurrent-rpcs; see docs/deployment.md.
+Loads every bundle under --bundles (hash- and id-verified), serves the Decoding service (and the
+Storage service when --store is given), grpc.health.v1 per service and reflection of what is
+registered. The server runs on grpc's asyncio engine: an idle or slow stream costs a coroutine,
+not a thread, so long-lived streams never starve other calls; decoding and store calls run on
+bounded thread pools. To expose it beyond loopback: --auth-token-file (bearer tokens bound to
+devices), --tls-cert/--tls-key, --metrics-address (Prometheus); see docs/deployment.md.
+
+Exit codes: 0 after a clean shutdown (SIGTERM/SIGINT; in-flight calls get --grace seconds);
+2 when it cannot start (the one-line error names the flag, file or address).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import errno
 import logging
 import signal
+import socket
 import sys
 import threading
-from concurrent import futures
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
-from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from latent_codec.errors import CodecError
@@ -32,38 +40,20 @@ from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
 from .bundles import BundleRegistry
 from .decoding_service import DecodingService
-from .interceptors.auth_interceptor import AuthInterceptor, load_tokens
+from .interceptors.auth_interceptor import AuthInterceptor
 from .interceptors.logging_interceptor import LoggingInterceptor
 from .interceptors.metrics_interceptor import MetricsInterceptor
+from .interceptors.parsing_interceptor import ParsingInterceptor
+from .limits import MIB, Limits
 from .metrics import CodecMetrics, MetricsHTTPServer, parse_address
+from .tenancy import Principal, load_tokens
 
 log = logging.getLogger("cloud")
 DECODING = pb.DESCRIPTOR.services_by_name["Decoding"].full_name
 STORAGE = pb.DESCRIPTOR.services_by_name["Storage"].full_name
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
-
-
-@dataclass
-class Running:
-    server: grpc.Server
-    port: int
-    health: health.HealthServicer
-    registry: BundleRegistry
-    storage: object | None = None  # cloud.storage_service.StorageService, when a store is configured
-    metrics: CodecMetrics | None = None
-    metrics_http: MetricsHTTPServer | None = None
-
-    @property
-    def metrics_port(self) -> int | None:
-        return self.metrics_http.port if self.metrics_http else None
-
-    def stop(self, grace: float = 5.0) -> None:
-        self.health.enter_graceful_shutdown()
-        self.server.stop(grace).wait()
-        if self.storage is not None:
-            self.storage.close()  # type: ignore[attr-defined]
-        if self.metrics_http is not None:
-            self.metrics_http.close()
+MAX_MESSAGE_BYTES = 64 * MIB
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
 def keepalive_options(
@@ -93,82 +83,267 @@ def keepalive_options(
     return opts
 
 
+@dataclass
+class ServerConfig:
+    """Everything a server needs; the CLI's flags are these fields (see parse_args)."""
+
+    bundles: Path
+    address: str = "127.0.0.1:0"  # host:port (port 0 = any free port)
+    decode_workers: int = 2  # threads that decode (CPU-bound: about the core count); each holds <= one budget
+    threads: int = 0  # ONNX Runtime intra-op threads per decoder session (0 = ORT's default)
+    store: str | None = None  # SQLite path / sqlite:///path / postgresql://...; None: no Storage service
+    store_workers: int = 8  # threads for store calls (and PostgreSQL connections)
+    auth_tokens: dict[str, Principal] | list[str] | None = None  # None: no auth (loopback use)
+    tls: tuple[bytes, bytes] | None = None  # (private key PEM, certificate chain PEM)
+    metrics_address: str | None = None  # host:port for /metrics
+    max_concurrent_rpcs: int = 256  # RESOURCE_EXHAUSTED beyond this many calls in flight (0 = no bound)
+    max_message_bytes: int = MAX_MESSAGE_BYTES
+    limits: Limits = field(default_factory=Limits)
+    keepalive: list[tuple[str, int]] = field(default_factory=keepalive_options)
+    reuse_port: bool = (
+        False  # share the port with another process (SO_REUSEPORT); off: a busy port is an error
+    )
+    health_interval: float = 5.0  # seconds between store write checks that drive health
+
+
+@dataclass
+class Running:
+    """A started server: its port, health, registry and store; stop() shuts it down within the grace period."""
+
+    port: int
+    registry: BundleRegistry
+    loop: asyncio.AbstractEventLoop
+    thread: threading.Thread
+    server: grpc.aio.Server
+    health: HealthServicer
+    services: list[str]
+    decode_executor: ThreadPoolExecutor
+    store_executor: ThreadPoolExecutor
+    storage: Any = None  # cloud.storage_service.StorageService, when a store is configured
+    metrics: CodecMetrics | None = None
+    metrics_http: MetricsHTTPServer | None = None
+    monitor: asyncio.Task | None = None
+    stopped: bool = False
+
+    @property
+    def metrics_port(self) -> int | None:
+        return self.metrics_http.port if self.metrics_http else None
+
+    def call(self, coro: Any, timeout: float | None = 30.0) -> Any:
+        """Run a coroutine on the server's loop from another thread and wait for its result."""
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def not_serving(self) -> None:
+        """Report NOT_SERVING for the server and every service from now on (the start of a shutdown)."""
+        self.call(self.health.enter_graceful_shutdown())
+
+    def stop(self, grace: float = 5.0) -> None:
+        """NOT_SERVING, then stop: in-flight calls get `grace` seconds, then are cancelled. Bounded."""
+        if self.stopped:
+            return
+        self.stopped = True
+
+        async def shutdown() -> None:
+            if self.monitor is not None:
+                self.monitor.cancel()
+            await self.health.enter_graceful_shutdown()
+            await self.server.stop(grace)
+
+        try:
+            self.call(shutdown(), timeout=grace + 10)
+        finally:
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(timeout=10)
+            self.decode_executor.shutdown(wait=False, cancel_futures=True)
+            self.store_executor.shutdown(wait=False, cancel_futures=True)
+            if self.storage is not None:
+                self.storage.close()
+            if self.metrics_http is not None:
+                self.metrics_http.close()
+
+
+async def _monitor_store(running: Running, interval: float) -> None:
+    """Health follows the store: a write check every `interval` s; failing it turns Storage NOT_SERVING."""
+    loop = asyncio.get_running_loop()
+    serving = True
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await loop.run_in_executor(running.store_executor, running.storage.store.check_writable)
+            ok = True
+        except Exception as exc:  # StoreError or anything the driver raises: the store cannot take writes
+            ok = False
+            if serving:
+                log.warning("store write check failed, Storage is NOT_SERVING: %s", exc)
+        if ok != serving:
+            if ok:
+                log.info("store write check passes again, Storage is SERVING")
+            serving = ok
+            await running.health.set(STORAGE, SERVING if ok else NOT_SERVING)
+
+
 def build_server(
     bundles: Path | str,
     address: str = "127.0.0.1:0",
-    workers: int = 8,
+    workers: int = 2,
     threads: int = 0,
     store: str | None = None,
-    *,
-    auth_tokens: list[str] | None = None,
-    tls: tuple[bytes, bytes] | None = None,
-    metrics_address: str | None = None,
-    max_concurrent_rpcs: int | None = None,
-    max_message_bytes: int = MAX_MESSAGE_BYTES,
-    keepalive: list[tuple[str, int]] | None = None,
+    **options: Any,
 ) -> Running:
-    """Build and start a server; returns it with the bound port (address port 0 = ephemeral).
+    """Build and start a server (options: the other ServerConfig fields); returns it with its bound port."""
+    return start(ServerConfig(Path(bundles), address, workers, threads, store, **options))
 
-    The keyword arguments are off by default (plaintext, no auth, no metrics, no bound): auth_tokens turns on
-    bearer-token auth, tls=(key PEM, certificate chain PEM) serves TLS, metrics_address serves /metrics,
-    max_concurrent_rpcs answers RESOURCE_EXHAUSTED beyond that many RPCs in flight.
-    """
-    registry = BundleRegistry(threads=threads)
-    registry.load_dir(bundles)
-    storage = None
-    if store:
-        from .storage_service import StorageService  # only with a store
 
-        storage = StorageService.from_url(store, registry)
-    metrics = CodecMetrics() if metrics_address else None
-    # Order matters: metrics outermost (it sees calls auth rejects), then logging, then auth.
-    interceptors: list[grpc.ServerInterceptor] = [MetricsInterceptor(metrics)] if metrics else []
-    interceptors.append(LoggingInterceptor())
-    if auth_tokens:
-        interceptors.append(AuthInterceptor(auth_tokens))
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=workers),
-        interceptors=interceptors,
-        options=[
-            ("grpc.max_receive_message_length", max_message_bytes),
-            ("grpc.max_send_message_length", max_message_bytes),
-        ]
-        + list(keepalive or []),
-        maximum_concurrent_rpcs=max_concurrent_rpcs or None,
+def check_address_free(address: str) -> None:
+    """A one-line error when another process listens on address (before grpc tries, and logs a C-level error)."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return
+    try:
+        infos = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except socket.gaierror as exc:
+        raise CodecError(f"cannot listen on {address}: {exc.strerror}") from None
+    for family, kind, proto, _name, addr in infos:
+        with socket.socket(family, kind, proto) as sock:
+            sock.setsockopt(
+                socket.SOL_SOCKET, socket.SO_REUSEADDR, 1
+            )  # as grpc does: TIME_WAIT is not "in use"
+            try:
+                sock.bind(addr)
+            except OSError as exc:
+                if exc.errno == errno.EADDRINUSE:
+                    raise CodecError(
+                        f"cannot listen on {address}: the address is in use (another server? --reuse-port "
+                        f"shares a port on purpose)"
+                    ) from None
+
+
+def start(config: ServerConfig) -> Running:
+    if not config.reuse_port:
+        check_address_free(config.address)
+    registry = BundleRegistry(threads=config.threads)
+    registry.load_dir(config.bundles)
+    if config.limits.max_decode_bytes > config.max_message_bytes:  # a float32 reply must fit in one message
+        config.limits = replace(config.limits, max_decode_bytes=config.max_message_bytes)
+    metrics = CodecMetrics() if config.metrics_address else None
+    decode_executor = ThreadPoolExecutor(
+        max_workers=max(1, config.decode_workers), thread_name_prefix="decode"
     )
-    pb_grpc.add_DecodingServicer_to_server(DecodingService(registry), server)
+    store_executor = ThreadPoolExecutor(max_workers=max(1, config.store_workers), thread_name_prefix="store")
+    storage = None
+    metrics_http = None
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, name="grpc-aio", daemon=True)
+    try:
+        if config.store:
+            from .storage_service import StorageService  # only with a store
+            from .store import open_store
+
+            s = open_store(config.store)
+            try:
+                s.check_writable()  # a read-only store is a start-up error, not a server failing every Ingest
+            except CodecError as exc:
+                s.close()
+                raise CodecError(f"--store {config.store}: the store does not take writes ({exc})") from None
+            storage = StorageService(s, registry, store_executor, decode_executor, config.limits, metrics)
+        if metrics is not None:
+            metrics.bundles.set(len(registry.ids()))
+            metrics_http = MetricsHTTPServer(metrics, config.metrics_address or "")
+        thread.start()
+        server, port, health, services = asyncio.run_coroutine_threadsafe(
+            _serve(config, registry, storage, decode_executor, metrics), loop
+        ).result(timeout=60)
+    except BaseException:
+        if thread.is_alive():
+            loop.call_soon_threadsafe(loop.stop)
+            thread.join(timeout=10)
+        decode_executor.shutdown(wait=False)
+        store_executor.shutdown(wait=False)
+        if storage is not None:
+            storage.close()
+        if metrics_http is not None:
+            metrics_http.close()
+        raise
+    running = Running(
+        port,
+        registry,
+        loop,
+        thread,
+        server,
+        health,
+        services,
+        decode_executor,
+        store_executor,
+        storage,
+        metrics,
+        metrics_http,
+    )
+    if storage is not None and config.health_interval > 0:
+        running.monitor = asyncio.run_coroutine_threadsafe(
+            _create_monitor(running, config.health_interval), loop
+        ).result()
+    return running
+
+
+async def _create_monitor(running: Running, interval: float) -> asyncio.Task:
+    return asyncio.get_running_loop().create_task(_monitor_store(running, interval))
+
+
+async def _serve(
+    config: ServerConfig,
+    registry: BundleRegistry,
+    storage: Any,
+    decode_executor: ThreadPoolExecutor,
+    metrics: CodecMetrics | None,
+) -> tuple[grpc.aio.Server, int, HealthServicer, list[str]]:
+    # Order matters: metrics outermost (it sees calls auth refuses), then logging, then auth, and parsing last,
+    # so that nothing is parsed before the caller is authenticated.
+    interceptors: list[grpc.aio.ServerInterceptor] = [MetricsInterceptor(metrics)] if metrics else []
+    interceptors.append(LoggingInterceptor())
+    if config.auth_tokens:
+        interceptors.append(AuthInterceptor(config.auth_tokens))
+    interceptors.append(ParsingInterceptor())
+    options = [
+        ("grpc.max_receive_message_length", config.max_message_bytes),
+        ("grpc.max_send_message_length", config.max_message_bytes),
+        ("grpc.so_reuseport", 1 if config.reuse_port else 0),
+        *config.keepalive,
+    ]
+    server = grpc.aio.server(
+        interceptors=interceptors, options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs or None
+    )
+    pb_grpc.add_DecodingServicer_to_server(
+        DecodingService(registry, decode_executor, config.limits, metrics), server
+    )
     services = [DECODING]
     if storage is not None:  # a server without a store does not offer Storage at all
         pb_grpc.add_StorageServicer_to_server(storage, server)
         services.append(STORAGE)
-    hs = health.HealthServicer()
-    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
-    reflection.enable_server_reflection((*services, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    metrics_http = None
+    health = HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health, server)
+    reflection.enable_server_reflection((*services, "grpc.health.v1.Health", reflection.SERVICE_NAME), server)
     try:
-        if tls is not None:
-            port = server.add_secure_port(address, grpc.ssl_server_credentials([tls]))
+        if config.tls is not None:
+            port = server.add_secure_port(config.address, grpc.ssl_server_credentials([config.tls]))
         else:
-            port = server.add_insecure_port(address)
-        if port == 0:
-            raise CodecError(f"cannot bind {address}")
-        if metrics:
-            metrics.bundles.set(len(registry.ids()))
-            metrics_http = MetricsHTTPServer(metrics, metrics_address or "")
-    except BaseException:
-        server.stop(None)
-        if storage is not None:
-            storage.close()
-        raise
-    server.start()
-    hs.set("", health_pb2.HealthCheckResponse.SERVING)
-    for name in services:
-        hs.set(name, health_pb2.HealthCheckResponse.SERVING)
-    return Running(server, port, hs, registry, storage, metrics, metrics_http)
+            port = server.add_insecure_port(config.address)
+    except RuntimeError:  # grpc's message is multi-line; say what matters
+        raise CodecError(
+            f"cannot listen on {config.address}: the address is in use or not available "
+            f"(another server? --reuse-port shares a port on purpose)"
+        ) from None
+    if port == 0:
+        raise CodecError(f"cannot listen on {config.address}")
+    await server.start()
+    for name in ["", *services]:
+        await health.set(name, SERVING)
+    return server, port, health, services
 
 
-def security_from_args(args: argparse.Namespace) -> tuple[list[str] | None, tuple[bytes, bytes] | None]:
-    """Auth tokens and TLS key pair from the flags (None, None = plaintext without auth)."""
+def config_from_args(args: argparse.Namespace) -> ServerConfig:
+    """The flags as a ServerConfig; a one-line CodecError naming the flag for nonsense values."""
     tokens = load_tokens(args.auth_token_file) if args.auth_token_file else None
     if bool(args.tls_cert) != bool(args.tls_key):
         raise CodecError("--tls-cert and --tls-key go together")
@@ -177,40 +352,83 @@ def security_from_args(args: argparse.Namespace) -> tuple[list[str] | None, tupl
         if args.tls_cert
         else None
     )
-    for name in ("max_concurrent_rpcs", "keepalive_time", "keepalive_timeout", "max_connection_age"):
+    for name in (
+        "max_concurrent_rpcs",
+        "keepalive_time",
+        "keepalive_timeout",
+        "max_connection_age",
+        "grace",
+        "health_interval",
+    ):
         if getattr(args, name) < 0:
             raise CodecError(f"--{name.replace('_', '-')} must not be negative")
+    for name in ("decode_workers", "store_workers", "max_decode_mib"):
+        if getattr(args, name) < 1:
+            raise CodecError(f"--{name.replace('_', '-')} must be at least 1")
     if not 1 <= args.max_message_mib <= 2047:
         raise CodecError("--max-message-mib must be 1..2047")
+    if args.max_decode_mib > args.max_message_mib:
+        raise CodecError(
+            "--max-decode-mib must not exceed --max-message-mib (a reply must fit in one message)"
+        )
     if args.metrics_address:
         parse_address(args.metrics_address)
-    return tokens, tls
+    return ServerConfig(
+        bundles=args.bundles,
+        address=args.address,
+        decode_workers=args.decode_workers,
+        threads=args.threads,
+        store=args.store,
+        store_workers=args.store_workers,
+        auth_tokens=tokens,
+        tls=tls,
+        metrics_address=args.metrics_address,
+        max_concurrent_rpcs=args.max_concurrent_rpcs,
+        max_message_bytes=args.max_message_mib * MIB,
+        limits=Limits(max_decode_bytes=args.max_decode_mib * MIB),
+        keepalive=keepalive_options(
+            args.keepalive_time, args.keepalive_timeout, max_connection_age_s=args.max_connection_age
+        ),
+        reuse_port=args.reuse_port,
+        health_interval=args.health_interval,
+    )
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="aecodec-cloud", description=__doc__.split("\n")[0])
+    p = argparse.ArgumentParser(
+        prog="aecodec-cloud",
+        description=(__doc__ or "").split("\n")[0],
+        epilog="exit codes: 0 clean shutdown, 2 cannot start (one-line error)",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    d = ServerConfig(Path("."))
     p.add_argument(
         "--bundles", required=True, type=Path, help="a bundle directory, or a directory of bundles"
     )
     p.add_argument(
         "--address", default="127.0.0.1:50051", help="host:port to listen on (port 0 = any free port)"
     )
-    p.add_argument("--workers", type=int, default=8, help="RPC worker threads")
+    p.add_argument("--decode-workers", type=int, default=d.decode_workers, help="threads that decode")
+    p.add_argument("--workers", dest="decode_workers", type=int, help="alias of --decode-workers")
     p.add_argument(
         "--threads", type=int, default=0, help="ONNX Runtime intra-op threads per decoder (0 = default)"
     )
     p.add_argument(
         "--store",
         default=None,
-        help="where ingested items are kept: a SQLite file path or sqlite:///path, or postgresql://...",
+        help="where ingested items are kept: a SQLite file path or sqlite:///path, or postgresql://... "
+        "(without it the server offers Decoding only)",
+    )
+    p.add_argument(
+        "--store-workers", type=int, default=d.store_workers, help="threads (connections) for the store"
     )
     p.add_argument("--port-file", type=Path, default=None, help="write the bound port here once serving")
     p.add_argument(
         "--auth-token-file",
         type=Path,
         default=None,
-        help="require 'authorization: Bearer <token>' with one of these tokens (one per line); "
-        "health checks stay open",
+        help="require 'authorization: Bearer <token>'; one token per line, optionally with devices=ID,... or "
+        "role=operator (docs/deployment.md); health checks stay open",
     )
     p.add_argument("--tls-cert", type=Path, default=None, help="serve TLS with this certificate chain (PEM)")
     p.add_argument("--tls-key", type=Path, default=None, help="the private key of --tls-cert (PEM)")
@@ -222,14 +440,17 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument(
         "--max-concurrent-rpcs",
         type=int,
-        default=256,
+        default=d.max_concurrent_rpcs,
         help="answer RESOURCE_EXHAUSTED beyond this many RPCs in flight (0 = no bound)",
     )
     p.add_argument(
-        "--max-message-mib",
+        "--max-message-mib", type=int, default=MAX_MESSAGE_BYTES // MIB, help="largest message, MiB"
+    )
+    p.add_argument(
+        "--max-decode-mib",
         type=int,
-        default=MAX_MESSAGE_BYTES >> 20,
-        help="largest request or response message, MiB",
+        default=d.limits.max_decode_bytes // MIB,
+        help="per-request budget: MiB of float32 reconstructions one request may decode to",
     )
     p.add_argument(
         "--keepalive-time", type=float, default=60.0, help="ping idle connections every N s (0 = never)"
@@ -243,6 +464,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=0.0,
         help="close connections after N s so a load balancer can rebalance (0 = never)",
     )
+    p.add_argument("--grace", type=float, default=5.0, help="seconds in-flight calls get on SIGTERM/SIGINT")
+    p.add_argument(
+        "--health-interval",
+        type=float,
+        default=d.health_interval,
+        help="seconds between store write checks; a failing check reports Storage NOT_SERVING (0 = never)",
+    )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other processes (SO_REUSEPORT); without it a port in use is an error",
+    )
     p.add_argument("--log-level", default="INFO")
     return p.parse_args(argv)
 
@@ -255,35 +488,18 @@ def main(argv: list[str] | None = None) -> int:
         stream=sys.stderr,
     )
     try:
-        tokens, tls = security_from_args(args)
-        running = build_server(
-            args.bundles,
-            args.address,
-            args.workers,
-            args.threads,
-            args.store,
-            auth_tokens=tokens,
-            tls=tls,
-            metrics_address=args.metrics_address,
-            max_concurrent_rpcs=args.max_concurrent_rpcs,
-            max_message_bytes=args.max_message_mib << 20,
-            keepalive=keepalive_options(
-                args.keepalive_time, args.keepalive_timeout, max_connection_age_s=args.max_connection_age
-            ),
-        )
+        running = start(config_from_args(args))
     except CodecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except RuntimeError as exc:  # grpc raises RuntimeError when a port cannot be bound
-        print(f"error: cannot listen on {args.address} ({exc})", file=sys.stderr)
-        return 2
     ids = running.registry.ids()
     log.info(
-        "serving %d bundle(s) on port %d (%s, %s): %s",
+        "serving %d bundle(s) on port %d (%s, %s%s): %s",
         len(ids),
         running.port,
         "TLS" if args.tls_cert else "plaintext",
         "token auth" if args.auth_token_file else "no auth",
+        ", store" if args.store else "",
         ", ".join(ids),
     )
     if running.metrics_port:
@@ -297,13 +513,13 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
 
     def _on_signal(signum, _frame):
-        log.info("received %s, shutting down", signal.Signals(signum).name)
+        log.info("received %s, shutting down (grace %.1f s)", signal.Signals(signum).name, args.grace)
         stop.set()
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     stop.wait()
-    running.stop()
+    running.stop(args.grace)
     log.info("stopped")
     return 0
 

@@ -79,13 +79,15 @@ class Security:
 
 
 def read_token(path: str | Path) -> str:
-    """The first token in a file (blank lines and #-comments skipped); a one-line error if there is none."""
+    """The first token in a file (blank lines, #-comments and a scope after the token skipped, so the server's
+    token-file format works here too); a one-line error if there is none."""
     try:
         lines = Path(path).read_text(encoding="utf-8").splitlines()
     except (OSError, UnicodeDecodeError) as exc:
         why = getattr(exc, "strerror", None) or exc
         raise CodecError(f"--auth-token-file: cannot read {path} ({why})") from None
-    token = next((t.strip() for t in lines if t.strip() and not t.strip().startswith("#")), None)
+    words = (line.split("#", 1)[0].split() for line in lines)
+    token = next((w[0] for w in words if w), None)
     if token is None:
         raise CodecError(f"--auth-token-file: {path} holds no token")
     return token

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from .errors import BundleError, DataError
+from .onnx_guard import check_self_contained
 from .payload import PayloadSpec
 
 FORMAT_VERSION = 1
@@ -181,10 +182,14 @@ class Manifest:
         h.update(json.dumps(self.decoding_fields(), sort_keys=True, separators=(",", ":")).encode())
         return "sha256:" + h.hexdigest()
 
+    def expected_id(self, content_hash: str) -> str:
+        """The bundle id a content hash gives: the model's registry name and 12 hex digits of the hash."""
+        return f"{self.model.get('name', 'bundle')}-{content_hash.split(':', 1)[-1][:12]}"
+
     def seal(self, encoder_bytes: bytes, decoder_bytes: bytes) -> None:
         """Set content_hash and the bundle id derived from it."""
         self.content_hash = self.compute_hash(encoder_bytes, decoder_bytes)
-        self.bundle_id = f"{self.model['name']}-{self.content_hash.split(':', 1)[1][:12]}"
+        self.bundle_id = self.expected_id(self.content_hash)
 
 
 def write_manifest(directory: Path, manifest: Manifest) -> Path:
@@ -258,6 +263,14 @@ def load_bundle(path: str | Path, need: tuple[str, ...] = ("encoder", "decoder")
             f"{path}: content hash mismatch (manifest says {manifest.content_hash or 'nothing'}, "
             f"files give {actual}); the bundle is corrupt or was edited"
         )
+    if manifest.bundle_id != manifest.expected_id(actual):
+        # The id names the bundle everywhere (requests, storage): it must be the one its bytes give.
+        raise BundleError(
+            f"{path}: bundle_id {manifest.bundle_id[:80]!r} does not match its content "
+            f"(the files give {manifest.expected_id(actual)!r}); the manifest was edited"
+        )
+    for name in (ENCODER_NAME, DECODER_NAME):
+        check_self_contained(blobs[name], f"{path}/{name}")
     return Bundle(
         path,
         manifest,

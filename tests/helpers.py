@@ -165,8 +165,11 @@ def child_env() -> dict:
 class ServerProcess:
     """`python -m cloud.server` in a child process; start() waits until it writes its port."""
 
-    def __init__(self, bundles: Path, store: str, workdir: Path, port: int = 0):
+    def __init__(
+        self, bundles: Path, store: str | None, workdir: Path, port: int = 0, extra: tuple[str, ...] = ()
+    ):
         self.bundles, self.store, self.workdir, self.port = bundles, store, workdir, port
+        self.extra = extra
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
@@ -179,8 +182,7 @@ class ServerProcess:
                 "cloud.server",
                 "--bundles",
                 str(self.bundles),
-                "--store",
-                self.store,
+                *(["--store", self.store] if self.store else []),
                 "--address",
                 f"127.0.0.1:{self.port}",
                 "--port-file",
@@ -188,7 +190,8 @@ class ServerProcess:
                 "--log-level",
                 "WARNING",
                 "--workers",
-                "4",
+                "2",
+                *self.extra,
             ],
             cwd=ROOT,
             env=child_env(),
@@ -219,6 +222,14 @@ class ServerProcess:
     @property
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        """The child's resident memory (VmRSS, or VmHWM for its peak) in KiB, from /proc."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} for pid {self.proc.pid}")
 
 
 def edge_cmd(bundle: Path, target: str, data: Path, spool: Path, *extra: str) -> list[str]:

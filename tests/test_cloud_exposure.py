@@ -19,6 +19,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from cloud.healthcheck import main as healthcheck_main
 from cloud.interceptors.auth_interceptor import AuthInterceptor
 from cloud.server import build_server
+from cloud.tenancy import load_tokens
 from edge.channel import CloudError, Security
 from edge.client import CloudClient
 from latent_codec import datasets
@@ -36,12 +37,13 @@ def digits_bundle(tmp_path_factory):
 
 
 TOKENS = ["tok-alpha-0123456789", "tok-beta-9876543210"]
+TOKEN_FILE = f"# cloud tokens\n{TOKENS[0]}   devices=*\n\n{TOKENS[1]} devices=*  # trusted gateways\n"
 
 
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory):
     p = tmp_path_factory.mktemp("auth") / "tokens"
-    p.write_text(f"# cloud tokens\n{TOKENS[0]}\n\n{TOKENS[1]}\n")
+    p.write_text(TOKEN_FILE)
     return p
 
 
@@ -110,9 +112,13 @@ def other_cert(tmp_path_factory):
 
 
 @pytest.fixture
-def auth_server(digits_bundle, tmp_path):
+def auth_server(digits_bundle, token_file, tmp_path):
     running = build_server(
-        digits_bundle, "127.0.0.1:0", workers=4, store=str(tmp_path / "store.sqlite"), auth_tokens=TOKENS
+        digits_bundle,
+        "127.0.0.1:0",
+        workers=4,
+        store=str(tmp_path / "store.sqlite"),
+        auth_tokens=load_tokens(token_file),
     )
     yield running
     running.stop(grace=1.0)
@@ -468,7 +474,7 @@ def test_healthcheck_entry_point(digits_bundle, capsys):
             == 0
         )
         assert "SERVING" in capsys.readouterr().out
-        running.health.enter_graceful_shutdown()
+        running.not_serving()
         assert healthcheck_main(["--address", f"127.0.0.1:{running.port}"]) == 1
         assert "NOT_SERVING" in capsys.readouterr().out
     finally:

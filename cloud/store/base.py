@@ -96,6 +96,14 @@ class Store(abc.ABC):
         """Item counts and payload bytes per (device, bundle), for one device or all."""
 
     @abc.abstractmethod
+    def check_writable(self) -> None:
+        """Commit a small write (a row of the store's own meta table); StoreError when the store cannot take one.
+
+        Run at start (a read-only store is a one-line error, not a server that fails every Ingest) and
+        periodically, so health reflects the store.
+        """
+
+    @abc.abstractmethod
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
 

@@ -3,18 +3,20 @@
 One INSERT ... SELECT FROM unnest(...) ON CONFLICT DO NOTHING per batch: one
 round trip however many items, and concurrent replicas writing the same item
 serialise on its primary key, so it is stored once and both acknowledge it.
-Connections come from a small thread-safe pool; a connection that failed is
-discarded, and connection failures surface as StoreUnavailable (retryable).
+Connections come from psycopg_pool, which checks a connection before handing
+it out and reconnects in the background: during an outage every call fails
+fast with StoreUnavailable (retryable, UNAVAILABLE to clients), and the first
+call after the database is back succeeds, with no restart.
 """
 
 from __future__ import annotations
 
-import queue
-import threading
+import logging
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 
 import psycopg
+from psycopg_pool import ConnectionPool, PoolClosed, PoolTimeout
 
 from .base import (
     ItemConflict,
@@ -39,7 +41,9 @@ CREATE TABLE IF NOT EXISTS ingested_items (
   PRIMARY KEY (device_id, item_id)
 );
 CREATE INDEX IF NOT EXISTS ingested_items_by_time ON ingested_items (device_id, captured_at_ms, item_id);
+CREATE TABLE IF NOT EXISTS store_meta (key text PRIMARY KEY, value text NOT NULL);
 """
+logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # a warning per reconnect attempt; we log per call
 SCHEMA_LOCK = 0x61656364  # pg_advisory_xact_lock key: replicas starting together create the schema once
 COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms"
 INSERT = (
@@ -70,63 +74,62 @@ def _record(row) -> StoredRecord:
 
 
 class PostgresStore(Store):
-    def __init__(self, url: str, pool_size: int = 8, connect_timeout_s: int = 5):
+    def __init__(self, url: str, pool_size: int = 8, connect_timeout_s: float = 5, wait_s: float = 3):
         self.url = url
         self.where = _redact(url)
-        self._timeout = connect_timeout_s
-        self._idle: queue.LifoQueue[psycopg.Connection] = queue.LifoQueue()
-        self._slots = threading.BoundedSemaphore(pool_size)
-        self._closed = False
-        with self._conn() as conn:
-            try:
-                with conn.transaction():
-                    conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
-                    for stmt in filter(str.strip, SCHEMA.split(";")):
-                        conn.execute(stmt)
-            except psycopg.Error as exc:
-                raise StoreError(f"store {self.where}: cannot create the schema ({_msg(exc)})") from None
-
-    def _connect(self) -> psycopg.Connection:
+        self._wait = wait_s  # how long a call waits for a connection before it is UNAVAILABLE
+        self.pool = ConnectionPool(
+            url,
+            min_size=1,
+            max_size=pool_size,
+            kwargs={"autocommit": True, "connect_timeout": int(connect_timeout_s)},
+            check=ConnectionPool.check_connection,  # a connection that died with the server is replaced
+            # Give up a background reconnect attempt after 2 s: the next call starts a fresh one. psycopg_pool doubles
+            # the delay between attempts without a cap, so a long timeout would delay recovery by minutes.
+            reconnect_timeout=2.0,
+            open=False,
+            name="aecodec-store",
+        )
         try:
-            return psycopg.connect(self.url, connect_timeout=self._timeout, autocommit=True)
-        except psycopg.OperationalError as exc:
-            raise StoreUnavailable(f"store {self.where} is unreachable ({_msg(exc)})") from None
-        except psycopg.Error as exc:
-            raise StoreError(f"store {self.where}: {_msg(exc)}") from None
+            self.pool.open(wait=True, timeout=connect_timeout_s)
+        except PoolTimeout:
+            self.pool.close()
+            raise StoreUnavailable(
+                f"store {self.where} is unreachable (no connection within {connect_timeout_s:g} s)"
+            ) from None
+        try:
+            with self._conn() as conn, conn.transaction():
+                conn.execute("SELECT pg_advisory_xact_lock(%s)", (SCHEMA_LOCK,))
+                for stmt in filter(str.strip, SCHEMA.split(";")):
+                    conn.execute(stmt)
+        except StoreError as exc:
+            self.pool.close()
+            raise StoreError(f"store {self.where}: cannot create the schema ({exc})") from None
 
     @contextmanager
     def _conn(self) -> Iterator[psycopg.Connection]:
-        if self._closed:
-            raise StoreError(f"store {self.where} is closed")
-        self._slots.acquire()
-        conn = None
         try:
-            try:
-                conn = self._idle.get_nowait()
-            except queue.Empty:
-                conn = self._connect()
-            if conn.closed or conn.broken:
-                conn = self._connect()
-            yield conn
-            self._idle.put(conn)
-        except StoreError:  # our own refusal (e.g. ItemConflict) after a clean rollback: keep the connection
-            if conn is not None:
-                self._idle.put(conn)
+            with self.pool.connection(timeout=self._wait) as conn:
+                yield conn
+        except StoreError:  # our own refusal (e.g. ItemConflict) after a clean rollback
             raise
+        except PoolTimeout:
+            raise StoreUnavailable(
+                f"store {self.where} is unreachable (no connection within {self._wait:g} s)"
+            ) from None
+        except PoolClosed:
+            raise StoreError(f"store {self.where} is closed") from None
         except psycopg.OperationalError as exc:
-            if conn is not None:
-                conn.close()
             raise StoreUnavailable(f"store {self.where} failed ({_msg(exc)})") from None
         except psycopg.Error as exc:
-            if conn is not None:
-                conn.close()
             raise StoreError(f"store {self.where}: {_msg(exc)}") from None
-        except BaseException:
-            if conn is not None:
-                conn.close()
-            raise
-        finally:
-            self._slots.release()
+
+    def check_writable(self) -> None:
+        with self._conn() as conn:
+            conn.execute(
+                "INSERT INTO store_meta (key, value) VALUES ('write_check', now()::text) "
+                "ON CONFLICT (key) DO UPDATE SET value = EXCLUDED.value"
+            )
 
     def put_many(self, items: Sequence[NewItem], stored_at_ms: int) -> int:
         if not items:
@@ -192,9 +195,4 @@ class PostgresStore(Store):
             return [Summary(d, b, int(n), int(s or 0)) for d, b, n, s in conn.execute(q, args)]
 
     def close(self) -> None:
-        self._closed = True
-        while True:
-            try:
-                self._idle.get_nowait().close()
-            except queue.Empty:
-                break
+        self.pool.close()

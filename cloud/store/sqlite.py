@@ -36,6 +36,7 @@ CREATE TABLE IF NOT EXISTS ingested_items (
   PRIMARY KEY (device_id, item_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ingested_items_by_time ON ingested_items (device_id, captured_at_ms, item_id);
+CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
 COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms"
 CHUNK = 400  # ids per IN (...) query, well under SQLite's variable limit
@@ -165,6 +166,16 @@ class SqliteStore(Store):
         with self._lock:
             try:
                 return [Summary(d, b, int(n), int(s or 0)) for d, b, n, s in self._db.execute(q, args)]
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+
+    def check_writable(self) -> None:
+        with self._lock:
+            try:
+                self._db.execute(
+                    "INSERT INTO store_meta (key, value) VALUES ('write_check', datetime('now')) "
+                    "ON CONFLICT (key) DO UPDATE SET value = excluded.value"
+                )
             except sqlite3.Error as exc:
                 raise self._fail(exc) from None
 

@@ -1,0 +1,77 @@
+"""Wrapping a gRPC asyncio method handler: what every interceptor here shares.
+
+A handler's behaviour comes in four kinds (unary or streaming request and response), and a
+streaming-response behaviour either is an async generator or writes with ``context.write``.
+``wrap`` gives an interceptor one shape to wrap: ``around(call, request, context)``, where
+``call(request, context)`` runs the inner behaviour to completion (returning the unary response,
+or None after writing the streamed ones), so ``around`` can time it, check it or observe how it
+ended without caring about the kind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import grpc
+
+Call = Callable[[Any, grpc.aio.ServicerContext], Awaitable[Any]]
+Around = Callable[[Call, Any, grpc.aio.ServicerContext], Awaitable[Any]]
+
+
+def _unary(behavior: Callable) -> Call:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> Any:
+        result = behavior(request, context)
+        return await result if inspect.isawaitable(result) else result
+
+    return call
+
+
+def _streaming(behavior: Callable) -> Call:
+    async def call(request: Any, context: grpc.aio.ServicerContext) -> None:
+        result = behavior(request, context)
+        if inspect.isasyncgen(result):
+            async for response in result:
+                await context.write(response)
+        elif inspect.isawaitable(result):
+            await result
+        elif result is not None:  # a plain iterator of responses
+            for response in result:
+                await context.write(response)
+
+    return call
+
+
+def wrap(handler: grpc.RpcMethodHandler, around: Around, **replace: Any) -> grpc.RpcMethodHandler:
+    """The same handler with its behaviour run inside ``around`` (and fields such as request_deserializer replaced)."""
+    for kind, streaming in (
+        ("unary_unary", False),
+        ("stream_unary", False),
+        ("unary_stream", True),
+        ("stream_stream", True),
+    ):
+        behavior = getattr(handler, kind)
+        if behavior is not None:
+            call = _streaming(behavior) if streaming else _unary(behavior)
+
+            async def wrapped(request: Any, context: grpc.aio.ServicerContext, _call: Call = call) -> Any:
+                return await around(_call, request, context)
+
+            return handler._replace(**{kind: wrapped}, **replace)
+    return handler
+
+
+def status_of(exc: BaseException | None, context: grpc.aio.ServicerContext) -> str:
+    """The status a client saw for a call that ended with ``exc`` (None: returned normally)."""
+    if exc is None:
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else "OK"
+    if isinstance(exc, grpc.aio.AbortError):
+        code = context.code()
+        return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
+    if isinstance(exc, asyncio.CancelledError):
+        remaining = context.time_remaining()
+        return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
+    return "UNKNOWN"  # an unexpected exception: grpc answers UNKNOWN
