@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset postgres proto lint demo test test-fast bench-rd bench-ingest bench-variants clean
+.PHONY: setup dataset postgres proto lint demo test test-fast bench-rd bench-ingest bench-variants bench-hostile clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -52,6 +52,10 @@ bench-ingest: setup postgres
 	  $(PY) -m training.export --checkpoint $(BENCH_INGEST)/dense.pt --out $(BENCH_INGEST)/bundle --quant affine8 \
 	    --fit-items 2000 --test-limit 500; }
 	$(PY) -m bench.ingest --bundle $(BENCH_INGEST)/bundle --data fashion-mnist --out docs/bench-ingest.md
+
+# Malformed requests, garbage, amplification and 128 concurrent clients against one server -> docs/hostile.md (~5 min).
+bench-hostile: setup
+	$(PY) -m bench.hostile --out docs/hostile.md
 
 # Every autoencoder variant, one small fixed budget on Fashion-MNIST -> docs/variants.{md,png,json} (~15 min).
 bench-variants: setup
