@@ -34,6 +34,7 @@ class _Item:
     bundle_id: str
     payload: bytes
     captured_at_ms: int
+    original: bytes | None = None
 
 
 def _ingest_bytes(bundle_id: str, payloads: list[bytes]) -> int:

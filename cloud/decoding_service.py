@@ -14,22 +14,26 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
+from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
 from latent_codec import metrics
-from latent_codec.codec import Codec, from_tensor, to_tensor
+from latent_codec.codec import Codec, Side, from_tensor, to_tensor
 from latent_codec.errors import CodecError, PayloadError
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
+from .audit import Audit
+from .batching import Batcher
 from .bundles import BundleRegistry, LoadedBundle
 from .limits import Limits, OverBudget
 from .metrics import CodecMetrics
 
 log = logging.getLogger(__name__)
 
+SMALL = 16  # replies of at most this many items are built on the event loop, larger ones on a decode thread
 FORMATS = (pb.RECONSTRUCTION_FORMAT_UINT8, pb.RECONSTRUCTION_FORMAT_FLOAT32, pb.RECONSTRUCTION_FORMAT_NONE)
 
 
@@ -51,8 +55,8 @@ def check_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> None:
         raise PayloadError(f"reconstruction_format {req.reconstruction_format} is unknown")
 
 
-def decode_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> pb.DecodeResponse:
-    """Decode one checked request (runs on a decode thread)."""
+def prepare(codec: Codec, req: pb.DecodeRequest) -> tuple[np.ndarray, Side, np.ndarray | None]:
+    """The request's codes and side fields (unpacked, entropy-decoded, dequantised) and its originals, checked."""
     payloads = codec.from_batch(req.codes)
     originals = None
     if req.HasField("originals"):
@@ -66,10 +70,17 @@ def decode_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> pb.De
             raise PayloadError(
                 f"originals.dtype is {originals.dtype.name}, the manifest's input dtype is {codec.input.dtype}"
             )
-    rec = codec.decode(payloads, unit=True, chunk=limits.decode_chunk)
+    symbols, side = codec.symbols(payloads)
+    return codec.dequantise(symbols), side, originals
+
+
+def respond(
+    codec: Codec, req: pb.DecodeRequest, rec: np.ndarray, originals: np.ndarray | None
+) -> pb.DecodeResponse:
+    """The reply to a decoded request: reconstructions in the requested format, the error with originals."""
     float_reply = req.reconstruction_format == pb.RECONSTRUCTION_FORMAT_FLOAT32
     raw = None if float_reply else codec.unscale(rec)  # once: for the reply and for the error
-    resp = pb.DecodeResponse(bundle_id=codec.bundle_id, count=len(payloads))
+    resp = pb.DecodeResponse(bundle_id=codec.bundle_id, count=len(rec))
     t = reconstruction_tensor(codec, rec, req.reconstruction_format, raw)
     if t is not None:
         resp.reconstructions.CopyFrom(t)
@@ -92,13 +103,23 @@ def decode_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> pb.De
     return resp
 
 
+def batcher_of(lb: LoadedBundle, executor: Executor, batching: Batching, observe=None) -> Batcher:
+    """The bundle's batcher on this server (made on first use; a reloaded bundle gets a new one)."""
+    b = lb.extras.get("batcher")
+    if b is None:
+        b = lb.extras["batcher"] = Batcher(
+            lb.codec, executor, batching.max_items, batching.max_delay, batching.chunk, observe
+        )
+    return b
+
+
 async def lookup(registry: BundleRegistry, bundle_id: str, context: grpc.aio.ServicerContext) -> LoadedBundle:
     """The bundle named by a request, or abort: INVALID_ARGUMENT when unnamed, NOT_FOUND when not held."""
     if not bundle_id:
         await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "codes.bundle_id is empty")
     lb = registry.get(bundle_id)
     if lb is None:
-        held = ", ".join(registry.ids()) or "none"
+        held = ", ".join(f"{e.bundle_id} ({e.ref})" for e in registry.entries()) or "none"
         await context.abort(
             grpc.StatusCode.NOT_FOUND, f"bundle {bundle_id[:80]!r} is not held by this server (held: {held})"
         )
@@ -121,6 +142,15 @@ async def run_checked(context: grpc.aio.ServicerContext, executor: Executor, fn,
         await context.abort(grpc.StatusCode.INTERNAL, f"decoding failed: {type(exc).__name__}")
 
 
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching (cloud/batching.py): max_items <= 1 turns it off."""
+
+    max_items: int = 256  # items per merged decoder run
+    max_delay: float = 0.002  # seconds the first request of a batch waits for company
+    chunk: int = 256  # items per decoder-graph run within a batch (bounds activations)
+
+
 class DecodingService(pb_grpc.DecodingServicer):
     def __init__(
         self,
@@ -128,11 +158,15 @@ class DecodingService(pb_grpc.DecodingServicer):
         executor: Executor,
         limits: Limits | None = None,
         metrics: CodecMetrics | None = None,
+        batching: Batching | None = None,
+        audit: Audit | None = None,
     ):
         self.registry = registry
         self.executor = executor
         self.limits = limits or Limits()
         self.metrics = metrics
+        self.batching = batching or Batching()
+        self.audit = audit
 
     async def _decode_one(
         self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
@@ -140,17 +174,28 @@ class DecodingService(pb_grpc.DecodingServicer):
         if not request.HasField("codes"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "codes is missing")
         lb = await lookup(self.registry, request.codes.bundle_id, context)
+        codec = lb.codec
         try:
-            check_request(lb.codec, request, self.limits)
+            check_request(codec, request, self.limits)
         except OverBudget as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except PayloadError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         t0 = time.perf_counter()
-        resp = await run_checked(context, self.executor, decode_request, lb.codec, request, self.limits)
+        codes, side, originals = await run_checked(context, self.executor, prepare, codec, request)
+        observe = self.metrics.batch_items.observe if self.metrics is not None else None
+        batcher = batcher_of(lb, self.executor, self.batching, observe)
+        try:
+            rec = await batcher.synthesise(codes, side)
+        except Exception as exc:  # an ORT failure on well-formed codes is our bug, not the caller's
+            log.exception("decoder graph failed")
+            await context.abort(grpc.StatusCode.INTERNAL, f"decoding failed: {type(exc).__name__}")
+        if len(rec) <= SMALL:  # a few items: cheaper here than a thread hop
+            resp = respond(codec, request, rec, originals)
+        else:
+            resp = await run_checked(context, self.executor, respond, codec, request, rec, originals)
         if self.metrics is not None:
             self.metrics.decode_seconds.observe(time.perf_counter() - t0)
-            self.metrics.batch_items.observe(resp.count)
             self.metrics.decoded_items.inc(resp.count)
             self.metrics.decoded_bytes.inc(len(request.codes.data))
         return resp
@@ -164,8 +209,11 @@ class DecodingService(pb_grpc.DecodingServicer):
 
     async def ModelInfo(self, request, context):
         bundles = []
-        for bundle_id in self.registry.ids():
-            lb = self.registry.get(bundle_id)
-            if lb is not None:
-                bundles.append(pb.BundleInfo(bundle_id=bundle_id, manifest_json=lb.manifest_json))
+        for lb in self.registry.entries():
+            info = pb.BundleInfo(
+                bundle_id=lb.bundle_id, manifest_json=lb.manifest_json, name=lb.name, version=lb.version
+            )
+            if self.audit is not None:
+                info.audit.CopyFrom(self.audit.figures(lb.bundle_id))
+            bundles.append(info)
         return pb.ModelInfoResponse(bundles=bundles)

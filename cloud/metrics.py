@@ -94,6 +94,30 @@ class CodecMetrics:
             registry=r,
         )
         self.bundles = Gauge("aecodec_bundles_loaded", "Model bundles this server holds.", registry=r)
+        self.reloads = Counter(
+            "aecodec_bundle_reloads",
+            "Bundle rescans, by outcome (changed, unchanged, failed).",
+            ("outcome",),
+            registry=r,
+        )
+        self.audit_items = Counter(
+            "aecodec_audit_items",
+            "Items devices sent their originals with, for field quality.",
+            ("bundle",),
+            registry=r,
+        )
+        self.audit_mse = Counter(
+            "aecodec_audit_squared_error",
+            "Sum of the audited items' MSE on the [0, 1] scale (mean = this / items).",
+            ("bundle",),
+            registry=r,
+        )
+        self.audit_recent_psnr = Gauge(
+            "aecodec_audit_recent_psnr_db",
+            "PSNR of the mean MSE of the last 1,000 audited items.",
+            ("bundle",),
+            registry=r,
+        )
 
 
 def parse_address(address: str) -> tuple[str, int]:

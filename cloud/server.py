@@ -23,6 +23,7 @@ import signal
 import socket
 import sys
 import threading
+import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -33,18 +34,22 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
+from latent_codec.envargs import apply_env
+from latent_codec.envargs import describe as describe_env
 from latent_codec.errors import CodecError
 from latent_codec.pem import read_pem
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
-from .bundles import BundleRegistry
-from .decoding_service import DecodingService
+from .audit import Audit
+from .bundles import BundleRegistry, ReloadReport
+from .decoding_service import Batching, DecodingService
 from .interceptors.auth_interceptor import AuthInterceptor
 from .interceptors.logging_interceptor import LoggingInterceptor
 from .interceptors.metrics_interceptor import MetricsInterceptor
 from .interceptors.parsing_interceptor import ParsingInterceptor
 from .limits import MIB, Limits
+from .logs import configure as configure_logs
 from .metrics import CodecMetrics, MetricsHTTPServer, parse_address
 from .tenancy import Principal, load_tokens
 
@@ -104,6 +109,8 @@ class ServerConfig:
         False  # share the port with another process (SO_REUSEPORT); off: a busy port is an error
     )
     health_interval: float = 5.0  # seconds between store write checks that drive health
+    batching: Batching = field(default_factory=Batching)  # dynamic batching (max_items <= 1: off)
+    reload_interval: float = 0.0  # seconds between rescans of the bundle directory (0: only on SIGHUP)
 
 
 @dataclass
@@ -123,7 +130,10 @@ class Running:
     metrics: CodecMetrics | None = None
     metrics_http: MetricsHTTPServer | None = None
     monitor: asyncio.Task | None = None
+    poller: asyncio.Task | None = None
+    audit: Audit | None = None
     stopped: bool = False
+    draining: bool = False
 
     @property
     def metrics_port(self) -> int | None:
@@ -135,7 +145,30 @@ class Running:
 
     def not_serving(self) -> None:
         """Report NOT_SERVING for the server and every service from now on (the start of a shutdown)."""
+        self.draining = True
         self.call(self.health.enter_graceful_shutdown())
+
+    def reload(self) -> ReloadReport:
+        """Rescan the bundle directory now (what SIGHUP does); health and metrics follow what is held."""
+        return self.call(self.areload(), timeout=600)
+
+    async def areload(self) -> ReloadReport:
+        loop = asyncio.get_running_loop()
+        report = await loop.run_in_executor(self.store_executor, self.registry.reload)
+        if self.metrics is not None:
+            outcome = "failed" if report.errors else "changed" if report.changed else "unchanged"
+            self.metrics.reloads.labels(outcome).inc()
+            self.metrics.bundles.set(len(self.registry))
+        await self.update_health()
+        return report
+
+    async def update_health(self) -> None:
+        """SERVING while at least one bundle is held (a server with none cannot decode anything)."""
+        if self.draining:
+            return
+        status = SERVING if len(self.registry) else NOT_SERVING
+        for name in ("", DECODING):
+            await self.health.set(name, status)
 
     def stop(self, grace: float = 5.0) -> None:
         """NOT_SERVING, then stop: in-flight calls get `grace` seconds, then are cancelled. Bounded."""
@@ -144,8 +177,9 @@ class Running:
         self.stopped = True
 
         async def shutdown() -> None:
-            if self.monitor is not None:
-                self.monitor.cancel()
+            for task in (self.monitor, self.poller):
+                if task is not None:
+                    task.cancel()
             await self.health.enter_graceful_shutdown()
             await self.server.stop(grace)
 
@@ -180,6 +214,16 @@ async def _monitor_store(running: Running, interval: float) -> None:
                 log.info("store write check passes again, Storage is SERVING")
             serving = ok
             await running.health.set(STORAGE, SERVING if ok else NOT_SERVING)
+
+
+async def _poll_bundles(running: Running, interval: float) -> None:
+    """Rescan --bundles every `interval` seconds: rollouts without a signal (e.g. a mounted volume)."""
+    while True:
+        await asyncio.sleep(interval)
+        try:
+            await running.areload()
+        except Exception:  # a scan that fails must not end the polling
+            log.exception("bundle rescan failed")
 
 
 def build_server(
@@ -228,6 +272,7 @@ def start(config: ServerConfig) -> Running:
     if config.limits.max_decode_bytes > config.max_message_bytes:  # a float32 reply must fit in one message
         config.limits = replace(config.limits, max_decode_bytes=config.max_message_bytes)
     metrics = CodecMetrics() if config.metrics_address else None
+    audit = Audit(metrics)
     decode_executor = ThreadPoolExecutor(
         max_workers=max(1, config.decode_workers), thread_name_prefix="decode"
     )
@@ -247,13 +292,15 @@ def start(config: ServerConfig) -> Running:
             except CodecError as exc:
                 s.close()
                 raise CodecError(f"--store {config.store}: the store does not take writes ({exc})") from None
-            storage = StorageService(s, registry, store_executor, decode_executor, config.limits, metrics)
+            storage = StorageService(
+                s, registry, store_executor, decode_executor, config.limits, metrics, audit
+            )
         if metrics is not None:
             metrics.bundles.set(len(registry.ids()))
             metrics_http = MetricsHTTPServer(metrics, config.metrics_address or "")
         thread.start()
         server, port, health, services = asyncio.run_coroutine_threadsafe(
-            _serve(config, registry, storage, decode_executor, metrics), loop
+            _serve(config, registry, storage, decode_executor, metrics, audit), loop
         ).result(timeout=60)
     except BaseException:
         if thread.is_alive():
@@ -279,7 +326,11 @@ def start(config: ServerConfig) -> Running:
         storage,
         metrics,
         metrics_http,
+        audit=audit,
     )
+    running.call(running.update_health())
+    if config.reload_interval > 0:
+        running.poller = running.call(_create_task(_poll_bundles(running, config.reload_interval)))
     if storage is not None and config.health_interval > 0:
         running.monitor = asyncio.run_coroutine_threadsafe(
             _create_monitor(running, config.health_interval), loop
@@ -291,12 +342,17 @@ async def _create_monitor(running: Running, interval: float) -> asyncio.Task:
     return asyncio.get_running_loop().create_task(_monitor_store(running, interval))
 
 
+async def _create_task(coro: Any) -> asyncio.Task:
+    return asyncio.get_running_loop().create_task(coro)
+
+
 async def _serve(
     config: ServerConfig,
     registry: BundleRegistry,
     storage: Any,
     decode_executor: ThreadPoolExecutor,
     metrics: CodecMetrics | None,
+    audit: Audit,
 ) -> tuple[grpc.aio.Server, int, HealthServicer, list[str]]:
     # Order matters: metrics outermost (it sees calls auth refuses), then logging, then auth, and parsing last,
     # so that nothing is parsed before the caller is authenticated.
@@ -315,7 +371,7 @@ async def _serve(
         interceptors=interceptors, options=options, maximum_concurrent_rpcs=config.max_concurrent_rpcs or None
     )
     pb_grpc.add_DecodingServicer_to_server(
-        DecodingService(registry, decode_executor, config.limits, metrics), server
+        DecodingService(registry, decode_executor, config.limits, metrics, config.batching, audit), server
     )
     services = [DECODING]
     if storage is not None:  # a server without a store does not offer Storage at all
@@ -359,6 +415,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         "max_connection_age",
         "grace",
         "health_interval",
+        "batch_max_items",
+        "batch_delay_ms",
+        "reload_interval",
+        "drain",
     ):
         if getattr(args, name) < 0:
             raise CodecError(f"--{name.replace('_', '-')} must not be negative")
@@ -391,6 +451,8 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ),
         reuse_port=args.reuse_port,
         health_interval=args.health_interval,
+        batching=Batching(max_items=args.batch_max_items, max_delay=args.batch_delay_ms / 1000),
+        reload_interval=args.reload_interval,
     )
 
 
@@ -398,7 +460,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="aecodec-cloud",
         description=(__doc__ or "").split("\n")[0],
-        epilog="exit codes: 0 clean shutdown, 2 cannot start (one-line error)",
+        epilog="exit codes: 0 clean shutdown, 2 cannot start (one-line error). Signals: SIGTERM/SIGINT drain and "
+        "stop; SIGHUP rescans --bundles. " + describe_env(),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     d = ServerConfig(Path("."))
@@ -476,31 +539,59 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         action="store_true",
         help="share the port with other processes (SO_REUSEPORT); without it a port in use is an error",
     )
-    p.add_argument("--log-level", default="INFO")
+    p.add_argument(
+        "--batch-max-items",
+        type=int,
+        default=d.batching.max_items,
+        help="dynamic batching: merge concurrent requests for one bundle into decoder runs of up to N items "
+        "(0 or 1 = off)",
+    )
+    p.add_argument(
+        "--batch-delay-ms",
+        type=float,
+        default=d.batching.max_delay * 1000,
+        help="dynamic batching: how long the first request of a batch waits for others, milliseconds",
+    )
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=d.reload_interval,
+        help="rescan --bundles every N s for new, changed or removed bundles (0 = only on SIGHUP)",
+    )
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=0.0,
+        help="on SIGTERM, report NOT_SERVING and keep serving this many seconds (so a load balancer stops "
+        "sending) before the --grace shutdown",
+    )
+    p.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument("--log-format", default="text", choices=["text", "json"], help="json: one object per line")
+    apply_env(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s %(message)s",
-        stream=sys.stderr,
-    )
+    try:
+        args = parse_args(argv)
+    except CodecError as exc:  # a bad AECODEC_* variable
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    configure_logs(args.log_level, args.log_format)
     try:
         running = start(config_from_args(args))
     except CodecError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    ids = running.registry.ids()
+    held = running.registry.entries()
     log.info(
         "serving %d bundle(s) on port %d (%s, %s%s): %s",
-        len(ids),
+        len(held),
         running.port,
         "TLS" if args.tls_cert else "plaintext",
         "token auth" if args.auth_token_file else "no auth",
         ", store" if args.store else "",
-        ", ".join(ids),
+        ", ".join(f"{lb.bundle_id} ({lb.ref})" for lb in held) or "none yet (health: NOT_SERVING)",
     )
     if running.metrics_port:
         log.info(
@@ -513,12 +604,21 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
 
     def _on_signal(signum, _frame):
-        log.info("received %s, shutting down (grace %.1f s)", signal.Signals(signum).name, args.grace)
+        log.info("received %s, shutting down (drain %.1f s, grace %.1f s)", signal.Signals(signum).name, args.drain,
+                 args.grace)  # fmt: skip
         stop.set()
+
+    def _on_hup(_signum, _frame):
+        log.info("received SIGHUP, rescanning %s", args.bundles)
+        asyncio.run_coroutine_threadsafe(running.areload(), running.loop)
 
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, _on_hup)
     stop.wait()
+    running.not_serving()
+    if args.drain > 0:  # a load balancer's health checks see NOT_SERVING and stop sending; we keep answering
+        time.sleep(args.drain)
     running.stop(args.grace)
     log.info("stopped")
     return 0

@@ -32,13 +32,17 @@ from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import grpc
+import numpy as np
 
 from latent_codec import framing
+from latent_codec.codec import from_tensor
+from latent_codec.errors import PayloadError
 from latent_codec.rejection import REJECTED_ITEM_KEY
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
 from . import tenancy
+from .audit import Audit
 from .bundles import BundleRegistry, LoadedBundle
 from .decoding_service import FORMATS, reconstruction_tensor
 from .limits import Limits, OverBudget
@@ -87,8 +91,14 @@ def _denied(principal: tenancy.Principal, verb: str, device_id: str) -> Refused:
     )
 
 
-def ingest_items(req: pb.IngestRequest, n: int, registry: BundleRegistry, limits: Limits) -> list[NewItem]:
-    """Validated items of the n-th request of a stream; Refused (INVALID_ARGUMENT) naming the field and item."""
+def ingest_items(
+    req: pb.IngestRequest, n: int, registry: BundleRegistry, limits: Limits, audit: Audit | None = None
+) -> list[NewItem]:
+    """Validated items of the n-th request of a stream; Refused (INVALID_ARGUMENT) naming the field and item.
+
+    A bundle named "name" or "name@version" is stored under its content id. Items carrying their original
+    (field audit) are decoded and their error added to the bundle's audit figures; originals are not stored.
+    """
 
     def bad(msg: str, item: int | None = None) -> Refused:
         return Refused(grpc.StatusCode.INVALID_ARGUMENT, f"request {n}: {msg}", item)
@@ -130,7 +140,14 @@ def ingest_items(req: pb.IngestRequest, n: int, registry: BundleRegistry, limits
     for bundle_id, idx in by_bundle.items():
         lb = registry.get(bundle_id)
         if lb is None:
+            for k in idx:
+                if req.items[k].HasField("original"):
+                    raise bad(
+                        f"items[{k}].original is sent for audit, but bundle {bundle_id[:80]!r} is not held", k
+                    )
             continue  # stored as is; see the module docstring
+        for k in idx:
+            bundle_of[k] = lb.bundle_id  # by content id, whatever name the request used
         codec = lb.codec
         if codec.item_bytes is not None:
             for k in idx:
@@ -150,6 +167,9 @@ def ingest_items(req: pb.IngestRequest, n: int, registry: BundleRegistry, limits
                 f"{codec.problem(req.items[k].payload)}",
                 k,
             )
+        audited = [k for k in idx if req.items[k].HasField("original")]
+        if audited:
+            audit_items(req, audited, codec, audit, bad)
     return [
         NewItem(
             req.device_id,
@@ -160,6 +180,26 @@ def ingest_items(req: pb.IngestRequest, n: int, registry: BundleRegistry, limits
         )
         for k, it in enumerate(req.items)
     ]
+
+
+def audit_items(req: pb.IngestRequest, idx: list[int], codec, audit: Audit | None, bad) -> None:
+    """Decode the audited items of one bundle and add their error to its figures (originals are not stored)."""
+    originals = []
+    for k in idx:
+        try:
+            original = from_tensor(req.items[k].original, f"items[{k}].original")
+        except PayloadError as exc:
+            raise bad(str(exc), k) from None
+        if list(original.shape) != list(codec.input.shape) or original.dtype.name != codec.input.dtype:
+            raise bad(
+                f"items[{k}].original is {list(original.shape)} {original.dtype.name}; bundle {codec.bundle_id} "
+                f"takes {list(codec.input.shape)} {codec.input.dtype}",
+                k,
+            )
+        originals.append(original)
+    if audit is not None:
+        rec = codec.decode([req.items[k].payload for k in idx])
+        audit.add(codec.bundle_id, codec.squared_error(np.stack(originals), rec).tolist())
 
 
 def decode_stored(
@@ -202,7 +242,9 @@ class StorageService(pb_grpc.StorageServicer):
         decode_executor: Executor,
         limits: Limits | None = None,
         metrics: CodecMetrics | None = None,
+        audit: Audit | None = None,
     ):
+        self.audit = audit
         self.store = store
         self.registry = registry
         self.store_executor = store_executor
@@ -250,7 +292,7 @@ class StorageService(pb_grpc.StorageServicer):
                     raise _denied(principal, "write", req.device_id)
                 try:
                     items = await self._on(
-                        self.decode_executor, ingest_items, req, n, self.registry, self.limits
+                        self.decode_executor, ingest_items, req, n, self.registry, self.limits, self.audit
                     )
                 except OverBudget as exc:
                     raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None

@@ -16,25 +16,44 @@ from __future__ import annotations
 import argparse
 import sys
 
+from latent_codec.envargs import apply_env
+from latent_codec.envargs import describe as describe_env
 from latent_codec.errors import CodecError
 
 from .commands import COMMANDS
+
+EXIT_CODES = (
+    "exit codes: 0 done, 2 error, 3 ingest gave up (items spooled), 4 items quarantined, 130 interrupted."
+)
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(
         prog="aecodec-edge",
         description=(__doc__ or "").split("\n")[0],
-        epilog="exit codes: 0 done, 2 error, 3 ingest gave up (items spooled), 4 items quarantined, 130 interrupted",
+        epilog=EXIT_CODES + " " + describe_env(),
     )
     sub = p.add_subparsers(dest="command", required=True)
     for name, module in COMMANDS.items():
-        module.add_arguments(sub.add_parser(name, help=module.HELP, description=module.__doc__))
+        module.add_arguments(
+            sub.add_parser(
+                name,
+                help=module.HELP,
+                description=module.__doc__,
+                epilog=EXIT_CODES + " " + describe_env(),
+                formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+            )
+        )
+    apply_env(p)
     return p.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
+    try:
+        args = parse_args(argv)
+    except CodecError as exc:  # a bad AECODEC_* variable
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     try:
         return int(COMMANDS[args.command].run(args))
     except CodecError as exc:

@@ -64,6 +64,9 @@ class IngestConfig:
     )
     max_quarantine: int = 100  # items the cloud may refuse for good before the run stops
     threads: int = 0  # ONNX Runtime threads (0 = default)
+    audit_fraction: float = (
+        0.0  # send this fraction of items with their original, so the cloud measures quality
+    )
     security: Security = field(default_factory=Security)
     progress: bool = False  # a progress bar on stderr
 
@@ -87,6 +90,8 @@ class IngestConfig:
                 raise CodecError(f"--{name.replace('_', '-')} must not be negative")
         if self.spool_max_bytes < 1:
             raise CodecError("--spool-max-bytes must be positive")
+        if not 0.0 <= self.audit_fraction <= 1.0:
+            raise CodecError("--audit-fraction must be between 0 and 1")
 
 
 @dataclass
@@ -102,6 +107,7 @@ class IngestReport:
     duplicates: int = 0  # acknowledged items the cloud already held (resends)
     still_spooled: int = 0
     quarantined: int = 0  # items this run set aside because the cloud refused them for good
+    audited: int = 0  # items this run spooled with their original, for the cloud's quality figures
     spooled_bytes: int = 0
     payload_bytes: int = 0  # payload bytes acknowledged
     wire_bytes: int = 0  # serialised IngestRequest bytes sent
@@ -199,7 +205,9 @@ def run(
 
         if warn is None:
             warn = tqdm.write if config.progress else _stderr_warn  # above the progress bar, not through it
-        producer = Producer(x, source, codec, spool, config.batch_size, config.rate, stop, wake, warn)
+        producer = Producer(
+            x, source, codec, spool, config.batch_size, config.rate, stop, wake, warn, config.audit_fraction
+        )
         bar = tqdm(
             total=report.resumed + len(x) - producer.start_at,
             unit="item",
@@ -236,6 +244,7 @@ def run(
             for name, value in asdict(sender.stats).items():
                 setattr(report, name, value)
         report.taken = producer.taken if producer is not None else 0
+        report.audited = producer.audited if producer is not None else 0
         report.still_spooled = spool.count
         report.spooled_bytes = spool.bytes_used
         report.seconds = time.monotonic() - t0

@@ -1,6 +1,7 @@
 """Taking source items into the spool: encode a batch with the codec, spool it with the source cursor, repeat.
 
-The producer runs in its own thread beside the sender. An item enters the
+The producer runs in its own thread beside the sender. With an audit fraction, a sampled few
+items are spooled with their original (field quality monitoring: the cloud measures their error). An item enters the
 spool in the same transaction that advances the source cursor (edge/spool.py),
 so after a crash nothing is lost or taken twice. While the spool is full it
 waits for acknowledgements instead of dropping items.
@@ -8,15 +9,24 @@ waits for acknowledgements instead of dropping items.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 import time
 from collections.abc import Callable
 
 import numpy as np
 
-from latent_codec.codec import Codec
+from latent_codec.codec import Codec, to_tensor
 
 from .spool import Spool, SpoolFullError, item_cost
+
+
+def audited(item_id: str, fraction: float) -> bool:
+    """Is this item one of the sampled `fraction` sent with its original? Decided by its id, so a resumed run
+    samples the same items and the cloud sees each audited item once."""
+    if fraction <= 0:
+        return False
+    return int.from_bytes(hashlib.sha256(item_id.encode()).digest()[:8], "big") < fraction * 2**64
 
 
 class Producer(threading.Thread):
@@ -33,10 +43,13 @@ class Producer(threading.Thread):
         stop: threading.Event,
         wake: threading.Condition,
         warn: Callable[[str], None],
+        audit_fraction: float = 0.0,
     ):
         super().__init__(name="spool-producer", daemon=True)
         self.x, self.source, self.codec, self.spool = x, source, codec, spool
         self.batch_size, self.rate, self.stop, self.wake, self.warn = batch_size, rate, stop, wake, warn
+        self.audit_fraction = audit_fraction
+        self.audited = 0
         self.start_at = min(spool.cursor(source), len(x))
         self.taken = 0
         self.error: BaseException | None = None
@@ -68,8 +81,15 @@ class Producer(threading.Thread):
             xb = self.x[i : i + self.batch_size]
             payloads = self.codec.encode(xb)
             now = int(time.time() * 1000)
-            batch = [(f"{self.source}#{i + k}", bid, p, now) for k, p in enumerate(payloads)]
-            cost = sum(item_cost(a, c) for a, _b, c, _d in batch)
+            batch = []
+            for k, p in enumerate(payloads):
+                item_id = f"{self.source}#{i + k}"
+                original = None
+                if audited(item_id, self.audit_fraction):  # field audit: this one travels with its original
+                    original = to_tensor(xb[k]).SerializeToString()
+                    self.audited += 1
+                batch.append((item_id, bid, p, now, original))
+            cost = sum(item_cost(a, c, o) for a, _b, c, _d, o in batch)
             if cost > self.spool.max_bytes:
                 raise SpoolFullError(
                     f"spool bound {self.spool.max_bytes:,} bytes is smaller than one batch "

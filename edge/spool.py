@@ -33,7 +33,8 @@ CREATE TABLE IF NOT EXISTS items (
   item_id        TEXT    NOT NULL UNIQUE,
   bundle_id      TEXT    NOT NULL,
   payload        BLOB    NOT NULL,
-  captured_at_ms INTEGER NOT NULL
+  captured_at_ms INTEGER NOT NULL,
+  original       BLOB
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -42,9 +43,12 @@ CREATE TABLE IF NOT EXISTS quarantine (
   payload           BLOB    NOT NULL,
   captured_at_ms    INTEGER NOT NULL,
   reason            TEXT    NOT NULL,
-  quarantined_at_ms INTEGER NOT NULL
+  quarantined_at_ms INTEGER NOT NULL,
+  original          BLOB
 );
 """
+# Spools written before field audit had no `original` column: added on open.
+MIGRATIONS = [("items", "original", "BLOB"), ("quarantine", "original", "BLOB")]
 ITEM_OVERHEAD = 32  # bytes counted per item besides payload and id (row, index entries), roughly
 
 
@@ -63,6 +67,7 @@ class SpooledItem:
     bundle_id: str
     payload: bytes
     captured_at_ms: int
+    original: bytes | None = None  # a serialised Tensor of the original item, for field audit (a sampled few)
 
 
 @dataclass(frozen=True)
@@ -75,8 +80,8 @@ class QuarantinedItem:
     quarantined_at_ms: int
 
 
-def item_cost(item_id: str, payload: bytes) -> int:
-    return len(payload) + len(item_id.encode()) + ITEM_OVERHEAD
+def item_cost(item_id: str, payload: bytes, original: bytes | None = None) -> int:
+    return len(payload) + len(item_id.encode()) + len(original or b"") + ITEM_OVERHEAD
 
 
 class Spool:
@@ -101,6 +106,9 @@ class Spool:
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            for table, column, kind in MIGRATIONS:
+                if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
             self._count, self._bytes = self._usage()
         except sqlite3.DatabaseError as exc:
             self._lockfile.close()
@@ -150,15 +158,15 @@ class Spool:
 
     def add_many(
         self,
-        items: Sequence[tuple[str, str, bytes, int]],
+        items: Sequence[tuple[str, str, bytes, int] | tuple[str, str, bytes, int, bytes | None]],
         source: str | None = None,
         cursor: int | None = None,
     ) -> None:
-        """Spool (item_id, bundle_id, payload, captured_at_ms) items and advance the source cursor, atomically.
-
-        Raises SpoolFullError (taking nothing) when they do not fit.
+        """Spool (item_id, bundle_id, payload, captured_at_ms[, original]) items and advance the source cursor,
+        atomically. Raises SpoolFullError (taking nothing) when they do not fit.
         """
-        cost = sum(item_cost(i, p) for i, _b, p, _c in items)
+        rows = [(*it, None) if len(it) == 4 else it for it in items]
+        cost = sum(item_cost(r[0], r[2], r[4]) for r in rows)
         with self._lock:
             if self._bytes + cost > self.max_bytes:
                 raise SpoolFullError(
@@ -168,9 +176,9 @@ class Spool:
             with self._transaction() as db:
                 before = db.total_changes
                 db.executemany(
-                    "INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms) "
-                    "VALUES (?, ?, ?, ?)",
-                    items,
+                    "INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms, original) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    rows,
                 )
                 added = db.total_changes - before
                 if source is not None and cursor is not None:
@@ -189,7 +197,8 @@ class Spool:
         usage = []
         for table in ("items", "quarantine"):
             n, size = self._db.execute(
-                f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(CAST(item_id AS BLOB))), 0) FROM {table}"
+                f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(CAST(item_id AS BLOB)) "
+                f"+ COALESCE(LENGTH(original), 0)), 0) FROM {table}"
             ).fetchone()
             usage.append((int(n), int(size) + ITEM_OVERHEAD * int(n)))
         return usage[0][0], usage[0][1] + usage[1][1]
@@ -198,10 +207,14 @@ class Spool:
         """Up to limit spooled items with seq > after_seq, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, item_id, bundle_id, payload, captured_at_ms FROM items WHERE seq > ? ORDER BY seq LIMIT ?",
+                "SELECT seq, item_id, bundle_id, payload, captured_at_ms, original FROM items WHERE seq > ? "
+                "ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
-        return [SpooledItem(int(s), i, b, bytes(p), int(c)) for s, i, b, p, c in rows]
+        return [
+            SpooledItem(int(s), i, b, bytes(p), int(c), None if o is None else bytes(o))
+            for s, i, b, p, c, o in rows
+        ]
 
     def remove(self, items: Sequence[SpooledItem]) -> None:
         """Forget acknowledged items (one transaction)."""
@@ -211,7 +224,7 @@ class Spool:
             with self._transaction() as db:
                 db.executemany("DELETE FROM items WHERE seq = ?", [(it.seq,) for it in items])
             self._count -= len(items)
-            self._bytes -= sum(item_cost(it.item_id, it.payload) for it in items)
+            self._bytes -= sum(item_cost(it.item_id, it.payload, it.original) for it in items)
 
     @contextmanager
     def _transaction(self):
@@ -237,8 +250,16 @@ class Spool:
             with self._transaction() as db:
                 db.execute(
                     "INSERT OR REPLACE INTO quarantine (item_id, bundle_id, payload, captured_at_ms, reason, "
-                    "quarantined_at_ms) VALUES (?, ?, ?, ?, ?, ?)",
-                    (item.item_id, item.bundle_id, item.payload, item.captured_at_ms, reason, now_ms),
+                    "quarantined_at_ms, original) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    (
+                        item.item_id,
+                        item.bundle_id,
+                        item.payload,
+                        item.captured_at_ms,
+                        reason,
+                        now_ms,
+                        item.original,
+                    ),
                 )
                 db.execute("DELETE FROM items WHERE seq = ?", (item.seq,))
             self._count, self._bytes = self._usage()
@@ -257,8 +278,8 @@ class Spool:
             n = self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
             with self._transaction() as db:
                 db.execute(
-                    "INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms) "
-                    "SELECT item_id, bundle_id, payload, captured_at_ms FROM quarantine "
+                    "INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms, original) "
+                    "SELECT item_id, bundle_id, payload, captured_at_ms, original FROM quarantine "
                     "ORDER BY quarantined_at_ms"
                 )
                 db.execute("DELETE FROM quarantine")

@@ -208,31 +208,30 @@ class Codec:
         """Inverse of ``quantise``: symbols -> codes at the bin centres."""
         return self.payload.quantizer.dequantize(symbols)
 
-    def synthesise(self, codes: np.ndarray, side: Side) -> np.ndarray:
-        """The synthesis transform, clipped to [0, 1]: (N, *input.shape) float32."""
-        out = self.transforms.synthesis(codes, side)
-        return np.clip(np.asarray(out, np.float32).reshape(len(codes), *self.input.shape), 0.0, 1.0)
+    def synthesise(self, codes: np.ndarray, side: Side, chunk: int = 0) -> np.ndarray:
+        """The synthesis transform, clipped to [0, 1]: (N, *input.shape) float32.
+
+        chunk > 0 runs the decoder graph on at most that many items at a time, so its intermediate
+        activations stay bounded however large the batch (a server's memory budget relies on it).
+        """
+        n = len(codes)
+        if chunk <= 0 or n <= chunk:
+            out = self.transforms.synthesis(codes, side)
+            return np.clip(np.asarray(out, np.float32).reshape(n, *self.input.shape), 0.0, 1.0)
+        x_unit = np.empty((n, *self.input.shape), np.float32)
+        for i in range(0, n, chunk):
+            part = {k: v[i : i + chunk] for k, v in side.items()}
+            x_unit[i : i + chunk] = self.synthesise(codes[i : i + chunk], part)
+        return x_unit
 
     def unscale(self, x_unit: np.ndarray) -> np.ndarray:
         """Inverse of ``scale``: [0, 1] -> raw items (uint8 rounded)."""
         return self.input.from_unit(x_unit)
 
     def decode(self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0) -> np.ndarray:
-        """N payloads -> N items: raw dtype, or [0, 1] float32 with unit=True.
-
-        chunk > 0 runs the decoder graph on at most that many items at a time, so its intermediate
-        activations stay bounded however large the batch (a server's memory budget relies on it).
-        """
+        """N payloads -> N items: raw dtype, or [0, 1] float32 with unit=True (chunk: see ``synthesise``)."""
         symbols, side = self.symbols(payloads)
-        codes = self.dequantise(symbols)
-        n = len(codes)
-        if chunk <= 0 or n <= chunk:
-            x_unit = self.synthesise(codes, side)
-        else:
-            x_unit = np.empty((n, *self.input.shape), np.float32)
-            for i in range(0, n, chunk):
-                part = {k: v[i : i + chunk] for k, v in side.items()}
-                x_unit[i : i + chunk] = self.synthesise(codes[i : i + chunk], part)
+        x_unit = self.synthesise(self.dequantise(symbols), side, chunk)
         return x_unit if unit else self.unscale(x_unit)
 
     def first_invalid(self, payloads: Sequence[bytes]) -> int | None:

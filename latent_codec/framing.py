@@ -29,6 +29,8 @@ class ItemToSend(Protocol):
     def payload(self) -> bytes: ...
     @property
     def captured_at_ms(self) -> int: ...
+    @property
+    def original(self) -> bytes | None: ...  # a serialised Tensor, for field audit; None for most items
 
 
 def ingest_request(device_id: str, batch: Sequence[ItemToSend]) -> pb.IngestRequest:
@@ -50,6 +52,8 @@ def ingest_request(device_id: str, batch: Sequence[ItemToSend]) -> pb.IngestRequ
             item.item_id = it.item_id
         else:
             item.item_seq = int(m.group(2))
+        if it.original is not None:
+            item.original.ParseFromString(it.original)
         items.append(item)
     return pb.IngestRequest(
         device_id=device_id, bundle_id=common, item_id_prefix=prefix or "", captured_base_ms=base, items=items

@@ -1,5 +1,7 @@
 """One log line per RPC: method, the status the client saw, duration, peer; never payloads or tokens.
 
+The fields also travel as the record's ``extra`` (cloud/logs.py writes them as JSON with --log-format json).
+
 Client errors (bad requests, refused tokens, cancelled streams) are logged as one line with their
 status, never with a traceback; only an unexpected exception (a bug, answered UNKNOWN) is logged
 with its traceback.
@@ -35,12 +37,12 @@ class LoggingInterceptor(grpc.aio.ServerInterceptor):
                 raise
             finally:
                 code = status_of(failure, context)
-                ms = (time.perf_counter() - t0) * 1e3
-                if code == "UNKNOWN" and failure is not None:
-                    log.error(
-                        "rpc=%s code=%s ms=%.1f peer=%s", method, code, ms, context.peer(), exc_info=failure
-                    )
+                ms = round((time.perf_counter() - t0) * 1e3, 1)
+                fields = {"rpc": method, "code": code, "ms": ms, "peer": context.peer()}
+                line = "rpc=%s code=%s ms=%.1f peer=%s"
+                if code == "UNKNOWN" and failure is not None:  # a bug, not a client error: with its traceback
+                    log.error(line, method, code, ms, fields["peer"], extra=fields, exc_info=failure)
                 else:
-                    log.info("rpc=%s code=%s ms=%.1f peer=%s", method, code, ms, context.peer())
+                    log.info(line, method, code, ms, fields["peer"], extra=fields)
 
         return wrap(handler, around)

@@ -71,6 +71,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         default=d["max_quarantine"],
         help="items the cloud may refuse for good (set aside in the spool) before the run stops",
     )
+    p.add_argument(
+        "--audit-fraction",
+        type=float,
+        default=d["audit_fraction"],
+        help="send this fraction of items (0..1, chosen by item id) with their original, so the cloud can "
+        "measure the quality it delivers on real data",
+    )
     flags.add_threads(p)
     flags.add_report(p)
 

@@ -92,12 +92,30 @@ class ModelInfoRequest(_message.Message):
     def __init__(self) -> None: ...
 
 class BundleInfo(_message.Message):
-    __slots__ = ("bundle_id", "manifest_json")
+    __slots__ = ("bundle_id", "manifest_json", "name", "version", "audit")
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     MANIFEST_JSON_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_FIELD_NUMBER: _ClassVar[int]
     bundle_id: str
     manifest_json: str
-    def __init__(self, bundle_id: _Optional[str] = ..., manifest_json: _Optional[str] = ...) -> None: ...
+    name: str
+    version: int
+    audit: AuditFigures
+    def __init__(self, bundle_id: _Optional[str] = ..., manifest_json: _Optional[str] = ..., name: _Optional[str] = ..., version: _Optional[int] = ..., audit: _Optional[_Union[AuditFigures, _Mapping]] = ...) -> None: ...
+
+class AuditFigures(_message.Message):
+    __slots__ = ("items", "mean_mse", "psnr", "recent_psnr")
+    ITEMS_FIELD_NUMBER: _ClassVar[int]
+    MEAN_MSE_FIELD_NUMBER: _ClassVar[int]
+    PSNR_FIELD_NUMBER: _ClassVar[int]
+    RECENT_PSNR_FIELD_NUMBER: _ClassVar[int]
+    items: int
+    mean_mse: float
+    psnr: float
+    recent_psnr: float
+    def __init__(self, items: _Optional[int] = ..., mean_mse: _Optional[float] = ..., psnr: _Optional[float] = ..., recent_psnr: _Optional[float] = ...) -> None: ...
 
 class ModelInfoResponse(_message.Message):
     __slots__ = ("bundles",)
@@ -106,18 +124,20 @@ class ModelInfoResponse(_message.Message):
     def __init__(self, bundles: _Optional[_Iterable[_Union[BundleInfo, _Mapping]]] = ...) -> None: ...
 
 class IngestItem(_message.Message):
-    __slots__ = ("item_id", "bundle_id", "payload", "captured_at_ms", "item_seq")
+    __slots__ = ("item_id", "bundle_id", "payload", "captured_at_ms", "item_seq", "original")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CAPTURED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     ITEM_SEQ_FIELD_NUMBER: _ClassVar[int]
+    ORIGINAL_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     bundle_id: str
     payload: bytes
     captured_at_ms: int
     item_seq: int
-    def __init__(self, item_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., captured_at_ms: _Optional[int] = ..., item_seq: _Optional[int] = ...) -> None: ...
+    original: Tensor
+    def __init__(self, item_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., captured_at_ms: _Optional[int] = ..., item_seq: _Optional[int] = ..., original: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
     __slots__ = ("device_id", "items", "bundle_id", "item_id_prefix", "captured_base_ms")

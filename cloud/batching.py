@@ -1,0 +1,104 @@
+"""Dynamic batching: concurrent requests for one bundle share one decoder-graph run (Triton's max_queue_delay idea).
+
+Devices send what they capture, often one item per request. Each request's payloads are unpacked
+and entropy-decoded on their own (a bad payload stays that request's error); only the synthesis
+step, the decoder graph, is merged: codes of requests arriving within ``max_delay`` of the first
+one, up to ``max_items`` in all, run as one batch and the rows are handed back to their callers.
+A request at least ``max_items`` large runs alone. If a merged run fails, each request is run
+alone, so one caller's failure never becomes another's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from concurrent.futures import Executor
+from dataclasses import dataclass
+
+import numpy as np
+
+from latent_codec.codec import Codec, Side
+
+
+@dataclass
+class _Waiting:
+    codes: np.ndarray
+    side: Side
+    future: asyncio.Future
+
+
+class Batcher:
+    """Merges the synthesis work of concurrent requests for one codec (one per bundle per server)."""
+
+    def __init__(self, codec: Codec, executor: Executor, max_items: int, max_delay: float, chunk: int = 256,
+                 observe=None):  # fmt: skip
+        self.codec, self.executor = codec, executor
+        self.max_items, self.max_delay, self.chunk = max_items, max_delay, chunk
+        self.observe = observe  # called with the items of each decoder run (metrics), or None
+        self._waiting: list[_Waiting] = []
+        self._items = 0
+        self._timer: asyncio.TimerHandle | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_items > 1
+
+    async def synthesise(self, codes: np.ndarray, side: Side) -> np.ndarray:
+        """The decoder graph on these codes, merged with other requests' when batching is on."""
+        loop = asyncio.get_running_loop()
+        if not self.enabled or len(codes) >= self.max_items:
+            return await self._run_alone(codes, side)
+        future: asyncio.Future = loop.create_future()
+        self._waiting.append(_Waiting(codes, side, future))
+        self._items += len(codes)
+        if self._items >= self.max_items:
+            self._flush()
+        elif self._timer is None:
+            self._timer = loop.call_later(self.max_delay, self._flush)
+        return await future
+
+    async def _run_alone(self, codes: np.ndarray, side: Side) -> np.ndarray:
+        if self.observe is not None:
+            self.observe(len(codes))
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.executor, self.codec.synthesise, codes, side, self.chunk)
+
+    def _flush(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        batch: list[_Waiting] = []
+        items = 0
+        while self._waiting and (not batch or items + len(self._waiting[0].codes) <= self.max_items):
+            w = self._waiting.pop(0)
+            batch.append(w)
+            items += len(w.codes)
+        self._items -= items
+        if self._waiting:  # what did not fit waits for the next run
+            self._timer = asyncio.get_running_loop().call_later(self.max_delay, self._flush)
+        if batch:
+            asyncio.get_running_loop().create_task(self._run(batch))
+
+    async def _run(self, batch: list[_Waiting]) -> None:
+        live = [w for w in batch if not w.future.cancelled()]  # callers that went away need no rows
+        if not live:
+            return
+        try:
+            codes = np.concatenate([w.codes for w in live])
+            side = {k: np.concatenate([w.side[k] for w in live]) for k in live[0].side}
+            out = await self._run_alone(codes, side)
+        except Exception:
+            for w in live:  # isolate: each request alone, its own result or its own error
+                try:
+                    result = await self._run_alone(w.codes, w.side)
+                    if not w.future.done():
+                        w.future.set_result(result)
+                except Exception as exc:
+                    if not w.future.done():
+                        w.future.set_exception(exc)
+            return
+        start = 0
+        for w in live:
+            end = start + len(w.codes)
+            if not w.future.done():
+                w.future.set_result(out[start:end])
+            start = end

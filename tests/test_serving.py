@@ -1,0 +1,327 @@
+"""Serving as operators expect (issue 13): dynamic batching, live rollout, drain, JSON logs, env config, field audit.
+
+Real servers (in-process, or child processes with real signals), real bundles, real edge runs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from cloud.server import build_server
+from latent_codec import datasets
+from latent_codec.codec import Codec
+from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+from tests.helpers import ROOT, CloudStub, ServerProcess, child_env, tiny_bundle, wait_until
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory) -> Path:
+    return tiny_bundle(tmp_path_factory)
+
+
+@pytest.fixture(scope="module")
+def items() -> np.ndarray:
+    return datasets.load("digits", "test").x[:64]
+
+
+def health(target: str, service: str = "") -> int:
+    with grpc.insecure_channel(target) as ch:
+        return (
+            health_pb2_grpc.HealthStub(ch)
+            .Check(health_pb2.HealthCheckRequest(service=service), timeout=5)
+            .status
+        )
+
+
+# ---- dynamic batching ---------------------------------------------------------------------------------------------
+def test_batcher_merges_concurrent_requests_and_gives_each_its_own_rows(bundle, items):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cloud.batching import Batcher
+
+    codec = Codec.open(bundle)
+    codes = codec.dequantise(codec.symbols(codec.encode(items))[0])
+    runs: list[int] = []
+    sizes = [1, 3, 1, 5, 2, 1, 8, 1, 4, 2]  # 28 items in 10 requests
+
+    async def go(batcher: Batcher) -> list[np.ndarray]:
+        starts = np.cumsum([0, *sizes])
+        return await asyncio.gather(
+            *(batcher.synthesise(codes[a:b], {}) for a, b in zip(starts[:-1], starts[1:]))
+        )
+
+    with ThreadPoolExecutor(2) as pool:
+        merged = asyncio.run(go(Batcher(codec, pool, max_items=8, max_delay=0.05, observe=runs.append)))
+        solo_runs: list[int] = []
+        solo = asyncio.run(go(Batcher(codec, pool, max_items=0, max_delay=0.05, observe=solo_runs.append)))
+    want = codec.synthesise(codes[:28], {})
+    starts = np.cumsum([0, *sizes])
+    for got, a, b in zip(merged, starts[:-1], starts[1:]):
+        assert got.shape == (b - a, 1, 8, 8) and np.abs(got - want[a:b]).max() <= 1e-5
+    assert all(np.abs(m - s).max() <= 1e-5 for m, s in zip(merged, solo))
+    assert sum(runs) == 28 and max(runs) <= 8 and len(runs) < len(sizes)  # merged, within the bound
+    assert solo_runs == sizes  # off: one run per request
+
+
+def test_served_requests_are_merged_and_a_bad_request_fails_alone(bundle, items):
+    from cloud.decoding_service import Batching
+    from tests.test_metrics import scrape, val
+
+    running = build_server(bundle, "127.0.0.1:0", metrics_address="127.0.0.1:0", batching=Batching(64, 0.05))
+    codec = Codec.open(bundle)
+    payloads = codec.encode(items[:32])
+    bad = pb.DecodeRequest(codes=codec.to_batch([b"\x00" * (codec.item_bytes or 1)]))
+    bad.codes.data = bad.codes.data[:-1]
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            stub = CloudStub(ch)
+            results: list = [None] * 33
+
+            def call(k: int) -> None:
+                req = bad if k == 32 else pb.DecodeRequest(codes=codec.to_batch([payloads[k]]))
+                try:
+                    results[k] = stub.Decode(req, timeout=30)
+                except grpc.RpcError as exc:
+                    results[k] = exc.code()
+
+            threads = [threading.Thread(target=call, args=(k,)) for k in range(33)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+        samples = scrape(running.metrics_port)
+    finally:
+        running.stop(grace=1.0)
+    assert results[32] == grpc.StatusCode.INVALID_ARGUMENT
+    want = codec.decode(payloads)
+    from latent_codec.codec import from_tensor
+
+    for k in range(32):
+        got = from_tensor(results[k].reconstructions)
+        assert np.abs(got.astype(int) - want[k : k + 1].astype(int)).max() <= 1
+    runs = val(samples, "aecodec_decode_batch_items_count")
+    assert (
+        val(samples, "aecodec_decode_batch_items_sum") == 32 and runs < 32
+    )  # fewer decoder runs than requests
+
+
+# ---- live rollout ---------------------------------------------------------------------------------------------
+def _copy_as(src: Path, dst: Path) -> Path:
+    tmp = dst.parent / f".{dst.name}.tmp"
+    shutil.copytree(src, tmp)
+    tmp.rename(dst)  # atomic: the server never sees half a bundle
+    return dst
+
+
+def test_bundles_roll_out_by_name_and_version_without_a_restart(bundle, digits_bundle, items, tmp_path):
+    root = tmp_path / "bundles"
+    root.mkdir()
+    server = ServerProcess(root, None, tmp_path, extra=("--reload-interval", "0.5")).start()
+    v1, v2 = Codec.open(bundle), Codec.open(digits_bundle)
+    p1, p2 = v1.encode(items[:8]), v2.encode(items[:8])
+    stop = threading.Event()
+    failures: list = []
+    try:
+        assert health(server.target) == NOT_SERVING  # nothing to decode yet
+        (root / "digits").mkdir()
+        _copy_as(bundle, root / "digits" / "1")
+        wait_until(lambda: health(server.target) == SERVING, 10, "SERVING after the first bundle (polling)")
+        ch = grpc.insecure_channel(server.target)
+        stub = CloudStub(ch)
+        assert stub.Decode(pb.DecodeRequest(codes=v1.to_batch(p1)), timeout=10).bundle_id == v1.bundle_id
+
+        def keep_decoding() -> None:  # v1 by its id, all through the rollout: no call may fail
+            while not stop.is_set():
+                try:
+                    stub.Decode(pb.DecodeRequest(codes=v1.to_batch(p1)), timeout=10)
+                except grpc.RpcError as exc:
+                    failures.append(exc.code())
+
+        worker = threading.Thread(target=keep_decoding)
+        worker.start()
+        _copy_as(digits_bundle, root / "digits" / "2")
+        assert server.proc is not None
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: len(stub.ModelInfo(pb.ModelInfoRequest(), timeout=5).bundles) == 2, 10, "v2 loaded"
+        )
+        info = {
+            b.bundle_id: (b.name, b.version) for b in stub.ModelInfo(pb.ModelInfoRequest(), timeout=5).bundles
+        }
+        assert info == {v1.bundle_id: ("digits", 1), v2.bundle_id: ("digits", 2)}
+        # "digits" is the newest; "digits@1" is still v1; both decode with the right bundle.
+        by_name = pb.DecodeRequest(codes=v2.to_batch(p2))
+        by_name.codes.bundle_id = "digits"
+        assert stub.Decode(by_name, timeout=10).bundle_id == v2.bundle_id
+        pinned = pb.DecodeRequest(codes=v1.to_batch(p1))
+        pinned.codes.bundle_id = "digits@1"
+        assert stub.Decode(pinned, timeout=10).bundle_id == v1.bundle_id
+        stop.set()
+        worker.join()
+        # Removing v1 takes it away (after in-flight calls finished with it); "digits" keeps working.
+        shutil.rmtree(root / "digits" / "1")
+        server.proc.send_signal(signal.SIGHUP)
+        wait_until(
+            lambda: len(stub.ModelInfo(pb.ModelInfoRequest(), timeout=5).bundles) == 1, 10, "v1 removed"
+        )
+        with pytest.raises(grpc.RpcError) as info_err:
+            stub.Decode(pinned, timeout=10)
+        assert info_err.value.code() == grpc.StatusCode.NOT_FOUND and "digits@2" in info_err.value.details()
+        assert stub.Decode(by_name, timeout=10).count == 8
+        ch.close()
+    finally:
+        stop.set()
+        server.kill(signal.SIGTERM)
+    assert not failures, failures
+    assert "Traceback" not in server.log_text()
+
+
+def test_a_broken_bundle_in_a_rollout_is_skipped_and_the_rest_keeps_serving(bundle, tmp_path):
+    from cloud.bundles import BundleRegistry
+
+    root = tmp_path / "b"
+    _copy_as(bundle, root / "good")
+    registry = BundleRegistry()
+    registry.load_dir(root)
+    _copy_as(bundle, root / "broken")
+    (root / "broken" / "decoder.onnx").write_bytes(b"not onnx")
+    report = registry.reload()
+    assert report.errors and "broken" in report.errors[0] and not report.added
+    assert [lb.name for lb in registry.entries()] == ["good"]
+
+
+# ---- drain on SIGTERM -------------------------------------------------------------------------------------------
+def test_sigterm_reports_not_serving_keeps_serving_through_the_drain_then_exits_0(bundle, items, tmp_path):
+    server = ServerProcess(bundle, None, tmp_path, extra=("--drain", "2", "--grace", "1")).start()
+    codec = Codec.open(bundle)
+    req = pb.DecodeRequest(codes=codec.to_batch(codec.encode(items[:4])))
+    with grpc.insecure_channel(server.target) as ch:
+        stub = CloudStub(ch)
+        assert stub.Decode(req, timeout=10).count == 4
+        assert server.proc is not None
+        t0 = time.monotonic()
+        server.proc.send_signal(signal.SIGTERM)
+        wait_until(lambda: health(server.target) == NOT_SERVING, 5, "NOT_SERVING on SIGTERM")
+        assert stub.Decode(req, timeout=10).count == 4  # still answering while a load balancer moves away
+        rc = server.proc.wait(timeout=20)
+    took = time.monotonic() - t0
+    assert rc == 0 and 2 <= took < 2 + 1 + 5, took
+
+
+# ---- JSON logs and configuration from the environment ----------------------------------------------------------
+def test_json_logs_one_object_per_rpc_without_tokens_or_payloads(bundle, items, tmp_path):
+    token = "tok-secret-5c1e"
+    (tmp_path / "tokens").write_text(f"{token}\n")
+    server = ServerProcess(
+        bundle, None, tmp_path, extra=("--log-format", "json", "--log-level", "INFO", "--auth-token-file",
+                                       str(tmp_path / "tokens")),
+    ).start()  # fmt: skip
+    codec = Codec.open(bundle)
+    payloads = codec.encode(items[:3])
+    with grpc.insecure_channel(server.target) as ch:
+        CloudStub(ch).Decode(
+            pb.DecodeRequest(codes=codec.to_batch(payloads)), metadata=[("authorization", f"Bearer {token}")]
+        )
+        with pytest.raises(grpc.RpcError):
+            CloudStub(ch).Decode(pb.DecodeRequest(codes=codec.to_batch(payloads)))
+    server.kill(signal.SIGTERM)
+    text = server.log_text()
+    records = [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+    rpcs = [r for r in records if r.get("rpc") == "/aecodec.v2.Decoding/Decode"]
+    assert [r["code"] for r in rpcs] == ["OK", "UNAUTHENTICATED"] and all(
+        "ms" in r and "peer" in r for r in rpcs
+    )
+    assert all(line.startswith("{") for line in text.splitlines() if line.strip()), text[-500:]
+    assert token not in text and payloads[0].hex()[:16] not in text
+
+
+def test_every_flag_can_come_from_the_environment_and_secrets_from_files(bundle, tmp_path):
+    secret = tmp_path / "store-url"
+    secret.write_text(f"{tmp_path / 'from-env.db'}\n")
+    port_file = tmp_path / "port"
+    env = {**child_env(), "AECODEC_BUNDLES": str(bundle), "AECODEC_ADDRESS": "127.0.0.1:0",
+           "AECODEC_STORE_FILE": str(secret), "AECODEC_PORT_FILE": str(port_file), "AECODEC_LOG_LEVEL": "WARNING"}  # fmt: skip
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloud.server"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
+    )
+    try:
+        wait_until(lambda: port_file.exists() or proc.poll() is not None, 30, "the server to start")
+        assert proc.poll() is None, proc.communicate()[1]
+        assert (tmp_path / "from-env.db").exists()  # the store came from the secret file
+        assert health(f"127.0.0.1:{port_file.read_text()}", "aecodec.v2.Storage") == SERVING
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    bad = subprocess.run(
+        [sys.executable, "-m", "cloud.server"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        env={**child_env(), "AECODEC_BUNDLES": str(bundle), "AECODEC_DECODE_WORKERS": "many"},
+    )  # fmt: skip
+    assert bad.returncode == 2 and "AECODEC_DECODE_WORKERS" in bad.stderr and "Traceback" not in bad.stderr
+    # The command line wins over the environment.
+    from cloud.server import parse_args
+
+    os.environ["AECODEC_GRACE"] = "9"
+    try:
+        assert (
+            parse_args(["--bundles", "b"]).grace == 9.0
+            and parse_args(["--bundles", "b", "--grace", "1"]).grace == 1
+        )
+    finally:
+        del os.environ["AECODEC_GRACE"]
+
+
+# ---- field quality monitoring ------------------------------------------------------------------------------------
+def test_audited_items_give_per_bundle_quality_figures(digits_bundle, items, tmp_path):
+    from edge.ingest import IngestConfig, run
+    from tests.test_metrics import scrape, val
+
+    running = build_server(
+        digits_bundle, "127.0.0.1:0", store=str(tmp_path / "s.db"), metrics_address="127.0.0.1:0"
+    )
+    codec = Codec.open(digits_bundle)
+    x = datasets.load("digits", "test").x[:200]
+    try:
+        report = run(
+            IngestConfig(
+                bundle=digits_bundle,
+                server=f"127.0.0.1:{running.port}",
+                spool=tmp_path / "spool.db",
+                source_id="cam",
+                audit_fraction=0.25,
+            ),  # fmt: skip
+            items=x,
+        )
+        assert report.acknowledged == 200 and 20 <= report.audited <= 80  # about a quarter, chosen by item id
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            (info,) = CloudStub(ch).ModelInfo(pb.ModelInfoRequest(), timeout=10).bundles
+        samples = scrape(running.metrics_port)
+    finally:
+        running.stop(grace=1.0)
+    from edge.producer import audited
+
+    picked = [i for i in range(200) if audited(f"cam#{i}", 0.25)]
+    assert info.audit.items == report.audited == len(picked)
+    mse = codec.squared_error(x[picked], codec.decode(codec.encode(x[picked])))
+    assert info.audit.mean_mse == pytest.approx(float(mse.mean()), rel=1e-6)
+    assert info.audit.psnr == pytest.approx(-10 * np.log10(mse.mean()), rel=1e-6)
+    assert val(samples, "aecodec_audit_items_total", bundle=codec.bundle_id) == len(picked)
+    assert val(samples, "aecodec_audit_squared_error_total", bundle=codec.bundle_id) == pytest.approx(
+        mse.sum(), rel=1e-6
+    )
