@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset postgres proto lint demo test test-fast bench-rd bench-ingest bench-variants bench-hostile clean
+.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-ingest bench-variants bench-hostile clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,10 @@ dataset:
 postgres:
 	@bash tools/ensure_postgres.sh
 
+# Prometheus and promtool (Debian package) for the monitoring tests.
+prometheus:
+	@bash tools/ensure_prometheus.sh
+
 # Regenerate the gRPC stubs from proto/ (tests/test_proto_stubs.py fails when they are stale).
 proto: $(STAMP)
 	$(PY) tools/gen_proto.py
@@ -35,7 +39,7 @@ lint: $(STAMP)
 demo: setup
 	$(PY) -m tools.demo
 
-test: setup postgres
+test: setup postgres prometheus
 	$(PY) -m pytest
 
 # Everything but the tests that train models for a while (under a minute on 2 cores).

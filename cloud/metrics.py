@@ -94,6 +94,10 @@ class CodecMetrics:
             registry=r,
         )
         self.bundles = Gauge("aecodec_bundles_loaded", "Model bundles this server holds.", registry=r)
+        self.test_psnr = Gauge(
+            "aecodec_bundle_test_psnr_db", "PSNR each held bundle measured on its test split at export.", ("bundle",),
+            registry=r,
+        )
         self.reloads = Counter(
             "aecodec_bundle_reloads",
             "Bundle rescans, by outcome (changed, unchanged, failed).",
@@ -118,6 +122,16 @@ class CodecMetrics:
             ("bundle",),
             registry=r,
         )
+
+
+def publish_bundles(metrics: CodecMetrics, entries) -> None:
+    """Per-bundle gauges for the bundles held now (after start-up and every reload)."""
+    metrics.bundles.set(len(entries))
+    metrics.test_psnr.clear()
+    for lb in entries:
+        psnr = ((lb.codec.manifest.metrics if lb.codec.manifest else {}).get("test") or {}).get("psnr")
+        if isinstance(psnr, (int, float)):
+            metrics.test_psnr.labels(lb.bundle_id).set(float(psnr))
 
 
 def parse_address(address: str) -> tuple[str, int]:

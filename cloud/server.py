@@ -50,7 +50,7 @@ from .interceptors.metrics_interceptor import MetricsInterceptor
 from .interceptors.parsing_interceptor import ParsingInterceptor
 from .limits import MIB, Limits
 from .logs import configure as configure_logs
-from .metrics import CodecMetrics, MetricsHTTPServer, parse_address
+from .metrics import CodecMetrics, MetricsHTTPServer, parse_address, publish_bundles
 from .tenancy import Principal, load_tokens
 
 log = logging.getLogger("cloud")
@@ -158,7 +158,7 @@ class Running:
         if self.metrics is not None:
             outcome = "failed" if report.errors else "changed" if report.changed else "unchanged"
             self.metrics.reloads.labels(outcome).inc()
-            self.metrics.bundles.set(len(self.registry))
+            publish_bundles(self.metrics, self.registry.entries())
         await self.update_health()
         return report
 
@@ -296,7 +296,7 @@ def start(config: ServerConfig) -> Running:
                 s, registry, store_executor, decode_executor, config.limits, metrics, audit
             )
         if metrics is not None:
-            metrics.bundles.set(len(registry.ids()))
+            publish_bundles(metrics, registry.entries())
             metrics_http = MetricsHTTPServer(metrics, config.metrics_address or "")
         thread.start()
         server, port, health, services = asyncio.run_coroutine_threadsafe(
