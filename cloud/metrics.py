@@ -95,7 +95,9 @@ class CodecMetrics:
         )
         self.bundles = Gauge("aecodec_bundles_loaded", "Model bundles this server holds.", registry=r)
         self.test_psnr = Gauge(
-            "aecodec_bundle_test_psnr_db", "PSNR each held bundle measured on its test split at export.", ("bundle",),
+            "aecodec_bundle_test_psnr_db",
+            "PSNR each held bundle measured on its test split at export.",
+            ("bundle",),
             registry=r,
         )
         self.reloads = Counter(
