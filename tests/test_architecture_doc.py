@@ -39,4 +39,5 @@ def test_one_image_crosses_at_most_eight_hand_written_files_all_real():
     # The path is the code's real path: evaluate goes through the codec and the client, the server through the codec.
     evaluate = (ROOT / "edge/commands/evaluate.py").read_text()
     assert "codec.encode(" in evaluate and "decode_stream(" in evaluate
-    assert "codec.decode(" in (ROOT / "cloud/decoding_service.py").read_text()
+    server = (ROOT / "cloud/decoding_service.py").read_text()
+    assert "codec.symbols(" in server and "codec.dequantise(" in server and "codec.unscale(" in server

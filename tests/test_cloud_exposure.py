@@ -203,6 +203,7 @@ def test_edge_client_sends_the_token_on_every_kind_of_call(auth_server, digits_b
         anonymous.close()
 
 
+@pytest.mark.slow
 def test_edge_cli_evaluate_and_ingest_with_token_file_and_env(
     auth_server, digits_bundle, token_file, tmp_path
 ):
@@ -281,6 +282,7 @@ def test_edge_security_flags(tmp_path, monkeypatch, cert):
         Security.from_args(ns(auth_token_file=f))
 
 
+@pytest.mark.slow
 def test_server_cli_refuses_bad_security_flags(digits_bundle, tmp_path):
     empty = tmp_path / "empty"
     empty.write_text("# nothing\n\n")
@@ -361,6 +363,7 @@ def test_tls_server_with_token_auth(digits_bundle, cert, other_cert):
         running.stop(grace=1.0)
 
 
+@pytest.mark.slow
 def test_tls_end_to_end_from_the_cli(digits_bundle, cert, token_file, tmp_path):
     crt, key = cert
     port_file = tmp_path / "port"

@@ -123,6 +123,7 @@ def test_wrong_shape_inputs(server, fashion_bundle, tmp_path):
     assert_one_line_error(proc, "1x32x32", "expects 1x28x28")
 
 
+@pytest.mark.slow
 def test_unreachable_server(fashion_bundle):
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -141,6 +142,7 @@ def test_unreachable_server(fashion_bundle):
     assert_one_line_error(proc, "cannot reach the cloud", f"127.0.0.1:{port}")
 
 
+@pytest.mark.slow
 def test_bundle_not_held_by_server(server, tmp_path):
     from tests.helpers import train_and_export
 
@@ -161,6 +163,7 @@ def test_bundle_not_held_by_server(server, tmp_path):
     assert_one_line_error(proc, "does not hold bundle")
 
 
+@pytest.mark.slow
 def test_encode_and_decode_files_offline_without_torch(digits_bundle, tmp_path):
     """`edge.cli encode` / `decode`: a code file and back, no server, no torch; the same items the codec gives."""
     from latent_codec import datasets

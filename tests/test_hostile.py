@@ -105,6 +105,7 @@ def raw_call(channel: grpc.Channel, method: str, kind: str, body: bytes, metadat
 
 
 # ---- 1. starvation ---------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_idle_and_long_streams_do_not_starve_other_calls(guarded, entropy_bundle):
     """64 open Health/Watch streams (no token), 64 idle Ingest streams and 64 DecodeStream streams that each got a
     reply and stay open: health and ModelInfo still answer within 1 s, and every stream was served."""
@@ -161,6 +162,7 @@ def test_idle_and_long_streams_do_not_starve_other_calls(guarded, entropy_bundle
 
 
 # ---- 2. amplification ------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_small_request_cannot_make_the_server_decode_gigabytes(fashion_bundle, digits_bundle, tmp_path):
     """65,536 items in a request of a few hundred bytes (entropy-coded, all empty) or of 2 MiB (fixed 32-byte
     codes) would decode to 205 MB of float32 pixels: refused before decoding with RESOURCE_EXHAUSTED naming the
@@ -227,6 +229,7 @@ def test_garbage_bodies_are_invalid_argument_and_unauthenticated_callers_are_ref
                 assert without == grpc.StatusCode.UNAUTHENTICATED, (method, body)
 
 
+@pytest.mark.slow
 def test_shutdown_is_bounded_whatever_the_clients_did(bundle, tmp_path):
     """A stream that sent garbage and never closed, an idle Ingest stream, a Watch: SIGTERM still ends the
     process within its grace period (plus start-up of the shutdown), exit 0."""
@@ -413,6 +416,7 @@ def test_bundles_with_external_data_impostor_ids_or_duplicate_ids_are_refused(bu
 
 
 # ---- 7. a store that cannot take writes -------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_read_only_store_is_a_start_up_error(bundle, tmp_path):
     from cloud.store.sqlite import SqliteStore
 
@@ -520,6 +524,7 @@ def test_logged_and_counted_status_is_the_status_the_client_saw(bundle, tmp_path
 
 
 # ---- 11. a port already in use -------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_binding_a_port_in_use_fails_unless_sharing_is_asked_for(bundle, tmp_path):
     first = ServerProcess(bundle, None, tmp_path).start()
     try:
@@ -606,6 +611,7 @@ def own_postgres():
     pg.cleanup()
 
 
+@pytest.mark.slow
 def test_a_postgres_outage_is_unavailable_and_recovers_without_a_restart(
     entropy_bundle, own_postgres, tmp_path
 ):

@@ -34,6 +34,8 @@ from tests.helpers import (
 N = 5000
 DEVICE = "phone-1"
 
+pytestmark = pytest.mark.slow  # real server and edge processes, killed and restarted
+
 
 @pytest.fixture(scope="module")
 def bundles(digits_bundle, tmp_path_factory):

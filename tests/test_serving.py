@@ -130,6 +130,7 @@ def _copy_as(src: Path, dst: Path) -> Path:
     return dst
 
 
+@pytest.mark.slow
 def test_bundles_roll_out_by_name_and_version_without_a_restart(bundle, digits_bundle, items, tmp_path):
     root = tmp_path / "bundles"
     root.mkdir()
@@ -208,6 +209,7 @@ def test_a_broken_bundle_in_a_rollout_is_skipped_and_the_rest_keeps_serving(bund
 
 
 # ---- drain on SIGTERM -------------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_sigterm_reports_not_serving_keeps_serving_through_the_drain_then_exits_0(bundle, items, tmp_path):
     server = ServerProcess(bundle, None, tmp_path, extra=("--drain", "2", "--grace", "1")).start()
     codec = Codec.open(bundle)
@@ -226,6 +228,7 @@ def test_sigterm_reports_not_serving_keeps_serving_through_the_drain_then_exits_
 
 
 # ---- JSON logs and configuration from the environment ----------------------------------------------------------
+@pytest.mark.slow
 def test_json_logs_one_object_per_rpc_without_tokens_or_payloads(bundle, items, tmp_path):
     token = "tok-secret-5c1e"
     (tmp_path / "tokens").write_text(f"{token}\n")
@@ -252,6 +255,7 @@ def test_json_logs_one_object_per_rpc_without_tokens_or_payloads(bundle, items, 
     assert token not in text and payloads[0].hex()[:16] not in text
 
 
+@pytest.mark.slow
 def test_every_flag_can_come_from_the_environment_and_secrets_from_files(bundle, tmp_path):
     secret = tmp_path / "store-url"
     secret.write_text(f"{tmp_path / 'from-env.db'}\n")
@@ -288,6 +292,7 @@ def test_every_flag_can_come_from_the_environment_and_secrets_from_files(bundle,
 
 
 # ---- field quality monitoring ------------------------------------------------------------------------------------
+@pytest.mark.slow
 def test_audited_items_give_per_bundle_quality_figures(digits_bundle, items, tmp_path):
     from edge.ingest import IngestConfig, run
     from tests.test_metrics import scrape, val

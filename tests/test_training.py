@@ -7,6 +7,7 @@ import torch
 from training.train import TrainConfig, load_checkpoint, main, save_checkpoint, train
 
 
+@pytest.mark.slow
 def test_short_training_improves_and_checkpoint_reloads(tmp_path):
     cfg = TrainConfig(
         model="conv",
@@ -49,6 +50,7 @@ def test_cli_errors_are_one_line(tmp_path, capsys):
     assert "data not found" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_export_replaces_only_a_bundle_directory(tmp_path, capsys):
     """`training.export --out DIR` never deletes a directory that is not a bundle (unless --force)."""
     from training.export import main as export_main
