@@ -144,6 +144,7 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
             "val_items": len(x_val),
             "shape": list(ds.item_shape),
         }
+        record["device"] = {"type": "cpu", "processes": rt.world_size, "items_per_process": len(x_train)}
         return model.eval(), record
     corrupt = Corruption.from_config(cfg)  # denoising (identity when off)
     reg = Regularizers.from_config(
