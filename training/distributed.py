@@ -15,6 +15,7 @@ and bundles, and ``barrier`` makes the others wait until a checkpoint exists.
 from __future__ import annotations
 
 import contextlib
+import gc
 import os
 from dataclasses import dataclass
 
@@ -106,7 +107,14 @@ def check_in_step(module: torch.nn.Module, atol: float = 1e-6) -> None:
 
 
 def teardown() -> None:
+    """Leave the process group, after every process got here and the DDP wrappers are gone.
+
+    A DistributedDataParallel wrapper sits in reference cycles; freed later, at interpreter exit, it would
+    touch a destroyed gloo group and abort the process (seen here as an occasional SIGABRT after the work).
+    """
     if dist.is_initialized():
+        gc.collect()
+        dist.barrier()
         dist.destroy_process_group()
 
 
