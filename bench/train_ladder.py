@@ -3,6 +3,7 @@
     python -m bench.train_ladder                      # the three presets (vq, conv, linres) -> bundles/rd-ladder
     python -m bench.train_ladder --preset conv --epochs 6        # one preset, a flag overridden
     python -m bench.train_ladder --model dense --args '{"code_dim": 16}' --lambdas 0.01,0.04 --limit 5000 --out /tmp/ladder
+    torchrun --standalone --nproc-per-node 2 -m bench.train_ladder --preset conv --threads 1   # 2 processes
 
 Each rung is trained with loss = squared error + lambda * bits under the
 learned prior (straight-through rounding for the decoder, additive uniform
@@ -12,6 +13,9 @@ from scratch (or from a --base-epochs plain base) for --first-epochs, and each
 later rung starts from the one before, so the lambdas run from the highest
 rate to the lowest and every rung inherits the features already learned. Each bundle's manifest carries its
 measured test bytes/item and PSNR; docs/rd_ladder_MODEL.json summarises each ladder.
+Each rung is training.train's train(), so under torchrun every process trains
+its shard (--batch-size is the global batch) and only rank 0 writes
+checkpoints, bundles and the summary.
 """
 
 from __future__ import annotations
@@ -139,6 +143,9 @@ def _parser(preset: dict) -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=preset.get("lr", 1e-3))
     p.add_argument("--threads", type=int, default=2)
     p.add_argument(
+        "--device", default="auto", choices=["auto", "cpu", "cuda"], help="as training.train --device"
+    )
+    p.add_argument(
         "--test-limit", type=int, default=0, help="test items measured into each manifest (0 = all)"
     )
     p.add_argument("--runs", type=Path, default=None, help="checkpoints (default runs/rd-ladder-MODEL)")
@@ -165,13 +172,19 @@ def parse_args(argv: list[str] | None) -> list[argparse.Namespace]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    for args in parse_args(argv):
-        train_ladder(args)
+    from training import distributed
+
+    try:
+        for args in parse_args(argv):
+            train_ladder(args)
+    finally:
+        distributed.teardown()
     return 0
 
 
 def train_ladder(args: argparse.Namespace) -> dict:
     """Train and export one ladder; writes its summary JSON and returns it."""
+    from training.distributed import is_main
     from training.export import export_bundle
     from training.train import TrainConfig, save_checkpoint, train
 
@@ -185,6 +198,7 @@ def train_ladder(args: argparse.Namespace) -> dict:
         batch_size=args.batch_size,
         lr=args.lr,
         threads=args.threads,
+        device=args.device,
     )
     t0 = time.perf_counter()
     args.runs.mkdir(parents=True, exist_ok=True)
@@ -197,10 +211,11 @@ def train_ladder(args: argparse.Namespace) -> dict:
         base_cfg = TrainConfig(epochs=args.base_epochs, **common)
         model, record = train(base_cfg, progress=False)
         base = save_checkpoint(args.runs / "base.pt", model, base_cfg, record)
-        print(
-            f"base: val PSNR {record['history'][-1]['val_psnr']:.2f} dB ({time.perf_counter() - t0:.0f} s)",
-            file=sys.stderr,
-        )
+        if is_main():
+            print(
+                f"base: val PSNR {record['history'][-1]['val_psnr']:.2f} dB ({time.perf_counter() - t0:.0f} s)",
+                file=sys.stderr,
+            )
     rungs = []
     prev = base  # chained ladder: each rung starts from the one before
     for i, lam in enumerate(lambdas):
@@ -225,6 +240,8 @@ def train_ladder(args: argparse.Namespace) -> dict:
         )
         model, record = train(cfg, progress=False)
         ckpt = prev = save_checkpoint(args.runs / f"lambda-{lam:g}.pt", model, cfg, record)
+        if not is_main():  # under torchrun rank 0 exports and reports; the others go on to the next rung
+            continue
         learned, counted = counted_bits(ckpt, record["rate_prior"], args.data, 10000)
         # Ship the learned tables unless counting the training codes is clearly (> 1 %) cheaper.
         quant = "learned" if learned <= counted * 1.01 else "learned-fit"
@@ -267,6 +284,8 @@ def train_ladder(args: argparse.Namespace) -> dict:
         "seconds": round(time.perf_counter() - t0, 1),
         "rungs": rungs,
     }
+    if not is_main():
+        return summary
     args.summary.parent.mkdir(parents=True, exist_ok=True)
     args.summary.write_text(json.dumps(summary, indent=1) + "\n")
     print(json.dumps(summary, indent=1))

@@ -150,7 +150,9 @@ class _CallDetails(grpc.ClientCallDetails):
 
 def open_channel(target: str, security: Security | None = None, *, retry: bool = True) -> grpc.Channel:
     """Plaintext or TLS channel carrying the bearer token, with large messages allowed and, with retry=True,
-    gRPC's own retries of safe calls and quick reconnects once the cloud is back."""
+    gRPC's own retries of safe calls and quick reconnects once the cloud is back. A target listing several
+    addresses (gRPC's "ipv4:HOST:PORT,HOST:PORT" form) gets round-robin balancing: each call (an Ingest
+    stream is one call) goes to the next address that is up, and calls skip an address that is down."""
     sec = security or Security()
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -166,6 +168,8 @@ def open_channel(target: str, security: Security | None = None, *, retry: bool =
         ]
     else:
         options.append(("grpc.enable_retries", 0))
+    if "," in target:  # several addresses: spread the calls over all of them
+        options.append(("grpc.lb_policy_name", "round_robin"))
     if sec.tls:
         if sec.server_name:
             options.append(("grpc.ssl_target_name_override", sec.server_name))

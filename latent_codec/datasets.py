@@ -278,7 +278,13 @@ def load_digits_dataset(split: str = "test") -> ArrayDataset:
     """scikit-learn's bundled 8x8 digits (0..16 grey levels) as uint8; every 5th item is test."""
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
-    from sklearn.datasets import load_digits  # optional; ships its data, no download
+    try:
+        from sklearn.datasets import load_digits  # optional; ships its data, no download
+    except ImportError:
+        raise DataError(
+            "digits come with scikit-learn, which is not installed here (a device or the edge image does not "
+            "install it): pass a folder of images, an IDX folder or a .npy/.npz file instead"
+        ) from None
 
     d = load_digits()
     x = np.round(d.images * (255.0 / 16.0)).astype(np.uint8)[:, None]

@@ -169,7 +169,7 @@ class ServerProcess:
         self, bundles: Path, store: str | None, workdir: Path, port: int = 0, extra: tuple[str, ...] = ()
     ):
         self.bundles, self.store, self.workdir, self.port = bundles, store, workdir, port
-        self.extra = extra
+        self.extra = extra  # more `python -m cloud.server` flags
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
@@ -257,6 +257,41 @@ def edge_cmd(bundle: Path, target: str, data: Path, spool: Path, *extra: str) ->
 
 def start_edge(cmd: list[str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=open(log, "ab"), stderr=subprocess.STDOUT)
+
+
+def stored_count(target: str, device: str) -> int:
+    """Items the server at target holds for a device (its ListStored), or -1 when it does not answer."""
+    import grpc
+
+    from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+
+    try:
+        with grpc.insecure_channel(target) as ch:
+            return CloudStub(ch).ListStored(pb.ListStoredRequest(device_id=device), timeout=2).total_items
+    except grpc.RpcError:
+        return -1
+
+
+def check_exactly_once(target: str, payloads: list[bytes], device: str, source: str = "cam") -> None:
+    """Through the server at target: every source item (SOURCE#i) is stored once, with the payload the
+    edge's encoder produces for it, and nothing else is."""
+    import grpc
+
+    from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+
+    n = len(payloads)
+    with grpc.insecure_channel(target) as ch:
+        stub = CloudStub(ch)
+        listing = stub.ListStored(pb.ListStoredRequest(device_id=device), timeout=10)
+        got = {}
+        for resp in stub.Fetch(pb.FetchRequest(device_id=device, codes_only=True, limit=n + 100), timeout=60):
+            for it in resp.items:
+                assert it.item_id not in got, f"{it.item_id} returned twice"
+                got[it.item_id] = it.payload
+    assert listing.total_items == n
+    assert sorted(got) == sorted(f"{source}#{i}" for i in range(n))
+    assert all(got[f"{source}#{i}"] == payloads[i] for i in range(n))
+    assert listing.total_payload_bytes == sum(len(p) for p in payloads)
 
 
 def wait_until(pred, timeout: float, what: str, step: float = 0.05):

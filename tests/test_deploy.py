@@ -24,6 +24,10 @@ VENV_BIN = Path(sys.executable).parent
 COMPOSE = ROOT / "docker-compose.yml"
 ENVOY = ROOT / "deploy" / "envoy.yaml"
 DOCKERFILES = {"cloud": ROOT / "deploy" / "Dockerfile.cloud", "edge": ROOT / "deploy" / "Dockerfile.edge"}
+TRAIN_DOCKERFILE = ROOT / "deploy" / "Dockerfile.train"
+# A base image fixed to a Python patch release and a Debian release (the suite runs on 3.11 too).
+PINNED_BASE = re.compile(r"^python:3\.11\.\d+-slim-[a-z]+$")
+PINNED_REQUIREMENT = re.compile(r"^[A-Za-z0-9_.-]+(\[[a-z,]+\])?==[0-9][0-9A-Za-z.+]*$")
 
 
 def load_yaml(path: Path):
@@ -195,7 +199,7 @@ def test_dockerfiles_install_only_torch_free_requirements():
     expect = {"cloud": {"requirements/cloud.txt"}, "edge": {"requirements/runtime.txt"}}
     for name, path in DOCKERFILES.items():
         ins = instructions(path)
-        assert ins[0] == ("FROM", "python:3.11-slim"), path
+        assert ins[0][0] == "FROM" and PINNED_BASE.match(ins[0][1]), path
         installed = set()
         for op, rest in ins:
             if op == "RUN" and "pip" in rest and "install" in rest:
@@ -236,3 +240,65 @@ def test_the_image_code_imports_without_torch_or_training():
         [sys.executable, "-c", probe], cwd=ROOT, capture_output=True, text=True, timeout=120
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def requirement_lines(path: Path) -> list[str]:
+    """Every requirement line a file installs, following -r includes."""
+    out: list[str] = []
+    for line in path.read_text().splitlines():
+        line = line.split("#", 1)[0].strip()
+        if line.startswith("-r"):
+            out += requirement_lines(path.parent / line[2:].strip())
+        elif line:
+            out.append(line)
+    return out
+
+
+def pip_files(path: Path) -> list[str]:
+    files = []
+    for op, rest in instructions(path):
+        if op == "RUN" and "pip install" in rest:
+            words = shlex.split(rest.split("pip install", 1)[1])
+            files += [words[i + 1] for i, w in enumerate(words) if w in ("-r", "--requirement")]
+    return files
+
+
+def test_every_image_is_pinned_and_runs_as_non_root():
+    bases = set()
+    for path in (*DOCKERFILES.values(), TRAIN_DOCKERFILE):
+        ins = instructions(path)
+        assert ins[0][0] == "FROM" and PINNED_BASE.match(ins[0][1]), (path, ins[0])
+        bases.add(ins[0][1])
+        lines = [line for f in pip_files(path) for line in requirement_lines(ROOT / f)]
+        assert lines and all(PINNED_REQUIREMENT.match(line) for line in lines), [
+            line for line in lines if not PINNED_REQUIREMENT.match(line)
+        ]
+        users = [rest for op, rest in ins if op == "USER"]
+        assert users and users[-1].split(":")[0] not in ("root", "0"), path
+        assert [op for op, _ in ins].index("USER") > max(i for i, (op, _) in enumerate(ins) if op == "RUN")
+    assert len(bases) == 1, bases  # one Python for every image
+    assert PINNED_REQUIREMENT.match("torch==2.13.0") and not PINNED_REQUIREMENT.match("torch>=2.13")
+
+
+def test_training_image_variants_and_contents():
+    ins = instructions(TRAIN_DOCKERFILE)
+    assert ("ARG", "TORCH_VARIANT=cpu") in ins
+    assert pip_files(TRAIN_DOCKERFILE) == ["requirements/train.txt"]
+    assert "torch" in requirement_closure(ROOT / "requirements/train.txt")
+    copied = [rest.split()[0].rstrip("/") for op, rest in ins if op == "COPY"]
+    assert [c for c in copied if not c.startswith("requirements/")] == ["latent_codec", "training", "bench"]
+    assert ("ENTRYPOINT", '["python", "-m"]') in ins and ("ENV", "PYTHONPATH=/app") in ins
+    # The install step as the shell runs it, with pip replaced by an echo: which index each variant uses.
+    [install] = [rest for op, rest in ins if op == "RUN" and "pip install" in rest]
+
+    def build(variant: str) -> subprocess.CompletedProcess:
+        script = f'pip() {{ echo "pip $*"; }}\nTORCH_VARIANT={variant}\n{install}'
+        return subprocess.run(["sh", "-c", script], capture_output=True, text=True, timeout=30)
+
+    cpu, cuda, bad = build("cpu"), build("cuda"), build("rocm")
+    assert cpu.returncode == 0 and cpu.stdout.split() == [
+        "pip", "install", "--index-url", "https://download.pytorch.org/whl/cpu",
+        "--extra-index-url", "https://pypi.org/simple", "-r", "requirements/train.txt",
+    ]  # fmt: skip
+    assert cuda.returncode == 0 and cuda.stdout.split() == ["pip", "install", "-r", "requirements/train.txt"]
+    assert bad.returncode != 0 and "TORCH_VARIANT must be cpu or cuda" in bad.stderr and not bad.stdout

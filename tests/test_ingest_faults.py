@@ -20,6 +20,7 @@ import pytest
 
 from latent_codec import datasets
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+from tests import helpers
 from tests.helpers import (
     ROOT,
     CloudStub,
@@ -66,28 +67,12 @@ def expected_payloads(bundle, data):
     return Codec.open(bundle).encode(data[1])
 
 
-def stored_count(target: str, device: str = DEVICE) -> int:
-    try:
-        with grpc.insecure_channel(target) as ch:
-            return CloudStub(ch).ListStored(pb.ListStoredRequest(device_id=device), timeout=2).total_items
-    except grpc.RpcError:
-        return -1
+def stored_count(target: str) -> int:
+    return helpers.stored_count(target, DEVICE)
 
 
 def check_exactly_once(target: str, payloads: list[bytes]) -> None:
-    """Every source item is stored once, with the payload the edge's encoder produces for it."""
-    with grpc.insecure_channel(target) as ch:
-        stub = CloudStub(ch)
-        listing = stub.ListStored(pb.ListStoredRequest(device_id=DEVICE), timeout=10)
-        got = {}
-        for resp in stub.Fetch(pb.FetchRequest(device_id=DEVICE, codes_only=True, limit=N + 100), timeout=60):
-            for it in resp.items:
-                assert it.item_id not in got, f"{it.item_id} returned twice"
-                got[it.item_id] = it.payload
-    assert listing.total_items == N
-    assert sorted(got) == sorted(f"cam#{i}" for i in range(N))
-    assert all(got[f"cam#{i}"] == payloads[i] for i in range(N))
-    assert listing.total_payload_bytes == sum(len(p) for p in payloads)
+    helpers.check_exactly_once(target, payloads, DEVICE)
 
 
 def run_edge(cmd, log, timeout=90) -> subprocess.CompletedProcess:

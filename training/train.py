@@ -1,6 +1,12 @@
 """Train an autoencoder from the registry and save a checkpoint.
 
     python -m training.train --model conv --arg code_dim=32 --epochs 3 --out runs/conv.pt
+    torchrun --standalone --nproc-per-node 2 -m training.train --model conv ... --out runs/conv.pt
+
+--batch-size is the global batch: under torchrun each of the N processes takes
+batch_size / N items of every step (DistributedSampler shards each epoch), and
+DistributedDataParallel averages the gradients, so a step sees the same items
+and the same learning rate as in one process (training/distributed.py).
 
 The checkpoint holds weights, the constructor arguments and the config, and
 loads with ``torch.load(path, weights_only=True)``.
@@ -18,9 +24,13 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import torch
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data.distributed import DistributedSampler
 from tqdm import tqdm
 
 from latent_codec.errors import CodecError
+from training import distributed
 from training.data import load_split, to_tensor, train_val_split
 from training.noise import Corruption
 from training.registry import build_model, model_names
@@ -35,12 +45,14 @@ class TrainConfig:
     data: str = "fashion-mnist"  # a datasets.load spec: fashion-mnist, digits, or a path
     limit: int = 0  # use only the first N training items (0 = all); for smoke tests
     epochs: int = 5
-    batch_size: int = 128  # small batches train these tiny models fastest on 2 cores
-    lr: float = 2e-3  # Adam; a short schedule with cosine decay needs a brisk start
+    batch_size: int = 128  # the global batch (split over torchrun's processes); small is fastest on 2 cores
+    lr: float = 2e-3  # Adam, for the global batch; a short schedule with cosine decay needs a brisk start
     weight_decay: float = 0.0  # L2 on weights (the notes' regularised autoencoder)
     val_fraction: float = 0.1  # held out from train for the per-epoch validation loss
     seed: int = 0
     threads: int = 0  # torch intra-op threads (0 = torch's default)
+    device: str = "auto"  # cpu | cuda | auto (cuda if torch sees a GPU); torchrun: cuda:LOCAL_RANK
+    amp: str = "none"  # mixed precision on CUDA: none | bf16 | fp16 (where safe: training/distributed.py)
     # Autoencoder family (docs/models.md): denoising, sparse, contractive, stacked. 0 = off.
     mask_noise: float = 0.0  # denoising: each input pixel set to 0 with probability q (training/noise.py)
     gauss_noise: float = 0.0  # denoising: additive N(0, sigma^2) on [0, 1] inputs
@@ -64,12 +76,12 @@ def _set_seed(seed: int) -> None:
 
 
 def evaluate(model, x: torch.Tensor, batch_size: int = 1000) -> dict:
-    """Mean per-item loss and pixel MSE / PSNR on [0, 1]."""
+    """Mean per-item loss and pixel MSE / PSNR on [0, 1] (batches go to the model's device)."""
     model.eval()
     loss = se = 0.0
     with torch.no_grad():
         for i in range(0, len(x), batch_size):
-            xb = x[i : i + batch_size]
+            xb = x[i : i + batch_size].to(model.input_mean.device)
             out = model(xb)
             loss += float(model.reconstruction_loss(out, xb)) * len(xb)
             se += float(((out["x_hat"].clamp(0, 1) - xb) ** 2).sum())
@@ -77,8 +89,40 @@ def evaluate(model, x: torch.Tensor, batch_size: int = 1000) -> dict:
     return {"loss": loss / len(x), "mse": mse, "psnr": -10 * math.log10(max(mse, 1e-10))}
 
 
+class Objective(nn.Module):
+    """One batch's loss: the module DistributedDataParallel wraps, so the model's and the rate prior's
+    gradients are both averaged over processes. The forward pass may run in mixed precision; losses in fp32."""
+
+    def __init__(self, model, rate, reg: Regularizers, amp: torch.dtype | None = None):
+        super().__init__()
+        self.model, self.rate, self.reg, self.amp = model, rate, reg, amp
+
+    def forward(self, x_in: torch.Tensor, xb: torch.Tensor) -> torch.Tensor:
+        with distributed.autocast(xb.device, self.amp):
+            out = self.model(x_in)
+        out = {k: v.float() if isinstance(v, torch.Tensor) else v for k, v in out.items()}
+        loss = (
+            self.model.reconstruction_loss(out, xb)
+            if self.rate is None
+            else self.rate.loss(self.model, out, xb)
+        )
+        return loss + self.reg(self.model, x_in, out)  # sparse / contractive penalties (0 when off)
+
+
 def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Module, dict]:
-    """Train and return (model, record). The loop: batches, loss, step; validation each epoch."""
+    """Train and return (model on the CPU, record). The loop: batches, loss, step; validation each epoch.
+
+    Under torchrun every process runs this with its shard of each epoch; all return the same model.
+    """
+    rt = distributed.setup(cfg.device)
+    amp = distributed.check_options(
+        cfg.amp, rt.device, cfg.rd_lambda > 0 or cfg.quant_noise != "none", cfg.contractive > 0
+    )
+    if cfg.batch_size % rt.world_size:
+        raise ValueError(
+            f"--batch-size {cfg.batch_size} is the global batch: it must split evenly over {rt.world_size} processes"
+        )
+    progress = progress if rt.main else None  # one process prints
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     _set_seed(cfg.seed)
@@ -90,7 +134,7 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
     if cfg.init_checkpoint:
         model.load_state_dict(load_checkpoint(cfg.init_checkpoint)[0].state_dict())
     if hasattr(model, "codebook"):  # vector quantiser: Lloyd iterations, not gradient steps (training/vq.py)
-        from training.vq import train_vq
+        from training.vq import train_vq  # on the CPU; under torchrun every process runs the same iterations
 
         record = train_vq(model, x_train, x_val, cfg, progress)
         record["data"] = {
@@ -100,30 +144,44 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
             "val_items": len(x_val),
             "shape": list(ds.item_shape),
         }
+        record["device"] = {"type": "cpu", "processes": rt.world_size, "items_per_process": len(x_train)}
         return model.eval(), record
     corrupt = Corruption.from_config(cfg)  # denoising (identity when off)
     reg = Regularizers.from_config(
         cfg, model, denoising=corrupt.active
     )  # refuses unregularised overcomplete codes
     model.quant_proxy = cfg.quant_noise
+    t0 = time.perf_counter()
+    # Stacked pre-training runs on the CPU, before the model moves to its device.
+    pre = pretrain_stacked(model, x_train, cfg, corrupt, progress) if cfg.pretrain_epochs else None
     rate = None
     if cfg.rd_lambda > 0:
         from training.rate import build_rate
 
         rate = build_rate(model, cfg.rd_lambda, cfg.rd_distortion)
-    params = list(model.parameters()) + (list(rate.parameters()) if rate is not None else [])
-    opt = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    steps = cfg.epochs * math.ceil(len(x_train) / cfg.batch_size)
+        first = x_train[: cfg.batch_size]
+        with torch.no_grad():  # the prior starts from one fixed batch's codes, the same in every process
+            rate.terms(model, model(first), first)
+    if rt.distributed:
+        torch.manual_seed(cfg.seed + rt.rank)  # same weights everywhere (above), own noise draws from here
+    objective = Objective(model, rate, reg, amp).to(rt.device)
+    step_fn = DistributedDataParallel(objective) if rt.distributed else objective
+    opt = torch.optim.Adam(objective.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    scaler = torch.amp.GradScaler(rt.device.type, enabled=amp == torch.float16)  # fp16 only
+    # Each epoch: one permutation, the same in every process (seed + epoch), cut into world_size shards.
+    sampler = DistributedSampler(
+        range(len(x_train)), rt.world_size, rt.rank, shuffle=True, seed=cfg.seed, drop_last=True
+    )
+    local_batch = cfg.batch_size // rt.world_size
+    steps = cfg.epochs * math.ceil(len(sampler) / local_batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
-    g = torch.Generator().manual_seed(cfg.seed)
     history = []
-    t0 = time.perf_counter()
-    pre = pretrain_stacked(model, x_train, cfg, corrupt, progress) if cfg.pretrain_epochs else None
     for epoch in range(1, cfg.epochs + 1):
-        model.train()
-        perm = torch.randperm(len(x_train), generator=g)
+        objective.train()
+        sampler.set_epoch(epoch)
+        order = torch.tensor(list(sampler), dtype=torch.long)
         bar = tqdm(
-            range(0, len(x_train), cfg.batch_size),
+            range(0, len(order), local_batch),
             desc=f"epoch {epoch}/{cfg.epochs}",
             disable=not progress,
             leave=False,
@@ -131,21 +189,20 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
         )  # None and False: no bar
         total = 0.0
         for i in bar:
-            xb = x_train[perm[i : i + cfg.batch_size]]
+            xb = x_train[order[i : i + local_batch]]
             x_in = corrupt(xb)  # denoising: the model sees x~, the loss compares with the clean xb
-            out = model(x_in)
-            loss = model.reconstruction_loss(out, xb) if rate is None else rate.loss(model, out, xb)
-            loss = loss + reg(model, x_in, out)  # sparse / contractive penalties (0 when off)
+            loss = step_fn(x_in.to(rt.device), xb.to(rt.device))
             opt.zero_grad(set_to_none=True)
-            loss.backward()
-            opt.step()
+            scaler.scale(loss).backward()
+            scaler.step(opt)
+            scaler.update()
             sched.step()
             total += float(loss.detach()) * len(xb)
             bar.set_postfix(loss=f"{float(loss.detach()):.2f}", refresh=False)
         val = evaluate(model, x_val) if len(x_val) else {}
         rec = {
             "epoch": epoch,
-            "train_loss": total / len(x_train),
+            "train_loss": rt.sum(total) / (len(order) * rt.world_size),
             **{f"val_{k}": v for k, v in val.items()},
             "seconds": time.perf_counter() - t0,
         }
@@ -157,6 +214,8 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
                 f"val PSNR {val.get('psnr', float('nan')):.2f} dB",
                 file=sys.stderr,
             )
+    distributed.check_in_step(objective)
+    objective.cpu()  # the checkpoint, the prior's tables and export work on the CPU
     record = {
         "history": history,
         "data": {
@@ -167,6 +226,7 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
             "shape": list(ds.item_shape),
         },
         "train_seconds": time.perf_counter() - t0,
+        "device": {"type": rt.device.type, "processes": rt.world_size, "items_per_process": len(sampler)},
     }
     if pre is not None:
         record["pretraining"] = pre
@@ -176,19 +236,22 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
 
 
 def save_checkpoint(path: str | Path, model, cfg: TrainConfig, record: dict) -> Path:
+    """Rank 0 writes (under torchrun the others wait until the file exists, then may read it)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(
-        {
-            "model": model.registry_name,
-            "model_args": model.args,
-            "state_dict": model.state_dict(),
-            "config": asdict(cfg),
-            # JSON text: weights_only loading accepts it whatever the nesting.
-            "record_json": json.dumps(record),
-        },
-        path,
-    )
+    if distributed.is_main():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(
+            {
+                "model": model.registry_name,
+                "model_args": model.args,
+                "state_dict": model.state_dict(),
+                "config": asdict(cfg),
+                # JSON text: weights_only loading accepts it whatever the nesting.
+                "record_json": json.dumps(record),
+            },
+            path,
+        )
+    distributed.barrier()
     return path
 
 
@@ -285,6 +348,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument(
+        "--device",
+        default=TrainConfig.device,
+        choices=distributed.DEVICES,
+        help="auto = cuda when torch sees a GPU, else cpu; under torchrun each process takes cuda:LOCAL_RANK",
+    )
+    p.add_argument(
+        "--amp",
+        default=TrainConfig.amp,
+        choices=list(distributed.AMP_DTYPES),
+        help="mixed precision for the forward pass on CUDA (plain, denoising and sparse training only)",
+    )
     p.add_argument("--no-progress", action="store_true")
     p.add_argument("--out", required=True, type=Path, help="checkpoint path (.pt)")
     return p.parse_args(argv)
@@ -308,6 +383,8 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         weight_decay=args.weight_decay,
         seed=args.seed,
         threads=args.threads,
+        device=args.device,
+        amp=args.amp,
         rd_lambda=args.rd_lambda,
         quant_noise=args.quant_noise,
         rd_distortion=args.rd_distortion,
@@ -327,15 +404,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = config_from_args(args)
         model, record = train(cfg, progress=not args.no_progress)
+        path = save_checkpoint(args.out, model, cfg, record)
+        main_process = distributed.is_main()
     except (CodecError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    path = save_checkpoint(args.out, model, cfg, record)
+    finally:
+        distributed.teardown()
     last = record["history"][-1] if record["history"] else {}
-    print(
-        f"saved {path}: {cfg.model} {model.args}, val PSNR {last.get('val_psnr', float('nan')):.2f} dB, "
-        f"{record['train_seconds']:.0f} s"
-    )
+    if main_process:
+        print(
+            f"saved {path}: {cfg.model} {model.args}, val PSNR {last.get('val_psnr', float('nan')):.2f} dB, "
+            f"{record['train_seconds']:.0f} s, {record.get('device', {}).get('processes', 1)} process(es)"
+        )
     return 0
 
 
