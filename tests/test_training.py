@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from training.train import TrainConfig, load_checkpoint, main, save_checkpoint, train
