@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-ingest bench-variants bench-hostile clean
+.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-ingest bench-variants bench-hostile bench-serving clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -60,6 +60,11 @@ bench-ingest: setup postgres
 # Malformed requests, garbage, amplification and 128 concurrent clients against one server -> docs/hostile.md (~5 min).
 bench-hostile: setup
 	$(PY) -m bench.hostile --out docs/hostile.md
+
+# Served throughput and latency (batch sizes x clients, batching on and off) vs the in-process ceiling
+# -> docs/serving.md (~6 min).
+bench-serving: setup
+	$(PY) -m bench.serving --out docs/serving.md
 
 # Every autoencoder variant, one small fixed budget on Fashion-MNIST -> docs/variants.{md,png,json} (~15 min).
 bench-variants: setup

@@ -83,8 +83,15 @@ def test_compose_file_is_valid_against_the_compose_spec(tmp_path):
 def test_compose_config_resolves_offline(tmp_path):
     exe = compose_binary()
     tokens = tmp_path / "tokens.txt"
-    tokens.write_text("t0k\n")
-    env = {**os.environ, "AECODEC_TOKENS_FILE": str(tokens), "POSTGRES_PASSWORD": "s3cret"}
+    tokens.write_text("t0k devices=cam-1\n")
+    (tmp_path / "store-url.txt").write_text("postgresql://aecodec:s3cret@postgres:5432/aecodec\n")
+    (tmp_path / "pg-password.txt").write_text("s3cret\n")
+    env = {
+        **os.environ,
+        "AECODEC_TOKENS_FILE": str(tokens),
+        "AECODEC_STORE_URL_FILE": str(tmp_path / "store-url.txt"),
+        "AECODEC_PG_PASSWORD_FILE": str(tmp_path / "pg-password.txt"),
+    }
 
     def config(path: Path) -> subprocess.CompletedProcess:
         return subprocess.run(
@@ -101,7 +108,15 @@ def test_compose_config_resolves_offline(tmp_path):
 
     cfg = json.loads(proc.stdout)
     cloud = cfg["services"]["cloud"]
-    assert "postgresql://aecodec:s3cret@postgres:5432/aecodec" in cloud["command"]  # interpolated
+    # The password is in no command line and no environment value: only in secret files.
+    assert "s3cret" not in json.dumps(cloud["command"]) + json.dumps(cloud.get("environment", {}))
+    assert cloud["environment"]["AECODEC_STORE_FILE"] == "/run/secrets/aecodec_store"
+    assert cfg["secrets"]["aecodec_store"]["file"] == str(tmp_path / "store-url.txt")
+    pg = cfg["services"]["postgres"]
+    assert (
+        "s3cret" not in json.dumps(pg.get("environment", {}))
+        and "POSTGRES_PASSWORD_FILE" in pg["environment"]
+    )
     assert cloud["deploy"]["replicas"] == 2
     assert cloud["depends_on"]["postgres"]["condition"] == "service_healthy"
     assert cfg["services"]["envoy"]["depends_on"]["cloud"]["condition"] == "service_healthy"
@@ -116,20 +131,27 @@ def test_compose_stack_shape():
     assert s["postgres"]["image"] == "postgres:15"
     cloud = s["cloud"]
     cmd = cloud["command"]
-    store = cmd[cmd.index("--store") + 1]
-    assert store.startswith("postgresql://") and "@postgres:5432/" in store
+    assert "--store" not in cmd and cloud["environment"]["AECODEC_STORE_FILE"].startswith("/run/secrets/")
+    assert {"aecodec_tokens", "aecodec_store"} <= set(cloud["secrets"])
     assert "./bundles:/bundles:ro" in cloud["volumes"] and cmd[cmd.index("--bundles") + 1] == "/bundles"
     assert cloud["build"]["dockerfile"] == "deploy/Dockerfile.cloud"
     assert cloud["deploy"]["replicas"] >= 2
     assert "--auth-token-file" in cmd and "--metrics-address" in cmd
-    for name in ("postgres", "cloud", "envoy"):
+    for name in ("postgres", "cloud", "envoy", "prometheus"):
         assert "healthcheck" in s[name], name
+    # Prometheus scrapes the replicas with the committed config and rules (promtool checks them).
+    assert "./deploy/prometheus:/etc/prometheus:ro" in s["prometheus"]["volumes"]
     assert "cloud.healthcheck" in " ".join(cloud["healthcheck"]["test"])
     # the cloud's flags are real flags of cloud.server
     from cloud.server import parse_args
 
-    args = parse_args([a.replace("${POSTGRES_PASSWORD:-aecodec}", "pw") for a in cmd])
-    assert args.address == "0.0.0.0:50051" and args.max_concurrent_rpcs == 256
+    args = parse_args(list(cmd))
+    assert args.address == "0.0.0.0:50051" and args.max_concurrent_rpcs == 256 and args.drain > 0
+    # The metrics port is the one Prometheus scrapes.
+    prom = load_yaml(ROOT / "deploy" / "prometheus" / "prometheus.yml")
+    [job] = prom["scrape_configs"]
+    [sd] = job["dns_sd_configs"]
+    assert sd["names"] == ["cloud"] and sd["port"] == int(args.metrics_address.rpartition(":")[2])
 
 
 # ---- envoy.yaml ---------------------------------------------------------------------------------------------
@@ -162,8 +184,26 @@ def test_envoy_routes_to_the_compose_cloud_service_and_port():
     [hcm] = fc["filters"]
     routes = hcm["typed_config"]["route_config"]["virtual_hosts"][0]["routes"]
     assert {r["route"]["cluster"] for r in routes} == {cluster["name"]}
-    codec = [r for r in routes if r["match"]["prefix"] == "/aecodec.v2."]  # Decoding and Storage
+    codec = [r for r in routes if r["match"].get("prefix") == "/aecodec.v2."]  # Decoding and Storage
     assert codec and codec[0]["route"]["timeout"] == "0s"
+    # Idempotent unary calls are retried on another replica when one is unavailable; streams and Ingest are not
+    # (a stream cannot be replayed by a proxy; the edge's spool resends).
+    import re
+
+    retried = [r for r in routes if "retry_policy" in r["route"]]
+    assert len(retried) == 1 and routes.index(retried[0]) < routes.index(
+        codec[0]
+    )  # matched before the prefix
+    pattern = re.compile(retried[0]["match"]["safe_regex"]["regex"])
+    methods = {f"/aecodec.v2.{svc}/{m}" for svc, ms in (("Decoding", ("Decode", "DecodeStream", "ModelInfo")),
+               ("Storage", ("Ingest", "Fetch", "ListStored"))) for m in ms}  # fmt: skip
+    assert {m for m in methods if pattern.fullmatch(m)} == {
+        "/aecodec.v2.Decoding/Decode", "/aecodec.v2.Decoding/ModelInfo", "/aecodec.v2.Storage/Fetch",
+        "/aecodec.v2.Storage/ListStored",
+    }  # fmt: skip
+    assert {"unavailable", "connect-failure", "refused-stream"} <= set(
+        retried[0]["route"]["retry_policy"]["retry_on"].split(",")
+    )
     # the compose file publishes the listener's port
     port = listener["address"]["socket_address"]["port_value"]
     published = [str(p).rsplit(":", 1)[1] for p in c["services"]["envoy"]["ports"]]
