@@ -17,17 +17,18 @@ import argparse
 import asyncio
 import random
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 
 from bench.hostile_requests import BAD, KINDS, Call, Target, hostile_call, send
+from bench.server_process import ServerProcess
 
 TOKEN = "tok-bench-3f9a"
 DEVICE = "fuzz-device"
@@ -48,13 +49,6 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def rss_kib(pid: int, field: str = "VmRSS") -> int:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(field + ":"):
-            return int(line.split()[1])
-    raise RuntimeError(f"no {field} for {pid}")
-
-
 def train_bundle(work: Path) -> Path:
     """A Fashion-MNIST dense bundle with entropy-coded codes (empty payloads are valid: the amplification case)."""
     from training.export import export_bundle
@@ -68,35 +62,6 @@ def train_bundle(work: Path) -> Path:
     bundle = work / "bundle"
     export_bundle(ckpt, bundle, quant="affine6", entropy=True, fit_items=2000, test_limit=200)
     return bundle
-
-
-class Server:
-    def __init__(self, bundle: Path, work: Path):
-        tokens = work / "tokens.txt"
-        tokens.write_text(f"{TOKEN} devices={DEVICE}\n")
-        port_file = work / f"port-{uuid.uuid4().hex[:6]}"
-        self.log = open(work / "server.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud.server", "--bundles", str(bundle), "--address", "127.0.0.1:0",
-             "--store", str(work / "store.db"), "--auth-token-file", str(tokens), "--port-file", str(port_file),
-             "--log-level", "WARNING"],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"server did not start: {(work / 'server.log').read_text()[-2000:]}")
-            time.sleep(0.05)
-        self.target = f"127.0.0.1:{port_file.read_text()}"
-
-    def rss(self, field: str = "VmRSS") -> int:
-        return rss_kib(self.proc.pid, field)
-
-    def stop(self) -> int:
-        self.proc.terminate()
-        rc = self.proc.wait(timeout=60)
-        self.log.close()
-        return rc
 
 
 def run_calls(target: str, calls, n: int, concurrency: int) -> Counter:
@@ -323,7 +288,11 @@ def main(argv: list[str] | None = None) -> int:
     target = Target(
         codec.bundle_id, codec.format, codec.item_bytes, payloads, list(codec.input.shape), TOKEN, [DEVICE]
     )
-    server = Server(bundle, work)
+    tokens = work / "tokens.txt"
+    tokens.write_text(f"{TOKEN} devices={DEVICE}\n")
+    server = ServerProcess(
+        bundle, str(work / "store.db"), work, extra=("--auth-token-file", str(tokens))
+    ).start()
     rnd = random.Random(args.seed)
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
     r: dict = {"date": time.strftime("%Y-%m-%d"), "commit": git.stdout.strip()}
@@ -333,42 +302,42 @@ def main(argv: list[str] | None = None) -> int:
             while True:
                 yield hostile_call(rnd, target)
 
-        rss0, t0 = server.rss(), time.perf_counter()
+        rss0, t0 = server.rss_kib(), time.perf_counter()
         tally = run_calls(server.target, fuzz_calls(), args.fuzz, args.concurrency)
         r["fuzz"] = {
             "requests": args.fuzz, "status": dict(tally), "bad": sum(tally[b] for b in BAD),
-            "rss_start_kib": rss0, "rss_end_kib": server.rss(), "seconds": time.perf_counter() - t0,
+            "rss_start_kib": rss0, "rss_end_kib": server.rss_kib(), "seconds": time.perf_counter() - t0,
         }  # fmt: skip
         print(f"fuzz: {dict(tally)}", file=sys.stderr)
 
         garbage = garbage_calls(random.Random(args.seed + 1))
         run_calls(server.target, garbage, args.warmup, args.concurrency)
-        rss0, t0 = server.rss(), time.perf_counter()
+        rss0, t0 = server.rss_kib(), time.perf_counter()
         tally = run_calls(server.target, garbage, args.garbage, args.concurrency)
-        rss1 = server.rss()
+        rss1 = server.rss_kib()
         r["garbage"] = {
             "requests": args.garbage, "warmup": args.warmup, "status": dict(tally), "rss_start_kib": rss0,
             "rss_end_kib": rss1, "growth_pct": 100 * (rss1 - rss0) / rss0, "seconds": time.perf_counter() - t0,
         }  # fmt: skip
         print(f"garbage: {dict(tally)}, RSS {rss0} -> {rss1} KiB", file=sys.stderr)
 
-        hwm0 = server.rss("VmHWM")
+        hwm0 = server.rss_kib("VmHWM")
         n = budget_items(codec)
         tally = asyncio.run(amplification(server.target, codec))
         r["amplification"] = {
             "items": n, "shape": "x".join(map(str, codec.input.shape)),
             "reply_mib": n * int(np.prod(codec.input.shape)) * 4 / 2**20, "status": dict(tally),
-            "hwm_before_kib": hwm0, "hwm_after_kib": server.rss("VmHWM"),
+            "hwm_before_kib": hwm0, "hwm_after_kib": server.rss_kib("VmHWM"),
         }  # fmt: skip
         print(f"amplification: {dict(tally)}", file=sys.stderr)
 
-        rss0 = server.rss()
+        rss0 = server.rss_kib()
         out = asyncio.run(load(server.target, codec, payloads[:16], args.clients, args.load_seconds))
-        out.update(clients=args.clients, rss_start_kib=rss0, rss_end_kib=server.rss())
+        out.update(clients=args.clients, rss_start_kib=rss0, rss_end_kib=server.rss_kib())
         r["load"] = out
         print(f"load: {out}", file=sys.stderr)
     finally:
-        r["exit_code"] = server.stop()
+        r["exit_code"] = server.kill(signal.SIGTERM)
     write_report(args.out, list(argv if argv is not None else sys.argv[1:]), r)
     print(f"wrote {args.out}")
     return 0 if r["fuzz"]["bad"] == 0 and not r["load"]["errors"] else 1

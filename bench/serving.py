@@ -18,14 +18,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import shlex
+import signal
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 
 import numpy as np
+
+from bench.server_process import ServerProcess
 
 BATCHES = (1, 16, 256)
 CLIENTS = (1, 8, 64)
@@ -53,28 +55,6 @@ def train_bundle(work: Path) -> Path:
     ckpt = save_checkpoint(work / "conv.pt", model, cfg, record)
     export_bundle(ckpt, work / "bundle", quant="affine8", fit_items=2000, test_limit=200)
     return work / "bundle"
-
-
-class Server:
-    def __init__(self, bundle: Path, work: Path, *extra: str):
-        port_file = work / f"port-{uuid.uuid4().hex[:6]}"
-        self.log = open(work / f"server-{port_file.name}.log", "wb")
-        self.proc = subprocess.Popen(
-            [sys.executable, "-m", "cloud.server", "--bundles", str(bundle), "--address", "127.0.0.1:0",
-             "--port-file", str(port_file), "--log-level", "WARNING", *extra],
-            stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            if self.proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("server did not start")
-            time.sleep(0.05)
-        self.target = f"127.0.0.1:{port_file.read_text()}"
-
-    def stop(self) -> None:
-        self.proc.terminate()
-        self.proc.wait(timeout=60)
-        self.log.close()
 
 
 def ceiling(codec, payloads: list[bytes], seconds: float) -> float:
@@ -215,7 +195,7 @@ def main(argv: list[str] | None = None) -> int:
                "format": codec.format, "seconds": args.seconds}  # fmt: skip
     r["ceiling"] = ceiling(codec, payloads, args.seconds)
     print(f"ceiling {r['ceiling']:,.0f} items/s", file=sys.stderr)
-    server = Server(bundle, work)
+    server = ServerProcess(bundle, None, work).start()
     try:
         r["grid"] = []
         for method in ("Decode", "DecodeStream"):
@@ -228,10 +208,10 @@ def main(argv: list[str] | None = None) -> int:
                     r["grid"].append(row)
                     print(row, file=sys.stderr)
     finally:
-        server.stop()
+        server.kill(signal.SIGTERM)
     r["single"] = []
     for batching, extra in (("on", ()), ("off", ("--batch-max-items", "0"))):
-        server = Server(bundle, work, *extra)
+        server = ServerProcess(bundle, None, work, extra=extra).start()
         try:
             for method in ("Decode", "DecodeStream"):
                 for clients in CLIENTS:
@@ -240,7 +220,7 @@ def main(argv: list[str] | None = None) -> int:
                     r["single"].append(row)
                     print(row, file=sys.stderr)
         finally:
-            server.stop()
+            server.kill(signal.SIGTERM)
     write_report(args.out, list(argv if argv is not None else sys.argv[1:]), r)
     print(f"wrote {args.out}")
     return 0

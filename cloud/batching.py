@@ -1,11 +1,14 @@
-"""Dynamic batching: concurrent requests for one bundle share one decoder-graph run (Triton's max_queue_delay idea).
+"""Dynamic batching: concurrent requests for one bundle share one decoder-graph run.
 
 Devices send what they capture, often one item per request. Each request's payloads are unpacked
 and entropy-decoded on their own (a bad payload stays that request's error); only the synthesis
-step, the decoder graph, is merged: codes of requests arriving within ``max_delay`` of the first
-one, up to ``max_items`` in all, run as one batch and the rows are handed back to their callers.
-A request at least ``max_items`` large runs alone. If a merged run fails, each request is run
-alone, so one caller's failure never becomes another's.
+step, the decoder graph, is merged. A request goes to the graph at once when one of ``max_runs``
+run slots is free, so a lone client pays no batching delay; while every slot is busy, arriving
+requests wait, and when a run finishes they all go together, up to ``max_items`` items: under load
+batches form by themselves (continuous batching). ``max_delay`` > 0 adds Triton's ``max_queue_delay``
+on top: an idle bundle waits that long for company before it runs. A request at least ``max_items``
+large runs alone. If a merged run fails, each request is run alone, so one caller's failure never
+becomes another's.
 """
 
 from __future__ import annotations
@@ -29,13 +32,15 @@ class _Waiting:
 class Batcher:
     """Merges the synthesis work of concurrent requests for one codec (one per bundle per server)."""
 
-    def __init__(self, codec: Codec, executor: Executor, max_items: int, max_delay: float, chunk: int = 256,
-                 observe=None):  # fmt: skip
+    def __init__(self, codec: Codec, executor: Executor, max_items: int, max_delay: float = 0.0, chunk: int = 256,
+                 observe=None, max_runs: int = 2):  # fmt: skip
         self.codec, self.executor = codec, executor
         self.max_items, self.max_delay, self.chunk = max_items, max_delay, chunk
+        self.max_runs = max(1, max_runs)  # decoder runs in flight at once (the decode threads)
         self.observe = observe  # called with the items of each decoder run (metrics), or None
         self._waiting: list[_Waiting] = []
         self._items = 0
+        self._running = 0
         self._timer: asyncio.TimerHandle | None = None
 
     @property
@@ -50,9 +55,9 @@ class Batcher:
         future: asyncio.Future = loop.create_future()
         self._waiting.append(_Waiting(codes, side, future))
         self._items += len(codes)
-        if self._items >= self.max_items:
+        if self._items >= self.max_items or (self._running < self.max_runs and self.max_delay <= 0):
             self._flush()
-        elif self._timer is None:
+        elif self._running < self.max_runs and self._timer is None:
             self._timer = loop.call_later(self.max_delay, self._flush)
         return await future
 
@@ -73,12 +78,23 @@ class Batcher:
             batch.append(w)
             items += len(w.codes)
         self._items -= items
-        if self._waiting:  # what did not fit waits for the next run
-            self._timer = asyncio.get_running_loop().call_later(self.max_delay, self._flush)
         if batch:
+            self._running += 1
             asyncio.get_running_loop().create_task(self._run(batch))
 
+    def _finished(self) -> None:
+        """A run ended: what waited while every slot was busy goes now, together."""
+        self._running -= 1
+        if self._waiting and self._running < self.max_runs:
+            self._flush()
+
     async def _run(self, batch: list[_Waiting]) -> None:
+        try:
+            await self._merged(batch)
+        finally:
+            self._finished()
+
+    async def _merged(self, batch: list[_Waiting]) -> None:
         live = [w for w in batch if not w.future.cancelled()]  # callers that went away need no rows
         if not live:
             return

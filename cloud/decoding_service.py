@@ -108,7 +108,13 @@ def batcher_of(lb: LoadedBundle, executor: Executor, batching: Batching, observe
     b = lb.extras.get("batcher")
     if b is None:
         b = lb.extras["batcher"] = Batcher(
-            lb.codec, executor, batching.max_items, batching.max_delay, batching.chunk, observe
+            lb.codec,
+            executor,
+            batching.max_items,
+            batching.max_delay,
+            batching.chunk,
+            observe,
+            batching.max_runs,
         )
     return b
 
@@ -147,8 +153,9 @@ class Batching:
     """Dynamic batching (cloud/batching.py): max_items <= 1 turns it off."""
 
     max_items: int = 256  # items per merged decoder run
-    max_delay: float = 0.002  # seconds the first request of a batch waits for company
+    max_delay: float = 0.0  # seconds an idle bundle waits for company (0: run at once, batch only under load)
     chunk: int = 256  # items per decoder-graph run within a batch (bounds activations)
+    max_runs: int = 2  # decoder runs in flight per bundle (the decode threads)
 
 
 class DecodingService(pb_grpc.DecodingServicer):

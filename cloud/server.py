@@ -269,6 +269,9 @@ def start(config: ServerConfig) -> Running:
         check_address_free(config.address)
     registry = BundleRegistry(threads=config.threads)
     registry.load_dir(config.bundles)
+    config.batching = replace(
+        config.batching, max_runs=max(1, config.decode_workers)
+    )  # one run per decode thread
     if config.limits.max_decode_bytes > config.max_message_bytes:  # a float32 reply must fit in one message
         config.limits = replace(config.limits, max_decode_bytes=config.max_message_bytes)
     metrics = CodecMetrics() if config.metrics_address else None
@@ -550,7 +553,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--batch-delay-ms",
         type=float,
         default=d.batching.max_delay * 1000,
-        help="dynamic batching: how long the first request of a batch waits for others, milliseconds",
+        help="dynamic batching: how long an idle bundle's first request waits for others, milliseconds (0: "
+        "it runs at once, and requests batch up only while earlier runs are busy)",
     )
     p.add_argument(
         "--reload-interval",

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import sys
@@ -19,6 +18,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from bench.server_process import ServerProcess, child_env  # noqa: F401  (re-exported for the tests)
 from latent_codec.datasets import FASHION_MNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -154,82 +154,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
-
-
-def child_env() -> dict:
-    env = dict(os.environ)
-    env["PYTHONPATH"] = str(ROOT)
-    return env
-
-
-class ServerProcess:
-    """`python -m cloud.server` in a child process; start() waits until it writes its port."""
-
-    def __init__(
-        self, bundles: Path, store: str | None, workdir: Path, port: int = 0, extra: tuple[str, ...] = ()
-    ):
-        self.bundles, self.store, self.workdir, self.port = bundles, store, workdir, port
-        self.extra = extra  # more `python -m cloud.server` flags
-        self.proc: subprocess.Popen | None = None
-
-    def start(self, timeout: float = 30.0) -> ServerProcess:
-        port_file = self.workdir / f"port-{uuid.uuid4().hex[:6]}"
-        self.log = open(self.workdir / "server.log", "ab")
-        self.proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "cloud.server",
-                "--bundles",
-                str(self.bundles),
-                *(["--store", self.store] if self.store else []),
-                "--address",
-                f"127.0.0.1:{self.port}",
-                "--port-file",
-                str(port_file),
-                "--log-level",
-                "WARNING",
-                "--workers",
-                "2",
-                *self.extra,
-            ],
-            cwd=ROOT,
-            env=child_env(),
-            stdout=self.log,
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + timeout
-        while not port_file.exists():
-            if self.proc.poll() is not None:
-                raise AssertionError(f"server exited with {self.proc.returncode}: {self.log_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                self.kill()
-                raise AssertionError(f"server did not start within {timeout} s: {self.log_text()[-2000:]}")
-            time.sleep(0.05)
-        self.port = int(port_file.read_text())
-        return self
-
-    def log_text(self) -> str:
-        return (self.workdir / "server.log").read_text(errors="replace")
-
-    def kill(self, sig: int = signal.SIGKILL) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(sig)
-            self.proc.wait(timeout=30)
-        if self.proc is not None:
-            self.log.close()
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    def rss_kib(self, field: str = "VmRSS") -> int:
-        """The child's resident memory (VmRSS, or VmHWM for its peak) in KiB, from /proc."""
-        assert self.proc is not None
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(field + ":"):
-                return int(line.split()[1])
-        raise AssertionError(f"no {field} for pid {self.proc.pid}")
 
 
 def edge_cmd(bundle: Path, target: str, data: Path, spool: Path, *extra: str) -> list[str]:

@@ -80,6 +80,35 @@ def test_batcher_merges_concurrent_requests_and_gives_each_its_own_rows(bundle, 
     assert solo_runs == sizes  # off: one run per request
 
 
+def test_requests_arriving_while_the_runs_are_busy_go_together_in_the_next_run(bundle, items):
+    """Continuous batching (no delay): the first request runs at once; those that arrive while every run slot is
+    busy wait and then go as one run."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cloud.batching import Batcher
+
+    codec = Codec.open(bundle)
+    codes = codec.dequantise(codec.symbols(codec.encode(items[:10]))[0])
+    runs: list[int] = []
+
+    async def go() -> list[np.ndarray]:
+        batcher = Batcher(codec, pool, max_items=64, max_delay=0.0, observe=runs.append, max_runs=1)
+        first = asyncio.ensure_future(batcher.synthesise(codes[:1], {}))
+        await asyncio.sleep(0.05)  # the first run is dispatched (its thread is held busy below) ...
+        rest = asyncio.gather(*(batcher.synthesise(codes[k : k + 1], {}) for k in range(1, 10)))
+        await asyncio.sleep(0.05)  # ... and the next nine find the only slot taken
+        release.set()
+        return [await first, *await rest]
+
+    release = threading.Event()
+    with ThreadPoolExecutor(1) as pool:
+        pool.submit(release.wait, 30)  # the decode thread is busy until released
+        out = asyncio.run(go())
+    assert runs == [1, 9]
+    want = codec.synthesise(codes, {})
+    assert all(np.abs(o - want[k : k + 1]).max() <= 1e-5 for k, o in enumerate(out))
+
+
 def test_served_requests_are_merged_and_a_bad_request_fails_alone(bundle, items):
     from cloud.decoding_service import Batching
     from tests.test_metrics import scrape, val

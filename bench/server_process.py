@@ -1,0 +1,82 @@
+"""`python -m cloud.server` as a child process: what the benchmarks and the process tests start and signal.
+
+One implementation for bench/hostile.py, bench/serving.py and tests/helpers.py: start() waits until the
+server writes its port (--port-file), kill() sends a real signal, rss_kib() reads its memory from /proc.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def child_env() -> dict:
+    """The environment for a child that imports the project from this checkout."""
+    env = dict(os.environ)
+    env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+class ServerProcess:
+    """`python -m cloud.server` in a child process; start() waits until it writes its port."""
+
+    def __init__(
+        self, bundles: Path, store: str | None, workdir: Path, port: int = 0, extra: tuple[str, ...] = ()
+    ):
+        self.bundles, self.store, self.workdir, self.port = bundles, store, workdir, port
+        self.extra = extra  # more `python -m cloud.server` flags
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 30.0) -> ServerProcess:
+        port_file = self.workdir / f"port-{uuid.uuid4().hex[:6]}"
+        self.log = open(self.workdir / "server.log", "ab")
+        self.proc = subprocess.Popen(
+            [
+                sys.executable, "-m", "cloud.server", "--bundles", str(self.bundles),
+                *(["--store", self.store] if self.store else []),
+                "--address", f"127.0.0.1:{self.port}", "--port-file", str(port_file), "--log-level", "WARNING",
+                "--workers", "2", *self.extra,
+            ],
+            cwd=ROOT, env=child_env(), stdout=self.log, stderr=subprocess.STDOUT,
+        )  # fmt: skip
+        deadline = time.monotonic() + timeout
+        while not port_file.exists():
+            if self.proc.poll() is not None:
+                raise AssertionError(f"server exited with {self.proc.returncode}: {self.log_text()[-2000:]}")
+            if time.monotonic() > deadline:
+                self.kill()
+                raise AssertionError(f"server did not start within {timeout} s: {self.log_text()[-2000:]}")
+            time.sleep(0.05)
+        self.port = int(port_file.read_text())
+        return self
+
+    def log_text(self) -> str:
+        return (self.workdir / "server.log").read_text(errors="replace")
+
+    def kill(self, sig: int = signal.SIGKILL) -> int | None:
+        """Send sig (SIGKILL by default) and wait; returns the exit code."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(sig)
+            self.proc.wait(timeout=60)
+        if self.proc is not None and not self.log.closed:
+            self.log.close()
+        return self.proc.returncode if self.proc is not None else None
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    def rss_kib(self, field: str = "VmRSS") -> int:
+        """The child's resident memory (VmRSS, or VmHWM for its peak) in KiB, from /proc."""
+        assert self.proc is not None
+        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
+            if line.startswith(field + ":"):
+                return int(line.split()[1])
+        raise AssertionError(f"no {field} for pid {self.proc.pid}")
