@@ -33,7 +33,9 @@ from .metrics import CodecMetrics
 
 log = logging.getLogger(__name__)
 
-SMALL = 16  # replies of at most this many items are built on the event loop, larger ones on a decode thread
+SMALL = (
+    16  # requests of at most this many items are unpacked and answered on the event loop, larger on a thread
+)
 FORMATS = (pb.RECONSTRUCTION_FORMAT_UINT8, pb.RECONSTRUCTION_FORMAT_FLOAT32, pb.RECONSTRUCTION_FORMAT_NONE)
 
 
@@ -189,7 +191,13 @@ class DecodingService(pb_grpc.DecodingServicer):
         except PayloadError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         t0 = time.perf_counter()
-        codes, side, originals = await run_checked(context, self.executor, prepare, codec, request)
+        if request.codes.count <= SMALL:  # a few items: unpacking them here is cheaper than a thread hop
+            try:
+                codes, side, originals = prepare(codec, request)
+            except PayloadError as exc:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        else:
+            codes, side, originals = await run_checked(context, self.executor, prepare, codec, request)
         observe = self.metrics.batch_items.observe if self.metrics is not None else None
         batcher = batcher_of(lb, self.executor, self.batching, observe)
         try:
