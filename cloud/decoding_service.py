@@ -209,6 +209,15 @@ class DecodingService(pb_grpc.DecodingServicer):
             resp = respond(codec, request, rec, originals)
         else:
             resp = await run_checked(context, self.executor, respond, codec, request, rec, originals)
+        size = resp.ByteSize()
+        if (
+            size > self.limits.max_reply_bytes
+        ):  # refused here, so the status logged is the one the client sees
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the reply would be {size:,} bytes, over the {self.limits.max_reply_bytes:,}-byte message limit "
+                f"(--max-message-mib): send fewer items per request, or ask for RECONSTRUCTION_FORMAT_NONE",
+            )
         if self.metrics is not None:
             self.metrics.decode_seconds.observe(time.perf_counter() - t0)
             self.metrics.decoded_items.inc(resp.count)

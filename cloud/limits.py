@@ -29,6 +29,7 @@ class Limits:
     max_decode_bytes: int = 32 * MIB  # float32 reconstruction bytes one request may decode to
     max_symbols: int = 1 << 24  # code symbols one request may entropy-decode (items x code values)
     decode_chunk: int = 256  # items per decoder-graph run: bounds the graph's activations
+    max_reply_bytes: int = 64 * MIB  # the server's --max-message-mib: a larger reply could not be sent
 
     def check(self, codec: Codec, count: int, what: str = "request") -> None:
         """Refuse a request of `count` items for this codec when it is over a budget; cheap, decodes nothing."""

@@ -274,6 +274,7 @@ def start(config: ServerConfig) -> Running:
     )  # one run per decode thread
     if config.limits.max_decode_bytes > config.max_message_bytes:  # a float32 reply must fit in one message
         config.limits = replace(config.limits, max_decode_bytes=config.max_message_bytes)
+    config.limits = replace(config.limits, max_reply_bytes=config.max_message_bytes)
     metrics = CodecMetrics() if config.metrics_address else None
     audit = Audit(metrics)
     decode_executor = ThreadPoolExecutor(

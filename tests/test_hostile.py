@@ -474,11 +474,25 @@ def test_logged_and_counted_status_is_the_status_the_client_saw(bundle, tmp_path
 
     from tests.test_metrics import scrape, val
 
-    running = build_server(bundle, "127.0.0.1:0", workers=2, metrics_address="127.0.0.1:0")
+    running = build_server(
+        bundle, "127.0.0.1:0", workers=2, metrics_address="127.0.0.1:0", max_message_bytes=16 * 1024
+    )
     caplog.set_level(logging.INFO, logger="cloud.rpc")
+    codec = Codec.open(bundle)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
             seen = raw_call(ch, "/aecodec.v2.Decoding/Decode", "unary", b"\xff\xff\xff")
+            # A reply too large to send is refused by the server, so what it logs and counts is what the client
+            # sees: 64 items of float32 pixels are exactly the (clamped) decode budget, and the reply's framing
+            # makes it larger than a 16 KiB message may be.
+            big = pb.DecodeRequest(
+                codes=codec.to_batch(codec.encode(datasets.load("digits", "test").x[:64])),
+                reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32,
+            )
+            with pytest.raises(grpc.RpcError) as too_big:
+                CloudStub(ch).Decode(big, timeout=10)
+            assert too_big.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "message limit" in too_big.value.details()
 
             def slow():  # a stream whose deadline passes while the client holds it open
                 yield pb.DecodeRequest(codes=pb.CodeBatch(bundle_id="nope", count=1))
@@ -498,6 +512,7 @@ def test_logged_and_counted_status_is_the_status_the_client_saw(bundle, tmp_path
     )
     lines = [r.getMessage() for r in caplog.records if r.name == "cloud.rpc"]
     assert any("rpc=/aecodec.v2.Decoding/Decode code=INVALID_ARGUMENT" in ln for ln in lines), lines
+    assert any("rpc=/aecodec.v2.Decoding/Decode code=RESOURCE_EXHAUSTED" in ln for ln in lines), lines
     assert any(f"rpc=/aecodec.v2.Decoding/DecodeStream code={late.name}" in ln for ln in lines), lines
     assert not [r for r in caplog.records if r.exc_info], "a client error was logged with a traceback"
     handled = "aecodec_grpc_server_handled_total"
