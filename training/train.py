@@ -50,6 +50,7 @@ class TrainConfig:
     contractive: float = 0.0  # contractive: lambda * ||d code / d x||_F^2 per item
     contractive_samples: int = 0  # 0 = exact Jacobian norm (k products); m = Hutchinson estimate (m products)
     pretrain_epochs: int = 0  # stacked: greedy layer-wise pre-training epochs per layer (training/stacked.py)
+    patience: int = 0  # early stopping: stop after N epochs with no better val loss, keep the best (0 = off)
     # Rate-distortion training (training/rate.py): loss = distortion + rd_lambda * bits per item.
     rd_lambda: float = 0.0  # 0 = plain reconstruction loss
     quant_noise: str = "none"  # decoder-side rounding proxy: none | noise | ste | mixed
@@ -75,6 +76,28 @@ def evaluate(model, x: torch.Tensor, batch_size: int = 1000) -> dict:
             se += float(((out["x_hat"].clamp(0, 1) - xb) ** 2).sum())
     mse = se / x.numel()
     return {"loss": loss / len(x), "mse": mse, "psnr": -10 * math.log10(max(mse, 1e-10))}
+
+
+class EarlyStopping:
+    """Keeps the weights of the best validation loss; says stop after `patience` epochs without a better one."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_epoch, self.state = patience, math.inf, 0, None
+
+    def update(self, epoch: int, val_loss: float | None, model) -> bool:
+        if not self.patience or val_loss is None:
+            return False
+        if val_loss < self.best:
+            self.best, self.best_epoch = val_loss, epoch
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return epoch - self.best_epoch >= self.patience
+
+    def finish(self, model, epochs_run: int) -> dict:
+        """Restore the best weights; -> the record's early_stopping entry ({} when off)."""
+        if self.state is None:
+            return {}
+        model.load_state_dict(self.state)
+        return {"patience": self.patience, "best_epoch": self.best_epoch, "epochs_run": epochs_run}
 
 
 def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Module, dict]:
@@ -119,6 +142,7 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
     history = []
     t0 = time.perf_counter()
     pre = pretrain_stacked(model, x_train, cfg, corrupt, progress) if cfg.pretrain_epochs else None
+    stopper = EarlyStopping(cfg.patience)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
         perm = torch.randperm(len(x_train), generator=g)
@@ -157,6 +181,9 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
                 f"val PSNR {val.get('psnr', float('nan')):.2f} dB",
                 file=sys.stderr,
             )
+        if stopper.update(epoch, val.get("loss"), model):
+            break
+    stopped = stopper.finish(model, len(history))
     record = {
         "history": history,
         "data": {
@@ -170,6 +197,8 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
     }
     if pre is not None:
         record["pretraining"] = pre
+    if stopped:
+        record["early_stopping"] = stopped
     if rate is not None:  # the learned prior, tabulated on the integer grid, for export (--quant learned)
         record["rate_prior"] = rate.export_record(model, x_train)
     return model, record
@@ -283,6 +312,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="stacked: greedy layer-wise pre-training epochs per layer, then --epochs of fine-tuning",
     )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        metavar="N",
+        help="early stopping: stop after N epochs without a better validation loss, keep the best weights",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--no-progress", action="store_true")
@@ -319,6 +355,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         contractive=args.contractive,
         contractive_samples=args.contractive_samples,
         pretrain_epochs=args.pretrain_epochs,
+        patience=args.patience,
     )
 
 
