@@ -369,83 +369,107 @@ def run_variant(v: Variant, args: argparse.Namespace, ctx: Context, twins: dict)
     return row, model.eval()
 
 
+def _verdict(measure: str, row: str, twin: str, checks: list[tuple[bool, str]]) -> dict:
+    """holds = every check passes; why = the first failing check's reason."""
+    failed = [why for ok, why in checks if not ok]
+    return {
+        "measure": measure,
+        "row": row,
+        "twin": twin,
+        "holds": not failed,
+        "why": failed[0] if failed else "",
+    }
+
+
 def judge(v: Variant, row: dict, model, twin_row: dict, twin_model, ctx: Context) -> dict:
-    """The row's claim against its twin: {"measure", "row", "twin", "holds"} (float torch measurements)."""
+    """The row's claim against its twin: {"measure", "row", "twin", "holds", "why"} (float torch measurements)."""
     from bench import claims
 
     x = ctx.claim_test
-    keeps = (
-        row["test_psnr"] >= twin_row["test_psnr"] - STILL_RECONSTRUCTS_DB
-    )  # the notes: still extracts features
+    cost = twin_row["test_psnr"] - row["test_psnr"]
+    # The notes: a sparse or contractive code must still reconstruct ("still able to extract features").
+    keeps = (cost <= STILL_RECONSTRUCTS_DB, f"clean PSNR {cost:.1f} dB below the twin's")
     if v.claim in ("mask", "gauss"):
         kw = {"mask_q": v.train["mask_noise"]} if v.claim == "mask" else {"sigma": v.train["gauss_noise"]}
-        a, b = (
-            claims.corrupted_psnr(model, x, **kw, seed=1),
-            claims.corrupted_psnr(twin_model, x, **kw, seed=1),
-        )
+        a = claims.corrupted_psnr(model, x, **kw, seed=1)
+        b = claims.corrupted_psnr(twin_model, x, **kw, seed=1)
         what = f"q = {kw['mask_q']}" if v.claim == "mask" else f"sigma = {kw['sigma']}"
-        return {
-            "measure": f"PSNR on corrupted test items ({what}), dB",
-            "row": f"{a:.2f}",
-            "twin": f"{b:.2f}",
-            "holds": a > b + 0.1,
-        }
+        return _verdict(
+            f"PSNR on corrupted test items ({what}), dB",
+            f"{a:.2f}",
+            f"{b:.2f}",
+            [(a > b + 0.1, "no better than the plain model on corrupted items")],
+        )
     if v.claim in ("l1", "kl_sparsity"):
         a, b = claims.code_stats(model, x), claims.code_stats(twin_model, x)
         row.update({f"code_{k}": val for k, val in a.items()})
         if v.claim == "l1":
-            holds = a["near_zero_codes"] > b["near_zero_codes"] and a["code_l1"] < b["code_l1"] and keeps
             fmt = "{near_zero_codes:.0%} zero, L1 {code_l1:.1f}"
-            return {
-                "measure": "codes below 0.01; L1 per item",
-                "row": fmt.format(**a),
-                "twin": fmt.format(**b),
-                "holds": holds,
-            }
+            return _verdict(
+                "codes below 0.01; L1 per item",
+                fmt.format(**a),
+                fmt.format(**b),
+                [
+                    (a["near_zero_codes"] < 1.0, "every code is zero (dead units)"),
+                    keeps,
+                    (a["code_l1"] < b["code_l1"], "L1 not smaller"),
+                    (a["near_zero_codes"] > b["near_zero_codes"], "smaller codes, but not more zeros"),
+                ],
+            )
         rho = v.train["sparsity_target"]
         fmt = "rho_hat {rho_hat_mean:.3f} (max {rho_hat_max:.2f}), {near_zero_codes:.0%} < 0.01"
-        holds = rho / 2 <= a["rho_hat_mean"] <= 2 * rho and keeps
-        return {
-            "measure": f"mean activation rho_hat (target {rho:g}, within x2)",
-            "row": fmt.format(**a),
-            "twin": fmt.format(**b),
-            "holds": holds,
-        }
+        return _verdict(
+            f"mean activation rho_hat (target {rho:g}, within x2)",
+            fmt.format(**a),
+            fmt.format(**b),
+            [
+                keeps,
+                (a["rho_hat_mean"] <= 2 * rho, "moves towards rho, stays above 2 rho at this beta"),
+                (a["rho_hat_mean"] >= rho / 2, "below rho / 2"),
+            ],
+        )
     if v.claim == "contractive":
         a, b = claims.jacobian_sq(model, x[:500]), claims.jacobian_sq(twin_model, x[:500])
         row["jacobian_sq"] = a
-        return {
-            "measure": "||J||_F^2 per test item",
-            "row": f"{a:.3g} ({a / b:.0%})",
-            "twin": f"{b:.3g}",
-            "holds": a < 0.9 * b and keeps,
-        }
+        return _verdict(
+            "||J||_F^2 per test item",
+            f"{a:.3g} ({a / b:.0%})",
+            f"{b:.3g}",
+            [(a < 0.9 * b, "Jacobian not 10% smaller"), keeps],
+        )
     if v.claim in ("weight_decay", "tied"):
         a, b = claims.weight_sq(model), claims.weight_sq(twin_model)
         row["weight_sq"] = a
         fmt = "{:.3g}; gap {:.5f}; test {:.5f}"
-        return {
-            "measure": "sum theta^2; train/test MSE gap; test MSE (float)",
-            "row": fmt.format(a, row["gap_mse"], row["test_mse_float"]),
-            "twin": fmt.format(b, twin_row["gap_mse"], twin_row["test_mse_float"]),
-            "holds": row["test_mse_float"] < twin_row["test_mse_float"]
-            and row["gap_mse"] < twin_row["gap_mse"],
-        }
+        better = row["test_mse_float"] < twin_row["test_mse_float"]
+        smaller_gap = row["gap_mse"] < twin_row["gap_mse"]
+        if smaller_gap:
+            why = "a smaller gap, but a worse test error (the plain model barely overfits)"
+        elif better:
+            why = "a better test error, but a larger gap (a better fit, not a more regular one)"
+        else:
+            why = "neither a better test error nor a smaller gap"
+        return _verdict(
+            "sum theta^2; train/test MSE gap; test MSE (float)",
+            fmt.format(a, row["gap_mse"], row["test_mse_float"]),
+            fmt.format(b, twin_row["gap_mse"], twin_row["test_mse_float"]),
+            [(better and smaller_gap, why)],
+        )
     if v.claim == "stacked":
-        return {
-            "measure": "clean test PSNR, same fine-tuning epochs, dB",
-            "row": f"{row['test_psnr']:.2f}",
-            "twin": f"{twin_row['test_psnr']:.2f}",
-            "holds": row["test_psnr"] > twin_row["test_psnr"],
-        }
+        return _verdict(
+            "clean test PSNR, same fine-tuning epochs, dB",
+            f"{row['test_psnr']:.2f}",
+            f"{twin_row['test_psnr']:.2f}",
+            [(row["test_psnr"] > twin_row["test_psnr"], "random initialisation does as well")],
+        )
     if v.claim == "pca":
         d = row["test_psnr"] - twin_row["test_psnr"]
-        return {
-            "measure": f"clean test PSNR vs exact PCA (within {PCA_TOLERANCE_DB} dB), dB",
-            "row": f"{row['test_psnr']:.2f} ({d:+.2f})",
-            "twin": f"{twin_row['test_psnr']:.2f}",
-            "holds": abs(d) <= PCA_TOLERANCE_DB,
-        }
+        return _verdict(
+            f"clean test PSNR vs exact PCA (within {PCA_TOLERANCE_DB} dB), dB",
+            f"{row['test_psnr']:.2f} ({d:+.2f})",
+            f"{twin_row['test_psnr']:.2f}",
+            [(abs(d) <= PCA_TOLERANCE_DB, "undertrained: not the PCA subspace yet")],
+        )
     raise ValueError(f"unknown claim {v.claim!r}")
 
 
@@ -542,7 +566,7 @@ def write_markdown(
         twin = by_name[r["twin"]]
         lines.append(
             f"| {r['variant']} | {_cell(r.get('strength', ''))} | {_cell(c['measure'])} | {_cell(c['row'])} | "
-            f"{_cell(c['twin'])} ({r['twin']}) | {'yes' if c['holds'] else '**no**'} | "
+            f"{_cell(c['twin'])} ({r['twin']}) | {'yes' if c['holds'] else '**no**: ' + c['why']} | "
             f"{r['test_psnr']:.2f} / {twin['test_psnr']:.2f} |"
         )
     failed = [r["variant"] for r in claimed if not r["claim"]["holds"]]
