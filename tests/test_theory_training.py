@@ -204,7 +204,7 @@ def test_contractive_penalty_is_lambda_times_the_mean_jacobian_norm():
     h = codes(model, x)
     w = model.enc_w[0].detach()
     want = 0.3 * float(((h * (1 - h)) ** 2 * (w**2).sum(1)).sum(1).mean())  # closed form of a sigmoid layer
-    assert float(Regularizers(contractive=0.3)(model, x, model(x))) == pytest.approx(want, rel=1e-5)
+    assert float(Regularizers(contractive=0.3)(model, x, model(x)).detach()) == pytest.approx(want, rel=1e-5)
 
 
 def test_contractive_estimate_is_seeded_and_reproducible():
@@ -218,7 +218,7 @@ def test_contractive_estimate_is_seeded_and_reproducible():
     def estimate(seed: int, disturb: int) -> list[float]:
         reg = Regularizers.from_config(TrainConfig(contractive=1.0, contractive_samples=2, seed=seed), model)
         torch.manual_seed(disturb)  # whatever else uses torch's global generator must not matter
-        return [float(reg(model, x, model(x))) for _ in range(3)]
+        return [float(reg(model, x, model(x)).detach()) for _ in range(3)]
 
     a = estimate(3, disturb=1)
     assert a == estimate(3, disturb=2)  # the same seed: the same sequence of estimates
