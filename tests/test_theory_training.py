@@ -355,7 +355,7 @@ def test_contractive_penalty_lowers_the_jacobian_norm_against_its_plain_twin():
     x = digits_test()
 
     def jac(model) -> float:
-        xn = model.normalize(x).requires_grad_(True)
+        xn = model.normalize(x).detach().requires_grad_(True)  # detach: never mark the shared test items
         c, _ = model.encode(xn)
         return float(jacobian_frobenius_sq(c, xn).mean().detach())
 
@@ -413,7 +413,7 @@ def test_bce_loss_value_and_gradient_match_the_notes():
     got = model.reconstruction_loss({"logits": logits}, x)
     xh = torch.sigmoid(logits.detach())
     want = -(x * torch.log(xh) + (1 - x) * torch.log(1 - xh)).flatten(1).sum(1).mean()
-    assert float(got) == pytest.approx(float(want), rel=1e-6)
+    assert float(got.detach()) == pytest.approx(float(want), rel=1e-6)
     got.backward()
     assert torch.allclose(logits.grad, (xh - x) / 2, atol=1e-7)  # no sigma' factor: no vanishing gradient
 
@@ -426,7 +426,7 @@ def test_sigmoid_output_with_squared_error_is_selectable_and_exact():
     assert (model.output, model.loss_name, model.args["loss"]) == ("sigmoid", "mse", "mse")
     got = model.reconstruction_loss({"logits": logits}, x)
     xh = torch.sigmoid(logits.detach())
-    assert float(got) == pytest.approx(float(((xh - x) ** 2).sum()), rel=1e-6)
+    assert float(got.detach()) == pytest.approx(float(((xh - x) ** 2).sum()), rel=1e-6)
     got.backward()
     assert torch.allclose(logits.grad, 2 * (xh - x) * xh * (1 - xh), atol=1e-7)
     assert "loss" not in _loss_model(None).args  # the default is not recorded: older manifests unchanged
@@ -599,7 +599,7 @@ def test_early_stopping_stops_after_patience_epochs_and_restores_the_best_weight
             break
     assert seen == [1, 2, 3, 4]  # two epochs without beating 4.0
     assert stop.finish(model, len(seen)) == {"patience": 2, "best_epoch": 2, "epochs_run": 4}
-    assert float(model.weight[0, 0]) == 2.0  # epoch 2's weights are back
+    assert float(model.weight[0, 0].detach()) == 2.0  # epoch 2's weights are back
     assert EarlyStopping(0).update(1, 1.0, model) is False  # off
 
 
