@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-ingest bench-variants bench-hostile bench-serving clean
+.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -66,9 +66,15 @@ bench-hostile: setup
 bench-serving: setup
 	$(PY) -m bench.serving --out docs/serving.md
 
-# Every autoencoder variant, one small fixed budget on Fashion-MNIST -> docs/variants.{md,png,json} (~15 min).
+# Every autoencoder variant beside its plain twin, each idea's claimed benefit measured, on Fashion-MNIST
+# -> docs/variants.{md,png,json} (the cost of the last run is in variants.md).
 bench-variants: setup
-	$(PY) -m bench.variants --out-dir docs --work-dir runs/variants
+	$(PY) -m bench.variants
+
+# Hinton & Salakhutdinov's comparison: deep 784-1000-500-250-30 (stacked + fine-tuned) vs PCA-30 vs a linear
+# 30-unit autoencoder on all of Fashion-MNIST -> docs/deep_pca.{md,png,json} (the cost is in deep_pca.md).
+bench-deep-pca: setup
+	$(PY) -m bench.deep_pca
 
 # Rate-distortion: the project's rate ladder vs PCA/PNG/zstd/JPEG/WebP/AVIF on the full Fashion-MNIST test split
 # -> docs/rd.{md,png,json}. Trains the ladder the first time (bundles/rd-ladder: the vq, conv and linres presets of

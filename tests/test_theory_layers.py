@@ -1,5 +1,6 @@
-"""Layer-level theory from the notes, with their exact vectors: transposed convolution, average and max
-unpooling (also through the 2-bit switch conversion, and through ONNX Runtime), output sizes."""
+"""Layer-level theory from the notes, with their exact vectors: transposed convolution (kernel = stride and the
+(2k+1) kernel, output size u + u(s-1)), average, max (also through the 2-bit switch conversion and ONNX
+Runtime) and random-location unpooling, the three-block 28x28 network, tied weights."""
 
 from __future__ import annotations
 
@@ -8,9 +9,11 @@ import pytest
 import torch
 from torch import nn
 
+from training.models.conv import deconv_output_size, transposed_conv
 from training.models.unpool import (
     MaxPoolSwitches,
     MaxUnpoolSwitches,
+    RandomLocationUnpool,
     avg_unpool,
     global_to_local,
     local_to_global,
@@ -32,6 +35,91 @@ def test_transposed_convolution_kernel_equal_stride_scales_size(s, u, v):
     # Notes: output [u + u(s-1)] x [v + v(s-1)] = us x vs when kernel = stride = s, no padding.
     out = nn.ConvTranspose2d(2, 3, kernel_size=s, stride=s)(torch.randn(1, 2, u, v))
     assert tuple(out.shape[-2:]) == (u * s, v * s)
+
+
+def _deconv_by_the_notes(x: np.ndarray, kernel: np.ndarray, s: int, pad: int, out_pad: int) -> np.ndarray:
+    """The notes' definition: every input pixel stamps kernel * value at stride s, overlaps summed; then the
+    transposed convolution's padding crops `pad` rows/columns at each border (output padding adds zeros)."""
+    u, v = x.shape
+    k = kernel.shape[0]
+    full = np.zeros(((u - 1) * s + k + out_pad, (v - 1) * s + k + out_pad))
+    for i in range(u):
+        for j in range(v):
+            full[i * s : i * s + k, j * s : j * s + k] += x[i, j] * kernel
+    h = (u - 1) * s + k - 2 * pad + out_pad
+    w = (v - 1) * s + k - 2 * pad + out_pad
+    return full[pad : pad + h, pad : pad + w]
+
+
+@pytest.mark.parametrize("k", [0, 1, 2, 3])
+@pytest.mark.parametrize("s", [1, 2, 3])
+@pytest.mark.parametrize("u,v", [(1, 1), (3, 2), (5, 4)])
+def test_odd_kernel_deconvolution_gives_the_notes_output_size_and_values(k, s, u, v):
+    # Notes: a (2k+1) x (2k+1) kernel, stride s, output [u + u(s-1)] x [v + v(s-1)].
+    size = 2 * k + 1
+    g = torch.Generator().manual_seed(100 * k + 10 * s + u)
+    deconv = transposed_conv(1, 1, size, s)
+    assert deconv.kernel_size == (size, size) and deconv.stride == (s, s)
+    with torch.no_grad():
+        deconv.weight.copy_(torch.randn(1, 1, size, size, generator=g))
+        deconv.bias.zero_()
+    x = torch.randn(1, 1, u, v, generator=g)
+    with torch.no_grad():
+        out = deconv(x)[0, 0].numpy()
+    assert (
+        out.shape
+        == (deconv_output_size(u, s), deconv_output_size(v, s))
+        == (u + u * (s - 1), v + v * (s - 1))
+    )
+    want = _deconv_by_the_notes(
+        x[0, 0].numpy(), deconv.weight[0, 0].detach().numpy(), s, deconv.padding[0], deconv.output_padding[0]
+    )
+    assert np.allclose(out, want, atol=1e-5)
+
+
+def test_transposed_conv_refuses_kernels_that_cannot_give_the_notes_size():
+    with pytest.raises(ValueError, match="u \\+ u\\(s-1\\)"):
+        transposed_conv(1, 1, 2, 1)  # an even kernel at stride 1 cannot keep u
+
+
+@pytest.mark.parametrize("kernel", [3, 5])
+def test_conv_decoder_with_a_2k_plus_1_kernel_doubles_each_block(kernel):
+    from training.registry import build_model
+
+    m = build_model(
+        "conv", {"input_shape": [1, 28, 28], "channels": [4, 8], "up": "deconv", "deconv_kernel": kernel}
+    )
+    deconvs = [mod for mod in m.upsample if isinstance(mod, nn.ConvTranspose2d)]
+    assert [d.kernel_size for d in deconvs] == [(kernel, kernel)] * 2 and all(
+        d.stride == (2, 2) for d in deconvs
+    )
+    sizes = []
+    h = torch.zeros(1, 8, 7, 7)
+    for mod in m.upsample:
+        h = mod(h)
+        if isinstance(mod, nn.ConvTranspose2d):
+            sizes.append(h.shape[-1])
+    assert sizes == [14, 28]  # u + u(s - 1) at s = 2, twice
+    assert m(torch.rand(2, 1, 28, 28))["x_hat"].shape == (2, 1, 28, 28)
+
+
+def test_the_notes_three_block_network_pads_28x28_to_32_and_crops_back():
+    """Seed 003's Keras network: conv 16, 8, 8 with 2x2 pooling three times; 28 is not a multiple of 8, so
+    the encoder zero-pads to 32 x 32 (2 pixels each side) and the decoder's 32 x 32 output is cropped."""
+    from training.registry import build_model
+
+    m = build_model("conv", {"input_shape": [1, 28, 28], "code_dim": 32, "channels": [16, 8, 8], "up": "avg"})
+    assert m.pad == (2, 2, 2, 2) and m.bottom == (8, 4, 4)
+    seen = []
+    m.features[0].register_forward_hook(lambda mod, inp, out: seen.append(inp[0]))  # the first conv's input
+    x = torch.rand(3, 1, 28, 28) + 0.5
+    out = m(x)
+    assert seen[0].shape == (3, 1, 32, 32)
+    assert torch.equal(seen[0][..., 2:30, 2:30], x)  # centred, the border is zeros
+    assert float(seen[0].abs().sum()) == pytest.approx(float(x.sum()), rel=1e-6)
+    assert out["x_hat"].shape == (3, 1, 28, 28)
+    aligned = build_model("conv", {"input_shape": [1, 32, 32], "channels": [16, 8, 8]})
+    assert aligned.pad == (0, 0, 0, 0)  # nothing to pad when the size is a multiple already
 
 
 def test_conv_decoder_uses_kernel_equal_stride_deconvolution():
@@ -138,6 +226,46 @@ def test_max_unpooling_needs_max_pooling():
 
     with pytest.raises(ValueError, match="switches"):
         build_model("conv", {"input_shape": [1, 28, 28], "pool": "avg", "up": "max"})
+
+
+def test_random_location_unpooling_puts_each_value_at_one_seeded_location_per_window():
+    """Seed 001: "a single pooling location is picked randomly and the pooled value is placed there, setting
+    the other locations to zero". Locations are drawn once per channel and window (from the seed)."""
+    layer = RandomLocationUnpool((3, 4, 5), torch.Generator().manual_seed(7))
+    x = torch.rand(2, 3, 4, 5) + 1.0  # no zeros
+    out = layer(x)
+    assert out.shape == (2, 3, 8, 10)
+    windows = out.view(2, 3, 4, 2, 5, 2).permute(0, 1, 2, 4, 3, 5).reshape(2, 3, 4, 5, 4)
+    assert torch.equal((windows != 0).sum(-1), torch.ones(2, 3, 4, 5, dtype=torch.int64))  # one per window
+    assert torch.equal(windows.sum(-1), x)  # the value itself, not spread
+    assert torch.equal(windows.argmax(-1), layer.local.expand(2, 3, 4, 5))  # at the stored location
+    assert torch.equal(layer(x), out)  # deterministic: a decoder, not a sampler
+    same = RandomLocationUnpool((3, 4, 5), torch.Generator().manual_seed(7))
+    other = RandomLocationUnpool((3, 4, 5), torch.Generator().manual_seed(8))
+    assert torch.equal(same.local, layer.local) and not torch.equal(other.local, layer.local)
+    big = RandomLocationUnpool((8, 32, 32), torch.Generator().manual_seed(0)).local
+    freq = torch.bincount(big.flatten(), minlength=4).float() / big.numel()
+    assert float((freq - 0.25).abs().max()) < 0.02  # every position of the window, uniformly
+
+
+def test_conv_with_random_unpooling_decodes_with_its_stored_locations():
+    from training.registry import build_model
+
+    args = {"input_shape": [1, 8, 8], "code_dim": 4, "channels": [2, 3], "pool": "max", "up": "random"}
+    torch.manual_seed(0)
+    m = build_model("conv", {**args, "unpool_seed": 5}).eval()
+    assert m.side_fields() == [] and m.args["unpool_seed"] == 5
+    assert [tuple(u.local.shape) for u in m.random_unpool] == [(2, 4, 4), (3, 2, 2)]
+    assert "random_unpool.0.local" in m.state_dict()  # saved with the weights
+    torch.manual_seed(0)
+    other = build_model("conv", {**args, "unpool_seed": 6}).eval()  # same weights, other locations
+    code = torch.randn(4, 4)
+    with torch.no_grad():
+        assert torch.equal(m.decode_logits(code, {}), m.decode_logits(code, {}))
+        assert not torch.allclose(m.decode_logits(code, {}), other.decode_logits(code, {}))
+    with pytest.raises(ValueError, match="pool"):
+        build_model("conv", {**args, "pool": "stride"})
+    assert "unpool_seed" not in build_model("conv", {**args, "up": "avg"}).args
 
 
 def test_tied_weights_decode_with_the_transposed_encoder_weights():

@@ -1,8 +1,9 @@
 """Every autoencoder variant trains briefly, exports to a bundle (ONNX parity <= 1e-4 checked by the
 export) and decodes through a real gRPC server: what the phone packs is what the cloud decodes.
 
-Uses the variant list of bench/variants.py on digits (8x8) with tiny budgets. Variants whose exported
-graphs repeat another's (the regularisers only change training) are marked slow.
+Uses the variant list of bench/variants.py on digits (8x8) with tiny budgets, one variant per distinct
+architecture: the others (denoising, sparse, contractive, weight decay, stacked) differ only in training and
+export the same graphs. Each trains a model, so all are marked slow.
 """
 
 from __future__ import annotations
@@ -28,7 +29,13 @@ def _digits_args(v: Variant) -> dict:
 
 
 def _params():
-    return [pytest.param(v, id=v.name, marks=pytest.mark.slow) for v in VARIANTS]  # each trains a model
+    seen, params = set(), []
+    for v in VARIANTS:
+        key = (v.model, json.dumps(v.model_args, sort_keys=True))
+        if key not in seen:  # the first variant of each architecture
+            seen.add(key)
+            params.append(pytest.param(v, id=v.name, marks=pytest.mark.slow))
+    return params
 
 
 def test_variants_cover_the_registry():
@@ -36,7 +43,14 @@ def test_variants_cover_the_registry():
 
     # The family of the notes; other registered models (e.g. rate-distortion ones) have their own tests.
     assert {"dense", "conv", "linear"} <= {v.model for v in VARIANTS} <= set(model_names())
-    assert {"deconv", "avg", "max"} <= {v.model_args.get("up") for v in VARIANTS if v.model == "conv"}
+    assert {"deconv", "avg", "max", "random"} <= {
+        v.model_args.get("up") for v in VARIANTS if v.model == "conv"
+    }
+    assert {2, 3} <= {
+        v.model_args.get("deconv_kernel") for v in VARIANTS if v.model_args.get("up") == "deconv"
+    }
+    names = {v.name for v in VARIANTS}
+    assert all(v.twin in names | {"pca-exact"} for v in VARIANTS if v.twin)  # every claim has its plain twin
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +87,8 @@ def test_variant_trains_exports_and_decodes_through_the_server(variant: Variant,
     assert manifest["input"]["output"] == variant.model_args.get(
         "output", "linear" if variant.model == "linear" else "sigmoid"
     )
-    assert manifest["input"]["loss"] == {"sigmoid": "bce", "linear": "mse"}[manifest["input"]["output"]]
+    default_loss = {"sigmoid": "bce", "linear": "mse"}[manifest["input"]["output"]]
+    assert manifest["input"]["loss"] == variant.model_args.get("loss", default_loss)
     side = manifest["payload"]["side"]
     if variant.model_args.get("up") == "max":
         assert [f["bits"] for f in side] == [2, 2]  # switches travel in the payload, counted
@@ -97,3 +112,53 @@ def test_variant_trains_exports_and_decodes_through_the_server(variant: Variant,
     assert resp.quality.batch_mse == pytest.approx(float(((rec - x01) ** 2).mean()), rel=1e-4)
     # ... and the variant reconstructs something: far closer than a blank image (quality is bench/variants.py's job).
     assert resp.quality.batch_mse < 0.5 * float((x01**2).mean())
+
+
+# The model options added for the notes' configurations: each trains, exports to ONNX and decodes through the
+# Codec exactly as torch computes it (float32 codes, so the only difference is torch vs ONNX Runtime).
+NEW_OPTIONS = {
+    "dense-sigmoid-mse": ("dense", {"code_dim": 16, "hidden": [64], "loss": "mse"}),
+    "conv-notes-3block-random-unpool": (
+        "conv",
+        {"code_dim": 16, "channels": [16, 8, 8], "pool": "max", "up": "random", "unpool_seed": 3},
+    ),
+    "conv-deconv-2k+1": ("conv", {"code_dim": 16, "channels": [4, 8], "up": "deconv", "deconv_kernel": 3}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(NEW_OPTIONS))
+def test_new_model_options_train_export_and_decode_through_the_codec(name, tmp_path):
+    import torch
+
+    from latent_codec.codec import Codec
+    from tests.helpers import fashion_test_items, need_fashion, train_and_export
+    from training.train import load_checkpoint
+
+    need_fashion()  # 28 x 28: the three-block network needs its padding
+    torch.set_num_threads(1)
+    model_name, args = NEW_OPTIONS[name]
+    bundle = train_and_export(
+        tmp_path,
+        model_name,
+        args,
+        epochs=3,
+        limit=2000,
+        lr=5e-3,
+        batch_size=64,
+        quant="float32",
+        test_limit=100,
+        fit_items=500,
+    )
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["model"]["args"] == {**manifest["model"]["args"], **args}  # every option recorded
+    assert manifest["input"]["loss"] == args.get("loss", "bce") and manifest["input"]["output"] == "sigmoid"
+    x = fashion_test_items(64)
+    codec = Codec.open(bundle)
+    rec = codec.decode(codec.encode(x), unit=True)
+    model, _, _ = load_checkpoint(tmp_path / f"{model_name}.pt")
+    with torch.no_grad():
+        want = model(torch.from_numpy(unit(x)))["x_hat"].numpy()
+    assert rec.shape == x.shape and np.abs(rec - want).max() <= 1e-4
+    # Trained, not just wired: far closer to the items than a blank image.
+    assert float(((rec - unit(x)) ** 2).mean()) < 0.5 * float((unit(x) ** 2).mean())

@@ -47,7 +47,11 @@ def training_codes(codec: Codec, x_raw: np.ndarray, batch: int = 1000) -> np.nda
 
 def measure(bundle_dir: Path, x_raw: np.ndarray, batch: int = 1000) -> dict:
     """Quality and bytes of a sealed bundle on items, through its Codec: the path edge and cloud run."""
-    codec = Codec.open(bundle_dir)
+    return measure_codec(Codec.open(bundle_dir), x_raw, batch)
+
+
+def measure_codec(codec: Codec, x_raw: np.ndarray, batch: int = 1000) -> dict:
+    """Quality and bytes of any Codec (a bundle's, or FunctionTransforms around e.g. PCA) on raw items."""
     se = 0.0
     nbytes = 0
     for i in range(0, len(x_raw), batch):

@@ -89,8 +89,12 @@ class Regularizers:
     rho: float = 0.05  # target mean activation for KL
     contractive: float = 0.0  # lambda of ||J_f(x)||_F^2
     contractive_samples: int = 0  # 0 = exact Jacobian norm; m = Hutchinson estimate with m projections
+    seed: int = 0  # the Hutchinson projections' own generator: reproducible, global RNG untouched
     _sum: torch.Tensor | None = field(default=None, repr=False)
     _count: int = field(default=0, repr=False)
+
+    def __post_init__(self) -> None:
+        self.generator = torch.Generator().manual_seed(self.seed + 104729)
 
     @classmethod
     def from_config(cls, cfg, model, denoising: bool = False) -> Regularizers:
@@ -101,6 +105,7 @@ class Regularizers:
             getattr(cfg, "sparsity_target", 0.05),
             getattr(cfg, "contractive", 0.0),
             getattr(cfg, "contractive_samples", 0),
+            getattr(cfg, "seed", 0),
         )
         for name in ("l1", "kl", "contractive"):
             if getattr(reg, name) < 0:
@@ -140,9 +145,8 @@ class Regularizers:
         if self.contractive > 0:
             xn = model.normalize(x_in).detach().requires_grad_(True)
             c, _ = model.encode(xn)
-            penalty = (
-                penalty + self.contractive * jacobian_frobenius_sq(c, xn, self.contractive_samples).mean()
-            )
+            jf = jacobian_frobenius_sq(c, xn, self.contractive_samples, self.generator)
+            penalty = penalty + self.contractive * jf.mean()
         return penalty
 
     def epoch_report(self, progress: bool | None = None) -> dict:

@@ -26,8 +26,10 @@ from training.models.dense import DenseAutoencoder
 def _layer_loss(
     model: DenseAutoencoder, first: bool, logits: torch.Tensor, target: torch.Tensor
 ) -> torch.Tensor:
-    if first and model.output == "sigmoid":
+    if first and model.loss == "bce":
         per = nn.functional.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    elif first and model.output == "sigmoid":  # sigmoid output trained with squared error
+        per = (torch.sigmoid(logits) - target) ** 2
     elif first:
         per = (logits - target) ** 2
     else:

@@ -62,6 +62,7 @@ class TrainConfig:
     contractive: float = 0.0  # contractive: lambda * ||d code / d x||_F^2 per item
     contractive_samples: int = 0  # 0 = exact Jacobian norm (k products); m = Hutchinson estimate (m products)
     pretrain_epochs: int = 0  # stacked: greedy layer-wise pre-training epochs per layer (training/stacked.py)
+    patience: int = 0  # early stopping: stop after N epochs with no better val loss, keep the best (0 = off)
     # Rate-distortion training (training/rate.py): loss = distortion + rd_lambda * bits per item.
     rd_lambda: float = 0.0  # 0 = plain reconstruction loss
     quant_noise: str = "none"  # decoder-side rounding proxy: none | noise | ste | mixed
@@ -107,6 +108,28 @@ class Objective(nn.Module):
             else self.rate.loss(self.model, out, xb)
         )
         return loss + self.reg(self.model, x_in, out)  # sparse / contractive penalties (0 when off)
+
+
+class EarlyStopping:
+    """Keeps the weights of the best validation loss; says stop after `patience` epochs without a better one."""
+
+    def __init__(self, patience: int):
+        self.patience, self.best, self.best_epoch, self.state = patience, math.inf, 0, None
+
+    def update(self, epoch: int, val_loss: float | None, model) -> bool:
+        if not self.patience or val_loss is None:
+            return False
+        if val_loss < self.best:
+            self.best, self.best_epoch = val_loss, epoch
+            self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        return epoch - self.best_epoch >= self.patience
+
+    def finish(self, model, epochs_run: int) -> dict:
+        """Restore the best weights; -> the record's early_stopping entry ({} when off)."""
+        if self.state is None:
+            return {}
+        model.load_state_dict(self.state)
+        return {"patience": self.patience, "best_epoch": self.best_epoch, "epochs_run": epochs_run}
 
 
 def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Module, dict]:
@@ -176,6 +199,7 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
     steps = cfg.epochs * math.ceil(len(sampler) / local_batch)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
     history = []
+    stopper = EarlyStopping(cfg.patience)  # --patience: stop when validation stops improving
     for epoch in range(1, cfg.epochs + 1):
         objective.train()
         sampler.set_epoch(epoch)
@@ -214,6 +238,9 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
                 f"val PSNR {val.get('psnr', float('nan')):.2f} dB",
                 file=sys.stderr,
             )
+        if stopper.update(epoch, val.get("loss"), model):
+            break
+    stopped = stopper.finish(model, len(history))  # the best epoch's weights, in every process
     distributed.check_in_step(objective)
     objective.cpu()  # the checkpoint, the prior's tables and export work on the CPU
     record = {
@@ -230,6 +257,8 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
     }
     if pre is not None:
         record["pretraining"] = pre
+    if stopped:
+        record["early_stopping"] = stopped
     if rate is not None:  # the learned prior, tabulated on the integer grid, for export (--quant learned)
         record["rate_prior"] = rate.export_record(model, x_train)
     return model, record
@@ -346,6 +375,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         metavar="N",
         help="stacked: greedy layer-wise pre-training epochs per layer, then --epochs of fine-tuning",
     )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=0,
+        metavar="N",
+        help="early stopping: stop after N epochs without a better validation loss, keep the best weights",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=0)
     p.add_argument(
@@ -396,6 +432,7 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         contractive=args.contractive,
         contractive_samples=args.contractive_samples,
         pretrain_epochs=args.pretrain_epochs,
+        patience=args.patience,
     )
 
 

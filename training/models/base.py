@@ -1,10 +1,12 @@
 """What every autoencoder in the registry provides.
 
 Models return pre-activation outputs from ``decode_logits``; the output
-activation (sigmoid for [0, 1] data with BCE, identity for standardised data
-with squared error) is applied here, once, so training can use the
-numerically stable BCE-with-logits and export can bake the activation and
-the input standardisation into the ONNX graphs.
+activation (sigmoid for [0, 1] data, identity for standardised data with
+squared error) is applied here, once, so training can use the numerically
+stable BCE-with-logits and export can bake the activation and the input
+standardisation into the ONNX graphs. A sigmoid output is trained with binary
+cross-entropy by default or with squared error (``loss="mse"``, the
+configuration of the notes' Keras examples: sigmoid output, loss 'mse').
 """
 
 from __future__ import annotations
@@ -12,21 +14,32 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-OUTPUTS = {"sigmoid": "bce", "linear": "mse"}
+OUTPUTS = {"sigmoid": "bce", "linear": "mse"}  # each output's default loss
+LOSSES = {"sigmoid": ("bce", "mse"), "linear": ("mse",)}  # the losses each output can be trained with
 
 
 class Autoencoder(nn.Module):
     registry_name = "base"
 
-    def __init__(self, input_shape: tuple[int, int, int], output: str = "sigmoid", standardize: bool = False):
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        output: str = "sigmoid",
+        standardize: bool = False,
+        loss: str | None = None,
+    ):
         super().__init__()
         if output not in OUTPUTS:
             raise ValueError(f"output must be one of {sorted(OUTPUTS)}, got {output!r}")
         if standardize and output != "linear":
             raise ValueError("standardised inputs are real-valued: use output='linear' (squared error)")
+        loss = loss or OUTPUTS[output]
+        if loss not in LOSSES[output]:
+            raise ValueError(f"output={output!r} trains with loss in {LOSSES[output]}, got loss={loss!r}")
         self.input_shape = tuple(int(s) for s in input_shape)
         self.output = output
         self.standardize = bool(standardize)
+        self.loss = loss
         # Per-pixel statistics of the training data; identity until set_input_stats.
         self.register_buffer("input_mean", torch.zeros(self.input_shape))
         self.register_buffer("input_std", torch.ones(self.input_shape))
@@ -35,6 +48,8 @@ class Autoencoder(nn.Module):
             "output": output,
             "standardize": standardize,
         }
+        if loss != OUTPUTS[output]:  # recorded only when not the default: older checkpoints and ids unchanged
+            self.args["loss"] = loss
         # Training-only stand-in for code rounding (training.rate.PROXIES); "none" keeps forward unchanged.
         # Not a constructor argument: exported graphs never quantise, the payload quantiser does.
         self.quant_proxy = "none"
@@ -61,7 +76,7 @@ class Autoencoder(nn.Module):
     # -- shared ---------------------------------------------------------------
     @property
     def loss_name(self) -> str:
-        return OUTPUTS[self.output]
+        return self.loss
 
     def set_input_stats(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         if self.standardize:
@@ -88,10 +103,18 @@ class Autoencoder(nn.Module):
         return {"code": code, "side": side, "logits": logits, "x_hat": self.activate(logits)}
 
     def reconstruction_loss(self, out: dict, x01: torch.Tensor) -> torch.Tensor:
-        """Per-item loss summed over pixels, averaged over the batch (the notes' E = 1/2||z - x||^2 scale)."""
+        """Per-item loss summed over pixels, averaged over the batch (the notes' ||z - x||^2, without the 1/2).
+
+        bce: -sum x log x_hat + (1 - x) log(1 - x_hat), from the logits (its gradient in the logits is
+        x_hat - x); mse with a sigmoid output: sum (sigmoid(logits) - x)^2 (gradient 2 (x_hat - x) x_hat
+        (1 - x_hat), which vanishes where the sigmoid saturates); mse with a linear output: squared error in
+        the normalised space.
+        """
         logits = out["logits"]
-        if self.output == "sigmoid":
+        if self.loss == "bce":
             per = nn.functional.binary_cross_entropy_with_logits(logits, x01, reduction="none")
+        elif self.output == "sigmoid":
+            per = (torch.sigmoid(logits) - x01) ** 2
         else:
             target = self.normalize(x01)
             per = (logits - target) ** 2

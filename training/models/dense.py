@@ -18,6 +18,8 @@ class DenseAutoencoder(Autoencoder):
 
     hidden=() gives the notes' one-layer autoencoder y = phi(Wx + b), z = phi(W'y + b').
     tied=True uses W' = W^T for every layer (only biases are separate).
+    loss: None = the output's default (sigmoid: "bce"; linear: "mse"); "mse" with output="sigmoid" is
+    the notes' sigmoid output layer trained with squared error.
     """
 
     def __init__(
@@ -30,8 +32,9 @@ class DenseAutoencoder(Autoencoder):
         tied: bool = False,
         output: str = "sigmoid",
         standardize: bool = False,
+        loss: str | None = None,
     ):
-        super().__init__(input_shape, output, standardize)
+        super().__init__(input_shape, output, standardize, loss)
         d = math.prod(self.input_shape)
         sizes = [d, *hidden, code_dim]
         self.enc_w = nn.ParameterList()

@@ -64,3 +64,22 @@ class MaxUnpoolSwitches(nn.Module):
     def forward(self, x: torch.Tensor, local: torch.Tensor) -> torch.Tensor:
         out_w = x.shape[-1] * self.patch
         return self.unpool(x, local_to_global(local, out_w, self.patch))
+
+
+class RandomLocationUnpool(nn.Module):
+    """The notes' other approximate inverse of pooling: each value goes to one location of its window
+    picked at random, zeros elsewhere (no switches needed).
+
+    The locations are drawn once per channel and window from ``seed`` and kept as a buffer (saved with
+    the weights, a constant in the ONNX graph): decoding is deterministic, identical in torch and ONNX
+    Runtime, and nothing travels with the code. shape = (C, H, W) of the pooled map.
+    """
+
+    def __init__(self, shape: tuple[int, int, int], generator: torch.Generator, patch: int = PATCH):
+        super().__init__()
+        self.patch = patch
+        self.register_buffer("local", torch.randint(0, patch * patch, tuple(shape), generator=generator))
+        self.unpool = MaxUnpoolSwitches(patch)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.unpool(x, self.local.expand(x.shape[0], *self.local.shape))
