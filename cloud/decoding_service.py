@@ -28,7 +28,7 @@ from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 from .audit import Audit
 from .batching import Batcher
 from .bundles import BundleRegistry, LoadedBundle
-from .limits import Limits, OverBudget
+from .limits import InFlight, Limits, OverBudget
 from .metrics import CodecMetrics
 
 log = logging.getLogger(__name__)
@@ -176,6 +176,8 @@ class DecodingService(pb_grpc.DecodingServicer):
         self.metrics = metrics
         self.batching = batching or Batching()
         self.audit = audit
+        # The decoded bytes all requests may hold at once: one budget per decode thread.
+        self.in_flight = InFlight(self.batching.max_runs * self.limits.max_decode_bytes)
 
     async def _decode_one(
         self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
@@ -191,6 +193,25 @@ class DecodingService(pb_grpc.DecodingServicer):
         except PayloadError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         t0 = time.perf_counter()
+        async with self.in_flight.hold(self.limits.decode_bytes(codec, request.codes.count)):
+            resp = await self._decode_checked(lb, request, context)
+        size = resp.ByteSize()
+        if size > self.limits.max_reply_bytes:  # refused here: the status logged is the one the client sees
+            await context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"the reply would be {size:,} bytes, over the {self.limits.max_reply_bytes:,}-byte message limit "
+                f"(--max-message-mib): send fewer items per request, or ask for RECONSTRUCTION_FORMAT_NONE",
+            )
+        if self.metrics is not None:
+            self.metrics.decode_seconds.observe(time.perf_counter() - t0)
+            self.metrics.decoded_items.inc(resp.count)
+            self.metrics.decoded_bytes.inc(len(request.codes.data))
+        return resp
+
+    async def _decode_checked(
+        self, lb: LoadedBundle, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
+    ) -> pb.DecodeResponse:
+        codec = lb.codec
         if request.codes.count <= SMALL:  # a few items: unpacking them here is cheaper than a thread hop
             try:
                 codes, side, originals = prepare(codec, request)
@@ -206,23 +227,8 @@ class DecodingService(pb_grpc.DecodingServicer):
             log.exception("decoder graph failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"decoding failed: {type(exc).__name__}")
         if len(rec) <= SMALL:  # a few items: cheaper here than a thread hop
-            resp = respond(codec, request, rec, originals)
-        else:
-            resp = await run_checked(context, self.executor, respond, codec, request, rec, originals)
-        size = resp.ByteSize()
-        if (
-            size > self.limits.max_reply_bytes
-        ):  # refused here, so the status logged is the one the client sees
-            await context.abort(
-                grpc.StatusCode.RESOURCE_EXHAUSTED,
-                f"the reply would be {size:,} bytes, over the {self.limits.max_reply_bytes:,}-byte message limit "
-                f"(--max-message-mib): send fewer items per request, or ask for RECONSTRUCTION_FORMAT_NONE",
-            )
-        if self.metrics is not None:
-            self.metrics.decode_seconds.observe(time.perf_counter() - t0)
-            self.metrics.decoded_items.inc(resp.count)
-            self.metrics.decoded_bytes.inc(len(request.codes.data))
-        return resp
+            return respond(codec, request, rec, originals)
+        return await run_checked(context, self.executor, respond, codec, request, rec, originals)
 
     async def Decode(self, request, context):
         return await self._decode_one(request, context)

@@ -10,7 +10,10 @@ budgets are spent at once; docs/deployment.md states the resulting memory bound.
 
 from __future__ import annotations
 
+import asyncio
 import math
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
 from latent_codec.codec import Codec
@@ -31,6 +34,10 @@ class Limits:
     decode_chunk: int = 256  # items per decoder-graph run: bounds the graph's activations
     max_reply_bytes: int = 64 * MIB  # the server's --max-message-mib: a larger reply could not be sent
 
+    def decode_bytes(self, codec: Codec, count: int) -> int:
+        """What decoding `count` items of this codec holds in memory: their float32 reconstructions."""
+        return count * math.prod(codec.input.shape) * 4
+
     def check(self, codec: Codec, count: int, what: str = "request") -> None:
         """Refuse a request of `count` items for this codec when it is over a budget; cheap, decodes nothing."""
         if count > self.max_items:
@@ -48,3 +55,30 @@ class Limits:
                 f"{what} would entropy-decode {symbols:,} code symbols; the per-request budget is "
                 f"{self.max_symbols:,} (send at most {self.max_symbols // codec.payload.code_dims:,} items)"
             )
+
+
+class InFlight:
+    """Bounds the decoded bytes all requests hold at once (reconstructions waiting for their reply included).
+
+    Decoding is pipelined (unpack, the batched decoder graph, the reply), so a thread pool alone no longer
+    bounds how many large outputs are alive: each request takes its decoded bytes from this budget before it
+    starts and gives them back when its reply is built. Requests wait their turn, in order; none is refused.
+    """
+
+    def __init__(self, capacity: int):
+        self.capacity = capacity
+        self.used = 0
+        self._cond = asyncio.Condition()
+
+    @asynccontextmanager
+    async def hold(self, nbytes: int) -> AsyncIterator[None]:
+        nbytes = min(nbytes, self.capacity)  # one request never waits for more than there is
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used + nbytes <= self.capacity)
+            self.used += nbytes
+        try:
+            yield
+        finally:
+            async with self._cond:
+                self.used -= nbytes
+                self._cond.notify_all()

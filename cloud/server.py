@@ -583,6 +583,24 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     configure_logs(args.log_level, args.log_format)
+    # Signals first: a SIGTERM that arrives while the server starts (or right after its port is announced)
+    # still drains and exits 0 instead of killing the process outright.
+    stop = threading.Event()
+    running: Running | None = None
+
+    def _on_signal(signum, _frame):
+        log.info("received %s, shutting down (drain %.1f s, grace %.1f s)", signal.Signals(signum).name, args.drain,
+                 args.grace)  # fmt: skip
+        stop.set()
+
+    def _on_hup(_signum, _frame):
+        if running is not None:
+            log.info("received SIGHUP, rescanning %s", args.bundles)
+            asyncio.run_coroutine_threadsafe(running.areload(), running.loop)
+
+    signal.signal(signal.SIGTERM, _on_signal)
+    signal.signal(signal.SIGINT, _on_signal)
+    signal.signal(signal.SIGHUP, _on_hup)
     try:
         running = start(config_from_args(args))
     except CodecError as exc:
@@ -606,21 +624,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp = args.port_file.with_suffix(".tmp")
         tmp.write_text(str(running.port))
         tmp.replace(args.port_file)
-    stop = threading.Event()
-
-    def _on_signal(signum, _frame):
-        log.info("received %s, shutting down (drain %.1f s, grace %.1f s)", signal.Signals(signum).name, args.drain,
-                 args.grace)  # fmt: skip
-        stop.set()
-
-    def _on_hup(_signum, _frame):
-        log.info("received SIGHUP, rescanning %s", args.bundles)
-        asyncio.run_coroutine_threadsafe(running.areload(), running.loop)
-
-    signal.signal(signal.SIGTERM, _on_signal)
-    signal.signal(signal.SIGINT, _on_signal)
-    signal.signal(signal.SIGHUP, _on_hup)
-    stop.wait()
+    while not stop.wait(0.5):  # wakes up now and then, so a signal's handler always gets to run promptly
+        pass
     running.not_serving()
     if args.drain > 0:  # a load balancer's health checks see NOT_SERVING and stop sending; we keep answering
         time.sleep(args.drain)

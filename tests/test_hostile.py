@@ -6,6 +6,7 @@ signals), real stores, raw bytes on the wire where a well-behaved client could n
 
 from __future__ import annotations
 
+import asyncio
 import os
 import shutil
 import signal
@@ -679,3 +680,26 @@ def test_a_postgres_outage_is_unavailable_and_recovers_without_a_restart(
         ch.close()
         server.kill(signal.SIGTERM)
     assert "Traceback" not in server.log_text()
+
+
+@pytest.mark.slow
+def test_peak_memory_under_eight_worst_case_requests_stays_within_the_stated_budget(tmp_path):
+    """8 concurrent requests each at the decode budget (entropy-coded empty payloads, float32 replies): the server's
+    peak RSS rises by less than the 300 MiB docs/deployment.md states for the default budget and 2 decode threads."""
+    from bench.hostile import DEVICE, TOKEN, amplification, train_bundle
+    from tests.helpers import need_fashion
+
+    need_fashion()
+    bundle = train_bundle(tmp_path)
+    (tmp_path / "tokens.txt").write_text(f"{TOKEN} devices={DEVICE}\n")
+    server = ServerProcess(
+        bundle, None, tmp_path, extra=("--auth-token-file", str(tmp_path / "tokens.txt"))
+    ).start()
+    try:
+        before = server.rss_kib("VmHWM")
+        statuses = asyncio.run(amplification(server.target, Codec.open(bundle)))
+        grown_mib = (server.rss_kib("VmHWM") - before) / 1024
+    finally:
+        server.kill(signal.SIGTERM)
+    assert statuses == {"OK": 8}  # all served: the budget is what a request may ask for, not a refusal
+    assert grown_mib < 300, f"peak RSS grew by {grown_mib:.0f} MiB"
