@@ -76,12 +76,12 @@ bench-variants: setup
 bench-deep-pca: setup
 	$(PY) -m bench.deep_pca
 
-# Rate-distortion: the project's rate ladder vs PCA/PNG/zstd/JPEG/WebP/AVIF on the full Fashion-MNIST test split
-# -> docs/rd.{md,png,json}. Trains the ladder the first time (bundles/rd-ladder: the vq, conv and linres presets of
-# bench/train_ladder.py, ~20 min on 2 idle cores).
+# Rate-distortion: the committed model zoo (zoo/) vs PCA/PNG/zstd/JPEG/WebP/AVIF on the full Fashion-MNIST test
+# split -> docs/rd.{md,png,json} and zoo/README.md. RETRAIN=1 first retrains the whole ladder into zoo/ (every
+# preset of bench/train_ladder.py; it prints how long it took, and each ladder's time is in docs/rd_ladder_*.json).
 bench-rd: setup
-	@test -n "$$(ls bundles/rd-ladder/*/manifest.json 2>/dev/null)" || $(PY) -m bench.train_ladder
-	$(PY) -m bench.rd --bundles bundles/rd-ladder --out-dir docs
+	@if [ "$(RETRAIN)" = 1 ]; then $(PY) -m bench.train_ladder --out zoo; fi
+	$(PY) -m bench.rd --bundles zoo --out-dir docs --zoo-index zoo/README.md
 
 clean:
 	rm -rf runs bundles .pytest_cache

@@ -47,3 +47,23 @@ def pareto(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
         if not out or q > out[-1][1]:
             out.append((r, q))
     return out
+
+
+def bd_rate_window(
+    anchor_rate, anchor_psnr, test_rate, test_psnr, lo: float, hi: float
+) -> tuple[float | None, tuple[float, float] | None]:
+    """BD-rate over [lo, hi] ∩ both curves' measured ranges, piecewise linear in log(rate): no extrapolation, no
+    polynomial overshoot between points. -> (percent, the interval used) or (None, None) without overlap."""
+    ap, tp = np.asarray(anchor_psnr, float), np.asarray(test_psnr, float)
+    rng = common_range(ap, tp)
+    if rng is None or min(hi, rng[1]) <= max(lo, rng[0]):
+        return None, None
+    a, b = max(lo, rng[0]), min(hi, rng[1])
+    q = np.linspace(a, b, 2001)
+
+    def log_rate(rate, psnr):
+        order = np.argsort(psnr)
+        return np.interp(q, np.asarray(psnr)[order], np.log(np.asarray(rate, float))[order])
+
+    diff = log_rate(test_rate, tp) - log_rate(anchor_rate, ap)
+    return float((np.exp(np.trapezoid(diff, q) / (b - a)) - 1.0) * 100.0), (a, b)

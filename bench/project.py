@@ -64,7 +64,8 @@ def measure_bundle(
     codec = Codec.open(bundle_dir, threads=threads)
     m = codec.manifest
     assert m is not None
-    prior = codec.payload.prior
+    prior = getattr(codec.payload, "prior", None)
+    maps = codec.format.startswith("map+")
     recon = np.empty_like(items)
     n_payload = n_request = 0
     ideal_bits = 0.0
@@ -79,7 +80,10 @@ def measure_bundle(
         n_payload += sum(len(p) for p in payloads)
         all_payloads += payloads
         received = codec.from_batch(pb.DecodeRequest.FromString(wire).codes)  # the cloud's view of the bytes
-        if prior is not None:  # the prior's ideal code length: what the coder's termination adds to it
+        if maps:  # ideal code length under the tables (the hyperprior's own side information included)
+            _, y_sym, z_sym = codec.payload.unpack(received)  # type: ignore[union-attr]
+            ideal_bits += float(codec.payload.bits(y_sym, z_sym).sum())  # type: ignore[union-attr]
+        elif prior is not None:  # the prior's ideal code length: what the coder's termination adds to it
             ideal_bits += float(prior.bits(codec.symbols(received)[0]).sum())
         recon[i : i + BATCH] = codec.decode(received)
     n = len(items)
@@ -90,6 +94,36 @@ def measure_bundle(
         "model": m.model,
         "rd_lambda": (m.training.get("config") or {}).get("rd_lambda"),
         "path": str(bundle_dir),
-        "ideal_bytes": ideal_bits / 8 / n if prior is not None else None,
+        "ideal_bytes": ideal_bits / 8 / n if prior is not None or maps else None,
+        "device": device_costs(bundle_dir, items[:256]),
     }
     return sizes, recon, info
+
+
+def device_costs(bundle_dir: Path, items: np.ndarray, repeats: int = 3) -> dict:
+    """What a device pays for a bundle: graph sizes, and the codec's encode / decode time per item on 1 thread.
+
+    Encode: the edge path on 64 single items (batch 1) and on the batch of 256; decode: the cloud path on 256
+    payloads. Best of ``repeats`` runs, in milliseconds per item.
+    """
+    codec = Codec.open(bundle_dir, threads=1)
+
+    def best(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return min(times)
+
+    singles = items[:64]
+    payloads = codec.encode(items)
+    return {
+        "encoder_kb": (bundle_dir / "encoder.onnx").stat().st_size / 1024,
+        "decoder_kb": (bundle_dir / "decoder.onnx").stat().st_size / 1024,
+        "encode_ms_batch1": best(lambda: [codec.encode(singles[i : i + 1]) for i in range(len(singles))])
+        * 1000
+        / len(singles),
+        "encode_ms_batch256": best(lambda: codec.encode(items)) * 1000 / len(items),
+        "decode_ms_batch256": best(lambda: codec.decode(payloads)) * 1000 / len(items),
+    }

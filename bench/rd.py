@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bench import classic, pca, quality
-from bench.bdrate import bd_rate, common_range, pareto
+from bench.bdrate import bd_rate, bd_rate_window, common_range, pareto
 from latent_codec import datasets
 from latent_codec.bundle import InputSpec, find_bundles
 from latent_codec.errors import CodecError
@@ -34,6 +34,9 @@ DEFAULT_BUNDLES = Path("bundles/rd-ladder")
 TARGET_BYTES = 32.0
 PROJECT = "aecodec (all bundles)"  # the Pareto front over every project bundle: what a user picks from
 TARGET_DB = 3.0
+WINDOW_DB = (24.0, 34.0)  # issue 10: BD-rate vs WebP over WebP's settings in this range, no extrapolation
+WINDOW_TARGET = -30.0  # percent
+TOP_DB = 34.0  # the project's front must reach this
 
 _ITEMS: np.ndarray | None = None  # set before forking the classic-codec workers
 _ZDICT: bytes | None = None
@@ -94,7 +97,10 @@ def run_project(items: np.ndarray, bundles_root: Path, threads: int) -> list[dic
     rows = []
     for b in find_bundles(bundles_root):
         sizes, recon, info = measure_bundle(b, items, threads)
-        family = f"aecodec {info['model']['name']}"
+        # The two entropy models of spatial maps are separate curves: which one wins where is a finding.
+        family = f"aecodec {info['model']['name']}" + (
+            "-factorized" if info["format"] == "map+factorized" else ""
+        )
         rows.append(
             _row(
                 family,
@@ -200,8 +206,21 @@ def summarise(rows: list[dict]) -> dict:
         for v in judged.values()
         if "WebP" in v and v["WebP"]["bd_rate_percent"] is not None
     ]
+    front = cs.get(PROJECT) or (cs[families[0]] if families else [])
+    window = None
+    if front and "WebP" in cs:
+        w = cs["WebP"]
+        val, rng = bd_rate_window([r["bytes"] for r in w], [r["psnr"] for r in w], [r["bytes"] for r in front],
+                                  [r["psnr"] for r in front], *WINDOW_DB)  # fmt: skip
+        window = {"bd_rate_percent": val, "psnr_range": rng, "window": list(WINDOW_DB), "target_percent": WINDOW_TARGET,
+                  "met": val is not None and val <= WINDOW_TARGET and rng is not None and rng[1] - rng[0] >= 9.99}  # fmt: skip
+    top = max((r["psnr"] for r in front), default=None)
     return {
         "bd_rate": bd,
+        "webp_window": window,
+        "front_max_psnr": top,
+        "front_reaches_top": top is not None and top >= TOP_DB,
+        "bytes_at_30db": {c: bytes_at(v, 30.0) for c, v in cs.items() if not v[0].get("lossless")},
         "target_32_bytes": target,
         "margin_by_family": by_family,
         "target_bd_rate_curve": next(iter(judged), None),
@@ -225,6 +244,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--jobs", type=int, default=2, help="worker processes for the classic codecs")
     p.add_argument("--threads", type=int, default=1, help="ONNX Runtime threads for the project's bundles")
     p.add_argument("--no-avif", action="store_true", help="skip AVIF (the slowest encoder)")
+    p.add_argument(
+        "--zoo-index", type=Path, default=None, help="also write the bundles' table here (zoo/README.md)"
+    )
     p.add_argument("--no-classic", action="store_true", help="skip PNG/zstd/JPEG/WebP/AVIF")
     p.add_argument(
         "--report-only",
@@ -274,6 +296,10 @@ def main(argv: list[str] | None = None) -> int:
         json.dumps({"meta": meta, "summary": summary, "rows": rows}, indent=1) + "\n"
     )
     write_report(args.out_dir, meta, rows, summary, curves(rows))
+    if args.zoo_index:
+        from bench.rd_report import zoo_index
+
+        args.zoo_index.write_text(zoo_index(meta, rows, curves(rows)))
     print((args.out_dir / "rd.md").read_text())
     return 0
 

@@ -30,8 +30,9 @@ from pathlib import Path
 # The committed ladder (docs/rd.md) is three presets, one per stretch of the rate axis. Each preset's values
 # are the defaults of the flags below; any flag given on the command line overrides them.
 PRESETS: dict[str, dict] = {
-    # ~3 bytes/item: one 12-bit index fills the ANS coder's minimum payload (Lloyd iterations, ~2 min).
-    "vq": {"model": "vq", "args": {"codewords": 4096}, "lambdas": "0", "epochs": 15},
+    # ~3 bytes/item: one 12-bit index fills the ANS coder's minimum payload (Lloyd iterations, ~2 min); the
+    # 4096 codewords live in the top-64 PCA subspace, so the bundle holds 4096 x 64 numbers, not 4096 x 784.
+    "vq": {"model": "vq", "args": {"codewords": 4096, "subspace": 64}, "lambdas": "0", "epochs": 15},
     # ~4-12 bytes/item: 5x5 strided convolutions and an MLP to a 64-dim global code, chained from the
     # highest rate down (10 epochs from scratch, then 4 per rung; ~12 min).
     "conv": {
@@ -59,8 +60,45 @@ PRESETS: dict[str, dict] = {
         "lr": 1e-3,
         "batch_size": 256,
     },
+    # ~40-300 bytes/item: spatial code maps (7x7x32 for 28x28) with GDN and an integer hyperprior, chained
+    # from the highest rate down (16 epochs from scratch, then 4 per rung).
+    "spatial": {
+        "model": "spatial",
+        "args": {"channels": 64, "code_channels": 32, "hyper_channels": 24, "entropy": "hyperprior"},
+        "lambdas": "0.0004,0.0008,0.0016,0.0032,0.0064,0.0128,0.0256",
+        "first_epochs": 16,
+        "epochs": 4,
+        "lr": 1e-3,
+        "batch_size": 32,
+    },
+    # The same maps with a per-channel factorised prior instead of the hyperprior, at two rates, to measure which
+    # entropy model wins where (8 epochs from scratch, then 4).
+    "spatial-factorized": {
+        "model": "spatial",
+        "args": {"channels": 64, "code_channels": 32, "entropy": "factorized"},
+        "lambdas": "0.0016,0.0064",
+        "first_epochs": 8,
+        "epochs": 4,
+        "lr": 1e-3,
+        "batch_size": 32,
+    },
 }
-DEFAULT_PRESETS = ("vq", "conv", "linres")
+DEFAULT_PRESETS = ("vq", "conv", "linres", "spatial", "spatial-factorized")
+
+
+def same_config(path: Path, cfg) -> bool:
+    """Whether the checkpoint at path was trained with exactly this config (what --resume may reuse)."""
+    from dataclasses import asdict
+
+    import torch
+
+    if not path.is_file():
+        return False
+    try:
+        stored = torch.load(path, weights_only=True, map_location="cpu").get("config")
+    except Exception:
+        return False
+    return stored == asdict(cfg)
 
 
 def step_for(rd_lambda: float) -> float:
@@ -148,6 +186,22 @@ def _parser(preset: dict) -> argparse.ArgumentParser:
     p.add_argument(
         "--test-limit", type=int, default=0, help="test items measured into each manifest (0 = all)"
     )
+    p.add_argument(
+        "--weights",
+        default="float16",
+        choices=["float32", "float16"],
+        help="bundle weights (training.export --weights); float16 keeps the committed zoo small",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="reuse a rung's checkpoint in --runs when it was trained with exactly this rung's config",
+    )
+    p.add_argument(
+        "--checkpoints-only",
+        action="store_true",
+        help="train and save the rungs' checkpoints, export nothing",
+    )
     p.add_argument("--runs", type=Path, default=None, help="checkpoints (default runs/rd-ladder-MODEL)")
     p.add_argument("--out", type=Path, default=Path("bundles/rd-ladder"), help="one bundle per lambda")
     p.add_argument("--summary", type=Path, default=None, help="default docs/rd_ladder_MODEL.json")
@@ -164,8 +218,9 @@ def parse_args(argv: list[str] | None) -> list[argparse.Namespace]:
     )  # one ladder of the user's own
     for name in (None,) if custom else DEFAULT_PRESETS if chosen == "all" else (chosen,):
         args = _parser(PRESETS.get(name, {})).parse_args(argv)
-        args.runs = args.runs or Path(f"runs/rd-ladder-{args.model}")
-        args.summary = args.summary or Path(f"docs/rd_ladder_{args.model}.json")
+        args.name = name if name in PRESETS else args.model  # names the runs, the bundles and the summary
+        args.runs = args.runs or Path(f"runs/rd-ladder-{args.name}")
+        args.summary = args.summary or Path(f"docs/rd_ladder_{args.name}.json")
         args.argv = argv
         out.append(args)
     return out
@@ -174,11 +229,13 @@ def parse_args(argv: list[str] | None) -> list[argparse.Namespace]:
 def main(argv: list[str] | None = None) -> int:
     from training import distributed
 
+    t0 = time.perf_counter()
     try:
         for args in parse_args(argv):
             train_ladder(args)
     finally:
         distributed.teardown()
+    print(f"ladder trained and exported in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
     return 0
 
 
@@ -186,7 +243,7 @@ def train_ladder(args: argparse.Namespace) -> dict:
     """Train and export one ladder; writes its summary JSON and returns it."""
     from training.distributed import is_main
     from training.export import export_bundle
-    from training.train import TrainConfig, save_checkpoint, train
+    from training.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
     lambdas = [float(v) for v in args.lambdas.split(",") if v.strip()]
     model_args = json.loads(args.args)
@@ -238,15 +295,35 @@ def train_ladder(args: argparse.Namespace) -> dict:
             init_checkpoint=str(start) if start else "",
             **common,
         )
-        model, record = train(cfg, progress=False)
-        ckpt = prev = save_checkpoint(args.runs / f"lambda-{lam:g}.pt", model, cfg, record)
-        if not is_main():  # under torchrun rank 0 exports and reports; the others go on to the next rung
+        ckpt_path = args.runs / f"lambda-{lam:g}.pt"
+        reused = args.resume and same_config(ckpt_path, cfg)
+        if reused:
+            record = load_checkpoint(ckpt_path)[2]
+            ckpt = prev = ckpt_path
+        else:
+            model, record = train(cfg, progress=False)
+            ckpt = prev = save_checkpoint(ckpt_path, model, cfg, record)
+        if is_main():
+            h = record["history"][-1]
+            print(
+                f"lambda {lam:g}: {'reused' if reused else 'trained'} {ckpt_path}, val PSNR {h['val_psnr']:.2f} dB, "
+                f"train bits/item {record['rate_prior']['train_bits_per_item']:.0f} ({time.perf_counter() - t0:.0f} s)",
+                file=sys.stderr,
+                flush=True,
+            )
+        if (
+            not is_main() or args.checkpoints_only
+        ):  # under torchrun rank 0 exports and reports; the others go on to the next rung
             continue
-        learned, counted = counted_bits(ckpt, record["rate_prior"], args.data, 10000)
-        # Ship the learned tables unless counting the training codes is clearly (> 1 %) cheaper.
-        quant = "learned" if learned <= counted * 1.01 else "learned-fit"
-        out = args.out / f"{args.model}-lambda-{lam:g}"
-        m = export_bundle(ckpt, out, quant=quant, test_limit=args.test_limit)
+        if record["rate_prior"].get("kind") == "model":  # the model's own entropy model (spatial maps)
+            learned = counted = record["rate_prior"]["train_bits_per_item"]
+            quant = "learned"
+        else:
+            learned, counted = counted_bits(ckpt, record["rate_prior"], args.data, 10000)
+            # Ship the learned tables unless counting the training codes is clearly (> 1 %) cheaper.
+            quant = "learned" if learned <= counted * 1.01 else "learned-fit"
+        out = args.out / f"{args.name}-lambda-{lam:g}"
+        m = export_bundle(ckpt, out, quant=quant, test_limit=args.test_limit, weights=args.weights)
         t = m.metrics["test"]
         rungs.append(
             {
@@ -256,7 +333,7 @@ def train_ladder(args: argparse.Namespace) -> dict:
                 "tables": quant,
                 "train_bits_learned": learned,
                 "train_bits_counted": counted,
-                "grid_bits": record["rate_prior"]["grid_bits"],
+                "grid_bits": record["rate_prior"].get("grid_bits", getattr(m.payload, "grid_bits", None)),
                 "test_psnr": t["psnr"],
                 "test_bytes_per_item": t["bytes_per_item"],
                 "epochs": epochs,
@@ -273,6 +350,7 @@ def train_ladder(args: argparse.Namespace) -> dict:
     summary = {
         "command": " ".join(["python -m bench.train_ladder", *args.argv]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "ladder": args.name,
         "model": args.model,
         "model_args": model_args,
         "lambdas": lambdas,

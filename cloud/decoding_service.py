@@ -52,7 +52,8 @@ def check_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> None:
     """Everything about a request that can be refused without decoding (PayloadError / OverBudget)."""
     if req.codes.count == 0:
         raise PayloadError("codes.count is 0: send at least one item")
-    limits.check(codec, req.codes.count, "codes")
+    payloads = codec.from_batch(req.codes) if codec.input.any_size else None  # sizes are in the payloads
+    limits.check(codec, req.codes.count, "codes", payloads)
     if req.reconstruction_format not in FORMATS:
         raise PayloadError(f"reconstruction_format {req.reconstruction_format} is unknown")
 
@@ -63,11 +64,14 @@ def prepare(codec: Codec, req: pb.DecodeRequest) -> tuple[np.ndarray, Side, np.n
     originals = None
     if req.HasField("originals"):
         originals = from_tensor(req.originals, "originals")
-        want = [len(payloads), *codec.input.shape]
+        if codec.input.any_size:  # each payload says its item's size; one request holds one size
+            shapes = codec.output_shapes(payloads)
+            want = [len(payloads), *(shapes[0].tolist() if len(shapes) else codec.input.shape)]
+            where = "count x the items' size"
+        else:
+            want, where = [len(payloads), *codec.input.shape], "count x manifest input.shape"
         if list(originals.shape) != want:
-            raise PayloadError(
-                f"originals.shape is {list(originals.shape)}, expected {want} (count x manifest input.shape)"
-            )
+            raise PayloadError(f"originals.shape is {list(originals.shape)}, expected {want} ({where})")
         if originals.dtype.name != codec.input.dtype:
             raise PayloadError(
                 f"originals.dtype is {originals.dtype.name}, the manifest's input dtype is {codec.input.dtype}"
@@ -193,7 +197,8 @@ class DecodingService(pb_grpc.DecodingServicer):
         except PayloadError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         t0 = time.perf_counter()
-        async with self.in_flight.hold(self.limits.decode_bytes(codec, request.codes.count)):
+        payloads = codec.from_batch(request.codes) if codec.input.any_size else None  # checked above
+        async with self.in_flight.hold(self.limits.decode_bytes(codec, request.codes.count, payloads)):
             resp = await self._decode_checked(lb, request, context)
         size = resp.ByteSize()
         if size > self.limits.max_reply_bytes:  # refused here: the status logged is the one the client sees

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
@@ -34,14 +34,38 @@ class Limits:
     decode_chunk: int = 256  # items per decoder-graph run: bounds the graph's activations
     max_reply_bytes: int = 64 * MIB  # the server's --max-message-mib: a larger reply could not be sent
 
-    def decode_bytes(self, codec: Codec, count: int) -> int:
-        """What decoding `count` items of this codec holds in memory: their float32 reconstructions."""
+    def decode_bytes(self, codec: Codec, count: int, payloads: Sequence[bytes] | None = None) -> int:
+        """What decoding these items holds in memory: their float32 reconstructions (sizes from the payloads
+        for bundles of any item size, whose payloads carry each item's size)."""
+        if payloads is not None:
+            return int(codec.item_costs(payloads)[0].sum())
         return count * math.prod(codec.input.shape) * 4
 
-    def check(self, codec: Codec, count: int, what: str = "request") -> None:
-        """Refuse a request of `count` items for this codec when it is over a budget; cheap, decodes nothing."""
+    def check(
+        self, codec: Codec, count: int, what: str = "request", payloads: Sequence[bytes] | None = None
+    ) -> None:
+        """Refuse a request of `count` items for this codec when it is over a budget; cheap, decodes nothing.
+
+        A bundle of any item size (spatial code maps) needs the payloads: their headers say what they decode to.
+        """
         if count > self.max_items:
             raise OverBudget(f"{what} has {count:,} items; the limit is {self.max_items:,} items per request")
+        if payloads is not None or codec.input.any_size:
+            if payloads is None:
+                raise ValueError("bundles of any item size are checked on their payloads")
+            out_bytes, item_symbols = codec.item_costs(payloads)
+            if int(out_bytes.sum()) > self.max_decode_bytes:
+                raise OverBudget(
+                    f"{what} would decode to {int(out_bytes.sum()):,} bytes ({count:,} items, the largest "
+                    f"{int(out_bytes.max()):,} bytes); the per-request budget is {self.max_decode_bytes:,} bytes "
+                    f"(--max-decode-mib): send fewer or smaller items of bundle {codec.bundle_id} per request"
+                )
+            if int(item_symbols.sum()) > self.max_symbols:
+                raise OverBudget(
+                    f"{what} would entropy-decode {int(item_symbols.sum()):,} code symbols; the per-request budget "
+                    f"is {self.max_symbols:,}: send fewer or smaller items per request"
+                )
+            return
         per_item = math.prod(codec.input.shape) * 4
         if count * per_item > self.max_decode_bytes:
             raise OverBudget(

@@ -158,7 +158,11 @@ def ingest_items(
                         f"needs exactly {codec.item_bytes}",
                         k,
                     )
-        limits.check(codec, len(idx), f"request {n}")  # validating decodes the symbols: same budget
+        payloads = [req.items[k].payload for k in idx] if codec.input.any_size else None
+        try:  # validating decodes the symbols: same budget
+            limits.check(codec, len(idx), f"request {n}", payloads)
+        except PayloadError as exc:  # a size header that does not parse
+            raise bad(f"items[{idx[0]}..]: {exc}", idx[0]) from None
         first = codec.first_invalid([req.items[k].payload for k in idx])
         if first is not None:
             k = idx[first]
@@ -190,16 +194,26 @@ def audit_items(req: pb.IngestRequest, idx: list[int], codec, audit: Audit | Non
             original = from_tensor(req.items[k].original, f"items[{k}].original")
         except PayloadError as exc:
             raise bad(str(exc), k) from None
-        if list(original.shape) != list(codec.input.shape) or original.dtype.name != codec.input.dtype:
+        want = (
+            codec.output_shapes([req.items[k].payload])[0].tolist()
+            if codec.input.any_size
+            else codec.input.shape
+        )
+        if list(original.shape) != list(want) or original.dtype.name != codec.input.dtype:
             raise bad(
-                f"items[{k}].original is {list(original.shape)} {original.dtype.name}; bundle {codec.bundle_id} "
-                f"takes {list(codec.input.shape)} {codec.input.dtype}",
+                f"items[{k}].original is {list(original.shape)} {original.dtype.name}; its payload decodes to "
+                f"{list(want)} {codec.input.dtype} (bundle {codec.bundle_id})",
                 k,
             )
         originals.append(original)
     if audit is not None:
-        rec = codec.decode([req.items[k].payload for k in idx])
-        audit.add(codec.bundle_id, codec.squared_error(np.stack(originals), rec).tolist())
+        if codec.input.any_size:  # items of several sizes: one at a time
+            errors = [float(codec.squared_error(o[None], codec.decode([req.items[k].payload]))[0])
+                      for k, o in zip(idx, originals)]  # fmt: skip
+        else:
+            rec = codec.decode([req.items[k].payload for k in idx])
+            errors = codec.squared_error(np.stack(originals), rec).tolist()
+        audit.add(codec.bundle_id, errors)
 
 
 def decode_stored(
@@ -208,7 +222,21 @@ def decode_stored(
     """Decode records of one bundle into out (the matching StoredItems), in budget-sized chunks; a payload that
     does not decode gets an error of its own instead of hiding the others."""
     codec = lb.codec
-    per_item = math.prod(codec.input.shape) * 4
+    if not records:
+        return
+    if codec.input.any_size and len(records) > 1:  # items of any size: each alone, each within the budget
+        for r, o in zip(records, out):
+            decode_stored(lb, [r], [o], fmt, limits)
+        return
+    try:
+        per_item = (
+            int(codec.item_costs([records[0].payload])[0][0])
+            if codec.input.any_size
+            else math.prod(codec.input.shape) * 4
+        )
+    except PayloadError as exc:
+        out[0].error = f"cannot decode with bundle {lb.bundle_id}: {exc}"
+        return
     if per_item > limits.max_decode_bytes:
         for item in out:
             item.error = (

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from .codemap import MapPayload
 from .errors import BundleError, DataError
 from .onnx_guard import check_self_contained
 from .payload import PayloadSpec
 
 FORMAT_VERSION = 1
+_NUMBER_LIST = re.compile(r"\[\s*((?:-?[0-9][0-9.eE+-]*\s*,\s*)*-?[0-9][0-9.eE+-]*)\s*\]")
 MANIFEST_NAME = "manifest.json"
 ENCODER_NAME = "encoder.onnx"
 DECODER_NAME = "decoder.onnx"
@@ -47,6 +50,8 @@ class InputSpec:
     standardize: dict[str, Any] | None = None
     output: str = "sigmoid"  # "sigmoid" (loss bce) or "linear" (loss mse)
     loss: str = "bce"
+    # Spatial code maps encode items of any height and width; shape is then the training items' shape.
+    any_size: bool = False
 
     @classmethod
     def of_items(cls, x: np.ndarray, **fields: Any) -> InputSpec:
@@ -87,6 +92,7 @@ class InputSpec:
             "standardize": self.standardize,
             "output": self.output,
             "loss": self.loss,
+            **({"any_size": True} if self.any_size else {}),  # absent for fixed-size bundles: their ids stay
         }
 
     @classmethod
@@ -98,6 +104,7 @@ class InputSpec:
             d.get("standardize"),
             str(d.get("output", "sigmoid")),
             str(d.get("loss", "bce")),
+            bool(d.get("any_size", False)),
         )
         if spec.dtype not in RAW_DTYPES:
             raise ValueError(f"input.dtype must be one of {RAW_DTYPES}, got {spec.dtype!r}")
@@ -113,7 +120,7 @@ class Manifest:
     model: dict[str, Any]  # {"name": registry name, "args": constructor arguments}
     input: InputSpec
     code_shape: list[int]
-    payload: PayloadSpec
+    payload: PayloadSpec | MapPayload
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     content_hash: str = ""
@@ -137,7 +144,12 @@ class Manifest:
         return d
 
     def to_json(self) -> str:
-        return json.dumps(self.to_dict(), indent=1, sort_keys=False) + "\n"
+        """Indented, with every list of plain numbers on one line (entropy tables stay readable and small)."""
+        text = json.dumps(self.to_dict(), indent=1, sort_keys=False)
+        return (
+            _NUMBER_LIST.sub(lambda m: "[" + ",".join(v.strip() for v in m.group(1).split(",")) + "]", text)
+            + "\n"
+        )
 
     @classmethod
     def from_dict(cls, d: dict) -> Manifest:
@@ -151,7 +163,9 @@ class Manifest:
                 model=dict(d["model"]),
                 input=InputSpec.from_dict(d["input"]),
                 code_shape=[int(s) for s in d["code"]["shape"]],
-                payload=PayloadSpec.from_dict(d["payload"]),
+                payload=(MapPayload if d["payload"].get("kind") == "map" else PayloadSpec).from_dict(
+                    d["payload"]
+                ),
                 training=dict(d.get("training") or {}),
                 metrics=dict(d.get("metrics") or {}),
                 content_hash=str(d.get("content_hash", "")),

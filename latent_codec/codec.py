@@ -54,7 +54,8 @@ class OnnxTransforms:
         m = bundle.manifest
         enc = bundle.session("encoder", threads) if bundle.encoder_bytes is not None else None
         dec = bundle.session("decoder", threads) if bundle.decoder_bytes is not None else None
-        return cls(enc, dec, [f.name for f in m.payload.side], m.code_shape, str(bundle.path))
+        side = m.payload.side if isinstance(m.payload, PayloadSpec) else []
+        return cls(enc, dec, [f.name for f in side], m.code_shape, str(bundle.path))
 
     @classmethod
     def from_graphs(
@@ -81,7 +82,8 @@ class OnnxTransforms:
     def synthesis(self, codes: np.ndarray, side: Side) -> np.ndarray:
         if self.decoder is None:
             raise BundleError(f"{self._where}: codec was opened without its decoder")
-        feeds = {"code": np.ascontiguousarray(codes.reshape(len(codes), *self._code_shape), np.float32)}
+        shaped = codes if codes.ndim > 2 else codes.reshape(len(codes), *self._code_shape)  # maps come shaped
+        feeds = {"code": np.ascontiguousarray(shaped, np.float32)}
         for name, value in side.items():
             feeds[name] = np.ascontiguousarray(value, dtype=np.int64)
         return self.decoder.run(["x_hat"], feeds)[0]
@@ -123,6 +125,11 @@ class Codec:
     def from_bundle(cls, bundle: Bundle, threads: int = 0) -> Codec:
         """A codec over a loaded bundle's graphs (the sides it was loaded with), ``threads`` per ORT session."""
         m = bundle.manifest
+        if m.payload.format.startswith("map+"):  # spatial code maps: items of any size (map_codec.py)
+            from .map_codec import MapCodec
+
+            return MapCodec.from_map_bundle(bundle, threads)
+        assert isinstance(m.payload, PayloadSpec)
         return cls(
             m.input, m.code_shape, m.payload, OnnxTransforms.from_bundle(bundle, threads), m.bundle_id, m
         )
@@ -143,6 +150,15 @@ class Codec:
     def item_bytes(self) -> int | None:
         """Payload bytes per item for fixed-size formats; None when entropy-coded (variable)."""
         return self.payload.item_bytes
+
+    def output_shapes(self, payloads: Sequence[bytes]) -> np.ndarray:
+        """(N, 3) item shape (C, H, W) each payload decodes to, read without decoding (budgets are checked on it)."""
+        return np.tile(np.asarray(self.input.shape, np.int64), (len(payloads), 1))
+
+    def item_costs(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Per item: float32 bytes it decodes to and code symbols to entropy-decode, read without decoding."""
+        out = self.output_shapes(payloads).prod(axis=1) * 4
+        return out, np.full(len(payloads), self.payload.code_dims, np.int64)
 
     # ---- encode: the steps --------------------------------------------------------------------------------
     def check_items(self, x: np.ndarray) -> None:

@@ -236,12 +236,17 @@ def load_image_folder(folder: str | Path, mode: str | None = None) -> ArrayDatas
 
     mode: "L" (grey) or "RGB"; None keeps the first image's mode (grey or RGB).
     """
-    from PIL import Image, UnidentifiedImageError
-
     folder = Path(folder)
     files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
     if not files:
         raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
+    return load_images(files, f"images:{folder}", mode)
+
+
+def load_images(files: list[Path], source: str, mode: str | None = None) -> ArrayDataset:
+    """Image files of one size as uint8 items (N, C, H, W); one file is one item (a photograph, say)."""
+    from PIL import Image, UnidentifiedImageError
+
     items = []
     size = None
     for p in files:
@@ -271,7 +276,7 @@ def load_image_folder(folder: str | Path, mode: str | None = None) -> ArrayDatas
             )
         arr = np.asarray(converted, dtype=np.uint8)
         items.append(arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0))
-    return ArrayDataset(np.stack(items), None, f"images:{folder}")
+    return ArrayDataset(np.stack(items), None, source)
 
 
 def load_digits_dataset(split: str = "test") -> ArrayDataset:
@@ -298,7 +303,7 @@ def load(spec: str | Path | None, split: str = "test", mode: str | None = None) 
     """Resolve a data spec to items.
 
     spec: "fashion-mnist" (the Debian package's folder), "digits", a folder of
-    IDX files, a folder of images, or a .npy/.npz file. None means
+    IDX files, a folder of images, one image file, or a .npy/.npz file. None means
     Fashion-MNIST.
     """
     if spec is None or str(spec) == "fashion-mnist":
@@ -314,6 +319,8 @@ def load(spec: str | Path | None, split: str = "test", mode: str | None = None) 
     if path.is_file():
         if path.suffix in (".npy", ".npz"):
             return load_array_file(path, split)
+        if path.suffix.lower() in IMAGE_SUFFIXES:  # one photograph: one item of its own size
+            return load_images([path], f"image:{path}", mode)
         if "idx" in path.name:
             arr = read_idx(path)
             return ArrayDataset(_as_items(arr, str(path)), None, f"idx:{path}")

@@ -90,7 +90,10 @@ def test_train_ladder_presets_and_overrides():
     from bench.train_ladder import PRESETS, parse_args
 
     ladders = parse_args([])
-    assert [a.model for a in ladders] == ["vq", "conv", "linres"]
+    assert [a.name for a in ladders] == ["vq", "conv", "linres", "spatial", "spatial-factorized"]
+    assert [a.model for a in ladders][-2:] == ["spatial", "spatial"]
+    # Two ladders of one model keep their checkpoints, bundles and summaries apart.
+    assert len({str(a.runs) for a in ladders}) == len({str(a.summary) for a in ladders}) == len(ladders)
     conv = parse_args(["--preset", "conv", "--epochs", "6"])
     assert len(conv) == 1 and conv[0].epochs == 6 and conv[0].first_epochs == PRESETS["conv"]["first_epochs"]
     own = parse_args(["--model", "dense", "--lambdas", "0.1"])
@@ -185,3 +188,57 @@ def test_summary_judges_targets_on_the_front_of_all_project_bundles():
     assert s["margin_by_family"]["aecodec vq"]["margin_db"] == pytest.approx(2.5)
     assert s["target_bd_rate_curve"] == PROJECT and s["curves"][PROJECT][0] == "far"
     assert s["bd_rate"][PROJECT]["WebP"]["bd_rate_percent"] < 0 and s["target_bd_rate_met"]
+
+
+def test_bd_rate_window_is_piecewise_linear_and_never_extrapolates():
+    from bench.bdrate import bd_rate_window
+
+    anchor = ([100.0, 200.0, 400.0, 800.0], [22.0, 28.0, 33.0, 36.0])
+    half = ([b / 2 for b in anchor[0]], anchor[1])
+    val, rng = bd_rate_window(*anchor, *half, 24.0, 34.0)
+    assert val == pytest.approx(-50.0) and rng == (24.0, 34.0)
+    short = ([60.0, 120.0], [26.0, 31.0])  # measured only over 26-31 dB: the window shrinks to that, no more
+    val, rng = bd_rate_window(*anchor, *short, 24.0, 34.0)
+    assert rng == (26.0, 31.0) and val is not None
+    assert bd_rate_window(*anchor, [10.0, 20.0], [15.0, 20.0], 24.0, 34.0) == (None, None)
+
+
+def test_summary_reports_the_window_target_the_top_of_the_front_and_bytes_at_30_db():
+    from bench.rd import summarise
+
+    def row(codec, setting, nbytes, psnr):
+        return {"codec": codec, "setting": setting, "bytes": nbytes, "psnr": psnr, "ssim": 0.5}
+
+    webp = [
+        row("WebP", f"w{q}", b, p)
+        for q, b, p in ((0, 97, 21.0), (10, 154, 27.1), (40, 212, 32.4), (70, 260, 35.7))
+    ]
+    pca = [row("PCA uniform step", f"p{b}", b, 10 + b / 20) for b in (20, 100, 300)]
+    good = [
+        row("aecodec spatial", f"s{b}", b, p) for b, p in ((60, 22.0), (90, 27.5), (130, 32.0), (160, 34.5))
+    ]
+    s = summarise(webp + pca + good)
+    w = s["webp_window"]
+    assert w["psnr_range"] == (24.0, 34.0) and w["bd_rate_percent"] < -30 and w["met"]
+    assert s["front_reaches_top"] and s["front_max_psnr"] == 34.5
+    assert s["bytes_at_30db"]["WebP"] == pytest.approx(
+        np.exp(np.interp(30, [27.1, 32.4], np.log([154, 212])))
+    )
+    low = [row("aecodec spatial", f"s{b}", b, p) for b, p in ((60, 22.0), (90, 27.5), (130, 31.0))]
+    s = summarise(webp + pca + low)
+    assert not s["front_reaches_top"] and not s["webp_window"]["met"]  # 24-31 dB is not the whole window
+
+
+def test_resume_reuses_a_rung_only_when_its_config_is_identical(tmp_path):
+    import torch
+
+    from bench.train_ladder import same_config
+    from training.train import TrainConfig, save_checkpoint
+
+    cfg = TrainConfig(model="dense", model_args={"code_dim": 4, "hidden": [8]}, data="digits", epochs=1)
+    model = torch.nn.Linear(1, 1)
+    model.registry_name, model.args = "dense", {}  # what save_checkpoint reads
+    path = save_checkpoint(tmp_path / "r.pt", model, cfg, {"history": []})
+    assert same_config(path, cfg)
+    assert not same_config(path, TrainConfig(**{**cfg.__dict__, "epochs": 2}))
+    assert not same_config(tmp_path / "missing.pt", cfg)

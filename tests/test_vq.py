@@ -105,3 +105,28 @@ def test_vq_bundle_decodes_through_the_server_to_its_codewords(tmp_path):
     expected = np.clip(model.codebook[idx].numpy(), 0, 1)
     assert np.abs(rec - expected).max() <= 1e-5
     assert resp.quality.batch_mse < 0.5 * float((x01**2).mean())
+
+
+def test_subspace_codewords_cost_a_fraction_of_the_numbers_and_report_their_true_error():
+    """Codewords in the top-k PCA subspace: K x k numbers instead of K x pixels, the assignment's error is the
+    true reconstruction error (the part outside the subspace included), and quality stays near full-space VQ."""
+    import torch
+
+    from training.train import TrainConfig, train
+    from training.vq import assign
+
+    common = dict(model="vq", data="digits", limit=0, epochs=6, threads=1)
+    full, _ = train(TrainConfig(model_args={"codewords": 64}, **common), progress=None)
+    sub, rec = train(TrainConfig(model_args={"codewords": 64, "subspace": 16}, **common), progress=None)
+    assert tuple(sub.codebook.shape) == (64, 16) and tuple(full.codebook.shape) == (64, 64)
+    from latent_codec.datasets import load
+
+    x = torch.from_numpy(load("digits", "test").x.astype("float32") / 255)
+    idx, err = assign(sub, x)
+    with torch.no_grad():
+        rec_x = sub(x)["x_hat"]
+        code = sub.encode(x)[0]
+    assert torch.equal(code[:, 0].long() + 32, idx)
+    assert torch.allclose(err, ((rec_x - x) ** 2).flatten(1).sum(1), rtol=1e-3, atol=1e-3)
+    full_err = assign(full, x)[1].mean()
+    assert err.mean() < 1.3 * full_err

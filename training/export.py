@@ -26,7 +26,13 @@ from latent_codec.codec import Codec, OnnxTransforms
 from latent_codec.errors import CodecError
 from latent_codec.payload import FactorizedPrior, PayloadSpec, Quantizer, SideField
 from training.data import load_split
-from training.onnx_export import export_graphs, parity
+from training.onnx_export import (
+    WEIGHT_DTYPES,
+    export_graphs,
+    parity,
+    round_weights_to_float16,
+    store_weights_as_float16,
+)
 from training.train import load_checkpoint
 
 QUANT_CHOICES = ["float32", "float16"] + [f"affine{b}" for b in range(2, 17)] + ["learned", "learned-fit"]
@@ -82,9 +88,24 @@ def export_bundle(
     test_limit: int = 0,
     data: str | None = None,
     force: bool = False,
+    weights: str = "float32",
 ) -> Manifest:
     model, cfg, record = load_checkpoint(checkpoint)
     data = data or cfg["data"]
+    if weights not in WEIGHT_DTYPES:
+        raise CodecError(f"--weights must be one of {WEIGHT_DTYPES}, got {weights!r}")
+    if (
+        weights == "float16"
+    ):  # torch then computes what the float16-weight graphs compute (parity stays exact)
+        round_weights_to_float16(model)
+    if hasattr(
+        model, "init_priors"
+    ):  # spatial code maps: their own entropy model and payload (export_map.py)
+        from training.export_map import export_map_bundle
+
+        return export_map_bundle(
+            model, cfg, record, checkpoint, out, data, fit_items, test_limit, force, weights
+        )
     train = load_split(data, "train", fit_items)  # fit_items 0 = the whole training split
     test = load_split(data, "test", test_limit)
     if list(train.item_shape) != list(model.input_shape):
@@ -100,6 +121,8 @@ def export_bundle(
     )
     sample = torch.from_numpy(input_spec.to_unit(train.x[:8]))
     enc_bytes, dec_bytes = export_graphs(model, sample)
+    if weights == "float16":
+        enc_bytes, dec_bytes = store_weights_as_float16(enc_bytes), store_weights_as_float16(dec_bytes)
     par = parity(model, enc_bytes, dec_bytes, torch.from_numpy(input_spec.to_unit(test.x[:256])))
 
     # Fit the quantiser (and prior) on training codes as ONNX Runtime computes them, through the codec's own
@@ -142,10 +165,19 @@ def export_bundle(
             "final": (record.get("history") or [{}])[-1],
             "quantizer_fit_items": int(len(train)),
             "onnx_parity": par,
+            "weights": weights,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
     manifest.seal(enc_bytes, dec_bytes)
+    write_bundle(out, manifest, enc_bytes, dec_bytes, test, force)
+    return manifest
+
+
+def write_bundle(
+    out: Path, manifest: Manifest, enc_bytes: bytes, dec_bytes: bytes, test, force: bool
+) -> None:
+    """Write the sealed bundle beside --out, measure it on the test items through its codec, then move it in."""
     tmp = out.parent / f".{out.name}.exporting-{os.getpid()}"
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
@@ -162,7 +194,6 @@ def export_bundle(
         tmp.rename(out)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return manifest
 
 
 BUNDLE_FILES = {ENCODER_NAME, DECODER_NAME, MANIFEST_NAME}
@@ -205,6 +236,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--data", default=None, help="override the checkpoint's data spec")
     p.add_argument(
+        "--weights",
+        default="float32",
+        choices=WEIGHT_DTYPES,
+        help="how the graphs store their weights: float16 halves the bundle (weights rounded to float16 first)",
+    )
+    p.add_argument(
         "--force", action="store_true", help="replace --out even when it is a directory that is not a bundle"
     )
     return p.parse_args(argv)
@@ -223,6 +260,7 @@ def main(argv: list[str] | None = None) -> int:
             args.test_limit,
             args.data,
             force=args.force,
+            weights=args.weights,
         )
     except CodecError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -178,8 +178,48 @@ class RateDistortion(nn.Module):
         }
 
 
-def build_rate(model, rd_lambda: float, distortion: str = "mse") -> RateDistortion:
-    """A rate-distortion objective sized to the model's code."""
+class ModelRate(nn.Module):
+    """loss = squared error + lambda * bits, for models that carry their own entropy model (out["bits"]).
+
+    Spatial code maps (training/models/spatial.py) rate their codes with a per-channel prior or a
+    hyperprior inside the model; the export reads the tables from the model's own parameters.
+    """
+
+    def __init__(self, rd_lambda: float, distortion: str = "mse"):
+        super().__init__()
+        if distortion != "mse":
+            raise ValueError("models with their own entropy model train with rd distortion 'mse'")
+        self.rd_lambda = float(rd_lambda)
+        self._started = False
+
+    def terms(self, model, out: dict, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        if not self._started:
+            model.init_priors(x01)
+            self._started = True
+        dist = ((out["x_hat"] - x01) ** 2).flatten(1).sum(1).mean()
+        return dist, out["bits"].mean()
+
+    def loss(self, model, out: dict, x01: torch.Tensor) -> torch.Tensor:
+        dist, bits = self.terms(model, out, x01)
+        return dist + self.rd_lambda * bits
+
+    @torch.no_grad()
+    def export_record(self, model, x01: torch.Tensor, batch_size: int = 500, items: int = 5000) -> dict:
+        was = model.training
+        model.eval()
+        bits = [model(x01[i : i + batch_size])["bits"] for i in range(0, min(len(x01), items), batch_size)]
+        model.train(was)
+        return {
+            "kind": "model",
+            "rd_lambda": self.rd_lambda,
+            "train_bits_per_item": float(torch.cat(bits).mean()),
+        }
+
+
+def build_rate(model, rd_lambda: float, distortion: str = "mse") -> RateDistortion | ModelRate:
+    """A rate-distortion objective: the model's own entropy model if it has one, else a factorised prior."""
+    if hasattr(model, "init_priors"):
+        return ModelRate(rd_lambda, distortion)
     return RateDistortion(math.prod(model.code_shape), rd_lambda, distortion)
 
 

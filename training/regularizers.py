@@ -117,7 +117,9 @@ class Regularizers:
                     "the KL sparsity penalty needs code activations in (0, 1), read as firing "
                     "probabilities: use --arg code_activation='sigmoid' (or the L1 penalty --l1)"
                 )
-        check_overcomplete(model, regularised=denoising or reg.active)
+        # A rate penalty bounds the code's information too: wide spatial code maps train under it.
+        rate = getattr(cfg, "rd_lambda", 0.0) > 0
+        check_overcomplete(model, regularised=denoising or reg.active or rate)
         return reg
 
     @property

@@ -30,11 +30,24 @@ def assign(model, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(index, squared error) per item under the model's current codebook and bias."""
     idx, err = [], []
     for i in range(0, len(x), CHUNK):
-        h = x[i : i + CHUNK].flatten(1)
+        flat = x[i : i + CHUNK].flatten(1)
+        h = model.features(flat)
         k = torch.argmin(model.costs(h), dim=1)
         idx.append(k)
-        err.append(((h - model.codebook[k]) ** 2).sum(1))
+        e = ((h - model.codebook[k]) ** 2).sum(1)
+        if model.subspace:  # plus what the subspace leaves out (orthonormal basis: Pythagoras)
+            e = e + ((flat - model.mean) ** 2).sum(1) - (h**2).sum(1)
+        err.append(e)
     return torch.cat(idx), torch.cat(err)
+
+
+def fit_subspace(model, flat: torch.Tensor) -> None:
+    """The top-k principal directions of the training items (float64 eigendecomposition of the covariance)."""
+    mean = flat.double().mean(0)
+    centred = flat.double() - mean
+    _, vecs = torch.linalg.eigh(centred.t() @ centred)
+    model.mean.copy_(mean.float())
+    model.basis.copy_(vecs[:, -model.subspace :].flip(1).float())
 
 
 def index_probabilities(idx: torch.Tensor, k_total: int) -> torch.Tensor:
@@ -51,6 +64,11 @@ def train_vq(model, x_train: torch.Tensor, x_val: torch.Tensor, cfg, progress: b
     k_total = model.codewords
     flat = x_train.flatten(1)
     pixels = flat.shape[1]
+    if model.subspace and not bool(
+        model.basis.abs().sum()
+    ):  # fresh subspace model: PCA of the training items
+        fit_subspace(model, flat)
+    flat = model.features(flat)  # the space the codewords live in
     if not bool(
         model.codebook.abs().sum()
     ):  # fresh model (a chained rung keeps its codebook): K distinct items

@@ -5,5 +5,6 @@ from . import (  # noqa: F401
     dense,
     linear,
     linres,  # noqa: F401  (rate-distortion: PCA-initialised linear path + MLP)
+    spatial,  # noqa: F401  (spatial code maps: any item size, factorised prior or hyperprior)
     vq,  # noqa: F401  (one-hot code: entropy-constrained vector quantisation)
 )

@@ -38,6 +38,7 @@ class VectorQuantizedAutoencoder(Autoencoder):
         codewords: int = 1024,
         output: str = "linear",
         standardize: bool = False,
+        subspace: int = 0,
     ):
         super().__init__(input_shape, output, standardize)
         if output != "linear":
@@ -45,10 +46,19 @@ class VectorQuantizedAutoencoder(Autoencoder):
         if codewords < 4 or codewords > MAX_CODEWORDS or codewords & (codewords - 1):
             raise ValueError(f"codewords must be a power of two from 4 to {MAX_CODEWORDS}, got {codewords}")
         d = math.prod(self.input_shape)
+        if not 0 <= subspace <= d:
+            raise ValueError(f"subspace must be 0 (pixel space) to {d}, got {subspace}")
         self.codewords = int(codewords)
-        self.register_buffer("codebook", torch.zeros(codewords, d))
+        self.subspace = int(subspace)
+        # subspace k > 0: codewords live in the training data's top-k PCA subspace (mean + basis, set from the
+        # data by training/vq.py), so a bundle holds K x k numbers instead of K x pixels.
+        self.register_buffer("mean", torch.zeros(d if subspace else 0))
+        self.register_buffer("basis", torch.zeros(d, subspace) if subspace else torch.zeros(0, 0))
+        self.register_buffer("codebook", torch.zeros(codewords, subspace or d))
         self.register_buffer("bias", torch.zeros(codewords))  # lambda * code length per index; 0 = plain VQ
         self.args.update(codewords=codewords)
+        if subspace:  # recorded only when used: older checkpoints and ids unchanged
+            self.args["subspace"] = int(subspace)
 
     @property
     def grid_bits(self) -> int:
@@ -58,10 +68,17 @@ class VectorQuantizedAutoencoder(Autoencoder):
         """(N, K) squared distance to each codeword, up to the per-item constant ||x||^2, plus the bias."""
         return (self.codebook**2).sum(1) - 2 * h @ self.codebook.t() + self.bias
 
+    def features(self, flat: torch.Tensor) -> torch.Tensor:
+        """Pixels -> the space the codewords live in (PCA coordinates with a subspace, else the pixels)."""
+        return (flat - self.mean) @ self.basis if self.subspace else flat
+
     def encode(self, x):
-        idx = torch.argmin(self.costs(x.flatten(1)), dim=1)
+        idx = torch.argmin(self.costs(self.features(x.flatten(1))), dim=1)
         return (idx.to(x.dtype) - self.codewords // 2).unsqueeze(1), {}
 
     def decode_logits(self, code, side):
         idx = (torch.round(code[:, 0]) + self.codewords // 2).clamp(0, self.codewords - 1).long()
-        return self.codebook[idx].view(-1, *self.input_shape)
+        c = self.codebook[idx]
+        if self.subspace:
+            c = c @ self.basis.t() + self.mean
+        return c.view(-1, *self.input_shape)

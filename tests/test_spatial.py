@@ -1,0 +1,406 @@
+"""Spatial code maps: items of any size and channel count, the map payload, and decoding that cannot diverge.
+
+Real bundles trained briefly (a grey Fashion-MNIST model with a hyperprior and one with a factorised
+prior, a colour model on crops of scikit-image's photographs), real ONNX Runtime sessions, a real
+server on an ephemeral port, a second Python process for the cross-process check.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from latent_codec.bundle import Manifest, load_bundle
+from latent_codec.codec import Codec, to_tensor
+from latent_codec.codemap import IntegerHyperDecoder, MapPayload, get_varint, put_varint
+from latent_codec.errors import BundleError, DataError, PayloadError
+from latent_codec.map_codec import MapCodec
+from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
+from tests.helpers import ROOT, fashion_test_items, need_fashion, train_and_export
+
+pytestmark = pytest.mark.slow  # trains three small models (~1 min on 2 cores)
+
+SMALL = {"channels": 16, "code_channels": 8, "hyper_channels": 8}
+
+
+def _spatial(
+    root: Path, entropy: str, data: str = "fashion-mnist", limit: int = 3000, epochs: int = 2
+) -> Path:
+    return train_and_export(
+        root, "spatial", {**SMALL, "entropy": entropy}, data=data, epochs=epochs, limit=limit, batch_size=32,
+        lr=2e-3, rd_lambda=0.01, quant_noise="mixed", quant="learned", test_limit=300, fit_items=2000,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def hyper_bundle(tmp_path_factory) -> Path:
+    need_fashion()
+    return _spatial(tmp_path_factory.mktemp("map-hyper"), "hyperprior")
+
+
+@pytest.fixture(scope="module")
+def factorized_bundle(tmp_path_factory) -> Path:
+    need_fashion()
+    return _spatial(tmp_path_factory.mktemp("map-fact"), "factorized")
+
+
+def photo_crops(n: int = 1500, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Random size x size crops of scikit-image's colour photographs, (n, 3, size, size) uint8."""
+    from skimage import data
+
+    photos = [data.chelsea(), data.coffee(), data.rocket(), data.hubble_deep_field()]
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 3, size, size), np.uint8)
+    for i in range(n):
+        p = photos[i % len(photos)]
+        y, x = rng.integers(0, p.shape[0] - size), rng.integers(0, p.shape[1] - size)
+        out[i] = np.moveaxis(p[y : y + size, x : x + size, :3], -1, 0)
+    return out
+
+
+@pytest.fixture(scope="module")
+def colour_bundle(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("map-colour")
+    crops = photo_crops()
+    np.savez(root / "crops.npz", x_train=crops[:1200], x_test=crops[1200:])
+    return _spatial(root, "hyperprior", data=str(root / "crops.npz"), limit=0, epochs=4)
+
+
+def _flat_colour_psnr(x: np.ndarray) -> float:
+    """PSNR of the items' own mean colour: what a codec that keeps nothing but 3 numbers achieves."""
+    return _psnr(x, np.broadcast_to(x.mean(axis=(2, 3), keepdims=True).round(), x.shape))
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = float(((a.astype(np.float64) - b.astype(np.float64)) ** 2).mean())
+    return 10 * np.log10(255.0**2 / max(mse, 1e-12))
+
+
+# ---- any size ---------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("size", [(13, 37), (1, 1), (1, 9), (4, 4), (5, 3), (28, 28), (30, 41)])
+def test_items_of_any_size_come_back_at_their_size(hyper_bundle, size):
+    codec = Codec.open(hyper_bundle)
+    assert isinstance(codec, MapCodec)
+    h, w = size
+    x = np.ascontiguousarray(fashion_test_items(4)[:, :, :h, :w]) if h <= 28 and w <= 28 else None
+    if x is None:
+        x = np.random.default_rng(1).integers(0, 256, (4, 1, h, w), dtype=np.uint8)
+    payloads = codec.encode(x)
+    assert codec.output_shapes(payloads).tolist() == [[1, h, w]] * 4  # the size travels in the payload
+    rec = codec.decode(payloads)
+    assert rec.shape == x.shape and rec.dtype == np.uint8
+
+
+def test_padding_replicates_edges_and_the_crop_keeps_the_top_left(hyper_bundle):
+    """A 13x37 item is coded as its edge-replicated 16x40 padding; decoding crops that back exactly."""
+    codec = Codec.open(hyper_bundle)
+    x = np.random.default_rng(2).integers(0, 256, (3, 1, 13, 37), dtype=np.uint8)
+    padded = np.pad(x, ((0, 0), (0, 0), (0, 3), (0, 3)), mode="edge")
+    small = codec.decode(codec.encode(x), unit=True)
+    big = codec.decode(codec.encode(padded), unit=True)
+    np.testing.assert_array_equal(small, big[:, :, :13, :37])
+
+
+def test_quality_of_a_trained_map_bundle_beats_its_mean_image(hyper_bundle):
+    codec = Codec.open(hyper_bundle)
+    x = fashion_test_items(300)
+    rec = codec.decode(codec.encode(x))
+    mean_image = np.broadcast_to(x.mean(0, keepdims=True).round(), x.shape)
+    assert _psnr(x, rec) > _psnr(x, mean_image) + 3.0
+
+
+def test_one_batch_must_share_a_size_and_decode_each_takes_a_mix(hyper_bundle):
+    codec = Codec.open(hyper_bundle)
+    items = fashion_test_items(2)
+    a = codec.encode(items[:, :, :10, :12])
+    b = codec.encode(items[:, :, :28, :20])
+    with pytest.raises(PayloadError, match="share a size.*10x12 and 28x20"):
+        codec.decode([a[0], b[0]])
+    mixed = codec.decode_each([a[0], b[0], a[1]])
+    assert [m.shape for m in mixed] == [(1, 10, 12), (1, 28, 20), (1, 10, 12)]
+    np.testing.assert_array_equal(mixed[2], codec.decode([a[1]])[0])
+    assert codec.first_invalid([a[0], b[0], a[1]]) is None
+    assert codec.first_invalid([a[0], b[0][:-2] + b"\xff\xff", a[1]]) in (1, None)  # ANS may accept garbage
+    assert codec.first_invalid([a[0], b"\x00", a[1]]) == 1
+
+
+def test_factorized_map_bundle_round_trips_any_size(factorized_bundle):
+    codec = Codec.open(factorized_bundle)
+    assert codec.format == "map+factorized"
+    x = fashion_test_items(5)[:, :, 3:22, 2:27]
+    rec = codec.decode(codec.encode(x))
+    assert rec.shape == x.shape
+    assert _psnr(x, rec) > 14
+
+
+def test_colour_items_and_a_real_photograph(colour_bundle):
+    from skimage import data
+
+    codec = Codec.open(colour_bundle)
+    assert codec.input.shape[0] == 3 and codec.input.any_size
+    photo = np.moveaxis(data.astronaut(), -1, 0)[None]  # 512 x 512 colour, never seen in training
+    payloads = codec.encode(photo)
+    rec = codec.decode(payloads)
+    assert rec.shape == photo.shape
+    assert len(payloads[0]) < photo.nbytes / 8  # compressed, not stored
+    assert _psnr(photo, rec) > _flat_colour_psnr(photo) + 5
+    with pytest.raises(DataError, match="3-channel"):
+        codec.encode(fashion_test_items(1))
+
+
+def test_a_photograph_through_the_edge_client_and_the_cloud_server(colour_bundle, tmp_path):
+    """edge.cli evaluate over a real photograph file against a real server holding the colour bundle."""
+    from PIL import Image
+    from skimage import data
+
+    from cloud.server import build_server
+    from edge.cli import main as edge_main
+
+    photo = data.coffee()[:301, :413]  # 301 x 413: neither side a multiple of the stride
+    Image.fromarray(photo).save(tmp_path / "coffee.png")
+    running = build_server(colour_bundle, "127.0.0.1:0", workers=2)
+    try:
+        report = tmp_path / "report.json"
+        rc = edge_main(
+            ["evaluate", "--bundle", str(colour_bundle), "--server", f"127.0.0.1:{running.port}",
+             "--data", str(tmp_path / "coffee.png"), "--json", str(report), "--no-progress",
+             "--keep-reconstructions", str(tmp_path / "rec.npy")]
+        )  # fmt: skip
+    finally:
+        running.stop(grace=1.0)
+    assert rc == 0
+    r = json.loads(report.read_text())
+    rec = np.load(tmp_path / "rec.npy")
+    assert rec.shape == (1, 3, 301, 413)
+    local = _psnr(np.moveaxis(photo, -1, 0)[None], rec)
+    assert r["psnr"] == pytest.approx(local, abs=0.05)  # the cloud measured what the edge received
+    assert r["psnr"] > _flat_colour_psnr(np.moveaxis(photo, -1, 0)[None]) + 5
+
+
+# ---- the server's view: budgets from the size header, sizes per request ------------------------------------------
+def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_bundle):
+    from cloud.server import build_server
+
+    codec = Codec.open(hyper_bundle)
+    x = fashion_test_items(3)[:, :, :17, :26]
+    payloads = codec.encode(x)
+    running = build_server(hyper_bundle, "127.0.0.1:0", workers=2)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            stub = pb_grpc.DecodingStub(ch)
+            resp = stub.Decode(
+                pb.DecodeRequest(codes=codec.to_batch(payloads), originals=to_tensor(x)), timeout=30
+            )
+            assert list(resp.reconstructions.shape) == [3, 1, 17, 26]
+            assert resp.quality.batch_psnr == pytest.approx(_psnr(x, codec.decode(payloads)), abs=0.01)
+            # A few bytes that claim a 30000 x 30000 item: refused from the header, before any decoding.
+            bomb = put_varint(30000) + put_varint(30000) + b"\x01\x02\x03"
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Decode(pb.DecodeRequest(codes=codec.to_batch([bomb])), timeout=30)
+            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+            assert "3,600,000,000 bytes" in err.value.details()
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Decode(
+                    pb.DecodeRequest(codes=codec.to_batch([payloads[0], codec.encode(x[:1, :, :5, :5])[0]]))
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "share a size" in err.value.details()
+            for bad in (b"", b"\x80", put_varint(0) + put_varint(4), put_varint(40000) + put_varint(1)):
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Decode(pb.DecodeRequest(codes=codec.to_batch([bad])), timeout=30)
+                assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
+            with pytest.raises(grpc.RpcError) as err:  # originals must match the items' own size
+                stub.Decode(
+                    pb.DecodeRequest(codes=codec.to_batch(payloads), originals=to_tensor(x[:, :, :16]))
+                )
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+            assert "[3, 1, 17, 26]" in err.value.details()
+    finally:
+        running.stop(grace=1.0)
+
+
+# ---- the payload format -------------------------------------------------------------------------------------
+def test_size_header_varints_round_trip_and_truncation_is_an_error():
+    for v in (0, 1, 127, 128, 300, 32768, 1 << 20):
+        assert get_varint(put_varint(v), 0) == (v, len(put_varint(v)))
+    with pytest.raises(PayloadError):
+        get_varint(b"\x80\x80", 0)
+
+
+def test_map_manifest_round_trips_and_refuses_inconsistent_tables(hyper_bundle, tmp_path):
+    m = load_bundle(hyper_bundle).manifest
+    assert isinstance(m.payload, MapPayload)
+    again = Manifest.from_json(m.to_json())
+    assert again.payload.to_dict() == m.payload.to_dict()
+    assert again.compute_hash(b"e", b"d") == m.compute_hash(b"e", b"d")
+    d = json.loads(m.to_json())
+    d["payload"]["hyper_decoder"]["thresholds"] = d["payload"]["hyper_decoder"]["thresholds"][:-1]
+    with pytest.raises(BundleError, match="thresholds"):
+        Manifest.from_dict(d)
+    d = json.loads(m.to_json())
+    d["payload"]["grid_bits"] += 1
+    with pytest.raises(BundleError, match="grid"):
+        Manifest.from_dict(d)
+
+
+# ---- decoding cannot diverge: table selection is integer arithmetic ---------------------------------------------------
+def _reference_indices(hd: IntegerHyperDecoder, z: np.ndarray) -> np.ndarray:
+    """The integer hyper-decoder written out with Python ints, loop by loop (an independent implementation)."""
+    n, c, hz, wz = z.shape
+    up = [[[[int(z[i, ch, u // 2, v // 2]) for v in range(2 * wz)] for u in range(2 * hz)] for ch in range(c)]
+          for i in range(n)]  # fmt: skip
+
+    def conv(x, w, b):
+        out = []
+        for xi in x:
+            h, wd = len(xi[0]), len(xi[0][0])
+            o = [[[int(b[oc]) for _ in range(wd)] for _ in range(h)] for oc in range(w.shape[0])]
+            for oc in range(w.shape[0]):
+                for ic in range(len(xi)):
+                    for u in range(h):
+                        for v in range(wd):
+                            acc = 0
+                            for a in range(3):
+                                for bb in range(3):
+                                    uu, vv = u + a - 1, v + bb - 1
+                                    if 0 <= uu < h and 0 <= vv < wd:
+                                        acc += xi[ic][uu][vv] * int(w[oc, ic, a, bb])
+                            o[oc][u][v] += acc
+            out.append(o)
+        return out
+
+    a1 = [[[[max(v, 0) for v in row] for row in ch] for ch in item] for item in conv(up, hd.w1, hd.b1)]
+    units = conv(a1, hd.w2, hd.b2)
+    thr = [int(t) for t in hd.thresholds]
+    return np.asarray(
+        [[[[sum(1 for t in thr if t <= v) for v in row] for row in ch] for ch in item] for item in units]
+    )
+
+
+def _adversarial_decoder(seed: int = 0) -> tuple[IntegerHyperDecoder, np.ndarray]:
+    """Random weights, and thresholds placed exactly on values the output takes: every such element sits on a
+    table boundary, where any rounding difference in a floating-point hyper-decoder would flip its table."""
+    rng = np.random.default_rng(seed)
+    nh, m = 3, 4
+    hd = IntegerHyperDecoder.from_float(
+        rng.normal(0, 0.3, (nh, nh, 3, 3)), rng.normal(0, 0.1, nh), rng.normal(0, 0.3, (m, nh, 3, 3)),
+        rng.normal(0, 0.1, m), [0.0], frac_bits=10,
+    )  # fmt: skip
+    z = rng.integers(-6, 7, (5, nh, 3, 4))
+    units = hd.log_scale_units(z)
+    hd.thresholds = np.unique(units)[:: max(1, units.size // 40)]
+    return hd, z
+
+
+def test_integer_hyper_decoder_matches_an_independent_integer_implementation():
+    hd, z = _adversarial_decoder()
+    np.testing.assert_array_equal(hd.indices(z, (6, 8)), _reference_indices(hd, z))
+
+
+def test_a_float_hyper_decoder_would_flip_tables_on_a_one_ulp_change_and_the_integer_one_cannot():
+    """The hazard this design removes, shown on the adversarial input: the same hyper-decoder in float32 with its
+    weights one ulp up or down selects different tables; the integer decoder's selection is a function of
+    integers only and equals the independent reference."""
+    import torch
+
+    hd, z = _adversarial_decoder()
+    f = float(1 << hd.frac_bits)
+    conv = torch.nn.functional.conv2d
+
+    def float_indices(w1, b1, w2, b2):
+        x = torch.from_numpy(z.astype(np.float32).repeat(2, axis=2).repeat(2, axis=3))
+        a = torch.relu(conv(x, torch.from_numpy(w1), torch.from_numpy(b1), padding=1))
+        s = conv(a, torch.from_numpy(w2), torch.from_numpy(b2), padding=1).numpy()
+        return np.searchsorted((hd.thresholds / (f * f)).astype(np.float32), s, side="right")
+
+    w1, b1 = (hd.w1 / f).astype(np.float32), (hd.b1 / f).astype(np.float32)
+    w2, b2 = (hd.w2 / f).astype(np.float32), (hd.b2 / (f * f)).astype(np.float32)
+    up = float_indices(np.nextafter(w1, np.float32(9)), b1, np.nextafter(w2, np.float32(9)), b2)
+    down = float_indices(np.nextafter(w1, np.float32(-9)), b1, np.nextafter(w2, np.float32(-9)), b2)
+    assert (up != down).any(), "the adversarial input should expose a float hyper-decoder"
+    np.testing.assert_array_equal(hd.indices(z, (6, 8)), _reference_indices(hd, z))
+
+
+def test_a_one_ulp_perturbation_of_the_float_path_selects_the_same_tables(hyper_bundle):
+    """The encoder's float outputs one ulp up or down: the same symbols, the same payload bytes, the same tables;
+    and the decoder's float path (dequantised codes, decoder.onnx) takes no part in parsing a stream."""
+    x = fashion_test_items(30)
+    codec = Codec.open(hyper_bundle)
+    ref = codec.encode(x)
+    _, ref_y, ref_z = codec.payload.unpack(ref)
+    ref_idx = codec.payload.table_indices(ref_y.shape, ref_z)
+    analysis = codec.transforms.analysis
+    for target in (np.float32(1e9), np.float32(-1e9)):
+
+        def nudged(x_unit, target=target):
+            code, side = analysis(x_unit)
+            return np.nextafter(code, target), {k: np.nextafter(v, target) for k, v in side.items()}
+
+        codec.transforms.analysis = nudged  # type: ignore[method-assign]
+        assert codec.encode(x) == ref
+        _, y, z = codec.payload.unpack(ref)
+        np.testing.assert_array_equal(codec.payload.table_indices(y.shape, z), ref_idx)
+    codec.transforms.analysis = analysis  # type: ignore[method-assign]
+    codec.payload.dequantize = lambda s: (_ for _ in ()).throw(AssertionError("parsing used floats"))  # type: ignore[method-assign]
+    sizes, y, z = codec.payload.unpack(ref)
+    np.testing.assert_array_equal(y, ref_y)
+
+
+def test_symbols_and_tables_are_identical_across_batch_sizes_and_thread_counts(hyper_bundle):
+    x = fashion_test_items(40)
+    payloads = Codec.open(hyper_bundle).encode(x)
+    ref_sizes, ref_y, ref_z = Codec.open(hyper_bundle, threads=1).payload.unpack(payloads)
+    for threads in (1, 2):
+        codec = Codec.open(hyper_bundle, threads=threads)
+        one_by_one = np.concatenate([codec.payload.unpack([p])[1] for p in payloads])
+        np.testing.assert_array_equal(one_by_one, ref_y)
+        idx_all = codec.payload.table_indices(ref_y.shape, ref_z)
+        idx_one = np.concatenate(
+            [codec.payload.table_indices(ref_y[i : i + 1].shape, ref_z[i : i + 1]) for i in range(40)]
+        )
+        np.testing.assert_array_equal(idx_all, idx_one)
+        assert len(np.unique(idx_all)) > 3  # the hyperprior really picks different tables
+
+
+def test_symbols_are_bit_identical_in_another_process(hyper_bundle, tmp_path):
+    """Another interpreter, one ORT and BLAS thread, decodes the same payloads to the same symbols."""
+    payloads = Codec.open(hyper_bundle).encode(fashion_test_items(25))
+    (tmp_path / "p.json").write_text(json.dumps([p.hex() for p in payloads]))
+    here = Codec.open(hyper_bundle).payload.unpack(payloads)[1]
+    script = (
+        "import json,sys,hashlib; from latent_codec.codec import Codec;"
+        f"p=[bytes.fromhex(h) for h in json.load(open({str(tmp_path / 'p.json')!r}))];"
+        f"c=Codec.open({str(hyper_bundle)!r}, threads=1); y=c.payload.unpack(p)[1];"
+        "print(hashlib.sha256(y.tobytes()).hexdigest())"
+    )
+    env = {
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+        "PATH": "/usr/bin:/bin",
+    }
+    out = subprocess.run(
+        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.strip() == hashlib.sha256(here.tobytes()).hexdigest()
+
+
+def test_float16_weights_halve_the_bundle_and_keep_its_quality(hyper_bundle, tmp_path):
+    from training.export import export_bundle
+
+    ckpt = hyper_bundle.parent / "spatial.pt"
+    m16 = export_bundle(ckpt, tmp_path / "f16", quant="learned", fit_items=2000, test_limit=300, weights="float16")
+    m32 = load_bundle(hyper_bundle).manifest
+    for name in ("encoder.onnx", "decoder.onnx"):
+        assert (tmp_path / "f16" / name).stat().st_size < 0.8 * (hyper_bundle / name).stat().st_size  # tiny model: graph overhead
+    assert m16.training["weights"] == "float16" and m16.bundle_id != m32.bundle_id
+    assert abs(m16.metrics["test"]["psnr"] - m32.metrics["test"]["psnr"]) < 0.2
+    assert m16.training["onnx_parity"]["decoder_max_abs_diff"] <= 1e-4

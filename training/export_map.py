@@ -1,0 +1,127 @@
+"""Export a spatial (code-map) checkpoint: dynamic-size ONNX graphs and the map payload's integer tables.
+
+Called by training/export.py for models that carry their own entropy model. The tables:
+- ŷ grid: the fewest bits whose integer range holds the rounded training codes (≤ 12);
+- "factorized": the learned per-channel prior tabulated on that grid;
+- "hyperprior": Gaussian tables for the 64 scales of training/models/spatial.py's scale table, the
+  learned per-channel prior of ẑ, and the hyper-decoder h_s as integers (IntegerHyperDecoder).
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from latent_codec.bundle import InputSpec, Manifest
+from latent_codec.codec import OnnxTransforms
+from latent_codec.codemap import IntegerHyperDecoder, MapPayload, gaussian_tables
+from latent_codec.errors import CodecError
+from latent_codec.map_codec import MapCodec
+from latent_codec.payload import FactorizedPrior
+from training.data import load_split
+from training.onnx_export import export_map_graphs, map_parity, store_weights_as_float16
+from training.rate import grid_bits
+
+HYPER_FRAC_BITS = 10  # the integer hyper-decoder's fixed point: weights x 1024
+
+
+def export_map_bundle(
+    model, cfg: dict, record: dict, checkpoint: Path, out: Path, data: str, fit_items: int, test_limit: int,
+    force: bool, weights: str = "float32",
+) -> Manifest:  # fmt: skip
+    from training.export import check_out, write_bundle
+    from training.models.spatial import log_scale_thresholds, scale_table
+
+    train = load_split(data, "train", fit_items)
+    test = load_split(data, "test", test_limit)
+    if train.item_shape[0] != model.input_shape[0]:
+        raise CodecError(
+            f"data items have {train.item_shape[0]} channels, model was trained on {model.input_shape[0]}"
+        )
+    check_out(out, force)
+    input_spec = InputSpec.of_items(train.x, output=model.output, loss=model.loss_name)
+    input_spec.any_size = True
+    x0 = input_spec.to_unit(train.x[:8])
+    codec0 = MapCodec(input_spec, model.code_shape, _placeholder(model), OnnxTransforms(None, None, [], []))
+    sample = torch.from_numpy(codec0.pad(x0))
+    enc_bytes, dec_bytes = export_map_graphs(model, sample)
+    if weights == "float16":  # the weights were rounded to float16 by export_bundle
+        enc_bytes, dec_bytes = store_weights_as_float16(enc_bytes), store_weights_as_float16(dec_bytes)
+    odd = input_spec.to_unit(test.x[:16])[:, :, :13, :22]  # a size that is not a multiple of the stride
+    par = map_parity(model, enc_bytes, dec_bytes, [torch.from_numpy(codec0.pad(input_spec.to_unit(test.x[:64]))),
+                                                   torch.from_numpy(codec0.pad(odd))])  # fmt: skip
+
+    # The grids: rounded training codes as ONNX Runtime computes them.
+    hyper = model.entropy == "hyperprior"
+    transforms = OnnxTransforms.from_graphs(enc_bytes, None, ["hyper"] if hyper else [], model.code_shape)
+    fitting = MapCodec(input_spec, model.code_shape, _placeholder(model), transforms)
+    ys, zs = [], []
+    for i in range(0, len(train.x), 1000):
+        y, side = fitting.analyse(fitting.scale(train.x[i : i + 1000]))
+        ys.append(torch.from_numpy(y))
+        if hyper:
+            zs.append(torch.from_numpy(side["hyper"]))
+    yb = grid_bits(torch.cat(ys))
+    with torch.no_grad():
+        if hyper:
+            zb = grid_bits(torch.cat(zs))
+            zlo, zhi = -(1 << (zb - 1)), (1 << (zb - 1)) - 1
+            h1, h2 = model.h_s[0], model.h_s[2]
+            payload = MapPayload(
+                "hyperprior",
+                model.args["code_channels"],
+                model_stride(),
+                yb,
+                gaussian_tables(scale_table(), yb),
+                model.args["hyper_channels"],
+                2,
+                zb,
+                FactorizedPrior.from_probabilities(model.z_prior.table(zlo, zhi).numpy()),
+                IntegerHyperDecoder.from_float(
+                    h1.weight.numpy(),
+                    h1.bias.numpy(),
+                    h2.weight.numpy(),
+                    h2.bias.numpy(),
+                    log_scale_thresholds(),
+                    HYPER_FRAC_BITS,
+                ),  # fmt: skip
+            )
+        else:
+            lo, hi = -(1 << (yb - 1)), (1 << (yb - 1)) - 1
+            probs = model.y_prior.table(lo, hi).numpy()
+            payload = MapPayload("factorized", model.args["code_channels"], model_stride(), yb,
+                                 FactorizedPrior.from_probabilities(probs))  # fmt: skip
+    manifest = Manifest(
+        model={"name": model.registry_name, "args": model.args},
+        input=input_spec,
+        code_shape=list(model.code_shape),
+        payload=payload,
+        training={
+            "checkpoint": checkpoint.name,
+            "config": cfg,
+            "data": record.get("data", {}),
+            "final": (record.get("history") or [{}])[-1],
+            "quantizer_fit_items": int(len(train)),
+            "onnx_parity": par,
+            "weights": weights,
+            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        },
+    )
+    manifest.seal(enc_bytes, dec_bytes)
+    write_bundle(out, manifest, enc_bytes, dec_bytes, test, force)
+    return manifest
+
+
+def model_stride() -> int:
+    from training.models.spatial import STRIDE
+
+    return STRIDE
+
+
+def _placeholder(model) -> MapPayload:
+    """A payload spec good enough for padding and analysis before the tables exist."""
+    return MapPayload("factorized", model.args["code_channels"], model_stride(), 2,
+                      FactorizedPrior(np.full((model.args["code_channels"], 4), 1 << 14, np.int64)))  # fmt: skip

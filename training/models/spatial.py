@@ -1,0 +1,187 @@
+"""Spatial code maps: a fully convolutional autoencoder whose code is a feature map (seed 000's z_u x z_v x l).
+
+    x (C, H, W) ─g_a─► y (M, H/4, W/4) ─round─► ŷ ─g_s─► x̃ (C, H, W)
+                        └─h_a─► z (Nh, ⌈H/8⌉, ⌈W/8⌉) ─round─► ẑ ─h_s─► log σ of every element of y
+
+The same weights encode items of any height and width: the codec pads an item to a multiple of
+STRIDE (edge replication) and crops the reconstruction back to the size carried in its payload.
+g_a and g_s use GDN / IGDN (Ballé et al. 2017) between strided convolutions.
+
+The entropy model of ŷ is either
+- "factorized": one learned distribution per channel of y (Ballé et al. 2017), or
+- "hyperprior": a zero-mean Gaussian per element whose scale comes from side information ẑ
+  (Ballé et al. 2018), ẑ itself under a per-channel factorised prior.
+
+h_s is trained in floating point here but shipped as integers (latent_codec/codemap.py's
+IntegerHyperDecoder: weights times 2^F, int64 arithmetic, integer thresholds on log σ), so the
+choice of probability table for each element depends only on integer arithmetic over the decoded
+ẑ and cannot differ between machines, thread counts or batch sizes. Nothing of this module runs on
+the edge or in the cloud: the exported graphs are g_a + h_a (encoder.onnx) and g_s (decoder.onnx).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..rate import FactorizedLogisticPrior, quantize_proxy
+from ..registry import register_model
+from .base import Autoencoder
+
+STRIDE = 4  # g_a's total downsampling: items are padded to a multiple of it
+HYPER_STRIDE = 2  # h_a's further downsampling of y
+SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64  # the Gaussian scale table (CompressAI's values)
+LIKELIHOOD_FLOOR = 1e-9
+ENTROPY_MODELS = ("hyperprior", "factorized")
+
+
+def scale_table() -> list[float]:
+    """The scales σ_k whose integer frequency tables a hyperprior bundle ships, log-spaced."""
+    lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
+    return [math.exp(lo + (hi - lo) * k / (SCALE_LEVELS - 1)) for k in range(SCALE_LEVELS)]
+
+
+def log_scale_thresholds() -> list[float]:
+    """Boundaries between neighbouring table scales in log σ (geometric midpoints): index = #thresholds below."""
+    s = [math.log(v) for v in scale_table()]
+    return [(a + b) / 2 for a, b in zip(s, s[1:])]
+
+
+class GDN(nn.Module):
+    """Generalised divisive normalisation: x_i / sqrt(β_i + Σ_j γ_ij x_j²); inverse: times instead of over."""
+
+    def __init__(self, channels: int, inverse: bool = False):
+        super().__init__()
+        self.inverse = inverse
+        self.beta = nn.Parameter(torch.ones(channels))
+        self.gamma = nn.Parameter(0.1 * torch.eye(channels))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        beta = self.beta.abs() + 1e-6
+        gamma = self.gamma.abs()
+        norm = torch.sqrt(F.conv2d(x * x, gamma[:, :, None, None], beta))
+        return x * norm if self.inverse else x / norm
+
+
+def _conv(c_in: int, c_out: int, k: int, stride: int = 1) -> nn.Conv2d:
+    return nn.Conv2d(c_in, c_out, k, stride=stride, padding=k // 2)
+
+
+def _deconv(c_in: int, c_out: int, k: int) -> nn.ConvTranspose2d:
+    return nn.ConvTranspose2d(c_in, c_out, k, stride=2, padding=k // 2, output_padding=1)
+
+
+def gaussian_likelihood(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """P(unit bin around y) under N(0, σ²), with the tail-safe form (CompressAI's)."""
+    v = y.abs()
+    upper = 0.5 * torch.erfc(-(0.5 - v) / (scale * math.sqrt(2)))
+    lower = 0.5 * torch.erfc(-(-0.5 - v) / (scale * math.sqrt(2)))
+    return (upper - lower).clamp_min(LIKELIHOOD_FLOOR)
+
+
+@register_model("spatial")
+class SpatialAutoencoder(Autoencoder):
+    """channels N in g_a/g_s, code_channels M in y, hyper_channels Nh in z; gdn off = ReLU."""
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        channels: int = 64,
+        code_channels: int = 32,
+        hyper_channels: int = 24,
+        entropy: str = "hyperprior",
+        gdn: bool = True,
+        output: str = "linear",
+        standardize: bool = False,
+        loss: str | None = None,
+    ):
+        super().__init__(input_shape, output, standardize, loss)
+        if entropy not in ENTROPY_MODELS:
+            raise ValueError(f"entropy must be one of {ENTROPY_MODELS}, got {entropy!r}")
+        if standardize:
+            raise ValueError("spatial models take any item size: per-pixel standardisation does not apply")
+        c, n, m, nh = int(input_shape[0]), int(channels), int(code_channels), int(hyper_channels)
+        self.args.update(
+            {"channels": n, "code_channels": m, "hyper_channels": nh, "entropy": entropy, "gdn": bool(gdn)}
+        )
+        self.entropy = entropy
+
+        def act(ch: int, inverse: bool = False) -> nn.Module:
+            return GDN(ch, inverse) if gdn else nn.ReLU()
+
+        self.g_a = nn.Sequential(_conv(c, n, 5, 2), act(n), _conv(n, n, 5, 2), act(n), _conv(n, m, 3))
+        self.g_s = nn.Sequential(
+            _conv(m, n, 3), act(n, True), _deconv(n, n, 5), act(n, True), _deconv(n, c, 5)
+        )
+        if entropy == "hyperprior":
+            self.h_a = nn.Sequential(_conv(m, nh, 3), nn.ReLU(), _conv(nh, nh, 5, HYPER_STRIDE))
+            # Nearest-neighbour upsampling + two 3x3 convolutions: simple to run exactly in integers.
+            self.h_s = nn.Sequential(_conv(nh, nh, 3), nn.ReLU(), _conv(nh, m, 3))
+            self.z_prior = FactorizedLogisticPrior(nh)
+        else:
+            self.y_prior = FactorizedLogisticPrior(m)
+
+    # ---- the two exported graphs ------------------------------------------------------------------
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """Padded input (H, W multiples of STRIDE) -> (y, {"hyper": z before rounding} with a hyperprior)."""
+        y = self.g_a(x)
+        return y, ({"hyper": self.h_a(y)} if self.entropy == "hyperprior" else {})
+
+    def decode_logits(self, code: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
+        return self.g_s(code)
+
+    # ---- the hyper-decoder, as training sees it --------------------------------------------------------
+    def log_scales(self, z_hat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """log σ for every element of y from ẑ (float; the bundle ships its integer twin)."""
+        up = F.interpolate(z_hat, scale_factor=HYPER_STRIDE, mode="nearest")
+        return self.h_s(up)[..., : size[0], : size[1]]
+
+    # ---- training ---------------------------------------------------------------------------------------
+    @staticmethod
+    def pad_amounts(h: int, w: int) -> tuple[int, int]:
+        return (-h) % STRIDE, (-w) % STRIDE
+
+    def forward(self, x01: torch.Tensor) -> dict[str, torch.Tensor]:
+        h, w = x01.shape[-2:]
+        ph, pw = self.pad_amounts(h, w)
+        x = F.pad(x01, (0, pw, 0, ph), mode="replicate") if ph or pw else x01
+        y, side = self.encode(x)
+        proxy = self.quant_proxy if self.quant_proxy != "none" else "none"
+        y_dec = quantize_proxy(y, proxy, self.training) if proxy != "none" else y
+        logits = self.decode_logits(y_dec, side)[..., :h, :w]
+        out = {"code": y, "side": side, "logits": logits, "x_hat": self.activate(logits)}
+        if proxy != "none":
+            out["bits"] = self.bits(y, side)
+        return out
+
+    def _noisy(self, v: torch.Tensor) -> torch.Tensor:
+        return v + torch.empty_like(v).uniform_(-0.5, 0.5) if self.training else torch.round(v)
+
+    @staticmethod
+    def _channel_rows(v: torch.Tensor) -> torch.Tensor:
+        return v.permute(0, 2, 3, 1).reshape(-1, v.shape[1])
+
+    def bits(self, y: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
+        """Bits per item (N,) of ŷ (and ẑ) under the entropy model, with noise as rounding's proxy."""
+        n = y.shape[0]
+        y_t = self._noisy(y)
+        if self.entropy == "factorized":
+            return -torch.log2(self.y_prior.likelihood(self._channel_rows(y_t))).reshape(n, -1).sum(1)
+        z_t = self._noisy(side["hyper"])
+        z_bits = -torch.log2(self.z_prior.likelihood(self._channel_rows(z_t))).reshape(n, -1).sum(1)
+        lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
+        scale = torch.exp(self.log_scales(z_t, tuple(y.shape[-2:])).clamp(lo, hi))
+        y_bits = -torch.log2(gaussian_likelihood(y_t, scale)).flatten(1).sum(1)
+        return y_bits + z_bits
+
+    @torch.no_grad()
+    def init_priors(self, x01: torch.Tensor) -> None:
+        """Data-dependent start of the factorised priors on one batch's codes."""
+        y, side = self.encode(x01)
+        if self.entropy == "factorized":
+            self.y_prior.init_from(self._channel_rows(y))
+        else:
+            self.z_prior.init_from(self._channel_rows(side["hyper"]))
