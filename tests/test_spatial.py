@@ -404,3 +404,19 @@ def test_float16_weights_halve_the_bundle_and_keep_its_quality(hyper_bundle, tmp
     assert m16.training["weights"] == "float16" and m16.bundle_id != m32.bundle_id
     assert abs(m16.metrics["test"]["psnr"] - m32.metrics["test"]["psnr"]) < 0.2
     assert m16.training["onnx_parity"]["decoder_max_abs_diff"] <= 1e-4
+
+
+def test_triton_repository_of_a_map_bundle_has_dynamic_height_and_width(hyper_bundle, tmp_path):
+    import onnx
+
+    from training.triton import TritonOptions, write_repository
+
+    dirs = write_repository(hyper_bundle, tmp_path / "repo", TritonOptions())
+    dec = next(d for d in dirs if d.name.endswith("-decoder"))
+    enc = next(d for d in dirs if d.name.endswith("-encoder"))
+    assert "dims: [ 8, -1, -1 ]" in (dec / "config.pbtxt").read_text()  # code map: 8 channels, any size
+    assert "dims: [ 1, -1, -1 ]" in (enc / "config.pbtxt").read_text()
+    for d in (dec, enc):
+        graph = onnx.load(str(d / "1" / "model.onnx")).graph
+        dims = graph.input[0].type.tensor_type.shape.dim
+        assert all(x.dim_param and not x.dim_value for x in (dims[0], dims[2], dims[3]))  # symbolic N, H, W

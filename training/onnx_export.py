@@ -220,7 +220,9 @@ def store_weights_as_float16(graph: bytes, min_values: int = 16) -> bytes:
             kept.append(init)
             continue
         half = arr.astype(np.float16)
-        if not np.array_equal(half.astype(np.float32), arr):  # a constant folded from weights (GDN's |beta| + eps)
+        if not np.array_equal(
+            half.astype(np.float32), arr
+        ):  # a constant folded from weights (GDN's |beta| + eps)
             kept.append(init)
             continue
         kept.append(numpy_helper.from_array(half, init.name + "__f16"))

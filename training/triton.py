@@ -57,9 +57,19 @@ class TritonOptions:
 
 def graph_tensors(m: Manifest, graph: str) -> tuple[list[Tensor], list[Tensor]]:
     """(inputs, outputs) of encoder.onnx or decoder.onnx as the manifest describes them (per item)."""
+    if m.input.any_size:  # spatial code maps: height and width are dynamic (-1) in both graphs
+        c, ch = m.input.shape[0], m.code_shape[0]
+        x, x_hat = Tensor("x", "TYPE_FP32", [c, -1, -1]), Tensor("x_hat", "TYPE_FP32", [c, -1, -1])
+        code = Tensor("code", "TYPE_FP32", [ch, -1, -1])
+        hyper = [Tensor("hyper", "TYPE_FP32", [-1, -1, -1])] if m.payload.format == "map+hyperprior" else []
+        if graph == "encoder":
+            return [x], [code, *hyper]
+        if graph == "decoder":
+            return [code], [x_hat]
+        raise ValueError(f"graph must be encoder or decoder, got {graph!r}")
     x = Tensor("x", "TYPE_FP32", list(m.input.shape))
     code = Tensor("code", "TYPE_FP32", list(m.code_shape))
-    side = [Tensor(f.name, "TYPE_INT64", list(f.shape)) for f in m.payload.side]
+    side = [Tensor(f.name, "TYPE_INT64", list(f.shape)) for f in getattr(m.payload, "side", [])]
     if graph == "encoder":
         return [x], [code, *side]
     if graph == "decoder":
@@ -71,7 +81,12 @@ def derived_max_batch(m: Manifest, opts: TritonOptions) -> int:
     """The largest power of two of items whose input and output tensors (4 bytes a value) fit in batch_mib."""
     if opts.max_batch_size:
         return opts.max_batch_size
-    values = math.prod(m.input.shape) * 2 + math.prod(m.code_shape) + sum(f.numel for f in m.payload.side)
+    # For items of any size, the training items' size (manifest input.shape) stands for a typical item.
+    values = (
+        math.prod(m.input.shape) * 2
+        + math.prod(m.code_shape)
+        + sum(f.numel for f in getattr(m.payload, "side", []))
+    )
     fit = int(opts.batch_mib * (1 << 20) // (4 * values))
     return max(1, min(opts.batch_cap, 1 << (fit.bit_length() - 1) if fit else 1))
 
