@@ -397,10 +397,14 @@ def test_float16_weights_halve_the_bundle_and_keep_its_quality(hyper_bundle, tmp
     from training.export import export_bundle
 
     ckpt = hyper_bundle.parent / "spatial.pt"
-    m16 = export_bundle(ckpt, tmp_path / "f16", quant="learned", fit_items=2000, test_limit=300, weights="float16")
+    m16 = export_bundle(
+        ckpt, tmp_path / "f16", quant="learned", fit_items=2000, test_limit=300, weights="float16"
+    )
     m32 = load_bundle(hyper_bundle).manifest
     for name in ("encoder.onnx", "decoder.onnx"):
-        assert (tmp_path / "f16" / name).stat().st_size < 0.8 * (hyper_bundle / name).stat().st_size  # tiny model: graph overhead
+        assert (tmp_path / "f16" / name).stat().st_size < 0.8 * (
+            hyper_bundle / name
+        ).stat().st_size  # tiny model: graph overhead
     assert m16.training["weights"] == "float16" and m16.bundle_id != m32.bundle_id
     assert abs(m16.metrics["test"]["psnr"] - m32.metrics["test"]["psnr"]) < 0.2
     assert m16.training["onnx_parity"]["decoder_max_abs_diff"] <= 1e-4
@@ -420,3 +424,30 @@ def test_triton_repository_of_a_map_bundle_has_dynamic_height_and_width(hyper_bu
         graph = onnx.load(str(d / "1" / "model.onnx")).graph
         dims = graph.input[0].type.tensor_type.shape.dim
         assert all(x.dim_param and not x.dim_value for x in (dims[0], dims[2], dims[3]))  # symbolic N, H, W
+
+
+def test_ingest_audit_and_fetch_of_map_items_of_several_sizes(hyper_bundle, tmp_path):
+    """Ingest validates each size group, audits against the item's own size, and Fetch decodes a mix of sizes."""
+    from cloud.server import build_server
+    from edge.client import CloudClient
+    from edge.ingest import IngestConfig
+
+    codec = Codec.open(hyper_bundle)
+    items = fashion_test_items(12)
+    small, big = np.ascontiguousarray(items[:6, :, :9, :14]), np.ascontiguousarray(items[6:])
+    running = build_server(hyper_bundle, "127.0.0.1:0", workers=2, store=str(tmp_path / "store.db"))
+    try:
+        with CloudClient(f"127.0.0.1:{running.port}") as client:
+            for name, x in (("a", small), ("b", big)):
+                config = IngestConfig(bundle=hyper_bundle, spool=tmp_path / f"{name}.db", device_id="cam",
+                                      source_id=name, audit_fraction=1.0)  # fmt: skip
+                assert client.ingest(config, items=x).acknowledged == len(x)
+            fetched = {f.item_id: f.item for f in client.fetch(device_id="cam")}
+            assert len(fetched) == 12
+            assert fetched["a#0"].shape == (1, 9, 14) and fetched["b#0"].shape == (1, 28, 28)
+            np.testing.assert_array_equal(fetched["a#5"], codec.decode(codec.encode(small[5:6]))[0])
+            info = client.decoding.ModelInfo(pb.ModelInfoRequest(), timeout=10)
+        audited = [b.audit for b in info.bundles if b.bundle_id == codec.bundle_id][0]
+        assert audited.items == 12 and audited.psnr > 10
+    finally:
+        running.stop(grace=1.0)
