@@ -229,6 +229,22 @@ def summarise(rows: list[dict]) -> dict:
     }
 
 
+def git_commit() -> str:
+    """The commit the measured code and bundles come from ("+ changes" when the work tree differs from it)."""
+    import subprocess
+
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
+        )
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        )
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown (not a git checkout)"
+    return head.stdout.strip() + (" + uncommitted changes" if dirty.stdout.strip() else "")
+
+
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench-rd", description=__doc__.split("\n")[0])
     p.add_argument(
@@ -287,6 +303,7 @@ def main(argv: list[str] | None = None) -> int:
     meta = {
         "command": "python -m bench.rd " + shlex.join(argv if argv is not None else sys.argv[1:]),
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": git_commit(),
         "data": test.source,
         "items": int(len(items)),
         "seconds": round(time.perf_counter() - t0, 1),

@@ -15,7 +15,7 @@ def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list
     lines = [
         "# Rate–distortion benchmark",
         "",
-        f"- command: `{meta['command']}`",
+        f"- command: `{meta['command']}`" + (f" at commit {meta['commit']}" if meta.get("commit") else ""),
         f"- date: {meta['date']}; data: {meta['data']}, {meta['items']} test images, the same images for every codec; "
         f"run time {meta['seconds']:.0f} s",
         "- bytes/image: the project's entropy-coded item payload (what storage holds; the DecodeRequest column adds "

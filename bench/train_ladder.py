@@ -27,6 +27,8 @@ import sys
 import time
 from pathlib import Path
 
+from latent_codec.errors import CodecError
+
 # The committed ladder (docs/rd.md) is three presets, one per stretch of the rate axis. Each preset's values
 # are the defaults of the flags below; any flag given on the command line overrides them.
 PRESETS: dict[str, dict] = {
@@ -71,13 +73,14 @@ PRESETS: dict[str, dict] = {
         "lr": 1e-3,
         "batch_size": 32,
     },
-    # The same maps with a per-channel factorised prior instead of the hyperprior, at two rates, to measure which
-    # entropy model wins where (8 epochs from scratch, then 4).
+    # The same maps with a per-channel factorised prior instead of the hyperprior, at two rates: each rung starts
+    # from the hyperprior ladder's transforms at the same lambda and trains 4 epochs, as the hyperprior rungs do,
+    # so the two entropy models are compared on equal footing (run after the spatial preset).
     "spatial-factorized": {
         "model": "spatial",
         "args": {"channels": 64, "code_channels": 32, "entropy": "factorized"},
         "lambdas": "0.0016,0.0064",
-        "first_epochs": 8,
+        "start_from": "runs/rd-ladder-spatial",
         "epochs": 4,
         "lr": 1e-3,
         "batch_size": 32,
@@ -193,6 +196,12 @@ def _parser(preset: dict) -> argparse.ArgumentParser:
         help="bundle weights (training.export --weights); float16 keeps the committed zoo small",
     )
     p.add_argument(
+        "--start-from",
+        type=Path,
+        default=preset.get("start_from"),
+        help="a folder of another ladder's lambda-L.pt: each rung starts from the one of its own lambda",
+    )
+    p.add_argument(
         "--resume",
         action="store_true",
         help="reuse a rung's checkpoint in --runs when it was trained with exactly this rung's config",
@@ -285,9 +294,14 @@ def train_ladder(args: argparse.Namespace) -> dict:
                 args.limit,
                 step_for(lam),
             )
+        elif args.start_from:
+            start = Path(args.start_from) / f"lambda-{lam:g}.pt"
+            if not start.is_file():
+                raise CodecError(f"--start-from: {start} is missing (train that ladder first)")
         else:
             start = prev
-        epochs = args.first_epochs if i == 0 and not pca_init and args.first_epochs else args.epochs
+        chained = not pca_init and not args.start_from
+        epochs = args.first_epochs if i == 0 and chained and args.first_epochs else args.epochs
         cfg = TrainConfig(
             epochs=epochs,
             rd_lambda=lam,

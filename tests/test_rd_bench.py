@@ -242,3 +242,23 @@ def test_resume_reuses_a_rung_only_when_its_config_is_identical(tmp_path):
     assert same_config(path, cfg)
     assert not same_config(path, TrainConfig(**{**cfg.__dict__, "epochs": 2}))
     assert not same_config(tmp_path / "missing.pt", cfg)
+
+
+def test_a_factorized_spatial_rung_starts_from_the_hyperprior_transforms_and_nothing_else():
+    import torch
+
+    from training.registry import build_model
+
+    common = {"input_shape": [1, 28, 28], "channels": 8, "code_channels": 4}
+    hyper = build_model("spatial", {**common, "hyper_channels": 4})
+    fact = build_model("spatial", {**common, "entropy": "factorized"})
+    prior_before = fact.y_prior.loc_raw.clone()
+    fact.init_from(hyper)
+    for a, b in zip(
+        [*hyper.g_a.parameters(), *hyper.g_s.parameters()], [*fact.g_a.parameters(), *fact.g_s.parameters()]
+    ):
+        assert torch.equal(a, b)
+    assert torch.equal(fact.y_prior.loc_raw, prior_before)  # its own entropy model is left as it was
+    wider = build_model("spatial", {**common, "channels": 16, "entropy": "factorized"})
+    with pytest.raises(ValueError, match="other transforms"):
+        wider.init_from(hyper)

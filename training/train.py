@@ -155,7 +155,11 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
     model = build_model(cfg.model, {"input_shape": list(ds.item_shape), **cfg.model_args})
     model.set_input_stats(x_train.mean(0), x_train.std(0))
     if cfg.init_checkpoint:
-        model.load_state_dict(load_checkpoint(cfg.init_checkpoint)[0].state_dict())
+        start = load_checkpoint(cfg.init_checkpoint)[0]
+        if hasattr(model, "init_from"):  # e.g. a spatial model taking another entropy model's transforms
+            model.init_from(start)
+        else:
+            model.load_state_dict(start.state_dict())
     if hasattr(model, "codebook"):  # vector quantiser: Lloyd iterations, not gradient steps (training/vq.py)
         from training.vq import train_vq  # on the CPU; under torchrun every process runs the same iterations
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DATA_HELP = "fashion-mnist | digits | an IDX folder | .npy/.npz | a folder of PNG/JPEG images"
+DATA_HELP = "fashion-mnist | digits | an IDX folder | .npy/.npz | a folder of PNG/JPEG images (one size) | one image file"
 
 
 def add_bundle(

@@ -140,6 +140,19 @@ class SpatialAutoencoder(Autoencoder):
         return self.h_s(up)[..., : size[0], : size[1]]
 
     # ---- training ---------------------------------------------------------------------------------------
+    def init_from(self, other: nn.Module) -> None:
+        """Start from another spatial model: all of it when the entropy models match, else its transforms
+        (g_a, g_s), so the two entropy models can be compared on the same transforms."""
+        if getattr(other, "entropy", None) == self.entropy:
+            self.load_state_dict(other.state_dict())
+            return
+        if {k: v for k, v in other.args.items() if k not in ("entropy", "hyper_channels")} != {
+            k: v for k, v in self.args.items() if k not in ("entropy", "hyper_channels")
+        }:
+            raise ValueError(f"cannot start from a spatial model with other transforms ({other.args})")
+        self.g_a.load_state_dict(other.g_a.state_dict())
+        self.g_s.load_state_dict(other.g_s.state_dict())
+
     @staticmethod
     def pad_amounts(h: int, w: int) -> tuple[int, int]:
         return (-h) % STRIDE, (-w) % STRIDE
