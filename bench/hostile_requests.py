@@ -14,6 +14,7 @@ import random
 import struct
 from dataclasses import dataclass, field
 
+from latent_codec.codemap import put_varint
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 
 DECODE = "/aecodec.v2.Decoding/Decode"
@@ -59,18 +60,8 @@ class Call:
     metadata: list[tuple[str, str]] | None
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = n & 0x7F
-        n >>= 7
-        out.append(b | (0x80 if n else 0))
-        if not n:
-            return bytes(out)
-
-
 def _field(number: int, value: bytes) -> bytes:
-    return _varint(number << 3 | 2) + _varint(len(value)) + value
+    return put_varint(number << 3 | 2) + put_varint(len(value)) + value
 
 
 def _junk(rnd: random.Random, n: int | None = None) -> bytes:
@@ -187,7 +178,7 @@ def _raw_variant(rnd: random.Random, good: bytes) -> bytes:
     if choice == 2:
         return good + b"\xff\xff\xff"
     if choice == 3:
-        return _varint(rnd.randrange(1, 2**29) << 3 | rnd.choice((0, 1, 2, 3, 4, 5, 6, 7))) + _junk(rnd, 8)
+        return put_varint(rnd.randrange(1, 2**29) << 3 | rnd.choice((0, 1, 2, 3, 4, 5, 6, 7))) + _junk(rnd, 8)
     return struct.pack("<I", rnd.randrange(2**32)) * rnd.randrange(1, 8)
 
 

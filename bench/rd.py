@@ -1,6 +1,6 @@
 """Rate-distortion benchmark: bytes per image vs PSNR/SSIM for the project's ladder and the codecs users pick instead.
 
-    python -m bench.rd                       # Fashion-MNIST test split, bundles/rd-ladder, writes docs/rd.*
+    python -m bench.rd                       # Fashion-MNIST test split, the zoo (zoo/), writes docs/rd.*
     python -m bench.rd --data-dir DIR        # any IDX folder (train + test files)
     python -m bench.rd --limit 500 --out-dir /tmp/rd   # a quick look
 
@@ -30,7 +30,7 @@ from latent_codec import datasets
 from latent_codec.bundle import InputSpec, find_bundles
 from latent_codec.errors import CodecError
 
-DEFAULT_BUNDLES = Path("bundles/rd-ladder")
+DEFAULT_BUNDLES = Path("zoo")
 TARGET_BYTES = 32.0
 PROJECT = "aecodec (all bundles)"  # the Pareto front over every project bundle: what a user picks from
 TARGET_DB = 3.0

@@ -1,6 +1,6 @@
 """Train the rate ladder: one base autoencoder, then one rate-distortion fine-tune and bundle per lambda.
 
-    python -m bench.train_ladder                      # the three presets (vq, conv, linres) -> bundles/rd-ladder
+    python -m bench.train_ladder                      # every preset (vq, conv, linres, spatial, spatial-factorized) -> zoo/
     python -m bench.train_ladder --preset conv --epochs 6        # one preset, a flag overridden
     python -m bench.train_ladder --model dense --args '{"code_dim": 16}' --lambdas 0.01,0.04 --limit 5000 --out /tmp/ladder
     torchrun --standalone --nproc-per-node 2 -m bench.train_ladder --preset conv --threads 1   # 2 processes
@@ -11,8 +11,10 @@ noise for the rate). A model with a PCA start (linres) starts every rung from
 PCA at that rung's step; any other model is chained: the first rung trains
 from scratch (or from a --base-epochs plain base) for --first-epochs, and each
 later rung starts from the one before, so the lambdas run from the highest
-rate to the lowest and every rung inherits the features already learned. Each bundle's manifest carries its
-measured test bytes/item and PSNR; docs/rd_ladder_MODEL.json summarises each ladder.
+rate to the lowest and every rung inherits the features already learned; with --start-from each rung
+starts from another ladder's rung of the same lambda (spatial-factorized takes the spatial ladder's
+transforms). --resume reuses a rung whose checkpoint was trained with exactly its config. Each bundle's
+manifest carries its measured test bytes/item and PSNR; docs/rd_ladder_NAME.json summarises each ladder.
 Each rung is training.train's train(), so under torchrun every process trains
 its shard (--batch-size is the global batch) and only rank 0 writes
 checkpoints, bundles and the summary.
@@ -212,7 +214,9 @@ def _parser(preset: dict) -> argparse.ArgumentParser:
         help="train and save the rungs' checkpoints, export nothing",
     )
     p.add_argument("--runs", type=Path, default=None, help="checkpoints (default runs/rd-ladder-MODEL)")
-    p.add_argument("--out", type=Path, default=Path("bundles/rd-ladder"), help="one bundle per lambda")
+    p.add_argument(
+        "--out", type=Path, default=Path("zoo"), help="one bundle per lambda (zoo/: the committed zoo)"
+    )
     p.add_argument("--summary", type=Path, default=None, help="default docs/rd_ladder_MODEL.json")
     return p
 

@@ -150,12 +150,3 @@ class MapCodec(Codec):
             if bad is not None:
                 return idx[bad]
         return None
-
-    def problem(self, payload: bytes) -> str | None:
-        try:
-            self.symbols([payload])
-        except PayloadError as exc:
-            return str(exc).removeprefix("item 0: ")
-        except Exception as exc:
-            return f"payload does not decode ({type(exc).__name__})"
-        return None

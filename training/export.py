@@ -153,25 +153,35 @@ def export_bundle(
             raise CodecError("--entropy needs affine quantisation of at most 12 bits")
         prior = FactorizedPrior.fit(q.quantize(flat), q.levels)
     spec = PayloadSpec(q, dims, prior, side_fields)
-    manifest = Manifest(
+    manifest = new_manifest(
+        model, input_spec, code_shape, spec, checkpoint, cfg, record, len(train), par, weights
+    )
+    manifest.seal(enc_bytes, dec_bytes)
+    write_bundle(out, manifest, enc_bytes, dec_bytes, test, force)
+    return manifest
+
+
+def new_manifest(
+    model, input_spec: InputSpec, code_shape, payload, checkpoint: Path, cfg: dict, record: dict, fit_items: int,
+    parity_report: dict, weights: str,
+) -> Manifest:  # fmt: skip
+    """The manifest of an export (flat or map payload), before sealing."""
+    return Manifest(
         model={"name": model.registry_name, "args": model.args},
         input=input_spec,
-        code_shape=code_shape,
-        payload=spec,
+        code_shape=list(code_shape),
+        payload=payload,
         training={
             "checkpoint": checkpoint.name,
             "config": cfg,
             "data": record.get("data", {}),
             "final": (record.get("history") or [{}])[-1],
-            "quantizer_fit_items": int(len(train)),
-            "onnx_parity": par,
+            "quantizer_fit_items": int(fit_items),
+            "onnx_parity": parity_report,
             "weights": weights,
             "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         },
     )
-    manifest.seal(enc_bytes, dec_bytes)
-    write_bundle(out, manifest, enc_bytes, dec_bytes, test, force)
-    return manifest
 
 
 def write_bundle(

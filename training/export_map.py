@@ -9,7 +9,6 @@ Called by training/export.py for models that carry their own entropy model. The 
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -32,7 +31,7 @@ def export_map_bundle(
     model, cfg: dict, record: dict, checkpoint: Path, out: Path, data: str, fit_items: int, test_limit: int,
     force: bool, weights: str = "float32",
 ) -> Manifest:  # fmt: skip
-    from training.export import check_out, write_bundle
+    from training.export import check_out, new_manifest, write_bundle
     from training.models.spatial import log_scale_thresholds, scale_table
 
     train = load_split(data, "train", fit_items)
@@ -94,22 +93,8 @@ def export_map_bundle(
             probs = model.y_prior.table(lo, hi).numpy()
             payload = MapPayload("factorized", model.args["code_channels"], model_stride(), yb,
                                  FactorizedPrior.from_probabilities(probs))  # fmt: skip
-    manifest = Manifest(
-        model={"name": model.registry_name, "args": model.args},
-        input=input_spec,
-        code_shape=list(model.code_shape),
-        payload=payload,
-        training={
-            "checkpoint": checkpoint.name,
-            "config": cfg,
-            "data": record.get("data", {}),
-            "final": (record.get("history") or [{}])[-1],
-            "quantizer_fit_items": int(len(train)),
-            "onnx_parity": par,
-            "weights": weights,
-            "exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-        },
-    )
+    manifest = new_manifest(model, input_spec, model.code_shape, payload, checkpoint, cfg, record, len(train), par,
+                            weights)  # fmt: skip
     manifest.seal(enc_bytes, dec_bytes)
     write_bundle(out, manifest, enc_bytes, dec_bytes, test, force)
     return manifest
