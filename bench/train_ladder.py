@@ -91,11 +91,16 @@ PRESETS: dict[str, dict] = {
 DEFAULT_PRESETS = ("vq", "conv", "linres", "spatial", "spatial-factorized")
 
 
-def same_config(path: Path, cfg) -> bool:
-    """Whether the checkpoint at path was trained with exactly this config (what --resume may reuse)."""
+def same_config(path: Path, cfg, ignore: tuple[str, ...] = ()) -> bool:
+    """Whether the checkpoint at path was trained with exactly this config (what --resume may reuse).
+
+    A field the stored config lacks (added to TrainConfig since) counts as its default.
+    """
     from dataclasses import asdict
 
     import torch
+
+    from training.train import TrainConfig
 
     if not path.is_file():
         return False
@@ -103,7 +108,25 @@ def same_config(path: Path, cfg) -> bool:
         stored = torch.load(path, weights_only=True, map_location="cpu").get("config")
     except Exception:
         return False
-    return stored == asdict(cfg)
+    if not isinstance(stored, dict):
+        return False
+    full = {**asdict(TrainConfig()), **stored}
+    want = asdict(cfg)
+    return all(full.get(k) == v for k, v in want.items() if k not in ignore)
+
+
+DIVERGED_DB = 6.0  # a rung this far below the rung it started from has diverged (neighbours differ by ~2 dB)
+
+
+def diverged(record: dict, start_psnr: float | None) -> bool:
+    """Non-finite losses, or a final validation PSNR far below the chained start's."""
+    import math
+
+    h = (record.get("history") or [{}])[-1]
+    if not all(math.isfinite(float(h.get(k, 0.0))) for k in ("train_loss", "val_loss")):
+        return True
+    psnr = h.get("val_psnr")
+    return start_psnr is not None and psnr is not None and psnr < start_psnr - DIVERGED_DB
 
 
 def step_for(rd_lambda: float) -> float:
@@ -288,6 +311,7 @@ def train_ladder(args: argparse.Namespace) -> dict:
             )
     rungs = []
     prev = base  # chained ladder: each rung starts from the one before
+    prev_psnr: float | None = None
     for i, lam in enumerate(lambdas):
         if pca_init:
             start = pca_start(
@@ -306,21 +330,43 @@ def train_ladder(args: argparse.Namespace) -> dict:
             start = prev
         chained = not pca_init and not args.start_from
         epochs = args.first_epochs if i == 0 and chained and args.first_epochs else args.epochs
-        cfg = TrainConfig(
-            epochs=epochs,
-            rd_lambda=lam,
-            quant_noise="mixed",
-            init_checkpoint=str(start) if start else "",
-            **common,
-        )
         ckpt_path = args.runs / f"lambda-{lam:g}.pt"
-        reused = args.resume and same_config(ckpt_path, cfg)
-        if reused:
-            record = load_checkpoint(ckpt_path)[2]
-            ckpt = prev = ckpt_path
-        else:
-            model, record = train(cfg, progress=False)
-            ckpt = prev = save_checkpoint(ckpt_path, model, cfg, record)
+        # A rung that diverges (its loss blows up; seen once with GDN at the learning-rate peak) is trained
+        # again from the same start at a quarter of the learning rate, up to twice; the checkpoint records the
+        # rate it was trained with, and --resume accepts a rung trained at any rate of this sequence.
+        cfgs = [
+            TrainConfig(
+                epochs=epochs,
+                rd_lambda=lam,
+                quant_noise="mixed",
+                init_checkpoint=str(start) if start else "",
+                **{**common, "lr": args.lr / 4**k},
+            )
+            for k in range(3)
+        ]
+        record, attempt = None, 0
+        if args.resume:
+            for k, c in enumerate(cfgs):
+                if same_config(ckpt_path, c):
+                    stored = load_checkpoint(ckpt_path)[2]
+                    if not diverged(stored, prev_psnr) or k == len(cfgs) - 1:
+                        record = stored
+                    else:
+                        attempt = k + 1
+                    break
+        reused = record is not None
+        while record is None:
+            model, trained = train(cfgs[attempt], progress=False)
+            save_checkpoint(ckpt_path, model, cfgs[attempt], trained)
+            if not diverged(trained, prev_psnr) or attempt == len(cfgs) - 1:
+                record = trained
+            else:
+                if is_main():
+                    print(f"lambda {lam:g}: diverged at lr {cfgs[attempt].lr:g}; again at {cfgs[attempt + 1].lr:g}",
+                          file=sys.stderr)  # fmt: skip
+                attempt += 1
+        ckpt = prev = ckpt_path
+        prev_psnr = record["history"][-1]["val_psnr"] if record.get("history") else None
         if is_main():
             h = record["history"][-1]
             print(

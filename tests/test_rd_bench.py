@@ -262,3 +262,13 @@ def test_a_factorized_spatial_rung_starts_from_the_hyperprior_transforms_and_not
     wider = build_model("spatial", {**common, "channels": 16, "entropy": "factorized"})
     with pytest.raises(ValueError, match="other transforms"):
         wider.init_from(hyper)
+
+
+def test_a_diverged_rung_is_recognised():
+    from bench.train_ladder import diverged
+
+    ok = {"history": [{"train_loss": 2.5, "val_loss": 0.5, "val_psnr": 31.2}]}
+    assert not diverged(ok, 33.0) and not diverged(ok, None)
+    blown = {"history": [{"train_loss": 1.6e5, "val_loss": 1.5e5, "val_psnr": 4.35}]}  # what GDN did once
+    assert diverged(blown, 32.45)
+    assert diverged({"history": [{"train_loss": float("nan"), "val_loss": 1.0, "val_psnr": 30.0}]}, None)
