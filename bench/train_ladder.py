@@ -123,6 +123,8 @@ def diverged(record: dict, start_psnr: float | None) -> bool:
     import math
 
     h = (record.get("history") or [{}])[-1]
+    if h.get("diverged"):  # training.train stopped it
+        return True
     if not all(math.isfinite(float(h.get(k, 0.0))) for k in ("train_loss", "val_loss")):
         return True
     psnr = h.get("val_psnr")

@@ -72,6 +72,9 @@ class TrainConfig:
     )
 
 
+BLOW_UP = 20.0  # a fine-tune whose validation loss ends an epoch this many times above its start has diverged
+
+
 def _set_seed(seed: int) -> None:
     torch.manual_seed(seed)
 
@@ -204,6 +207,9 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr, total_steps=max(steps, 1), pct_start=0.15)
     history = []
     stopper = EarlyStopping(cfg.patience)  # --patience: stop when validation stops improving
+    # A fine-tune that blows up (GDN at the learning-rate peak, once in a while) stops after that epoch and says
+    # so in the record (bench/train_ladder.py then trains the rung again at a lower rate).
+    start_val = evaluate(model, x_val)["loss"] if cfg.init_checkpoint and len(x_val) else None
     for epoch in range(1, cfg.epochs + 1):
         objective.train()
         sampler.set_epoch(epoch)
@@ -243,6 +249,9 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
                 file=sys.stderr,
             )
         if stopper.update(epoch, val.get("loss"), model):
+            break
+        if start_val is not None and not val.get("loss", 0.0) < BLOW_UP * max(start_val, 1e-9):
+            history[-1]["diverged"] = True  # not finite, or BLOW_UP times worse than where it started
             break
     stopped = stopper.finish(model, len(history))  # the best epoch's weights, in every process
     distributed.check_in_step(objective)
