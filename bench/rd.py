@@ -280,6 +280,15 @@ def main(argv: list[str] | None = None) -> int:
         saved = json.loads((args.out_dir / "rd.json").read_text())
         rows = saved["rows"]
         write_report(args.out_dir, saved["meta"], rows, summarise(rows), curves(rows))
+        if (
+            args.zoo_index
+        ):  # the bundles of that run still in the zoo (e.g. after pruning those off the front)
+            from bench.rd_report import zoo_index
+
+            kept = [r for r in rows if "path" not in r or Path(r["path"]).is_dir()]
+            args.zoo_index.write_text(
+                zoo_index(saved["meta"], kept, curves(rows), dropped=len(rows) - len(kept))
+            )
         print((args.out_dir / "rd.md").read_text())
         return 0
     t0 = time.perf_counter()

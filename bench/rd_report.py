@@ -253,10 +253,15 @@ def write_report(
     plot(out_dir / "rd.png", curves, f"{meta['data']}: {meta['items']} test images")
 
 
-def zoo_index(meta: dict, rows: list[dict], curves: dict[str, list[dict]]) -> str:
+def zoo_index(meta: dict, rows: list[dict], curves: dict[str, list[dict]], dropped: int = 0) -> str:
     """zoo/README.md: every bundle in the zoo with its quality name, bytes, PSNR and SSIM, from this run."""
+    from bench.bdrate import pareto
+
     mine = sorted((r for r in rows if "decode_request_bytes" in r), key=lambda r: (r["psnr"], r["bytes"]))
-    front = {r["setting"] for c, v in curves.items() if c.startswith("aecodec") for r in v}
+    points = set(
+        pareto([(r["bytes"], r["psnr"]) for r in mine])
+    )  # the front of every project bundle together
+    front = {r["setting"] for r in mine if (r["bytes"], r["psnr"]) in points}
     lines = [
         "# Model zoo",
         "",
@@ -264,6 +269,15 @@ def zoo_index(meta: dict, rows: list[dict], curves: dict[str, list[dict]]) -> st
         f"({meta['items']} Fashion-MNIST test images). Quality names run from q1 (fewest bytes) upwards. Any bundle "
         "works offline (`python -m edge.cli encode --bundle zoo/NAME ...`) and in a server (`--bundles zoo`, "
         "addressed by its directory name). Spatial bundles (`map+...` formats) take grey items of any size.",
+        *(
+            [
+                "",
+                f"{dropped} more bundles of that run lie off the project's Pareto front and are not kept here; "
+                "`make bench-rd RETRAIN=1` trains them again (docs/rd.md lists every one).",
+            ]
+            if dropped
+            else []
+        ),
         "",
         "| quality | bundle | format | bytes/image | PSNR (dB) | SSIM | on the front |",
         "|---|---|---|---:|---:|---:|---|",
