@@ -230,7 +230,7 @@ def summarise(rows: list[dict]) -> dict:
 
 
 def git_commit() -> str:
-    """The commit the measured code and bundles come from ("+ changes" when the work tree differs from it)."""
+    """The commit the measured code comes from ("+ uncommitted changes" when its code differs from it)."""
     import subprocess
 
     try:
