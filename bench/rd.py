@@ -237,8 +237,19 @@ def git_commit() -> str:
         head = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], capture_output=True, text=True, check=True
         )
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True
+        dirty = subprocess.run(  # only the code the benchmark runs: docs and the README do not count
+            [
+                "git",
+                "status",
+                "--porcelain",
+                "--untracked-files=no",
+                "--",
+                "latent_codec",
+                "bench",
+                "training",
+            ],
+            capture_output=True,
+            text=True,
         )
     except (OSError, subprocess.CalledProcessError):
         return "unknown (not a git checkout)"

@@ -266,7 +266,7 @@ def zoo_index(meta: dict, rows: list[dict], curves: dict[str, list[dict]], dropp
         "# Model zoo",
         "",
         f"Trained bundles, ready to use after cloning; measured by `{meta['command']}` on {meta['date']} "
-        f"({meta['items']} Fashion-MNIST test images). Quality names run from q1 (fewest bytes) upwards. Any bundle "
+        f"({meta['items']} Fashion-MNIST test images). Quality names run from q1 (the lowest PSNR) upwards. Any bundle "
         "works offline (`python -m edge.cli encode --bundle zoo/NAME ...`) and in a server (`--bundles zoo`, "
         "addressed by its directory name). Spatial bundles (`map+...` formats) take grey items of any size.",
         *(
