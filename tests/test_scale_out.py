@@ -100,7 +100,9 @@ def test_two_servers_one_database_edge_round_robin_while_each_is_killed_and_rest
         edge.wait(timeout=120)
         assert edge.returncode == 0, log.read_text()
         report = json.loads((tmp_path / "report.json").read_text())
-        assert report["acknowledged"] >= N and report["still_spooled"] == 0 and report["retries"] >= 2
+        # How many calls failed over depends on whether the channel noticed a kill before or after sending to it
+        # (0, 1 or 2 retries were all seen here); what must hold is that nothing is lost or stored twice.
+        assert report["acknowledged"] >= N and report["still_spooled"] == 0
         for s in servers:  # one database: either server lists and fetches every item, once
             check_exactly_once(s.target, payloads, DEVICE)
         # Round robin: unary calls over the edge's channel reach both servers.

@@ -201,12 +201,16 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
             )
             assert list(resp.reconstructions.shape) == [3, 1, 17, 26]
             assert resp.quality.batch_psnr == pytest.approx(_psnr(x, codec.decode(payloads)), abs=0.01)
-            # A few bytes that claim a 30000 x 30000 item: refused from the header, before any decoding.
-            bomb = put_varint(30000) + put_varint(30000) + b"\x01\x02\x03"
+            # A few bytes that claim an 8000 x 8000 item: over the server's budget, refused from the header before
+            # any decoding; 30000 x 30000 is over what any map payload may claim.
+            bomb = put_varint(8000) + put_varint(8000) + b"\x01\x02\x03"
             with pytest.raises(grpc.RpcError) as err:
                 stub.Decode(pb.DecodeRequest(codes=codec.to_batch([bomb])), timeout=30)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "3,600,000,000 bytes" in err.value.details()
+            assert "256,000,000 bytes" in err.value.details()
+            with pytest.raises(grpc.RpcError) as err:
+                stub.Decode(pb.DecodeRequest(codes=codec.to_batch([put_varint(30000) * 2])), timeout=30)
+            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "30000x30000" in err.value.details()
             with pytest.raises(grpc.RpcError) as err:
                 stub.Decode(
                     pb.DecodeRequest(codes=codec.to_batch([payloads[0], codec.encode(x[:1, :, :5, :5])[0]]))
