@@ -210,7 +210,9 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
             assert "256,000,000 bytes" in err.value.details()
             with pytest.raises(grpc.RpcError) as err:
                 stub.Decode(pb.DecodeRequest(codes=codec.to_batch([put_varint(30000) * 2])), timeout=30)
-            assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "30000x30000" in err.value.details()
+            assert (
+                err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "30000x30000" in err.value.details()
+            )
             with pytest.raises(grpc.RpcError) as err:
                 stub.Decode(
                     pb.DecodeRequest(codes=codec.to_batch([payloads[0], codec.encode(x[:1, :, :5, :5])[0]]))
