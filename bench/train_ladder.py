@@ -115,6 +115,26 @@ def same_config(path: Path, cfg, ignore: tuple[str, ...] = ()) -> bool:
     return all(full.get(k) == v for k, v in want.items() if k not in ignore)
 
 
+def exported_from(out: Path, ckpt: Path, quant: str, args: argparse.Namespace):
+    """The manifest of the bundle at out when it is this checkpoint's export with these options (so --resume
+    need not export it again), else None."""
+    import torch
+
+    from latent_codec.bundle import MANIFEST_NAME, Manifest
+    from latent_codec.errors import BundleError
+
+    try:
+        m = Manifest.from_json((out / MANIFEST_NAME).read_text())
+        stored = torch.load(ckpt, weights_only=True, map_location="cpu")["config"]
+    except (OSError, BundleError, KeyError):
+        return None
+    t, test = m.training, m.metrics.get("test") or {}
+    same = t.get("config") == stored and t.get("weights") == args.weights and t.get("checkpoint") == ckpt.name
+    quant_ok = quant == "learned" or m.payload.format.startswith("map+")  # learned-fit rungs: export again
+    full = not args.test_limit and ":test[" not in str(test.get("data", ""))  # measured on the whole split
+    return m if same and quant_ok and full else None
+
+
 DIVERGED_DB = 6.0  # a rung this far below the rung it started from has diverged (neighbours differ by ~2 dB)
 
 
@@ -389,7 +409,9 @@ def train_ladder(args: argparse.Namespace) -> dict:
             # Ship the learned tables unless counting the training codes is clearly (> 1 %) cheaper.
             quant = "learned" if learned <= counted * 1.01 else "learned-fit"
         out = args.out / f"{args.name}-lambda-{lam:g}"
-        m = export_bundle(ckpt, out, quant=quant, test_limit=args.test_limit, weights=args.weights)
+        m = (reused and exported_from(out, ckpt, quant, args)) or export_bundle(
+            ckpt, out, quant=quant, test_limit=args.test_limit, weights=args.weights
+        )
         t = m.metrics["test"]
         rungs.append(
             {

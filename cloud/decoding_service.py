@@ -48,14 +48,16 @@ def reconstruction_tensor(codec: Codec, rec_unit: np.ndarray, fmt: int, raw: np.
     return to_tensor(codec.unscale(rec_unit) if raw is None else raw)
 
 
-def check_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> None:
-    """Everything about a request that can be refused without decoding (PayloadError / OverBudget)."""
+def check_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> int:
+    """Everything about a request that can be refused without decoding (PayloadError / OverBudget).
+    -> the bytes decoding it will hold."""
     if req.codes.count == 0:
         raise PayloadError("codes.count is 0: send at least one item")
     payloads = codec.from_batch(req.codes) if codec.input.any_size else None  # sizes are in the payloads
-    limits.check(codec, req.codes.count, "codes", payloads)
+    held = limits.check(codec, req.codes.count, "codes", payloads)
     if req.reconstruction_format not in FORMATS:
         raise PayloadError(f"reconstruction_format {req.reconstruction_format} is unknown")
+    return held
 
 
 def prepare(codec: Codec, req: pb.DecodeRequest) -> tuple[np.ndarray, Side, np.ndarray | None]:
@@ -191,14 +193,13 @@ class DecodingService(pb_grpc.DecodingServicer):
         lb = await lookup(self.registry, request.codes.bundle_id, context)
         codec = lb.codec
         try:
-            check_request(codec, request, self.limits)
+            held = check_request(codec, request, self.limits)
         except OverBudget as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except PayloadError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         t0 = time.perf_counter()
-        payloads = codec.from_batch(request.codes) if codec.input.any_size else None  # checked above
-        async with self.in_flight.hold(self.limits.decode_bytes(codec, request.codes.count, payloads)):
+        async with self.in_flight.hold(held):
             resp = await self._decode_checked(lb, request, context)
         size = resp.ByteSize()
         if size > self.limits.max_reply_bytes:  # refused here: the status logged is the one the client sees

@@ -34,17 +34,11 @@ class Limits:
     decode_chunk: int = 256  # items per decoder-graph run: bounds the graph's activations
     max_reply_bytes: int = 64 * MIB  # the server's --max-message-mib: a larger reply could not be sent
 
-    def decode_bytes(self, codec: Codec, count: int, payloads: Sequence[bytes] | None = None) -> int:
-        """What decoding these items holds in memory: their float32 reconstructions (sizes from the payloads
-        for bundles of any item size, whose payloads carry each item's size)."""
-        if payloads is not None:
-            return int(codec.item_costs(payloads)[0].sum())
-        return count * math.prod(codec.input.shape) * 4
-
     def check(
         self, codec: Codec, count: int, what: str = "request", payloads: Sequence[bytes] | None = None
-    ) -> None:
+    ) -> int:
         """Refuse a request of `count` items for this codec when it is over a budget; cheap, decodes nothing.
+        -> the float32 bytes decoding it will hold (what the in-flight budget takes).
 
         A bundle of any item size (spatial code maps) needs the payloads: their headers say what they decode to.
         """
@@ -65,7 +59,7 @@ class Limits:
                     f"{what} would entropy-decode {int(item_symbols.sum()):,} code symbols; the per-request budget "
                     f"is {self.max_symbols:,}: send fewer or smaller items per request"
                 )
-            return
+            return int(out_bytes.sum())
         per_item = math.prod(codec.input.shape) * 4
         if count * per_item > self.max_decode_bytes:
             raise OverBudget(
@@ -79,6 +73,7 @@ class Limits:
                 f"{what} would entropy-decode {symbols:,} code symbols; the per-request budget is "
                 f"{self.max_symbols:,} (send at most {self.max_symbols // codec.payload.code_dims:,} items)"
             )
+        return count * per_item
 
 
 class InFlight:

@@ -316,10 +316,10 @@ class MapPayload:
         out = []
         for i in range(len(y_sym)):
             coder = c.stream.stack.AnsCoder()
-            ys, ks = y_sym[i].ravel().astype(np.int32), idx[i].ravel()
-            groups = np.unique(ks)
-            for k in groups[::-1]:  # a stack: the group decoded first is pushed last
-                coder.encode_reverse(ys[ks == k], self._y.models[int(k)])
+            order, groups, bounds = _grouped(idx[i].ravel())
+            ys = y_sym[i].ravel().astype(np.int32)[order]
+            for g in range(len(groups) - 1, -1, -1):  # a stack: the group decoded first is pushed last
+                coder.encode_reverse(ys[bounds[g] : bounds[g + 1]], self._y.models[int(groups[g])])
             if z_sym is not None:
                 zi = z_sym[i].reshape(self.hyper_channels, -1).astype(np.int32)
                 for ch in range(self.hyper_channels - 1, -1, -1):
@@ -330,27 +330,34 @@ class MapPayload:
             out.append(head + raw[: max(len(trimmed), len(raw) - 3)])
         return out
 
-    def sizes(self, payloads: list[bytes], max_side: int = MAX_SIDE) -> np.ndarray:
+    def sizes(self, payloads: list[bytes]) -> np.ndarray:
         """(N, 2) true item sizes from the headers alone: cheap, checked before any decoding."""
+        return self._headers(payloads)[0]
+
+    @staticmethod
+    def _headers(payloads: list[bytes]) -> tuple[np.ndarray, list[int]]:
+        """(N, 2) sizes and where each payload's ANS stream starts; PayloadError for a header out of bounds."""
         out = np.empty((len(payloads), 2), np.int64)
+        starts = []
         for i, p in enumerate(payloads):
             try:
                 h, pos = get_varint(p, 0)
-                w, _ = get_varint(p, pos)
+                w, pos = get_varint(p, pos)
             except PayloadError as exc:
                 raise PayloadError(f"item {i}: {exc}") from None
-            if not (1 <= h <= max_side and 1 <= w <= max_side) or h * w > MAX_PIXELS:
+            if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE) or h * w > MAX_PIXELS:
                 raise PayloadError(
-                    f"item {i}: payload claims a {h}x{w} item; sides must be 1..{max_side} pixels, "
+                    f"item {i}: payload claims a {h}x{w} item; sides must be 1..{MAX_SIDE} pixels, "
                     f"at most {MAX_PIXELS:,} in all"
                 )
             out[i] = h, w
-        return out
+            starts.append(pos)
+        return out, starts
 
     def unpack(self, payloads: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """N payloads of one item size -> (sizes (N, 2), ŷ symbols, ẑ symbols or None). PayloadError names the item."""
         c = _import_constriction()
-        sizes = self.sizes(payloads)
+        sizes, starts = self._headers(payloads)
         if len(payloads) and np.any(sizes != sizes[0]):
             a, b = sizes[0], sizes[int(np.argmax(np.any(sizes != sizes[0], axis=1)))]
             raise PayloadError(
@@ -364,8 +371,7 @@ class MapPayload:
         if self.entropy == "hyperprior":
             hz, wz = self.hyper_size(h, w)
             z_sym = np.empty((n, self.hyper_channels, hz, wz), np.uint16)
-        for i, p in enumerate(payloads):
-            pos = get_varint(p, get_varint(p, 0)[1])[1]
+        for i, (p, pos) in enumerate(zip(payloads, starts)):
             body = bytes(p[pos:])
             body += b"\x00" * (-len(body) % 4)
             try:
@@ -379,12 +385,13 @@ class MapPayload:
         idx = self.table_indices((n, self.code_channels, hy, wy), z_sym)
         y_sym = np.empty((n, self.code_channels, hy, wy), np.uint16)
         for i, coder in enumerate(coders):
-            ks = idx[i].ravel()
-            flat = np.empty(ks.shape, np.uint16)
+            order, groups, bounds = _grouped(idx[i].ravel())
+            flat = np.empty(order.shape, np.uint16)
             try:
-                for k in np.unique(ks):
-                    where = ks == k
-                    flat[where] = coder.decode(self._y.models[int(k)], int(where.sum()))
+                for g, k in enumerate(groups):
+                    flat[order[bounds[g] : bounds[g + 1]]] = coder.decode(
+                        self._y.models[int(k)], int(bounds[g + 1] - bounds[g])
+                    )
             except Exception as exc:
                 raise PayloadError(f"item {i}: entropy-coded payload is corrupt ({exc})") from None
             if not coder.is_empty():
@@ -405,6 +412,16 @@ class MapPayload:
             ch = np.arange(self.hyper_channels)[None, :, None, None]
             total += -lz[ch, z_sym.astype(np.int64)].reshape(len(z_sym), -1).sum(1)
         return total
+
+
+def _grouped(ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Elements grouped by table: (positions in group order, ascending tables, group bounds into positions).
+
+    A stable sort keeps C order within each group: the order the format codes ŷ in.
+    """
+    order = np.argsort(ks, kind="stable")
+    groups, counts = np.unique(ks, return_counts=True)
+    return order, groups, np.concatenate([[0], np.cumsum(counts)])
 
 
 def gaussian_tables(scales: list[float], grid_bits: int, precision: int = 16) -> FactorizedPrior:
