@@ -437,14 +437,30 @@ def _pack_bits(groups: list[tuple[np.ndarray, int]], n: int) -> np.ndarray:
     return np.packbits(np.concatenate(parts, axis=1), axis=1)
 
 
+_WHOLE = {
+    8: ">u1",
+    16: ">u2",
+    32: ">u4",
+}  # byte-aligned widths read as big-endian words (MSB first, as packed)
+
+
 def _unpack_bits(data: np.ndarray, widths: list[tuple[int, int]]) -> list[np.ndarray]:
+    """Inverse of ``_pack_bits``: (N, bytes) uint8 -> one (N, K) uint32 array per (K, b) group."""
     n = data.shape[0]
     total = sum(k * b for k, b in widths)
-    bits = np.unpackbits(data, axis=1, count=total) if total else np.zeros((n, 0), np.uint8)
+    bits: np.ndarray | None = None  # unpacked only if some group is not whole bytes on a byte boundary
     out, pos = [], 0
     for k, b in widths:
-        chunk = bits[:, pos : pos + k * b].reshape(n, k, b).astype(np.uint32)
-        weights = (1 << np.arange(b - 1, -1, -1, dtype=np.uint32)).astype(np.uint32)
-        out.append((chunk * weights).sum(axis=2, dtype=np.uint32))
+        if (
+            pos % 8 == 0 and b in _WHOLE
+        ):  # the common 8-bit codes: no bit unpacking (a server's per-call cost)
+            words = np.ascontiguousarray(data[:, pos // 8 : (pos + k * b) // 8]).view(_WHOLE[b])
+            out.append(words.reshape(n, k).astype(np.uint32))
+        else:
+            if bits is None:
+                bits = np.unpackbits(data, axis=1, count=total) if total else np.zeros((n, 0), np.uint8)
+            chunk = bits[:, pos : pos + k * b].reshape(n, k, b).astype(np.uint32)
+            weights = (1 << np.arange(b - 1, -1, -1, dtype=np.uint32)).astype(np.uint32)
+            out.append((chunk * weights).sum(axis=2, dtype=np.uint32))
         pos += k * b
     return out

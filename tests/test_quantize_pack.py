@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from latent_codec.codec import split_payloads
 from latent_codec.errors import PayloadError
-from latent_codec.payload import FactorizedPrior, PayloadSpec, Quantizer, SideField
+from latent_codec.payload import FactorizedPrior, PayloadSpec, Quantizer, SideField, _pack_bits, _unpack_bits
 from tests.helpers import codes_codec, pack_codes, unpack_codes
 
 
@@ -114,3 +116,21 @@ def test_wrong_fixed_payload_length(codes):
     spec = PayloadSpec(Quantizer.fit_affine(codes, 8), 12)
     with pytest.raises(PayloadError, match="item 0: payload is 11 bytes, format affine8 needs 12"):
         unpack_codes(spec, [b"x" * 11])
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    n=st.integers(1, 4),
+    groups=st.lists(st.tuples(st.integers(0, 5), st.sampled_from([1, 3, 7, 8, 9, 12, 16, 32])), max_size=4),
+    seed=st.integers(0, 2**32 - 1),
+)
+def test_bit_layout_round_trips_any_widths(n, groups, seed):
+    """Whole-byte groups on a byte boundary are read as words, the rest bit by bit: both must invert packing."""
+    rng = np.random.default_rng(seed)
+    values = [(rng.integers(0, 1 << b, size=(n, k), dtype=np.uint64).astype(np.uint32), b) for k, b in groups]
+    data = _pack_bits(values, n)
+    assert data.shape == (n, (sum(k * b for k, b in groups) + 7) // 8)
+    back = _unpack_bits(data, [(k, b) for k, b in groups])
+    for (v, _), got in zip(values, back):
+        assert got.dtype == np.uint32
+        np.testing.assert_array_equal(got, v)

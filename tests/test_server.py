@@ -170,3 +170,17 @@ def test_bad_request_inside_stream_ends_only_that_stream(stub, fashion_bundle):
         next(it)
     assert exc.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert stub.Decode(good, timeout=10).count == 4
+
+
+def test_decoders_run_one_onnx_runtime_thread_each_and_never_spin(server):
+    """The decode threads are the parallelism: ORT's default (a pool per session, spinning when idle) under two
+    decode threads oversubscribed the cores and halved the decode rate (docs/deployment.md, Cores)."""
+    from cloud.server import config_from_args, parse_args
+
+    assert config_from_args(parse_args(["--bundles", "b"])).threads == 1
+    entries = server.registry.entries()
+    assert entries
+    for lb in entries:
+        opts = lb.codec.transforms.decoder.get_session_options()
+        assert opts.intra_op_num_threads == 1
+        assert opts.get_session_config_entry("session.intra_op.allow_spinning") == "0"

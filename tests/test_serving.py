@@ -23,7 +23,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from cloud.server import build_server
 from latent_codec import datasets
-from latent_codec.codec import Codec
+from latent_codec.codec import Codec, from_tensor
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from tests.helpers import ROOT, CloudStub, ServerProcess, child_env, tiny_bundle, wait_until
 
@@ -78,6 +78,36 @@ def test_batcher_merges_concurrent_requests_and_gives_each_its_own_rows(bundle, 
     assert all(np.abs(m - s).max() <= 1e-5 for m, s in zip(merged, solo))
     assert sum(runs) == 28 and max(runs) <= 8 and len(runs) < len(sizes)  # merged, within the bound
     assert solo_runs == sizes  # off: one run per request
+
+
+def test_one_large_request_is_split_across_the_decode_threads(bundle, items):
+    """A request too large to merge runs alone, but in parts on every run slot at once, so a single client with a
+    big batch keeps all decode threads busy; a small one stays one run (ORT's per-run cost)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cloud.batching import SPLIT, Batcher
+
+    codec = Codec.open(bundle)
+    codes = codec.dequantise(codec.symbols(codec.encode(items))[0])  # 64 items
+    calls: list[tuple[int, int]] = []
+    both = threading.Barrier(2, timeout=10)  # the parts must run at the same time, on two threads
+    real = codec.synthesise
+
+    def recording(c, side, chunk=0):
+        calls.append((len(c), threading.get_ident()))
+        if len(c) == len(codes) // 2:
+            both.wait()
+        return real(c, side, chunk)
+
+    codec.synthesise = recording  # type: ignore[method-assign]
+    with ThreadPoolExecutor(2) as pool:
+        out = asyncio.run(Batcher(codec, pool, max_items=16, max_runs=2).synthesise(codes, {}))
+        assert sorted(n for n, _ in calls) == [32, 32] and len({t for _, t in calls}) == 2
+        calls.clear()
+        small = codes[: 2 * SPLIT - 1]
+        asyncio.run(Batcher(codec, pool, max_items=16, max_runs=2).synthesise(small, {}))
+        assert [n for n, _ in calls] == [len(small)]
+    assert np.abs(out - real(codes, {})).max() <= 1e-5
 
 
 def test_requests_arriving_while_the_runs_are_busy_go_together_in_the_next_run(bundle, items):
@@ -359,3 +389,41 @@ def test_audited_items_give_per_bundle_quality_figures(digits_bundle, items, tmp
     assert val(samples, "aecodec_audit_squared_error_total", bundle=codec.bundle_id) == pytest.approx(
         mse.sum(), rel=1e-6
     )
+
+
+def test_two_processes_on_one_port_both_answer_and_every_call_is_decoded(bundle, items, tmp_path):
+    """The way to use more cores than one event loop (docs/deployment.md, Cores): processes sharing a port with
+    --reuse-port; the kernel spreads connections over them, and each decodes exactly what it is sent."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    servers = []
+    for name in ("a", "b"):
+        (tmp_path / name).mkdir()
+        extra = ("--reuse-port", "--log-format", "json", "--log-level", "INFO")
+        servers.append(ServerProcess(bundle, None, tmp_path / name, port=port, extra=extra).start())
+    codec = Codec.open(bundle)
+    payloads = codec.encode(items[:16])
+    want = codec.decode(payloads)
+    try:
+        for k in range(16):  # 16 connections (no shared subchannel): all on one process has odds 2^-15
+            opts = [("grpc.use_local_subchannel_pool", 1)]
+            with grpc.insecure_channel(f"127.0.0.1:{port}", options=opts) as ch:
+                reply = CloudStub(ch).Decode(
+                    pb.DecodeRequest(codes=codec.to_batch(payloads[k : k + 1])), timeout=30
+                )
+                np.testing.assert_array_equal(
+                    from_tensor(reply.reconstructions, "reconstructions"), want[k : k + 1]
+                )
+    finally:
+        for s in servers:
+            s.kill(signal.SIGTERM)
+    counts = []
+    for s in servers:
+        records = [json.loads(line) for line in s.log_text().splitlines() if line.startswith("{")]
+        counts.append(
+            sum(r.get("rpc") == "/aecodec.v2.Decoding/Decode" and r["code"] == "OK" for r in records)
+        )
+    assert sum(counts) == 16 and min(counts) >= 1, counts
