@@ -9,6 +9,7 @@ Against real `python -m cloud.server` processes on one bundle (the demo's convol
   DecodeStream, with dynamic batching on (the server's default);
 - single-item requests with batching off, the same grid rows, for comparison;
 - p50/p99 latency of single-item Decode requests, batching on and off;
+- single-item requests pipelined on a stream (32 in flight per client), which the server reads ahead;
 - single-item requests against 2 server processes sharing one port (--reuse-port: the kernel spreads the
   connections), the way to use more cores than one process's event loop;
 - the server's CPU time per item (from /proc), next to the in-process decoder's.
@@ -20,6 +21,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import os
 import shlex
 import signal
@@ -36,6 +38,8 @@ from bench.server_process import ServerProcess
 
 BATCHES = (1, 16, 256)
 CLIENTS = (1, 8, 64)
+PIPELINE = 32  # requests a pipelining client keeps in flight on its stream (the server's --stream-window)
+PIPELINED = "DecodeStream, pipelined"
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -129,9 +133,34 @@ async def drive(
         except grpc.aio.AioRpcError:
             errors += 1
 
+    async def pipelined(i: int) -> None:
+        """Up to PIPELINE requests sent before their replies are read, as edge's decode_stream sends an iterator."""
+        nonlocal errors
+        stub = pb_grpc.DecodingStub(channels[i % len(channels)])
+        call = stub.DecodeStream(timeout=seconds + 60)
+        room = asyncio.Semaphore(PIPELINE)
+        sent: collections.deque[float] = collections.deque()
+
+        async def send() -> None:
+            while time.monotonic() < stop_at:
+                await room.acquire()
+                sent.append(time.perf_counter())
+                await call.write(req)
+            await call.done_writing()
+
+        writer = asyncio.ensure_future(send())
+        try:
+            async for _ in call:
+                latencies.append(time.perf_counter() - sent.popleft())
+                room.release()
+            await writer
+        except grpc.aio.AioRpcError:
+            errors += 1
+            writer.cancel()
+
     for ch in channels:
         await ch.channel_ready()
-    worker = unary if method == "Decode" else streaming
+    worker = {"Decode": unary, "DecodeStream": streaming, PIPELINED: pipelined}[method]
     t0 = time.perf_counter()
     await asyncio.gather(*(worker(i) for i in range(clients)))
     wall = time.perf_counter() - t0
@@ -272,7 +301,11 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
         "## Single-item requests: batching on and off, one and two server processes",
         "",
         "Two processes: two `python -m cloud.server --reuse-port` on one port; the kernel spreads the clients' "
-        "connections over them, so two event loops (and two interpreters' locks) answer calls.",
+        "connections over them, so two event loops (and two interpreters' locks) answer calls. "
+        f"{PIPELINED}: each client keeps {PIPELINE} single-item requests in flight on its stream (as edge's "
+        "decode_stream sends an iterator) and the server decodes up to --stream-window (32) of them at once; the "
+        "other rows wait for each reply before sending the next request. Latency is from a request's send to its "
+        "reply.",
         "",
         f"| method | clients | batching | processes | {COLUMNS}",
         f"|---|---:|---|---:|{ALIGN}",
@@ -282,7 +315,7 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
     g = {(x["method"], x["batch"], x["clients"]): x for x in r["grid"]}
     big = max(g[(m, 256, 1)]["items_per_s"] / g[(m, 256, 1)]["ceiling"] for m in ("Decode", "DecodeStream"))
     lines += ["", "## Goals (issue 13)", ""]
-    for method in ("Decode", "DecodeStream"):
+    for method in ("Decode", "DecodeStream", PIPELINED):
         best = max(
             (x for x in r["single"] if x["method"] == method and x["clients"] == 64),
             key=lambda x: x["items_per_s"] / x["ceiling"],
@@ -359,7 +392,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for s in servers:
                 s.start()
-            for method in ("Decode", "DecodeStream"):
+            for method in ("Decode", "DecodeStream", PIPELINED):
                 for clients in CLIENTS:
                     row = cell(servers, 1, clients, method)
                     row.update(batching=batching, processes=processes)

@@ -7,23 +7,36 @@ run slots is free, so a lone client pays no batching delay; while every slot is 
 requests wait, and when a run finishes they all go together, up to ``max_items`` items: under load
 batches form by themselves (continuous batching). ``max_delay`` > 0 adds Triton's ``max_queue_delay``
 on top: an idle bundle waits that long for company before it runs. A request at least ``max_items``
-large runs alone, split across the decode threads (``SPLIT`` items or more per part), so one big request
-uses every core the server decodes on. If a merged run fails, each request is run alone, so one caller's failure never
-becomes another's.
+large runs alone, split across the decode threads (``SPLIT`` items or more per part), so one big
+request uses every core the server decodes on. If a merged run fails, each request is run alone, so
+one caller's failure never becomes another's.
+
+One stream's requests batch too (``in_order``). A device that pipelines single-item requests over one
+DecodeStream was served one request at a time, so its items never met in a decoder run and the stream's
+rate was one over a request's latency. The stream's next requests are now read and started while earlier
+ones decode, up to ``window`` requests and ``budget`` decoded bytes (so a client that sends fast and reads
+slowly holds at most that much), and they merge here like concurrent clients' requests. What a caller
+sees is unchanged: replies come in request order, and a request that is refused (or a message that does
+not parse) ends the stream with its status after the replies to the requests before it. That needs the
+abort to wait for its turn: requests worked on ahead get a ``DeferringContext``, whose ``abort`` raises
+``Deferred`` instead of ending the call at once.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
+from typing import Any, NoReturn, TypeVar
 
+import grpc
 import numpy as np
 
 from latent_codec.codec import Codec, Side
 
 SPLIT = (
-    32  # fewest items per part when one run is split across decode threads: below, ORT's per-run cost shows
+    32  # fewest items per part when one run is split across decode threads (below, ORT's per-run cost shows)
 )
 
 
@@ -136,3 +149,109 @@ class Batcher:
             if not w.future.done():
                 w.future.set_result(out[start:end])
             start = end
+
+
+# ---- one stream's requests, read ahead ------------------------------------------------------------------------
+Reply = TypeVar("Reply")
+Ticket = TypeVar("Ticket")
+
+
+class Deferred(Exception):
+    """An abort of a request worked on ahead, to be sent when the stream reaches it."""
+
+    def __init__(self, code: grpc.StatusCode, details: str):
+        super().__init__(details)
+        self.code, self.details = code, details
+
+
+class DeferringContext:
+    """The stream's servicer context, except that ``abort`` raises ``Deferred`` instead of ending the call now."""
+
+    def __init__(self, context: grpc.aio.ServicerContext):
+        self._context = context
+
+    async def abort(self, code: grpc.StatusCode, details: str = "", trailing_metadata: Any = ()) -> NoReturn:
+        raise Deferred(code, details)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._context, name)
+
+
+class _Window:
+    """At most `requests` entries and `capacity` bytes ahead; one acquirer (the reader), released in order."""
+
+    def __init__(self, requests: int, capacity: int):
+        self.requests, self.capacity = max(1, requests), max(1, capacity)
+        self.count = self.used = 0
+        self._freed = asyncio.Event()
+
+    async def acquire(self, nbytes: int) -> int:
+        nbytes = min(nbytes, self.capacity)  # one request never waits for more than there is
+        while self.count >= self.requests or self.used + nbytes > self.capacity:
+            self._freed.clear()
+            await self._freed.wait()
+        self.count += 1
+        self.used += nbytes
+        return nbytes
+
+    def release(self, nbytes: int) -> None:
+        self.count -= 1
+        self.used -= nbytes
+        self._freed.set()
+
+
+async def in_order(
+    requests: AsyncIterator[Any],
+    context: grpc.aio.ServicerContext,
+    admit: Callable[[Any, Any], Awaitable[tuple[Ticket, int]]],
+    work: Callable[[Ticket, Any], Awaitable[Reply]],
+    window: int,
+    budget: int,
+) -> AsyncIterator[Reply]:
+    """Each request's reply, in order: ``admit(request, ctx)`` checks it (cheap, in order) and says the bytes it will
+    decode to; ``work(ticket, ctx)`` decodes it, up to `window` requests and `budget` bytes ahead of the replies."""
+    deferring = DeferringContext(context)
+    ahead = _Window(window, budget)
+    queue: asyncio.Queue[tuple[asyncio.Future, int] | BaseException | None] = asyncio.Queue()
+
+    async def read() -> None:
+        try:
+            async for request in requests:
+                ticket, nbytes = await admit(request, deferring)
+                held = await ahead.acquire(nbytes)
+                queue.put_nowait((asyncio.ensure_future(work(ticket, deferring)), held))
+            queue.put_nowait(None)
+        except asyncio.CancelledError:
+            raise
+        except (
+            BaseException
+        ) as exc:  # refused, unparseable, or the client went away: after the replies before it
+            queue.put_nowait(exc)
+
+    reader = asyncio.ensure_future(read())
+    try:
+        while True:
+            entry = await queue.get()
+            if entry is None:
+                return
+            if isinstance(entry, Deferred):
+                await context.abort(entry.code, entry.details)
+            if isinstance(entry, BaseException):
+                raise entry
+            task, held = entry
+            try:
+                try:
+                    reply = await task
+                except Deferred as exc:
+                    await context.abort(exc.code, exc.details)
+                yield reply  # the bytes stay counted until the reply is handed over
+            finally:
+                ahead.release(held)
+    finally:
+        reader.cancel()
+        while not queue.empty():  # the stream ended early: what was started ahead is not wanted
+            left = queue.get_nowait()
+            if isinstance(left, tuple):
+                left[0].cancel()
+                if left[0].done() and not left[0].cancelled():
+                    left[0].exception()  # retrieved: a refusal nobody will see is not an "unhandled" error

@@ -26,7 +26,7 @@ from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
 from .audit import Audit
-from .batching import Batcher
+from .batching import Batcher, in_order
 from .bundles import BundleRegistry, LoadedBundle
 from .limits import InFlight, Limits, OverBudget
 from .metrics import CodecMetrics
@@ -164,6 +164,7 @@ class Batching:
     max_delay: float = 0.0  # seconds an idle bundle waits for company (0: run at once, batch only under load)
     chunk: int = 256  # items per decoder-graph run within a batch (bounds activations)
     max_runs: int = 2  # decoder runs in flight per bundle (the decode threads)
+    stream_window: int = 32  # requests of one DecodeStream in work at once (1: one at a time, no read-ahead)
 
 
 class DecodingService(pb_grpc.DecodingServicer):
@@ -188,16 +189,29 @@ class DecodingService(pb_grpc.DecodingServicer):
     async def _decode_one(
         self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
     ) -> pb.DecodeResponse:
+        admitted, _ = await self._admit(request, context)
+        return await self._work(admitted, context)
+
+    async def _admit(
+        self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
+    ) -> tuple[tuple[LoadedBundle, pb.DecodeRequest, int], int]:
+        """What can be refused before decoding (aborts); -> (what _work needs, the bytes decoding will hold)."""
         if not request.HasField("codes"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "codes is missing")
         lb = await lookup(self.registry, request.codes.bundle_id, context)
-        codec = lb.codec
         try:
-            held = check_request(codec, request, self.limits)
+            held = check_request(lb.codec, request, self.limits)
         except OverBudget as exc:
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except PayloadError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+        return (lb, request, held), held
+
+    async def _work(
+        self, admitted: tuple[LoadedBundle, pb.DecodeRequest, int], context: grpc.aio.ServicerContext
+    ) -> pb.DecodeResponse:
+        """Decode an admitted request within the in-flight budget and build its reply."""
+        lb, request, held = admitted
         t0 = time.perf_counter()
         async with self.in_flight.hold(held):
             resp = await self._decode_checked(lb, request, context)
@@ -240,8 +254,14 @@ class DecodingService(pb_grpc.DecodingServicer):
         return await self._decode_one(request, context)
 
     async def DecodeStream(self, request_iterator: AsyncIterator[pb.DecodeRequest], context):
-        async for request in request_iterator:
-            yield await self._decode_one(request, context)
+        """Replies in request order; up to --stream-window requests of the stream decode at once, so a device
+        that pipelines single items gets them batched (cloud/batching.py)."""
+        replies = in_order(
+            request_iterator, context, self._admit, self._work, self.batching.stream_window,
+            self.limits.max_decode_bytes,
+        )  # fmt: skip
+        async for reply in replies:
+            yield reply
 
     async def ModelInfo(self, request, context):
         bundles = []

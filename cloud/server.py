@@ -428,7 +428,7 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
     ):
         if getattr(args, name) < 0:
             raise CodecError(f"--{name.replace('_', '-')} must not be negative")
-    for name in ("decode_workers", "store_workers", "max_decode_mib"):
+    for name in ("decode_workers", "store_workers", "max_decode_mib", "stream_window"):
         if getattr(args, name) < 1:
             raise CodecError(f"--{name.replace('_', '-')} must be at least 1")
     if not 1 <= args.max_message_mib <= 2047:
@@ -457,7 +457,11 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         ),
         reuse_port=args.reuse_port,
         health_interval=args.health_interval,
-        batching=Batching(max_items=args.batch_max_items, max_delay=args.batch_delay_ms / 1000),
+        batching=Batching(
+            max_items=args.batch_max_items,
+            max_delay=args.batch_delay_ms / 1000,
+            stream_window=args.stream_window,
+        ),
         reload_interval=args.reload_interval,
     )
 
@@ -562,6 +566,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         default=d.batching.max_delay * 1000,
         help="dynamic batching: how long an idle bundle's first request waits for others, milliseconds (0: "
         "it runs at once, and requests batch up only while earlier runs are busy)",
+    )
+    p.add_argument(
+        "--stream-window",
+        type=int,
+        default=d.batching.stream_window,
+        help="requests of one DecodeStream decoded at once (replies stay in order), so a device pipelining single "
+        "items gets them batched; 1 = one at a time",
     )
     p.add_argument(
         "--reload-interval",

@@ -181,6 +181,112 @@ def test_served_requests_are_merged_and_a_bad_request_fails_alone(bundle, items)
     )  # fewer decoder runs than requests
 
 
+# ---- one stream read ahead -------------------------------------------------------------------------------------
+def _stream_server(bundle, window: int = 32):
+    from cloud.decoding_service import Batching
+
+    batching = Batching(64, 0.05, stream_window=window)  # 50 ms for company: merging is certain, not a race
+    return build_server(bundle, "127.0.0.1:0", metrics_address="127.0.0.1:0", batching=batching)
+
+
+def test_a_pipelined_stream_is_batched_and_answered_in_order(bundle, items):
+    """A device pipelining single items over one DecodeStream: read ahead, its requests share decoder runs; with
+    --stream-window 1 each waits for the one before (one run per request)."""
+    from tests.test_metrics import scrape, val
+
+    codec = Codec.open(bundle)
+    payloads = codec.encode(items[:24])
+    want = codec.decode(payloads)
+    requests = [pb.DecodeRequest(codes=codec.to_batch([p])) for p in payloads]
+    runs = {}
+    for window in (32, 1):
+        running = _stream_server(bundle, window)
+        try:
+            with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+                replies = list(CloudStub(ch).DecodeStream(iter(requests), timeout=30))
+            samples = scrape(running.metrics_port)
+        finally:
+            running.stop(grace=1.0)
+        assert len(replies) == 24
+        for k, r in enumerate(replies):  # in request order
+            np.testing.assert_array_equal(from_tensor(r.reconstructions, "reconstructions"), want[k : k + 1])
+        assert val(samples, "aecodec_decode_batch_items_sum") == 24
+        runs[window] = val(samples, "aecodec_decode_batch_items_count")
+    assert runs[32] <= 4 and runs[1] == 24, runs
+
+
+def test_a_refusal_in_a_pipelined_stream_comes_after_the_replies_before_it(bundle, items):
+    """Requests worked on ahead are refused in their turn: the replies before a bad request arrive, then its status,
+    whether it is refused on admission (unknown bundle), while decoding (bad payload) or does not parse."""
+    codec = Codec.open(bundle)
+    payloads = codec.encode(items[:8])
+    good = [pb.DecodeRequest(codes=codec.to_batch([p])) for p in payloads]
+    unknown = pb.DecodeRequest(codes=codec.to_batch(payloads[:1]))
+    unknown.codes.bundle_id = "nope"
+    corrupt = pb.DecodeRequest(codes=codec.to_batch(payloads[:1]))
+    corrupt.codes.data = corrupt.codes.data[:-1]
+    cases = [
+        (unknown.SerializeToString(), grpc.StatusCode.NOT_FOUND),
+        (corrupt.SerializeToString(), grpc.StatusCode.INVALID_ARGUMENT),
+        (b"\xff\xff\xff", grpc.StatusCode.INVALID_ARGUMENT),
+    ]
+    running = _stream_server(bundle)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            raw_stream = ch.stream_stream(
+                "/aecodec.v2.Decoding/DecodeStream", response_deserializer=pb.DecodeResponse.FromString
+            )
+            for bad, code in cases:
+                body = (
+                    [g.SerializeToString() for g in good[:5]]
+                    + [bad]
+                    + [g.SerializeToString() for g in good[5:]]
+                )
+                got = []
+                with pytest.raises(grpc.RpcError) as exc:
+                    for reply in raw_stream(iter(body), timeout=30):
+                        got.append(reply)
+                assert exc.value.code() == code, exc.value.details()
+                assert len(got) == 5 and all(r.count == 1 for r in got)
+            assert CloudStub(ch).Decode(good[0], timeout=10).count == 1  # the server is fine
+    finally:
+        running.stop(grace=1.0)
+
+
+def test_read_ahead_is_bounded_by_requests_and_bytes_while_the_client_does_not_read():
+    """A client that sends fast and never reads holds at most `window` requests and `budget` bytes of work."""
+    from cloud.batching import in_order
+
+    started: list[int] = []
+
+    async def requests():
+        for k in range(100):
+            yield k
+
+    async def admit(request, ctx):
+        return request, 40  # each request will hold 40 bytes
+
+    async def work(ticket, ctx):
+        started.append(ticket)
+        return ticket
+
+    async def go(window: int, budget: int) -> tuple[list[int], list[int]]:
+        started.clear()
+        replies = in_order(requests(), None, admit, work, window, budget)  # type: ignore[arg-type]
+        first = [await replies.__anext__()]
+        await asyncio.sleep(0.05)  # the client reads nothing more: the reader runs as far as it may
+        seen = list(started)
+        first += [r async for r in replies]
+        return seen, first
+
+    seen, out = asyncio.run(go(window=8, budget=10_000))
+    assert len(seen) == 8 and out == list(range(100))  # the one handed over still counts until it is taken
+    seen, out = asyncio.run(go(window=64, budget=100))
+    assert len(seen) == 100 // 40 and out == list(range(100))
+    seen, out = asyncio.run(go(window=64, budget=10))  # one request larger than the budget still runs alone
+    assert len(seen) == 1 and out == list(range(100))
+
+
 # ---- live rollout ---------------------------------------------------------------------------------------------
 def _copy_as(src: Path, dst: Path) -> Path:
     tmp = dst.parent / f".{dst.name}.tmp"

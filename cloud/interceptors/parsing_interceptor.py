@@ -38,6 +38,15 @@ def _parse_one(deserialize: Deserializer, method: str) -> Callable[..., Awaitabl
     return around
 
 
+class Unparsed(Exception):
+    """A streamed message that does not parse. Raised where the handler reads it, answered here: a handler that
+    reads ahead (cloud/batching.py) first sends the replies to the messages before it."""
+
+    def __init__(self, cause: Exception):
+        super().__init__(str(cause))
+        self.cause = cause
+
+
 def _parse_stream(deserialize: Deserializer, method: str) -> Callable[..., Awaitable[Any]]:
     async def around(call: Call, raw_iter: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> Any:
         async def parsed() -> AsyncIterator[Any]:
@@ -45,10 +54,13 @@ def _parse_stream(deserialize: Deserializer, method: str) -> Callable[..., Await
                 try:
                     message = deserialize(raw)
                 except Exception as exc:
-                    await _invalid(context, method, exc)
+                    raise Unparsed(exc) from None
                 yield message
 
-        return await call(parsed(), context)
+        try:
+            return await call(parsed(), context)
+        except Unparsed as exc:
+            await _invalid(context, method, exc.cause)
 
     return around
 
