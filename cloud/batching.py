@@ -25,7 +25,7 @@ abort to wait for its turn: requests worked on ahead get a ``DeferringContext``,
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
 from typing import Any, NoReturn, TypeVar
@@ -34,6 +34,8 @@ import grpc
 import numpy as np
 
 from latent_codec.codec import Codec, Side
+
+from .limits import InFlight
 
 SPLIT = (
     32  # fewest items per part when one run is split across decode threads (below, ORT's per-run cost shows)
@@ -207,19 +209,27 @@ async def in_order(
     work: Callable[[Ticket, Any], Awaitable[Reply]],
     window: int,
     budget: int,
-) -> AsyncIterator[Reply]:
+    shared: InFlight | None = None,
+) -> AsyncGenerator[Reply, None]:
     """Each request's reply, in order: ``admit(request, ctx)`` checks it (cheap, in order) and says the bytes it will
-    decode to; ``work(ticket, ctx)`` decodes it, up to `window` requests and `budget` bytes ahead of the replies."""
+    decode to; ``work(ticket, ctx)`` decodes it, up to `window` requests and `budget` bytes ahead of the replies.
+
+    A request's bytes stay taken, from this stream's window and from `shared` (all streams' replies), until the
+    consumer asks for the next reply or closes this generator, i.e. until its write of this one has completed
+    (the client's flow-control window took it) or failed (the call is gone): gRPC holds an unsent reply in
+    memory for as long as its client does not read, and `shared` bounds what all such replies hold together.
+    """
     deferring = DeferringContext(context)
     ahead = _Window(window, budget)
-    queue: asyncio.Queue[tuple[asyncio.Future, int] | BaseException | None] = asyncio.Queue()
+    queue: asyncio.Queue[tuple[asyncio.Future, int, int] | BaseException | None] = asyncio.Queue()
 
     async def read() -> None:
         try:
             async for request in requests:
                 ticket, nbytes = await admit(request, deferring)
                 held = await ahead.acquire(nbytes)
-                queue.put_nowait((asyncio.ensure_future(work(ticket, deferring)), held))
+                taken = await shared.acquire(nbytes) if shared is not None else 0
+                queue.put_nowait((asyncio.ensure_future(work(ticket, deferring)), held, taken))
             queue.put_nowait(None)
         except asyncio.CancelledError:
             raise
@@ -238,15 +248,17 @@ async def in_order(
                 await context.abort(entry.code, entry.details)
             if isinstance(entry, BaseException):
                 raise entry
-            task, held = entry
+            task, held, taken = entry
             try:
                 try:
                     reply = await task
                 except Deferred as exc:
                     await context.abort(exc.code, exc.details)
-                yield reply  # the bytes stay counted until the reply is handed over
+                yield reply  # the bytes stay counted until the consumer has sent the reply, or the call is gone
             finally:
                 ahead.release(held)
+                if shared is not None:
+                    await shared.release(taken)
     finally:
         reader.cancel()
         while not queue.empty():  # the stream ended early: what was started ahead is not wanted
@@ -255,3 +267,5 @@ async def in_order(
                 left[0].cancel()
                 if left[0].done() and not left[0].cancelled():
                     left[0].exception()  # retrieved: a refusal nobody will see is not an "unhandled" error
+                if shared is not None:
+                    await shared.release(left[2])

@@ -10,6 +10,7 @@ the event loop keeps answering other calls. Domain errors map to status codes na
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator
@@ -185,6 +186,10 @@ class DecodingService(pb_grpc.DecodingServicer):
         self.audit = audit
         # The decoded bytes all requests may hold at once: one budget per decode thread.
         self.in_flight = InFlight(self.batching.max_runs * self.limits.max_decode_bytes)
+        # The bytes streams' replies hold from decoding until their client takes them (cloud/batching.py in_order):
+        # one request's budget across all streams. Clients that do not read can hold it and stall other streams'
+        # decoding (until they go away, or --max-connection-age), never the server's memory.
+        self.stream_replies = InFlight(self.limits.max_decode_bytes)
 
     async def _decode_one(
         self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
@@ -258,10 +263,13 @@ class DecodingService(pb_grpc.DecodingServicer):
         that pipelines single items gets them batched (cloud/batching.py)."""
         replies = in_order(
             request_iterator, context, self._admit, self._work, self.batching.stream_window,
-            self.limits.max_decode_bytes,
+            self.limits.max_decode_bytes, self.stream_replies,
         )  # fmt: skip
-        async for reply in replies:
-            yield reply
+        async with contextlib.aclosing(
+            replies
+        ):  # closed at once when a write fails: its budgets come back now
+            async for reply in replies:
+                await context.write(reply)  # returns once the client's flow-control window has taken it
 
     async def ModelInfo(self, request, context):
         bundles = []

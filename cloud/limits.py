@@ -91,13 +91,21 @@ class InFlight:
 
     @asynccontextmanager
     async def hold(self, nbytes: int) -> AsyncIterator[None]:
-        nbytes = min(nbytes, self.capacity)  # one request never waits for more than there is
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.used + nbytes <= self.capacity)
-            self.used += nbytes
+        nbytes = await self.acquire(nbytes)
         try:
             yield
         finally:
-            async with self._cond:
-                self.used -= nbytes
-                self._cond.notify_all()
+            await self.release(nbytes)
+
+    async def acquire(self, nbytes: int) -> int:
+        """Wait until `nbytes` fit, take them; -> what was taken (one request never waits for more than there is)."""
+        nbytes = min(nbytes, self.capacity)
+        async with self._cond:
+            await self._cond.wait_for(lambda: self.used + nbytes <= self.capacity)
+            self.used += nbytes
+        return nbytes
+
+    async def release(self, nbytes: int) -> None:
+        async with self._cond:
+            self.used -= nbytes
+            self._cond.notify_all()

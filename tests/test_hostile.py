@@ -703,3 +703,63 @@ def test_peak_memory_under_eight_worst_case_requests_stays_within_the_stated_bud
         server.kill(signal.SIGTERM)
     assert statuses == {"OK": 8}  # all served: the budget is what a request may ask for, not a refusal
     assert grown_mib < 300, f"peak RSS grew by {grown_mib:.0f} MiB"
+
+
+@pytest.mark.slow
+def test_streams_that_pipeline_worst_case_requests_and_never_read_stay_within_the_budget(tmp_path):
+    """8 DecodeStream clients each send 4 requests at the decode budget (float32 replies) and never read. gRPC keeps
+    an unsent reply in memory while its client does not read, so such streams used to pin one reply each (8
+    streams: +825 MiB). Replies now hold a shared budget until sent: peak RSS stays within the same 300 MiB, and
+    the budget comes back when those clients go away."""
+    import grpc
+
+    from bench.hostile import DEVICE, TOKEN, budget_items, train_bundle
+    from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
+    from tests.helpers import need_fashion
+
+    need_fashion()
+    bundle = train_bundle(tmp_path)
+    codec = Codec.open(bundle)
+    (tmp_path / "tokens.txt").write_text(f"{TOKEN} devices={DEVICE}\n")
+    server = ServerProcess(
+        bundle, None, tmp_path, extra=("--auth-token-file", str(tmp_path / "tokens.txt"))
+    ).start()
+    n = budget_items(codec)
+    req = pb.DecodeRequest(
+        codes=pb.CodeBatch(bundle_id=codec.bundle_id, count=n, format=codec.format, sizes=[0] * n),
+        reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32,
+    )
+
+    async def hold_open() -> int:
+        opts = [("grpc.max_receive_message_length", 64 << 20)]
+        channels = [grpc.aio.insecure_channel(server.target, options=opts) for _ in range(8)]
+        calls = [
+            pb_grpc.DecodingStub(ch).DecodeStream(metadata=[("authorization", f"Bearer {TOKEN}")], timeout=60)
+            for ch in channels
+        ]
+        for call in calls:
+            for _ in range(4):
+                await call.write(req)
+        await asyncio.sleep(8)  # the server decodes what it may; nobody reads
+        grown = server.rss_kib("VmHWM")
+        for call in calls:  # the clients go away: what their replies held comes back
+            call.cancel()
+        for ch in channels:
+            await ch.close()
+        async with grpc.aio.insecure_channel(server.target, options=opts) as ch:
+            call = pb_grpc.DecodingStub(ch).DecodeStream(
+                metadata=[("authorization", f"Bearer {TOKEN}")], timeout=30
+            )
+            await call.write(req)
+            assert (await call.read()).count == n
+            await call.done_writing()
+        return grown
+
+    try:
+        before = server.rss_kib("VmHWM")
+        grown_mib = (asyncio.run(hold_open()) - before) / 1024
+        print(f"peak RSS grew by {grown_mib:.0f} MiB")
+        assert server.proc is not None and server.proc.poll() is None
+    finally:
+        server.kill(signal.SIGTERM)
+    assert grown_mib < 300, f"peak RSS grew by {grown_mib:.0f} MiB"
