@@ -45,7 +45,7 @@ from . import tenancy
 from .audit import Audit
 from .bundles import BundleRegistry, LoadedBundle
 from .decoding_service import FORMATS, reconstruction_tensor
-from .limits import Limits, OverBudget
+from .limits import InFlight, Limits, OverBudget
 from .metrics import CodecMetrics
 from .store import ItemConflict, NewItem, Store, StoredRecord, StoreError, StoreUnavailable
 
@@ -60,6 +60,21 @@ DEFAULT_FETCH_LIMIT = 10_000
 MAX_FETCH_LIMIT = 100_000
 FETCH_MESSAGE_ITEMS = 256  # items per FetchResponse message at most ...
 FETCH_MESSAGE_BYTES = 8 << 20  # ... and about this many bytes (large images: fewer items per message)
+
+
+def fetch_chunks(costs: list[int], max_items: int, budget: int) -> list[tuple[int, int]]:
+    """Consecutive [a, b) ranges of items to decode together: at most max_items, and at most `budget` decoded
+    bytes unless one item alone is larger (it then goes alone)."""
+    chunks: list[tuple[int, int]] = []
+    a, total = 0, 0
+    for k, cost in enumerate(costs):
+        if k > a and (k - a >= max_items or total + cost > budget):
+            chunks.append((a, k))
+            a, total = k, 0
+        total += cost
+    if a < len(costs):
+        chunks.append((a, len(costs)))
+    return chunks
 
 
 class Refused(Exception):
@@ -279,6 +294,9 @@ class StorageService(pb_grpc.StorageServicer):
         self.decode_executor = decode_executor
         self.limits = limits or Limits()
         self.metrics = metrics
+        # Fetch replies from decoding until their client takes them: one request's budget across all Fetch calls
+        # (as DecodeStream's, cloud/decoding_service.py), so clients that do not read cannot hold the memory.
+        self.replies = InFlight(self.limits.max_decode_bytes)
 
     def close(self) -> None:
         self.store.close()
@@ -418,6 +436,18 @@ class StorageService(pb_grpc.StorageServicer):
             )
         return out
 
+    def _decoded_bytes(self, record: StoredRecord, req: pb.FetchRequest) -> int:
+        """What decoding this stored item will hold (float32 bytes; 0 when it is not decoded here)."""
+        lb = None if req.codes_only else self.registry.get(record.bundle_id)
+        if lb is None:
+            return 0
+        if not lb.codec.input.any_size:
+            return math.prod(lb.codec.input.shape) * 4
+        try:
+            return int(lb.codec.item_costs([record.payload])[0][0])
+        except PayloadError:
+            return 0  # decoding will say what is wrong with it
+
     async def Fetch(self, request: pb.FetchRequest, context):
         try:
             records, missing = await self._records(request)
@@ -426,20 +456,25 @@ class StorageService(pb_grpc.StorageServicer):
         if not records:
             yield pb.FetchResponse(missing_ids=missing)
             return
-        pending: list[pb.StoredItem] = []
-        size = 0
         first = True
-        for s in range(0, len(records), FETCH_MESSAGE_ITEMS):
-            for item in await self._stored_items(records[s : s + FETCH_MESSAGE_ITEMS], request):
-                item_size = item.ByteSize()
-                if pending and (
-                    len(pending) >= FETCH_MESSAGE_ITEMS or size + item_size > FETCH_MESSAGE_BYTES
-                ):
-                    yield pb.FetchResponse(items=pending, missing_ids=missing if first else [])
-                    first, pending, size = False, [], 0
-                pending.append(item)
-                size += item_size
-        yield pb.FetchResponse(items=pending, missing_ids=missing if first else [])
+        costs = [self._decoded_bytes(r, request) for r in records]
+        for a, b in fetch_chunks(costs, FETCH_MESSAGE_ITEMS, self.limits.max_decode_bytes):
+            # Decoded a budget at a time, held until its messages are written: a client that does not read
+            # holds one budget, not every item it asked for.
+            async with self.replies.hold(sum(costs[a:b])):
+                pending: list[pb.StoredItem] = []
+                size = 0
+                for item in await self._stored_items(records[a:b], request):
+                    item_size = item.ByteSize()
+                    if pending and (
+                        len(pending) >= FETCH_MESSAGE_ITEMS or size + item_size > FETCH_MESSAGE_BYTES
+                    ):
+                        yield pb.FetchResponse(items=pending, missing_ids=missing if first else [])
+                        first, pending, size = False, [], 0
+                    pending.append(item)
+                    size += item_size
+                yield pb.FetchResponse(items=pending, missing_ids=missing if first else [])
+                first = False
 
     # ---- listing ------------------------------------------------------------
     async def ListStored(self, request: pb.ListStoredRequest, context):

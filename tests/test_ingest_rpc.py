@@ -479,3 +479,22 @@ def test_an_empty_entropy_coded_payload_is_stored_and_decodes(served, encoders, 
     local = enc.decode([b""], unit=True)
     assert got[0].payload == b"" and not got[0].error
     assert np.abs(from_tensor(got[0].reconstruction) - local).max() <= 1e-6
+
+
+def test_fetch_decodes_a_decode_budget_at_a_time():
+    """Fetch decodes its items in runs of at most 256 items and one decode budget of bytes (a large item alone),
+    each held until its messages are written: 256 large images at once were gigabytes."""
+    from cloud.storage_service import fetch_chunks
+
+    assert fetch_chunks([10] * 7, 3, 100) == [(0, 3), (3, 6), (6, 7)]
+    assert fetch_chunks([40, 40, 40, 200, 10, 0, 0], 256, 100) == [(0, 2), (2, 3), (3, 4), (4, 7)]
+    assert fetch_chunks([], 256, 100) == []
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        costs = rng.integers(0, 150, size=int(rng.integers(1, 40))).tolist()
+        chunks = fetch_chunks(costs, 5, 100)
+        assert [a for a, _ in chunks][1:] == [b for _, b in chunks][:-1]  # consecutive ...
+        assert chunks[0][0] == 0 and chunks[-1][1] == len(costs)  # ... and covering every item in order
+        for a, b in chunks:
+            assert 1 <= b - a <= 5
+            assert sum(costs[a:b]) <= 100 or b - a == 1
