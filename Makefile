@@ -61,8 +61,8 @@ bench-ingest: setup postgres
 bench-hostile: setup
 	$(PY) -m bench.hostile --out docs/hostile.md
 
-# Served throughput and latency (batch sizes x clients, batching on and off) vs the in-process ceiling
-# -> docs/serving.md (~6 min).
+# Served throughput and latency (batch sizes x clients, batching on and off, one and two processes, pipelined
+# streams) vs the in-process ceiling and a bare gRPC server's floor -> docs/serving.md (~7.5 min).
 bench-serving: setup
 	$(PY) -m bench.serving --out docs/serving.md
 

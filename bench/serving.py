@@ -1,6 +1,6 @@
 """Serving throughput and latency, measured in one run; writes docs/serving.md.
 
-    python -m bench.serving                      # the committed table (about 6 minutes)
+    python -m bench.serving                      # the committed table (about 7.5 minutes)
     python -m bench.serving --seconds 2 --out /tmp/s.md     # a quick look
 
 Against real `python -m cloud.server` processes on one bundle (the demo's convolutional architecture):
