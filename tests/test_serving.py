@@ -497,6 +497,7 @@ def test_audited_items_give_per_bundle_quality_figures(digits_bundle, items, tmp
     )
 
 
+@pytest.mark.slow
 def test_two_processes_on_one_port_both_answer_and_every_call_is_decoded(bundle, items, tmp_path):
     """The way to use more cores than one event loop (docs/deployment.md, Cores): processes sharing a port with
     --reuse-port; the kernel spreads connections over them, and each decodes exactly what it is sent."""
