@@ -37,9 +37,8 @@ from latent_codec.codec import Codec, Side
 
 from .limits import InFlight
 
-SPLIT = (
-    32  # fewest items per part when one run is split across decode threads (below, ORT's per-run cost shows)
-)
+# Fewest items per part when one run is split across decode threads (below, ORT's per-run cost shows).
+SPLIT = 32
 
 
 @dataclass
@@ -233,10 +232,8 @@ async def in_order(
             queue.put_nowait(None)
         except asyncio.CancelledError:
             raise
-        except (
-            BaseException
-        ) as exc:  # refused, unparseable, or the client went away: after the replies before it
-            queue.put_nowait(exc)
+        except BaseException as exc:  # refused, unparseable, or the client went away:
+            queue.put_nowait(exc)  # it ends the stream after the replies before it
 
     reader = asyncio.ensure_future(read())
     try:

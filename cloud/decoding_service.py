@@ -265,9 +265,8 @@ class DecodingService(pb_grpc.DecodingServicer):
             request_iterator, context, self._admit, self._work, self.batching.stream_window,
             self.limits.max_decode_bytes, self.stream_replies,
         )  # fmt: skip
-        async with contextlib.aclosing(
-            replies
-        ):  # closed at once when a write fails: its budgets come back now
+        # Closed at once when a write fails (the client went away): what its requests hold comes back now.
+        async with contextlib.aclosing(replies):
             async for reply in replies:
                 await context.write(reply)  # returns once the client's flow-control window has taken it
 
