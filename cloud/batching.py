@@ -25,6 +25,7 @@ abort to wait for its turn: requests worked on ahead get a ``DeferringContext``,
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from concurrent.futures import Executor
 from dataclasses import dataclass
@@ -87,17 +88,26 @@ class Batcher:
         parts = min(self.max_runs, len(codes) // SPLIT)
         if parts <= 1:
             return await loop.run_in_executor(self.executor, self.codec.synthesise, codes, side, self.chunk)
-        bounds = np.linspace(0, len(codes), parts + 1).astype(int)
-        outs = await asyncio.gather(
-            *(
-                loop.run_in_executor(
-                    self.executor, self.codec.synthesise, codes[a:b], {k: v[a:b] for k, v in side.items()},
-                    self.chunk,
-                )
-                for a, b in zip(bounds[:-1], bounds[1:])
-            )
-        )  # fmt: skip
-        return np.concatenate(outs)
+        # Pieces of at most `chunk` items, dealt to the parts; each is written into one output as it is done, so
+        # the split holds the output once (not the parts' outputs and then their concatenation).
+        n = len(codes)
+        step = min(self.chunk if self.chunk > 0 else n, -(-n // parts))
+        pieces = [(a, min(a + step, n)) for a in range(0, n, step)]
+        made: list[np.ndarray] = []
+        lock = threading.Lock()
+
+        def fill(mine: list[tuple[int, int]]) -> None:
+            for a, b in mine:
+                piece = self.codec.synthesise(codes[a:b], {k: v[a:b] for k, v in side.items()})
+                with lock:
+                    if not made:
+                        made.append(np.empty((n, *piece.shape[1:]), piece.dtype))
+                made[0][a:b] = piece
+
+        await asyncio.gather(
+            *(loop.run_in_executor(self.executor, fill, pieces[r::parts]) for r in range(parts))
+        )
+        return made[0]
 
     def _flush(self) -> None:
         if self._timer is not None:
