@@ -106,6 +106,10 @@ class InFlight:
         return nbytes
 
     async def release(self, nbytes: int) -> None:
+        """Give bytes back; shielded, so a caller cancelled while it waits for the lock still gives them back."""
+        await asyncio.shield(self._give_back(nbytes))
+
+    async def _give_back(self, nbytes: int) -> None:
         async with self._cond:
             self.used -= nbytes
             self._cond.notify_all()

@@ -534,3 +534,21 @@ def test_two_processes_on_one_port_both_answer_and_every_call_is_decoded(bundle,
             sum(r.get("rpc") == "/aecodec.v2.Decoding/Decode" and r["code"] == "OK" for r in records)
         )
     assert sum(counts) == 16 and min(counts) >= 1, counts
+
+
+def test_bytes_given_back_by_a_cancelled_caller_are_not_lost():
+    """A stream cancelled while it gives its budget back (waiting for the lock) still gives it back: a lost release
+    would shrink the budget for every later request."""
+    from cloud.limits import InFlight
+
+    async def go() -> int:
+        budget = InFlight(100)
+        taken = await budget.acquire(60)
+        async with budget._cond:  # someone else holds the lock while the release is under way
+            releasing = asyncio.ensure_future(budget.release(taken))
+            await asyncio.sleep(0.01)
+            releasing.cancel()
+        await asyncio.sleep(0.01)
+        return budget.used
+
+    assert asyncio.run(go()) == 0
