@@ -211,16 +211,13 @@ def cpu_seconds(pids: list[int]) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
-def measured(servers: list[ServerProcess], coro) -> dict:
-    """Run one cell's clients; add the servers' CPU time per item decoded (microseconds)."""
-    pids = [s.proc.pid for s in servers if s.proc is not None]
+def measured(pids: list[int], coro) -> dict:
+    """Run one cell's clients; add the server processes' CPU time per item decoded (microseconds)."""
     c0, t0, own0 = cpu_seconds(pids), time.perf_counter(), time.process_time()
     row = asyncio.run(coro)
     used, wall = cpu_seconds(pids) - c0, time.perf_counter() - t0
     row["server_us_per_item"] = 1e6 * used / max(row["items"], 1)
-    row["client_us_per_item"] = (
-        1e6 * (time.process_time() - own0) / max(row["items"], 1)
-    )  # this process: clients
+    row["client_us_per_item"] = 1e6 * (time.process_time() - own0) / max(row["items"], 1)  # this process
     row["server_cores"] = used / wall
     return row
 
@@ -234,8 +231,7 @@ def grpc_floor(seconds: float) -> dict:
     try:
         assert proc.stdout is not None
         port = int(proc.stdout.readline())
-        holder = type("Floor", (), {"proc": proc})()
-        return measured([holder], rpc_ceiling(f"127.0.0.1:{port}", 64, seconds))  # type: ignore[list-item]
+        return measured([proc.pid], rpc_ceiling(f"127.0.0.1:{port}", 64, seconds))
     finally:
         proc.kill()
         proc.wait()
@@ -359,9 +355,8 @@ def main(argv: list[str] | None = None) -> int:
 
     def cell(servers: list[ServerProcess], batch: int, clients: int, method: str) -> dict:
         top = ceiling(codec, payloads, args.seconds / 2)  # side by side: this cell's own ceiling
-        row = measured(
-            servers, drive(servers[0].target, codec, payloads, batch, clients, method, args.seconds)
-        )
+        pids = [s.proc.pid for s in servers if s.proc is not None]
+        row = measured(pids, drive(servers[0].target, codec, payloads, batch, clients, method, args.seconds))
         row.update(method=method, batch=batch, clients=clients, ceiling=top)
         print(row, file=sys.stderr)
         return row
@@ -372,7 +367,8 @@ def main(argv: list[str] | None = None) -> int:
     )  # 2 cores, µs per call
     server = ServerProcess(bundle, None, work).start()
     try:
-        r["rpc"] = measured([server], rpc_ceiling(server.target, 64, args.seconds))
+        assert server.proc is not None
+        r["rpc"] = measured([server.proc.pid], rpc_ceiling(server.target, 64, args.seconds))
         r["grid"] = [
             cell([server], batch, clients, method)
             for method in ("Decode", "DecodeStream")

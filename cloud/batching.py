@@ -14,8 +14,8 @@ one caller's failure never becomes another's.
 One stream's requests batch too (``in_order``). A device that pipelines single-item requests over one
 DecodeStream was served one request at a time, so its items never met in a decoder run and the stream's
 rate was one over a request's latency. The stream's next requests are now read and started while earlier
-ones decode, up to ``window`` requests and ``budget`` decoded bytes (so a client that sends fast and reads
-slowly holds at most that much), and they merge here like concurrent clients' requests. What a caller
+ones decode, up to ``window`` requests, whose decoded bytes come from a budget shared by all streams until
+their replies are sent (so clients that send fast and read slowly hold at most that much), and they merge here like concurrent clients' requests. What a caller
 sees is unchanged: replies come in request order, and a request that is refused (or a message that does
 not parse) ends the stream with its status after the replies to the requests before it. That needs the
 abort to wait for its turn: requests worked on ahead get a ``DeferringContext``, whose ``abort`` raises
@@ -188,57 +188,33 @@ class DeferringContext:
         return getattr(self._context, name)
 
 
-class _Window:
-    """At most `requests` entries and `capacity` bytes ahead; one acquirer (the reader), released in order."""
-
-    def __init__(self, requests: int, capacity: int):
-        self.requests, self.capacity = max(1, requests), max(1, capacity)
-        self.count = self.used = 0
-        self._freed = asyncio.Event()
-
-    async def acquire(self, nbytes: int) -> int:
-        nbytes = min(nbytes, self.capacity)  # one request never waits for more than there is
-        while self.count >= self.requests or self.used + nbytes > self.capacity:
-            self._freed.clear()
-            await self._freed.wait()
-        self.count += 1
-        self.used += nbytes
-        return nbytes
-
-    def release(self, nbytes: int) -> None:
-        self.count -= 1
-        self.used -= nbytes
-        self._freed.set()
-
-
 async def in_order(
     requests: AsyncIterator[Any],
     context: grpc.aio.ServicerContext,
     admit: Callable[[Any, Any], Awaitable[tuple[Ticket, int]]],
     work: Callable[[Ticket, Any], Awaitable[Reply]],
     window: int,
-    budget: int,
-    shared: InFlight | None = None,
+    budget: InFlight,
 ) -> AsyncGenerator[Reply, None]:
     """Each request's reply, in order: ``admit(request, ctx)`` checks it (cheap, in order) and says the bytes it will
-    decode to; ``work(ticket, ctx)`` decodes it, up to `window` requests and `budget` bytes ahead of the replies.
+    decode to; ``work(ticket, ctx)`` decodes it, up to `window` requests of this stream ahead of the replies.
 
-    A request's bytes stay taken, from this stream's window and from `shared` (all streams' replies), until the
-    consumer asks for the next reply or closes this generator, i.e. until its write of this one has completed
-    (the client's flow-control window took it) or failed (the call is gone): gRPC holds an unsent reply in
-    memory for as long as its client does not read, and `shared` bounds what all such replies hold together.
+    A request's bytes stay taken from `budget` (shared by all streams) until the consumer asks for the next reply
+    or closes this generator, i.e. until its write of this one has completed (the client's flow-control window
+    took it) or failed (the call is gone): gRPC holds an unsent reply in memory for as long as its client does
+    not read, and `budget` bounds what all such replies (and the requests read ahead) hold together.
     """
     deferring = DeferringContext(context)
-    ahead = _Window(window, budget)
-    queue: asyncio.Queue[tuple[asyncio.Future, int, int] | BaseException | None] = asyncio.Queue()
+    ahead = asyncio.Semaphore(max(1, window))
+    queue: asyncio.Queue[tuple[asyncio.Future, int] | BaseException | None] = asyncio.Queue()
 
     async def read() -> None:
         try:
             async for request in requests:
                 ticket, nbytes = await admit(request, deferring)
-                held = await ahead.acquire(nbytes)
-                taken = await shared.acquire(nbytes) if shared is not None else 0
-                queue.put_nowait((asyncio.ensure_future(work(ticket, deferring)), held, taken))
+                await ahead.acquire()
+                taken = await budget.acquire(nbytes)
+                queue.put_nowait((asyncio.ensure_future(work(ticket, deferring)), taken))
             queue.put_nowait(None)
         except asyncio.CancelledError:
             raise
@@ -255,7 +231,7 @@ async def in_order(
                 await context.abort(entry.code, entry.details)
             if isinstance(entry, BaseException):
                 raise entry
-            task, held, taken = entry
+            task, taken = entry
             try:
                 try:
                     reply = await task
@@ -263,9 +239,8 @@ async def in_order(
                     await context.abort(exc.code, exc.details)
                 yield reply  # the bytes stay counted until the consumer has sent the reply, or the call is gone
             finally:
-                ahead.release(held)
-                if shared is not None:
-                    await shared.release(taken)
+                ahead.release()
+                await budget.release(taken)
     finally:
         reader.cancel()
         while not queue.empty():  # the stream ended early: what was started ahead is not wanted
@@ -274,5 +249,4 @@ async def in_order(
                 left[0].cancel()
                 if left[0].done() and not left[0].cancelled():
                     left[0].exception()  # retrieved: a refusal nobody will see is not an "unhandled" error
-                if shared is not None:
-                    await shared.release(left[2])
+                await budget.release(left[1])

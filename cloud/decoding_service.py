@@ -262,9 +262,13 @@ class DecodingService(pb_grpc.DecodingServicer):
         """Replies in request order; up to --stream-window requests of the stream decode at once, so a device
         that pipelines single items gets them batched (cloud/batching.py)."""
         replies = in_order(
-            request_iterator, context, self._admit, self._work, self.batching.stream_window,
-            self.limits.max_decode_bytes, self.stream_replies,
-        )  # fmt: skip
+            request_iterator,
+            context,
+            self._admit,
+            self._work,
+            self.batching.stream_window,
+            self.stream_replies,
+        )
         # Closed at once when a write fails (the client went away): what its requests hold comes back now.
         async with contextlib.aclosing(replies):
             async for reply in replies:

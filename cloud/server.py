@@ -231,8 +231,8 @@ async def _poll_bundles(running: Running, interval: float) -> None:
 def build_server(
     bundles: Path | str,
     address: str = "127.0.0.1:0",
-    workers: int = 2,
-    threads: int = 1,
+    workers: int = ServerConfig.decode_workers,
+    threads: int = ServerConfig.threads,
     store: str | None = None,
     **options: Any,
 ) -> Running:

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Executor
@@ -244,11 +243,7 @@ def decode_stored(
             decode_stored(lb, [r], [o], fmt, limits)
         return
     try:
-        per_item = (
-            int(codec.item_costs([records[0].payload])[0][0])
-            if codec.input.any_size
-            else math.prod(codec.input.shape) * 4
-        )
+        per_item = int(codec.item_costs([records[0].payload])[0][0])  # one size per call (any-size: one item)
     except PayloadError as exc:
         out[0].error = f"cannot decode with bundle {lb.bundle_id}: {exc}"
         return
@@ -441,8 +436,6 @@ class StorageService(pb_grpc.StorageServicer):
         lb = None if req.codes_only else self.registry.get(record.bundle_id)
         if lb is None:
             return 0
-        if not lb.codec.input.any_size:
-            return math.prod(lb.codec.input.shape) * 4
         try:
             return int(lb.codec.item_costs([record.payload])[0][0])
         except PayloadError:

@@ -256,6 +256,7 @@ def test_a_refusal_in_a_pipelined_stream_comes_after_the_replies_before_it(bundl
 def test_read_ahead_is_bounded_by_requests_and_bytes_while_the_client_does_not_read():
     """A client that sends fast and never reads holds at most `window` requests and `budget` bytes of work."""
     from cloud.batching import in_order
+    from cloud.limits import InFlight
 
     started: list[int] = []
 
@@ -272,7 +273,7 @@ def test_read_ahead_is_bounded_by_requests_and_bytes_while_the_client_does_not_r
 
     async def go(window: int, budget: int) -> tuple[list[int], list[int]]:
         started.clear()
-        replies = in_order(requests(), None, admit, work, window, budget)  # type: ignore[arg-type]
+        replies = in_order(requests(), None, admit, work, window, InFlight(budget))  # type: ignore[arg-type]
         first = [await replies.__anext__()]
         await asyncio.sleep(0.05)  # the client reads nothing more: the reader runs as far as it may
         seen = list(started)
