@@ -1,9 +1,10 @@
-"""The floor of a gRPC call in Python: a grpc.aio server with no interceptors whose ModelInfo returns an empty reply.
+"""The floor of a gRPC call in Python: a grpc.aio server with no interceptors and empty replies.
 
     python -m bench.grpc_floor            # prints its port, serves until killed
 
-bench/serving.py measures its CPU per call next to the real server's, so the table shows how much of a
-single-item request's cost is grpcio's own per-call work, which no change to cloud/ can remove.
+ModelInfo answers a unary call, DecodeStream each message of a stream, with nothing decoded. bench/serving.py
+measures its CPU per call (and per stream message) next to the real server's, so the table shows how much of a
+single-item request's cost is grpcio's own work, which no change to cloud/ can remove.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ async def serve(address: str) -> None:
     class Empty(pb_grpc.DecodingServicer):
         async def ModelInfo(self, request, context):
             return pb.ModelInfoResponse()
+
+        async def DecodeStream(self, request_iterator, context):
+            async for _ in request_iterator:
+                await context.write(pb.DecodeResponse())
 
     server = grpc.aio.server()
     pb_grpc.add_DecodingServicer_to_server(Empty(), server)

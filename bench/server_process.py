@@ -28,10 +28,17 @@ class ServerProcess:
     """`python -m cloud.server` in a child process; start() waits until it writes its port."""
 
     def __init__(
-        self, bundles: Path, store: str | None, workdir: Path, port: int = 0, extra: tuple[str, ...] = ()
+        self,
+        bundles: Path,
+        store: str | None,
+        workdir: Path,
+        port: int = 0,
+        extra: tuple[str, ...] = (),
+        env: dict[str, str] | None = None,
     ):
         self.bundles, self.store, self.workdir, self.port = bundles, store, workdir, port
         self.extra = extra  # more `python -m cloud.server` flags
+        self.env = env or {}  # more environment variables
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 30.0) -> ServerProcess:
@@ -44,7 +51,7 @@ class ServerProcess:
                 "--address", f"127.0.0.1:{self.port}", "--port-file", str(port_file), "--log-level", "WARNING",
                 "--workers", "2", *self.extra,
             ],
-            cwd=ROOT, env=child_env(), stdout=self.log, stderr=subprocess.STDOUT,
+            cwd=ROOT, env={**child_env(), **self.env}, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
         deadline = time.monotonic() + timeout
         while not port_file.exists():
@@ -80,3 +87,8 @@ class ServerProcess:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
         raise AssertionError(f"no {field} for pid {self.proc.pid}")
+
+    def page_faults(self) -> int:
+        """The child's minor page faults so far (each a fresh page mapped in and zeroed), from /proc."""
+        assert self.proc is not None
+        return int(Path(f"/proc/{self.proc.pid}/stat").read_text().rsplit(")", 1)[1].split()[7])

@@ -41,6 +41,7 @@ from latent_codec.pem import read_pem
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
+from .allocator import tune_malloc
 from .audit import Audit
 from .bundles import BundleRegistry, ReloadReport
 from .decoding_service import Batching, DecodingService
@@ -618,6 +619,7 @@ def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     signal.signal(signal.SIGINT, _on_signal)
     signal.signal(signal.SIGHUP, _on_hup)
+    tune_malloc()  # the process's allocator: requests' arrays reuse pages instead of faulting in fresh ones
     try:
         running = start(config_from_args(args))
     except CodecError as exc:
