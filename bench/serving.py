@@ -39,7 +39,7 @@ from bench.server_process import ServerProcess
 BATCHES = (1, 16, 256)
 CLIENTS = (1, 8, 64)
 PIPELINE = 32  # requests a pipelining client keeps in flight on its stream (the server's --stream-window)
-PIPELINE_ITEMS = 512  # ... but no more items than this (at least 2 requests): enough to hide a round trip
+PIPELINE_ITEMS = 1024  # ... but no more items than this (at least 2 requests): enough to hide a round trip
 PIPELINED = "DecodeStream, pipelined"
 
 

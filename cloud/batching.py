@@ -240,7 +240,7 @@ async def in_order(
                 yield reply  # the bytes stay counted until the consumer has sent the reply, or the call is gone
             finally:
                 ahead.release()
-                await budget.release(taken)
+                budget.release(taken)
     finally:
         reader.cancel()
         while not queue.empty():  # the stream ended early: what was started ahead is not wanted
@@ -249,4 +249,4 @@ async def in_order(
                 left[0].cancel()
                 if left[0].done() and not left[0].cancelled():
                     left[0].exception()  # retrieved: a refusal nobody will see is not an "unhandled" error
-                await budget.release(left[1])
+                budget.release(left[1])

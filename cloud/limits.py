@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import asyncio
 import math
-from collections.abc import AsyncIterator, Sequence
-from contextlib import asynccontextmanager
+from collections import deque
+from collections.abc import Sequence
+from contextlib import suppress
 from dataclasses import dataclass
 
 from latent_codec.codec import Codec
@@ -82,34 +83,69 @@ class InFlight:
     Decoding is pipelined (unpack, the batched decoder graph, the reply), so a thread pool alone no longer
     bounds how many large outputs are alive: each request takes its decoded bytes from this budget before it
     starts and gives them back when its reply is built. Requests wait their turn, in order; none is refused.
+
+    Only the event loop touches it, so it needs no lock: ``release`` is a plain call, which can neither wait nor be
+    cancelled half-way (a lost release would shrink the budget for good), and a request that fits while nobody
+    waits takes its bytes without suspending. Every single-item request passes here, so this is on the hot path.
     """
 
     def __init__(self, capacity: int):
         self.capacity = capacity
         self.used = 0
-        self._cond = asyncio.Condition()
+        self._waiting: deque[tuple[int, asyncio.Future[None]]] = deque()
 
-    @asynccontextmanager
-    async def hold(self, nbytes: int) -> AsyncIterator[None]:
-        nbytes = await self.acquire(nbytes)
-        try:
-            yield
-        finally:
-            await self.release(nbytes)
+    def hold(self, nbytes: int) -> _Held:
+        """``async with budget.hold(n):`` takes n bytes for the block (waiting for them), gives them back after."""
+        return _Held(self, nbytes)
 
     async def acquire(self, nbytes: int) -> int:
         """Wait until `nbytes` fit, take them; -> what was taken (one request never waits for more than there is)."""
         nbytes = min(nbytes, self.capacity)
-        async with self._cond:
-            await self._cond.wait_for(lambda: self.used + nbytes <= self.capacity)
+        if not self._waiting and self.used + nbytes <= self.capacity:
             self.used += nbytes
+            return nbytes
+        entry = (nbytes, asyncio.get_running_loop().create_future())
+        self._waiting.append(entry)
+        try:
+            await entry[1]
+        except asyncio.CancelledError:
+            if entry[1].done() and not entry[1].cancelled():  # granted, then cancelled before it could run
+                self.release(nbytes)
+            else:  # cancelled while waiting: those behind it may fit now
+                with suppress(ValueError):
+                    self._waiting.remove(entry)
+                self._grant()
+            raise
         return nbytes
 
-    async def release(self, nbytes: int) -> None:
-        """Give bytes back; shielded, so a caller cancelled while it waits for the lock still gives them back."""
-        await asyncio.shield(self._give_back(nbytes))
+    def release(self, nbytes: int) -> None:
+        """Give bytes back, and grant them to the waiters (in order) that now fit."""
+        self.used -= nbytes
+        self._grant()
 
-    async def _give_back(self, nbytes: int) -> None:
-        async with self._cond:
-            self.used -= nbytes
-            self._cond.notify_all()
+    def _grant(self) -> None:
+        while self._waiting:
+            nbytes, future = self._waiting[0]
+            if future.done():  # its caller was cancelled
+                self._waiting.popleft()
+                continue
+            if self.used + nbytes > self.capacity:
+                return
+            self._waiting.popleft()
+            self.used += nbytes
+            future.set_result(None)
+
+
+class _Held:
+    """InFlight.hold's context manager (a class: an async generator per request cost more than the budget itself)."""
+
+    __slots__ = ("budget", "nbytes", "taken")
+
+    def __init__(self, budget: InFlight, nbytes: int):
+        self.budget, self.nbytes, self.taken = budget, nbytes, 0
+
+    async def __aenter__(self) -> None:
+        self.taken = await self.budget.acquire(self.nbytes)
+
+    async def __aexit__(self, *exc: object) -> None:
+        self.budget.release(self.taken)

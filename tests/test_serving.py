@@ -537,22 +537,55 @@ def test_two_processes_on_one_port_both_answer_and_every_call_is_decoded(bundle,
     assert sum(counts) == 16 and min(counts) >= 1, counts
 
 
-def test_bytes_given_back_by_a_cancelled_caller_are_not_lost():
-    """A stream cancelled while it gives its budget back (waiting for the lock) still gives it back: a lost release
-    would shrink the budget for every later request."""
+def test_the_in_flight_budget_loses_no_bytes_to_cancelled_callers_and_serves_waiters_in_order():
+    """cloud/limits.py InFlight: a caller granted its bytes but cancelled before it ran gives them back; a caller
+    cancelled while waiting lets those behind it in; waiters are served in order. A lost byte would shrink the
+    budget for every later request; a waiter jumped by smaller requests could wait forever."""
+    from contextlib import suppress
+
     from cloud.limits import InFlight
 
-    async def go() -> int:
-        budget = InFlight(100)
-        taken = await budget.acquire(60)
-        async with budget._cond:  # someone else holds the lock while the release is under way
-            releasing = asyncio.ensure_future(budget.release(taken))
-            await asyncio.sleep(0.01)
-            releasing.cancel()
-        await asyncio.sleep(0.01)
-        return budget.used
+    async def go() -> dict:
+        budget, seen = InFlight(100), {}
+        first = await budget.acquire(60)
+        granted = asyncio.ensure_future(budget.acquire(60))  # 60 + 60 > 100: waits
+        await asyncio.sleep(0)
+        budget.release(first)  # grants the waiter its 60 ...
+        granted.cancel()  # ... but it is cancelled before it runs: the 60 come back
+        with suppress(asyncio.CancelledError):
+            await granted
+        seen["after a granted caller was cancelled"] = budget.used
 
-    assert asyncio.run(go()) == 0
+        first = await budget.acquire(60)
+        big = asyncio.ensure_future(budget.acquire(60))  # waits
+        small = asyncio.ensure_future(budget.acquire(30))  # would fit, but waits its turn behind big
+        await asyncio.sleep(0)
+        seen["small jumped the queue"] = small.done()
+        big.cancel()  # cancelled while waiting: small goes now
+        with suppress(asyncio.CancelledError):
+            await big
+        await asyncio.sleep(0)
+        seen["small granted after big left"] = small.done()
+        budget.release(first)
+        budget.release(await small)
+        seen["at the end"] = budget.used
+
+        async with budget.hold(500):  # more than the capacity: takes all of it, never waits forever
+            seen["a request over the capacity holds"] = budget.used
+        seen["after hold"] = budget.used
+        return seen
+
+    async def bounded() -> dict:  # a lost byte makes a later acquire wait forever: fail, do not hang
+        return await asyncio.wait_for(go(), 10)
+
+    assert asyncio.run(bounded()) == {
+        "after a granted caller was cancelled": 0,
+        "small jumped the queue": False,
+        "small granted after big left": True,
+        "at the end": 0,
+        "a request over the capacity holds": 100,
+        "after hold": 0,
+    }
 
 
 def test_the_server_process_serves_large_requests_without_faulting_in_fresh_pages(bundle, items, tmp_path):
