@@ -236,19 +236,29 @@ def measured(pids: list[int], coro) -> dict:
     return row
 
 
-def grpc_floor(seconds: float, codec, payloads: list[bytes]) -> tuple[dict, dict]:
-    """Against bench/grpc_floor.py (no interceptors, empty replies), 64 clients: ModelInfo calls, and single-item
-    requests pipelined on streams: grpcio's own cost per call and per stream message."""
+def grpc_floor(seconds: float, codec, payloads: list[bytes], top: float) -> tuple[dict, dict, dict]:
+    """Against bench/grpc_floor.py (no interceptors, nothing decoded), measured like the real server:
+    - 64 clients' ModelInfo calls, and their single-item requests pipelined on streams: grpcio's own CPU per call
+      and per stream message;
+    - one client's 256-item Decode calls back to back, answered after the time the decoder needs for 256 items at
+      the ceiling `top` (waited on a thread) with a reply of the real one's size: what a lone client's round trips
+      cost on top of decoding, i.e. the most one such client could get from a server adding nothing."""
     from bench.server_process import ROOT, child_env
+    from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 
-    proc = subprocess.Popen([sys.executable, "-m", "bench.grpc_floor"], cwd=ROOT, env=child_env(),
-                            stdout=subprocess.PIPE, text=True)  # fmt: skip
+    req = pb.DecodeRequest(codes=codec.to_batch(payloads[:256]))
+    reply = codec.decode(payloads[:256])
+    cmd = [sys.executable, "-m", "bench.grpc_floor", "--decode-ms", f"{256 / top * 1e3:.3f}",
+           "--reply-bytes", str(reply.nbytes)]  # fmt: skip
+    proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, text=True)
     try:
-        assert proc.stdout is not None
+        assert proc.stdout is not None and req.codes.count == 256
         target = f"127.0.0.1:{int(proc.stdout.readline())}"
         unary = measured([proc.pid], rpc_ceiling(target, 64, seconds))
         stream = measured([proc.pid], drive(target, codec, payloads, 1, 64, PIPELINED, seconds))
-        return unary, stream
+        lone = measured([proc.pid], drive(target, codec, payloads, 256, 1, "Decode", seconds))
+        lone["ceiling"] = top
+        return unary, stream, lone
     finally:
         proc.kill()
         proc.wait()
@@ -303,6 +313,14 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
         f"**{100 * r['stream_bound']:.0f} %** with single items pipelined on streams, on this machine with clients "
         "like these sharing it.",
         "",
+        "**A lone client's round trips**: the same bare server's Decode, waiting (on a thread, using no CPU) the "
+        f"{256 / top * 1e3:.1f} ms the decoder needs for 256 items at the ceiling and answering with a reply of the "
+        "real one's size, served one client's back-to-back 256-item calls at "
+        f"{r['lone_floor']['items_per_s']:,.0f} items/s: **{100 * r['lone_floor']['items_per_s'] / top:.0f} % of the "
+        f"ceiling** (p50 {r['lone_floor']['p50_ms']:.1f} ms per call). Between one reply and the next request the "
+        "server's cores idle, and waking the threads a call passes through costs time on this machine: that is the "
+        "most one client waiting for each reply could get from a server that added nothing to the decoding.",
+        "",
         "**server CPU µs/item**: the server processes' CPU time (all threads, from /proc) over the items they "
         "decoded in the cell; compare with the in-process figure above to see what serving adds per item.",
         "",
@@ -342,6 +360,7 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
             f"**{100 * frac:.0f} %** at best (batching {best['batching']}, {best['processes']} process"
             f"{'es' if best['processes'] > 1 else ''}): {'met' if frac >= 0.5 else 'not met'}."
         )
+    lone = r["lone_floor"]["items_per_s"] / top
     for method in ("Decode", "DecodeStream", PIPELINED):
         cells = [x for x in r["grid"] if x["method"] == method and x["batch"] == 256]
         fracs = ", ".join(f"{x['clients']}: {100 * x['items_per_s'] / x['ceiling']:.0f} %" for x in cells)
@@ -350,6 +369,9 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
             f"- Batch-256 {method} requests stay >= 90 % (by clients, {fracs}): "
             f"{'met' if low >= 0.9 else 'not met for every client count'}."
         )
+    lines.append(
+        f"- One client waiting for each 256-item reply, from a server adding nothing: {100 * lone:.0f} %."
+    )
     lines.append("")
     path.write_text("\n".join(lines))
 
@@ -386,7 +408,7 @@ def main(argv: list[str] | None = None) -> int:
         print(row, file=sys.stderr)
         return row
 
-    r["floor"], r["stream_floor"] = grpc_floor(args.seconds, codec, payloads)
+    r["floor"], r["stream_floor"], r["lone_floor"] = grpc_floor(args.seconds, codec, payloads, r["ceiling"])
     r["bound"], r["stream_bound"] = bound(r["ceiling"], r["floor"]), bound(r["ceiling"], r["stream_floor"])
     server = ServerProcess(bundle, None, work).start()
     try:
