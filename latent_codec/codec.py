@@ -250,6 +250,14 @@ class Codec:
         x_unit = self.synthesise(self.dequantise(symbols), side, chunk)
         return x_unit if unit else self.unscale(x_unit)
 
+    def decode_each(self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0) -> list[np.ndarray]:
+        """Payloads that may decode to items of different sizes -> one (C, H, W) item each.
+
+        Items of a fixed-size codec all share the manifest's shape, so this is ``decode``; codecs of items of
+        any size group the payloads by the size their headers say. Callers need not know which they hold.
+        """
+        return list(self.decode(payloads, unit, chunk))
+
     def first_invalid(self, payloads: Sequence[bytes]) -> int | None:
         """Index of the first payload that does not decode under this codec's format, or None if all do."""
         try:
