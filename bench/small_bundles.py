@@ -26,6 +26,7 @@ class Recipe:
     model_args: dict
     train: dict = field(default_factory=dict)  # TrainConfig fields beyond the shared budget
     note: str = ""
+    binary_code: bool = False  # export with --binary-code (semantic hashing thresholds in the manifest)
 
     def flags(self) -> str:
         """The training CLI flags of this recipe (for the tables)."""
@@ -107,7 +108,15 @@ def train_bundle(recipe: Recipe, budget: Budget, work_dir: Path, progress: bool 
     t0 = time.perf_counter()
     model, record = train(cfg, progress=progress or None)
     ckpt = save_checkpoint(out / "model.pt", model, cfg, record)
-    export_bundle(ckpt, bundle, budget.quant, fit_items=budget.limit, test_limit=2000, force=True)
+    export_bundle(
+        ckpt,
+        bundle,
+        budget.quant,
+        fit_items=budget.limit,
+        test_limit=2000,
+        force=True,
+        binary_code=recipe.binary_code,
+    )
     record_path.write_text(json.dumps({"stamp": stamp, "train_seconds": time.perf_counter() - t0}, indent=1))
     return bundle
 

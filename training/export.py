@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from latent_codec import metrics
+from latent_codec.binary_code import BinaryCode
 from latent_codec.bundle import DECODER_NAME, ENCODER_NAME, MANIFEST_NAME, InputSpec, Manifest, write_manifest
 from latent_codec.codec import Codec, OnnxTransforms
 from latent_codec.errors import CodecError
@@ -89,6 +90,7 @@ def export_bundle(
     data: str | None = None,
     force: bool = False,
     weights: str = "float32",
+    binary_code: bool = False,
 ) -> Manifest:
     model, cfg, record = load_checkpoint(checkpoint)
     data = data or cfg["data"]
@@ -98,6 +100,8 @@ def export_bundle(
         weights == "float16"
     ):  # torch then computes what the float16-weight graphs compute (parity stays exact)
         round_weights_to_float16(model)
+    if hasattr(model, "init_priors") and binary_code:
+        raise CodecError("--binary-code is for flat codes; a spatial bundle's code map has none")
     if hasattr(
         model, "init_priors"
     ):  # spatial code maps: their own entropy model and payload (export_map.py)
@@ -156,9 +160,19 @@ def export_bundle(
     manifest = new_manifest(
         model, input_spec, code_shape, spec, checkpoint, cfg, record, len(train), par, weights
     )
+    if binary_code:
+        manifest.binary_code = binary_thresholds(model, q.dequantize(q.quantize(flat)))
     manifest.seal(enc_bytes, dec_bytes)
     write_bundle(out, manifest, enc_bytes, dec_bytes, test, force)
     return manifest
+
+
+def binary_thresholds(model, codes: np.ndarray) -> BinaryCode:
+    """Semantic hashing's thresholds: 0.5 for a sigmoid code (trained towards 0/1 with code_noise), else each
+    dimension's median on the training codes as the payload carries them (one bit per dimension, half the items 1)."""
+    if model.args.get("code_activation") == "sigmoid":
+        return BinaryCode(tuple(0.5 for _ in range(codes.shape[1])))
+    return BinaryCode(tuple(float(v) for v in np.median(codes, axis=0)))
 
 
 def new_manifest(
@@ -252,6 +266,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="how the graphs store their weights: float16 halves the bundle (weights rounded to float16 first)",
     )
     p.add_argument(
+        "--binary-code",
+        action="store_true",
+        help="semantic hashing: record per-dimension thresholds (0.5 for sigmoid codes, else the training median) so "
+        "the cloud stores each item's binary code and can search by Hamming distance",
+    )
+    p.add_argument(
         "--force", action="store_true", help="replace --out even when it is a directory that is not a bundle"
     )
     return p.parse_args(argv)
@@ -271,6 +291,7 @@ def main(argv: list[str] | None = None) -> int:
             args.data,
             force=args.force,
             weights=args.weights,
+            binary_code=args.binary_code,
         )
     except CodecError as exc:
         print(f"error: {exc}", file=sys.stderr)
