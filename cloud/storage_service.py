@@ -151,6 +151,7 @@ def ingest_items(
         if req.captured_base_ms + it.captured_at_ms > MAX_TIME_MS:
             raise bad(f"{where}.captured_at_ms + captured_base_ms is past the year 9999", k)
         by_bundle.setdefault(bundle_of[k], []).append(k)
+    scores: dict[int, float] = {}
     for bundle_id, idx in by_bundle.items():
         lb = registry.get(bundle_id)
         if lb is None:
@@ -187,7 +188,7 @@ def ingest_items(
             )
         audited = [k for k in idx if req.items[k].HasField("original")]
         if audited:
-            audit_items(req, audited, codec, audit, bad)
+            scores.update(zip(audited, audit_items(req, audited, codec, audit, bad)))
     return [
         NewItem(
             req.device_id,
@@ -195,13 +196,15 @@ def ingest_items(
             bundle_of[k],
             bytes(it.payload),
             int(req.captured_base_ms + it.captured_at_ms),
+            audit_mse=scores.get(k),  # stored with the item: its anomaly score (docs/anomaly.md)
         )
         for k, it in enumerate(req.items)
     ]
 
 
-def audit_items(req: pb.IngestRequest, idx: list[int], codec, audit: Audit | None, bad) -> None:
-    """Decode the audited items of one bundle and add their error to its figures (originals are not stored)."""
+def audit_items(req: pb.IngestRequest, idx: list[int], codec, audit: Audit | None, bad) -> list[float]:
+    """Decode the audited items of one bundle and add their error to its figures (originals are not stored);
+    -> each item's MSE, stored with it."""
     originals = []
     for k in idx:
         try:
@@ -220,14 +223,15 @@ def audit_items(req: pb.IngestRequest, idx: list[int], codec, audit: Audit | Non
                 k,
             )
         originals.append(original)
+    if codec.input.any_size:  # items of several sizes: one at a time
+        errors = [float(codec.squared_error(o[None], codec.decode([req.items[k].payload]))[0])
+                  for k, o in zip(idx, originals)]  # fmt: skip
+    else:
+        rec = codec.decode([req.items[k].payload for k in idx])
+        errors = codec.squared_error(np.stack(originals), rec).tolist()
     if audit is not None:
-        if codec.input.any_size:  # items of several sizes: one at a time
-            errors = [float(codec.squared_error(o[None], codec.decode([req.items[k].payload]))[0])
-                      for k, o in zip(idx, originals)]  # fmt: skip
-        else:
-            rec = codec.decode([req.items[k].payload for k in idx])
-            errors = codec.squared_error(np.stack(originals), rec).tolist()
         audit.add(codec.bundle_id, errors)
+    return errors
 
 
 def decode_stored(
@@ -321,6 +325,12 @@ class StorageService(pb_grpc.StorageServicer):
         await context.abort(exc.code, str(exc))
 
     # ---- ingest -------------------------------------------------------------
+    def _validated_items(self, req: pb.IngestRequest, n: int) -> list[NewItem]:
+        """The request's items, validated, with the binary codes of bundles that carry them (cloud/search.py)."""
+        from .search import with_binary_codes  # search.py builds on this module
+
+        return with_binary_codes(ingest_items(req, n, self.registry, self.limits, self.audit), self.registry)
+
     async def Ingest(self, request_iterator: AsyncIterator[pb.IngestRequest], context):
         principal = tenancy.current()
         n = 0
@@ -332,9 +342,7 @@ class StorageService(pb_grpc.StorageServicer):
                 if not principal.may_write(req.device_id):
                     raise _denied(principal, "write", req.device_id)
                 try:
-                    items = await self._on(
-                        self.decode_executor, ingest_items, req, n, self.registry, self.limits, self.audit
-                    )
+                    items = await self._on(self.decode_executor, self._validated_items, req, n)
                 except OverBudget as exc:
                     raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
                 t0 = time.perf_counter()
@@ -396,17 +404,9 @@ class StorageService(pb_grpc.StorageServicer):
         return await self._store(self.store.query, req.device_id, req.since_ms, req.until_ms, limit), []
 
     async def _stored_items(self, records: list[StoredRecord], req: pb.FetchRequest) -> list[pb.StoredItem]:
-        out = [
-            pb.StoredItem(
-                item_id=r.item_id,
-                device_id=r.device_id,
-                bundle_id=r.bundle_id,
-                captured_at_ms=r.captured_at_ms,
-                stored_at_ms=r.stored_at_ms,
-                payload=r.payload,
-            )
-            for r in records
-        ]
+        from .search import stored_item  # search.py builds on this module
+
+        out = [stored_item(r) for r in records]
         if req.codes_only:
             return out
         by_bundle: dict[str, list[int]] = {}
@@ -503,3 +503,20 @@ class StorageService(pb_grpc.StorageServicer):
         resp.total_items = sum(r.items for r in rows)
         resp.total_payload_bytes = sum(r.payload_bytes for r in rows)
         return resp
+
+    # ---- search -------------------------------------------------------------
+    async def Search(self, request: pb.SearchRequest, context):
+        """Semantic-hashing search (cloud/search.py): validated and priced, then the store's scan."""
+        from .search import plan_search, query_code, search_response  # search.py builds on this module
+
+        try:
+            plan = plan_search(request, self.registry, tenancy.current(), self.limits)
+            query = await self._on(self.decode_executor, query_code, plan)
+            hits, searched = await self._store(
+                self.store.search, plan.bundle_id, plan.devices, query, plan.limit
+            )
+        except Refused as exc:
+            await self._abort(context, exc)
+        if self.metrics is not None:
+            self.metrics.search_items.inc(searched)
+        return search_response(hits, searched, plan.spec.bits)

@@ -90,6 +90,30 @@ def tiny_bundle(tmp_path_factory) -> Path:
     return bundle
 
 
+def tiny_hashing_bundle(tmp_path_factory) -> Path:
+    """A digits model with a noisy sigmoid code (semantic hashing), exported with --binary-code; once per session."""
+    root = tmp_path_factory.getbasetemp() / "tiny-hashing"
+    bundle = root / "bundle-dense-affine8"
+    if not (bundle / "manifest.json").is_file():
+        from training.export import export_bundle
+        from training.train import TrainConfig, save_checkpoint, train
+
+        cfg = TrainConfig(
+            model="dense",
+            model_args={"code_dim": 14, "hidden": [64], "code_activation": "sigmoid", "code_noise": 2.0},
+            data="digits",
+            epochs=60,
+            batch_size=64,
+            lr=5e-3,
+            threads=1,
+            device="cpu",
+        )
+        model, record = train(cfg, progress=None)
+        ckpt = save_checkpoint(root / "hashing.pt", model, cfg, record)
+        export_bundle(ckpt, bundle, "affine8", fit_items=0, test_limit=0, binary_code=True)
+    return bundle
+
+
 def decode_through_server(bundles_root: Path, codec, payloads: list[bytes], x: np.ndarray):
     """Start a real server on bundles_root, send one evaluated DecodeRequest of these payloads, stop it."""
     import grpc
@@ -273,4 +297,6 @@ class CloudStub:
         self.storage = pb_grpc.StorageStub(channel)
 
     def __getattr__(self, name: str):
-        return getattr(self.storage if name in ("Ingest", "Fetch", "ListStored") else self.decoding, name)
+        return getattr(
+            self.storage if name in ("Ingest", "Fetch", "ListStored", "Search") else self.decoding, name
+        )

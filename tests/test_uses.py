@@ -113,25 +113,14 @@ def test_hamming_and_nearest_against_a_naive_count():
 
 @pytest.fixture(scope="module")
 def hashing_bundle(tmp_path_factory):
-    """A tiny digits model with a noisy sigmoid code, exported with --binary-code."""
+    """The session's tiny hashing bundle, and the same checkpoint exported without binary codes."""
+    from tests.helpers import tiny_hashing_bundle
     from training.export import export_bundle
-    from training.train import TrainConfig, save_checkpoint, train
 
-    out = tmp_path_factory.mktemp("hashing")
-    cfg = TrainConfig(
-        model="dense",
-        model_args={"code_dim": 12, "hidden": [32], "code_activation": "sigmoid", "code_noise": 3.0},
-        data="digits",
-        epochs=30,
-        batch_size=64,
-        threads=1,
-        device="cpu",
-    )
-    model, record = train(cfg, progress=None)
-    ckpt = save_checkpoint(out / "h.pt", model, cfg, record)
-    export_bundle(ckpt, out / "bundle", "affine8", fit_items=0, test_limit=0, binary_code=True)
-    export_bundle(ckpt, out / "plain", "affine8", fit_items=0, test_limit=0)
-    return out / "bundle", out / "plain"
+    bundle = tiny_hashing_bundle(tmp_path_factory)
+    plain = tmp_path_factory.mktemp("hashing") / "plain"
+    export_bundle(bundle.parent / "hashing.pt", plain, "affine8", fit_items=0, test_limit=0)
+    return bundle, plain
 
 
 def test_export_binary_code_thresholds_payload_codes_and_is_hashed(hashing_bundle):
@@ -141,29 +130,30 @@ def test_export_binary_code_thresholds_payload_codes_and_is_hashed(hashing_bundl
 
     with_bits, plain = hashing_bundle
     codec = Codec.open(with_bits)
-    assert codec.manifest.binary_code == BinaryCode((0.5,) * 12)
+    assert codec.manifest.binary_code == BinaryCode((0.5,) * 14)
     x = datasets.load("digits", "test").x[:200]
     payloads = codec.encode(x)
     bits = binary_codes(codec, payloads)
     deq = codec.dequantise(codec.symbols(payloads)[0])
     assert np.array_equal(bits, np.packbits(deq > 0.5, axis=1)) and bits.shape == (200, 2)
-    assert 0.2 < np.unpackbits(bits, axis=1)[:, :12].mean() < 0.8  # informative bits, not constant
+    assert 0.2 < np.unpackbits(bits, axis=1)[:, :14].mean() < 0.8  # informative bits, not constant
     other = Codec.open(plain)
     assert other.bundle_id != codec.bundle_id  # the thresholds are part of the content hash
     with pytest.raises(BundleError, match="no binary codes"):
         binary_codes(other, payloads)
     m = json.loads((with_bits / "manifest.json").read_text())
     m["binary_code"]["thresholds"][0] = 0.25  # edited thresholds: the hash no longer matches
-    (with_bits.parent / "edited").mkdir()
+    edited = plain.parent / "edited"
+    edited.mkdir()
     for name in ("encoder.onnx", "decoder.onnx"):
-        (with_bits.parent / "edited" / name).write_bytes((with_bits / name).read_bytes())
-    (with_bits.parent / "edited" / "manifest.json").write_text(json.dumps(m))
+        (edited / name).write_bytes((with_bits / name).read_bytes())
+    (edited / "manifest.json").write_text(json.dumps(m))
     with pytest.raises(BundleError, match="hash mismatch"):
-        load_bundle(with_bits.parent / "edited")
+        load_bundle(edited)
     m["binary_code"]["thresholds"] = [0.5] * 5  # wrong length: refused with the reason
-    (with_bits.parent / "edited" / "manifest.json").write_text(json.dumps(m))
-    with pytest.raises(BundleError, match="5 thresholds for a 12-value code"):
-        load_bundle(with_bits.parent / "edited")
+    (edited / "manifest.json").write_text(json.dumps(m))
+    with pytest.raises(BundleError, match="5 thresholds for a 14-value code"):
+        load_bundle(edited)
 
 
 def test_median_thresholds_for_codes_that_are_not_sigmoid():

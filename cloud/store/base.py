@@ -13,6 +13,9 @@ import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from latent_codec.binary_code import hamming
 from latent_codec.errors import CodecError
 
 
@@ -39,6 +42,8 @@ class NewItem:
     bundle_id: str
     payload: bytes
     captured_at_ms: int
+    binary_code: bytes | None = None  # packed bits for semantic-hashing search (bundles with binary codes)
+    audit_mse: float | None = None  # reconstruction error when the device sent the original (anomaly score)
 
 
 @dataclass(frozen=True)
@@ -49,6 +54,7 @@ class StoredRecord:
     payload: bytes
     captured_at_ms: int
     stored_at_ms: int
+    audit_mse: float | None = None
 
 
 @dataclass(frozen=True)
@@ -74,6 +80,10 @@ def conflict_message(item: NewItem) -> str:
 class Store(abc.ABC):
     """Durable item storage; implementations are safe to share between threads."""
 
+    # Columns added after the first schema: (name, SQLite type, PostgreSQL type). A store opened on an older
+    # database adds them (NULL for the items stored before), so an existing database keeps working.
+    ADDED_COLUMNS = (("binary_code", "BLOB", "bytea"), ("audit_mse", "REAL", "double precision"))
+
     @abc.abstractmethod
     def put_many(self, items: Sequence[NewItem], stored_at_ms: int) -> int:
         """Store items in one committed transaction; returns how many were already stored.
@@ -94,6 +104,43 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def summaries(self, device_id: str = "") -> list[Summary]:
         """Item counts and payload bytes per (device, bundle), for one device or all."""
+
+    @abc.abstractmethod
+    def binary_codes(
+        self, bundle_id: str, device_ids: Sequence[str] | None
+    ) -> tuple[list[tuple[str, str]], list[bytes]]:
+        """(device_id, item_id) keys and binary codes of a bundle's items that have one (in no particular order),
+        of these devices, or of every device when device_ids is None."""
+
+    def search(
+        self, bundle_id: str, device_ids: Sequence[str] | None, query: np.ndarray, limit: int
+    ) -> tuple[list[tuple[StoredRecord, int]], int]:
+        """The `limit` stored items nearest the packed query code by Hamming distance (ties in key order), with
+        their distances, and how many items were compared: a linear scan of the bundle's codes in scope."""
+        keys, codes = self.binary_codes(bundle_id, device_ids)
+        if not keys:
+            return [], 0
+        arr = np.frombuffer(b"".join(codes), np.uint8).reshape(len(codes), -1)
+        if arr.shape[1] != len(query):
+            raise StoreError(
+                f"stored binary codes of bundle {bundle_id} are {arr.shape[1]} bytes, the query {len(query)}"
+            )
+        dist = hamming(query, arr)
+        k = min(limit, len(dist))
+        if k <= 0:
+            return [], len(keys)
+        cut = np.partition(dist, k - 1)[k - 1]  # the k-th smallest distance: every hit is at most this far
+        near = np.flatnonzero(dist <= cut)
+        # Ties broken by (device_id, item_id) in code point order, the same in every store whatever its collation.
+        idx = sorted(near.tolist(), key=lambda i: (int(dist[i]), keys[i]))[:k]
+        by_device: dict[str, list[str]] = {}
+        for i in idx:
+            by_device.setdefault(keys[i][0], []).append(keys[i][1])
+        found = {(r.device_id, r.item_id): r for d, ids in by_device.items() for r in self.get(ids, d)}
+        hits = [
+            (found[keys[i]], int(dist[i])) for i in idx if keys[i] in found
+        ]  # found: not deleted meanwhile
+        return hits, len(keys)
 
     @abc.abstractmethod
     def check_writable(self) -> None:

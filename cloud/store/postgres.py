@@ -42,14 +42,18 @@ CREATE TABLE IF NOT EXISTS ingested_items (
 );
 CREATE INDEX IF NOT EXISTS ingested_items_by_time ON ingested_items (device_id, captured_at_ms, item_id);
 CREATE TABLE IF NOT EXISTS store_meta (key text PRIMARY KEY, value text NOT NULL);
+ALTER TABLE ingested_items ADD COLUMN IF NOT EXISTS binary_code bytea;
+ALTER TABLE ingested_items ADD COLUMN IF NOT EXISTS audit_mse double precision;
+CREATE INDEX IF NOT EXISTS ingested_items_by_code ON ingested_items (bundle_id, device_id, item_id)
+  INCLUDE (binary_code) WHERE binary_code IS NOT NULL;
 """
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # a warning per reconnect attempt; we log per call
 SCHEMA_LOCK = 0x61656364  # pg_advisory_xact_lock key: replicas starting together create the schema once
-COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms"
+COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, audit_mse"
 INSERT = (
-    f"INSERT INTO ingested_items ({COLUMNS}) "
-    "SELECT d, i, b, p, c, %s::bigint FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], "
-    "%s::bigint[]) AS t(d, i, b, p, c) "
+    "INSERT INTO ingested_items (device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, binary_code, "
+    "audit_mse) SELECT d, i, b, p, c, %s::bigint, h, a FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], "
+    "%s::bigint[], %s::bytea[], %s::float8[]) AS t(d, i, b, p, c, h, a) "
     "ON CONFLICT (device_id, item_id) DO NOTHING RETURNING device_id, item_id"
 )
 
@@ -70,7 +74,7 @@ def _msg(exc: BaseException) -> str:
 
 
 def _record(row) -> StoredRecord:
-    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]))
+    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]), row[6])
 
 
 class PostgresStore(Store):
@@ -141,6 +145,8 @@ class PostgresStore(Store):
                 [it.bundle_id for it in items],
                 [it.payload for it in items],
                 [it.captured_at_ms for it in items],
+                [it.binary_code for it in items],
+                [it.audit_mse for it in items],
             )
             inserted = set(conn.execute(INSERT, (stored_at_ms, *cols)).fetchall())
             rest = [it for it in items if (it.device_id, it.item_id) not in inserted]
@@ -193,6 +199,20 @@ class PostgresStore(Store):
         q += " GROUP BY device_id, bundle_id ORDER BY device_id, bundle_id"
         with self._conn() as conn:
             return [Summary(d, b, int(n), int(s or 0)) for d, b, n, s in conn.execute(q, args)]
+
+    def binary_codes(
+        self, bundle_id: str, device_ids: Sequence[str] | None
+    ) -> tuple[list[tuple[str, str]], list[bytes]]:
+        q = "SELECT device_id, item_id, binary_code FROM ingested_items WHERE bundle_id = %s AND binary_code IS NOT NULL"
+        args: list = [bundle_id]
+        if device_ids is not None:
+            if not device_ids:
+                return [], []
+            q += " AND device_id = ANY(%s::text[])"
+            args.append(list(device_ids))
+        with self._conn() as conn:
+            rows = conn.execute(q, args).fetchall()
+        return [(d, i) for d, i, _ in rows], [bytes(c) for _, _, c in rows]
 
     def close(self) -> None:
         self.pool.close()

@@ -38,12 +38,18 @@ CREATE TABLE IF NOT EXISTS ingested_items (
 CREATE INDEX IF NOT EXISTS ingested_items_by_time ON ingested_items (device_id, captured_at_ms, item_id);
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms"
+# After the added columns exist: the search scan reads (device_id, item_id, binary_code) of one bundle from this
+# index alone, in key order, without touching the payloads.
+SEARCH_INDEX = """
+CREATE INDEX IF NOT EXISTS ingested_items_by_code ON ingested_items (bundle_id, device_id, item_id, binary_code)
+  WHERE binary_code IS NOT NULL;
+"""
+COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, audit_mse"
 CHUNK = 400  # ids per IN (...) query, well under SQLite's variable limit
 
 
 def _record(row) -> StoredRecord:
-    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]))
+    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]), row[6])
 
 
 class SqliteStore(Store):
@@ -61,6 +67,11 @@ class SqliteStore(Store):
                 raise StoreError(f"store {self.path}: cannot switch to WAL mode (got {mode})")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(ingested_items)")}
+            for name, sqlite_type, _ in self.ADDED_COLUMNS:  # a database from before these columns: migrate
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE ingested_items ADD COLUMN {name} {sqlite_type}")
+            self._db.executescript(SEARCH_INDEX)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"store {self.path}: {exc}") from None
 
@@ -91,13 +102,19 @@ class SqliteStore(Store):
                                     it.payload,
                                     it.captured_at_ms,
                                     stored_at_ms,
+                                    it.binary_code,
+                                    it.audit_mse,
                                 )
                             )
                         elif same_content(old[0], old[1], it.bundle_id, it.payload):
                             dup += 1
                         else:
                             raise ItemConflict(conflict_message(it), it.item_id)
-                    db.executemany(f"INSERT INTO ingested_items ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", fresh)
+                    db.executemany(
+                        "INSERT INTO ingested_items (device_id, item_id, bundle_id, payload, captured_at_ms, "
+                        "stored_at_ms, binary_code, audit_mse) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        fresh,
+                    )
                     db.execute("COMMIT")
                     return dup
                 except BaseException:
@@ -168,6 +185,23 @@ class SqliteStore(Store):
                 return [Summary(d, b, int(n), int(s or 0)) for d, b, n, s in self._db.execute(q, args)]
             except sqlite3.Error as exc:
                 raise self._fail(exc) from None
+
+    def binary_codes(
+        self, bundle_id: str, device_ids: Sequence[str] | None
+    ) -> tuple[list[tuple[str, str]], list[bytes]]:
+        q = "SELECT device_id, item_id, binary_code FROM ingested_items WHERE bundle_id = ? AND binary_code IS NOT NULL"
+        args: list = [bundle_id]
+        if device_ids is not None:
+            if not device_ids:
+                return [], []
+            q += f" AND device_id IN ({','.join('?' * len(device_ids))})"
+            args.extend(device_ids)
+        with self._lock:
+            try:
+                rows = self._db.execute(q, args).fetchall()
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+        return [(d, i) for d, i, _ in rows], [c for _, _, c in rows]
 
     def check_writable(self) -> None:
         with self._lock:
