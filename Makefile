@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving clean
+.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -75,6 +75,22 @@ bench-variants: setup
 # 30-unit autoencoder on all of Fashion-MNIST -> docs/deep_pca.{md,png,json} (the cost is in deep_pca.md).
 bench-deep-pca: setup
 	$(PY) -m bench.deep_pca
+
+# What the codes are for (issue 23): each target trains its small bundles into runs/uses (cached by recipe, shared)
+# and writes its table and pictures to docs/. bench-uses runs them all; the cost of each run is in its .md.
+bench-map2d: setup      # 2-value code vs PCA's 2-D map, trustworthiness, kNN accuracy -> docs/map2d.{md,png}
+	$(PY) -m bench.map2d
+bench-features: setup   # linear classifiers on stored codes vs pixels and PCA -> docs/features.md
+	$(PY) -m bench.features
+bench-denoise: setup    # a denoising bundle served through Decode vs median / non-local means -> docs/denoise.{md,png}
+	$(PY) -m bench.denoise
+bench-anomaly: setup    # reconstruction error on held-out classes, ROC AUC -> docs/anomaly.md
+	$(PY) -m bench.anomaly
+bench-hashing: setup    # semantic hashing precision@10 vs random, LSH and PCA-sign codes -> docs/hashing.md
+	$(PY) -m bench.hashing
+bench-search-latency: setup postgres   # Search over 100k stored items, SQLite and PostgreSQL -> docs/search_latency.md
+	$(PY) -m bench.search_latency
+bench-uses: bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency
 
 # Rate-distortion: the committed model zoo (zoo/) vs PCA/PNG/zstd/JPEG/WebP/AVIF on the full Fashion-MNIST test
 # split -> docs/rd.{md,png,json} and zoo/README.md. RETRAIN=1 first retrains the whole ladder into zoo/ (every
