@@ -12,7 +12,7 @@ the store's (cloud/store/base.py, Store.search), on the store's threads.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import grpc
 import numpy as np
@@ -132,7 +132,7 @@ def with_binary_codes(items: list[NewItem], registry: BundleRegistry) -> list[Ne
             continue
         bits = binary_codes(lb.codec, [items[k].payload for k in idx])
         for k, row in zip(idx, bits):
-            out[k] = NewItem(**{**items[k].__dict__, "binary_code": row.tobytes()})
+            out[k] = replace(items[k], binary_code=row.tobytes())
     return out
 
 

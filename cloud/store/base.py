@@ -18,6 +18,22 @@ import numpy as np
 from latent_codec.binary_code import hamming
 from latent_codec.errors import CodecError
 
+# Byte values within s bits of each byte value, s = 0, 1, 2 (1, 9 and 37 values): the multi-index's probes.
+_POPCOUNT = np.array([bin(v).count("1") for v in range(256)])
+BYTES_WITHIN = [
+    [[int(w) for w in np.flatnonzero(_POPCOUNT[np.arange(256) ^ v] <= s)] for v in range(256)]
+    for s in range(3)
+]
+MAX_PROBE_RADIUS = 1  # at s = 2 a probe reads 37 of 256 values per byte: about as much as the linear scan
+
+
+def chunk_rows(item: NewItem) -> list[tuple[str, int, int, str, str, bytes]]:
+    """The multi-index entries of an item with a binary code: (bundle_id, byte index, byte value, device, item, code)."""
+    if item.binary_code is None:
+        return []
+    code = bytes(item.binary_code)
+    return [(item.bundle_id, j, v, item.device_id, item.item_id, code) for j, v in enumerate(code)]
+
 
 class StoreError(CodecError):
     """The store refused or could not complete an operation (message names the cause)."""
@@ -112,14 +128,57 @@ class Store(abc.ABC):
         """(device_id, item_id) keys and binary codes of a bundle's items that have one (in no particular order),
         of these devices, or of every device when device_ids is None."""
 
+    @abc.abstractmethod
+    def code_candidates(
+        self, bundle_id: str, device_ids: Sequence[str] | None, probes: Sequence[tuple[int, Sequence[int]]]
+    ) -> tuple[list[tuple[str, str]], list[bytes]]:
+        """Keys and binary codes of a bundle's items whose code byte j is one of the values of some probe (j, values)
+        (the multi-index: one index entry per code byte), each item once; in scope as binary_codes."""
+
     def search(
-        self, bundle_id: str, device_ids: Sequence[str] | None, query: np.ndarray, limit: int
+        self,
+        bundle_id: str,
+        device_ids: Sequence[str] | None,
+        query: np.ndarray,
+        limit: int,
+        index: bool = True,
     ) -> tuple[list[tuple[StoredRecord, int]], int]:
         """The `limit` stored items nearest the packed query code by Hamming distance (ties in key order), with
-        their distances, and how many items were compared: a linear scan of the bundle's codes in scope."""
+        their distances, and how many stored codes were compared.
+
+        Multi-index hashing (Norouzi et al.): the code's m bytes are indexed separately. An item within Hamming
+        distance R = m (s + 1) - 1 of the query has, by pigeonhole, some byte within s bits of the query's byte,
+        so probing each byte's values within s bits finds every item within R. Radius s = 0, 1, ... grows until
+        the probe holds `limit` items within R; those are then exactly the nearest (everything not found is
+        farther than R), ties included. When the probes would read a large share of the codes anyway, or with
+        index=False, it is a linear scan of the bundle's codes in scope.
+        """
+        m = len(query)
+        if index:
+            for s in range(MAX_PROBE_RADIUS + 1):
+                probes = [(j, BYTES_WITHIN[s][int(query[j])]) for j in range(m)]
+                keys, codes = self.code_candidates(bundle_id, device_ids, probes)
+                reach = m * (s + 1) - 1
+                found = self._nearest(keys, codes, query, limit, bundle_id, within=reach)
+                if found is not None:
+                    return found, len(keys)
         keys, codes = self.binary_codes(bundle_id, device_ids)
+        hits = self._nearest(keys, codes, query, limit, bundle_id)
+        return hits or [], len(keys)
+
+    def _nearest(
+        self,
+        keys: list[tuple[str, str]],
+        codes: list[bytes],
+        query: np.ndarray,
+        limit: int,
+        bundle_id: str,
+        within: int | None = None,
+    ) -> list[tuple[StoredRecord, int]] | None:
+        """The nearest `limit` of these codes with their records; with `within`, None unless `limit` of them are
+        at most that far (then the rest of the store cannot be nearer)."""
         if not keys:
-            return [], 0
+            return None if within is not None else []
         arr = np.frombuffer(b"".join(codes), np.uint8).reshape(len(codes), -1)
         if arr.shape[1] != len(query):
             raise StoreError(
@@ -127,8 +186,10 @@ class Store(abc.ABC):
             )
         dist = hamming(query, arr)
         k = min(limit, len(dist))
+        if within is not None and int((dist <= within).sum()) < limit:
+            return None
         if k <= 0:
-            return [], len(keys)
+            return []
         cut = np.partition(dist, k - 1)[k - 1]  # the k-th smallest distance: every hit is at most this far
         near = np.flatnonzero(dist <= cut)
         # Ties broken by (device_id, item_id) in code point order, the same in every store whatever its collation.
@@ -137,10 +198,9 @@ class Store(abc.ABC):
         for i in idx:
             by_device.setdefault(keys[i][0], []).append(keys[i][1])
         found = {(r.device_id, r.item_id): r for d, ids in by_device.items() for r in self.get(ids, d)}
-        hits = [
+        return [
             (found[keys[i]], int(dist[i])) for i in idx if keys[i] in found
         ]  # found: not deleted meanwhile
-        return hits, len(keys)
 
     @abc.abstractmethod
     def check_writable(self) -> None:

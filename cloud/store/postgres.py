@@ -26,6 +26,7 @@ from .base import (
     StoreError,
     StoreUnavailable,
     Summary,
+    chunk_rows,
     conflict_message,
     same_content,
 )
@@ -46,7 +47,16 @@ ALTER TABLE ingested_items ADD COLUMN IF NOT EXISTS binary_code bytea;
 ALTER TABLE ingested_items ADD COLUMN IF NOT EXISTS audit_mse double precision;
 CREATE INDEX IF NOT EXISTS ingested_items_by_code ON ingested_items (bundle_id, device_id, item_id)
   INCLUDE (binary_code) WHERE binary_code IS NOT NULL;
+CREATE TABLE IF NOT EXISTS code_chunks (
+  bundle_id text NOT NULL, chunk smallint NOT NULL, value smallint NOT NULL,
+  device_id text NOT NULL, item_id text NOT NULL, binary_code bytea NOT NULL,
+  PRIMARY KEY (bundle_id, chunk, value, device_id, item_id)
+);
 """
+INSERT_CHUNKS = (
+    "INSERT INTO code_chunks SELECT * FROM unnest(%s::text[], %s::smallint[], %s::smallint[], %s::text[], "
+    "%s::text[], %s::bytea[]) ON CONFLICT DO NOTHING"
+)
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # a warning per reconnect attempt; we log per call
 SCHEMA_LOCK = 0x61656364  # pg_advisory_xact_lock key: replicas starting together create the schema once
 COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, audit_mse"
@@ -149,6 +159,9 @@ class PostgresStore(Store):
                 [it.audit_mse for it in items],
             )
             inserted = set(conn.execute(INSERT, (stored_at_ms, *cols)).fetchall())
+            chunks = [r for it in items if (it.device_id, it.item_id) in inserted for r in chunk_rows(it)]
+            if chunks:  # the multi-index entries of the new items (cloud/store/base.py, search)
+                conn.execute(INSERT_CHUNKS, [list(col) for col in zip(*chunks)])
             rest = [it for it in items if (it.device_id, it.item_id) not in inserted]
             if not rest:
                 return 0
@@ -208,6 +221,23 @@ class PostgresStore(Store):
         if device_ids is not None:
             if not device_ids:
                 return [], []
+            q += " AND device_id = ANY(%s::text[])"
+            args.append(list(device_ids))
+        with self._conn() as conn:
+            rows = conn.execute(q, args).fetchall()
+        return [(d, i) for d, i, _ in rows], [bytes(c) for _, _, c in rows]
+
+    def code_candidates(
+        self, bundle_id: str, device_ids: Sequence[str] | None, probes: Sequence[tuple[int, Sequence[int]]]
+    ) -> tuple[list[tuple[str, str]], list[bytes]]:
+        if device_ids is not None and not device_ids:
+            return [], []
+        where = " OR ".join("(chunk = %s AND value = ANY(%s::smallint[]))" for _ in probes)
+        q = f"SELECT DISTINCT device_id, item_id, binary_code FROM code_chunks WHERE bundle_id = %s AND ({where})"
+        args: list = [bundle_id]
+        for j, vs in probes:
+            args += [int(j), [int(v) for v in vs]]
+        if device_ids is not None:
             q += " AND device_id = ANY(%s::text[])"
             args.append(list(device_ids))
         with self._conn() as conn:

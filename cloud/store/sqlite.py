@@ -21,6 +21,7 @@ from .base import (
     StoreError,
     StoreUnavailable,
     Summary,
+    chunk_rows,
     conflict_message,
     same_content,
 )
@@ -43,6 +44,11 @@ CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL
 SEARCH_INDEX = """
 CREATE INDEX IF NOT EXISTS ingested_items_by_code ON ingested_items (bundle_id, device_id, item_id, binary_code)
   WHERE binary_code IS NOT NULL;
+CREATE TABLE IF NOT EXISTS code_chunks (
+  bundle_id TEXT NOT NULL, chunk INTEGER NOT NULL, value INTEGER NOT NULL,
+  device_id TEXT NOT NULL, item_id TEXT NOT NULL, binary_code BLOB NOT NULL,
+  PRIMARY KEY (bundle_id, chunk, value, device_id, item_id)
+) WITHOUT ROWID;
 """
 COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, audit_mse"
 CHUNK = 400  # ids per IN (...) query, well under SQLite's variable limit
@@ -114,6 +120,11 @@ class SqliteStore(Store):
                         "INSERT INTO ingested_items (device_id, item_id, bundle_id, payload, captured_at_ms, "
                         "stored_at_ms, binary_code, audit_mse) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                         fresh,
+                    )
+                    new = {(f[0], f[1]) for f in fresh}
+                    db.executemany(  # the multi-index entries of the new items (cloud/store/base.py, search)
+                        "INSERT INTO code_chunks VALUES (?, ?, ?, ?, ?, ?)",
+                        [r for it in items if (it.device_id, it.item_id) in new for r in chunk_rows(it)],
                     )
                     db.execute("COMMIT")
                     return dup
@@ -194,6 +205,26 @@ class SqliteStore(Store):
         if device_ids is not None:
             if not device_ids:
                 return [], []
+            q += f" AND device_id IN ({','.join('?' * len(device_ids))})"
+            args.extend(device_ids)
+        with self._lock:
+            try:
+                rows = self._db.execute(q, args).fetchall()
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+        return [(d, i) for d, i, _ in rows], [c for _, _, c in rows]
+
+    def code_candidates(
+        self, bundle_id: str, device_ids: Sequence[str] | None, probes: Sequence[tuple[int, Sequence[int]]]
+    ) -> tuple[list[tuple[str, str]], list[bytes]]:
+        if device_ids is not None and not device_ids:
+            return [], []
+        where = " OR ".join(
+            f"(chunk = {int(j)} AND value IN ({','.join(str(int(v)) for v in vs)}))" for j, vs in probes
+        )
+        q = f"SELECT DISTINCT device_id, item_id, binary_code FROM code_chunks WHERE bundle_id = ? AND ({where})"
+        args: list = [bundle_id]
+        if device_ids is not None:
             q += f" AND device_id IN ({','.join('?' * len(device_ids))})"
             args.extend(device_ids)
         with self._lock:
