@@ -219,20 +219,21 @@ def test_audited_items_carry_their_error_in_fetch_and_search(served, codecs, dat
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
 def test_the_multi_index_returns_exactly_what_a_linear_scan_returns(kind, request, tmp_path):
-    """Random and clustered 16-bit codes, every scope and several limits: Store.search with the multi-index gives
+    """Random and clustered 24-bit codes (a 16-bit chunk and an 8-bit one), every scope and several limits: Store.search with the multi-index gives
     the same hits and distances as the linear scan, in the same order, while comparing fewer codes when it can."""
     from cloud.store import NewItem, open_store
 
     url = str(tmp_path / "s.sqlite") if kind == "sqlite" else request.getfixturevalue("pg_url")
     store = open_store(url)
+    store.linear_below = 0  # always probe the multi-index first (a real store scans small scopes linearly)
     try:
         if kind == "postgres":
             with store._conn() as conn:
                 conn.execute("TRUNCATE ingested_items, code_chunks")
         rng = np.random.default_rng(1)
-        centres = rng.integers(0, 256, (8, 2), dtype=np.uint8)
-        codes = np.concatenate([rng.integers(0, 256, (800, 2), dtype=np.uint8),  # uniform
-                                centres[rng.integers(0, 8, 1200)] ^ (rng.random((1200, 16)) < 0.08).reshape(1200, 2, 8)
+        centres = rng.integers(0, 256, (8, 3), dtype=np.uint8)
+        codes = np.concatenate([rng.integers(0, 256, (800, 3), dtype=np.uint8),  # uniform
+                                centres[rng.integers(0, 8, 1200)] ^ (rng.random((1200, 24)) < 0.08).reshape(1200, 3, 8)
                                 .dot(1 << np.arange(7, -1, -1)).astype(np.uint8)])  # fmt: skip
         items = [NewItem(f"dev-{i % 3}", f"item-{i:05d}", "b-1", b"p%d" % i, i, binary_code=c.tobytes())
                  for i, c in enumerate(codes)]  # fmt: skip
@@ -242,7 +243,7 @@ def test_the_multi_index_returns_exactly_what_a_linear_scan_returns(kind, reques
             [NewItem("dev-0", "no-code", "b-1", b"x", 0)], 3
         )  # items without a code are never found
         narrowed = 0
-        for q in [*codes[::97], *rng.integers(0, 256, (10, 2), dtype=np.uint8)]:
+        for q in [*codes[::97], *rng.integers(0, 256, (10, 3), dtype=np.uint8)]:
             for scope in (None, ["dev-1"], ["dev-0", "dev-2"]):
                 for limit in (1, 10, 50):
                     a, n_a = store.search("b-1", scope, q, limit, index=True)

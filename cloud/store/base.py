@@ -18,21 +18,38 @@ import numpy as np
 from latent_codec.binary_code import hamming
 from latent_codec.errors import CodecError
 
-# Byte values within s bits of each byte value, s = 0, 1, 2 (1, 9 and 37 values): the multi-index's probes.
-_POPCOUNT = np.array([bin(v).count("1") for v in range(256)])
-BYTES_WITHIN = [
-    [[int(w) for w in np.flatnonzero(_POPCOUNT[np.arange(256) ^ v] <= s)] for v in range(256)]
-    for s in range(3)
-]
-MAX_PROBE_RADIUS = 1  # at s = 2 a probe reads 37 of 256 values per byte: about as much as the linear scan
+# The multi-index cuts a code into chunks of CHUNK_BYTES (the last may be shorter). Chunks of about log2(N) bits
+# suit N stored codes (Norouzi et al.): 16 bits for the 10^4..10^6 items a store holds per bundle.
+CHUNK_BYTES = 2
+MAX_PROBE_RADIUS = 3  # a 16-bit chunk's values within 3 bits: 697 of 65,536
+LINEAR_BELOW = (
+    20_000  # codes in scope below which a linear scan is cheaper than probing (docs/search_latency.md)
+)
+
+
+def _flips(bits: int, s: int) -> np.ndarray:
+    """Every XOR mask of at most s set bits among `bits` bits."""
+    v = np.arange(1 << bits)
+    return v[np.bitwise_count(v) <= s]
+
+
+FLIPS = {(bits, s): _flips(bits, s) for bits in (8, 16) for s in range(MAX_PROBE_RADIUS + 1)}
+
+
+def code_chunks(code: bytes) -> list[tuple[int, int]]:
+    """(chunk index, value) of a packed code's chunks: big-endian CHUNK_BYTES at a time."""
+    return [
+        (j // CHUNK_BYTES, int.from_bytes(code[j : j + CHUNK_BYTES], "big"))
+        for j in range(0, len(code), CHUNK_BYTES)
+    ]
 
 
 def chunk_rows(item: NewItem) -> list[tuple[str, int, int, str, str, bytes]]:
-    """The multi-index entries of an item with a binary code: (bundle_id, byte index, byte value, device, item, code)."""
+    """The multi-index entries of an item with a binary code: (bundle_id, chunk, value, device, item, code)."""
     if item.binary_code is None:
         return []
     code = bytes(item.binary_code)
-    return [(item.bundle_id, j, v, item.device_id, item.item_id, code) for j, v in enumerate(code)]
+    return [(item.bundle_id, c, v, item.device_id, item.item_id, code) for c, v in code_chunks(code)]
 
 
 class StoreError(CodecError):
@@ -98,6 +115,9 @@ class Store(abc.ABC):
 
     # Columns added after the first schema: (name, SQLite type, PostgreSQL type). A store opened on an older
     # database adds them (NULL for the items stored before), so an existing database keeps working.
+    linear_below = (
+        LINEAR_BELOW  # scopes with fewer codes are scanned linearly (a test sets 0 to probe always)
+    )
     ADDED_COLUMNS = (("binary_code", "BLOB", "bytea"), ("audit_mse", "REAL", "double precision"))
 
     @abc.abstractmethod
@@ -129,11 +149,15 @@ class Store(abc.ABC):
         of these devices, or of every device when device_ids is None."""
 
     @abc.abstractmethod
+    def code_count(self, bundle_id: str, device_ids: Sequence[str] | None) -> int:
+        """How many of a bundle's items in scope have a binary code (from the index, without reading them)."""
+
+    @abc.abstractmethod
     def code_candidates(
         self, bundle_id: str, device_ids: Sequence[str] | None, probes: Sequence[tuple[int, Sequence[int]]]
     ) -> tuple[list[tuple[str, str]], list[bytes]]:
-        """Keys and binary codes of a bundle's items whose code byte j is one of the values of some probe (j, values)
-        (the multi-index: one index entry per code byte), each item once; in scope as binary_codes."""
+        """Keys and binary codes of a bundle's items whose chunk c is one of the values of some probe (c, values)
+        (the multi-index: one entry per code chunk), each item once; in scope as binary_codes."""
 
     def search(
         self,
@@ -146,19 +170,23 @@ class Store(abc.ABC):
         """The `limit` stored items nearest the packed query code by Hamming distance (ties in key order), with
         their distances, and how many stored codes were compared.
 
-        Multi-index hashing (Norouzi et al.): the code's m bytes are indexed separately. An item within Hamming
-        distance R = m (s + 1) - 1 of the query has, by pigeonhole, some byte within s bits of the query's byte,
-        so probing each byte's values within s bits finds every item within R. Radius s = 0, 1, ... grows until
-        the probe holds `limit` items within R; those are then exactly the nearest (everything not found is
-        farther than R), ties included. When the probes would read a large share of the codes anyway, or with
-        index=False, it is a linear scan of the bundle's codes in scope.
+        Multi-index hashing (Norouzi et al.): the code's m chunks (CHUNK_BYTES each) are indexed separately. An
+        item within Hamming distance R = m (s + 1) - 1 of the query has, by pigeonhole, some chunk within s bits
+        of the query's chunk, so probing each chunk's values within s bits finds every item within R. Radius
+        s = 0, 1, ... grows until the probe holds `limit` items within R; those are then exactly the nearest
+        (everything not found is farther than R), ties included. A scope of fewer than LINEAR_BELOW codes, a
+        probe that cannot settle it by MAX_PROBE_RADIUS, or index=False: a linear scan of the codes in scope.
         """
-        m = len(query)
-        if index:
+        chunks = code_chunks(query.tobytes())
+        m = len(chunks)
+        if index and self.code_count(bundle_id, device_ids) >= self.linear_below:
             for s in range(MAX_PROBE_RADIUS + 1):
-                probes = [(j, BYTES_WITHIN[s][int(query[j])]) for j in range(m)]
+                probes = [
+                    (c, (v ^ FLIPS[8 * min(CHUNK_BYTES, len(query) - c * CHUNK_BYTES), s]).tolist())
+                    for c, v in chunks
+                ]
                 keys, codes = self.code_candidates(bundle_id, device_ids, probes)
-                reach = m * (s + 1) - 1
+                reach = m * (s + 1) - 1  # pigeonhole: within this many bits, some chunk is within s bits
                 found = self._nearest(keys, codes, query, limit, bundle_id, within=reach)
                 if found is not None:
                     return found, len(keys)

@@ -48,13 +48,13 @@ ALTER TABLE ingested_items ADD COLUMN IF NOT EXISTS audit_mse double precision;
 CREATE INDEX IF NOT EXISTS ingested_items_by_code ON ingested_items (bundle_id, device_id, item_id)
   INCLUDE (binary_code) WHERE binary_code IS NOT NULL;
 CREATE TABLE IF NOT EXISTS code_chunks (
-  bundle_id text NOT NULL, chunk smallint NOT NULL, value smallint NOT NULL,
+  bundle_id text NOT NULL, chunk smallint NOT NULL, value integer NOT NULL,
   device_id text NOT NULL, item_id text NOT NULL, binary_code bytea NOT NULL,
   PRIMARY KEY (bundle_id, chunk, value, device_id, item_id)
 );
 """
 INSERT_CHUNKS = (
-    "INSERT INTO code_chunks SELECT * FROM unnest(%s::text[], %s::smallint[], %s::smallint[], %s::text[], "
+    "INSERT INTO code_chunks SELECT * FROM unnest(%s::text[], %s::smallint[], %s::integer[], %s::text[], "
     "%s::text[], %s::bytea[]) ON CONFLICT DO NOTHING"
 )
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # a warning per reconnect attempt; we log per call
@@ -227,12 +227,22 @@ class PostgresStore(Store):
             rows = conn.execute(q, args).fetchall()
         return [(d, i) for d, i, _ in rows], [bytes(c) for _, _, c in rows]
 
+    def code_count(self, bundle_id: str, device_ids: Sequence[str] | None) -> int:
+        q = "SELECT count(*) FROM ingested_items WHERE bundle_id = %s AND binary_code IS NOT NULL"
+        args: list = [bundle_id]
+        if device_ids is not None:
+            q += " AND device_id = ANY(%s::text[])"
+            args.append(list(device_ids))
+        with self._conn() as conn:
+            row = conn.execute(q, args).fetchone()
+        return int(row[0]) if row else 0
+
     def code_candidates(
         self, bundle_id: str, device_ids: Sequence[str] | None, probes: Sequence[tuple[int, Sequence[int]]]
     ) -> tuple[list[tuple[str, str]], list[bytes]]:
         if device_ids is not None and not device_ids:
             return [], []
-        where = " OR ".join("(chunk = %s AND value = ANY(%s::smallint[]))" for _ in probes)
+        where = " OR ".join("(chunk = %s AND value = ANY(%s::integer[]))" for _ in probes)
         q = f"SELECT DISTINCT device_id, item_id, binary_code FROM code_chunks WHERE bundle_id = %s AND ({where})"
         args: list = [bundle_id]
         for j, vs in probes:

@@ -214,6 +214,18 @@ class SqliteStore(Store):
                 raise self._fail(exc) from None
         return [(d, i) for d, i, _ in rows], [c for _, _, c in rows]
 
+    def code_count(self, bundle_id: str, device_ids: Sequence[str] | None) -> int:
+        q = "SELECT count(*) FROM ingested_items WHERE bundle_id = ? AND binary_code IS NOT NULL"
+        args: list = [bundle_id]
+        if device_ids is not None:
+            q += f" AND device_id IN ({','.join('?' * len(device_ids))})"
+            args.extend(device_ids)
+        with self._lock:
+            try:
+                return int(self._db.execute(q, args).fetchone()[0])
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+
     def code_candidates(
         self, bundle_id: str, device_ids: Sequence[str] | None, probes: Sequence[tuple[int, Sequence[int]]]
     ) -> tuple[list[tuple[str, str]], list[bytes]]:
