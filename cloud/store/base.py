@@ -174,12 +174,14 @@ class Store(abc.ABC):
         item within Hamming distance R = m (s + 1) - 1 of the query has, by pigeonhole, some chunk within s bits
         of the query's chunk, so probing each chunk's values within s bits finds every item within R. Radius
         s = 0, 1, ... grows until the probe holds `limit` items within R; those are then exactly the nearest
-        (everything not found is farther than R), ties included. A scope of fewer than LINEAR_BELOW codes, a
-        probe that cannot settle it by MAX_PROBE_RADIUS, or index=False: a linear scan of the codes in scope.
+        (everything not found is farther than R), ties included. A device scope of fewer than LINEAR_BELOW codes,
+        a probe that cannot settle it by MAX_PROBE_RADIUS, or index=False: a linear scan of the codes in scope.
         """
         chunks = code_chunks(query.tobytes())
         m = len(chunks)
-        if index and self.code_count(bundle_id, device_ids) >= self.linear_below:
+        # A few devices' codes are read faster by the (bundle, device) index than probed (docs/search_latency.md);
+        # counting them is cheap next to reading them. Unscoped searches always probe.
+        if index and (device_ids is None or self.code_count(bundle_id, device_ids) >= self.linear_below):
             for s in range(MAX_PROBE_RADIUS + 1):
                 probes = [
                     (c, (v ^ FLIPS[8 * min(CHUNK_BYTES, len(query) - c * CHUNK_BYTES), s]).tolist())

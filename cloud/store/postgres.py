@@ -242,16 +242,19 @@ class PostgresStore(Store):
     ) -> tuple[list[tuple[str, str]], list[bytes]]:
         if device_ids is not None and not device_ids:
             return [], []
-        where = " OR ".join("(chunk = %s AND value = ANY(%s::integer[]))" for _ in probes)
-        q = f"SELECT DISTINCT device_id, item_id, binary_code FROM code_chunks WHERE bundle_id = %s AND ({where})"
-        args: list = [bundle_id]
+        scope = "" if device_ids is None else " AND device_id = ANY(%s::text[])"
+        # One SELECT per chunk, so each seeks the primary key (bundle_id, chunk, value); UNION drops the repeats.
+        part = (
+            "SELECT device_id, item_id, binary_code FROM code_chunks WHERE bundle_id = %s AND chunk = %s "
+            "AND value = ANY(%s::integer[])" + scope
+        )
+        args: list = []
         for j, vs in probes:
-            args += [int(j), [int(v) for v in vs]]
-        if device_ids is not None:
-            q += " AND device_id = ANY(%s::text[])"
-            args.append(list(device_ids))
+            args += [bundle_id, int(j), [int(v) for v in vs]] + (
+                [list(device_ids)] if device_ids is not None else []
+            )
         with self._conn() as conn:
-            rows = conn.execute(q, args).fetchall()
+            rows = conn.execute(" UNION ".join(part for _ in probes), args).fetchall()
         return [(d, i) for d, i, _ in rows], [bytes(c) for _, _, c in rows]
 
     def close(self) -> None:

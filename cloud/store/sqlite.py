@@ -231,17 +231,18 @@ class SqliteStore(Store):
     ) -> tuple[list[tuple[str, str]], list[bytes]]:
         if device_ids is not None and not device_ids:
             return [], []
-        where = " OR ".join(
-            f"(chunk = {int(j)} AND value IN ({','.join(str(int(v)) for v in vs)}))" for j, vs in probes
-        )
-        q = f"SELECT DISTINCT device_id, item_id, binary_code FROM code_chunks WHERE bundle_id = ? AND ({where})"
-        args: list = [bundle_id]
-        if device_ids is not None:
-            q += f" AND device_id IN ({','.join('?' * len(device_ids))})"
-            args.extend(device_ids)
+        scope = "" if device_ids is None else f" AND device_id IN ({','.join('?' * len(device_ids))})"
+        # One SELECT per chunk, so each seeks the primary key (bundle_id, chunk, value); UNION drops the repeats.
+        parts, args = [], []
+        for j, vs in probes:
+            parts.append(
+                "SELECT device_id, item_id, binary_code FROM code_chunks WHERE bundle_id = ? AND chunk = ? "
+                f"AND value IN ({','.join(str(int(v)) for v in vs)}){scope}"
+            )
+            args += [bundle_id, int(j), *(device_ids or [])]
         with self._lock:
             try:
-                rows = self._db.execute(q, args).fetchall()
+                rows = self._db.execute(" UNION ".join(parts), args).fetchall()
             except sqlite3.Error as exc:
                 raise self._fail(exc) from None
         return [(d, i) for d, i, _ in rows], [c for _, _, c in rows]
