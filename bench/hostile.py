@@ -148,11 +148,12 @@ async def load(target: str, codec, payloads: list[bytes], clients: int, seconds:
     """`clients` DecodeStream clients (one request, await reply, repeat) and `clients` Decode clients."""
     import grpc
 
+    from latent_codec.container import to_batch
     from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
     from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
     req = pb.DecodeRequest(
-        codes=codec.to_batch(payloads), reconstruction_format=pb.RECONSTRUCTION_FORMAT_UINT8
+        codes=to_batch(codec, payloads), reconstruction_format=pb.RECONSTRUCTION_FORMAT_UINT8
     )
     md = [("authorization", f"Bearer {TOKEN}")]
     lat: dict[str, list[float]] = {"Decode": [], "DecodeStream": []}

@@ -21,7 +21,8 @@ import grpc
 import numpy as np
 
 from latent_codec import metrics
-from latent_codec.codec import Codec, Side, from_tensor, to_tensor
+from latent_codec.codec import Codec, Side
+from latent_codec.container import from_batch, from_tensor, to_tensor
 from latent_codec.errors import CodecError, PayloadError
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
@@ -54,7 +55,7 @@ def check_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> int:
     -> the bytes decoding it will hold."""
     if req.codes.count == 0:
         raise PayloadError("codes.count is 0: send at least one item")
-    payloads = codec.from_batch(req.codes) if codec.input.any_size else None  # sizes are in the payloads
+    payloads = from_batch(codec, req.codes) if codec.input.any_size else None  # sizes are in the payloads
     held = limits.check(codec, req.codes.count, "codes", payloads)
     if req.reconstruction_format not in FORMATS:
         raise PayloadError(f"reconstruction_format {req.reconstruction_format} is unknown")
@@ -63,7 +64,7 @@ def check_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> int:
 
 def prepare(codec: Codec, req: pb.DecodeRequest) -> tuple[np.ndarray, Side, np.ndarray | None]:
     """The request's codes and side fields (unpacked, entropy-decoded, dequantised) and its originals, checked."""
-    payloads = codec.from_batch(req.codes)
+    payloads = from_batch(codec, req.codes)
     originals = None
     if req.HasField("originals"):
         originals = from_tensor(req.originals, "originals")

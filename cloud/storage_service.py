@@ -34,7 +34,7 @@ import grpc
 import numpy as np
 
 from latent_codec import framing
-from latent_codec.codec import from_tensor
+from latent_codec.container import from_tensor
 from latent_codec.errors import PayloadError
 from latent_codec.rejection import REJECTED_ITEM_KEY
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb

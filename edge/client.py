@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
-from latent_codec.codec import Codec, from_tensor, to_tensor
+from latent_codec.codec import Codec
+from latent_codec.container import from_tensor, to_batch, to_tensor
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
@@ -123,7 +124,7 @@ class CloudClient:
             fmt = pb.RECONSTRUCTION_FORMAT_NONE
         else:
             fmt = pb.RECONSTRUCTION_FORMAT_FLOAT32 if unit else pb.RECONSTRUCTION_FORMAT_UINT8
-        req = pb.DecodeRequest(codes=codec.to_batch(payloads), reconstruction_format=fmt)
+        req = pb.DecodeRequest(codes=to_batch(codec, payloads), reconstruction_format=fmt)
         if originals is not None:
             req.originals.CopyFrom(to_tensor(originals))
         return req

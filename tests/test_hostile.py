@@ -26,6 +26,7 @@ from cloud.server import build_server
 from cloud.tenancy import load_tokens
 from latent_codec import datasets
 from latent_codec.codec import Codec
+from latent_codec.container import to_batch
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from tests.helpers import ROOT, CloudStub, ServerProcess, child_env, tiny_bundle, wait_until
 
@@ -117,7 +118,7 @@ def test_idle_and_long_streams_do_not_starve_other_calls(guarded, entropy_bundle
     release = threading.Event()
     codec = Codec.open(entropy_bundle, need=("encoder",))
     x = datasets.load("digits", "test").x[:4]
-    req = pb.DecodeRequest(codes=codec.to_batch(codec.encode(x)))
+    req = pb.DecodeRequest(codes=to_batch(codec, codec.encode(x)))
 
     def idle():
         release.wait(60)
@@ -180,7 +181,7 @@ def test_a_small_request_cannot_make_the_server_decode_gigabytes(fashion_bundle,
         if codec.item_bytes is None:
             batch = pb.CodeBatch(bundle_id=codec.bundle_id, count=n, format=codec.format, sizes=[0] * n)
         else:
-            batch = codec.to_batch([bytes(codec.item_bytes)] * n)
+            batch = to_batch(codec, [bytes(codec.item_bytes)] * n)
         return pb.DecodeRequest(codes=batch, reconstruction_format=fmt)
 
     try:
@@ -335,7 +336,7 @@ def test_tokens_are_bound_to_their_devices_and_operators_read_all(guarded, entro
         assert len(items) == 6 and all(it.HasField("reconstruction") for it in items)
         # Decoding stays open to every valid token.
         assert (
-            stub.Decode(pb.DecodeRequest(codes=codec.to_batch(payloads)), metadata=md("tok-decode")).count
+            stub.Decode(pb.DecodeRequest(codes=to_batch(codec, payloads)), metadata=md("tok-decode")).count
             == 6
         )
 
@@ -455,7 +456,7 @@ def test_a_read_only_store_is_a_start_up_error(bundle, tmp_path):
 def test_hostile_tensor_shapes_are_invalid_argument(guarded, entropy_bundle):
     codec = Codec.open(entropy_bundle, need=("encoder",))
     x = datasets.load("digits", "test").x[:2]
-    base = pb.DecodeRequest(codes=codec.to_batch(codec.encode(x)))
+    base = pb.DecodeRequest(codes=to_batch(codec, codec.encode(x)))
     with grpc.insecure_channel(f"127.0.0.1:{guarded.port}") as ch:
         stub = CloudStub(ch)
         for shape in ([2**62, 4], [2**63 - 1, 2**63 - 1], [1] * 70, [-1, 64], [2, 1, 8, 8, 0]):
@@ -487,7 +488,7 @@ def test_logged_and_counted_status_is_the_status_the_client_saw(bundle, tmp_path
             # sees: 64 items of float32 pixels are exactly the (clamped) decode budget, and the reply's framing
             # makes it larger than a 16 KiB message may be.
             big = pb.DecodeRequest(
-                codes=codec.to_batch(codec.encode(datasets.load("digits", "test").x[:64])),
+                codes=to_batch(codec, codec.encode(datasets.load("digits", "test").x[:64])),
                 reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32,
             )
             with pytest.raises(grpc.RpcError) as too_big:

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from latent_codec import datasets
-from latent_codec.codec import Codec, from_tensor
+from latent_codec.codec import Codec
+from latent_codec.container import from_tensor
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from tests.helpers import CloudStub, fixed_size_variant
 

@@ -61,7 +61,9 @@ BUNDLES = find_bundles(ZOO) if ZOO.is_dir() else []
 def test_zoo_bundle_payloads_unchanged(bundle: Path):
     golden = json.loads(GOLDEN.read_text())
     codec = Codec.open(bundle, threads=1)
-    assert codec.bundle_id in golden, f"{codec.bundle_id} has no recorded hashes: run python -m tests.test_zoo_payloads"
+    assert codec.bundle_id in golden, (
+        f"{codec.bundle_id} has no recorded hashes: run python -m tests.test_zoo_payloads"
+    )
     got = digest(codec)
     assert got["payloads"] == golden[codec.bundle_id]["payloads"], "payload bytes changed"
     # Decoded pixels come from ONNX Runtime's float graphs, which may round differently on another CPU: the
