@@ -18,6 +18,7 @@ import numpy as np
 from .bundle import Bundle, InputSpec, Manifest
 from .codec import Codec, OnnxTransforms, Side, Transforms
 from .codemap import MAX_PIXELS, MAX_SIDE, MapPayload
+from .decode_cost import int64_mac_seconds
 from .errors import DataError, PayloadError
 
 
@@ -59,6 +60,22 @@ class MapCodec(Codec):
         out = sizes.prod(axis=1) * self.channels * 4
         symbols = np.asarray([self.payload.symbols_per_item(int(h), int(w)) for h, w in sizes], np.int64)
         return out, symbols.reshape(-1)
+
+    def unpack_costs(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """The entropy decoder's arrays, plus the integer hyper-decoder's int64 maps and its convolutions."""
+        nbytes, seconds = super().unpack_costs(payloads)
+        hd = self.payload.hyper_decoder
+        if hd is None:
+            return nbytes, seconds
+        sizes = self.payload.sizes(list(payloads))
+        hy = -(-sizes // self.payload.stride)  # ŷ map height and width; the hyper maps are upsampled to it
+        cells = (-(-hy // 2) * 2).prod(axis=1)
+        nh, m = hd.w1.shape[0], hd.w2.shape[0]
+        # int64 maps alive at once: ẑ upsampled and padded, the first conv's output and its ReLU, the second's
+        # output and the table indices, plus the einsum's strided view (no copy).
+        nbytes = nbytes + cells * 8 * (3 * nh + 2 * m)
+        macs = cells * 9 * nh * (nh + m)
+        return nbytes, seconds + macs * int64_mac_seconds()
 
     def check_items(self, x: np.ndarray) -> None:
         name = self.bundle_id or "this codec"

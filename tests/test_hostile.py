@@ -30,12 +30,13 @@ from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from tests.helpers import ROOT, CloudStub, ServerProcess, child_env, tiny_bundle, wait_until
 
 DEVICE_A, DEVICE_B = "cam-a", "cam-b"
-TOKENS = {
+TOKENS = {  # each token is its key plus SUFFIX (a token must be 12 characters at least)
     "tok-a": f"devices={DEVICE_A}",
     "tok-b": f"devices={DEVICE_B}",
     "tok-ops": "role=operator",
     "tok-decode": "",
 }
+SUFFIX = "-0123456789"
 METHODS = [
     ("/aecodec.v2.Decoding/Decode", "unary"),
     ("/aecodec.v2.Decoding/DecodeStream", "stream"),
@@ -57,7 +58,7 @@ def assert_start_error(proc: subprocess.CompletedProcess, needle: str) -> None:
 
 
 def md(token: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")]
+    return [("authorization", f"Bearer {token}{SUFFIX}")]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +74,7 @@ def entropy_bundle(digits_bundle) -> Path:
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("tokens") / "tokens.txt"
-    p.write_text("\n".join(f"{t} {scope}".strip() for t, scope in TOKENS.items()) + "\n")
+    p.write_text("\n".join(f"{t}{SUFFIX} {scope}".strip() for t, scope in TOKENS.items()) + "\n")
     return p
 
 
