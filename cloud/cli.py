@@ -165,14 +165,15 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="requests of one DecodeStream decoded at once (replies stay in order), so a device "
                    "pipelining single items gets them batched; 1 = one at a time")  # fmt: skip
     p.add_argument("--reload-interval", type=float, default=D.reload_interval,
-                   help="rescan --bundles every N s (at least 1) for new, changed or removed bundles (0 = only on "
+                   help="rescan --bundles every N s (at least 0.1) for new, changed or removed bundles (0 = only on "
                    "SIGHUP)")  # fmt: skip
     p.add_argument("--drain", type=float, default=D.drain,
                    help="on SIGTERM, report NOT_SERVING and keep serving this many seconds (so a load balancer stops "
                    "sending) before the --grace shutdown")  # fmt: skip
-    p.add_argument("--log-level", default=D.log_level, type=str.upper, choices=LOG_LEVELS, help="log level")
+    # Checked by ServerConfig.check (one line, whether from the command line or AECODEC_*), not by argparse.
+    p.add_argument("--log-level", default=D.log_level, type=str.upper, help=", ".join(LOG_LEVELS))
     p.add_argument(
-        "--log-format", default=D.log_format, choices=LOG_FORMATS, help="json: one object per line"
+        "--log-format", default=D.log_format, help=" or ".join(LOG_FORMATS) + " (json: one object per line)"
     )
     apply_env(p)
     return p.parse_args(argv)

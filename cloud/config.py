@@ -18,7 +18,9 @@ from .tenancy import Principal
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 LOG_FORMATS = ("text", "json")
-MIN_RELOAD_INTERVAL = 1.0  # seconds; a rescan reads every manifest, so a tighter poll only burns CPU
+MIN_RELOAD_INTERVAL = (
+    0.1  # seconds; a rescan stats every bundle and reads its manifest: tighter only burns CPU
+)
 MIN_HEALTH_INTERVAL = 0.1
 
 

@@ -207,6 +207,13 @@ _CAUSES = (
     ),
     ("dns resolution failed", "the host name does not resolve (DNS)"),
     ("name or service not known", "the host name does not resolve (DNS)"),
+    ("domain name not found", "the host name does not resolve (DNS)"),
+    ("hostname lookup", "the host name does not resolve (DNS)"),
+    ("errors resolving", "the host name does not resolve (DNS)"),
+    (
+        "failed parsing http/2",
+        "something answers there, but it does not speak gRPC (HTTP/1: the metrics port? a web server?)",
+    ),
     ("http1", "something answers there, but it speaks HTTP/1, not gRPC (the metrics port? a web server?)"),
     ("ssl", "the TLS handshake failed (a plaintext server? the wrong --tls-ca or --tls-server-name?)"),
     ("handshake", "the TLS handshake failed (a plaintext server? the wrong --tls-ca or --tls-server-name?)"),

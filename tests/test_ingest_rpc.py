@@ -168,7 +168,9 @@ def test_items_naming_a_bundle_the_server_does_not_hold_are_refused_and_named_fo
     assert rejected_item(err) == 1 and "items[1].bundle_id" in err.details()
     assert stub.ListStored(pb.ListStoredRequest(device_id=dev), timeout=10).total_items == 0
     # The name a request uses is resolved: the item is stored under the content id of the bundle that made it.
-    (ack,) = stub.Ingest(iter([pb.IngestRequest(device_id=dev, bundle_id=f"{name}@1", items=items[:1])]), timeout=30)
+    (ack,) = stub.Ingest(
+        iter([pb.IngestRequest(device_id=dev, bundle_id=f"{name}@1", items=items[:1])]), timeout=30
+    )
     assert list(ack.item_ids) == ["ok-1"]
     (stored,), _ = fetch_all(stub, pb.FetchRequest(device_id=dev))
     assert stored.bundle_id == enc.bundle_id and stored.HasField("reconstruction")
