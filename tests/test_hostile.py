@@ -687,7 +687,7 @@ def test_a_postgres_outage_is_unavailable_and_recovers_without_a_restart(
 def test_peak_memory_under_eight_worst_case_requests_stays_within_the_stated_budget(tmp_path):
     """8 concurrent requests each at the decode budget (entropy-coded empty payloads, float32 replies): the server's
     peak RSS rises by less than the 300 MiB docs/deployment.md states for the default budget and 2 decode threads."""
-    from bench.hostile import DEVICE, TOKEN, amplification, train_bundle
+    from bench.hostile import DEVICE, TOKEN, amplification, priced, train_bundle
     from tests.helpers import need_fashion
 
     need_fashion()
@@ -698,7 +698,7 @@ def test_peak_memory_under_eight_worst_case_requests_stays_within_the_stated_bud
     ).start()
     try:
         before = server.rss_kib("VmHWM")
-        statuses = asyncio.run(amplification(server.target, Codec.open(bundle)))
+        statuses = asyncio.run(amplification(server.target, priced(bundle)))
         grown_mib = (server.rss_kib("VmHWM") - before) / 1024
     finally:
         server.kill(signal.SIGTERM)
@@ -714,13 +714,13 @@ def test_streams_that_pipeline_worst_case_requests_and_never_read_stay_within_th
     the budget comes back when those clients go away."""
     import grpc
 
-    from bench.hostile import DEVICE, TOKEN, budget_items, train_bundle
+    from bench.hostile import DEVICE, TOKEN, budget_items, priced, train_bundle
     from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
     from tests.helpers import need_fashion
 
     need_fashion()
     bundle = train_bundle(tmp_path)
-    codec = Codec.open(bundle)
+    codec = priced(bundle)
     (tmp_path / "tokens.txt").write_text(f"{TOKEN} devices={DEVICE}\n")
     server = ServerProcess(
         bundle, None, tmp_path, extra=("--auth-token-file", str(tmp_path / "tokens.txt"))

@@ -160,16 +160,10 @@ def worst_case(kind: str, budget: int) -> tuple[Path, pb.DecodeRequest]:
         x = (np.random.default_rng(1).random((1, 1, side, side)) * 255).astype(np.uint8)
         payloads = codec.encode(x)
     else:
+        from bench.hostile import budget_items
+
         codec = measured(FLAT)
-        payloads, lim = [], Limits(max_decode_bytes=budget)
-        n = budget // int(codec.decode_costs([b""]).item_bytes()[0])
-        while n > 1:
-            try:
-                lim.check(codec, [b""] * n)
-                break
-            except Exception:
-                n = int(n * 0.97)
-        payloads = [b""] * n
+        payloads = [b""] * budget_items(codec)
     req = pb.DecodeRequest(
         codes=codec.to_batch(payloads), reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32
     )
