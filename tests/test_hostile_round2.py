@@ -300,8 +300,7 @@ def test_a_stream_client_that_never_reads_delays_others_by_at_most_the_write_dea
             took = time.perf_counter() - t0
             assert [r.count for r in replies] == [4, 4, 4]
         try:
-            await hog.read()
-            async for _ in hog:
+            while await hog.read() != grpc.aio.EOF:
                 pass
             status = "OK"
         except grpc.aio.AioRpcError as exc:
@@ -315,6 +314,7 @@ def test_a_stream_client_that_never_reads_delays_others_by_at_most_the_write_dea
     finally:
         server.kill(signal.SIGTERM)
     assert took < 2 + 3, f"another client's stream took {took:.1f} s"
+    assert status == "DEADLINE_EXCEEDED", status  # the non-reader's stream was ended by the write deadline
     from cloud.config import ServerConfig
 
     assert ServerConfig(Path(".")).max_connection_age > 0  # and a default connection age bounds any stream
