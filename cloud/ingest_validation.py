@@ -148,7 +148,9 @@ def plan_ingest(req: pb.IngestRequest, n: int, registry: BundleRegistry, limits:
             first = codec.first_invalid(payloads)
             k = idx[first if first is not None else 0]
             raise bad(f"items[{k}].payload: {exc}", k) from None
-        except OverBudget as exc:  # an item too large alone is named (the edge sets it aside); else send fewer
+        except (
+            OverBudget
+        ) as exc:  # an item too large alone is named (the edge sets it aside); else send fewer
             alone = codec.decode_costs(payloads).item_bytes() > limits.max_decode_bytes
             culprit = idx[int(alone.argmax())] if alone.any() else None
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc), culprit) from None
