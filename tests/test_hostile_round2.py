@@ -286,8 +286,11 @@ def test_a_stream_client_that_never_reads_delays_others_by_at_most_the_write_dea
             server.target, options=[("grpc.max_receive_message_length", 64 << 20)]
         )
         hog = pb_grpc.DecodingStub(hog_ch).DecodeStream(metadata=MD, timeout=60)
-        for _ in range(4):
-            await hog.write(req)
+        try:  # the server may end the stream (write deadline) before the last write: fine
+            for _ in range(4):
+                await hog.write(req)
+        except grpc.aio.AioRpcError:
+            pass
         await asyncio.sleep(1.0)  # the server decodes what it may; the hog never reads
         async with grpc.aio.insecure_channel(server.target, options=OPTS) as ch:
             t0 = time.perf_counter()
