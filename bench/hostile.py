@@ -414,7 +414,7 @@ async def _non_reader(target: str, md, opts, big, codec) -> dict:
     try:  # the server may end the stream (write deadline) before the last write: fine
         for _ in range(4):
             await hog.write(big)
-    except grpc.aio.AioRpcError:
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         pass
     await asyncio.sleep(1.0)
     small = pb.DecodeRequest(

@@ -346,19 +346,20 @@ def test_token_file_scopes_are_checked(tmp_path):
 
     bad = tmp_path / "t"
     for text, why in (
-        ("tok devices=\n", "devices= needs"),
-        ("tok role=admin\n", "unknown scope 'role=admin'"),
-        ("tok\ntok devices=x\n", "repeats an earlier token"),
+        ("tok-0123456789 devices=\n", "devices= needs"),
+        ("tok-0123456789 role=admin\n", "unknown scope 'role=admin'"),
+        ("tok-0123456789\ntok-0123456789 devices=x\n", "repeats an earlier token"),
         ("# nothing\n\n", "holds no token"),
     ):
         bad.write_text(text)
         with pytest.raises(CodecError, match=why):
             load_tokens(bad)
-    bad.write_text("t1 devices=a,b  # a gateway\nt2 role=operator\nt3\n")
+    t1, t2, t3 = (f"t{k}-0123456789ab" for k in (1, 2, 3))
+    bad.write_text(f"{t1} devices=a,b  # a gateway\n{t2} role=operator\n{t3}\n")
     tokens = load_tokens(bad)
-    assert tokens["t1"].may_write("b") and not tokens["t1"].may_write("c") and not tokens["t1"].reads_all
-    assert tokens["t2"].may_read("anything") and not tokens["t2"].may_write("anything")
-    assert not tokens["t3"].may_read("a") and not tokens["t3"].devices
+    assert tokens[t1].may_write("b") and not tokens[t1].may_write("c") and not tokens[t1].reads_all
+    assert tokens[t2].may_read("anything") and not tokens[t2].may_write("anything")
+    assert not tokens[t3].may_read("a") and not tokens[t3].devices
 
 
 # ---- 6. bundles ---------------------------------------------------------------------------------------------------
