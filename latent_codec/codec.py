@@ -24,6 +24,7 @@ import numpy as np
 
 from . import metrics, registry
 from .bundle import Bundle, InputSpec, Manifest, load_bundle
+from .decode_cost import ENTROPY_BYTES_PER_SYMBOL, ENTROPY_SECONDS_PER_SYMBOL, DecodeCosts, GraphCost
 from .errors import DataError, PayloadError
 from .transforms import Side, Transforms
 
@@ -36,6 +37,9 @@ class Codec:
     kind: ClassVar[str] = ""  # the manifest payload kind (set by registry.register_family)
     payload_type: ClassVar[Any] = None  # the class the manifest's payload section parses into
     any_size: ClassVar[bool] = False  # items of any height and width (the size travels in each payload)
+    graph_cost: GraphCost | None = (
+        None  # the decoder graph's measured cost (decode_cost.measure_graph), if known
+    )
 
     def __init__(
         self,
@@ -89,6 +93,30 @@ class Codec:
         """Per item: float32 bytes it decodes to and code symbols to entropy-decode, read without decoding."""
         out = self.output_shapes(payloads).prod(axis=1) * 4
         return out, np.full(len(payloads), self.payload.code_dims, np.int64)
+
+    def unpack_costs(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Per item: bytes and CPU seconds of unpacking and entropy-decoding it (before the decoder graph)."""
+        symbols = self.item_costs(payloads)[1]
+        return symbols * ENTROPY_BYTES_PER_SYMBOL, symbols * ENTROPY_SECONDS_PER_SYMBOL
+
+    def decode_costs(self, payloads: Sequence[bytes]) -> DecodeCosts:
+        """What decoding these payloads holds and takes, per item, read from their headers without decoding
+        (latent_codec/decode_cost.py). Without a measured ``graph_cost`` the graph's part is not counted."""
+        shapes = self.output_shapes(payloads)
+        out_bytes, symbols = self.item_costs(payloads)
+        unpack_bytes, seconds = self.unpack_costs(payloads)
+        pixels = shapes[:, 1:].prod(axis=1) if len(shapes) else np.zeros(0, np.int64)
+        g = self.graph_cost
+        graph = g.bytes(pixels) if g is not None else np.zeros(len(pixels), np.int64)
+        if g is not None:
+            seconds = seconds + g.seconds(pixels)
+        return DecodeCosts(out_bytes, graph, unpack_bytes, symbols, seconds, g.run_bytes if g else 0)
+
+    def release_memory(self) -> None:
+        """After a large decode: give back what the decoder's runtime keeps (a no-op for other transforms)."""
+        release = getattr(self.transforms, "release", None)
+        if release is not None:
+            release()
 
     # ---- encode -----------------------------------------------------------------------------------------
     def check_items(self, x: np.ndarray) -> None:

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .decode_cost import release_arena
 from .errors import BundleError
 
 Side = dict[str, np.ndarray]
@@ -86,6 +87,11 @@ class OnnxTransforms:
         for name, value in side.items():
             feeds[name] = np.ascontiguousarray(value, dtype=np.int64)
         return self.decoder.run(["x_hat"], feeds)[0]
+
+    def release(self) -> None:
+        """Give back the memory ONNX Runtime keeps after a large decoder run."""
+        if self.decoder is not None:
+            release_arena(self.decoder)
 
 
 class FunctionTransforms:

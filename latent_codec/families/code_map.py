@@ -39,7 +39,7 @@ from ..factorized_prior import FactorizedPrior
 from ..registry import register_family
 from ..transforms import OnnxTransforms
 from ..varint import VarintError, get_varint, put_varint
-from .hyper_decoder import IntegerHyperDecoder
+from .hyper_decoder import IntegerHyperDecoder, int64_mac_seconds
 
 MAP_KINDS = ("factorized", "hyperprior")
 MAX_SIDE = 1 << 15  # largest height or width a payload may claim (32768)
@@ -330,6 +330,22 @@ class MapCodec(Codec):
         out = sizes.prod(axis=1) * self.channels * 4
         symbols = np.asarray([self.payload.symbols_per_item(int(h), int(w)) for h, w in sizes], np.int64)
         return out, symbols.reshape(-1)
+
+    def unpack_costs(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """The entropy decoder's arrays, plus the integer hyper-decoder's int64 maps and its convolutions."""
+        nbytes, seconds = super().unpack_costs(payloads)
+        hd = self.payload.hyper_decoder
+        if hd is None:
+            return nbytes, seconds
+        sizes = self.payload.sizes(list(payloads))
+        hy = -(-sizes // self.payload.stride)  # ŷ map height and width; the hyper maps are upsampled to it
+        cells = (-(-hy // 2) * 2).prod(axis=1)
+        nh, m = hd.w1.shape[0], hd.w2.shape[0]
+        # int64 maps alive at once: ẑ upsampled and padded, the first conv's output and its ReLU, the second's
+        # output and the table indices, plus the einsum's strided view (no copy).
+        nbytes = nbytes + cells * 8 * (3 * nh + 2 * m)
+        macs = cells * 9 * nh * (nh + m)
+        return nbytes, seconds + macs * int64_mac_seconds()
 
     def check_items(self, x: np.ndarray) -> None:
         if np.ndim(x) != 4 or int(np.shape(x)[1]) != self.channels:

@@ -9,6 +9,7 @@ takes part, so every CPU, BLAS, thread count and batch size selects the same tab
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 
@@ -96,3 +97,20 @@ class IntegerHyperDecoder:
         if not 0 <= h.frac_bits <= 16:
             raise ValueError("hyper-decoder frac_bits must be 0..16")
         return h
+
+
+@lru_cache(maxsize=1)
+def int64_mac_seconds() -> float:
+    """CPU seconds of one int64 multiply-accumulate of the integer hyper-decoder's convolutions on this machine
+    (measured once per process on a small map; numpy's einsum over a strided view)."""
+    import time
+
+    x = np.ones((1, 8, 32, 32), np.int64)
+    w = np.ones((8, 8, 3, 3), np.int64)
+    b = np.zeros(8, np.int64)
+    best = float("inf")
+    for _ in range(3):
+        t0 = time.thread_time()
+        conv2d_int(x, w, b)
+        best = min(best, time.thread_time() - t0)
+    return max(best / (8 * 8 * 9 * 32 * 32), 1e-10)
