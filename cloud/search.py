@@ -23,8 +23,8 @@ from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 
 from . import tenancy
 from .bundles import BundleRegistry
-from .limits import Limits, OverBudget
-from .storage_service import MAX_PAYLOAD_BYTES, Refused, _check_id, _denied
+from .ingest_validation import MAX_PAYLOAD_BYTES, Refused, check_id
+from .limits import Cost, Limits, OverBudget
 from .store import NewItem, StoredRecord
 
 DEFAULT_LIMIT = 10
@@ -41,6 +41,7 @@ class SearchPlan:
     limit: int
     payload: bytes | None
     code: np.ndarray | None
+    cost: Cost  # what computing the query's bits holds and takes (nothing for a code given as bits)
 
 
 def _bad(msg: str) -> Refused:
@@ -51,7 +52,7 @@ def plan_search(
     req: pb.SearchRequest, registry: BundleRegistry, principal: tenancy.Principal, limits: Limits
 ) -> SearchPlan:
     """A checked request: the bundle, the scope, the query; Refused with the status and a message naming the field."""
-    problem = _check_id(req.bundle_id, "bundle_id")
+    problem = check_id(req.bundle_id, "bundle_id")
     if problem:
         raise _bad(problem)
     lb = registry.get(req.bundle_id)
@@ -70,11 +71,14 @@ def plan_search(
     if len(req.device_ids) > MAX_DEVICES:
         raise _bad(f"{len(req.device_ids)} device_ids; the limit is {MAX_DEVICES}")
     for k, device in enumerate(req.device_ids):
-        problem = _check_id(device, f"device_ids[{k}]")
+        problem = check_id(device, f"device_ids[{k}]")
         if problem:
             raise _bad(problem)
         if not principal.may_read(device):
-            raise _denied(principal, "read", device)
+            raise Refused(
+                grpc.StatusCode.PERMISSION_DENIED,
+                f"{principal.describe()} may not read items of device {device[:80]!r}",
+            )
     if req.device_ids:
         devices: list[str] | None = sorted(set(req.device_ids))
     elif principal.reads_all:
@@ -85,6 +89,7 @@ def plan_search(
         raise Refused(grpc.StatusCode.PERMISSION_DENIED, f"{principal.describe()} may not read stored items")
     which = req.WhichOneof("query")
     payload = code = None
+    cost = Cost(0, 0.0)
     if which is None:
         raise _bad("the query is empty: give payload (an item's code payload) or code (a binary code)")
     if which == "code":
@@ -101,12 +106,12 @@ def plan_search(
                 f"payload is {len(payload)} bytes; bundle {lb.bundle_id} ({codec.format}) needs exactly {codec.item_bytes}"
             )
         try:
-            limits.check(codec, 1, "the query", [payload] if codec.input.any_size else None)
+            cost = limits.check(codec, [payload], "the query", reply_itemsize=0)
         except OverBudget as exc:
             raise Refused(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc)) from None
         except PayloadError as exc:
             raise _bad(f"payload: {exc}") from None
-    return SearchPlan(lb.bundle_id, spec, codec, devices, req.limit or DEFAULT_LIMIT, payload, code)
+    return SearchPlan(lb.bundle_id, spec, codec, devices, req.limit or DEFAULT_LIMIT, payload, code, cost)
 
 
 def query_code(plan: SearchPlan) -> np.ndarray:

@@ -16,7 +16,8 @@ from collections.abc import Callable
 
 import numpy as np
 
-from latent_codec.codec import Codec, to_tensor
+from latent_codec.codec import Codec
+from latent_codec.container import to_tensor
 
 from .spool import Spool, SpoolFullError, item_cost
 

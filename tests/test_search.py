@@ -15,7 +15,8 @@ import pytest
 
 from latent_codec import datasets
 from latent_codec.binary_code import binary_codes, hamming
-from latent_codec.codec import Codec, to_tensor
+from latent_codec.codec import Codec
+from latent_codec.container import to_tensor
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from tests.helpers import ROOT, CloudStub, child_env, tiny_bundle, tiny_hashing_bundle
 

@@ -157,7 +157,7 @@ def test_export_binary_code_thresholds_payload_codes_and_is_hashed(hashing_bundl
 
 
 def test_median_thresholds_for_codes_that_are_not_sigmoid():
-    from training.export import binary_thresholds
+    from training.export_flat import binary_thresholds
     from training.models.dense import DenseAutoencoder
 
     codes = np.array([[0.0, 5.0], [1.0, 7.0], [3.0, 9.0]], np.float32)

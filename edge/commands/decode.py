@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from latent_codec.codec import Codec
+from latent_codec.container import from_batch
 from latent_codec.errors import DataError
 
 from ..codefile import read_codes
@@ -46,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     batch = read_codes(args.codes)
     if batch.bundle_id != codec.bundle_id:
         raise DataError(f"{args.codes} was written with bundle {batch.bundle_id}, not {codec.bundle_id}")
-    x = codec.decode(codec.from_batch(batch))
+    x = codec.decode(from_batch(codec, batch))
     if args.out.suffix == ".npy":
         np.save(args.out, x)
     else:

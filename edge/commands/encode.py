@@ -8,6 +8,7 @@ from pathlib import Path
 
 from latent_codec import datasets
 from latent_codec.codec import Codec
+from latent_codec.container import to_batch
 
 from ..codefile import write_codes
 from . import flags
@@ -27,7 +28,7 @@ def run(args: argparse.Namespace) -> int:
     ds = datasets.load(args.data, args.split, mode="L" if codec.input.shape[0] == 1 else "RGB")
     x = ds.x[: args.limit] if args.limit else ds.x
     codec.check_items(x)
-    size = write_codes(args.out, codec.to_batch(codec.encode(x)))
+    size = write_codes(args.out, to_batch(codec, codec.encode(x)))
     print(
         f"{len(x)} items, {x.nbytes:,} raw bytes -> {args.out} ({size:,} bytes, "
         f"{x.nbytes / max(size, 1):.1f}:1, bundle {codec.bundle_id}, {codec.format})",

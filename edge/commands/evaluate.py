@@ -20,7 +20,8 @@ from pathlib import Path
 import numpy as np
 
 from latent_codec import datasets
-from latent_codec.codec import Codec, from_tensor, to_tensor
+from latent_codec.codec import Codec
+from latent_codec.container import from_tensor, to_tensor
 from latent_codec.metrics import psnr_from_mse
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 
