@@ -167,6 +167,7 @@ def test_median_thresholds_for_codes_that_are_not_sigmoid():
 
 
 # ---- denoising through a real server --------------------------------------------------------------------------
+@pytest.mark.slow
 def test_a_denoising_bundle_serves_noisy_and_holed_items_through_decode(tmp_path):
     """Trained on digits with mixed, clipped corruption: the server's Decode of corrupted items is closer to the
     clean items than the corrupted input is (docs/denoise.md compares it with a plain twin and classic filters)."""
