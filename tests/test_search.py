@@ -58,7 +58,14 @@ def served(request, bundles, tmp_path):
     store = str(tmp_path / "store.sqlite") if request.param == "sqlite" else request.getfixturevalue("pg_url")
     tokens = tmp_path / "tokens"
     tokens.write_text(TOKENS)
-    running = build_server(bundles, "127.0.0.1:0", workers=2, store=store, auth_tokens=load_tokens(tokens))
+    running = build_server(
+        bundles,
+        "127.0.0.1:0",
+        workers=2,
+        store=store,
+        auth_tokens=load_tokens(tokens),
+        metrics_address="127.0.0.1:0",
+    )
     if request.param == "postgres":  # the session's schema: each test starts from an empty table
         import psycopg
 
@@ -194,7 +201,7 @@ def test_a_malformed_request_body_is_invalid_argument(served):
 
 
 def test_audited_items_carry_their_error_in_fetch_and_search(served, codecs, data):
-    _, stub = served
+    running, stub = served
     hashing, _ = codecs
     x, _ = data
     ingest(stub, "cam-a", hashing, x[:8], "au", "tok-cam-a-1234", originals=True)
@@ -216,6 +223,16 @@ def test_audited_items_carry_their_error_in_fetch_and_search(served, codecs, dat
     )
     audited = {h.item.item_id: h.item.audit_mse for h in resp.hits if h.item.HasField("audit_mse")}
     assert audited == pytest.approx({f"au{k}": float(want[k]) for k in range(8)}, rel=1e-6)
+    # ... and as a metric: each audited item's error in a histogram per bundle (alerts on anomalies)
+    from tests.test_metrics import scrape, val
+
+    samples = scrape(running.metrics_port)
+    assert val(samples, "aecodec_audit_item_mse_count", bundle=hashing.bundle_id) == 8
+    assert val(samples, "aecodec_audit_item_mse_sum", bundle=hashing.bundle_id) == pytest.approx(
+        float(want.sum())
+    )
+    below = val(samples, "aecodec_audit_item_mse_bucket", bundle=hashing.bundle_id, le="0.05")
+    assert below == int((want <= 0.05).sum())
 
 
 @pytest.mark.parametrize("kind", ["sqlite", "postgres"])
