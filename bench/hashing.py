@@ -27,17 +27,20 @@ import numpy as np
 from bench.small_bundles import Budget, Recipe
 
 BITS = 32
+EPOCHS = 30  # of fine-tuning, after 2 epochs of layer-wise pre-training per layer
 HASHING = Recipe(
     "hashing",
     "dense",
-    {"code_dim": BITS, "hidden": [512, 256], "code_activation": "sigmoid", "code_noise": 4.0},
-    note="784-512-256-32, sigmoid code, N(0, 16) noise before the sigmoid in training",
+    {"code_dim": BITS, "hidden": [512, 256], "code_activation": "sigmoid", "code_noise": 2.0},
+    {"pretrain_epochs": 2},
+    note="784-512-256-32, stacked, sigmoid code, N(0, 4) noise before the sigmoid in training",
     binary_code=True,
 )
 HASHING_TWIN = Recipe(
     "hashing-twin",
     "dense",
     {"code_dim": BITS, "hidden": [512, 256], "code_activation": "sigmoid"},
+    {"pretrain_epochs": 2},
     note="the same without the code noise",
     binary_code=True,
 )
@@ -47,7 +50,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench.hashing", description=__doc__.split("\n")[0])
     p.add_argument("--data", default="fashion-mnist")
     p.add_argument("--limit", type=int, default=20000, help="training items of the autoencoders")
-    p.add_argument("--epochs", type=int, default=15)
+    p.add_argument("--epochs", type=int, default=EPOCHS)
     p.add_argument("--database", type=int, default=0, help="training items in the database (0 = all)")
     p.add_argument("--queries", type=int, default=2000, help="test items used as queries")
     p.add_argument("--threads", type=int, default=1)

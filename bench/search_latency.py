@@ -119,7 +119,7 @@ def parts(store_url: str, bundle_id: str, queries: np.ndarray, device: str | Non
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    from bench.hashing import HASHING
+    from bench.hashing import EPOCHS, HASHING
     from bench.ingest import pg_drop, pg_schema
     from bench.server_process import ServerProcess
     from bench.small_bundles import Budget, train_bundle
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from latent_codec.codec import Codec
 
     t_start = time.perf_counter()
-    bundle = train_bundle(HASHING, Budget(epochs=15), args.work_dir)  # bench.hashing's budget: cached there
+    bundle = train_bundle(HASHING, Budget(epochs=EPOCHS), args.work_dir)  # bench.hashing's budget: cached there
     codec = Codec.open(bundle, threads=1)
     x = np.concatenate([datasets.load("fashion-mnist", "train").x, datasets.load("fashion-mnist", "test").x])
     base = [p for i in range(0, len(x), 5000) for p in codec.encode(x[i : i + 5000])]

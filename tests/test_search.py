@@ -369,7 +369,7 @@ def test_the_edge_cli_and_the_python_client_search(bundles, codecs, data, tmp_pa
         out = subprocess.run([*cli, "--data", str(tmp_path / "q.npy"), "--limit", "50", "--json", str(tmp_path / "h.json")],
                              capture_output=True, text=True, timeout=120, cwd=ROOT, env=child_env())  # fmt: skip
         assert out.returncode == 0, out.stderr
-        assert "50 nearest of 50 stored items" in out.stdout
+        assert "50 nearest items (50 stored codes compared" in out.stdout
         assert "a7" in [
             h["item_id"] for h in json.loads((tmp_path / "h.json").read_text())["hits"] if h["distance"] == 0
         ]

@@ -68,7 +68,7 @@ def run(args: argparse.Namespace) -> int:
     with CloudClient(args.server, Security.from_args(args), args.connect_timeout) as client:
         hits, searched = client.search(bundle_id, payload, code, args.device, args.limit)
     ms = (time.perf_counter() - t0) * 1000
-    print(f"{len(hits)} nearest of {searched:,} stored items (bundle {bundle_id}, {ms:.0f} ms)")
+    print(f"{len(hits)} nearest items ({searched:,} stored codes compared; bundle {bundle_id}, {ms:.0f} ms)")
     print(f"{'rank':>4}  {'distance':>8}  {'device':<20} {'item':<32} captured_at_ms")
     for rank, h in enumerate(hits, 1):
         print(f"{rank:>4}  {h.distance:>8}  {h.device_id[:20]:<20} {h.item_id[:32]:<32} {h.captured_at_ms}")
