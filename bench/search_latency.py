@@ -128,7 +128,9 @@ def main(argv: list[str] | None = None) -> int:
     from latent_codec.codec import Codec
 
     t_start = time.perf_counter()
-    bundle = train_bundle(HASHING, Budget(epochs=EPOCHS), args.work_dir)  # bench.hashing's budget: cached there
+    bundle = train_bundle(
+        HASHING, Budget(epochs=EPOCHS), args.work_dir
+    )  # bench.hashing's budget: cached there
     codec = Codec.open(bundle, threads=1)
     x = np.concatenate([datasets.load("fashion-mnist", "train").x, datasets.load("fashion-mnist", "test").x])
     base = [p for i in range(0, len(x), 5000) for p in codec.encode(x[i : i + 5000])]
