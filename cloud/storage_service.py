@@ -138,6 +138,8 @@ def ingest_items(
                 raise bad(
                     problem + (" (and the request's bundle_id is empty)" if field == "bundle_id" else ""), k
                 )
+        if it.name and (len(it.name) > MAX_ID_CHARS or not it.name.isprintable()):
+            raise bad(f"{where}.name must be printable and at most {MAX_ID_CHARS} characters", k)
         if item_id in seen:
             raise bad(f"{where}.item_id {item_id!r} appears twice in this request", k)
         seen.add(item_id)
@@ -195,6 +197,7 @@ def ingest_items(
             bundle_of[k],
             bytes(it.payload),
             int(req.captured_base_ms + it.captured_at_ms),
+            it.name,
         )
         for k, it in enumerate(req.items)
     ]
@@ -404,6 +407,7 @@ class StorageService(pb_grpc.StorageServicer):
                 captured_at_ms=r.captured_at_ms,
                 stored_at_ms=r.stored_at_ms,
                 payload=r.payload,
+                name=r.name,
             )
             for r in records
         ]

@@ -52,6 +52,7 @@ class FetchedItem:
     payload: bytes
     item: np.ndarray | None  # the reconstruction (C, H, W), unless codes only or not decodable
     error: str = ""
+    name: str = ""  # the item's source name (a photo's file name), when the device sent one
 
 
 @dataclass
@@ -125,8 +126,15 @@ class CloudClient:
             fmt = pb.RECONSTRUCTION_FORMAT_FLOAT32 if unit else pb.RECONSTRUCTION_FORMAT_UINT8
         req = pb.DecodeRequest(codes=codec.to_batch(payloads), reconstruction_format=fmt)
         if originals is not None:
-            req.originals.CopyFrom(to_tensor(originals))
+            CloudClient.attach_originals(req, originals)
         return req
+
+    @staticmethod
+    def attach_originals(req: pb.DecodeRequest, originals: np.ndarray) -> int:
+        """Add the originals to a DecodeRequest (for evaluation); returns the bytes they add to it."""
+        before = req.ByteSize()
+        req.originals.CopyFrom(to_tensor(originals))
+        return req.ByteSize() - before
 
     @staticmethod
     def decoded(resp: pb.DecodeResponse) -> Decoded:
@@ -204,6 +212,7 @@ class CloudClient:
                             bytes(it.payload),
                             rec,
                             it.error,
+                            it.name,
                         )
                     )
         except grpc.RpcError as exc:

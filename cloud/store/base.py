@@ -39,6 +39,7 @@ class NewItem:
     bundle_id: str
     payload: bytes
     captured_at_ms: int
+    name: str = ""  # the item's source name on the device (IngestItem.name); not part of its identity
 
 
 @dataclass(frozen=True)
@@ -49,6 +50,7 @@ class StoredRecord:
     payload: bytes
     captured_at_ms: int
     stored_at_ms: int
+    name: str = ""
 
 
 @dataclass(frozen=True)

@@ -38,18 +38,20 @@ CREATE TABLE IF NOT EXISTS ingested_items (
   payload        bytea  NOT NULL,
   captured_at_ms bigint NOT NULL,
   stored_at_ms   bigint NOT NULL,
+  name           text   NOT NULL DEFAULT '',
   PRIMARY KEY (device_id, item_id)
 );
+ALTER TABLE ingested_items ADD COLUMN IF NOT EXISTS name text NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS ingested_items_by_time ON ingested_items (device_id, captured_at_ms, item_id);
 CREATE TABLE IF NOT EXISTS store_meta (key text PRIMARY KEY, value text NOT NULL);
 """
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # a warning per reconnect attempt; we log per call
 SCHEMA_LOCK = 0x61656364  # pg_advisory_xact_lock key: replicas starting together create the schema once
-COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms"
+COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, name"
 INSERT = (
     f"INSERT INTO ingested_items ({COLUMNS}) "
-    "SELECT d, i, b, p, c, %s::bigint FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], "
-    "%s::bigint[]) AS t(d, i, b, p, c) "
+    "SELECT d, i, b, p, c, %s::bigint, n FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], "
+    "%s::bigint[], %s::text[]) AS t(d, i, b, p, c, n) "
     "ON CONFLICT (device_id, item_id) DO NOTHING RETURNING device_id, item_id"
 )
 
@@ -70,7 +72,7 @@ def _msg(exc: BaseException) -> str:
 
 
 def _record(row) -> StoredRecord:
-    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]))
+    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]), row[6])
 
 
 class PostgresStore(Store):
@@ -141,6 +143,7 @@ class PostgresStore(Store):
                 [it.bundle_id for it in items],
                 [it.payload for it in items],
                 [it.captured_at_ms for it in items],
+                [it.name for it in items],
             )
             inserted = set(conn.execute(INSERT, (stored_at_ms, *cols)).fetchall())
             rest = [it for it in items if (it.device_id, it.item_id) not in inserted]

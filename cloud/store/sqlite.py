@@ -33,17 +33,20 @@ CREATE TABLE IF NOT EXISTS ingested_items (
   payload        BLOB    NOT NULL,
   captured_at_ms INTEGER NOT NULL,
   stored_at_ms   INTEGER NOT NULL,
+  name           TEXT    NOT NULL DEFAULT '',
   PRIMARY KEY (device_id, item_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ingested_items_by_time ON ingested_items (device_id, captured_at_ms, item_id);
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms"
+COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, name"
+# Stores created before items had names: the column is added on open (existing items get an empty name).
+MIGRATIONS = [("ingested_items", "name", "TEXT NOT NULL DEFAULT ''")]
 CHUNK = 400  # ids per IN (...) query, well under SQLite's variable limit
 
 
 def _record(row) -> StoredRecord:
-    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]))
+    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]), row[6])
 
 
 class SqliteStore(Store):
@@ -61,6 +64,9 @@ class SqliteStore(Store):
                 raise StoreError(f"store {self.path}: cannot switch to WAL mode (got {mode})")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            for table, column, kind in MIGRATIONS:
+                if column not in {row[1] for row in self._db.execute(f"PRAGMA table_info({table})")}:
+                    self._db.execute(f"ALTER TABLE {table} ADD COLUMN {column} {kind}")
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"store {self.path}: {exc}") from None
 
@@ -91,13 +97,16 @@ class SqliteStore(Store):
                                     it.payload,
                                     it.captured_at_ms,
                                     stored_at_ms,
+                                    it.name,
                                 )
                             )
                         elif same_content(old[0], old[1], it.bundle_id, it.payload):
                             dup += 1
                         else:
                             raise ItemConflict(conflict_message(it), it.item_id)
-                    db.executemany(f"INSERT INTO ingested_items ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", fresh)
+                    db.executemany(
+                        f"INSERT INTO ingested_items ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", fresh
+                    )
                     db.execute("COMMIT")
                     return dup
                 except BaseException:
