@@ -112,7 +112,10 @@ def quality(original: np.ndarray, recon: np.ndarray) -> dict:
 def load_photos(folder: Path, limit: int = 0) -> tuple[list[str], list[np.ndarray]]:
     """The folder's photographs, upright, RGB (3, H, W), as the edge reads them (refusing alpha, 16 bits scaled)."""
     from latent_codec import datasets
+    from latent_codec.errors import DataError
 
+    if not folder.is_dir():
+        raise DataError(f"{folder}: no such folder of photographs (give --photos DIR, or PHOTOS=DIR to make)")
     items = datasets.load_items(folder, mode="RGB").head(limit)
     return list(items.names), [items.take([i])[0] for i in range(len(items))]
 
