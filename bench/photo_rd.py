@@ -26,7 +26,7 @@ import numpy as np
 
 from bench import msssim
 from bench.bdrate import bd_rate_window, pareto
-from latent_codec.bundle import find_bundles
+from latent_codec.bundle import Bundle, find_bundles, load_bundle
 from latent_codec.errors import CodecError
 
 JPEG_QUALITIES = (5, 10, 20, 30, 40, 50, 60, 70, 80, 90, 95)
@@ -137,19 +137,22 @@ def run_classic(names: list[str], photos: list[np.ndarray], todo: list[Setting],
     return rows
 
 
-def colour_bundles(root: Path) -> list:
+def colour_bundles(root: Path) -> list[Bundle]:
     """The bundles under root that take colour items of any size (photographs); [] when root does not exist."""
     if not root.exists():
         return []
     out = []
-    for b in find_bundles(root):
+    for path in find_bundles(root):
+        b = load_bundle(path)
         spec = b.manifest.input
         if int(spec.shape[0]) == 3 and spec.any_size:
             out.append(b)
     return out
 
 
-def run_project(names: list[str], photos: list[np.ndarray], bundles: list, threads: int, log) -> list[dict]:
+def run_project(
+    names: list[str], photos: list[np.ndarray], bundles: list[Bundle], threads: int, log
+) -> list[dict]:
     from latent_codec.codec import Codec
 
     rows = []
@@ -166,8 +169,10 @@ def run_project(names: list[str], photos: list[np.ndarray], bundles: list, threa
             td = time.perf_counter()
             rec = codec.decode([payload])[0]
             td = time.perf_counter() - td
-            rows.append(_row(family, b.name, name, x, len(payload), rec, te, td, bundle_id=codec.bundle_id))
-        log(f"{b.name}: done")
+            rows.append(
+                _row(family, b.path.name, name, x, len(payload), rec, te, td, bundle_id=codec.bundle_id)
+            )
+        log(f"{b.path.name}: done")
     return rows
 
 
@@ -340,7 +345,7 @@ def main(args) -> int:
         bundles = colour_bundles(args.bundles)
         if bundles:
             log(
-                f"bundles: {len(bundles)} colour bundles under {args.bundles}: {', '.join(b.name for b in bundles)}"
+                f"bundles: {len(bundles)} colour bundles under {args.bundles}: {', '.join(b.path.name for b in bundles)}"
             )
         else:
             log(f"no colour bundle under {args.bundles} (none exists or none takes colour photographs of any "
@@ -367,7 +372,7 @@ def main(args) -> int:
         "photos": str(args.photos),
         "images": len(photos),
         "megapixels": round(mp, 3),
-        "bundles": [{"name": b.name, "bundle_id": b.manifest.bundle_id} for b in bundles],
+        "bundles": [{"name": b.path.name, "bundle_id": b.bundle_id} for b in bundles],
         "bundles_root": str(args.bundles),
         "classic": not args.no_classic,
         "quick": bool(args.quick),

@@ -76,7 +76,7 @@ def crops_picture(
         b = bundles[len(bundles) // 2]
         codec = Codec.from_bundle(b, threads)
         payload = codec.encode(x[None])[0]
-        ours = ("ours: " + b.name, codec.decode([payload])[0], len(payload))
+        ours = ("ours: " + b.path.name, codec.decode([payload])[0], len(payload))
         target = len(payload)
     else:
         target = len(Setting("WebP", 50).encode(hwc))

@@ -331,14 +331,15 @@ class Items:
 
 
 class ArrayItems(Items):
-    """Items of an array (N, C, H, W), named by their index."""
+    """Items of an array (N, C, H, W), named by their index (zero-padded: 00, 01, ...)."""
 
     def __init__(self, x: np.ndarray, source: str):
         if np.ndim(x) != 4:
             raise DataError(f"{source}: items must be an array (N, C, H, W), got shape {np.shape(x)}")
         self.x = x
         self.source = source
-        self.names = [str(i) for i in range(len(x))]
+        width = len(str(max(len(x) - 1, 0)))  # zero-padded, so that file names sort in item order
+        self.names = [f"{i:0{width}d}" for i in range(len(x))]
         c, h, w = (int(s) for s in x.shape[1:])
         self.shapes = [(c, h, w)] * len(x)
 
@@ -394,7 +395,12 @@ class ImageItems(Items):
             raise DataError("items taken together must share a size")
         out = np.empty((len(idx), *self.shapes[idx[0]]) if idx else (0, 1, 0, 0), np.uint8)
         for k, i in enumerate(idx):
-            out[k] = _read_image(self.files[i], self.mode, self.options.alpha)
+            item = _read_image(self.files[i], self.mode, self.options.alpha)
+            if item.shape != self.shapes[i]:
+                raise DataError(
+                    f"{self.files[i]}: changed while being read (its header said {self.shapes[i]})"
+                )
+            out[k] = item
         return out
 
     def head(self, n: int) -> Items:
@@ -485,8 +491,10 @@ def _read_image(p: Path, mode: str, alpha: str | None) -> np.ndarray:
                 if im.mode in ("LA", "La"):
                     arr = arr[..., :1]
                 return _to_mode(arr, mode)
-            if mode == "L" or im.mode not in _GREY_MODES:
-                im = im.convert(mode)
+            if im.mode == "1" or (mode == "L" and im.mode != "L"):  # colour only when the caller allowed it
+                im = im.convert("L")
+            elif mode == "RGB" and im.mode not in ("L", "RGB"):  # CMYK, YCbCr, palettes...
+                im = im.convert("RGB")
             arr = np.asarray(im, dtype=np.uint8)
             return _to_mode(arr[..., None] if arr.ndim == 2 else arr, mode)
     except DataError:

@@ -63,6 +63,22 @@ def test_sixteen_bit_images_are_scaled_not_clipped(tmp_path):
     np.testing.assert_array_equal(rgb, np.repeat(x[None], 3, 0))
 
 
+def test_bilevel_cmyk_and_palette_images_become_8_bit_items(tmp_path):
+    bits = np.random.default_rng(4).integers(0, 2, (6, 9)).astype(bool)
+    Image.fromarray(bits).save(tmp_path / "a-bits.png")
+    rgb = _rgb(6, 9)
+    Image.fromarray(rgb).convert("CMYK").save(tmp_path / "b-cmyk.jpg", quality=100)
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE, colors=8).save(
+        tmp_path / "c-palette.png"
+    )
+    items = datasets.load_items(tmp_path, mode="RGB")
+    np.testing.assert_array_equal(items.take([0])[0], np.repeat(np.where(bits, 255, 0)[None], 3, 0))
+    cmyk = items.take([1])[0]
+    assert np.abs(cmyk.astype(int) - np.moveaxis(rgb, -1, 0)).mean() < 8  # back to about the same colours
+    pal = Image.open(tmp_path / "c-palette.png")
+    np.testing.assert_array_equal(items.take([2])[0], np.moveaxis(np.asarray(pal.convert("RGB")), -1, 0))
+
+
 def test_wide_integer_and_float_images_are_refused(tmp_path):
     Image.fromarray(np.full((4, 4), 70000, np.int32)).save(tmp_path / "wide.tif")
     with pytest.raises(DataError, match="wide.tif: 32-bit integer pixels are not supported"):
