@@ -335,8 +335,22 @@ def machine() -> dict:
     }
 
 
+def render(out: Path, doc: dict) -> None:
+    """photo_rd.md and photo_rd.png from a run's JSON (the crops picture is written while measuring)."""
+    from bench.photo_rd_report import plot, write_markdown
+
+    plot(out / "photo_rd.png", fronts(doc["means"]), doc["meta"])
+    write_markdown(out / "photo_rd.md", doc, doc["crops"])
+
+
 def main(args) -> int:
-    """Run the photo benchmark for bench.rd's parsed arguments (--photos DIR and the shared flags)."""
+    """Run the photo benchmark for bench.rd's parsed arguments (--photos DIR and the shared flags); with
+    --report-only, re-render the report from OUT_DIR/photo_rd.json."""
+    if args.report_only:
+        doc = json.loads((args.out_dir / "photo_rd.json").read_text())
+        render(args.out_dir, doc)
+        print((args.out_dir / "photo_rd.md").read_text())
+        return 0
     log = lambda m: print(m, file=sys.stderr)  # noqa: E731
     t0 = time.perf_counter()
     load_before = os.getloadavg()
@@ -384,12 +398,12 @@ def main(args) -> int:
     }
     out = args.out_dir
     out.mkdir(parents=True, exist_ok=True)
-    doc = {"meta": meta, "summary": summary, "means": means, "per_image": per_image(rows), "rows": rows}
-    (out / "photo_rd.json").write_text(json.dumps(doc, indent=1) + "\n")
-    from bench.photo_rd_report import crops_picture, plot, write_markdown
+    from bench.photo_rd_report import crops_picture
 
-    plot(out / "photo_rd.png", fronts(means), meta)
     crops = crops_picture(out / "photo_rd_crops.png", names, photos, bundles, args.threads)
-    write_markdown(out / "photo_rd.md", doc, crops)
+    doc = {"meta": meta, "summary": summary, "means": means, "per_image": per_image(rows), "crops": crops,
+           "rows": rows}  # fmt: skip
+    (out / "photo_rd.json").write_text(json.dumps(doc, indent=1) + "\n")
+    render(out, doc)
     print((out / "photo_rd.md").read_text())
     return 0

@@ -31,9 +31,15 @@ def plot(path: Path, cs: dict[str, list[dict]], meta: dict) -> None:
             axes[1].plot(*zip(*ms), style, label=codec, ms=4)
     axes[0].set_ylabel("PSNR, RGB (dB)")
     axes[1].set_ylabel("MS-SSIM (dB, -10 log10(1 - MS-SSIM))")
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+
     for ax in axes:
         ax.set_xlabel("bits per pixel")
         ax.set_xscale("log")
+        lo, hi = ax.get_xlim()
+        ax.set_xticks([t for t in (0.02, 0.05, 0.1, 0.2, 0.5, 1, 2, 4, 8, 16) if lo <= t <= hi])
+        ax.xaxis.set_major_formatter(ScalarFormatter())
+        ax.xaxis.set_minor_formatter(NullFormatter())
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=7)
     fig.suptitle(f"{meta['images']} photographs ({meta['megapixels']} MP) from {meta['photos']}", fontsize=9)

@@ -51,6 +51,8 @@ def side_by_side(original: np.ndarray, recon: np.ndarray) -> np.ndarray:
     """(C, H, W) original and reconstruction -> one (C, H, 2W + GAP) picture, original on the left."""
     if original.shape != recon.shape:
         raise DataError(f"original is {original.shape} but its reconstruction is {recon.shape}")
+    if original.dtype != np.uint8 or recon.dtype != np.uint8:
+        raise DataError("pictures need uint8 items (these are float: write .npy instead)")
     c, h, _ = original.shape
     gap = np.full((c, h, GAP), 255, np.uint8)
     return np.concatenate([original.astype(np.uint8), gap, recon.astype(np.uint8)], axis=2)

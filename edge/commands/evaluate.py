@@ -154,6 +154,10 @@ def evaluate(args: argparse.Namespace) -> Report:
         )
     compare_to: list[Path] = []
     if args.compare is not None:
+        if items.dtype != np.uint8:
+            raise DataError(
+                "--compare writes pictures of uint8 items; these are float (use --keep-reconstructions)"
+            )
         compare_to = targets(args.compare, items.names, args.force)  # refuse before any work
         args.compare.mkdir(parents=True, exist_ok=True)
     want_recon = keep or args.compare is not None
@@ -209,18 +213,8 @@ def evaluate(args: argparse.Namespace) -> Report:
     for i, name in enumerate(items.names):
         c, h, w = items.shapes[i]
         e = mse.get(i)
-        report.rows.append(
-            ItemRow(
-                name,
-                h,
-                w,
-                c,
-                sizes[i],
-                8 * sizes[i] / (h * w),
-                e,
-                None if e is None else float(psnr_from_mse(e)),
-            )  # fmt: skip
-        )
+        psnr = None if e is None else float(psnr_from_mse(e))
+        report.rows.append(ItemRow(name, h, w, c, sizes[i], 8 * sizes[i] / (h * w), e, psnr))
     if not args.no_evaluate and report.items:
         report.mse = sum(mse.values()) / report.items
         report.psnr = float(psnr_from_mse(report.mse))
