@@ -32,7 +32,8 @@ class CodeFile:
 
 def write_codes(path: Path, batch: pb.CodeBatch, names: list[str] | None = None) -> int:
     """Write one CodeBatch with its items' names (default: their index); returns the file's size in bytes."""
-    names = [str(i) for i in range(batch.count)] if names is None else list(names)
+    width = len(str(max(batch.count - 1, 0)))
+    names = [f"{i:0{width}d}" for i in range(batch.count)] if names is None else list(names)
     if len(names) != batch.count:
         raise DataError(f"{len(names)} names for {batch.count} items")
     header = json.dumps({"names": names}, ensure_ascii=False).encode() + b"\n"

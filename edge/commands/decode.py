@@ -48,7 +48,8 @@ def run(args: argparse.Namespace) -> int:
     batch = code_file.batch
     if batch.bundle_id != codec.bundle_id:
         raise DataError(f"{args.codes} was written with bundle {batch.bundle_id}, not {codec.bundle_id}")
-    names = code_file.names or [str(i) for i in range(batch.count)]
+    width = len(str(max(batch.count - 1, 0)))
+    names = code_file.names or [f"{i:0{width}d}" for i in range(batch.count)]  # a v2 file: by index
     npy = args.out.suffix == ".npy"
     if npy and args.out.exists() and not args.force:
         raise DataError(f"{args.out} exists; pass --force to overwrite")
