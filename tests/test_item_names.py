@@ -46,22 +46,29 @@ def test_postgres_store_of_an_older_version_gains_names(pg_url):
     import psycopg
 
     from cloud.store.postgres import PostgresStore
+    from tests.helpers import PG_BASE, pg_drop_schema, pg_fresh_schema
 
-    with psycopg.connect(pg_url, autocommit=True) as conn:
-        conn.execute(
-            "CREATE TABLE ingested_items (device_id text NOT NULL, item_id text NOT NULL, bundle_id text NOT NULL, "
-            "payload bytea NOT NULL, captured_at_ms bigint NOT NULL, stored_at_ms bigint NOT NULL, "
-            "PRIMARY KEY (device_id, item_id))"
-        )
-        conn.execute("INSERT INTO ingested_items VALUES ('dn', 'old#0', 'b', '\\x0102', 5, 6)")
-    store = PostgresStore(pg_url)
+    schema = pg_fresh_schema()  # pg_url (its fixture skips without PostgreSQL) holds other tests' tables
+    url = f"{PG_BASE}?options=-csearch_path%3D{schema}"
     try:
-        assert store.get(["old#0"], "dn")[0].name == ""
-        store.put_many([NewItem("dn", "new#0", "b", b"\x03", 7, "IMG_0042.jpg")], 8)
-        assert [r.name for r in store.query("dn", 0, 0, 10)] == ["", "IMG_0042.jpg"]
+        with psycopg.connect(url, autocommit=True) as conn:
+            conn.execute(
+                "CREATE TABLE ingested_items (device_id text NOT NULL, item_id text NOT NULL, bundle_id text NOT "
+                "NULL, payload bytea NOT NULL, captured_at_ms bigint NOT NULL, stored_at_ms bigint NOT NULL, "
+                "PRIMARY KEY (device_id, item_id))"
+            )
+            conn.execute("INSERT INTO ingested_items VALUES ('dn', 'old#0', 'b', '\\x0102', 5, 6)")
+        store = PostgresStore(url)
+        try:
+            (old,) = store.get(["old#0"], "dn")
+            assert old.name == "" and old.payload == b"\x01\x02"
+            store.put_many([NewItem("dn", "new#0", "b", b"\x03", 7, "IMG_0042.jpg")], 8)
+            assert [r.name for r in store.query("dn", 0, 0, 10)] == ["", "IMG_0042.jpg"]
+        finally:
+            store.close()
+        PostgresStore(url).close()  # opening again: the migration does not run twice
     finally:
-        store.close()
-    PostgresStore(pg_url).close()
+        pg_drop_schema(schema)
 
 
 def test_a_spool_of_an_older_version_gains_names_and_framing_sends_them(tmp_path):
