@@ -108,7 +108,8 @@ def run_network(
     import torch
 
     from latent_codec.codec import Codec
-    from training.export import export_bundle, measure_codec
+    from training.bundle_writer import measure_codec
+    from training.export import export_bundle
     from training.train import TrainConfig, save_checkpoint, train
 
     shared = {"limit": args.limit, "epochs": args.epochs, "batch_size": args.batch_size, "lr": args.lr}
@@ -149,15 +150,16 @@ def run_pca(
     args: argparse.Namespace, x_train, test_raw: np.ndarray, test_unit: np.ndarray
 ) -> tuple[dict, np.ndarray]:
     from bench.pca import PCA, codec
-    from latent_codec.payload import PayloadSpec
-    from training.export import make_quantizer, measure_codec
+    from latent_codec.families.flat import FlatPayload
+    from training.bundle_writer import measure_codec
+    from training.export_flat import make_quantiser
 
     k = args.code_dim
     t0 = time.perf_counter()
     pca = PCA.fit(x_train, k)
     seconds = time.perf_counter() - t0
-    q = make_quantizer(args.quant, pca.encode(x_train, k).astype(np.float32), 0.0)
-    t = measure_codec(codec(pca, PayloadSpec(q, k), k, test_raw), test_raw)
+    q = make_quantiser(args.quant, pca.encode(x_train, k).astype(np.float32), 0.0)
+    t = measure_codec(codec(pca, FlatPayload(q, k), k, test_raw), test_raw)
     recon = pca.decode(pca.encode(test_unit, k)).reshape(test_unit.shape)
     row = {
         "items": len(x_train),

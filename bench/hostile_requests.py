@@ -14,7 +14,7 @@ import random
 import struct
 from dataclasses import dataclass, field
 
-from latent_codec.codemap import put_varint
+from latent_codec.varint import put_varint
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 
 DECODE = "/aecodec.v2.Decoding/Decode"

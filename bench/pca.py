@@ -2,7 +2,7 @@
 
 Two quantiser families, both expressed as the manifest's affine quantiser and
 coded with FactorizedPrior (counts on training codes) + ANS through
-PayloadSpec.pack/unpack, so PCA pays exactly the framing the project pays:
+FlatPayload.pack/unpack, so PCA pays exactly the framing the project pays:
 - per-dimension ``bits`` between each component's training min and max;
 - one uniform step for every component (the rate-distortion-sensible choice
   for a Gaussian-like source: low-variance components collapse to one symbol
@@ -17,8 +17,11 @@ from dataclasses import dataclass
 import numpy as np
 
 from latent_codec.bundle import InputSpec
-from latent_codec.codec import Codec, FunctionTransforms
-from latent_codec.payload import FactorizedPrior, PayloadSpec, Quantizer
+from latent_codec.codec import Codec
+from latent_codec.factorized_prior import FactorizedPrior
+from latent_codec.families.flat import FlatCodec, FlatPayload
+from latent_codec.quantisation import Quantiser
+from latent_codec.transforms import FunctionTransforms
 
 KS = (1, 2, 4, 8, 12, 16, 24, 32, 48, 64)  # k 1-2 and 2 bits reach the few-byte end of the ladder
 BITS = (2, 3, 4, 5, 6)
@@ -61,45 +64,45 @@ class PCA:
         return z.astype(np.float64) @ self.components[:, :k].T + self.mean
 
 
-def uniform_quantizer(train_codes: np.ndarray, step: float) -> Quantizer:
+def uniform_quantizer(train_codes: np.ndarray, step: float) -> Quantiser:
     """An affine quantiser with the same step for every dimension, covering the training range."""
     lo = np.floor(train_codes.min(axis=0) / step) * step
     span = train_codes.max(axis=0) - lo
     bits = int(np.clip(np.ceil(np.log2(span.max() / step + 1)), 2, MAX_BITS))
     hi = lo + step * ((1 << bits) - 1)
-    return Quantizer("affine", bits, [float(v) for v in lo], [float(v) for v in hi])
+    return Quantiser("affine", bits, [float(v) for v in lo], [float(v) for v in hi])
 
 
-def payload_specs(pca: PCA, train_unit: np.ndarray) -> list[tuple[str, int, PayloadSpec]]:
+def payload_specs(pca: PCA, train_unit: np.ndarray) -> list[tuple[str, int, FlatPayload]]:
     """Every (label, k, spec) of the sweep, quantiser and prior fitted on training codes."""
     out = []
     z_all = pca.encode(train_unit, max(max(KS), max(UNIFORM_KS))).astype(np.float32)  # columns are nested
     for k in KS:
         z = z_all[:, :k]
         for b in BITS:
-            q = Quantizer.fit_affine(z, b)
+            q = Quantiser.fit_affine(z, b)
             out.append(
-                (f"PCA k{k} affine{b}", k, PayloadSpec(q, k, FactorizedPrior.fit(q.quantize(z), q.levels)))
+                (f"PCA k{k} affine{b}", k, FlatPayload(q, k, FactorizedPrior.fit(q.quantise(z), q.levels)))
             )
     for k in UNIFORM_KS:
         z = z_all[:, :k]
         for step in STEPS:
             q = uniform_quantizer(z, step)
             out.append(
-                (f"PCA k{k} step{step:g}", k, PayloadSpec(q, k, FactorizedPrior.fit(q.quantize(z), q.levels)))
+                (f"PCA k{k} step{step:g}", k, FlatPayload(q, k, FactorizedPrior.fit(q.quantise(z), q.levels)))
             )
     return out
 
 
-def codec(pca: PCA, spec: PayloadSpec, k: int, items: np.ndarray) -> Codec:
+def codec(pca: PCA, spec: FlatPayload, k: int, items: np.ndarray) -> Codec:
     """PCA with k components as a Codec: the project's own scaling, quantiser, coder and layout around it."""
     transforms = FunctionTransforms(
         lambda x: pca.encode(x, k).astype(np.float32), lambda z: pca.decode(z).astype(np.float32)
     )
-    return Codec(InputSpec.of_items(items), [k], spec, transforms, bundle_id=f"pca-k{k}")
+    return FlatCodec(InputSpec.of_items(items), [k], spec, transforms, bundle_id=f"pca-k{k}")
 
 
-def roundtrip(pca: PCA, spec: PayloadSpec, k: int, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def roundtrip(pca: PCA, spec: FlatPayload, k: int, items: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Items -> (payload bytes per item, raw reconstructions) through the Codec's encode and decode."""
     c = codec(pca, spec, k, items)
     payloads = c.encode(items)

@@ -16,6 +16,7 @@ import numpy as np
 
 from latent_codec import framing
 from latent_codec.codec import Codec
+from latent_codec.container import from_batch, to_batch
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 
 BATCH = 500  # edge.cli evaluate's default --batch-size
@@ -64,27 +65,24 @@ def measure_bundle(
     codec = Codec.open(bundle_dir, threads=threads)
     m = codec.manifest
     assert m is not None
-    prior = getattr(codec.payload, "prior", None)
-    maps = codec.format.startswith("map+")
     recon = np.empty_like(items)
     n_payload = n_request = 0
-    ideal_bits = 0.0
+    ideal_bits: float | None = 0.0
     all_payloads: list[bytes] = []
     for i in range(0, len(items), BATCH):
         xb = items[i : i + BATCH]
         payloads = codec.encode(xb)
         wire = pb.DecodeRequest(
-            codes=codec.to_batch(payloads), reconstruction_format=pb.RECONSTRUCTION_FORMAT_NONE
+            codes=to_batch(codec, payloads), reconstruction_format=pb.RECONSTRUCTION_FORMAT_NONE
         ).SerializeToString()
         n_request += len(wire)
         n_payload += sum(len(p) for p in payloads)
         all_payloads += payloads
-        received = codec.from_batch(pb.DecodeRequest.FromString(wire).codes)  # the cloud's view of the bytes
-        if maps:  # ideal code length under the tables (the hyperprior's own side information included)
-            _, y_sym, z_sym = codec.payload.unpack(received)  # type: ignore[union-attr]
-            ideal_bits += float(codec.payload.bits(y_sym, z_sym).sum())  # type: ignore[union-attr]
-        elif prior is not None:  # the prior's ideal code length: what the coder's termination adds to it
-            ideal_bits += float(prior.bits(codec.symbols(received)[0]).sum())
+        received = from_batch(codec, pb.DecodeRequest.FromString(wire).codes)  # the cloud's view of the bytes
+        ideal = codec.ideal_bits(
+            received
+        )  # the entropy model's ideal length: what the coder's termination adds to it
+        ideal_bits = None if ideal is None or ideal_bits is None else ideal_bits + float(ideal.sum())
         recon[i : i + BATCH] = codec.decode(received)
     n = len(items)
     sizes = WireSizes(n_payload / n, n_request / n, _ingest_bytes(codec.bundle_id, all_payloads) / n)
@@ -94,7 +92,7 @@ def measure_bundle(
         "model": m.model,
         "rd_lambda": (m.training.get("config") or {}).get("rd_lambda"),
         "path": str(bundle_dir),
-        "ideal_bytes": ideal_bits / 8 / n if prior is not None or maps else None,
+        "ideal_bytes": ideal_bits / 8 / n if ideal_bits is not None else None,
         "device": device_costs(bundle_dir, items[:256]),
     }
     return sizes, recon, info

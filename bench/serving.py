@@ -109,11 +109,12 @@ async def drive(
     """`clients` concurrent clients, each sending `batch`-item requests back to back for `seconds`."""
     import grpc
 
+    from latent_codec.container import to_batch
     from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
     from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
     req = pb.DecodeRequest(
-        codes=codec.to_batch(payloads[:batch]), reconstruction_format=pb.RECONSTRUCTION_FORMAT_UINT8
+        codes=to_batch(codec, payloads[:batch]), reconstruction_format=pb.RECONSTRUCTION_FORMAT_UINT8
     )
     opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.use_local_subchannel_pool", 1)]
     channels = [grpc.aio.insecure_channel(target, options=opts) for _ in range(min(clients, 8))]

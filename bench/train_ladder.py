@@ -130,7 +130,8 @@ def exported_from(out: Path, ckpt: Path, quant: str, args: argparse.Namespace):
         return None
     t, test = m.training, m.metrics.get("test") or {}
     same = t.get("config") == stored and t.get("weights") == args.weights and t.get("checkpoint") == ckpt.name
-    quant_ok = quant == "learned" or m.payload.format.startswith("map+")  # learned-fit rungs: export again
+    # The quantiser a bundle was exported with (recorded since the codec-family registry; before, only "learned").
+    quant_ok = t.get("quant", "learned") == quant
     full = not args.test_limit and ":test[" not in str(test.get("data", ""))  # measured on the whole split
     return m if same and quant_ok and full else None
 
@@ -178,7 +179,7 @@ def counted_bits(ckpt: Path, rate_prior: dict, data: str, items: int) -> tuple[f
     """(learned-prior bits, counted-prior bits) per item on training codes: which tables to ship."""
     import torch
 
-    from latent_codec.payload import FactorizedPrior
+    from latent_codec.factorized_prior import FactorizedPrior
     from training.data import load_split, to_tensor
     from training.rate import learned_payload
     from training.train import load_checkpoint
@@ -190,7 +191,7 @@ def counted_bits(ckpt: Path, rate_prior: dict, data: str, items: int) -> tuple[f
             [model.encode(model.normalize(x[i : i + 1000]))[0].flatten(1) for i in range(0, len(x), 1000)]
         )
     q, learned = learned_payload(rate_prior, z.shape[1])
-    s = q.quantize(z.numpy())
+    s = q.quantise(z.numpy())
     counted = FactorizedPrior.fit(s, q.levels)
     return float(learned.bits(s).mean()), float(counted.bits(s).mean())
 

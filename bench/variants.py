@@ -264,13 +264,14 @@ def load_context(args: argparse.Namespace) -> Context:
 def pca_row(ctx: Context, args: argparse.Namespace, k: int = 32) -> dict:
     """Exact PCA with k components on the same training items, through the Codec with the same quantiser."""
     from bench.pca import PCA, codec
-    from latent_codec.payload import PayloadSpec
-    from training.export import make_quantizer, measure_codec
+    from latent_codec.families.flat import FlatPayload
+    from training.bundle_writer import measure_codec
+    from training.export_flat import make_quantiser
 
     x = ctx.x_train.numpy()
     pca = PCA.fit(x, k)
-    q = make_quantizer(args.quant, pca.encode(x, k).astype(np.float32), 0.0)
-    t = measure_codec(codec(pca, PayloadSpec(q, k), k, ctx.test_raw), ctx.test_raw)
+    q = make_quantiser(args.quant, pca.encode(x, k).astype(np.float32), 0.0)
+    t = measure_codec(codec(pca, FlatPayload(q, k), k, ctx.test_raw), ctx.test_raw)
     return {
         "variant": "pca-exact",
         "note": f"exact PCA, {k} components (eigenvectors of the training covariance)",

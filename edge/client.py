@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -22,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import grpc
 import numpy as np
 
-from latent_codec.codec import Codec, from_tensor, to_tensor
+from latent_codec.codec import Codec
+from latent_codec.container import from_tensor, to_batch, to_tensor
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
@@ -95,12 +97,12 @@ class CloudClient:
         return CloudError(describe(exc, self.target))
 
     def wait_ready(self) -> None:
+        """One call to the cloud: it answers, or a CloudError names why not (refused, DNS, TLS, not gRPC, the
+        deadline) as soon as that is known, instead of waiting out the whole connect timeout."""
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=self.connect_timeout)
-        except grpc.FutureTimeoutError:
-            raise CloudError(
-                f"cannot reach the cloud at {self.target} (no connection within {self.connect_timeout:g} s)"
-            ) from None
+            self.decoding.ModelInfo(pb.ModelInfoRequest(), timeout=self.connect_timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc) from None
 
     # ---- decoding ------------------------------------------------------------------------------------------
     def model_info(self) -> dict[str, str]:
@@ -124,7 +126,7 @@ class CloudClient:
             fmt = pb.RECONSTRUCTION_FORMAT_NONE
         else:
             fmt = pb.RECONSTRUCTION_FORMAT_FLOAT32 if unit else pb.RECONSTRUCTION_FORMAT_UINT8
-        req = pb.DecodeRequest(codes=codec.to_batch(payloads), reconstruction_format=fmt)
+        req = pb.DecodeRequest(codes=to_batch(codec, payloads), reconstruction_format=fmt)
         if originals is not None:
             CloudClient.attach_originals(req, originals)
         return req
@@ -162,11 +164,34 @@ class CloudClient:
     def decode_stream(
         self, requests: Iterable[pb.DecodeRequest], timeout: float | None = None
     ) -> Iterator[pb.DecodeResponse]:
-        """Many DecodeRequests over one stream; yields one response per request, in order."""
+        """Many DecodeRequests over one stream; yields one response per request, in order.
+
+        gRPC reads `requests` on a thread of its own. When the call ends early (its deadline, a refusal), that
+        thread may be inside the iterator (encoding the next batch in ONNX Runtime): it is told to stop and
+        waited for before this returns, so the channel is never closed, nor the process ended, under it (that
+        ended in "terminate called without an active exception", exit 134)."""
+        started, done, stop = threading.Event(), threading.Event(), threading.Event()
+
+        def guarded() -> Iterator[pb.DecodeRequest]:
+            started.set()
+            try:
+                for r in requests:
+                    if stop.is_set():
+                        return
+                    yield r
+            finally:
+                done.set()
+
+        call = self.decoding.DecodeStream(guarded(), timeout=timeout)
         try:
-            yield from self.decoding.DecodeStream(iter(requests), timeout=timeout)
+            yield from call
         except grpc.RpcError as exc:
             raise self._fail(exc) from None
+        finally:
+            stop.set()
+            call.cancel()
+            if started.is_set():
+                done.wait(timeout=120)
 
     # ---- storage -------------------------------------------------------------------------------------------
     def fetch(

@@ -14,7 +14,8 @@ import threading
 import time
 from collections.abc import Callable
 
-from latent_codec.codec import Codec, to_tensor
+from latent_codec.codec import Codec
+from latent_codec.container import to_tensor
 from latent_codec.datasets import Items
 
 from .spool import Spool, SpoolFullError, item_cost

@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from .codemap import MapPayload
+from . import registry
 from .errors import BundleError, DataError
 from .onnx_guard import check_self_contained
-from .payload import PayloadSpec
+from .transforms import ort_session
 
 FORMAT_VERSION = 1
 _NUMBER_LIST = re.compile(r"\[\s*((?:-?[0-9][0-9.eE+-]*\s*,\s*)*-?[0-9][0-9.eE+-]*)\s*\]")
@@ -120,7 +120,7 @@ class Manifest:
     model: dict[str, Any]  # {"name": registry name, "args": constructor arguments}
     input: InputSpec
     code_shape: list[int]
-    payload: PayloadSpec | MapPayload
+    payload: Any  # the payload class of its codec family (latent_codec/registry.py)
     training: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     content_hash: str = ""
@@ -163,9 +163,7 @@ class Manifest:
                 model=dict(d["model"]),
                 input=InputSpec.from_dict(d["input"]),
                 code_shape=[int(s) for s in d["code"]["shape"]],
-                payload=(MapPayload if d["payload"].get("kind") == "map" else PayloadSpec).from_dict(
-                    d["payload"]
-                ),
+                payload=registry.payload_from_dict(d["payload"]),
                 training=dict(d.get("training") or {}),
                 metrics=dict(d.get("metrics") or {}),
                 content_hash=str(d.get("content_hash", "")),
@@ -229,24 +227,6 @@ class Bundle:
         if blob is None:
             raise BundleError(f"{self.path}: bundle was loaded without its {which}")
         return ort_session(blob, threads, f"{self.path}/{which}.onnx")
-
-
-def ort_session(blob: bytes, threads: int = 0, where: str = "ONNX graph"):
-    """An ONNX Runtime CPU session over a serialised graph; BundleError when ORT cannot load it."""
-    import onnxruntime as ort
-
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-        opts.inter_op_num_threads = 1
-    opts.log_severity_level = 3
-    # ORT's pool threads spin after each run by default: on a server that CPU is taken from the event loop and
-    # the other decode threads (measured: twice the CPU per single-item call), on a device from its battery.
-    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    try:
-        return ort.InferenceSession(blob, sess_options=opts, providers=["CPUExecutionProvider"])
-    except Exception as exc:  # ORT raises its own exception types for bad graphs
-        raise BundleError(f"{where}: ONNX Runtime cannot load it ({exc})") from None
 
 
 def load_bundle(path: str | Path, need: tuple[str, ...] = ("encoder", "decoder")) -> Bundle:

@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 from .errors import BundleError
+from .varint import VarintError, get_varint
 
 # Field numbers (onnx/onnx.proto3).
 MODEL_GRAPH, MODEL_FUNCTIONS = 7, 25
@@ -34,16 +35,10 @@ class _Malformed(Exception):
 
 
 def _varint(buf: memoryview, pos: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise _Malformed
-        b = buf[pos]
-        pos += 1
-        value |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return value, pos
-        shift += 7
+    try:
+        return get_varint(buf, pos, 64)
+    except VarintError:
+        raise _Malformed from None
 
 
 def _fields(buf: memoryview) -> Iterator[tuple[int, int, memoryview | int]]:

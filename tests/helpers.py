@@ -19,6 +19,7 @@ import numpy as np
 import pytest
 
 from bench.server_process import ServerProcess, child_env  # noqa: F401  (re-exported for the tests)
+from latent_codec.container import to_batch
 from latent_codec.datasets import FASHION_MNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -119,14 +120,14 @@ def decode_through_server(bundles_root: Path, codec, payloads: list[bytes], x: n
     import grpc
 
     from cloud.server import build_server
-    from latent_codec.codec import to_tensor
+    from latent_codec.container import to_tensor
     from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
     from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
     running = build_server(bundles_root, "127.0.0.1:0", workers=2)
     try:
         req = pb.DecodeRequest(
-            codes=codec.to_batch(payloads),
+            codes=to_batch(codec, payloads),
             originals=to_tensor(x),
             reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32,
         )
@@ -256,9 +257,10 @@ def wait_until(pred, timeout: float, what: str, step: float = 0.05):
 def codes_codec(spec):
     """A Codec over a payload spec whose transforms are unused: its quantise, entropy and pack steps on codes."""
     from latent_codec.bundle import InputSpec
-    from latent_codec.codec import Codec, FunctionTransforms
+    from latent_codec.families.flat import FlatCodec
+    from latent_codec.transforms import FunctionTransforms
 
-    return Codec(
+    return FlatCodec(
         InputSpec([1, 1, spec.code_dims], "float32", 1.0),
         [spec.code_dims],
         spec,

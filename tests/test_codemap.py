@@ -7,9 +7,11 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from latent_codec.codemap import IntegerHyperDecoder, MapPayload, put_varint
 from latent_codec.errors import PayloadError
-from latent_codec.payload import FactorizedPrior
+from latent_codec.factorized_prior import FactorizedPrior
+from latent_codec.families.code_map import MapPayload
+from latent_codec.families.hyper_decoder import IntegerHyperDecoder
+from latent_codec.varint import put_varint
 
 
 def _tables(rng, k: int, levels: int) -> FactorizedPrior:

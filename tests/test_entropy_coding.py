@@ -5,20 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from latent_codec.codec import split_payloads
+from latent_codec.container import from_batch, split_payloads, to_batch
 from latent_codec.errors import PayloadError
-from latent_codec.payload import FactorizedPrior, PayloadSpec, Quantizer
+from latent_codec.factorized_prior import FactorizedPrior
+from latent_codec.families.flat import FlatPayload
+from latent_codec.quantisation import Quantiser
 from tests.helpers import codes_codec, pack_codes, unpack_codes
 
 
-def _spec(dims: int = 12, bits: int = 6, seed: int = 0) -> tuple[PayloadSpec, np.ndarray]:
+def _spec(dims: int = 12, bits: int = 6, seed: int = 0) -> tuple[FlatPayload, np.ndarray]:
     rng = np.random.default_rng(seed)
     z = rng.laplace(0, 1.5, (400, dims)).astype(np.float32)
     z[:, 0] = 0.0  # a collapsed dimension, as rate-distortion training produces
     lo, hi = -(1 << (bits - 1)), (1 << (bits - 1)) - 1
-    q = Quantizer("affine", bits, [float(lo)] * dims, [float(hi)] * dims)
+    q = Quantiser("affine", bits, [float(lo)] * dims, [float(hi)] * dims)
     probs = np.exp(-np.abs(np.arange(lo, hi + 1))[None, :] / 1.5).repeat(dims, 0)
-    return PayloadSpec(q, dims, FactorizedPrior.from_probabilities(probs)), z
+    return FlatPayload(q, dims, FactorizedPrior.from_probabilities(probs)), z
 
 
 def test_round_trip_is_exact_on_the_integer_grid():
@@ -29,17 +31,17 @@ def test_round_trip_is_exact_on_the_integer_grid():
     assert spec.format == "affine6+ans"
     # Variable sizes; the ideal code length (+ a few bytes of coder termination) bounds them.
     sizes = np.array([len(p) for p in payloads])
-    ideal = spec.prior.bits(spec.quantizer.quantize(z)) / 8
+    ideal = spec.prior.bits(spec.quantiser.quantise(z)) / 8
     assert np.all(sizes <= np.ceil(ideal) + 4)
     assert sizes.mean() < 12 * 6 / 8  # beats fixed 6-bit packing
     c = codes_codec(spec)
-    assert c.from_batch(c.to_batch(payloads)) == payloads
+    assert from_batch(c, to_batch(c, payloads)) == payloads
 
 
 def test_manifest_dict_round_trip_decodes_the_same():
     spec, z = _spec(seed=3)
     payloads = pack_codes(spec, z)
-    spec2 = PayloadSpec.from_dict(spec.to_dict())
+    spec2 = FlatPayload.from_dict(spec.to_dict())
     assert np.array_equal(spec2.prior.tables, spec.prior.tables)
     assert np.array_equal(unpack_codes(spec2, payloads)[0], unpack_codes(spec, payloads)[0])
 
@@ -62,7 +64,7 @@ def test_corrupt_payload_raises_payload_error(damage):
 def test_wrong_batch_framing_raises_payload_error():
     spec, z = _spec()
     payloads = pack_codes(spec, z[:5])
-    batch = codes_codec(spec).to_batch(payloads)
+    batch = to_batch(codes_codec(spec), payloads)
     data, lens = batch.data, list(batch.sizes)
     with pytest.raises(PayloadError):
         split_payloads(data, lens[:-1], 5, None)

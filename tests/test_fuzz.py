@@ -16,6 +16,7 @@ from cloud.server import build_server
 from cloud.tenancy import load_tokens
 from latent_codec import datasets
 from latent_codec.codec import Codec
+from latent_codec.container import to_batch
 
 TOKEN = "tok-fuzz-0123"
 
@@ -63,7 +64,7 @@ def test_the_server_still_serves_after_the_fuzzing(fuzz_target):
 
     running, channel, target, codec = fuzz_target
     resp = CloudStub(channel).Decode(
-        pb.DecodeRequest(codes=codec.to_batch(target.valid_payloads)),
+        pb.DecodeRequest(codes=to_batch(codec, target.valid_payloads)),
         metadata=[("authorization", f"Bearer {TOKEN}")],
         timeout=30,
     )

@@ -26,16 +26,18 @@ from cloud.server import build_server
 from cloud.tenancy import load_tokens
 from latent_codec import datasets
 from latent_codec.codec import Codec
+from latent_codec.container import to_batch
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from tests.helpers import ROOT, CloudStub, ServerProcess, child_env, tiny_bundle, wait_until
 
 DEVICE_A, DEVICE_B = "cam-a", "cam-b"
-TOKENS = {
+TOKENS = {  # each token is its key plus SUFFIX (a token must be 12 characters at least)
     "tok-a": f"devices={DEVICE_A}",
     "tok-b": f"devices={DEVICE_B}",
     "tok-ops": "role=operator",
     "tok-decode": "",
 }
+SUFFIX = "-0123456789"
 METHODS = [
     ("/aecodec.v2.Decoding/Decode", "unary"),
     ("/aecodec.v2.Decoding/DecodeStream", "stream"),
@@ -57,7 +59,7 @@ def assert_start_error(proc: subprocess.CompletedProcess, needle: str) -> None:
 
 
 def md(token: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")]
+    return [("authorization", f"Bearer {token}{SUFFIX}")]
 
 
 @pytest.fixture(scope="module")
@@ -73,7 +75,7 @@ def entropy_bundle(digits_bundle) -> Path:
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("tokens") / "tokens.txt"
-    p.write_text("\n".join(f"{t} {scope}".strip() for t, scope in TOKENS.items()) + "\n")
+    p.write_text("\n".join(f"{t}{SUFFIX} {scope}".strip() for t, scope in TOKENS.items()) + "\n")
     return p
 
 
@@ -117,7 +119,7 @@ def test_idle_and_long_streams_do_not_starve_other_calls(guarded, entropy_bundle
     release = threading.Event()
     codec = Codec.open(entropy_bundle, need=("encoder",))
     x = datasets.load("digits", "test").x[:4]
-    req = pb.DecodeRequest(codes=codec.to_batch(codec.encode(x)))
+    req = pb.DecodeRequest(codes=to_batch(codec, codec.encode(x)))
 
     def idle():
         release.wait(60)
@@ -180,7 +182,7 @@ def test_a_small_request_cannot_make_the_server_decode_gigabytes(fashion_bundle,
         if codec.item_bytes is None:
             batch = pb.CodeBatch(bundle_id=codec.bundle_id, count=n, format=codec.format, sizes=[0] * n)
         else:
-            batch = codec.to_batch([bytes(codec.item_bytes)] * n)
+            batch = to_batch(codec, [bytes(codec.item_bytes)] * n)
         return pb.DecodeRequest(codes=batch, reconstruction_format=fmt)
 
     try:
@@ -335,7 +337,7 @@ def test_tokens_are_bound_to_their_devices_and_operators_read_all(guarded, entro
         assert len(items) == 6 and all(it.HasField("reconstruction") for it in items)
         # Decoding stays open to every valid token.
         assert (
-            stub.Decode(pb.DecodeRequest(codes=codec.to_batch(payloads)), metadata=md("tok-decode")).count
+            stub.Decode(pb.DecodeRequest(codes=to_batch(codec, payloads)), metadata=md("tok-decode")).count
             == 6
         )
 
@@ -345,19 +347,20 @@ def test_token_file_scopes_are_checked(tmp_path):
 
     bad = tmp_path / "t"
     for text, why in (
-        ("tok devices=\n", "devices= needs"),
-        ("tok role=admin\n", "unknown scope 'role=admin'"),
-        ("tok\ntok devices=x\n", "repeats an earlier token"),
+        ("tok-0123456789 devices=\n", "devices= needs"),
+        ("tok-0123456789 role=admin\n", "unknown scope 'role=admin'"),
+        ("tok-0123456789\ntok-0123456789 devices=x\n", "repeats an earlier token"),
         ("# nothing\n\n", "holds no token"),
     ):
         bad.write_text(text)
         with pytest.raises(CodecError, match=why):
             load_tokens(bad)
-    bad.write_text("t1 devices=a,b  # a gateway\nt2 role=operator\nt3\n")
+    t1, t2, t3 = (f"t{k}-0123456789ab" for k in (1, 2, 3))
+    bad.write_text(f"{t1} devices=a,b  # a gateway\n{t2} role=operator\n{t3}\n")
     tokens = load_tokens(bad)
-    assert tokens["t1"].may_write("b") and not tokens["t1"].may_write("c") and not tokens["t1"].reads_all
-    assert tokens["t2"].may_read("anything") and not tokens["t2"].may_write("anything")
-    assert not tokens["t3"].may_read("a") and not tokens["t3"].devices
+    assert tokens[t1].may_write("b") and not tokens[t1].may_write("c") and not tokens[t1].reads_all
+    assert tokens[t2].may_read("anything") and not tokens[t2].may_write("anything")
+    assert not tokens[t3].may_read("a") and not tokens[t3].devices
 
 
 # ---- 6. bundles ---------------------------------------------------------------------------------------------------
@@ -455,7 +458,7 @@ def test_a_read_only_store_is_a_start_up_error(bundle, tmp_path):
 def test_hostile_tensor_shapes_are_invalid_argument(guarded, entropy_bundle):
     codec = Codec.open(entropy_bundle, need=("encoder",))
     x = datasets.load("digits", "test").x[:2]
-    base = pb.DecodeRequest(codes=codec.to_batch(codec.encode(x)))
+    base = pb.DecodeRequest(codes=to_batch(codec, codec.encode(x)))
     with grpc.insecure_channel(f"127.0.0.1:{guarded.port}") as ch:
         stub = CloudStub(ch)
         for shape in ([2**62, 4], [2**63 - 1, 2**63 - 1], [1] * 70, [-1, 64], [2, 1, 8, 8, 0]):
@@ -487,7 +490,7 @@ def test_logged_and_counted_status_is_the_status_the_client_saw(bundle, tmp_path
             # sees: 64 items of float32 pixels are exactly the (clamped) decode budget, and the reply's framing
             # makes it larger than a 16 KiB message may be.
             big = pb.DecodeRequest(
-                codes=codec.to_batch(codec.encode(datasets.load("digits", "test").x[:64])),
+                codes=to_batch(codec, codec.encode(datasets.load("digits", "test").x[:64])),
                 reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32,
             )
             with pytest.raises(grpc.RpcError) as too_big:
@@ -686,7 +689,7 @@ def test_a_postgres_outage_is_unavailable_and_recovers_without_a_restart(
 def test_peak_memory_under_eight_worst_case_requests_stays_within_the_stated_budget(tmp_path):
     """8 concurrent requests each at the decode budget (entropy-coded empty payloads, float32 replies): the server's
     peak RSS rises by less than the 300 MiB docs/deployment.md states for the default budget and 2 decode threads."""
-    from bench.hostile import DEVICE, TOKEN, amplification, train_bundle
+    from bench.hostile import DEVICE, TOKEN, amplification, priced, train_bundle
     from tests.helpers import need_fashion
 
     need_fashion()
@@ -697,7 +700,7 @@ def test_peak_memory_under_eight_worst_case_requests_stays_within_the_stated_bud
     ).start()
     try:
         before = server.rss_kib("VmHWM")
-        statuses = asyncio.run(amplification(server.target, Codec.open(bundle)))
+        statuses = asyncio.run(amplification(server.target, priced(bundle)))
         grown_mib = (server.rss_kib("VmHWM") - before) / 1024
     finally:
         server.kill(signal.SIGTERM)
@@ -713,13 +716,13 @@ def test_streams_that_pipeline_worst_case_requests_and_never_read_stay_within_th
     the budget comes back when those clients go away."""
     import grpc
 
-    from bench.hostile import DEVICE, TOKEN, budget_items, train_bundle
+    from bench.hostile import DEVICE, TOKEN, budget_items, priced, train_bundle
     from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
     from tests.helpers import need_fashion
 
     need_fashion()
     bundle = train_bundle(tmp_path)
-    codec = Codec.open(bundle)
+    codec = priced(bundle)
     (tmp_path / "tokens.txt").write_text(f"{TOKEN} devices={DEVICE}\n")
     server = ServerProcess(
         bundle, None, tmp_path, extra=("--auth-token-file", str(tmp_path / "tokens.txt"))

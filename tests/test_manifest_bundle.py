@@ -22,7 +22,7 @@ def test_manifest_roundtrip(fashion_bundle):
     )
     assert m.input.shape == [1, 28, 28] and m.input.dtype == "uint8" and m.input.output == "sigmoid"
     assert m.payload.format == "affine8" and m.payload.item_bytes == 32
-    assert len(m.payload.quantizer.lo) == 32
+    assert len(m.payload.quantiser.lo) == 32
     t = m.metrics["test"]
     assert t["items"] == 500 and 10 < t["psnr"] < 40 and t["bytes_per_item"] == 32
 

@@ -7,9 +7,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from latent_codec.codec import split_payloads
+from latent_codec.bit_packing import pack_bits, unpack_bits
+from latent_codec.container import from_batch, split_payloads, to_batch
 from latent_codec.errors import PayloadError
-from latent_codec.payload import FactorizedPrior, PayloadSpec, Quantizer, SideField, _pack_bits, _unpack_bits
+from latent_codec.factorized_prior import FactorizedPrior
+from latent_codec.families.flat import FlatPayload, SideField
+from latent_codec.quantisation import Quantiser
 from tests.helpers import codes_codec, pack_codes, unpack_codes
 
 
@@ -21,22 +24,22 @@ def codes():
 
 @pytest.mark.parametrize("bits", [2, 3, 5, 8, 11, 16])
 def test_affine_error_within_half_step(codes, bits):
-    q = Quantizer.fit_affine(codes, bits)
-    s = q.quantize(codes)
+    q = Quantiser.fit_affine(codes, bits)
+    s = q.quantise(codes)
     assert s.max() < (1 << bits) and s.dtype == np.uint16
     step = (np.array(q.hi) - np.array(q.lo)) / ((1 << bits) - 1)
-    err = np.abs(q.dequantize(s) - codes)
+    err = np.abs(q.dequantise(s) - codes)
     assert np.all(err <= step / 2 + 1e-5)
-    spec = PayloadSpec(q, 12)
+    spec = FlatPayload(q, 12)
     payloads = pack_codes(spec, codes)
     assert all(len(p) == (12 * bits + 7) // 8 for p in payloads) and spec.item_bytes == (12 * bits + 7) // 8
     back, _ = unpack_codes(spec, payloads)
-    np.testing.assert_array_equal(back, q.dequantize(s))
+    np.testing.assert_array_equal(back, q.dequantise(s))
 
 
 def test_float16_and_float32(codes):
     for kind, nbytes in (("float16", 24), ("float32", 48)):
-        spec = PayloadSpec(Quantizer(kind), 12)
+        spec = FlatPayload(Quantiser(kind), 12)
         p = pack_codes(spec, codes)
         assert len(p[0]) == nbytes
         back, _ = unpack_codes(spec, p)
@@ -46,7 +49,7 @@ def test_float16_and_float32(codes):
 def test_side_fields_are_packed_and_counted(codes):
     rng = np.random.default_rng(3)
     sw = rng.integers(0, 4, size=(200, 2, 3, 3))
-    spec = PayloadSpec(Quantizer.fit_affine(codes, 4), 12, side=[SideField("switches0", [2, 3, 3], 2)])
+    spec = FlatPayload(Quantiser.fit_affine(codes, 4), 12, side=[SideField("switches0", [2, 3, 3], 2)])
     p = pack_codes(spec, codes, {"switches0": sw})
     assert len(p[0]) == (12 * 4 + 18 * 2 + 7) // 8  # 84 bits -> 11 bytes
     _, side = unpack_codes(spec, p)
@@ -58,18 +61,18 @@ def test_side_fields_are_packed_and_counted(codes):
 
 
 def test_entropy_coded_roundtrip_and_smaller(codes):
-    q = Quantizer.fit_affine(codes, 6)
-    prior = FactorizedPrior.fit(q.quantize(codes), q.levels)
+    q = Quantiser.fit_affine(codes, 6)
+    prior = FactorizedPrior.fit(q.quantise(codes), q.levels)
     assert np.all(prior.tables.sum(axis=1) == 1 << 16) and prior.tables.min() >= 1
-    spec = PayloadSpec(q, 12, prior)
+    spec = FlatPayload(q, 12, prior)
     p = pack_codes(spec, codes)
     back, _ = unpack_codes(spec, p)
-    np.testing.assert_array_equal(back, q.dequantize(q.quantize(codes)))
+    np.testing.assert_array_equal(back, q.dequantise(q.quantise(codes)))
     # ANS spends close to the ideal code length under the prior (a few bytes of state overhead).
-    ideal = prior.bits(q.quantize(codes)) / 8
+    ideal = prior.bits(q.quantise(codes)) / 8
     assert np.mean([len(x) for x in p]) <= ideal.mean() + 4
     # The manifest form rebuilds an identical coder.
-    spec2 = PayloadSpec.from_dict(spec.to_dict())
+    spec2 = FlatPayload.from_dict(spec.to_dict())
     assert pack_codes(spec2, codes) == p
 
 
@@ -77,15 +80,15 @@ def test_entropy_coding_pays_off_on_peaked_codes():
     rng = np.random.default_rng(5)
     # Sparse codes: 80% exact zeros, as a sparse autoencoder produces.
     codes = np.where(rng.random((2000, 16)) < 0.8, 0.0, rng.normal(size=(2000, 16))).astype(np.float32)
-    q = Quantizer.fit_affine(codes, 8)
-    spec = PayloadSpec(q, 16, FactorizedPrior.fit(q.quantize(codes), q.levels))
+    q = Quantiser.fit_affine(codes, 8)
+    spec = FlatPayload(q, 16, FactorizedPrior.fit(q.quantise(codes), q.levels))
     sizes = [len(x) for x in pack_codes(spec, codes)]
     assert np.mean(sizes) < 0.5 * 16  # half the bytes of 8-bit fixed width
 
 
 def test_corrupt_entropy_payload_is_reported(codes):
-    q = Quantizer.fit_affine(codes, 6)
-    spec = PayloadSpec(q, 12, FactorizedPrior.fit(q.quantize(codes), q.levels))
+    q = Quantiser.fit_affine(codes, 6)
+    spec = FlatPayload(q, 12, FactorizedPrior.fit(q.quantise(codes), q.levels))
     p = pack_codes(spec, codes[:1])[0]
     with pytest.raises(PayloadError):
         unpack_codes(spec, [p + b"\xff\xff\xff\xff\x01"])
@@ -94,16 +97,16 @@ def test_corrupt_entropy_payload_is_reported(codes):
 def test_split_validation():
     assert split_payloads(b"abcdef", [], 3, 2) == [b"ab", b"cd", b"ef"]
     assert split_payloads(b"abcdef", [1, 5], 2, None) == [b"a", b"bcdef"]
-    q = Quantizer.fit_affine(np.zeros((2, 1), np.float32), 4)
-    variable = codes_codec(PayloadSpec(q, 1, FactorizedPrior.fit(np.zeros((2, 1), np.int64), q.levels)))
-    batch = variable.to_batch([b"a", b"bcd"])
+    q = Quantiser.fit_affine(np.zeros((2, 1), np.float32), 4)
+    variable = codes_codec(FlatPayload(q, 1, FactorizedPrior.fit(np.zeros((2, 1), np.int64), q.levels)))
+    batch = to_batch(variable, [b"a", b"bcd"])
     assert (batch.data, list(batch.sizes), batch.count, batch.format) == (b"abcd", [1, 3], 2, "affine4+ans")
-    assert variable.from_batch(batch) == [b"a", b"bcd"]
-    fixed = codes_codec(PayloadSpec(q, 3))  # 12 bits -> 2 bytes per item
-    assert list(fixed.to_batch([b"ab", b"cd"]).sizes) == []
+    assert from_batch(variable, batch) == [b"a", b"bcd"]
+    fixed = codes_codec(FlatPayload(q, 3))  # 12 bits -> 2 bytes per item
+    assert list(to_batch(fixed, [b"ab", b"cd"]).sizes) == []
     batch.format = "affine8"
     with pytest.raises(PayloadError, match="codes.format is 'affine8' but bundle  uses 'affine4\\+ans'"):
-        variable.from_batch(batch)
+        from_batch(variable, batch)
     with pytest.raises(PayloadError, match="codes.data is 5 bytes; 3 items of 2 bytes need 6"):
         split_payloads(b"abcde", [], 3, 2)
     with pytest.raises(PayloadError, match="codes.sizes has 1 entries for 2 items"):
@@ -113,7 +116,7 @@ def test_split_validation():
 
 
 def test_wrong_fixed_payload_length(codes):
-    spec = PayloadSpec(Quantizer.fit_affine(codes, 8), 12)
+    spec = FlatPayload(Quantiser.fit_affine(codes, 8), 12)
     with pytest.raises(PayloadError, match="item 0: payload is 11 bytes, format affine8 needs 12"):
         unpack_codes(spec, [b"x" * 11])
 
@@ -128,9 +131,9 @@ def test_bit_layout_round_trips_any_widths(n, groups, seed):
     """Whole-byte groups on a byte boundary are read as words, the rest bit by bit: both must invert packing."""
     rng = np.random.default_rng(seed)
     values = [(rng.integers(0, 1 << b, size=(n, k), dtype=np.uint64).astype(np.uint32), b) for k, b in groups]
-    data = _pack_bits(values, n)
+    data = pack_bits(values, n)
     assert data.shape == (n, (sum(k * b for k, b in groups) + 7) // 8)
-    back = _unpack_bits(data, [(k, b) for k, b in groups])
+    back = unpack_bits(data, [(k, b) for k, b in groups])
     for (v, _), got in zip(values, back):
         assert got.dtype == np.uint32
         np.testing.assert_array_equal(got, v)

@@ -87,7 +87,7 @@ def test_ste_passes_gradients():
 
 def test_prior_tables_round_trip():
     """Learned float prior -> integer tables -> manifest dict -> coder: same distribution, exact sums."""
-    from latent_codec.payload import FactorizedPrior
+    from latent_codec.factorized_prior import FactorizedPrior
     from training.rate import FactorizedLogisticPrior
 
     torch.manual_seed(1)
@@ -121,9 +121,9 @@ def test_learned_payload_grid_has_step_one():
     rp = {"grid_bits": 4, "probs": np.full((3, 16), 1 / 16).tolist()}
     q, prior = learned_payload(rp, 3)
     z = np.array([[-8.0, 0.4, 7.0], [-9.0, -0.6, 2.5]], dtype=np.float32)
-    s = q.quantize(z)
+    s = q.quantise(z)
     assert np.array_equal(s, np.clip(np.rint(z), -8, 7) + 8)
-    assert np.array_equal(q.dequantize(s), np.clip(np.rint(z), -8, 7))
+    assert np.array_equal(q.dequantise(s), np.clip(np.rint(z), -8, 7))
     with pytest.raises(ValueError):
         learned_payload(rp, 4)
 
@@ -133,8 +133,8 @@ def test_rd_bundle_manifest_and_measured_rate(rd_bundle):
     from latent_codec.bundle import load_bundle
 
     m = load_bundle(rd_bundle).manifest
-    assert m.payload.format.endswith("+ans") and m.payload.quantizer.name.startswith("affine")
-    q = m.payload.quantizer
+    assert m.payload.format.endswith("+ans") and m.payload.quantiser.name.startswith("affine")
+    q = m.payload.quantiser
     assert q.lo[0] == -(1 << (q.bits - 1)) and q.hi[0] == (1 << (q.bits - 1)) - 1
     t = m.metrics["test"]
     assert t["bytes_per_item"] < 8  # entropy-coded: below 8 dims at 8 bits, framing included

@@ -51,7 +51,7 @@ def test_ssim_matches_skimage():
 
 
 def test_pca_baseline_pays_the_project_framing():
-    """PCA codes go through the same PayloadSpec pack/unpack; more components -> better PSNR."""
+    """PCA codes go through the same FlatPayload pack/unpack; more components -> better PSNR."""
     from bench import pca
     from bench.quality import psnr
     from latent_codec import datasets
@@ -63,9 +63,10 @@ def test_pca_baseline_pays_the_project_framing():
     results = []
     for k in (4, 16):
         q = pca.uniform_quantizer(z[:, :k], 0.5)
-        from latent_codec.payload import FactorizedPrior, PayloadSpec
+        from latent_codec.factorized_prior import FactorizedPrior
+        from latent_codec.families.flat import FlatPayload
 
-        spec = PayloadSpec(q, k, FactorizedPrior.fit(q.quantize(z[:, :k]), q.levels))
+        spec = FlatPayload(q, k, FactorizedPrior.fit(q.quantise(z[:, :k]), q.levels))
         sizes, rec = pca.roundtrip(model, spec, k, test)
         assert spec.format.endswith("+ans") and sizes.min() >= 1
         results.append((sizes.mean(), psnr(test, rec)))

@@ -19,6 +19,7 @@ import pytest
 
 from latent_codec import datasets
 from latent_codec.codec import Codec
+from latent_codec.container import to_batch
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 from tests.helpers import ServerProcess, free_port, tiny_bundle
@@ -57,7 +58,7 @@ def test_rolling_restart_of_two_replicas_fails_no_call(bundle, tmp_path):
         (tmp_path / f"s{i}").mkdir()
         s.start()
     codec = Codec.open(bundle)
-    req = pb.DecodeRequest(codes=codec.to_batch(codec.encode(datasets.load("digits", "test").x[:4])))
+    req = pb.DecodeRequest(codes=to_batch(codec, codec.encode(datasets.load("digits", "test").x[:4])))
     target = "ipv4:" + ",".join(f"127.0.0.1:{p}" for p in ports)
     channel = grpc.insecure_channel(
         target, options=[("grpc.service_config", json.dumps(SERVICE_CONFIG)), ("grpc.enable_retries", 1)]

@@ -10,7 +10,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from latent_codec import datasets, metrics
-from latent_codec.codec import Codec, from_tensor, to_tensor
+from latent_codec.codec import Codec
+from latent_codec.container import from_tensor, to_batch, to_tensor
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 from tests.helpers import fashion_test_items, unit
@@ -19,7 +20,7 @@ from tests.helpers import fashion_test_items, unit
 def make_request(bundle_dir, x, with_originals=True, fmt=pb.RECONSTRUCTION_FORMAT_UINT8):
     enc = Codec.open(bundle_dir)
     payloads = enc.encode(x)
-    req = pb.DecodeRequest(codes=enc.to_batch(payloads), reconstruction_format=fmt)
+    req = pb.DecodeRequest(codes=to_batch(enc, payloads), reconstruction_format=fmt)
     if with_originals:
         req.originals.CopyFrom(to_tensor(x))
     return req, payloads

@@ -18,10 +18,12 @@ import numpy as np
 import pytest
 
 from latent_codec.bundle import Manifest, load_bundle
-from latent_codec.codec import Codec, to_tensor
-from latent_codec.codemap import IntegerHyperDecoder, MapPayload, get_varint, put_varint
+from latent_codec.codec import Codec
+from latent_codec.container import to_batch, to_tensor
 from latent_codec.errors import BundleError, DataError, PayloadError
-from latent_codec.map_codec import MapCodec
+from latent_codec.families.code_map import MapCodec, MapPayload
+from latent_codec.families.hyper_decoder import IntegerHyperDecoder
+from latent_codec.varint import VarintError, get_varint, put_varint
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 from tests.helpers import ROOT, fashion_test_items, need_fashion, spatial_bundle
@@ -170,7 +172,7 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
             stub = pb_grpc.DecodingStub(ch)
             resp = stub.Decode(
-                pb.DecodeRequest(codes=codec.to_batch(payloads), originals=to_tensor(x)), timeout=30
+                pb.DecodeRequest(codes=to_batch(codec, payloads), originals=to_tensor(x)), timeout=30
             )
             assert list(resp.reconstructions.shape) == [3, 1, 17, 26]
             assert resp.quality.batch_psnr == pytest.approx(_psnr(x, codec.decode(payloads)), abs=0.01)
@@ -178,27 +180,27 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
             # any decoding; 30000 x 30000 is over what any map payload may claim.
             bomb = put_varint(8000) + put_varint(8000) + b"\x01\x02\x03"
             with pytest.raises(grpc.RpcError) as err:
-                stub.Decode(pb.DecodeRequest(codes=codec.to_batch([bomb])), timeout=30)
+                stub.Decode(pb.DecodeRequest(codes=to_batch(codec, [bomb])), timeout=30)
             assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "256,000,000 bytes" in err.value.details()
             with pytest.raises(grpc.RpcError) as err:
-                stub.Decode(pb.DecodeRequest(codes=codec.to_batch([put_varint(30000) * 2])), timeout=30)
+                stub.Decode(pb.DecodeRequest(codes=to_batch(codec, [put_varint(30000) * 2])), timeout=30)
             assert (
                 err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "30000x30000" in err.value.details()
             )
             with pytest.raises(grpc.RpcError) as err:
                 stub.Decode(
-                    pb.DecodeRequest(codes=codec.to_batch([payloads[0], codec.encode(x[:1, :, :5, :5])[0]]))
+                    pb.DecodeRequest(codes=to_batch(codec, [payloads[0], codec.encode(x[:1, :, :5, :5])[0]]))
                 )
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "share a size" in err.value.details()
             for bad in (b"", b"\x80", put_varint(0) + put_varint(4), put_varint(40000) + put_varint(1)):
                 with pytest.raises(grpc.RpcError) as err:
-                    stub.Decode(pb.DecodeRequest(codes=codec.to_batch([bad])), timeout=30)
+                    stub.Decode(pb.DecodeRequest(codes=to_batch(codec, [bad])), timeout=30)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
             with pytest.raises(grpc.RpcError) as err:  # originals must match the items' own size
                 stub.Decode(
-                    pb.DecodeRequest(codes=codec.to_batch(payloads), originals=to_tensor(x[:, :, :16]))
+                    pb.DecodeRequest(codes=to_batch(codec, payloads), originals=to_tensor(x[:, :, :16]))
                 )
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "[3, 1, 17, 26]" in err.value.details()
@@ -210,8 +212,17 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
 def test_size_header_varints_round_trip_and_truncation_is_an_error():
     for v in (0, 1, 127, 128, 300, 32768, 1 << 20):
         assert get_varint(put_varint(v), 0) == (v, len(put_varint(v)))
-    with pytest.raises(PayloadError):
+    with pytest.raises(VarintError) as e:
         get_varint(b"\x80\x80", 0)
+    assert e.value.truncated
+    with pytest.raises(VarintError) as e:
+        get_varint(b"\x80" * 5 + b"\x01", 0, 28)
+    assert not e.value.truncated
+    # The map header turns both into a PayloadError naming the item.
+    with pytest.raises(PayloadError, match="item 0: payload ends inside its size header"):
+        MapPayload._headers([b"\x80\x80"])
+    with pytest.raises(PayloadError, match="item 1: payload size header is malformed"):
+        MapPayload._headers([put_varint(28) + put_varint(28), b"\xff" * 6])
 
 
 def test_map_manifest_round_trips_and_refuses_inconsistent_tables(hyper_bundle, tmp_path):

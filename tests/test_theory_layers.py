@@ -208,7 +208,8 @@ def test_max_unpooling_through_onnx_runtime_matches_torch(tmp_path):
 
 
 def test_max_unpooling_side_fields_are_counted_at_two_bits():
-    from latent_codec.payload import PayloadSpec, Quantizer, SideField
+    from latent_codec.families.flat import FlatPayload, SideField
+    from latent_codec.quantisation import Quantiser
     from training.registry import build_model
 
     m = build_model("conv", {"input_shape": [1, 28, 28], "code_dim": 16, "channels": [4, 8], "up": "max"})
@@ -217,7 +218,7 @@ def test_max_unpooling_side_fields_are_counted_at_two_bits():
         {"name": "switches0", "shape": [4, 14, 14], "bits": 2},
         {"name": "switches1", "shape": [8, 7, 7], "bits": 2},
     ]
-    spec = PayloadSpec(Quantizer("float16"), 16, None, [SideField.from_dict(f) for f in fields])
+    spec = FlatPayload(Quantiser("float16"), 16, None, [SideField.from_dict(f) for f in fields])
     assert spec.item_bytes == (16 * 16 + (4 * 196 + 8 * 49) * 2 + 7) // 8
 
 

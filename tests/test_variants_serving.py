@@ -64,7 +64,8 @@ def test_variant_trains_exports_and_decodes_through_the_server(variant: Variant,
     import torch
 
     from latent_codec import datasets
-    from latent_codec.codec import Codec, from_tensor
+    from latent_codec.codec import Codec
+    from latent_codec.container import from_tensor
     from tests.helpers import decode_through_server, train_and_export
 
     torch.set_num_threads(1)

@@ -76,7 +76,8 @@ def test_lloyd_iterations_never_increase_the_objective_and_rate_training_spends_
 @pytest.mark.slow
 def test_vq_bundle_decodes_through_the_server_to_its_codewords(tmp_path):
     from latent_codec import datasets
-    from latent_codec.codec import Codec, from_tensor
+    from latent_codec.codec import Codec
+    from latent_codec.container import from_tensor
     from tests.helpers import decode_through_server, train_and_export
     from training.train import load_checkpoint
 
@@ -113,7 +114,7 @@ def test_subspace_codewords_cost_a_fraction_of_the_numbers_and_report_their_true
     import torch
 
     from training.train import TrainConfig, train
-    from training.vq import assign
+    from training.vq_lloyd import assign
 
     common = dict(model="vq", data="digits", limit=0, epochs=6, threads=1)
     full, _ = train(TrainConfig(model_args={"codewords": 64}, **common), progress=None)

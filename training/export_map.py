@@ -1,6 +1,6 @@
 """Export a spatial (code-map) checkpoint: dynamic-size ONNX graphs and the map payload's integer tables.
 
-Called by training/export.py for models that carry their own entropy model. The tables:
+Registered for the "map" codec family (training/exporters.py). The tables:
 - ŷ grid: the fewest bits whose integer range holds the rounded training codes (≤ 12);
 - "factorized": the learned per-channel prior tabulated on that grid;
 - "hyperprior": Gaussian tables for the 64 scales of training/models/spatial.py's scale table, the
@@ -9,33 +9,31 @@ Called by training/export.py for models that carry their own entropy model. The 
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import torch
 
 from latent_codec.bundle import InputSpec, Manifest
-from latent_codec.codec import OnnxTransforms
-from latent_codec.codemap import IntegerHyperDecoder, MapPayload, gaussian_tables
 from latent_codec.errors import CodecError
-from latent_codec.map_codec import MapCodec
-from latent_codec.payload import FactorizedPrior
+from latent_codec.factorized_prior import FactorizedPrior
+from latent_codec.families.code_map import MapCodec, MapPayload
+from latent_codec.families.hyper_decoder import IntegerHyperDecoder
+from latent_codec.transforms import OnnxTransforms
+from training.bundle_writer import check_out, new_manifest, write_bundle
 from training.data import load_split
+from training.exporters import ExportJob, register_exporter
+from training.models.spatial import STRIDE, log_scale_thresholds, scale_table
 from training.onnx_export import export_map_graphs, map_parity, store_weights_as_float16
 from training.rate import grid_bits
 
 HYPER_FRAC_BITS = 10  # the integer hyper-decoder's fixed point: weights x 1024
 
 
-def export_map_bundle(
-    model, cfg: dict, record: dict, checkpoint: Path, out: Path, data: str, fit_items: int, test_limit: int,
-    force: bool, weights: str = "float32",
-) -> Manifest:  # fmt: skip
-    from training.export import check_out, new_manifest, write_bundle
-    from training.models.spatial import log_scale_thresholds, scale_table
+@register_exporter("map")
+def export_map(job: ExportJob) -> Manifest:
+    model, data, out, force, weights = job.model, job.data, job.out, job.force, job.weights
+    train = load_split(data, "train", job.fit_items)
+    test = load_split(data, "test", job.test_limit)
 
-    train = load_split(data, "train", fit_items)
-    test = load_split(data, "test", test_limit)
     if train.item_shape[0] != model.input_shape[0]:
         raise CodecError(
             f"data items have {train.item_shape[0]} channels, model was trained on {model.input_shape[0]}"
@@ -72,9 +70,9 @@ def export_map_bundle(
             payload = MapPayload(
                 "hyperprior",
                 model.args["code_channels"],
-                model_stride(),
+                STRIDE,
                 yb,
-                gaussian_tables(scale_table(), yb),
+                FactorizedPrior.gaussian(scale_table(), yb),
                 model.args["hyper_channels"],
                 2,
                 zb,
@@ -91,22 +89,15 @@ def export_map_bundle(
         else:
             lo, hi = -(1 << (yb - 1)), (1 << (yb - 1)) - 1
             probs = model.y_prior.table(lo, hi).numpy()
-            payload = MapPayload("factorized", model.args["code_channels"], model_stride(), yb,
+            payload = MapPayload("factorized", model.args["code_channels"], STRIDE, yb,
                                  FactorizedPrior.from_probabilities(probs))  # fmt: skip
-    manifest = new_manifest(model, input_spec, model.code_shape, payload, checkpoint, cfg, record, len(train), par,
-                            weights)  # fmt: skip
+    manifest = new_manifest(job, input_spec, model.code_shape, payload, len(train), par)
     manifest.seal(enc_bytes, dec_bytes)
     write_bundle(out, manifest, enc_bytes, dec_bytes, test, force)
     return manifest
 
 
-def model_stride() -> int:
-    from training.models.spatial import STRIDE
-
-    return STRIDE
-
-
 def _placeholder(model) -> MapPayload:
     """A payload spec good enough for padding and analysis before the tables exist."""
-    return MapPayload("factorized", model.args["code_channels"], model_stride(), 2,
+    return MapPayload("factorized", model.args["code_channels"], STRIDE, 2,
                       FactorizedPrior(np.full((model.args["code_channels"], 4), 1 << 14, np.int64)))  # fmt: skip

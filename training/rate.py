@@ -224,7 +224,7 @@ def build_rate(model, rd_lambda: float, distortion: str = "mse") -> RateDistorti
 
 
 def learned_payload(rate_prior: dict, code_dims: int, refit_symbols=None):
-    """Checkpoint record's prior -> (integer-grid Quantizer, integer-table FactorizedPrior) for the manifest.
+    """Checkpoint record's prior -> (integer-grid Quantiser, integer-table FactorizedPrior) for the manifest.
 
     The affine quantiser with lo = -2^(b-1), hi = 2^(b-1) - 1 has step exactly 1,
     so its symbols are the rounded codes the prior was trained on. With
@@ -233,11 +233,12 @@ def learned_payload(rate_prior: dict, code_dims: int, refit_symbols=None):
     """
     import numpy as np
 
-    from latent_codec.payload import FactorizedPrior, Quantizer
+    from latent_codec.factorized_prior import FactorizedPrior
+    from latent_codec.quantisation import Quantiser
 
     b = int(rate_prior["grid_bits"])
     lo, hi = -(1 << (b - 1)), (1 << (b - 1)) - 1
-    q = Quantizer("affine", b, [float(lo)] * code_dims, [float(hi)] * code_dims)
+    q = Quantiser("affine", b, [float(lo)] * code_dims, [float(hi)] * code_dims)
     if refit_symbols is not None:
         return q, FactorizedPrior.fit(refit_symbols, q.levels)
     probs = np.asarray(rate_prior["probs"], dtype=np.float64)

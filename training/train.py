@@ -163,8 +163,12 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
             model.init_from(start)
         else:
             model.load_state_dict(start.state_dict())
-    if hasattr(model, "codebook"):  # vector quantiser: Lloyd iterations, not gradient steps (training/vq.py)
-        from training.vq import train_vq  # on the CPU; under torchrun every process runs the same iterations
+    if hasattr(
+        model, "codebook"
+    ):  # vector quantiser: Lloyd iterations, not gradient steps (training/vq_lloyd.py)
+        from training.vq_lloyd import (
+            train_vq,  # on the CPU; under torchrun every process runs the same iterations
+        )
 
         record = train_vq(model, x_train, x_val, cfg, progress)
         record["data"] = {

@@ -12,6 +12,7 @@ import numpy as np
 
 from latent_codec import metrics
 from latent_codec.codec import Codec
+from latent_codec.container import from_batch
 from latent_codec.errors import DataError
 
 from ..codefile import read_codes
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
                 f"holds {len(names)} named {names[:3]}...: pass the data the code file was encoded from"
             )
         targets(args.out / "compare", names, args.force)
-    items = codec.decode_each(codec.from_batch(batch))
+    items = codec.decode_each(from_batch(codec, batch))
     if npy:
         if len({x.shape for x in items}) > 1:
             raise DataError(

@@ -10,6 +10,7 @@ import argparse
 import sys
 from pathlib import Path
 
+from latent_codec.container import to_batch
 from latent_codec.errors import DataError
 
 from ..codefile import write_codes
@@ -35,7 +36,7 @@ def run(args: argparse.Namespace) -> int:
         args.bundle, args.data, args.split, args.limit, args.threads, grey=args.grey, alpha=args.alpha
     )
     payloads = encode_items(codec, items, range(len(items)), args.batch_size)
-    size = write_codes(args.out, codec.to_batch(payloads), items.names)
+    size = write_codes(args.out, to_batch(codec, payloads), items.names)
     raw = sum(items.pixels(i) * s[0] for i, s in enumerate(items.shapes)) * items.dtype.itemsize
     pixels = sum(items.pixels(i) for i in range(len(items)))
     bpp = 8 * sum(len(p) for p in payloads) / max(pixels, 1)

@@ -20,6 +20,7 @@ LOSSES = {"sigmoid": ("bce", "mse"), "linear": ("mse",)}  # the losses each outp
 
 class Autoencoder(nn.Module):
     registry_name = "base"
+    codec_family = "flat"  # the codec family its bundles belong to (training/exporters.py picks the exporter)
 
     def __init__(
         self,

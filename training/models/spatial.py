@@ -12,7 +12,7 @@ The entropy model of ŷ is either
 - "hyperprior": a zero-mean Gaussian per element whose scale comes from side information ẑ
   (Ballé et al. 2018), ẑ itself under a per-channel factorised prior.
 
-h_s is trained in floating point here but shipped as integers (latent_codec/codemap.py's
+h_s is trained in floating point here but shipped as integers (latent_codec/families/hyper_decoder.py's
 IntegerHyperDecoder: weights times 2^F, int64 arithmetic, integer thresholds on log σ), so the
 choice of probability table for each element depends only on integer arithmetic over the decoded
 ẑ and cannot differ between machines, thread counts or batch sizes. Nothing of this module runs on
@@ -85,6 +85,8 @@ def gaussian_likelihood(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
 @register_model("spatial")
 class SpatialAutoencoder(Autoencoder):
     """channels N in g_a/g_s, code_channels M in y, hyper_channels Nh in z; gdn off = ReLU."""
+
+    codec_family = "map"
 
     def __init__(
         self,

@@ -6,7 +6,7 @@
 The notes' one-hot autoencoder (8-3-8) taken to its end: the code is which of
 K reconstructions to use. For a single index the best decoder is the mean of
 the items it receives, and the best encoder picks the reconstruction that
-costs least, so the model is trained by Lloyd iterations (training/vq.py)
+costs least, so the model is trained by Lloyd iterations (training/vq_lloyd.py)
 instead of gradient steps. With rate-distortion training the bias
 b_k = lambda * (-log2 P(k)) makes the encoder weigh each index's code length
 (entropy-constrained VQ). The code sits on the symmetric integer grid of
@@ -51,7 +51,7 @@ class VectorQuantizedAutoencoder(Autoencoder):
         self.codewords = int(codewords)
         self.subspace = int(subspace)
         # subspace k > 0: codewords live in the training data's top-k PCA subspace (mean + basis, set from the
-        # data by training/vq.py), so a bundle holds K x k numbers instead of K x pixels.
+        # data by training/vq_lloyd.py), so a bundle holds K x k numbers instead of K x pixels.
         self.register_buffer("mean", torch.zeros(d if subspace else 0))
         self.register_buffer("basis", torch.zeros(d, subspace) if subspace else torch.zeros(0, 0))
         self.register_buffer("codebook", torch.zeros(codewords, subspace or d))

@@ -1,4 +1,4 @@
-"""Code maps: the payload of spatial bundles, whose code is a feature map and whose items have any size.
+"""Code maps: spatial bundles, whose code is a feature map and whose items have any height and width.
 
 One item's payload:
 
@@ -7,171 +7,51 @@ One item's payload:
 - ŷ (M, ⌈H/4⌉, ⌈W/4⌉): the code map rounded to integers, clipped to the manifest's grid
   [-2^(b-1), 2^(b-1) - 1], sent as symbols 0..2^b - 1.
 - "factorized": element (c, u, v) of ŷ uses channel c's table.
-- "hyperprior": ẑ (Nh, ⌈h/2⌉, ⌈w/2⌉) travels first under per-channel tables; ``IntegerHyperDecoder``
-  maps ẑ to one table index per element of ŷ (a Gaussian scale from a fixed table of 64).
+- "hyperprior": ẑ (Nh, ⌈h/2⌉, ⌈w/2⌉) travels first under per-channel tables; the integer hyper-decoder
+  (hyper_decoder.py) maps ẑ to one table index per element of ŷ (a Gaussian scale from a fixed table of 64).
 
-Why the table index cannot diverge between machines: it is computed from the integers ẑ by
-``IntegerHyperDecoder`` with integer weights (the trained float weights times 2^F, rounded once at
-export and stored in the manifest), int64 accumulation, ReLU and integer thresholds. No floating
-point takes part, so the device that encodes and the server that decodes select the same table for
-every element whatever their CPU, BLAS, thread count or batch size. The float paths (the ONNX
-encoder and decoder) only change *which* integers are sent or how pixels come out, never how a
-stream is parsed. All tables are integers in the manifest, as for flat codes (payload.py).
+Within an item, ŷ's elements are coded grouped by table (ascending index, positions in C order), so each
+group is one coder call with one model; the decoder knows every index before it reads ŷ, so it reproduces
+the grouping. All tables are integers in the manifest, as for flat codes.
 
-Within an item, ŷ's elements are coded grouped by table (ascending index, positions in C order),
-so each group is one constriction call with one model; the decoder knows every index before it
-reads ŷ, so it reproduces the grouping.
+The codec (``MapCodec``): same public steps as every codec (the cloud and the benchmarks call them
+unchanged); an item's shape comes from its payload, and one batch of payloads must share a size to be
+decoded as one array (``decode_each`` takes a mix).
+
+    encode:  scale ─► pad to the stride (edge) ─► analyse (encoder.onnx: ŷ map, ẑ map) ─► quantise
+             ─► table indices (integer hyper-decoder) ─► entropy-code + pack (size header, ANS)
+    decode:  unpack (size header, ẑ, indices, ŷ) ─► dequantise ─► synthesise (decoder.onnx) ─► crop ─► unscale
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from functools import cached_property
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 
-from .errors import PayloadError
-from .payload import CODER_NAME, FactorizedPrior, _import_constriction
+from .. import ans
+from ..bundle import Bundle
+from ..codec import Codec, Side
+from ..errors import DataError, PayloadError
+from ..factorized_prior import FactorizedPrior
+from ..registry import register_family
+from ..transforms import OnnxTransforms
+from ..varint import VarintError, get_varint, put_varint
+from .hyper_decoder import IntegerHyperDecoder, int64_mac_seconds
 
 MAP_KINDS = ("factorized", "hyperprior")
 MAX_SIDE = 1 << 15  # largest height or width a payload may claim (32768)
 MAX_PIXELS = 1 << 26  # largest height x width (64 Mpx: 256 MB of float32 per channel when decoded)
-
-
-# ---- varints: the item's true size ---------------------------------------------------------------------
-def put_varint(v: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = v & 0x7F
-        v >>= 7
-        out.append(b | (0x80 if v else 0))
-        if not v:
-            return bytes(out)
-
-
-def get_varint(data: bytes, pos: int) -> tuple[int, int]:
-    v = shift = 0
-    while True:
-        if pos >= len(data):
-            raise PayloadError("payload ends inside its size header")
-        b = data[pos]
-        pos += 1
-        v |= (b & 0x7F) << shift
-        if not b & 0x80:
-            return v, pos
-        shift += 7
-        if shift > 21:
-            raise PayloadError("payload size header is malformed")
-
-
-# ---- integer convolution: exact on every machine ---------------------------------------------------------
-def conv2d_int(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """'Same' 3x3 convolution of int64 maps (N, C, H, W) with int64 weights (O, C, k, k): exact integers."""
-    k = w.shape[-1]
-    p = k // 2
-    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-    cols = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))  # N, C, H, W, k, k
-    out = np.einsum("nchwij,ocij->nohw", cols, w, optimize=False)
-    return out + b[None, :, None, None]
-
-
-@dataclass
-class IntegerHyperDecoder:
-    """ẑ -> table index per element of ŷ: nearest ×2 upsampling, conv3, ReLU, conv3, thresholds, in int64.
-
-    Layer 1 weights and bias are scaled by 2^F; layer 2 weights by 2^F and its bias by 2^2F, so the
-    output is log σ in units of 2^-2F and is compared with thresholds in the same units.
-    """
-
-    frac_bits: int
-    w1: np.ndarray  # (Nh, Nh, 3, 3) int64
-    b1: np.ndarray  # (Nh,)
-    w2: np.ndarray  # (M, Nh, 3, 3)
-    b2: np.ndarray  # (M,)
-    thresholds: np.ndarray  # (levels - 1,) increasing int64
-
-    @classmethod
-    def from_float(
-        cls, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, thresholds, frac_bits: int = 10
-    ) -> IntegerHyperDecoder:
-        f = float(1 << frac_bits)
-
-        def r(a: np.ndarray, scale: float) -> np.ndarray:
-            return np.rint(np.asarray(a, np.float64) * scale).astype(np.int64)
-
-        return cls(frac_bits, r(w1, f), r(b1, f), r(w2, f), r(b2, f * f), r(np.asarray(thresholds), f * f))
-
-    def log_scale_units(self, z: np.ndarray) -> np.ndarray:
-        """The integer pre-threshold output (N, M, 2hz, 2wz), log σ times 2^2F."""
-        x = np.asarray(z, np.int64).repeat(2, axis=2).repeat(2, axis=3)
-        a1 = np.maximum(conv2d_int(x, self.w1, self.b1), 0)
-        return conv2d_int(a1, self.w2, self.b2)
-
-    def indices(self, z: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """(N, Nh, hz, wz) integer ẑ -> (N, M, h, w) table indices 0..levels-1."""
-        units = self.log_scale_units(z)[:, :, : size[0], : size[1]]
-        return np.searchsorted(self.thresholds, units, side="right").astype(np.int64)
-
-    def to_dict(self) -> dict:
-        return {
-            "frac_bits": self.frac_bits,
-            "w1": {"shape": list(self.w1.shape), "values": self.w1.ravel().tolist()},
-            "b1": self.b1.tolist(),
-            "w2": {"shape": list(self.w2.shape), "values": self.w2.ravel().tolist()},
-            "b2": self.b2.tolist(),
-            "thresholds": self.thresholds.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict) -> IntegerHyperDecoder:
-        def arr(spec: dict) -> np.ndarray:
-            return np.asarray(spec["values"], np.int64).reshape([int(s) for s in spec["shape"]])
-
-        h = cls(
-            int(d["frac_bits"]),
-            arr(d["w1"]),
-            np.asarray(d["b1"], np.int64),
-            arr(d["w2"]),
-            np.asarray(d["b2"], np.int64),
-            np.asarray(d["thresholds"], np.int64),
-        )
-        nh, m = h.w1.shape[0], h.w2.shape[0]
-        if (
-            h.w1.shape != (nh, nh, 3, 3)
-            or h.w2.shape != (m, nh, 3, 3)
-            or h.b1.shape != (nh,)
-            or h.b2.shape != (m,)
-        ):
-            raise ValueError("hyper-decoder weights have inconsistent shapes")
-        if np.any(np.diff(h.thresholds) <= 0):
-            raise ValueError("hyper-decoder thresholds must increase")
-        if not 0 <= h.frac_bits <= 16:
-            raise ValueError("hyper-decoder frac_bits must be 0..16")
-        return h
-
-
-class _Tables:
-    """Integer frequency tables (K, levels) and their constriction models, built once."""
-
-    def __init__(self, prior: FactorizedPrior):
-        self.prior = prior
-
-    @cached_property
-    def models(self) -> list[Any]:
-        c = _import_constriction()
-        probs = self.prior.tables.astype(np.float64) / float(1 << self.prior.precision)
-        return [c.stream.model.Categorical(row, perfect=False) for row in probs]
-
-    @property
-    def levels(self) -> int:
-        return self.prior.levels
+HEADER_BITS = 28  # a side of up to 2^28 fits four varint bytes; a longer header is malformed
 
 
 @dataclass
 class MapPayload:
     """The manifest's payload section for code maps (kind "map"): grid, tables, hyper-decoder."""
 
+    kind: ClassVar[str] = "map"
     entropy: str  # "factorized" | "hyperprior"
     code_channels: int  # M
     stride: int  # item pixels per code element along each side
@@ -274,14 +154,14 @@ class MapPayload:
         return p
 
     # ---- models -------------------------------------------------------------------------------------------
-    @cached_property
-    def _y(self) -> _Tables:
-        return _Tables(self.y_tables)
+    @property
+    def _y(self) -> ans.Tables:
+        return self.y_tables.coder_tables
 
-    @cached_property
-    def _z(self) -> _Tables:
+    @property
+    def _z(self) -> ans.Tables:
         assert self.z_tables is not None
-        return _Tables(self.z_tables)
+        return self.z_tables.coder_tables
 
     # ---- quantisation -------------------------------------------------------------------------------------
     @staticmethod
@@ -296,7 +176,7 @@ class MapPayload:
     def z_symbols(self, z: np.ndarray) -> np.ndarray:
         return self.grid_symbols(z, self.z_grid_bits)
 
-    def dequantize(self, symbols: np.ndarray) -> np.ndarray:
+    def dequantise(self, symbols: np.ndarray) -> np.ndarray:
         return (np.asarray(symbols, np.float32) - np.float32(1 << (self.grid_bits - 1))).astype(np.float32)
 
     def table_indices(self, y_shape: tuple[int, ...], z_sym: np.ndarray | None) -> np.ndarray:
@@ -311,23 +191,19 @@ class MapPayload:
     # ---- entropy coding + layout ----------------------------------------------------------------------------
     def pack(self, sizes: np.ndarray, y_sym: np.ndarray, z_sym: np.ndarray | None) -> list[bytes]:
         """(N, 2) true sizes, (N, M, h, w) ŷ symbols, (N, Nh, hz, wz) ẑ symbols -> N payloads."""
-        c = _import_constriction()
         idx = self.table_indices(y_sym.shape, z_sym)
         out = []
         for i in range(len(y_sym)):
-            coder = c.stream.stack.AnsCoder()
+            enc = ans.Encoder()
+            if z_sym is not None:  # ẑ first: the decoder needs it to choose ŷ's tables
+                zi = z_sym[i].reshape(self.hyper_channels, -1)
+                for ch in range(self.hyper_channels):
+                    enc.push(zi[ch], self._z.models[ch])
             order, groups, bounds = _grouped(idx[i].ravel())
-            ys = y_sym[i].ravel().astype(np.int32)[order]
-            for g in range(len(groups) - 1, -1, -1):  # a stack: the group decoded first is pushed last
-                coder.encode_reverse(ys[bounds[g] : bounds[g + 1]], self._y.models[int(groups[g])])
-            if z_sym is not None:
-                zi = z_sym[i].reshape(self.hyper_channels, -1).astype(np.int32)
-                for ch in range(self.hyper_channels - 1, -1, -1):
-                    coder.encode_reverse(zi[ch], self._z.models[ch])
-            raw = coder.get_compressed().astype("<u4").tobytes()
-            trimmed = raw.rstrip(b"\x00")
-            head = put_varint(int(sizes[i][0])) + put_varint(int(sizes[i][1]))
-            out.append(head + raw[: max(len(trimmed), len(raw) - 3)])
+            ys = y_sym[i].ravel()[order]
+            for g, k in enumerate(groups):
+                enc.push(ys[bounds[g] : bounds[g + 1]], self._y.models[int(k)])
+            out.append(put_varint(int(sizes[i][0])) + put_varint(int(sizes[i][1])) + enc.finish())
         return out
 
     def sizes(self, payloads: list[bytes]) -> np.ndarray:
@@ -341,10 +217,15 @@ class MapPayload:
         starts = []
         for i, p in enumerate(payloads):
             try:
-                h, pos = get_varint(p, 0)
-                w, pos = get_varint(p, pos)
-            except PayloadError as exc:
-                raise PayloadError(f"item {i}: {exc}") from None
+                h, pos = get_varint(p, 0, HEADER_BITS)
+                w, pos = get_varint(p, pos, HEADER_BITS)
+            except VarintError as exc:
+                why = (
+                    "payload ends inside its size header"
+                    if exc.truncated
+                    else "payload size header is malformed"
+                )
+                raise PayloadError(f"item {i}: {why}") from None
             if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE) or h * w > MAX_PIXELS:
                 raise PayloadError(
                     f"item {i}: payload claims a {h}x{w} item; sides must be 1..{MAX_SIDE} pixels, "
@@ -356,7 +237,6 @@ class MapPayload:
 
     def unpack(self, payloads: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """N payloads of one item size -> (sizes (N, 2), ŷ symbols, ẑ symbols or None). PayloadError names the item."""
-        c = _import_constriction()
         sizes, starts = self._headers(payloads)
         if len(payloads) and np.any(sizes != sizes[0]):
             a, b = sizes[0], sizes[int(np.argmax(np.any(sizes != sizes[0], axis=1)))]
@@ -366,49 +246,44 @@ class MapPayload:
         n = len(payloads)
         h, w = (int(v) for v in sizes[0]) if n else (self.stride, self.stride)
         hy, wy = self.code_size(h, w)
-        coders = []
+        decoders = []
         z_sym = None
         if self.entropy == "hyperprior":
             hz, wz = self.hyper_size(h, w)
             z_sym = np.empty((n, self.hyper_channels, hz, wz), np.uint16)
         for i, (p, pos) in enumerate(zip(payloads, starts)):
-            body = bytes(p[pos:])
-            body += b"\x00" * (-len(body) % 4)
             try:
-                coder = c.stream.stack.AnsCoder(np.frombuffer(body, dtype="<u4").astype(np.uint32))
+                dec = ans.Decoder(p[pos:])
                 if z_sym is not None:
                     for ch in range(self.hyper_channels):
-                        z_sym[i, ch] = coder.decode(self._z.models[ch], hz * wz).reshape(hz, wz)
-            except Exception as exc:
-                raise PayloadError(f"item {i}: entropy-coded payload is corrupt ({exc})") from None
-            coders.append(coder)
+                        z_sym[i, ch] = dec.pop(self._z.models[ch], hz * wz).reshape(hz, wz)
+            except PayloadError as exc:
+                raise PayloadError(f"item {i}: {exc}") from None
+            decoders.append(dec)
         idx = self.table_indices((n, self.code_channels, hy, wy), z_sym)
         y_sym = np.empty((n, self.code_channels, hy, wy), np.uint16)
-        for i, coder in enumerate(coders):
+        for i, dec in enumerate(decoders):
             order, groups, bounds = _grouped(idx[i].ravel())
             flat = np.empty(order.shape, np.uint16)
             try:
                 for g, k in enumerate(groups):
-                    flat[order[bounds[g] : bounds[g + 1]]] = coder.decode(
-                        self._y.models[int(k)], int(bounds[g + 1] - bounds[g])
+                    flat[order[bounds[g] : bounds[g + 1]]] = dec.pop(
+                        self._y.models[int(k)], bounds[g + 1] - bounds[g]
                     )
-            except Exception as exc:
-                raise PayloadError(f"item {i}: entropy-coded payload is corrupt ({exc})") from None
-            if not coder.is_empty():
-                raise PayloadError(
-                    f"item {i}: entropy-coded payload has trailing data (corrupt or wrong bundle)"
-                )
+                dec.finish()
+            except PayloadError as exc:
+                raise PayloadError(f"item {i}: {exc}") from None
             y_sym[i] = flat.reshape(self.code_channels, hy, wy)
         return sizes, y_sym, z_sym
 
     # ---- ideal code length (for reports) -------------------------------------------------------------------
     def bits(self, y_sym: np.ndarray, z_sym: np.ndarray | None) -> np.ndarray:
         idx = self.table_indices(y_sym.shape, z_sym)
-        logp = np.log2(self.y_tables.tables.astype(np.float64) / float(1 << self.y_tables.precision))
+        logp = self.y_tables.log2_probabilities
         total = -logp[idx, y_sym.astype(np.int64)].reshape(len(y_sym), -1).sum(1)
         if z_sym is not None:
             assert self.z_tables is not None
-            lz = np.log2(self.z_tables.tables.astype(np.float64) / float(1 << self.z_tables.precision))
+            lz = self.z_tables.log2_probabilities
             ch = np.arange(self.hyper_channels)[None, :, None, None]
             total += -lz[ch, z_sym.astype(np.int64)].reshape(len(z_sym), -1).sum(1)
         return total
@@ -424,18 +299,119 @@ def _grouped(ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     return order, groups, np.concatenate([[0], np.cumsum(counts)])
 
 
-def gaussian_tables(scales: list[float], grid_bits: int, precision: int = 16) -> FactorizedPrior:
-    """Integer tables of N(0, σ_k²) over the integer grid, tails folded into the end bins (export only)."""
-    from math import erf, sqrt
+@register_family("map")
+class MapCodec(Codec):
+    """Pads to the stride, codes ŷ (and ẑ) maps with the size in each payload, crops on decode."""
 
-    half = 1 << (grid_bits - 1)
-    k = np.arange(-half, half, dtype=np.float64)
-    rows = []
-    for s in scales:
-        cdf = np.array([0.5 * (1 + erf(v / (s * sqrt(2)))) for v in np.append(k - 0.5, k[-1] + 0.5)])
-        cdf[0], cdf[-1] = 0.0, 1.0
-        rows.append(np.diff(cdf))
-    return FactorizedPrior.from_probabilities(np.asarray(rows), precision)
+    payload_type = MapPayload
+    any_size = True
+    payload: MapPayload
 
+    @classmethod
+    def build(cls, bundle: Bundle, threads: int = 0) -> MapCodec:
+        m = bundle.manifest
+        side = ["hyper"] if m.payload.entropy == "hyperprior" else []
+        transforms = OnnxTransforms.from_graphs(
+            bundle.encoder_bytes, bundle.decoder_bytes, side, m.code_shape, threads, str(bundle.path)
+        )
+        return cls(m.input, m.code_shape, m.payload, transforms, m.bundle_id, m)
 
-__all__ = ["CODER_NAME", "IntegerHyperDecoder", "MapPayload", "conv2d_int", "gaussian_tables"]
+    # ---- shapes -----------------------------------------------------------------------------------------
+    @property
+    def channels(self) -> int:
+        return int(self.input.shape[0])
+
+    def output_shapes(self, payloads: Sequence[bytes]) -> np.ndarray:
+        sizes = self.payload.sizes(list(payloads))
+        return np.concatenate([np.full((len(sizes), 1), self.channels, np.int64), sizes], axis=1)
+
+    def item_costs(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        sizes = self.payload.sizes(list(payloads))
+        out = sizes.prod(axis=1) * self.channels * 4
+        symbols = np.asarray([self.payload.symbols_per_item(int(h), int(w)) for h, w in sizes], np.int64)
+        return out, symbols.reshape(-1)
+
+    def unpack_costs(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """The entropy decoder's arrays, plus the integer hyper-decoder's int64 maps and its convolutions."""
+        nbytes, seconds = super().unpack_costs(payloads)
+        hd = self.payload.hyper_decoder
+        if hd is None:
+            return nbytes, seconds
+        sizes = self.payload.sizes(list(payloads))
+        hy = -(-sizes // self.payload.stride)  # ŷ map height and width; the hyper maps are upsampled to it
+        cells = (-(-hy // 2) * 2).prod(axis=1)
+        nh, m = hd.w1.shape[0], hd.w2.shape[0]
+        # int64 maps alive at once: ẑ upsampled and padded, the first conv's output and its ReLU, the second's
+        # output and the table indices, plus the einsum's strided view (no copy).
+        nbytes = nbytes + cells * 8 * (3 * nh + 2 * m)
+        macs = cells * 9 * nh * (nh + m)
+        return nbytes, seconds + macs * int64_mac_seconds()
+
+    def check_items(self, x: np.ndarray) -> None:
+        if np.ndim(x) != 4 or int(np.shape(x)[1]) != self.channels:
+            got = "x".join(map(str, np.shape(x)[1:]))
+            raise DataError(
+                f"items are {got} but bundle {self.name} takes {self.channels}-channel items (C x H x W, any H, W)"
+            )
+        h, w = (int(v) for v in np.shape(x)[2:])
+        if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE) or h * w > MAX_PIXELS:
+            raise DataError(
+                f"items are {h}x{w}; bundle {self.name} takes sides of 1..{MAX_SIDE} pixels, "
+                f"at most {MAX_PIXELS:,} in all"
+            )
+        self.check_dtype(x)
+
+    # ---- encode -------------------------------------------------------------------------------------------
+    def pad(self, x_unit: np.ndarray) -> np.ndarray:
+        """Replicate the last row and column up to a multiple of the stride (the crop undoes it)."""
+        s = self.payload.stride
+        h, w = x_unit.shape[-2:]
+        ph, pw = (-h) % s, (-w) % s
+        if not ph and not pw:
+            return x_unit
+        return np.pad(x_unit, ((0, 0), (0, 0), (0, ph), (0, pw)), mode="edge")
+
+    def analyse(self, x_unit: np.ndarray) -> tuple[np.ndarray, Side]:
+        """-> (ŷ map (N, M, h, w) float32, {"hyper": ẑ map} with a hyperprior) of padded items."""
+        code, side = self.transforms.analysis(self.pad(x_unit))
+        return np.asarray(code, np.float32), side
+
+    def quantise(self, codes: np.ndarray) -> np.ndarray:
+        return self.payload.y_symbols(codes)
+
+    def encode(self, x_raw: np.ndarray) -> list[bytes]:
+        """(N, C, H, W) raw items of one size -> N payloads (each carries its H and W)."""
+        self.check_items(x_raw)
+        n, _, h, w = x_raw.shape
+        y, side = self.analyse(self.scale(x_raw))
+        z = self.payload.z_symbols(side["hyper"]) if self.payload.entropy == "hyperprior" else None
+        sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
+        return self.payload.pack(sizes, self.quantise(y), z)
+
+    # ---- decode -------------------------------------------------------------------------------------------
+    def symbols(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, Side]:
+        """Payloads of one size -> (ŷ symbols (N, M, h, w), {"size": (N, 2)}). PayloadError on any bad one."""
+        sizes, y_sym, _ = self.payload.unpack(list(payloads))
+        return y_sym, {"size": sizes}
+
+    def dequantise(self, symbols: np.ndarray) -> np.ndarray:
+        return self.payload.dequantise(symbols)
+
+    def ideal_bits(self, payloads: Sequence[bytes]) -> np.ndarray:
+        """ŷ's and ẑ's ideal code length under the tables (the hyperprior's side information included)."""
+        _, y_sym, z_sym = self.payload.unpack(list(payloads))
+        return self.payload.bits(y_sym, z_sym)
+
+    def synthesise(self, codes: np.ndarray, side: Side, chunk: int = 0) -> np.ndarray:
+        """decoder.onnx on ŷ maps, cropped to the items' true size and clipped to [0, 1]."""
+        sizes = np.asarray(side["size"]).reshape(-1, 2)
+        if len(sizes) and np.any(sizes != sizes[0]):
+            raise DataError("items of one decoder run must share a size")
+        n = len(codes)
+        h, w = (int(v) for v in sizes[0]) if n else (0, 0)
+        out = np.empty((n, self.channels, h, w), np.float32)
+        step = chunk if chunk > 0 else max(n, 1)
+        for i in range(0, n, step):
+            rec = self.transforms.synthesis(codes[i : i + step], {})
+            out[i : i + step] = np.clip(np.asarray(rec, np.float32)[:, :, :h, :w], 0.0, 1.0)
+        return out

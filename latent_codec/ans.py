@@ -1,0 +1,108 @@
+"""The one wrapper around constriction's ANS coder: every payload layout entropy-codes through it.
+
+Both ends build the coder's models from *integer* frequency tables alone (rows summing to 2**precision,
+so freq / 2**precision is an exact dyadic float), and a payload encoded on one machine decodes bit-exactly
+on another. constriction emits 32-bit words; the top word of an ANS stream is usually small, so up to three
+trailing zero bytes are dropped by ``Encoder.finish`` and restored (zero padding) by ``Decoder``.
+
+ANS is a stack: the symbols pushed last are popped first. ``Encoder.push`` takes groups in *decoding* order
+and pushes them in reverse when the stream is finished, so a layout lists its groups once, in the order
+its decoder reads them.
+"""
+
+from __future__ import annotations
+
+from functools import cached_property
+from typing import Any
+
+import numpy as np
+
+from .errors import PayloadError
+
+CODER_NAME = "constriction-ans32"
+
+
+def _constriction():
+    import constriction  # imported on first use: a fixed-width bundle never needs it
+
+    return constriction
+
+
+class Tables:
+    """Integer frequency tables (K, levels) and their constriction models, built once per table set."""
+
+    def __init__(self, tables: np.ndarray, precision: int):
+        self.tables = np.asarray(tables, np.int64)
+        self.precision = int(precision)
+
+    @cached_property
+    def probabilities(self) -> np.ndarray:
+        """(K, levels) float64, exactly freq / 2**precision."""
+        return self.tables.astype(np.float64) / float(1 << self.precision)
+
+    @cached_property
+    def models(self) -> list[Any]:
+        """One fixed categorical model per row: for many symbols coded under the same row."""
+        model = _constriction().stream.model.Categorical
+        return [model(row, perfect=False) for row in self.probabilities]
+
+    @cached_property
+    def family(self) -> Any:
+        """The categorical family with per-symbol parameters: one row per symbol, in one call."""
+        return _constriction().stream.model.Categorical(perfect=False)
+
+
+class Encoder:
+    """One item's ANS stream. ``push`` groups in the order the decoder will pop them; ``finish`` -> bytes."""
+
+    def __init__(self) -> None:
+        self._groups: list[tuple[np.ndarray, Any, np.ndarray | None]] = []
+
+    def push(self, symbols: np.ndarray, model: Any) -> None:
+        """Symbols all under one fixed model (a row of ``Tables.models``)."""
+        self._groups.append((np.asarray(symbols, np.int32).ravel(), model, None))
+
+    def push_rows(self, symbols: np.ndarray, tables: Tables) -> None:
+        """Symbol d under row d of the tables (one symbol per row)."""
+        self._groups.append((np.asarray(symbols, np.int32).ravel(), tables.family, tables.probabilities))
+
+    def finish(self) -> bytes:
+        coder = _constriction().stream.stack.AnsCoder()
+        for symbols, model, params in reversed(self._groups):  # a stack: the group popped first goes in last
+            if params is None:
+                coder.encode_reverse(symbols, model)
+            else:
+                coder.encode_reverse(symbols, model, params)
+        raw = coder.get_compressed().astype("<u4").tobytes()
+        return raw[: max(len(raw.rstrip(b"\x00")), len(raw) - 3)]
+
+
+class Decoder:
+    """Pops what an ``Encoder`` pushed, in the same order; PayloadError (without an item index) on bad data."""
+
+    def __init__(self, data: bytes):
+        body = bytes(data)
+        body += b"\x00" * (-len(body) % 4)
+        try:
+            self._coder = _constriction().stream.stack.AnsCoder(
+                np.frombuffer(body, dtype="<u4").astype(np.uint32)
+            )
+        except Exception as exc:  # constriction raises plain exceptions on bad data
+            raise PayloadError(f"entropy-coded payload is corrupt ({exc})") from None
+
+    def pop(self, model: Any, count: int) -> np.ndarray:
+        try:
+            return np.asarray(self._coder.decode(model, int(count)))
+        except Exception as exc:
+            raise PayloadError(f"entropy-coded payload is corrupt ({exc})") from None
+
+    def pop_rows(self, tables: Tables) -> np.ndarray:
+        try:
+            return np.asarray(self._coder.decode(tables.family, tables.probabilities))
+        except Exception as exc:
+            raise PayloadError(f"entropy-coded payload is corrupt ({exc})") from None
+
+    def finish(self) -> None:
+        """Every word read: anything left means a corrupt payload, or one made for another bundle."""
+        if not self._coder.is_empty():
+            raise PayloadError("entropy-coded payload has trailing data (corrupt or wrong bundle)")

@@ -1,0 +1,13 @@
+"""The codec families this build knows, each one module registered with latent_codec/registry.py.
+
+- flat.py: a fixed-length code vector per item (affine / float codes, optional ANS, side fields);
+- code_map.py: code maps of items of any size (factorised prior or scale hyperprior), with
+  hyper_decoder.py's integer table selection.
+
+Importing the package registers them (latent_codec/__init__.py does, so ``Codec.open`` finds them).
+"""
+
+from .code_map import MapCodec, MapPayload
+from .flat import FlatCodec, FlatPayload, SideField
+
+__all__ = ["FlatCodec", "FlatPayload", "MapCodec", "MapPayload", "SideField"]
