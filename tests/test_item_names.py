@@ -97,11 +97,11 @@ def test_a_spool_of_an_older_version_gains_names_and_framing_sends_them(tmp_path
 def test_the_cloud_refuses_unprintable_or_long_names(name, tmp_path):
     from cloud.bundles import BundleRegistry
     from cloud.limits import Limits
-    from cloud.storage_service import Refused, ingest_items
+    from cloud.ingest_validation import Refused, plan_ingest
     from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 
     req = pb.IngestRequest(
         device_id="d", bundle_id="b", items=[pb.IngestItem(item_id="a#1", payload=b"x", name=name)]
     )
     with pytest.raises(Refused, match=r"items\[0\].name must be printable and at most 256"):
-        ingest_items(req, 0, BundleRegistry(), Limits())
+        plan_ingest(req, 0, BundleRegistry(), Limits())
