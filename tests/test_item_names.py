@@ -96,8 +96,8 @@ def test_a_spool_of_an_older_version_gains_names_and_framing_sends_them(tmp_path
 @pytest.mark.parametrize("name", ["x" * 257, "bad\nname"])
 def test_the_cloud_refuses_unprintable_or_long_names(name, tmp_path):
     from cloud.bundles import BundleRegistry
-    from cloud.limits import Limits
     from cloud.ingest_validation import Refused, plan_ingest
+    from cloud.limits import Limits
     from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 
     req = pb.IngestRequest(
