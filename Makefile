@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
+.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -98,6 +98,13 @@ bench-uses: bench-map2d bench-features bench-denoise bench-anomaly bench-hashing
 bench-rd: setup
 	@if [ "$(RETRAIN)" = 1 ]; then $(PY) -m bench.train_ladder --out zoo; fi
 	$(PY) -m bench.rd --bundles zoo --out-dir docs --zoo-index zoo/README.md
+
+# Whole held-out photographs (PHOTOS, default data/photos/heldout): the colour bundles under zoo/ (PHOTO_ZOO) vs JPEG
+# 4:2:0/4:4:4, WebP, AVIF in bits per pixel, PSNR RGB/luma, MS-SSIM -> docs/photo_rd.{md,json,png}, photo_rd_crops.png.
+PHOTOS ?= data/photos/heldout
+PHOTO_ZOO ?= zoo
+bench-rd-photos: setup
+	$(PY) -m bench.rd --photos $(PHOTOS) --bundles $(PHOTO_ZOO) --out-dir docs
 
 clean:
 	rm -rf runs bundles .pytest_cache

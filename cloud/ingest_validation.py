@@ -106,6 +106,8 @@ def plan_ingest(req: pb.IngestRequest, n: int, registry: BundleRegistry, limits:
                 raise bad(
                     problem + (" (and the request's bundle_id is empty)" if name == "bundle_id" else ""), k
                 )
+        if it.name and (len(it.name) > MAX_ID_CHARS or not it.name.isprintable()):
+            raise bad(f"{where}.name must be printable and at most {MAX_ID_CHARS} characters", k)
         if item_id in seen:
             raise bad(f"{where}.item_id {item_id!r} appears twice in this request", k)
         seen.add(item_id)
@@ -163,6 +165,7 @@ def plan_ingest(req: pb.IngestRequest, n: int, registry: BundleRegistry, limits:
             bundle_of[k],
             bytes(it.payload),
             int(req.captured_base_ms + it.captured_at_ms),
+            name=it.name,
         )
         for k, it in enumerate(req.items)
     ]

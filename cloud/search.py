@@ -149,6 +149,7 @@ def stored_item(r: StoredRecord) -> pb.StoredItem:
         captured_at_ms=r.captured_at_ms,
         stored_at_ms=r.stored_at_ms,
         payload=r.payload,
+        name=r.name,
     )
     if r.audit_mse is not None:
         item.audit_mse = r.audit_mse

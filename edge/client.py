@@ -56,6 +56,7 @@ class FetchedItem:
     item: np.ndarray | None  # the reconstruction (C, H, W), unless codes only or not decodable
     error: str = ""
     audit_mse: float | None = None  # the item's reconstruction error when it was audited: an anomaly score
+    name: str = ""  # the item's source name (a photo's file name), when the device sent one
 
 
 @dataclass
@@ -70,6 +71,7 @@ class SearchHit:
     stored_at_ms: int
     payload: bytes
     audit_mse: float | None = None
+    name: str = ""
 
 
 @dataclass
@@ -143,8 +145,15 @@ class CloudClient:
             fmt = pb.RECONSTRUCTION_FORMAT_FLOAT32 if unit else pb.RECONSTRUCTION_FORMAT_UINT8
         req = pb.DecodeRequest(codes=to_batch(codec, payloads), reconstruction_format=fmt)
         if originals is not None:
-            req.originals.CopyFrom(to_tensor(originals))
+            CloudClient.attach_originals(req, originals)
         return req
+
+    @staticmethod
+    def attach_originals(req: pb.DecodeRequest, originals: np.ndarray) -> int:
+        """Add the originals to a DecodeRequest (for evaluation); returns the bytes they add to it."""
+        before = req.ByteSize()
+        req.originals.CopyFrom(to_tensor(originals))
+        return req.ByteSize() - before
 
     @staticmethod
     def decoded(resp: pb.DecodeResponse) -> Decoded:
@@ -246,6 +255,7 @@ class CloudClient:
                             rec,
                             it.error,
                             it.audit_mse if it.HasField("audit_mse") else None,
+                            it.name,
                         )
                     )
         except grpc.RpcError as exc:
@@ -292,6 +302,7 @@ class CloudClient:
                 h.item.stored_at_ms,
                 bytes(h.item.payload),
                 h.item.audit_mse if h.item.HasField("audit_mse") else None,
+                h.item.name,
             )
             for h in resp.hits
         ]

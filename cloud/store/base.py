@@ -81,6 +81,7 @@ class NewItem:
     captured_at_ms: int
     binary_code: bytes | None = None  # packed bits for semantic-hashing search (bundles with binary codes)
     audit_mse: float | None = None  # reconstruction error when the device sent the original (anomaly score)
+    name: str = ""  # the item's source name on the device (IngestItem.name); not part of its identity
 
 
 @dataclass(frozen=True)
@@ -92,6 +93,7 @@ class StoredRecord:
     captured_at_ms: int
     stored_at_ms: int
     audit_mse: float | None = None
+    name: str = ""
 
 
 @dataclass(frozen=True)
@@ -122,7 +124,11 @@ class Store(abc.ABC):
     linear_below = (
         LINEAR_BELOW  # scopes with fewer codes are scanned linearly (a test sets 0 to probe always)
     )
-    ADDED_COLUMNS = (("binary_code", "BLOB", "bytea"), ("audit_mse", "REAL", "double precision"))
+    ADDED_COLUMNS = (
+        ("binary_code", "BLOB", "bytea"),
+        ("audit_mse", "REAL", "double precision"),
+        ("name", "TEXT NOT NULL DEFAULT ''", "text NOT NULL DEFAULT ''"),
+    )
 
     @abc.abstractmethod
     def put_many(self, items: Sequence[NewItem], stored_at_ms: int) -> int:

@@ -40,12 +40,14 @@ CREATE TABLE IF NOT EXISTS ingested_items (
   payload        bytea  NOT NULL,
   captured_at_ms bigint NOT NULL,
   stored_at_ms   bigint NOT NULL,
+  name           text   NOT NULL DEFAULT '',
   PRIMARY KEY (device_id, item_id)
 );
 CREATE INDEX IF NOT EXISTS ingested_items_by_time ON ingested_items (device_id, captured_at_ms, item_id);
 CREATE TABLE IF NOT EXISTS store_meta (key text PRIMARY KEY, value text NOT NULL);
 ALTER TABLE ingested_items ADD COLUMN IF NOT EXISTS binary_code bytea;
 ALTER TABLE ingested_items ADD COLUMN IF NOT EXISTS audit_mse double precision;
+ALTER TABLE ingested_items ADD COLUMN IF NOT EXISTS name text NOT NULL DEFAULT '';
 CREATE INDEX IF NOT EXISTS ingested_items_by_code ON ingested_items (bundle_id, device_id, item_id)
   INCLUDE (binary_code) WHERE binary_code IS NOT NULL;
 CREATE TABLE IF NOT EXISTS code_chunks (
@@ -60,11 +62,11 @@ INSERT_CHUNKS = (
 )
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # a warning per reconnect attempt; we log per call
 SCHEMA_LOCK = 0x61656364  # pg_advisory_xact_lock key: replicas starting together create the schema once
-COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, audit_mse"
+COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, audit_mse, name"
 INSERT = (
     "INSERT INTO ingested_items (device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, binary_code, "
-    "audit_mse) SELECT d, i, b, p, c, %s::bigint, h, a FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], "
-    "%s::bigint[], %s::bytea[], %s::float8[]) AS t(d, i, b, p, c, h, a) "
+    "audit_mse, name) SELECT d, i, b, p, c, %s::bigint, h, a, n FROM unnest(%s::text[], %s::text[], %s::text[], "
+    "%s::bytea[], %s::bigint[], %s::bytea[], %s::float8[], %s::text[]) AS t(d, i, b, p, c, h, a, n) "
     "ON CONFLICT (device_id, item_id) DO NOTHING RETURNING device_id, item_id"
 )
 
@@ -85,7 +87,7 @@ def _msg(exc: BaseException) -> str:
 
 
 def _record(row) -> StoredRecord:
-    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]), row[6])
+    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]), row[6], row[7])
 
 
 class PostgresStore(Store):
@@ -164,6 +166,7 @@ class PostgresStore(Store):
                 [it.captured_at_ms for it in items],
                 [it.binary_code for it in items],
                 [it.audit_mse for it in items],
+                [it.name for it in items],
             )
             inserted = set(conn.execute(INSERT, (stored_at_ms, *cols)).fetchall())
             chunks = [r for it in items if (it.device_id, it.item_id) in inserted for r in chunk_rows(it)]

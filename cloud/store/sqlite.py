@@ -35,6 +35,7 @@ CREATE TABLE IF NOT EXISTS ingested_items (
   payload        BLOB    NOT NULL,
   captured_at_ms INTEGER NOT NULL,
   stored_at_ms   INTEGER NOT NULL,
+  name           TEXT    NOT NULL DEFAULT '',
   PRIMARY KEY (device_id, item_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ingested_items_by_time ON ingested_items (device_id, captured_at_ms, item_id);
@@ -51,12 +52,12 @@ CREATE TABLE IF NOT EXISTS code_chunks (
   PRIMARY KEY (bundle_id, chunk, value, device_id, item_id)
 ) WITHOUT ROWID;
 """
-COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, audit_mse"
+COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, audit_mse, name"
 CHUNK = 400  # ids per IN (...) query, well under SQLite's variable limit
 
 
 def _record(row) -> StoredRecord:
-    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]), row[6])
+    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]), row[6], row[7])
 
 
 class SqliteStore(Store):
@@ -120,6 +121,7 @@ class SqliteStore(Store):
                                     stored_at_ms,
                                     it.binary_code,
                                     it.audit_mse,
+                                    it.name,
                                 )
                             )
                         elif same_content(old[0], old[1], it.bundle_id, it.payload):
@@ -128,7 +130,7 @@ class SqliteStore(Store):
                             raise ItemConflict(conflict_message(it), it.item_id)
                     db.executemany(
                         "INSERT INTO ingested_items (device_id, item_id, bundle_id, payload, captured_at_ms, "
-                        "stored_at_ms, binary_code, audit_mse) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                        "stored_at_ms, binary_code, audit_mse, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                         fresh,
                     )
                     new = {(f[0], f[1]) for f in fresh}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import decode, encode, evaluate, ingest, quarantine, search
+from . import decode, encode, evaluate, fetch, ingest, quarantine, search
 
 COMMANDS: dict[str, ModuleType] = {
     "evaluate": evaluate,
@@ -13,4 +13,5 @@ COMMANDS: dict[str, ModuleType] = {
     "encode": encode,
     "decode": decode,
     "search": search,
+    "fetch": fetch,
 }

@@ -124,20 +124,22 @@ class ModelInfoResponse(_message.Message):
     def __init__(self, bundles: _Optional[_Iterable[_Union[BundleInfo, _Mapping]]] = ...) -> None: ...
 
 class IngestItem(_message.Message):
-    __slots__ = ("item_id", "bundle_id", "payload", "captured_at_ms", "item_seq", "original")
+    __slots__ = ("item_id", "bundle_id", "payload", "captured_at_ms", "item_seq", "original", "name")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CAPTURED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     ITEM_SEQ_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     bundle_id: str
     payload: bytes
     captured_at_ms: int
     item_seq: int
     original: Tensor
-    def __init__(self, item_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., captured_at_ms: _Optional[int] = ..., item_seq: _Optional[int] = ..., original: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    name: str
+    def __init__(self, item_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., captured_at_ms: _Optional[int] = ..., item_seq: _Optional[int] = ..., original: _Optional[_Union[Tensor, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
     __slots__ = ("device_id", "items", "bundle_id", "item_id_prefix", "captured_base_ms")
@@ -182,7 +184,7 @@ class FetchRequest(_message.Message):
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., device_id: _Optional[str] = ..., since_ms: _Optional[int] = ..., until_ms: _Optional[int] = ..., codes_only: _Optional[bool] = ..., reconstruction_format: _Optional[_Union[ReconstructionFormat, str]] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class StoredItem(_message.Message):
-    __slots__ = ("item_id", "device_id", "bundle_id", "captured_at_ms", "stored_at_ms", "payload", "reconstruction", "error", "audit_mse")
+    __slots__ = ("item_id", "device_id", "bundle_id", "captured_at_ms", "stored_at_ms", "payload", "reconstruction", "error", "audit_mse", "name")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -192,6 +194,7 @@ class StoredItem(_message.Message):
     RECONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     AUDIT_MSE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     device_id: str
     bundle_id: str
@@ -201,7 +204,8 @@ class StoredItem(_message.Message):
     reconstruction: Tensor
     error: str
     audit_mse: float
-    def __init__(self, item_id: _Optional[str] = ..., device_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., captured_at_ms: _Optional[int] = ..., stored_at_ms: _Optional[int] = ..., payload: _Optional[bytes] = ..., reconstruction: _Optional[_Union[Tensor, _Mapping]] = ..., error: _Optional[str] = ..., audit_mse: _Optional[float] = ...) -> None: ...
+    name: str
+    def __init__(self, item_id: _Optional[str] = ..., device_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., captured_at_ms: _Optional[int] = ..., stored_at_ms: _Optional[int] = ..., payload: _Optional[bytes] = ..., reconstruction: _Optional[_Union[Tensor, _Mapping]] = ..., error: _Optional[str] = ..., audit_mse: _Optional[float] = ..., name: _Optional[str] = ...) -> None: ...
 
 class FetchResponse(_message.Message):
     __slots__ = ("items", "missing_ids")
