@@ -370,7 +370,7 @@ def train_ladder(args: argparse.Namespace) -> dict:
         if args.resume:
             for k, c in enumerate(cfgs):
                 if same_config(ckpt_path, c):
-                    stored = load_checkpoint(ckpt_path)[2]
+                    stored = load_checkpoint(ckpt_path, for_export=False)[2]
                     if not diverged(stored, prev_psnr) or k == len(cfgs) - 1:
                         record = stored
                     else:
