@@ -290,7 +290,7 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
     start_val = evaluate(model, x_val)["loss"] if cfg.init_checkpoint and len(x_val) and not saved else None
     # The position and what the run has recorded so far: all of it goes into the state and the snapshots.
     run: dict = {"epoch": 1, "index": 0, "step": 0, "total": 0.0, "count": 0, "history": [], "curve": [],
-                 "elapsed": 0.0, "sessions": [], "start_val": start_val, "stopped_early": False}  # fmt: skip
+                 "elapsed": 0.0, "cpu": 0.0, "sessions": [], "start_val": start_val, "stopped_early": False}  # fmt: skip
 
     def apply_lr() -> None:
         for g, lr in zip(opt.param_groups, sched.get_last_lr()):
@@ -325,10 +325,13 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
             set_rng_state(s["rng"], *gens)
         apply_lr()
 
-    t_session = time.perf_counter()
+    t_session, c_session = time.perf_counter(), time.process_time()
 
     def elapsed() -> float:
         return run["elapsed"] + time.perf_counter() - t_session
+
+    def cpu() -> float:  # this process's CPU time: what a loaded, shared machine does not inflate
+        return run["cpu"] + time.process_time() - c_session
 
     def save_state(finished: bool = False) -> None:
         if state_path is None or not rt.main:
@@ -336,7 +339,7 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
         run["sessions"][-1].update(to_step=run["step"], seconds=time.perf_counter() - t_session)
         write_state(state_path, {
             "config": config_dict(cfg), "now": capture(), "guard": guard.state_dict(), "stopper": stopper.state_dict(),
-            "run": {**{k: v for k, v in run.items() if k not in ("elapsed",)}, "elapsed": elapsed()},
+            "run": {**{k: v for k, v in run.items() if k not in ("elapsed", "cpu")}, "elapsed": elapsed(), "cpu": cpu()},
             "finished": finished,
         })  # fmt: skip
 
@@ -424,8 +427,15 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
             guard.keep(capture())
         epoch_done = run["index"] >= len(order) or run["step"] >= total
         if cfg.val_every and run["step"] % cfg.val_every == 0 and not epoch_done:
-            run["curve"].append({"step": run["step"], "epoch": epoch, "seconds": elapsed(), "lr": opt.param_groups[0]["lr"],
+            run["curve"].append({"step": run["step"], "epoch": epoch, "seconds": elapsed(), "cpu_seconds": cpu(),
+                                 "lr": opt.param_groups[0]["lr"],
                                  "train_loss_avg": guard.ema, **{f"val_{k}": v for k, v in validate().items()}})  # fmt: skip
+            if progress is not None:
+                c = run["curve"][-1]
+                print(f"step {c['step']}/{total}: val PSNR {c.get('val_psnr', float('nan')):.2f} dB"
+                      + (f", {c['val_bpp']:.3f} bpp" if "val_bpp" in c else "")
+                      + f", train loss avg {c['train_loss_avg']:.4g}, lr {c['lr']:.2e}, {c['seconds'] / 60:.1f} min",
+                      file=sys.stderr, flush=True)  # fmt: skip
         if epoch_done:
             val = validate()
             rec = {"epoch": epoch, "step": run["step"],
@@ -433,7 +443,8 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
                    **{f"val_{k}": v for k, v in val.items()}, "seconds": elapsed(), "lr": opt.param_groups[0]["lr"]}  # fmt: skip
             rec.update(reg.epoch_report(progress))  # sparse: mean code activation rho_hat per unit
             run["history"].append(rec)
-            run["curve"].append({"step": run["step"], "epoch": epoch, "seconds": rec["seconds"], "lr": rec["lr"],
+            run["curve"].append({"step": run["step"], "epoch": epoch, "seconds": rec["seconds"], "cpu_seconds": cpu(),
+                                 "lr": rec["lr"],
                                  "train_loss_avg": guard.ema, **{f"val_{k}": v for k, v in val.items()}})  # fmt: skip
             run.update(epoch=epoch + 1, index=0, total=0.0, count=0)
             if progress is not None:  # None: silent (tests); False: no bar, one line per epoch
@@ -479,6 +490,7 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
         "curve": run["curve"],
         "data": _data_record(cfg, ds, len(x_train), len(x_val)),
         "train_seconds": elapsed(),  # every session's training time, summed
+        "train_cpu_seconds": cpu(),
         "sessions": run["sessions"],
         "steps": {"done": run["step"], "planned": total, "per_epoch": per_epoch},
         "stability": {"schedule": cfg.schedule, **clipper.report(), **guard.report()},
