@@ -82,6 +82,17 @@ def test_same_seed_same_file_and_another_seed_other_crops(photo_dir, tmp_path):
     assert not np.array_equal(a["x_train"], c["x_train"])
 
 
+def test_grey_crops_are_the_luma_of_the_colour_crops(photo_dir, tmp_path):
+    args = ("--size", "16", "--count", "40", "--max-side", "128", "--seed", "1")
+    assert _build(photo_dir, tmp_path / "rgb.npz", *args) == 0
+    assert _build(photo_dir, tmp_path / "grey.npz", *args, "--grey") == 0
+    rgb, grey = np.load(tmp_path / "rgb.npz")["x_train"], np.load(tmp_path / "grey.npz")["x_train"]
+    assert grey.shape == (40, 1, 16, 16) and grey.dtype == np.uint8
+    want = (0.299 * rgb[:, 0] + 0.587 * rgb[:, 1] + 0.114 * rgb[:, 2])[:, None]
+    assert np.abs(grey - want).max() <= 0.5 + 1e-9
+    assert datasets.load(str(tmp_path / "grey.npz"), "test").x.shape[1] == 1
+
+
 def test_excluded_photographs_give_no_crop_by_name_or_by_identical_bytes(photo_dir, tmp_path):
     held = tmp_path / "heldout"
     held.mkdir()

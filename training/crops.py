@@ -16,7 +16,7 @@ came from. --exclude (a folder of photographs, or a text file of names, one a li
 altogether, matched by file name or identical bytes: e.g. the held-out photographs of the RD benchmark.
 
 Crops are drawn uniformly over all crop positions of all (photograph, scale) images, so larger images give
-more crops. The .npz holds x_train and x_test, uint8 (N, 3, size, size), as latent_codec.datasets reads them
+more crops. The .npz holds x_train and x_test, uint8 (N, 3, size, size) (or (N, 1, size, size) with --grey), as latent_codec.datasets reads them
 (x_<split>); photos_train/photos_test (the photographs' relative paths) and where_train/where_test (photo
 index, scale index, top, left of each crop) say where every crop came from; meta is the command's settings as
 JSON. The same photographs, arguments and seed give the same file.
@@ -203,6 +203,12 @@ def draw_crops(
     return x, where
 
 
+def luma(x: np.ndarray) -> np.ndarray:
+    """(N, 3, H, W) RGB -> (N, 1, H, W) grey: ITU-R 601 luma (299 R + 587 G + 114 B) / 1000, rounded."""
+    w = np.array([299, 587, 114], np.int64)[None, :, None, None]
+    return (((x.astype(np.int64) * w).sum(1, keepdims=True) + 500) // 1000).astype(np.uint8)
+
+
 def split_photos(
     files: list[Path], test_files: list[Path] | None, test_fraction: float, rng: np.random.Generator
 ) -> tuple[list[Path], list[Path]]:
@@ -249,6 +255,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="without --test-photos: this fraction of the photographs (at least one) is held out for x_test",
     )
     p.add_argument("--alpha", choices=ALPHA_POLICIES, default="refuse", help="transparent photographs")
+    p.add_argument("--grey", action="store_true", help="grey crops (N, 1, size, size): ITU-R 601 luma")
     p.add_argument("--quiet", action="store_true", help="no per-photograph progress lines")
     return p.parse_args(argv)
 
@@ -293,10 +300,13 @@ def build(args: argparse.Namespace) -> dict:
     test_count = args.test_count if args.test_count is not None else max(1, args.count // 10)
     x_train, where_train = draw_crops(train, args.size, args.count, rng)
     x_test, where_test = draw_crops(test, args.size, test_count, rng)
+    if args.grey:
+        x_train, x_test = luma(x_train), luma(x_test)
     meta = {
         "photos": str(args.photos),
         "test_photos": str(args.test_photos) if args.test_photos else None,
         "size": args.size,
+        "grey": bool(args.grey),
         "max_side": max_sides,
         "seed": args.seed,
         "exclude": [str(p) for p in args.exclude],
