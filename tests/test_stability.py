@@ -219,3 +219,28 @@ def test_one_process_visits_items_in_the_order_it_did_before_torchrun_support(mo
         got = batches[epoch * 6 : (epoch + 1) * 6]
         want = [x_train[perm[i : i + 50]] for i in range(0, len(x_train), 50)]
         assert len(got) == len(want) and all(torch.equal(a, b) for a, b in zip(got, want))
+
+
+@pytest.mark.slow
+def test_a_ladder_chained_to_the_nearest_lambda_and_a_rung_resumed_mid_way(tmp_path):
+    """--chain nearest: each rung starts from the trained rung of the nearest lambda (the photo preset trains a
+    mid lambda first, then outwards); a rung stopped mid-way by a signal continues from its state."""
+    from bench import train_ladder
+
+    runs = tmp_path / "runs"
+    args = ["--model", "dense", "--args", '{"code_dim": 8, "hidden": [32]}', "--lambdas", "0.03,0.01,0.1",
+            "--chain", "nearest", "--data", "digits", "--steps", "40", "--batch-size", "64", "--threads", "1",
+            "--device", "cpu", "--checkpoints-only", "--checkpoint-minutes", "5", "--runs", str(runs),
+            "--summary", str(tmp_path / "s.json"), "--out", str(tmp_path / "b")]  # fmt: skip
+    train_mod._STOP.set()  # as SIGTERM would: the first rung stops after its first step, its state written
+    try:
+        assert train_ladder.main(args) == 3
+    finally:
+        train_mod._STOP.clear()
+    assert (runs / "lambda-0.03.lr0.001.state.pt").is_file() and not (runs / "lambda-0.03.pt").exists()
+    assert train_ladder.main([*args, "--resume"]) == 0
+    starts = {lam: load_checkpoint(runs / f"lambda-{lam}.pt", for_export=False)[1]["init_checkpoint"]
+              for lam in ("0.03", "0.01", "0.1")}  # fmt: skip
+    assert starts == {"0.03": "", "0.01": str(runs / "lambda-0.03.pt"), "0.1": str(runs / "lambda-0.03.pt")}
+    rec = load_checkpoint(runs / "lambda-0.03.pt", for_export=False)[2]
+    assert [s["from_step"] for s in rec["sessions"]] == [0, 1]
