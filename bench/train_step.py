@@ -114,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
     ]
     for name, _arch, threads, _cl, _comp in variants:
         med = statistics.median(times[name])
-        lines.append(f"| {name} | {threads} | {med:.3f} | {1000 * med / args.batch_size:.1f} | {med / ref:.2f} |")
+        lines.append(
+            f"| {name} | {threads} | {med:.3f} | {1000 * med / args.batch_size:.1f} | {med / ref:.2f} |"
+        )
     text = "\n".join(lines) + "\n"
     print(text)
     if args.out:
