@@ -244,3 +244,9 @@ def test_a_ladder_chained_to_the_nearest_lambda_and_a_rung_resumed_mid_way(tmp_p
     assert starts == {"0.03": "", "0.01": str(runs / "lambda-0.03.pt"), "0.1": str(runs / "lambda-0.03.pt")}
     rec = load_checkpoint(runs / "lambda-0.03.pt", for_export=False)[2]
     assert [s["from_step"] for s in rec["sessions"]] == [0, 1]
+
+
+def test_progress_lines_and_curve_with_the_guard_off(capsys):
+    _, rec = train(_cfg(steps=20, guard=False, val_every=10, limit=300), progress=False)
+    assert math.isfinite(rec["curve"][0]["train_loss_avg"]) and "val_bpp" in rec["curve"][0]
+    assert "step 10/20: val PSNR" in capsys.readouterr().err

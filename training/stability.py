@@ -125,7 +125,9 @@ class DivergenceGuard:
 
     def diverged(self, loss: float, grad_norm: float = 0.0) -> str | None:
         """Update with one step's loss (and gradient norm); -> the reason when this step is a divergence."""
-        if not self.enabled:
+        if not self.enabled:  # still tracks the average, for the records and progress lines
+            if math.isfinite(loss):
+                self.ema = loss if self.ema is None else GUARD_EMA * self.ema + (1 - GUARD_EMA) * loss
             return None
         if not math.isfinite(loss):
             return f"loss is {loss}"

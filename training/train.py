@@ -434,7 +434,7 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
                 c = run["curve"][-1]
                 print(f"step {c['step']}/{total}: val PSNR {c.get('val_psnr', float('nan')):.2f} dB"
                       + (f", {c['val_bpp']:.3f} bpp" if "val_bpp" in c else "")
-                      + f", train loss avg {c['train_loss_avg']:.4g}, lr {c['lr']:.2e}, {c['seconds'] / 60:.1f} min",
+                      + f", train loss avg {c['train_loss_avg'] or float('nan'):.4g}, lr {c['lr']:.2e}, {c['seconds'] / 60:.1f} min",
                       file=sys.stderr, flush=True)  # fmt: skip
         if epoch_done:
             val = validate()
