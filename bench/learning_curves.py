@@ -46,6 +46,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--png", type=Path, default=None)
     p.add_argument("--md", type=Path, default=None)
     p.add_argument("--title", default="validation on crops of held-out photographs")
+    p.add_argument(
+        "--x", choices=["cpu", "step"], default="cpu", help="x axis: CPU minutes or optimizer steps"
+    )
     return p.parse_args(argv)
 
 
@@ -67,7 +70,7 @@ def table(runs: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def plot(runs: list[dict], path: Path, title: str) -> None:
+def plot(runs: list[dict], path: Path, title: str, x: str = "cpu") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -78,14 +81,14 @@ def plot(runs: list[dict], path: Path, title: str) -> None:
         cv = [c for c in r["curve"] if "val_psnr" in c]
         if not cv:
             continue
-        t = [c.get("cpu_seconds", c["seconds"]) / 60 for c in cv]
+        t = [c["step"] if x == "step" else c.get("cpu_seconds", c["seconds"]) / 60 for c in cv]
         axes[0].plot(t, [c.get("val_rd_loss", float("nan")) for c in cv], marker=".", label=r["name"])
         axes[1].plot(t, [c["val_psnr"] for c in cv], marker=".", label=r["name"])
         axes[2].plot(t, [c.get("val_bpp", float("nan")) for c in cv], marker=".", label=r["name"])
     for ax, what in zip(
         axes, ("rate-distortion loss D + λR per crop (lower is better)", "PSNR (dB)", "bits per pixel")
     ):
-        ax.set_xlabel("training CPU minutes (one thread)")
+        ax.set_xlabel("optimizer steps" if x == "step" else "training CPU minutes (one thread)")
         ax.set_title(what, fontsize=10)
         ax.grid(alpha=0.3)
     axes[0].set_yscale("log")
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.md:
         args.md.write_text(text)
     if args.png:
-        plot(runs, args.png, args.title)
+        plot(runs, args.png, args.title, args.x)
         print(f"wrote {args.png}", file=sys.stderr)
     return 0
 
