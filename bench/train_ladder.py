@@ -95,7 +95,13 @@ PRESETS: dict[str, dict] = {
     # mean-and-scale hyperprior has no bundle format yet: train with --checkpoints-only until the codec has it.
     "photo": {
         "model": "spatial",
-        "args": {"channels": 64, "code_channels": 32, "hyper_channels": 24, "entropy": "meanscale", "kernel": 3},
+        "args": {
+            "channels": 64,
+            "code_channels": 32,
+            "hyper_channels": 24,
+            "entropy": "meanscale",
+            "kernel": 3,
+        },
         "data": "data/crops/photo-64.npz",
         "lambdas": "0.005,0.0025,0.0012,0.012,0.04",
         "chain": "nearest",
