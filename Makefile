@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
+.PHONY: setup dataset photos postgres prometheus proto lint demo test test-fast bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ setup: $(STAMP) dataset
 # Fashion-MNIST from Debian's dataset-fashion-mnist; falls back to digits where it cannot be installed.
 dataset:
 	@bash tools/ensure_dataset.sh
+
+# Freely licensed photographs (Debian wallpaper packages + scikit-image samples) -> data/photos/{train,heldout}/
+# (tools/photos.tsv lists them with their licences and hashes; docs/photo_training.md).
+photos: $(STAMP)
+	@bash tools/ensure_photos.sh
 
 # The PostgreSQL server the storage tests run against (127.0.0.1:5432, database test).
 postgres:

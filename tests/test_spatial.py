@@ -113,7 +113,9 @@ def test_factorized_map_bundle_round_trips_any_size(factorized_bundle):
     x = fashion_test_items(5)[:, :, 3:22, 2:27]
     rec = codec.decode(codec.encode(x))
     assert rec.shape == x.shape
-    assert _psnr(x, rec) > 14
+    # well above what each item's own flat mean gives (a content-relative bar: the tiny model's absolute PSNR
+    # moves by a few tenths of a dB with the order it saw its 3,000 items in)
+    assert _psnr(x, rec) > _flat_colour_psnr(x) + 3.0
 
 
 def test_colour_items_and_a_real_photograph(colour_bundle):
