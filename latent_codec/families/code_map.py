@@ -25,7 +25,7 @@ decoded as one array (``decode_each`` takes a mix).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -45,6 +45,11 @@ MAP_KINDS = ("factorized", "hyperprior")
 MAX_SIDE = 1 << 15  # largest height or width a payload may claim (32768)
 MAX_PIXELS = 1 << 26  # largest height x width (64 Mpx: 256 MB of float32 per channel when decoded)
 HEADER_BITS = 28  # a side of up to 2^28 fits four varint bytes; a longer header is malformed
+SEGMENT = 1 << 18  # ŷ elements an item's flat map is sorted in at a time (bounded index arrays)
+SORT_BLOCK = 1 << 20  # ŷ elements per argsort call (8 MB of int64 positions)
+GROUP_ELEMENTS = 1 << 22  # ŷ elements of the items coded together per pass (int32 buffers of 16 MB)
+
+Progress = Callable[[str, int, int], None]  # (step, done, total): long single-item work reports to the CLI
 
 
 @dataclass
@@ -183,27 +188,56 @@ class MapPayload:
         """(N, M, h, w) table index of every ŷ element: its channel, or what the hyper-decoder selects."""
         n, m, h, w = y_shape
         if self.entropy == "factorized":
-            return np.broadcast_to(np.arange(m, dtype=np.int64)[None, :, None, None], y_shape)
+            return np.broadcast_to(np.arange(m, dtype=np.uint16)[None, :, None, None], y_shape)
         assert self.hyper_decoder is not None and z_sym is not None
-        z = np.asarray(z_sym, np.int64) - (1 << (self.z_grid_bits - 1))
-        return self.hyper_decoder.indices(z, (h, w))
+        half = 1 << (self.z_grid_bits - 1)
+        z = np.asarray(z_sym, np.int64) - half
+        return self.hyper_decoder.indices(z, (h, w), z_max=half)
 
     # ---- entropy coding + layout ----------------------------------------------------------------------------
-    def pack(self, sizes: np.ndarray, y_sym: np.ndarray, z_sym: np.ndarray | None) -> list[bytes]:
-        """(N, 2) true sizes, (N, M, h, w) ŷ symbols, (N, Nh, hz, wz) ẑ symbols -> N payloads."""
-        idx = self.table_indices(y_sym.shape, z_sym)
+    def _z_runs(self, hz: int, wz: int) -> tuple[list[int], list[int], list[Any]]:
+        """ẑ's runs within an item's flat ẑ: one per channel, under that channel's table."""
+        per = hz * wz
+        starts = [c * per for c in range(self.hyper_channels)]
+        return starts, [s + per for s in starts], list(self._z.models)
+
+    def _groups(self, n: int, y_shape: tuple[int, ...]) -> list[tuple[int, int]]:
+        """Items taken together per pass: at most GROUP_ELEMENTS ŷ elements (one item at least)."""
+        per = max(1, int(np.prod(y_shape)))
+        step = max(1, GROUP_ELEMENTS // per)
+        return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+    def pack(
+        self,
+        sizes: np.ndarray,
+        y_sym: np.ndarray,
+        z_sym: np.ndarray | None,
+        progress: Progress | None = None,
+    ) -> list[bytes]:
+        """(N, 2) true sizes, (N, M, h, w) ŷ symbols, (N, Nh, hz, wz) ẑ symbols -> N payloads.
+
+        Items go in groups of bounded size: table indices, the sort of each item's ŷ by table and the
+        coder's runs are computed for the whole group with numpy, leaving one constriction call per run.
+        """
+        n = len(y_sym)
         out = []
-        for i in range(len(y_sym)):
-            enc = ans.Encoder()
-            if z_sym is not None:  # ẑ first: the decoder needs it to choose ŷ's tables
-                zi = z_sym[i].reshape(self.hyper_channels, -1)
-                for ch in range(self.hyper_channels):
-                    enc.push(zi[ch], self._z.models[ch])
-            order, groups, bounds = _grouped(idx[i].ravel())
-            ys = y_sym[i].ravel()[order]
-            for g, k in enumerate(groups):
-                enc.push(ys[bounds[g] : bounds[g + 1]], self._y.models[int(k)])
-            out.append(put_varint(int(sizes[i][0])) + put_varint(int(sizes[i][1])) + enc.finish())
+        if z_sym is not None:
+            z_runs = self._z_runs(*z_sym.shape[2:])
+            z_flat = np.ascontiguousarray(z_sym, np.int32).reshape(n, -1)
+        for i0, i1 in self._groups(n, y_sym.shape[1:]):
+            idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1])
+            runs = _TableRuns(idx, self.y_tables.dims, presorted=self.entropy == "factorized")
+            ordered = runs.sort(y_sym[i0:i1])
+            for j in range(i1 - i0):
+                enc = ans.Encoder()
+                if z_sym is not None:  # ẑ first: the decoder needs it to choose ŷ's tables
+                    enc.push_runs(z_flat[i0 + j], *z_runs)
+                starts, ends, tables = runs.item(j)
+                enc.push_runs(ordered[j], starts, ends, [self._y.models[k] for k in tables])
+                i = i0 + j
+                out.append(put_varint(int(sizes[i][0])) + put_varint(int(sizes[i][1])) + enc.finish())
+            if progress is not None:
+                progress("entropy-code", i1, n)
         return out
 
     def sizes(self, payloads: list[bytes]) -> np.ndarray:
@@ -235,7 +269,9 @@ class MapPayload:
             starts.append(pos)
         return out, starts
 
-    def unpack(self, payloads: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+    def unpack(
+        self, payloads: list[bytes], progress: Progress | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """N payloads of one item size -> (sizes (N, 2), ŷ symbols, ẑ symbols or None). PayloadError names the item."""
         sizes, starts = self._headers(payloads)
         if len(payloads) and np.any(sizes != sizes[0]):
@@ -251,29 +287,30 @@ class MapPayload:
         if self.entropy == "hyperprior":
             hz, wz = self.hyper_size(h, w)
             z_sym = np.empty((n, self.hyper_channels, hz, wz), np.uint16)
+            z_runs = self._z_runs(hz, wz)
         for i, (p, pos) in enumerate(zip(payloads, starts)):
             try:
                 dec = ans.Decoder(p[pos:])
                 if z_sym is not None:
-                    for ch in range(self.hyper_channels):
-                        z_sym[i, ch] = dec.pop(self._z.models[ch], hz * wz).reshape(hz, wz)
+                    dec.pop_runs(z_sym[i].reshape(-1), *z_runs)
             except PayloadError as exc:
                 raise PayloadError(f"item {i}: {exc}") from None
             decoders.append(dec)
-        idx = self.table_indices((n, self.code_channels, hy, wy), z_sym)
         y_sym = np.empty((n, self.code_channels, hy, wy), np.uint16)
-        for i, dec in enumerate(decoders):
-            order, groups, bounds = _grouped(idx[i].ravel())
-            flat = np.empty(order.shape, np.uint16)
-            try:
-                for g, k in enumerate(groups):
-                    flat[order[bounds[g] : bounds[g + 1]]] = dec.pop(
-                        self._y.models[int(k)], bounds[g + 1] - bounds[g]
-                    )
-                dec.finish()
-            except PayloadError as exc:
-                raise PayloadError(f"item {i}: {exc}") from None
-            y_sym[i] = flat.reshape(self.code_channels, hy, wy)
+        for i0, i1 in self._groups(n, y_sym.shape[1:]):
+            idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1])
+            runs = _TableRuns(idx, self.y_tables.dims, presorted=self.entropy == "factorized")
+            ordered = runs.empty()
+            for j in range(i1 - i0):
+                starts_j, ends_j, tables = runs.item(j)
+                try:
+                    decoders[i0 + j].pop_runs(ordered[j], starts_j, ends_j, [self._y.models[k] for k in tables])
+                    decoders[i0 + j].finish()
+                except PayloadError as exc:
+                    raise PayloadError(f"item {i0 + j}: {exc}") from None
+            runs.unsort(ordered, y_sym[i0:i1])
+            if progress is not None:
+                progress("entropy-decode", i1, n)
         return sizes, y_sym, z_sym
 
     # ---- ideal code length (for reports) -------------------------------------------------------------------
@@ -289,14 +326,82 @@ class MapPayload:
         return total
 
 
-def _grouped(ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Elements grouped by table: (positions in group order, ascending tables, group bounds into positions).
+class _TableRuns:
+    """The format's order of ŷ within each item (by table, ascending; C order within a table) as runs.
 
-    A stable sort keeps C order within each group: the order the format codes ŷ in.
+    Each item's flat ŷ is cut into equal segments of at most SEGMENT elements (the last one padded with a
+    key past the last table); each segment is stably sorted by table (numpy's radix sort for small
+    integers) in one call for all segments of the group. An item's run r is table k's elements in segment
+    c, listed k-major then c: exactly the format's order, whatever the segment count, so a big item never
+    needs an index array of its full size at once.
     """
-    order = np.argsort(ks, kind="stable")
-    groups, counts = np.unique(ks, return_counts=True)
-    return order, groups, np.concatenate([[0], np.cumsum(counts)])
+
+    def __init__(self, idx: np.ndarray, levels: int, presorted: bool = False):
+        self.n = len(idx)
+        self.length = int(np.prod(idx.shape[1:]))
+        self.nseg = max(1, -(-self.length // SEGMENT))
+        self.seg = -(-self.length // self.nseg) if self.length else 1
+        self.levels = levels
+        self.presorted = presorted  # keys already ascending in C order (a factorized map: one per channel)
+        width = self.nseg * self.seg
+        key_type = np.uint8 if levels < 255 else np.uint16
+        self.keys = np.full((self.n, width), levels, key_type)  # levels: the padding's key, sorted last
+        self.keys[:, : self.length] = idx.reshape(self.n, -1)
+        self.keys = self.keys.reshape(self.n * self.nseg, self.seg)
+        rows = np.arange(self.n * self.nseg, dtype=np.int64)[:, None] * (levels + 1)
+        counts = np.bincount((rows + self.keys).ravel(), minlength=len(rows) * (levels + 1))
+        counts = counts.reshape(self.n, self.nseg, levels + 1)[:, :, :levels]
+        local = np.cumsum(counts, axis=2) - counts  # a run's start within its segment
+        start = local + (np.arange(self.nseg, dtype=np.int64) * self.seg)[None, :, None]
+        # k-major, then segment: the order of the stream
+        counts, start = counts.transpose(0, 2, 1).reshape(self.n, -1), start.transpose(0, 2, 1).reshape(self.n, -1)
+        table = np.broadcast_to(np.repeat(np.arange(levels), self.nseg)[None, :], counts.shape)
+        keep = counts > 0
+        self._start = start[keep].tolist()
+        self._end = (start + counts)[keep].tolist()
+        self._table = table[keep].tolist()
+        self._bounds = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).tolist()
+
+    def item(self, j: int) -> tuple[list[int], list[int], list[int]]:
+        """Item j's runs: starts and ends in its ordered flat ŷ, and each run's table."""
+        a, b = self._bounds[j], self._bounds[j + 1]
+        return self._start[a:b], self._end[a:b], self._table[a:b]
+
+    def _padded(self, y: np.ndarray) -> np.ndarray:
+        flat = y.reshape(self.n, -1)
+        if self.nseg * self.seg == self.length:
+            return flat.reshape(self.n * self.nseg, self.seg)
+        out = np.zeros((self.n, self.nseg * self.seg), flat.dtype)
+        out[:, : self.length] = flat
+        return out.reshape(self.n * self.nseg, self.seg)
+
+    def _blocks(self):
+        step = max(1, SORT_BLOCK // self.seg)
+        for r in range(0, self.n * self.nseg, step):
+            rows = slice(r, min(r + step, self.n * self.nseg))
+            yield rows, None if self.presorted else np.argsort(self.keys[rows], axis=1, kind="stable")
+
+    def sort(self, y_sym: np.ndarray) -> np.ndarray:
+        """(n, ...) symbols -> (n, nseg * seg) int32 in run order (each item's segments sorted by table)."""
+        y = self._padded(y_sym)
+        out = np.empty(y.shape, np.int32)
+        for rows, order in self._blocks():
+            out[rows] = y[rows] if order is None else np.take_along_axis(y[rows], order, axis=1)
+        return out.reshape(self.n, -1)
+
+    def empty(self) -> np.ndarray:
+        return np.zeros((self.n, self.nseg * self.seg), np.int32)
+
+    def unsort(self, ordered: np.ndarray, y_out: np.ndarray) -> None:
+        """Inverse of ``sort``: symbols in run order -> y_out (n, M, h, w) in C order."""
+        src = ordered.reshape(self.n * self.nseg, self.seg)
+        y = np.empty(src.shape, y_out.dtype)
+        for rows, order in self._blocks():
+            if order is None:
+                y[rows] = src[rows]
+            else:
+                np.put_along_axis(y[rows], order, src[rows], axis=1)
+        y_out.reshape(self.n, -1)[:] = y.reshape(self.n, -1)[:, : self.length]
 
 
 @register_family("map")
