@@ -75,9 +75,11 @@ class Encoder:
         """Symbols all under one fixed model (a row of ``Tables.models``)."""
         self._groups.append((np.asarray(symbols, np.int32).ravel(), model, None))
 
-    def push_rows(self, symbols: np.ndarray, tables: Tables) -> None:
-        """Symbol d under row d of the tables (one symbol per row)."""
-        self._groups.append((np.asarray(symbols, np.int32).ravel(), tables.family, tables.probabilities))
+    def push_rows(self, symbols: np.ndarray, tables: Tables, params: np.ndarray | None = None) -> None:
+        """Symbol d under row d of the tables (one symbol per row), or under params[d] (rows of the tables,
+        one per symbol): one call whose cost grows with the table length, for many short groups."""
+        rows = tables.probabilities if params is None else params
+        self._groups.append((np.asarray(symbols, np.int32).ravel(), tables.family, rows))
 
     def finish(self) -> bytes:
         coder = _constriction().stream.stack.AnsCoder()
@@ -125,9 +127,12 @@ class Decoder:
         except Exception as exc:
             raise PayloadError(f"entropy-coded payload is corrupt ({exc})") from None
 
-    def pop_rows(self, tables: Tables) -> np.ndarray:
+    def pop_rows(self, tables: Tables, params: np.ndarray | None = None) -> np.ndarray:
+        """Inverse of ``push_rows``: one symbol per row of the tables (or of params)."""
         try:
-            return np.asarray(self._coder.decode(tables.family, tables.probabilities))
+            return np.asarray(
+                self._coder.decode(tables.family, tables.probabilities if params is None else params)
+            )
         except Exception as exc:
             raise PayloadError(f"entropy-coded payload is corrupt ({exc})") from None
 

@@ -26,7 +26,7 @@ decoded as one array (``decode_each`` takes a mix).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
@@ -37,9 +37,10 @@ from ..codec import Codec, Side
 from ..errors import DataError, PayloadError
 from ..factorized_prior import FactorizedPrior
 from ..registry import register_family
+from ..tiling import core_of, cover, each, probe_radius, round_up, scaled, tiles, windows
 from ..transforms import OnnxTransforms
 from ..varint import VarintError, get_varint, put_varint
-from .hyper_decoder import IntegerHyperDecoder
+from .hyper_decoder import ExactnessBound, IntegerHyperDecoder
 
 MAP_KINDS = ("factorized", "hyperprior")
 MAX_SIDE = 1 << 15  # largest height or width a payload may claim (32768)
@@ -48,6 +49,9 @@ HEADER_BITS = 28  # a side of up to 2^28 fits four varint bytes; a longer header
 SEGMENT = 1 << 18  # ŷ elements an item's flat map is sorted in at a time (bounded index arrays)
 SORT_BLOCK = 1 << 20  # ŷ elements per argsort call (8 MB of int64 positions)
 GROUP_ELEMENTS = 1 << 22  # ŷ elements of the items coded together per pass (int32 buffers of 16 MB)
+ENCODE_TILE = 512  # pixels per side of an analysis tile's core (items larger than one tile are tiled)
+DECODE_TILE = 128  # code elements per side of a synthesis tile's core (512 pixels at stride 4)
+SMALL_Z = 64  # ẑ elements per channel up to which an item's ẑ is coded in one call (per-symbol rows)
 
 Progress = Callable[[str, int, int], None]  # (step, done, total): long single-item work reports to the CLI
 
@@ -67,6 +71,17 @@ class MapPayload:
     z_grid_bits: int = 0
     z_tables: FactorizedPrior | None = None  # (Nh, z levels)
     hyper_decoder: IntegerHyperDecoder | None = None
+    _z_params: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # derived, cached
+
+    def __post_init__(self) -> None:
+        if self.hyper_decoder is not None and self.z_grid_bits > 0:
+            self.exactness()  # a payload built at export: refuse weights that could overflow
+
+    def exactness(self) -> ExactnessBound:
+        """The hyper-decoder's proven bound for ẑ on this grid (which arithmetic selects tables exactly);
+        ValueError for weights that could overflow int64, so such a bundle is neither exported nor loaded."""
+        assert self.hyper_decoder is not None
+        return self.hyper_decoder.check(1 << (self.z_grid_bits - 1))
 
     # ---- facts --------------------------------------------------------------------------------------------
     @property
@@ -154,6 +169,9 @@ class MapPayload:
                 raise ValueError("hyper-decoder shapes do not match the map's channels")
             if len(hd.thresholds) + 1 != p.y_tables.dims:
                 raise ValueError(f"{len(hd.thresholds)} thresholds for {p.y_tables.dims} scale tables")
+            if not 1 <= p.z_grid_bits <= 16:
+                raise ValueError(f"map z grid of {p.z_grid_bits} bits; must be 1..16")
+            p.exactness()  # the bound, checked on load
         if d.get("format") not in (None, p.format):
             raise ValueError(f"payload format says {d.get('format')!r} but its fields make {p.format!r}")
         return p
@@ -195,11 +213,34 @@ class MapPayload:
         return self.hyper_decoder.indices(z, (h, w), z_max=half)
 
     # ---- entropy coding + layout ----------------------------------------------------------------------------
-    def _z_runs(self, hz: int, wz: int) -> tuple[list[int], list[int], list[Any]]:
-        """ẑ's runs within an item's flat ẑ: one per channel, under that channel's table."""
+    def _z_rows(self, hz: int, wz: int) -> np.ndarray | None:
+        """For small ẑ maps, each ẑ element's table as a row of probabilities (one coder call per item instead
+        of one per channel: the same stream, see ans.py); None for larger maps (a call per channel)."""
+        if hz * wz > SMALL_Z:
+            return None
+        key = (hz, wz)
+        if key not in self._z_params:
+            self._z_params.clear()  # one size at a time is the common case; keep the cache small
+            self._z_params[key] = np.repeat(self._z.probabilities, hz * wz, axis=0)
+        return self._z_params[key]
+
+    def _push_z(self, enc: ans.Encoder, z_flat: np.ndarray, hz: int, wz: int) -> None:
+        rows = self._z_rows(hz, wz)
+        if rows is not None:
+            enc.push_rows(z_flat, self._z, rows)
+            return
         per = hz * wz
         starts = [c * per for c in range(self.hyper_channels)]
-        return starts, [s + per for s in starts], list(self._z.models)
+        enc.push_runs(z_flat, starts, [s + per for s in starts], list(self._z.models))
+
+    def _pop_z(self, dec: ans.Decoder, out: np.ndarray, hz: int, wz: int) -> None:
+        rows = self._z_rows(hz, wz)
+        if rows is not None:
+            out[:] = dec.pop_rows(self._z, rows)
+            return
+        per = hz * wz
+        starts = [c * per for c in range(self.hyper_channels)]
+        dec.pop_runs(out, starts, [s + per for s in starts], list(self._z.models))
 
     def _groups(self, n: int, y_shape: tuple[int, ...]) -> list[tuple[int, int]]:
         """Items taken together per pass: at most GROUP_ELEMENTS ŷ elements (one item at least)."""
@@ -222,7 +263,7 @@ class MapPayload:
         n = len(y_sym)
         out = []
         if z_sym is not None:
-            z_runs = self._z_runs(*z_sym.shape[2:])
+            hz, wz = z_sym.shape[2:]
             z_flat = np.ascontiguousarray(z_sym, np.int32).reshape(n, -1)
         for i0, i1 in self._groups(n, y_sym.shape[1:]):
             idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1])
@@ -231,7 +272,7 @@ class MapPayload:
             for j in range(i1 - i0):
                 enc = ans.Encoder()
                 if z_sym is not None:  # ẑ first: the decoder needs it to choose ŷ's tables
-                    enc.push_runs(z_flat[i0 + j], *z_runs)
+                    self._push_z(enc, z_flat[i0 + j], hz, wz)
                 starts, ends, tables = runs.item(j)
                 enc.push_runs(ordered[j], starts, ends, [self._y.models[k] for k in tables])
                 i = i0 + j
@@ -287,12 +328,11 @@ class MapPayload:
         if self.entropy == "hyperprior":
             hz, wz = self.hyper_size(h, w)
             z_sym = np.empty((n, self.hyper_channels, hz, wz), np.uint16)
-            z_runs = self._z_runs(hz, wz)
         for i, (p, pos) in enumerate(zip(payloads, starts)):
             try:
                 dec = ans.Decoder(p[pos:])
                 if z_sym is not None:
-                    dec.pop_runs(z_sym[i].reshape(-1), *z_runs)
+                    self._pop_z(dec, z_sym[i].reshape(-1), hz, wz)
             except PayloadError as exc:
                 raise PayloadError(f"item {i}: {exc}") from None
             decoders.append(dec)
@@ -304,7 +344,9 @@ class MapPayload:
             for j in range(i1 - i0):
                 starts_j, ends_j, tables = runs.item(j)
                 try:
-                    decoders[i0 + j].pop_runs(ordered[j], starts_j, ends_j, [self._y.models[k] for k in tables])
+                    decoders[i0 + j].pop_runs(
+                        ordered[j], starts_j, ends_j, [self._y.models[k] for k in tables]
+                    )
                     decoders[i0 + j].finish()
                 except PayloadError as exc:
                     raise PayloadError(f"item {i0 + j}: {exc}") from None
@@ -354,7 +396,10 @@ class _TableRuns:
         local = np.cumsum(counts, axis=2) - counts  # a run's start within its segment
         start = local + (np.arange(self.nseg, dtype=np.int64) * self.seg)[None, :, None]
         # k-major, then segment: the order of the stream
-        counts, start = counts.transpose(0, 2, 1).reshape(self.n, -1), start.transpose(0, 2, 1).reshape(self.n, -1)
+        counts, start = (
+            counts.transpose(0, 2, 1).reshape(self.n, -1),
+            start.transpose(0, 2, 1).reshape(self.n, -1),
+        )
         table = np.broadcast_to(np.repeat(np.arange(levels), self.nseg)[None, :], counts.shape)
         keep = counts > 0
         self._start = start[keep].tolist()
@@ -412,6 +457,10 @@ class MapCodec(Codec):
     any_size = True
     payload: MapPayload
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._margins: dict[str, int] = {}  # measured receptive fields (tiling.probe_radius), per graph
+
     @classmethod
     def build(cls, bundle: Bundle, threads: int = 0) -> MapCodec:
         m = bundle.manifest
@@ -468,20 +517,140 @@ class MapCodec(Codec):
     def quantise(self, codes: np.ndarray) -> np.ndarray:
         return self.payload.y_symbols(codes)
 
-    def encode(self, x_raw: np.ndarray) -> list[bytes]:
-        """(N, C, H, W) raw items of one size -> N payloads (each carries its H and W)."""
+    def encode(self, x_raw: np.ndarray, progress: Progress | None = None) -> list[bytes]:
+        """(N, C, H, W) raw items of one size -> N payloads (each carries its H and W).
+
+        Items larger than one analysis tile are analysed tile by tile (``analyse_tiled``): memory bounded by
+        the tile, whatever the item's size. ``progress(step, done, total)`` hears of each tile and pass.
+        """
         self.check_items(x_raw)
         n, _, h, w = x_raw.shape
-        y, side = self.analyse(self.scale(x_raw))
-        z = self.payload.z_symbols(side["hyper"]) if self.payload.entropy == "hyperprior" else None
         sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
-        return self.payload.pack(sizes, self.quantise(y), z)
+        if self.tiled_encode(h, w):
+            y_sym, z = self.analyse_tiled(x_raw, progress)
+        else:
+            y, side = self.analyse(self.scale(x_raw))
+            z = self.payload.z_symbols(side["hyper"]) if self.payload.entropy == "hyperprior" else None
+            y_sym = self.quantise(y)
+            del y, side
+        return self.payload.pack(sizes, y_sym, z, progress)
+
+    # ---- tiles ----------------------------------------------------------------------------------------------
+    def tiled_encode(self, h: int, w: int) -> bool:
+        """Whether items of h x w pixels are analysed in tiles (bigger than one tile and its margins)."""
+        hy, wy = self.payload.code_size(h, w)
+        margin = self._encode_margin()
+        return margin >= 0 and max(hy, wy) * self.payload.stride > ENCODE_TILE + 2 * margin
+
+    def tiled_decode(self, h: int, w: int) -> bool:
+        """Whether items of h x w pixels are synthesised in tiles."""
+        hy, wy = self.payload.code_size(h, w)
+        margin = self._decode_margin()
+        return margin >= 0 and max(hy, wy) > DECODE_TILE + 2 * margin
+
+    def _align(self) -> int:
+        """Pixels per element of the coarsest map the encoder outputs (ẑ with a hyperprior)."""
+        return self.payload.stride * (
+            self.payload.hyper_stride if self.payload.entropy == "hyperprior" else 1
+        )
+
+    def _encode_margin(self) -> int:
+        """Pixels of context around an analysis tile's core: the encoder's measured receptive field, rounded
+        up to the coarsest stride, plus one stride to spare. Measured once per codec, from the graph."""
+        if "encode" not in self._margins:
+            if self.transforms.encoder is None:
+                return 0
+            names = ["code", *(["hyper"] if self.payload.entropy == "hyperprior" else [])]
+            strides = [self.payload.stride, self._align()][: len(names)]
+            r = probe_radius(
+                lambda x: self.transforms.encoder.run(names, {"x": x}), (self.channels, 128, 128), strides
+            )
+            self._margins["encode"] = -1 if r is None else round_up(r, self._align()) + self._align()
+        return self._margins["encode"]
+
+    def _decode_margin(self) -> int:
+        """Code elements of context around a synthesis tile's core (the decoder's measured receptive field + 1)."""
+        if "decode" not in self._margins:
+            if self.transforms.decoder is None:
+                return 0
+            m = self.payload.code_channels
+            r = probe_radius(lambda y: [self.transforms.decoder.run(["x_hat"], {"code": y * 4})[0]],
+                             (m, 32, 32), [1 / self.payload.stride])  # fmt: skip
+            self._margins["decode"] = -1 if r is None else r + 1
+        return self._margins["decode"]
+
+    def analyse_tiled(
+        self, x_raw: np.ndarray, progress: Progress | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw items -> (ŷ symbols, ẑ symbols or None), the encoder run on tiles of ENCODE_TILE pixels with
+        the margin its receptive field needs; each tile's core is quantised into the whole maps."""
+        p = self.payload
+        n, _, h, w = x_raw.shape
+        margin = self._encode_margin()
+        hy, wy = p.code_size(h, w)
+        y_sym = np.empty((n, p.code_channels, hy, wy), np.uint16)
+        z_sym = None
+        if p.entropy == "hyperprior":
+            hz, wz = p.hyper_size(h, w)
+            z_sym = np.empty((n, p.hyper_channels, hz, wz), np.uint16)
+        hp, wp = hy * p.stride, wy * p.stride
+        ts = tiles(hp, wp, ENCODE_TILE, margin, self._align())
+        for i in range(n):
+            xp = self.pad(x_raw[i : i + 1])  # raw pixels, edge-replicated: scaling is per pixel
+            for t in each(ts, progress, "analyse" if n == 1 else f"analyse item {i + 1}/{n}"):
+                code, side = self.transforms.analysis(self.scale(xp[(Ellipsis, *windows(t))]))
+                ty = scaled(t, p.stride, hy, wy)
+                y_sym[(i, slice(None), *cover(ty))] = p.y_symbols(
+                    np.asarray(code)[(0, slice(None), *core_of(ty))]
+                )
+                if z_sym is not None:
+                    tz = scaled(t, self._align(), *z_sym.shape[2:])
+                    z_sym[(i, slice(None), *cover(tz))] = p.z_symbols(
+                        side["hyper"][(0, slice(None), *core_of(tz))]
+                    )
+        return y_sym, z_sym
+
+    def synthesise_tiled(
+        self, y_sym: np.ndarray, size: tuple[int, int], progress: Progress | None = None
+    ) -> np.ndarray:
+        """ŷ symbols (N, M, hy, wy) -> items (N, C, h, w) in [0, 1]: the decoder run on tiles of DECODE_TILE
+        code elements (dequantised per tile) with the margin its receptive field needs."""
+        n, _, hy, wy = y_sym.shape
+        h, w = size
+        s = self.payload.stride
+        out = np.empty((n, self.channels, h, w), np.float32)
+        ts = tiles(hy, wy, DECODE_TILE, self._decode_margin(), 1)
+        for i in range(n):
+            for t in each(ts, progress, "synthesise" if n == 1 else f"synthesise item {i + 1}/{n}"):
+                codes = self.dequantise(y_sym[(slice(i, i + 1), slice(None), *windows(t))])
+                rec = np.asarray(self.transforms.synthesis(codes, {}), np.float32)
+                rows, cols = core_of(t)
+                r0, c0 = t.kr0 * s, t.kc0 * s
+                r1, c1 = min(h, t.kr1 * s), min(w, t.kc1 * s)
+                local = rec[
+                    0, :, rows.start * s : rows.start * s + r1 - r0, cols.start * s : cols.start * s + c1 - c0
+                ]
+                np.clip(local, 0.0, 1.0, out=out[i, :, r0:r1, c0:c1])
+        return out
 
     # ---- decode -------------------------------------------------------------------------------------------
     def symbols(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, Side]:
         """Payloads of one size -> (ŷ symbols (N, M, h, w), {"size": (N, 2)}). PayloadError on any bad one."""
         sizes, y_sym, _ = self.payload.unpack(list(payloads))
         return y_sym, {"size": sizes}
+
+    def decode(
+        self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0, progress: Progress | None = None
+    ) -> np.ndarray:
+        """N payloads of one item size -> N items; items bigger than one synthesis tile are synthesised tile by
+        tile (the decoder graph's memory bounded by the tile, ŷ dequantised per tile)."""
+        sizes, y_sym, _ = self.payload.unpack(list(payloads), progress)
+        h, w = (int(v) for v in sizes[0]) if len(sizes) else (0, 0)
+        if len(sizes) and self.tiled_decode(h, w):
+            x_unit = self.synthesise_tiled(y_sym, (h, w), progress)
+        else:
+            x_unit = self.synthesise(self.dequantise(y_sym), {"size": sizes}, chunk)
+        return x_unit if unit else self.unscale(x_unit)
 
     def dequantise(self, symbols: np.ndarray) -> np.ndarray:
         return self.payload.dequantise(symbols)

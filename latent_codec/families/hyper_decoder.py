@@ -218,7 +218,11 @@ class IntegerHyperDecoder:
                 units = _im2col(a1, y1 - y0, w) @ w2  # rows y0..y1-1, columns 0..w-1
                 units += b2
                 units = units.reshape(k, y1 - y0, w, -1)
-                yield (slice(i0, i1), slice(None), slice(y0, y1), slice(0, w)), np.moveaxis(units, -1, 1), thresholds
+                yield (
+                    (slice(i0, i1), slice(None), slice(y0, y1), slice(0, w)),
+                    np.moveaxis(units, -1, 1),
+                    thresholds,
+                )
 
     # ---- (de)serialisation --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
