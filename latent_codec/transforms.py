@@ -51,6 +51,7 @@ class OnnxTransforms:
         self, encoder, decoder, side_names: Sequence[str], code_shape: Sequence[int], where: str = "bundle"
     ):
         self.encoder, self.decoder = encoder, decoder  # onnxruntime.InferenceSession or None
+        self.graphs: dict[str, bytes] = {}  # the serialised graphs, when built from them (memory probes)
         self._side_names = list(side_names)
         self._code_shape = list(code_shape)
         self._where = where
@@ -68,7 +69,9 @@ class OnnxTransforms:
         """From serialised graphs (a bundle's, or an export's before the bundle exists)."""
         enc = ort_session(encoder, threads, f"{where}/encoder.onnx") if encoder is not None else None
         dec = ort_session(decoder, threads, f"{where}/decoder.onnx") if decoder is not None else None
-        return cls(enc, dec, side_names, code_shape, where)
+        out = cls(enc, dec, side_names, code_shape, where)
+        out.graphs = {k: v for k, v in (("encoder", encoder), ("decoder", decoder)) if v is not None}
+        return out
 
     def analysis(self, x_unit: np.ndarray) -> tuple[np.ndarray, Side]:
         if self.encoder is None:

@@ -31,10 +31,10 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import ans
+from .. import ans, graph_memory
 from ..bundle import Bundle
-from ..codec import Codec, Side
-from ..errors import DataError, PayloadError
+from ..codec import Codec, DecodeCost, Side
+from ..errors import BundleError, DataError, PayloadError
 from ..factorized_prior import FactorizedPrior
 from ..registry import register_family
 from ..tiling import core_of, cover, each, probe_radius, round_up, scaled, tiles, windows
@@ -51,6 +51,7 @@ SORT_BLOCK = 1 << 20  # ŷ elements per argsort call (8 MB of int64 positions)
 GROUP_ELEMENTS = 1 << 22  # ŷ elements of the items coded together per pass (int32 buffers of 16 MB)
 ENCODE_TILE = 512  # pixels per side of an analysis tile's core (items larger than one tile are tiled)
 DECODE_TILE = 128  # code elements per side of a synthesis tile's core (512 pixels at stride 4)
+ENTROPY_FIXED_BYTES = 32 << 20  # the hyper-decoder's strips and the sort's blocks (a few MB each), rounded up
 SMALL_Z = 64  # ẑ elements per channel up to which an item's ẑ is coded in one call (per-symbol rows)
 
 Progress = Callable[[str, int, int], None]  # (step, done, total): long single-item work reports to the CLI
@@ -485,6 +486,46 @@ class MapCodec(Codec):
         symbols = np.asarray([self.payload.symbols_per_item(int(h), int(w)) for h, w in sizes], np.int64)
         return out, symbols.reshape(-1)
 
+    def decode_cost(self, payloads: Sequence[bytes], chunk: int = 0) -> DecodeCost:
+        """What decoding these payloads costs in memory, from their size headers alone (see DecodeCost).
+
+        Per size group (``decode_each`` decodes one after another): ŷ symbols (2 bytes an element) and the
+        entropy decoder's buffers for one group of items (keys, runs and the sorted symbols: 9 bytes an
+        element, plus fixed strips); then the decoder graph: for items larger than a synthesis tile, the
+        largest tile's window (graph working memory measured per code element, its dequantised codes and its
+        output), otherwise ``chunk`` whole items per run (all when 0) and the batch's dequantised codes.
+        The decoded items of every group are held to the end (float32).
+        """
+        p = self.payload
+        sizes = p.sizes(list(payloads))
+        per_elem = self.graph_bytes(per_item=False) * graph_memory.ARENA_SLACK
+        m, c, s = p.code_channels, self.channels, p.stride
+        outputs = runs = symbols = 0
+        tile_max = transient = 0.0
+        shapes, counts = np.unique(sizes.reshape(-1, 2), axis=0, return_counts=True)
+        for (h, w), k in zip(shapes.tolist(), counts.tolist()):
+            hy, wy = p.code_size(h, w)
+            hz, wz = p.hyper_size(h, w) if p.entropy == "hyperprior" else (0, 0)
+            elems = m * hy * wy
+            outputs += k * c * h * w * 4
+            symbols += k * p.symbols_per_item(h, w)
+            group = min(k, max(1, GROUP_ELEMENTS // max(elems, 1))) * elems
+            held = k * (elems + p.hyper_channels * hz * wz) * 2 + group * 9 + ENTROPY_FIXED_BYTES
+            if self.tiled_decode(h, w):
+                margin = self._decode_margin()
+                ts = tiles(hy, wy, DECODE_TILE, margin, 1)
+                win = max((t.r1 - t.r0) * (t.c1 - t.c0) for t in ts)
+                tile = win * (per_elem + m * 4 + c * s * s * 4)
+                runs += k * len(ts)
+            else:
+                per_run = min(k, chunk) if chunk > 0 else k
+                tile = per_run * hy * wy * (per_elem + c * s * s * 4) + k * elems * 4
+                runs += -(-k // per_run)
+            tile_max = max(tile_max, tile)
+            transient = max(transient, held + tile)
+        n = len(sizes)
+        return DecodeCost(n, runs, int(outputs), int(symbols), int(tile_max), int(outputs + transient))
+
     def check_items(self, x: np.ndarray) -> None:
         if np.ndim(x) != 4 or int(np.shape(x)[1]) != self.channels:
             got = "x".join(map(str, np.shape(x)[1:]))
@@ -558,24 +599,30 @@ class MapCodec(Codec):
         """Pixels of context around an analysis tile's core: the encoder's measured receptive field, rounded
         up to the coarsest stride, plus one stride to spare. Measured once per codec, from the graph."""
         if "encode" not in self._margins:
-            if self.transforms.encoder is None:
+            hyper = self.payload.entropy == "hyperprior"
+
+            def run(x: np.ndarray) -> list[np.ndarray]:
+                code, side = self.transforms.analysis(x)
+                return [code, side["hyper"]] if hyper else [code]
+
+            strides = [self.payload.stride, self._align()] if hyper else [self.payload.stride]
+            try:
+                r = probe_radius(run, (self.channels, 128, 128), strides)
+            except BundleError:  # opened without its encoder: nothing to tile
                 return 0
-            names = ["code", *(["hyper"] if self.payload.entropy == "hyperprior" else [])]
-            strides = [self.payload.stride, self._align()][: len(names)]
-            r = probe_radius(
-                lambda x: self.transforms.encoder.run(names, {"x": x}), (self.channels, 128, 128), strides
-            )
             self._margins["encode"] = -1 if r is None else round_up(r, self._align()) + self._align()
         return self._margins["encode"]
 
     def _decode_margin(self) -> int:
         """Code elements of context around a synthesis tile's core (the decoder's measured receptive field + 1)."""
         if "decode" not in self._margins:
-            if self.transforms.decoder is None:
-                return 0
             m = self.payload.code_channels
-            r = probe_radius(lambda y: [self.transforms.decoder.run(["x_hat"], {"code": y * 4})[0]],
-                             (m, 32, 32), [1 / self.payload.stride])  # fmt: skip
+            try:
+                r = probe_radius(
+                    lambda y: [self.transforms.synthesis(y * 4, {})], (m, 32, 32), [1 / self.payload.stride]
+                )
+            except BundleError:  # opened without its decoder
+                return 0
             self._margins["decode"] = -1 if r is None else r + 1
         return self._margins["decode"]
 

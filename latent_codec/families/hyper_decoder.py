@@ -157,7 +157,7 @@ class IntegerHyperDecoder:
         """Weights as im2col columns (9*C, O), biases and thresholds in each layer's dtype (cached)."""
         key = (d1, d2)
         if key not in self._cols:
-            b1 = np.tile(self.b1, 4).astype(d1)  # per (phase a, phase b, channel)
+            b1: np.ndarray = np.tile(self.b1, 4).astype(d1)  # per (phase a, phase b, channel)
             self._cols[key] = (_phase_columns(self.w1).astype(d1), b1, _columns(self.w2).astype(d2),
                                self.b2.astype(d2), self.thresholds.astype(d2))  # fmt: skip
         return self._cols[key]
