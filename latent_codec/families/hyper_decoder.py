@@ -42,15 +42,16 @@ class ExactnessBound:
     z_max: int
     layer1: int
     layer2: int
+    thresholds: int = 0  # the largest |threshold| layer 2's output is compared with (in its dtype)
 
     @property
     def largest(self) -> int:
-        return max(self.layer1, self.layer2)
+        return max(self.layer1, self.layer2, self.thresholds)
 
     @property
     def dtypes(self) -> tuple[type, type]:
         """Each layer's arithmetic: float32 (BLAS, exact below 2^24), float64 (below 2^53) or int64."""
-        return exact_dtype(self.layer1), exact_dtype(self.layer2)
+        return exact_dtype(self.layer1), exact_dtype(max(self.layer2, self.thresholds))
 
     @property
     def path(self) -> str:
@@ -136,7 +137,8 @@ class IntegerHyperDecoder:
         w2 = np.abs(self.w2).sum(axis=(2, 3), dtype=object)  # (M, Nh) Python ints
         layer2 = [sum(int(w2[o, c]) * layer1[c] for c in range(w2.shape[1])) + abs(int(self.b2[o]))
                   for o in range(w2.shape[0])]  # fmt: skip
-        return ExactnessBound(int(z_max), max(layer1, default=0), max(layer2, default=0))
+        t = max((abs(int(v)) for v in self.thresholds), default=0)
+        return ExactnessBound(int(z_max), max(layer1, default=0), max(layer2, default=0), t)
 
     def check(self, z_max: int) -> ExactnessBound:
         """The bound for ẑ on its grid; ValueError when even int64 could overflow (the manifest is refused)."""
@@ -144,7 +146,7 @@ class IntegerHyperDecoder:
         if key in self._cols:
             return self._cols[key]
         b = self.bound(z_max)
-        if b.largest >= INT64_EXACT or int(np.max(np.abs(self.thresholds), initial=0)) >= FLOAT_EXACT:
+        if b.largest >= INT64_EXACT:
             raise ValueError(
                 f"hyper-decoder weights could make sums of up to {b.largest:.3e} for ẑ within ±{z_max} "
                 f"(bits: {b.largest.bit_length()}), beyond int64's exact range (2^63); refusing the bundle"
