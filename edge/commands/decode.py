@@ -13,6 +13,7 @@ from latent_codec.container import from_batch
 from latent_codec.errors import DataError
 
 from ..codefile import read_codes
+from ..progress import StepProgress
 from . import flags
 
 HELP = "decompress a code file with the bundle's decoder (offline, no server)"
@@ -22,6 +23,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flags.add_bundle(p, "the bundle the code file was written with")
     p.add_argument("--codes", required=True, type=Path, help="a code file written by `edge.cli encode`")
     flags.add_threads(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars for long items")
     p.add_argument(
         "--out",
         required=True,
@@ -44,6 +46,7 @@ def save_images(x: np.ndarray, folder: Path) -> None:
 
 def run(args: argparse.Namespace) -> int:
     codec = Codec.open(args.bundle, need=("decoder",), threads=args.threads)
+    codec.progress = StepProgress(not args.no_progress)
     batch = read_codes(args.codes)
     if batch.bundle_id != codec.bundle_id:
         raise DataError(f"{args.codes} was written with bundle {batch.bundle_id}, not {codec.bundle_id}")

@@ -11,6 +11,7 @@ from latent_codec.codec import Codec
 from latent_codec.container import to_batch
 
 from ..codefile import write_codes
+from ..progress import StepProgress
 from . import flags
 
 HELP = "compress items to a code file with the bundle's encoder (offline, no server)"
@@ -21,10 +22,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flags.add_source(p)
     flags.add_threads(p)
     p.add_argument("--out", required=True, type=Path, help="the code file to write")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars for long items")
 
 
 def run(args: argparse.Namespace) -> int:
     codec = Codec.open(args.bundle, need=("encoder",), threads=args.threads)
+    codec.progress = StepProgress(not args.no_progress)
     ds = datasets.load(args.data, args.split, mode="L" if codec.input.shape[0] == 1 else "RGB")
     x = ds.x[: args.limit] if args.limit else ds.x
     codec.check_items(x)

@@ -25,7 +25,7 @@ decoded as one array (``decode_each`` takes a mix).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
@@ -33,7 +33,7 @@ import numpy as np
 
 from .. import ans, graph_memory
 from ..bundle import Bundle
-from ..codec import Codec, DecodeCost, Side
+from ..codec import Codec, DecodeCost, Progress, Side
 from ..errors import BundleError, DataError, PayloadError
 from ..factorized_prior import FactorizedPrior
 from ..registry import register_family
@@ -53,8 +53,6 @@ ENCODE_TILE = 512  # pixels per side of an analysis tile's core (items larger th
 DECODE_TILE = 128  # code elements per side of a synthesis tile's core (512 pixels at stride 4)
 ENTROPY_FIXED_BYTES = 32 << 20  # the hyper-decoder's strips and the sort's blocks (a few MB each), rounded up
 SMALL_Z = 64  # ẑ elements per channel up to which an item's ẑ is coded in one call (per-symbol rows)
-
-Progress = Callable[[str, int, int], None]  # (step, done, total): long single-item work reports to the CLI
 
 
 @dataclass
@@ -565,6 +563,7 @@ class MapCodec(Codec):
         the tile, whatever the item's size. ``progress(step, done, total)`` hears of each tile and pass.
         """
         self.check_items(x_raw)
+        progress = progress or self.progress
         n, _, h, w = x_raw.shape
         sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
         if self.tiled_encode(h, w):
@@ -691,6 +690,7 @@ class MapCodec(Codec):
     ) -> np.ndarray:
         """N payloads of one item size -> N items; items bigger than one synthesis tile are synthesised tile by
         tile (the decoder graph's memory bounded by the tile, ŷ dequantised per tile)."""
+        progress = progress or self.progress
         sizes, y_sym, _ = self.payload.unpack(list(payloads), progress)
         h, w = (int(v) for v in sizes[0]) if len(sizes) else (0, 0)
         if len(sizes) and self.tiled_decode(h, w):

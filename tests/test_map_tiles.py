@@ -1,0 +1,177 @@
+"""Big items in tiles: the same payload as the whole item, bounded memory, a decode's cost known in advance.
+
+Real zoo bundles and ONNX Runtime sessions on scikit-image's photographs; tile sizes are made small here so
+a photo-sized item crosses many tile borders in a second.
+"""
+
+from __future__ import annotations
+
+import io
+import tracemalloc
+
+import numpy as np
+import pytest
+
+from edge.progress import StepProgress
+from latent_codec.codec import Codec
+from latent_codec.errors import PayloadError
+from latent_codec.families import code_map
+from latent_codec.tiling import probe_radius, tiles
+from latent_codec.varint import put_varint
+from tests.helpers import ROOT
+
+BUNDLE = ROOT / "zoo" / "spatial-lambda-0.0032"
+FACTORIZED = ROOT / "zoo" / "spatial-factorized-lambda-0.0064"
+
+
+def photo(h: int, w: int) -> np.ndarray:
+    """A grey photograph of h x w (scikit-image's camera and coins side by side, cropped), (1, 1, h, w)."""
+    from skimage import data
+
+    cam, coins = data.camera(), data.coins()
+    row = np.concatenate(
+        [cam, np.pad(coins, ((0, cam.shape[0] - coins.shape[0]), (0, 0)), mode="reflect")], 1
+    )
+    big = np.tile(row, (-(-h // row.shape[0]), -(-w // row.shape[1])))
+    return np.ascontiguousarray(big[None, None, :h, :w])
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    return float(10 * np.log10(255.0**2 / np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)))
+
+
+@pytest.fixture
+def small_tiles(monkeypatch):
+    monkeypatch.setattr(code_map, "ENCODE_TILE", 128)
+    monkeypatch.setattr(code_map, "DECODE_TILE", 24)
+
+
+@pytest.mark.parametrize("bundle", [BUNDLE, FACTORIZED], ids=["hyperprior", "factorized"])
+@pytest.mark.parametrize("size", [(517, 389), (300, 700)])
+def test_tiles_give_the_whole_item_payload_and_reconstruction(bundle, size, small_tiles, monkeypatch):
+    codec = Codec.open(bundle, threads=1)
+    x = photo(*size)
+    assert codec.tiled_encode(*size) and codec.tiled_decode(*size)
+    tiled = codec.encode(x)
+    rec_tiled = codec.decode(tiled, unit=True)
+    monkeypatch.setattr(code_map, "ENCODE_TILE", 1 << 20)
+    monkeypatch.setattr(code_map, "DECODE_TILE", 1 << 20)
+    whole = codec.encode(x)
+    rec_whole = codec.decode(whole, unit=True)
+    y_t, y_w = codec.payload.unpack(tiled)[1], codec.payload.unpack(whole)[1]
+    # the graphs see the same inputs for every kept output: at most a rounding at an exact half may differ
+    assert (y_t != y_w).mean() <= 1e-5
+    assert abs(_psnr(x, codec.unscale(rec_tiled)) - _psnr(x, codec.unscale(rec_whole))) <= 0.05
+    if tiled == whole:
+        assert np.abs(rec_tiled - rec_whole).max() <= 1e-4
+
+
+def test_a_margin_short_of_the_receptive_field_would_show(small_tiles, monkeypatch):
+    """The check above can fail: tiles read without their margin change many code elements."""
+    codec = Codec.open(BUNDLE, threads=1)
+    x = photo(517, 389)
+    good = codec.payload.unpack(codec.encode(x))[1]
+    codec._margins["encode"] = 0
+    bad = codec.payload.unpack(codec.encode(x))[1]
+    assert (good != bad).mean() > 1e-3
+
+
+def test_the_receptive_field_is_measured_on_the_graph():
+    codec = Codec.open(BUNDLE, threads=1)
+    # g_a: three convolutions (5x5/2, 5x5/2, 3x3) reach about ±11 pixels; h_a adds two more (±23)
+    r_y = probe_radius(lambda x: [codec.transforms.analysis(x)[0]], (1, 128, 128), [4])
+    assert r_y is not None and 8 <= r_y <= 16
+    assert codec._encode_margin() >= 24 and codec._encode_margin() % 8 == 0
+    assert 2 <= codec._decode_margin() <= 8
+    # a graph whose output depends on the whole input has no finite radius: it is not tiled
+    assert probe_radius(lambda x: [np.full((1, 1, 32, 32), x.mean())], (1, 128, 128), [4]) is None
+
+
+def test_tiles_cover_the_map_once_and_read_inside_it():
+    ts = tiles(1000, 700, 256, 32, 8)
+    cover = np.zeros((1000, 700), np.int64)
+    for t in ts:
+        cover[t.kr0 : t.kr1, t.kc0 : t.kc1] += 1
+        assert 0 <= t.r0 <= t.kr0 and t.kr1 <= t.r1 <= 1000 and t.r0 % 8 == 0 and t.kr0 % 8 == 0
+    assert (cover == 1).all()
+    with pytest.raises(ValueError):
+        tiles(100, 100, 30, 8, 8)
+
+
+def test_progress_reports_each_tile_and_pass(small_tiles):
+    codec = Codec.open(BUNDLE, threads=1)
+    seen: list[tuple[str, int, int]] = []
+    codec.progress = lambda step, done, total: seen.append((step, done, total))
+    payloads = codec.encode(photo(300, 420))
+    codec.decode(payloads)
+    steps = {s for s, _, _ in seen}
+    assert {"analyse", "entropy-code", "entropy-decode", "synthesise"} <= steps
+    for step in steps:
+        mine = [(d, t) for s, d, t in seen if s == step]
+        assert [d for d, _ in mine] == list(range(1, len(mine) + 1)) and mine[-1][0] == mine[-1][1]
+    assert len([1 for s, _, _ in seen if s == "analyse"]) == len(
+        tiles(300, 420, 128, codec._encode_margin(), 8)
+    )
+
+
+def test_step_progress_draws_bars_and_stays_quiet_when_asked(monkeypatch):
+    err = io.StringIO()
+    monkeypatch.setattr("sys.stderr", err)
+    bar = StepProgress(delay=0)
+    for i in range(1, 5):
+        bar("synthesise", i, 4)
+    assert "synthesise" in err.getvalue() and "4/4" in err.getvalue()
+    quiet = io.StringIO()
+    monkeypatch.setattr("sys.stderr", quiet)
+    off = StepProgress(enabled=False, delay=0)
+    off("analyse", 1, 2)
+    assert quiet.getvalue() == ""
+
+
+# ---- what a decode costs ---------------------------------------------------------------------------------
+def _header(h: int, w: int) -> bytes:
+    return put_varint(h) + put_varint(w)
+
+
+def test_decode_cost_bounds_the_work_per_tile_and_counts_the_total():
+    codec = Codec.open(BUNDLE, threads=1)
+    twelve = codec.decode_cost([_header(3000, 4000)])
+    many = codec.decode_cost([_header(6000, 8000)])
+    # a bigger photo: more tiles and more output, the same working memory per tile
+    assert many.tile_bytes == twelve.tile_bytes and many.runs > twelve.runs
+    assert many.total_bytes > twelve.total_bytes > twelve.output_bytes == 3000 * 4000 * 4
+    assert twelve.symbols == codec.payload.symbols_per_item(3000, 4000)
+    assert twelve.total_bytes < 600 << 20  # a 12 MP photo decodes in a few hundred MB
+    # small items in one run: the graph's memory grows with the items a run takes
+    small = codec.decode_cost([_header(28, 28)] * 256)
+    chunked = codec.decode_cost([_header(28, 28)] * 256, chunk=32)
+    assert chunked.tile_bytes < small.tile_bytes and chunked.runs == 8 and small.runs == 1
+    # mixed sizes (decode_each): outputs add up
+    mixed = codec.decode_cost([_header(28, 28), _header(100, 60)])
+    assert mixed.output_bytes == (28 * 28 + 100 * 60) * 4 and mixed.items == 2
+
+
+def test_a_forged_size_header_is_refused_before_any_decoding():
+    codec = Codec.open(BUNDLE, threads=1)
+    for h, w in ((40000, 10), (20000, 20000), (0, 5)):
+        with pytest.raises(PayloadError, match="payload claims"):
+            codec.decode_cost([_header(h, w)])
+    with pytest.raises(PayloadError):
+        codec.decode_cost([b"\xff\xff\xff\xff\xff"])
+
+
+@pytest.mark.parametrize("size,n", [((900, 700), 1), ((28, 28), 64)])
+def test_decode_cost_covers_what_decoding_allocates(size, n, monkeypatch):
+    """numpy's own allocations during a real decode (tracemalloc sees them; ONNX Runtime's arena it does not,
+    which the estimate adds from the graph's measured peak) stay within the predicted total."""
+    monkeypatch.setattr(code_map, "DECODE_TILE", 64)
+    codec = Codec.open(BUNDLE, threads=1)
+    payloads = codec.encode(np.repeat(photo(*size), n, axis=0))
+    cost = codec.decode_cost(payloads)
+    codec.decode(payloads[:1])  # warm up: the receptive-field probe and the models are built once
+    tracemalloc.start()
+    codec.decode(payloads, unit=True)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak <= cost.total_bytes
+    assert cost.output_bytes == n * size[0] * size[1] * 4
