@@ -68,8 +68,9 @@ class Encoder:
         self._groups: list[tuple[np.ndarray, Any, np.ndarray | None] | Runs] = []
 
     def push_runs(self, symbols: np.ndarray, starts: list[int], ends: list[int], models: list[Any]) -> None:
-        """Runs symbols[starts[r]:ends[r]] under models[r], in decoding order (one group per run)."""
-        self._groups.append((np.ascontiguousarray(symbols, np.int32), starts, ends, models))
+        """Runs symbols[starts[r]:ends[r]] under models[r], in decoding order (one group per run). int32 symbols
+        are coded as they are; any other integer dtype (e.g. uint16, half the memory) run by run."""
+        self._groups.append((np.ascontiguousarray(symbols), starts, ends, models))
 
     def push(self, symbols: np.ndarray, model: Any) -> None:
         """Symbols all under one fixed model (a row of ``Tables.models``)."""
@@ -87,8 +88,12 @@ class Encoder:
             if len(group) == 4:
                 symbols, starts, ends, models = group
                 encode = coder.encode_reverse
-                for r in range(len(starts) - 1, -1, -1):
-                    encode(symbols[starts[r] : ends[r]], models[r])
+                if symbols.dtype == np.int32:
+                    for r in range(len(starts) - 1, -1, -1):
+                        encode(symbols[starts[r] : ends[r]], models[r])
+                else:
+                    for r in range(len(starts) - 1, -1, -1):
+                        encode(symbols[starts[r] : ends[r]].astype(np.int32), models[r])
                 continue
             symbols, model, params = group
             if params is None:

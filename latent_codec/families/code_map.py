@@ -50,7 +50,7 @@ SEGMENT = 1 << 18  # ŷ elements an item's flat map is sorted in at a time (boun
 SORT_BLOCK = 1 << 20  # ŷ elements per argsort call (8 MB of int64 positions)
 GROUP_ELEMENTS = 1 << 22  # ŷ elements of the items coded together per pass (int32 buffers of 16 MB)
 ENCODE_TILE = 512  # pixels per side of an analysis tile's core (items larger than one tile are tiled)
-DECODE_TILE = 128  # code elements per side of a synthesis tile's core (512 pixels at stride 4)
+DECODE_TILE = 96  # code elements per side of a synthesis tile's core (384 pixels at stride 4)
 ENTROPY_FIXED_BYTES = 32 << 20  # the hyper-decoder's strips and the sort's blocks (a few MB each), rounded up
 SMALL_Z = 64  # ẑ elements per channel up to which an item's ẑ is coded in one call (per-symbol rows)
 
@@ -389,8 +389,15 @@ class _TableRuns:
         self.keys = np.full((self.n, width), levels, key_type)  # levels: the padding's key, sorted last
         self.keys[:, : self.length] = idx.reshape(self.n, -1)
         self.keys = self.keys.reshape(self.n * self.nseg, self.seg)
-        rows = np.arange(self.n * self.nseg, dtype=np.int64)[:, None] * (levels + 1)
-        counts = np.bincount((rows + self.keys).ravel(), minlength=len(rows) * (levels + 1))
+        nrows = self.n * self.nseg
+        counts = np.empty((nrows, levels + 1), np.int64)
+        step = max(1, SORT_BLOCK // self.seg)
+        for r in range(0, nrows, step):  # per block: the flat bin numbers stay a few MB
+            block = self.keys[r : r + step]
+            bins = np.arange(len(block), dtype=np.int64)[:, None] * (levels + 1) + block
+            counts[r : r + step] = np.bincount(bins.ravel(), minlength=len(block) * (levels + 1)).reshape(
+                len(block), levels + 1
+            )
         counts = counts.reshape(self.n, self.nseg, levels + 1)[:, :, :levels]
         local = np.cumsum(counts, axis=2) - counts  # a run's start within its segment
         start = local + (np.arange(self.nseg, dtype=np.int64) * self.seg)[None, :, None]
@@ -411,41 +418,71 @@ class _TableRuns:
         a, b = self._bounds[j], self._bounds[j + 1]
         return self._start[a:b], self._end[a:b], self._table[a:b]
 
-    def _padded(self, y: np.ndarray) -> np.ndarray:
-        flat = y.reshape(self.n, -1)
+    def _spans(self, r0: int, r1: int):
+        """Rows r0..r1-1 of the (n * nseg, seg) grid as (first row, item, flat start, flat end): each item's
+        consecutive segments are one contiguous span of its flat ŷ (the last one without the padding)."""
+        r = r0
+        while r < r1:
+            i, c = divmod(r, self.nseg)
+            c_end = min(self.nseg, c + (r1 - r))
+            yield r, i, c * self.seg, min(c_end * self.seg, self.length)
+            r += c_end - c
+
+    def _read(self, flat: np.ndarray, r0: int, r1: int, dtype: type) -> np.ndarray:
+        """Rows r0..r1-1 of an (n, length) array laid out as segments, padded with zeros (no full copy)."""
         if self.nseg * self.seg == self.length:
-            return flat.reshape(self.n * self.nseg, self.seg)
-        out = np.zeros((self.n, self.nseg * self.seg), flat.dtype)
-        out[:, : self.length] = flat
-        return out.reshape(self.n * self.nseg, self.seg)
+            return flat.reshape(-1, self.seg)[r0:r1]
+        out = np.zeros((r1 - r0, self.seg), dtype)
+        o = out.reshape(-1)
+        for r, i, a, b in self._spans(r0, r1):
+            o[(r - r0) * self.seg : (r - r0) * self.seg + b - a] = flat[i, a:b]
+        return out
+
+    def _write(self, flat: np.ndarray, r0: int, block: np.ndarray) -> None:
+        """Inverse of ``_read``: a block of rows back into the (n, length) array, padding dropped."""
+        r1 = r0 + len(block)
+        if self.nseg * self.seg == self.length:
+            flat.reshape(-1, self.seg)[r0:r1] = block
+            return
+        o = block.reshape(-1)
+        for r, i, a, b in self._spans(r0, r1):
+            flat[i, a:b] = o[(r - r0) * self.seg : (r - r0) * self.seg + b - a]
 
     def _blocks(self):
         step = max(1, SORT_BLOCK // self.seg)
         for r in range(0, self.n * self.nseg, step):
-            rows = slice(r, min(r + step, self.n * self.nseg))
-            yield rows, None if self.presorted else np.argsort(self.keys[rows], axis=1, kind="stable")
+            r1 = min(r + step, self.n * self.nseg)
+            yield r, r1, None if self.presorted else np.argsort(self.keys[r:r1], axis=1, kind="stable")
+
+    @property
+    def _dtype(self) -> type:
+        """int32 (what the coder takes) for groups of items; uint16 for one big item (half the memory; each
+        run is converted as it is coded)."""
+        return np.int32 if self.n * self.nseg * self.seg <= GROUP_ELEMENTS else np.uint16
 
     def sort(self, y_sym: np.ndarray) -> np.ndarray:
-        """(n, ...) symbols -> (n, nseg * seg) int32 in run order (each item's segments sorted by table)."""
-        y = self._padded(y_sym)
-        out = np.empty(y.shape, np.int32)
-        for rows, order in self._blocks():
-            out[rows] = y[rows] if order is None else np.take_along_axis(y[rows], order, axis=1)
+        """(n, ...) symbols -> (n, nseg * seg) in run order (each item's segments sorted by table)."""
+        flat = y_sym.reshape(self.n, -1)
+        out = np.empty((self.n * self.nseg, self.seg), self._dtype)
+        for r0, r1, order in self._blocks():
+            block = self._read(flat, r0, r1, y_sym.dtype)
+            out[r0:r1] = block if order is None else np.take_along_axis(block, order, axis=1)
         return out.reshape(self.n, -1)
 
     def empty(self) -> np.ndarray:
-        return np.zeros((self.n, self.nseg * self.seg), np.int32)
+        return np.zeros((self.n, self.nseg * self.seg), self._dtype)
 
     def unsort(self, ordered: np.ndarray, y_out: np.ndarray) -> None:
         """Inverse of ``sort``: symbols in run order -> y_out (n, M, h, w) in C order."""
         src = ordered.reshape(self.n * self.nseg, self.seg)
-        y = np.empty(src.shape, y_out.dtype)
-        for rows, order in self._blocks():
+        flat = y_out.reshape(self.n, -1)
+        for r0, r1, order in self._blocks():
             if order is None:
-                y[rows] = src[rows]
+                self._write(flat, r0, src[r0:r1])
             else:
-                np.put_along_axis(y[rows], order, src[rows], axis=1)
-        y_out.reshape(self.n, -1)[:] = y.reshape(self.n, -1)[:, : self.length]
+                block = np.empty((r1 - r0, self.seg), y_out.dtype)
+                np.put_along_axis(block, order, src[r0:r1], axis=1)
+                self._write(flat, r0, block)
 
 
 @register_family("map")
@@ -657,14 +694,16 @@ class MapCodec(Codec):
         return y_sym, z_sym
 
     def synthesise_tiled(
-        self, y_sym: np.ndarray, size: tuple[int, int], progress: Progress | None = None
+        self, y_sym: np.ndarray, size: tuple[int, int], progress: Progress | None = None, unit: bool = True
     ) -> np.ndarray:
-        """ŷ symbols (N, M, hy, wy) -> items (N, C, h, w) in [0, 1]: the decoder run on tiles of DECODE_TILE
-        code elements (dequantised per tile) with the margin its receptive field needs."""
+        """ŷ symbols (N, M, hy, wy) -> items (N, C, h, w) in [0, 1] (raw items with unit=False, unscaled per
+        tile): the decoder run on tiles of DECODE_TILE code elements (dequantised per tile) with the margin its
+        receptive field needs."""
         n, _, hy, wy = y_sym.shape
         h, w = size
         s = self.payload.stride
-        out = np.empty((n, self.channels, h, w), np.float32)
+        raw_dtype = np.uint8 if self.input.dtype == "uint8" else np.float32
+        out = np.empty((n, self.channels, h, w), np.float32 if unit else raw_dtype)
         ts = tiles(hy, wy, DECODE_TILE, self._decode_margin(), 1)
         for i in range(n):
             for t in each(ts, progress, "synthesise" if n == 1 else f"synthesise item {i + 1}/{n}"):
@@ -676,7 +715,10 @@ class MapCodec(Codec):
                 local = rec[
                     0, :, rows.start * s : rows.start * s + r1 - r0, cols.start * s : cols.start * s + c1 - c0
                 ]
-                np.clip(local, 0.0, 1.0, out=out[i, :, r0:r1, c0:c1])
+                if unit:
+                    np.clip(local, 0.0, 1.0, out=out[i, :, r0:r1, c0:c1])
+                else:
+                    out[i, :, r0:r1, c0:c1] = self.unscale(local)
         return out
 
     # ---- decode -------------------------------------------------------------------------------------------
@@ -694,7 +736,7 @@ class MapCodec(Codec):
         sizes, y_sym, _ = self.payload.unpack(list(payloads), progress)
         h, w = (int(v) for v in sizes[0]) if len(sizes) else (0, 0)
         if len(sizes) and self.tiled_decode(h, w):
-            x_unit = self.synthesise_tiled(y_sym, (h, w), progress)
+            return self.synthesise_tiled(y_sym, (h, w), progress, unit)
         else:
             x_unit = self.synthesise(self.dequantise(y_sym), {"size": sizes}, chunk)
         return x_unit if unit else self.unscale(x_unit)
