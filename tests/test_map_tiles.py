@@ -175,3 +175,26 @@ def test_decode_cost_covers_what_decoding_allocates(size, n, monkeypatch):
     tracemalloc.stop()
     assert peak <= cost.total_bytes
     assert cost.output_bytes == n * size[0] * size[1] * 4
+
+
+def test_the_server_decode_path_runs_big_items_in_tiles(small_tiles, tmp_path):
+    """The cloud decodes through symbols -> dequantise -> synthesise (not Codec.decode): a big item is tiled
+    there too, and a real server returns what the codec decodes locally."""
+    import shutil
+
+    from latent_codec.container import from_tensor
+    from tests.helpers import decode_through_server
+
+    shutil.copytree(BUNDLE, tmp_path / "bundles" / BUNDLE.name)
+    codec = Codec.open(BUNDLE, threads=1)
+    x = photo(517, 389)
+    payloads = codec.encode(x)
+    seen: list[str] = []
+    codec.progress = lambda step, done, total: seen.append(step)
+    y, side = codec.symbols(payloads)
+    local = codec.synthesise(codec.dequantise(y), side)
+    assert "synthesise" in seen  # tiled
+    np.testing.assert_allclose(local, codec.decode(payloads, unit=True), atol=1e-6)
+    resp = decode_through_server(tmp_path / "bundles", codec, payloads, x)
+    np.testing.assert_allclose(from_tensor(resp.reconstructions, "reconstructions"), local, atol=1e-5)
+    assert resp.quality.psnr[0] > 25

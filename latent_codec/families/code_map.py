@@ -428,11 +428,11 @@ class _TableRuns:
             yield r, i, c * self.seg, min(c_end * self.seg, self.length)
             r += c_end - c
 
-    def _read(self, flat: np.ndarray, r0: int, r1: int, dtype: type) -> np.ndarray:
+    def _read(self, flat: np.ndarray, r0: int, r1: int) -> np.ndarray:
         """Rows r0..r1-1 of an (n, length) array laid out as segments, padded with zeros (no full copy)."""
         if self.nseg * self.seg == self.length:
             return flat.reshape(-1, self.seg)[r0:r1]
-        out = np.zeros((r1 - r0, self.seg), dtype)
+        out: np.ndarray = np.zeros((r1 - r0, self.seg), flat.dtype)
         o = out.reshape(-1)
         for r, i, a, b in self._spans(r0, r1):
             o[(r - r0) * self.seg : (r - r0) * self.seg + b - a] = flat[i, a:b]
@@ -463,9 +463,9 @@ class _TableRuns:
     def sort(self, y_sym: np.ndarray) -> np.ndarray:
         """(n, ...) symbols -> (n, nseg * seg) in run order (each item's segments sorted by table)."""
         flat = y_sym.reshape(self.n, -1)
-        out = np.empty((self.n * self.nseg, self.seg), self._dtype)
+        out: np.ndarray = np.empty((self.n * self.nseg, self.seg), self._dtype)
         for r0, r1, order in self._blocks():
-            block = self._read(flat, r0, r1, y_sym.dtype)
+            block = self._read(flat, r0, r1)
             out[r0:r1] = block if order is None else np.take_along_axis(block, order, axis=1)
         return out.reshape(self.n, -1)
 
@@ -694,11 +694,12 @@ class MapCodec(Codec):
         return y_sym, z_sym
 
     def synthesise_tiled(
-        self, y_sym: np.ndarray, size: tuple[int, int], progress: Progress | None = None, unit: bool = True
+        self, y: np.ndarray, size: tuple[int, int], progress: Progress | None = None, unit: bool = True
     ) -> np.ndarray:
-        """ŷ symbols (N, M, hy, wy) -> items (N, C, h, w) in [0, 1] (raw items with unit=False, unscaled per
-        tile): the decoder run on tiles of DECODE_TILE code elements (dequantised per tile) with the margin its
-        receptive field needs."""
+        """ŷ (N, M, hy, wy), as symbols (uint16: dequantised per tile) or codes (float) -> items (N, C, h, w)
+        in [0, 1] (raw items with unit=False, unscaled per tile): the decoder run on tiles of DECODE_TILE code
+        elements with the margin its receptive field needs."""
+        y_sym = y
         n, _, hy, wy = y_sym.shape
         h, w = size
         s = self.payload.stride
@@ -707,7 +708,8 @@ class MapCodec(Codec):
         ts = tiles(hy, wy, DECODE_TILE, self._decode_margin(), 1)
         for i in range(n):
             for t in each(ts, progress, "synthesise" if n == 1 else f"synthesise item {i + 1}/{n}"):
-                codes = self.dequantise(y_sym[(slice(i, i + 1), slice(None), *windows(t))])
+                window = y_sym[(slice(i, i + 1), slice(None), *windows(t))]
+                codes = window if window.dtype.kind == "f" else self.dequantise(window)
                 rec = np.asarray(self.transforms.synthesis(codes, {}), np.float32)
                 rows, cols = core_of(t)
                 r0, c0 = t.kr0 * s, t.kc0 * s
@@ -750,12 +752,15 @@ class MapCodec(Codec):
         return self.payload.bits(y_sym, z_sym)
 
     def synthesise(self, codes: np.ndarray, side: Side, chunk: int = 0) -> np.ndarray:
-        """decoder.onnx on ŷ maps, cropped to the items' true size and clipped to [0, 1]."""
+        """decoder.onnx on ŷ maps, cropped to the items' true size and clipped to [0, 1]; items bigger than a
+        synthesis tile run tile by tile (what a server's decode path calls: its memory bounded per tile)."""
         sizes = np.asarray(side["size"]).reshape(-1, 2)
         if len(sizes) and np.any(sizes != sizes[0]):
             raise DataError("items of one decoder run must share a size")
         n = len(codes)
         h, w = (int(v) for v in sizes[0]) if n else (0, 0)
+        if n and self.tiled_decode(h, w):
+            return self.synthesise_tiled(codes, (h, w), self.progress)
         out = np.empty((n, self.channels, h, w), np.float32)
         step = chunk if chunk > 0 else max(n, 1)
         for i in range(0, n, step):
