@@ -196,3 +196,19 @@ def test_float_exactness_constants():
     assert float(FLOAT_EXACT - 1) + 1.0 == float(FLOAT_EXACT)  # the last integer float64 steps by one
     assert float(FLOAT_EXACT) + 1.0 == float(FLOAT_EXACT)  # and past it the next integer is lost
     assert INT64_EXACT == 2**63
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.int64])
+def test_threshold_lookup_equals_searchsorted_at_every_boundary(dtype):
+    """The uniform-grid guess with one correction each way: exact at, just below and just above every
+    threshold and far outside them; thresholds too uneven for one correction fall back to searchsorted."""
+    from latent_codec.families.hyper_decoder import _Thresholds
+
+    rng = np.random.default_rng(4)
+    even = np.cumsum(np.full(63, 1000) + rng.integers(-3, 4, 63)) - 20000
+    uneven = np.sort(rng.choice(np.arange(-(10**6), 10**6), 63, replace=False))
+    for t, fast in ((even, True), (uneven, False)):
+        look = _Thresholds(t, dtype)
+        assert look.fast == fast
+        u = np.concatenate([t - 1, t, t + 1, [-(10**7), 10**7, 0]]).astype(dtype)
+        np.testing.assert_array_equal(look(u), np.searchsorted(t, u.astype(np.int64), side="right"))

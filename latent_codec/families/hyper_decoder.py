@@ -78,23 +78,72 @@ def _columns(w: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(-1, w.shape[0]))
 
 
-def _phase_columns(w: np.ndarray) -> np.ndarray:
-    """Layer 1 on the *low-resolution* ẑ: conv3 after nearest ×2 upsampling, as four 3x3 kernels (one per
-    output phase) on the 3x3 window around each ẑ position -> columns (9*C, 4*O), order (a, b, o).
+def _phase_columns(w: np.ndarray) -> list[np.ndarray]:
+    """Layer 1 on the *low-resolution* ẑ: conv3 after nearest ×2 upsampling, as one 2x2 kernel per output
+    phase (a, b) on ẑ -> four column blocks (4*C, O), rows in (i, j, c) order over the 2x2 window.
 
     Output row 2i+a reads upsampled rows 2i+a-1..2i+a+1, i.e. ẑ rows i-1, i, i (a = 0) or i, i, i+1 (a = 1):
-    the kernel's rows fold onto ẑ rows, and likewise columns. The folded weights are sums of |w| at most,
-    so the exactness bound of the unfolded layer covers them.
+    the kernel's rows fold onto two ẑ rows (window rows a, a+1 of the 3x3 around i), and likewise columns.
+    The folded weights are sums of |w| at most, so the exactness bound of the unfolded layer covers them.
     """
-    o, c = w.shape[:2]
     fold = [np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]]), np.array([[0, 0, 0], [1, 1, 0], [0, 0, 1]])]
-    out = np.zeros((3, 3, c, 2, 2, o), w.dtype)  # window row, window column, channel, phase a, phase b, out
+    out = []
     for a in range(2):
         for b in range(2):
-            # k[o, c, r, s] = Σ_{i, j} fold[a][r, i] fold[b][s, j] w[o, c, i, j]
-            k = np.einsum("ri,sj,ocij->ocrs", fold[a], fold[b], w)
-            out[:, :, :, a, b, :] = np.transpose(k, (2, 3, 1, 0))
-    return out.reshape(9 * c, 4 * o)
+            # k[o, c, r, s] = Σ_{i, j} fold[a][r, i] fold[b][s, j] w[o, c, i, j]; nonzero for r in a..a+1, s in b..b+1
+            k = np.einsum("ri,sj,ocij->ocrs", fold[a], fold[b], w)[:, :, a : a + 2, b : b + 2]
+            out.append(np.ascontiguousarray(np.transpose(k, (2, 3, 1, 0)).reshape(-1, w.shape[0])))
+    return out
+
+
+def _im2col2(x: np.ndarray, r: int, c: int, ho: int, wo: int) -> np.ndarray:
+    """2x2 windows of channel-last maps (N, H, W, C) starting at (r, c), ho x wo positions -> (N*ho*wo, 4*C)."""
+    n, ch = x.shape[0], x.shape[3]
+    cols = np.empty((n, ho, wo, 2, 2, ch), x.dtype)
+    for i in range(2):
+        for j in range(2):
+            cols[:, :, :, i, j, :] = x[:, r + i : r + i + ho, c + j : c + j + wo, :]
+    return cols.reshape(n * ho * wo, 4 * ch)
+
+
+class _Thresholds:
+    """Table index = how many thresholds are <= u, for exact integer-valued u (float or int64 arrays).
+
+    Thresholds of a scale table are close to evenly spaced, so a guess from a uniform grid is within one of
+    the index; one comparison each way fixes it. The guess's error is checked at every threshold (and one
+    below) when built; both the guess and the true index are monotone in u, so the check covers every u.
+    Thresholds too uneven for that use searchsorted.
+    """
+
+    def __init__(self, t: np.ndarray, dtype: type):
+        self.t = np.asarray(t, np.int64)
+        n = len(self.t)
+        self.fast = False
+        if n >= 2 and self.t[-1] > self.t[0]:
+            self.t0, self.inv = float(self.t[0]), (n - 1) / (float(self.t[-1]) - float(self.t[0]))
+            pts = np.concatenate([self.t, self.t - 1])
+            true = np.searchsorted(self.t, pts, side="right")
+            self.fast = bool(np.abs(self._guess(pts) - true).max() <= 1)
+        if np.dtype(dtype).kind == "f":
+            self.ext: np.ndarray = np.concatenate([[-np.inf], self.t.astype(dtype), [np.inf]]).astype(dtype)
+        else:
+            lim = np.iinfo(np.int64)
+            self.ext = np.concatenate([[lim.min], self.t, [lim.max]]).astype(np.int64)
+        self.sorted = self.ext[1:-1]
+
+    def _guess(self, u: np.ndarray) -> np.ndarray:
+        g = np.floor((np.asarray(u, np.float64) - self.t0) * self.inv)
+        g += 1
+        np.clip(g, 0, len(self.t), out=g)
+        return g.astype(np.intp)
+
+    def __call__(self, u: np.ndarray) -> np.ndarray:
+        if not self.fast:
+            return np.searchsorted(self.sorted, u, side="right")
+        k = self._guess(u)
+        k -= u < self.ext[k]  # guessed one too high: u is below the bucket's lower threshold
+        k += u >= self.ext[k + 1]  # one too low: u reaches the bucket's upper threshold
+        return k
 
 
 @dataclass
@@ -159,9 +208,9 @@ class IntegerHyperDecoder:
         """Weights as im2col columns (9*C, O), biases and thresholds in each layer's dtype (cached)."""
         key = (d1, d2)
         if key not in self._cols:
-            b1: np.ndarray = np.tile(self.b1, 4).astype(d1)  # per (phase a, phase b, channel)
-            self._cols[key] = (_phase_columns(self.w1).astype(d1), b1, _columns(self.w2).astype(d2),
-                               self.b2.astype(d2), self.thresholds.astype(d2))  # fmt: skip
+            phases: list[np.ndarray] = [c.astype(d1) for c in _phase_columns(self.w1)]
+            self._cols[key] = (phases, self.b1.astype(d1), _columns(self.w2).astype(d2), self.b2.astype(d2),
+                               _Thresholds(self.thresholds, d2))  # fmt: skip
         return self._cols[key]
 
     def log_scale_units(self, z: np.ndarray, z_max: int | None = None) -> np.ndarray:
@@ -182,7 +231,7 @@ class IntegerHyperDecoder:
         dtype = np.uint8 if len(self.thresholds) < 256 else np.uint16
         out = np.empty((len(z), self.w2.shape[0], int(size[0]), int(size[1])), dtype)
         for sl, units, thresholds in self._strips(z, z_max, out.shape[2:]):
-            out[sl] = np.searchsorted(thresholds, units, side="right")
+            out[sl] = thresholds(units)
         return out
 
     def _strips(self, z: np.ndarray, z_max: int | None, size: tuple[int, ...]):
@@ -208,10 +257,13 @@ class IntegerHyperDecoder:
                 # Layer 1, all four phases, at ẑ rows c0..c1-1: the strip's rows and, inside the map, one
                 # more above and below (their nearer phase is a row layer 2 reads).
                 c0, c1 = max(r0 - 1, 0), min(r1 + 1, hz)
-                a = _im2col(zp[i0:i1, c0 : c1 + 2], c1 - c0, wz) @ w1
+                a = np.empty((k, c1 - c0, 2, wz, 2, nh), d1)  # ẑ row, phase a, ẑ column, phase b, channel
+                for p, cols in enumerate(w1):
+                    pa, pb = divmod(p, 2)
+                    ph = _im2col2(zp[i0:i1], c0 + pa, pb, c1 - c0, wz) @ cols
+                    a[:, :, pa, :, pb, :] = ph.reshape(k, c1 - c0, wz, nh)
                 a += b1
                 np.maximum(a, 0, out=a)
-                a = a.reshape(k, c1 - c0, wz, 2, 2, nh).transpose(0, 1, 3, 2, 4, 5)
                 a = a.reshape(k, 2 * (c1 - c0), 2 * wz, nh)  # upsampled rows 2c0..2c1-1
                 # a1: rows 2r0-1..2r1, columns -1..2wz; what lies outside the map is conv2's zero padding
                 a1 = np.zeros((k, 2 * (r1 - r0) + 2, 2 * wz + 2, nh), d2)
