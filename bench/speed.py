@@ -216,6 +216,14 @@ def photo_rates(codec, items: list[np.ndarray], old: bool) -> dict:
 
 
 # ---- a 12 MP photo end to end -----------------------------------------------------------------------------
+def _vm(pid: int, field: str) -> float:
+    """A process's VmHWM (peak) or VmRSS in MiB, from /proc."""
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(field + ":"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError(f"no {field} for pid {pid}")
+
+
 def child_rusage(cmd: list[str], env: dict) -> tuple[float, resource.struct_rusage, int]:
     """Run cmd; (wall seconds, its own rusage from wait4, exit code)."""
     t0 = time.perf_counter()
@@ -235,7 +243,7 @@ def end_to_end(photo: np.ndarray, work: Path) -> dict:
 
     from PIL import Image
 
-    from bench.server_process import ServerProcess, child_env
+    from bench.server_process import child_env
     from bench.serving import cpu_seconds
     from edge.client import CloudClient
     from edge.codefile import read_codes
@@ -254,29 +262,42 @@ def end_to_end(photo: np.ndarray, work: Path) -> dict:
     root = work / "e2e-bundles"
     if not root.exists():
         shutil.copytree(bundle, root / bundle.name)
-    # The default per-request budget (--max-decode-mib 32) refuses one 12 MP grey item (48 MB of float32):
-    # cloud/limits.py's budgets are being reworked to count per tile (Codec.decode_cost); here it is raised.
-    server = ServerProcess(root, None, work, extra=("--max-decode-mib", "64", "--threads", "1"),
-                           env={"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}).start()  # fmt: skip
+    # The default per-request budgets refuse one 12 MP grey item (48 MB of float32 over --max-decode-mib 32,
+    # 28.5 M symbols over max_symbols 2^24): bench/big_item_server.py raises both for this measurement.
+    port_file = work / "e2e-port"
+    port_file.unlink(missing_ok=True)
+    log = open(work / "e2e-server.log", "wb")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "bench.big_item_server", "--max-symbols", str(1 << 26), "--bundles", str(root),
+         "--address", "127.0.0.1:0", "--port-file", str(port_file), "--log-level", "WARNING",
+         "--max-decode-mib", "64", "--threads", "1"],
+        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
+    )  # fmt: skip
     try:
-        assert server.proc is not None
+        deadline = time.monotonic() + 60
+        while not port_file.exists():
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"server did not start: {(work / 'e2e-server.log').read_text()[-2000:]}")
+            time.sleep(0.05)
+        target = f"127.0.0.1:{int(port_file.read_text())}"
         codec = Codec.open(bundle, need=("decoder",), threads=1)
         payloads = from_batch(codec, read_codes(codes))
-        base_rss = server.rss_kib("VmHWM") / 1024
-        c0, t0 = cpu_seconds([server.proc.pid]), time.perf_counter()
-        with CloudClient(server.target, timeout=600) as client:
+        out["server_rss_idle_mib"] = _vm(proc.pid, "VmHWM")
+        c0, t0 = cpu_seconds([proc.pid]), time.perf_counter()
+        with CloudClient(target, timeout=600) as client:
             result = client.decode(codec, payloads)
         out["server_wall"] = time.perf_counter() - t0
-        out["server_cpu"] = cpu_seconds([server.proc.pid]) - c0
-        out["server_rss_mib"] = server.rss_kib("VmHWM") / 1024
-        out["server_rss_idle_mib"] = base_rss
+        out["server_cpu"] = cpu_seconds([proc.pid]) - c0
+        out["server_rss_mib"] = _vm(proc.pid, "VmHWM")
         rec = result.items
         assert rec is not None
         mse = float(np.mean((rec.astype(np.float64) - photo.astype(np.float64)) ** 2))
         out["psnr"] = 10 * np.log10(255.0**2 / mse)
         out["cost"] = codec.decode_cost(payloads)
     finally:
-        server.kill(signal.SIGTERM)
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        log.close()
     return out
 
 
@@ -375,11 +396,12 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
         f"## A {BIG[0]}x{BIG[1]} (12 MP) grey photo end to end",
         "",
         f"`python -m edge.cli encode --bundle {E2E_BUNDLE} --threads 1` on a PNG of the mosaic in a child "
-        "process, then a real `python -m cloud.server --threads 1` process decoding the code file's payload for a "
+        "process, then a real `cloud.server` process (`--threads 1`) decoding the code file's payload for a "
         "CloudClient (uint8 reconstruction in the reply). Peak RSS is the kernel's: wait4's ru_maxrss for the "
         "edge process, VmHWM for the server (which had started, loaded its bundle and idled at "
-        f"{e['server_rss_idle_mib']:.0f} MiB). The server ran with `--max-decode-mib 64`: its default "
-        "per-request budget (32 MiB of float32 output) refuses any single item over 8.4 MP; "
+        f"{e['server_rss_idle_mib']:.0f} MiB). The server is the real one (`cloud.server.main`) started through "
+        "bench/big_item_server.py with `--max-decode-mib 64` and a symbol budget of 2^26: its default per-request "
+        "budgets (32 MiB of float32 output, 2^24 code symbols) refuse any single grey item over about 8 MP. "
         "Codec.decode_cost is what the budget will count instead (below).",
         "",
         "| side | wall s | CPU s | peak RSS MiB |",

@@ -198,3 +198,13 @@ def test_the_server_decode_path_runs_big_items_in_tiles(small_tiles, tmp_path):
     resp = decode_through_server(tmp_path / "bundles", codec, payloads, x)
     np.testing.assert_allclose(from_tensor(resp.reconstructions, "reconstructions"), local, atol=1e-5)
     assert resp.quality.psnr[0] > 25
+
+
+def test_unscale_in_blocks_equals_the_whole_conversion(monkeypatch):
+    codec = Codec.open(BUNDLE, need=())
+    x = np.random.default_rng(0).random((2, 1, 301, 157), dtype=np.float32) * 1.2 - 0.1
+    want = codec.input.from_unit(x)
+    monkeypatch.setattr(code_map, "UNSCALE_BLOCK", 1000)
+    got = codec.unscale(x)
+    assert got.dtype == want.dtype == np.uint8
+    np.testing.assert_array_equal(got, want)

@@ -50,8 +50,9 @@ SEGMENT = 1 << 18  # ŷ elements an item's flat map is sorted in at a time (boun
 SORT_BLOCK = 1 << 20  # ŷ elements per argsort call (8 MB of int64 positions)
 GROUP_ELEMENTS = 1 << 22  # ŷ elements of the items coded together per pass (int32 buffers of 16 MB)
 ENCODE_TILE = 512  # pixels per side of an analysis tile's core (items larger than one tile are tiled)
-DECODE_TILE = 96  # code elements per side of a synthesis tile's core (384 pixels at stride 4)
+DECODE_TILE = 64  # code elements per side of a synthesis tile's core (256 pixels at stride 4)
 ENTROPY_FIXED_BYTES = 32 << 20  # the hyper-decoder's strips and the sort's blocks (a few MB each), rounded up
+UNSCALE_BLOCK = 1 << 20  # values converted to raw pixels at a time (a few MB of temporaries)
 SMALL_Z = 64  # ẑ elements per channel up to which an item's ẑ is coded in one call (per-symbol rows)
 
 
@@ -742,6 +743,20 @@ class MapCodec(Codec):
         else:
             x_unit = self.synthesise(self.dequantise(y_sym), {"size": sizes}, chunk)
         return x_unit if unit else self.unscale(x_unit)
+
+    def unscale(self, x_unit: np.ndarray) -> np.ndarray:
+        """[0, 1] -> raw items, a block of rows at a time: converting a photo at once would hold two more float
+        copies of it (the scaling's temporaries) at the decode's peak."""
+        x = np.asarray(x_unit)
+        if x.size <= UNSCALE_BLOCK or x.ndim != 4:
+            return self.input.from_unit(x)
+        first = self.input.from_unit(x[:1, :, :1])
+        out = np.empty(x.shape, first.dtype)
+        rows = max(1, UNSCALE_BLOCK // max(1, x.shape[1] * x.shape[3]))
+        for i in range(len(x)):
+            for r in range(0, x.shape[2], rows):
+                out[i, :, r : r + rows] = self.input.from_unit(x[i, :, r : r + rows])
+        return out
 
     def dequantise(self, symbols: np.ndarray) -> np.ndarray:
         return self.payload.dequantise(symbols)
