@@ -187,7 +187,7 @@ def test_segments_and_both_z_codings_give_the_same_bytes(monkeypatch):
         monkeypatch.setattr(code_map, "SEGMENT", segment)
         monkeypatch.setattr(code_map, "SMALL_Z", small_z)
         monkeypatch.setattr(code_map, "GROUP_ELEMENTS", 5000)  # several passes of items
-        p._z_params.clear()
+        p._cache.clear()
         assert codec.encode(x) == want
         np.testing.assert_array_equal(p.unpack(want)[1], y_want)
 

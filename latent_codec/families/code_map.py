@@ -71,7 +71,7 @@ class MapPayload:
     z_grid_bits: int = 0
     z_tables: FactorizedPrior | None = None  # (Nh, z levels)
     hyper_decoder: IntegerHyperDecoder | None = None
-    _z_params: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # derived, cached
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # derived, cached
 
     def __post_init__(self) -> None:
         if self.hyper_decoder is not None and self.z_grid_bits > 0:
@@ -182,6 +182,15 @@ class MapPayload:
         return self.y_tables.coder_tables
 
     @property
+    def _y_models(self) -> np.ndarray:
+        """ŷ's coder models as an object array: one fancy index gives every run's model."""
+        if "y" not in self._cache:
+            models = np.empty(self.y_tables.dims, object)
+            models[:] = self._y.models
+            self._cache["y"] = models
+        return self._cache["y"]
+
+    @property
     def _z(self) -> ans.Tables:
         assert self.z_tables is not None
         return self.z_tables.coder_tables
@@ -219,10 +228,11 @@ class MapPayload:
         if hz * wz > SMALL_Z:
             return None
         key = (hz, wz)
-        if key not in self._z_params:
-            self._z_params.clear()  # one size at a time is the common case; keep the cache small
-            self._z_params[key] = np.repeat(self._z.probabilities, hz * wz, axis=0)
-        return self._z_params[key]
+        if key not in self._cache:
+            for k in [k for k in self._cache if k != "y"]:  # one size at a time is the common case
+                del self._cache[k]
+            self._cache[key] = np.repeat(self._z.probabilities, hz * wz, axis=0)
+        return self._cache[key]
 
     def _push_z(self, enc: ans.Encoder, z_flat: np.ndarray, hz: int, wz: int) -> None:
         rows = self._z_rows(hz, wz)
@@ -267,14 +277,14 @@ class MapPayload:
             z_flat = np.ascontiguousarray(z_sym, np.int32).reshape(n, -1)
         for i0, i1 in self._groups(n, y_sym.shape[1:]):
             idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1])
-            runs = _TableRuns(idx, self.y_tables.dims, presorted=self.entropy == "factorized")
+            runs = _TableRuns(idx, self._y_models, presorted=self.entropy == "factorized")
             ordered = runs.sort(y_sym[i0:i1])
             for j in range(i1 - i0):
                 enc = ans.Encoder()
                 if z_sym is not None:  # ẑ first: the decoder needs it to choose ŷ's tables
                     self._push_z(enc, z_flat[i0 + j], hz, wz)
                 starts, ends, tables = runs.item(j)
-                enc.push_runs(ordered[j], starts, ends, [self._y.models[k] for k in tables])
+                enc.push_runs(ordered[j], starts, ends, tables)
                 i = i0 + j
                 out.append(put_varint(int(sizes[i][0])) + put_varint(int(sizes[i][1])) + enc.finish())
             if progress is not None:
@@ -339,14 +349,12 @@ class MapPayload:
         y_sym = np.empty((n, self.code_channels, hy, wy), np.uint16)
         for i0, i1 in self._groups(n, y_sym.shape[1:]):
             idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1])
-            runs = _TableRuns(idx, self.y_tables.dims, presorted=self.entropy == "factorized")
+            runs = _TableRuns(idx, self._y_models, presorted=self.entropy == "factorized")
             ordered = runs.empty()
             for j in range(i1 - i0):
                 starts_j, ends_j, tables = runs.item(j)
                 try:
-                    decoders[i0 + j].pop_runs(
-                        ordered[j], starts_j, ends_j, [self._y.models[k] for k in tables]
-                    )
+                    decoders[i0 + j].pop_runs(ordered[j], starts_j, ends_j, tables)
                     decoders[i0 + j].finish()
                 except PayloadError as exc:
                     raise PayloadError(f"item {i0 + j}: {exc}") from None
@@ -378,7 +386,8 @@ class _TableRuns:
     needs an index array of its full size at once.
     """
 
-    def __init__(self, idx: np.ndarray, levels: int, presorted: bool = False):
+    def __init__(self, idx: np.ndarray, models: np.ndarray, presorted: bool = False):
+        levels = len(models)
         self.n = len(idx)
         self.length = int(np.prod(idx.shape[1:]))
         self.nseg = max(1, -(-self.length // SEGMENT))
@@ -411,13 +420,13 @@ class _TableRuns:
         keep = counts > 0
         self._start = start[keep].tolist()
         self._end = (start + counts)[keep].tolist()
-        self._table = table[keep].tolist()
+        self._models = models[table[keep]].tolist()  # each run's coder model
         self._bounds = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).tolist()
 
-    def item(self, j: int) -> tuple[list[int], list[int], list[int]]:
-        """Item j's runs: starts and ends in its ordered flat ŷ, and each run's table."""
+    def item(self, j: int) -> tuple[list[int], list[int], list[Any]]:
+        """Item j's runs: starts and ends in its ordered flat ŷ, and each run's model (its table's)."""
         a, b = self._bounds[j], self._bounds[j + 1]
-        return self._start[a:b], self._end[a:b], self._table[a:b]
+        return self._start[a:b], self._end[a:b], self._models[a:b]
 
     def _spans(self, r0: int, r1: int):
         """Rows r0..r1-1 of the (n * nseg, seg) grid as (first row, item, flat start, flat end): each item's
