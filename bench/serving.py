@@ -297,6 +297,7 @@ def zoo_rows(bundles: list[Path], items: np.ndarray, work: Path, seconds: float)
         codec = Codec.open(bundle, threads=1)
         payloads = codec.encode(items[:256])
         one = ceiling(codec, payloads, seconds, workers=1)
+        _, cpu_us = ceiling_cpu_us(codec, payloads, seconds)
         root = work / f"zoo-{bundle.name}"
         if not root.exists():
             shutil.copytree(bundle, root / bundle.name)
@@ -309,7 +310,8 @@ def zoo_rows(bundles: list[Path], items: np.ndarray, work: Path, seconds: float)
                     [server.proc.pid], drive(server.target, codec, payloads, batch, clients, method, seconds)
                 )
                 row.update(bundle=bundle.name, format=codec.format, method=method, batch=batch, clients=clients,
-                           ceiling=top, ceiling_1=one, payload_bytes=float(np.mean([len(p) for p in payloads])))  # fmt: skip
+                           ceiling=top, ceiling_1=one, ceiling_us=cpu_us,
+                           payload_bytes=float(np.mean([len(p) for p in payloads])))  # fmt: skip
                 print(row, file=sys.stderr)
                 rows.append(row)
         finally:
@@ -318,22 +320,30 @@ def zoo_rows(bundles: list[Path], items: np.ndarray, work: Path, seconds: float)
 
 
 def zoo_lines(rows: list[dict]) -> list[str]:
-    """The zoo bundles' table and the 90 % goal for their 256-item requests (issue 21)."""
+    """The zoo bundles' table and the 90 % goal for their 256-item requests (issue 21).
+
+    Two measures of the same thing: items/s against the in-process rate measured just before (what the goal
+    names; on a loaded machine the two runs get different shares of the cores), and the in-process decoder's
+    CPU µs per item over the server's (what serving adds per item, whatever the load: a CPU-bound server
+    serves at most that fraction of the in-process rate)."""
     lines = [
-        "| bundle | format | bytes/item | 1-thread decode items/s | method | items/request | clients | "
-        f"{COLUMNS}",
-        f"|---|---|---:|---:|---|---:|---:|{ALIGN}",
+        "| bundle | format | bytes/item | 1-thread decode items/s | in-process CPU µs/item | method | items/request "
+        f"| clients | {COLUMNS} in-process / server CPU |",
+        f"|---|---|---:|---:|---:|---|---:|---:|{ALIGN}---:|",
     ]
     for row in rows:
-        lines.append(_row(row, f"`{row['bundle']}`", row["format"], f"{row['payload_bytes']:.1f}",
-                          f"{row['ceiling_1']:,.0f}", row["method"], str(row["batch"]), str(row["clients"])))  # fmt: skip
+        lead = (f"`{row['bundle']}`", row["format"], f"{row['payload_bytes']:.1f}", f"{row['ceiling_1']:,.0f}",
+                f"{row['ceiling_us']:,.0f}", row["method"], str(row["batch"]), str(row["clients"]))  # fmt: skip
+        lines.append(_row(row, *lead) + f" {100 * row['ceiling_us'] / row['server_us_per_item']:.0f} % |")
     lines.append("")
     for name in dict.fromkeys(r["bundle"] for r in rows):
         cells = [r for r in rows if r["bundle"] == name and r["batch"] == 256]
         low = min(r["items_per_s"] / r["ceiling"] for r in cells)
+        cpu = min(r["ceiling_us"] / r["server_us_per_item"] for r in cells)
         lines.append(
-            f"- `{name}`: 256-item requests at {100 * low:.0f} % of its in-process rate at worst "
-            f"(goal >= 90 %: {'met' if low >= 0.9 else 'not met'})."
+            f"- `{name}`: 256-item requests at {100 * low:.0f} % of its in-process rate at worst (goal >= 90 %: "
+            f"{'met' if low >= 0.9 else 'not met'}); by CPU per item, serving costs {100 / cpu - 100:.0f} % more "
+            f"than decoding in process at worst ({100 * cpu:.0f} %)."
         )
     return lines
 

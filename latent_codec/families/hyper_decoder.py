@@ -13,7 +13,10 @@ is checked when a payload is built (at export) and when a manifest is loaded: we
 fall back to int64 products (exact, slower); weights whose bound reaches 2^63 are refused (int64 could wrap).
 
 Maps are processed in strips of rows (and groups of items) of bounded size, so a 12-megapixel item never
-holds more than a few MB of im2col columns; a strip reads the ẑ rows its receptive field needs.
+holds more than a few MB of im2col columns; a strip reads the ẑ rows its receptive field needs. The products
+run on one BLAS thread (threadpoolctl, scoped to the call): a server decodes on several threads at once, and
+BLAS's own threads on top of them spin and double the CPU per item (docs/speed.md); the result is the same
+either way.
 """
 
 from __future__ import annotations
@@ -26,6 +29,18 @@ FLOAT32_EXACT = 1 << 24  # float32 represents every integer below 2^24 exactly
 FLOAT_EXACT = 1 << 53  # float64 likewise below 2^53: sums that stay below it are exact in any order
 INT64_EXACT = 1 << 63
 STRIP_POSITIONS = 1 << 13  # output positions per matrix product: im2col columns of a few MB
+
+
+_BLAS: list = []  # the process's threadpoolctl controller, made on first use
+
+
+def _one_blas_thread():
+    """A context in which numpy's BLAS runs on one thread (3 µs to enter; the controller is built once)."""
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
 
 
 def exact_dtype(bound: int) -> type:
@@ -230,8 +245,9 @@ class IntegerHyperDecoder:
         z = np.asarray(z)
         dtype = np.uint8 if len(self.thresholds) < 256 else np.uint16
         out = np.empty((len(z), self.w2.shape[0], int(size[0]), int(size[1])), dtype)
-        for sl, units, thresholds in self._strips(z, z_max, out.shape[2:]):
-            out[sl] = thresholds(units)
+        with _one_blas_thread():
+            for sl, units, thresholds in self._strips(z, z_max, out.shape[2:]):
+                out[sl] = thresholds(units)
         return out
 
     def _strips(self, z: np.ndarray, z_max: int | None, size: tuple[int, ...]):
