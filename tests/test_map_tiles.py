@@ -208,3 +208,16 @@ def test_unscale_in_blocks_equals_the_whole_conversion(monkeypatch):
     got = codec.unscale(x)
     assert got.dtype == want.dtype == np.uint8
     np.testing.assert_array_equal(got, want)
+
+
+def test_fixed_size_codecs_report_their_decode_cost_too():
+    """Codec.decode_cost on a flat bundle: output and symbols per item, and a graph run's memory (measured by
+    ONNX Runtime on the bundle's decoder) that grows with the items one run takes."""
+    flat = Codec.open(ROOT / "zoo" / "conv-lambda-0.1", threads=1)
+    payloads = flat.encode(np.zeros((100, 1, 28, 28), np.uint8))
+    whole, chunked = flat.decode_cost(payloads), flat.decode_cost(payloads, chunk=10)
+    assert whole.output_bytes == chunked.output_bytes == 100 * 28 * 28 * 4
+    assert whole.symbols == 100 * flat.payload.code_dims and whole.runs == 1 and chunked.runs == 10
+    assert flat.graph_bytes(per_item=True) > 0
+    assert chunked.tile_bytes * 9 < whole.tile_bytes <= chunked.tile_bytes * 11
+    assert whole.total_bytes > whole.output_bytes + whole.tile_bytes - 1
