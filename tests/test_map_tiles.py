@@ -221,3 +221,15 @@ def test_fixed_size_codecs_report_their_decode_cost_too():
     assert flat.graph_bytes(per_item=True) > 0
     assert chunked.tile_bytes * 9 < whole.tile_bytes <= chunked.tile_bytes * 11
     assert whole.total_bytes > whole.output_bytes + whole.tile_bytes - 1
+
+
+def test_several_big_items_in_one_call_go_one_at_a_time_and_round_trip(small_tiles):
+    codec = Codec.open(BUNDLE, threads=1)
+    x = np.concatenate([photo(300, 260), photo(300, 260)[:, :, ::-1].copy()])
+    together = codec.encode(x)
+    assert together == codec.encode(x[:1]) + codec.encode(x[1:])
+    rec = codec.decode(together)
+    np.testing.assert_array_equal(rec[1:], codec.decode(together[1:]))
+    assert _psnr(x, rec) > 25
+    with pytest.raises(PayloadError, match="share a size"):
+        codec.decode([together[0], codec.encode(photo(300, 200))[0]])

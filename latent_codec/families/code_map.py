@@ -320,16 +320,21 @@ class MapPayload:
             starts.append(pos)
         return out, starts
 
+    @staticmethod
+    def one_size(sizes: np.ndarray) -> None:
+        """PayloadError unless every item of a batch has the same size (one decoder run takes one size)."""
+        if len(sizes) and np.any(sizes != sizes[0]):
+            a, b = sizes[0], sizes[int(np.argmax(np.any(sizes != sizes[0], axis=1)))]
+            raise PayloadError(
+                f"items of one batch must share a size; got {a[0]}x{a[1]} and {b[0]}x{b[1]} (send them separately)"
+            )
+
     def unpack(
         self, payloads: list[bytes], progress: Progress | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """N payloads of one item size -> (sizes (N, 2), ŷ symbols, ẑ symbols or None). PayloadError names the item."""
         sizes, starts = self._headers(payloads)
-        if len(payloads) and np.any(sizes != sizes[0]):
-            a, b = sizes[0], sizes[int(np.argmax(np.any(sizes != sizes[0], axis=1)))]
-            raise PayloadError(
-                f"items of one batch must share a size; got {a[0]}x{a[1]} and {b[0]}x{b[1]} (send them separately)"
-            )
+        self.one_size(sizes)
         n = len(payloads)
         h, w = (int(v) for v in sizes[0]) if n else (self.stride, self.stride)
         hy, wy = self.code_size(h, w)
@@ -613,8 +618,12 @@ class MapCodec(Codec):
         progress = progress or self.progress
         n, _, h, w = x_raw.shape
         sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
-        if self.tiled_encode(h, w):
-            y_sym, z = self.analyse_tiled(x_raw, progress)
+        if self.tiled_encode(h, w):  # one item at a time: the symbols of one big item are held, not of all
+            out: list[bytes] = []
+            for i in range(n):
+                y_sym, z = self.analyse_tiled(x_raw[i : i + 1], progress)
+                out += self.payload.pack(sizes[i : i + 1], y_sym, z, progress)
+            return out
         else:
             y, side = self.analyse(self.scale(x_raw))
             z = self.payload.z_symbols(side["hyper"]) if self.payload.entropy == "hyperprior" else None
@@ -745,11 +754,21 @@ class MapCodec(Codec):
         """N payloads of one item size -> N items; items bigger than one synthesis tile are synthesised tile by
         tile (the decoder graph's memory bounded by the tile, ŷ dequantised per tile)."""
         progress = progress or self.progress
-        sizes, y_sym, _ = self.payload.unpack(list(payloads), progress)
+        payloads = list(payloads)
+        sizes = self.payload.sizes(payloads)
         h, w = (int(v) for v in sizes[0]) if len(sizes) else (0, 0)
-        if len(sizes) and self.tiled_decode(h, w):
-            return self.synthesise_tiled(y_sym, (h, w), progress, unit)
+        if len(sizes) and self.tiled_decode(h, w):  # one item at a time: one big item's symbols are held
+            self.payload.one_size(sizes)
+            out = None
+            for i, p in enumerate(payloads):
+                item = self.synthesise_tiled(self.payload.unpack([p], progress)[1], (h, w), progress, unit)
+                if out is None:
+                    out = np.empty((len(payloads), *item.shape[1:]), item.dtype)
+                out[i] = item[0]
+            assert out is not None
+            return out
         else:
+            sizes, y_sym, _ = self.payload.unpack(payloads, progress)
             x_unit = self.synthesise(self.dequantise(y_sym), {"size": sizes}, chunk)
         return x_unit if unit else self.unscale(x_unit)
 
