@@ -212,3 +212,15 @@ def test_threshold_lookup_equals_searchsorted_at_every_boundary(dtype):
         assert look.fast == fast
         u = np.concatenate([t - 1, t, t + 1, [-(10**7), 10**7, 0]]).astype(dtype)
         np.testing.assert_array_equal(look(u), np.searchsorted(t, u.astype(np.int64), side="right"))
+
+
+def test_assigning_new_thresholds_or_weights_is_taken_into_account():
+    hd, z = _decoder_at(40)
+    first = hd.indices(z, (6, 8), z_max=4)
+    units = _python_units(hd, z).astype(np.int64)
+    hd.thresholds = np.unique(units)[::3]
+    np.testing.assert_array_equal(
+        hd.indices(z, (6, 8), z_max=4), np.searchsorted(hd.thresholds, units, side="right")
+    )
+    hd.w2 = hd.w2 * 2
+    assert not np.array_equal(hd.log_scale_units(z, z_max=4), units) and len(np.unique(first)) >= 1

@@ -177,6 +177,13 @@ class IntegerHyperDecoder:
     thresholds: np.ndarray  # (levels - 1,) increasing int64
     _cols: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # derived, cached
 
+    def __setattr__(self, name: str, value: object) -> None:
+        """Assigning weights or thresholds drops what was derived from them (bounds, columns, lookups).
+        The arrays themselves are treated as immutable: assign new ones rather than editing in place."""
+        object.__setattr__(self, name, value)
+        if name != "_cols" and "_cols" in self.__dict__:
+            self.__dict__["_cols"].clear()
+
     @classmethod
     def from_float(
         cls, w1: np.ndarray, b1: np.ndarray, w2: np.ndarray, b2: np.ndarray, thresholds, frac_bits: int = 10
