@@ -224,17 +224,33 @@ def _vm(pid: int, field: str) -> float:
     raise RuntimeError(f"no {field} for pid {pid}")
 
 
-def child_rusage(cmd: list[str], env: dict) -> tuple[float, resource.struct_rusage, int]:
-    """Run cmd; (wall seconds, its own rusage from wait4, exit code)."""
+# A child's ru_maxrss from wait4 starts at its parent's RSS when it was forked (the high-water mark survives
+# exec), so the command runs under a small Python that forks it and reports what wait4 says of it.
+_RUSAGE_WRAPPER = (
+    "import json, os, sys\n"
+    "pid = os.fork()\n"
+    "if pid == 0:\n"
+    "    os.execvp(sys.argv[1], sys.argv[1:])\n"
+    "_, status, ru = os.wait4(pid, 0)\n"
+    "print(json.dumps({'code': os.waitstatus_to_exitcode(status), 'maxrss_kib': ru.ru_maxrss,\n"
+    "                  'cpu': ru.ru_utime + ru.ru_stime}))\n"
+)
+
+
+def child_rusage(cmd: list[str], env: dict) -> tuple[float, dict]:
+    """Run cmd; (wall seconds, {'cpu': s, 'maxrss_kib': peak RSS of the command itself})."""
+    import json
+
     t0 = time.perf_counter()
-    proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    if proc.returncode:
-        raise RuntimeError(
-            f"{shlex.join(cmd)} failed: {proc.stderr.read().decode()[-2000:] if proc.stderr else ''}"
-        )
-    return time.perf_counter() - t0, usage, proc.returncode
+    done = subprocess.run([sys.executable, "-c", _RUSAGE_WRAPPER, *cmd], cwd=ROOT, env=env, capture_output=True,
+                          text=True)  # fmt: skip
+    wall = time.perf_counter() - t0
+    usage = (
+        json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {"code": done.returncode}
+    )
+    if done.returncode or usage["code"]:
+        raise RuntimeError(f"{shlex.join(cmd)} failed: {done.stderr[-2000:]}")
+    return wall, usage
 
 
 def end_to_end(photo: np.ndarray, work: Path) -> dict:
@@ -256,8 +272,8 @@ def end_to_end(photo: np.ndarray, work: Path) -> dict:
     env = {**child_env(), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "edge.cli", "encode", "--bundle", str(bundle), "--data", str(png),
            "--out", str(codes), "--threads", "1", "--no-progress"]  # fmt: skip
-    wall, usage, _ = child_rusage(cmd, env)
-    out = {"edge_wall": wall, "edge_cpu": usage.ru_utime + usage.ru_stime, "edge_rss_mib": usage.ru_maxrss / 1024,
+    wall, usage = child_rusage(cmd, env)
+    out = {"edge_wall": wall, "edge_cpu": usage["cpu"], "edge_rss_mib": usage["maxrss_kib"] / 1024,
            "code_bytes": codes.stat().st_size}  # fmt: skip
     root = work / "e2e-bundles"
     if not root.exists():
@@ -398,7 +414,8 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
         f"`python -m edge.cli encode --bundle {E2E_BUNDLE} --threads 1` on a PNG of the mosaic in a child "
         "process, then a real `cloud.server` process (`--threads 1`) decoding the code file's payload for a "
         "CloudClient (uint8 reconstruction in the reply). Peak RSS is the kernel's: wait4's ru_maxrss for the "
-        "edge process, VmHWM for the server (which had started, loaded its bundle and idled at "
+        "edge process (forked from a small wrapper: a child's high-water mark starts at its parent's), VmHWM for "
+        "the server (which had started, loaded its bundle and idled at "
         f"{e['server_rss_idle_mib']:.0f} MiB). The server is the real one (`cloud.server.main`) started through "
         "bench/big_item_server.py with `--max-decode-mib 64` and a symbol budget of 2^26: its default per-request "
         "budgets (32 MiB of float32 output, 2^24 code symbols) refuse any single grey item over about 8 MP. "
