@@ -9,6 +9,13 @@ Four phases against `python -m cloud.server` (a child process with a SQLite stor
 2. garbage: random bytes to every method after a warm-up: RSS must stay flat (within 10 %);
 3. amplification: 8 concurrent requests at the decode budget (the worst a client may ask): peak RSS;
 4. load: 64 DecodeStream clients and 64 Decode clients at once: errors, p50/p99 latency, RSS.
+Then issue 22's findings 1-5, against a second server holding the committed map bundle (zoo/) too:
+5. map bombs: a few bytes claiming 2640x2640 (and 96 x 256x256) items: status and time to answer;
+6. worst case of every kind: 8 concurrent requests at the decode budget per bundle kind: peak RSS, and the RSS
+   the idle server keeps after them;
+7. lockout: 1,000 idle Health/Watch streams without a token: a token holder's ModelInfo and a health check;
+8. a DecodeStream client that never reads: how long another client's stream takes;
+9. Ingest of bundle references the server does not hold: statuses (nothing acknowledged).
 """
 
 from __future__ import annotations
@@ -46,6 +53,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", type=Path, default=Path("docs/hostile.md"))
     p.add_argument("--work-dir", type=Path, default=None)
+    p.add_argument("--skip-round2", action="store_true", help="leave out phases 5-9 (issue 22's findings)")
+    p.add_argument("--note", default="", help="what else ran on the machine, for the report")
     return p.parse_args(argv)
 
 
@@ -110,9 +119,32 @@ def garbage_calls(rnd: random.Random):
 
 
 def budget_items(codec) -> int:
+    """The most items of empty entropy-coded payloads one request may carry within the decode budget (`codec`
+    priced as the server prices it: see ``priced``)."""
     from cloud.limits import Limits
 
-    return Limits().max_decode_bytes // (int(np.prod(codec.input.shape)) * 4)
+    lim = Limits()
+    lo, hi = 1, lim.max_items
+    while lo < hi:  # the largest count the budget admits (what a request may ask for)
+        mid = (lo + hi + 1) // 2
+        try:
+            lim.check(codec, [b""] * mid)
+            lo = mid
+        except Exception:
+            hi = mid - 1
+    return lo
+
+
+def priced(bundle: Path):
+    """A bundle's codec with its decoder graph measured, as the server holds it (cloud/bundles.py)."""
+    from latent_codec.bundle import load_bundle
+    from latent_codec.codec import Codec
+    from latent_codec.decode_cost import measure_graph
+
+    b = load_bundle(bundle)
+    codec = Codec.from_bundle(b, threads=1)
+    codec.graph_cost = measure_graph(b.decoder_bytes or b"")
+    return codec
 
 
 async def amplification(target: str, codec, concurrent: int = 8) -> Counter:
@@ -212,6 +244,201 @@ async def load(target: str, codec, payloads: list[bytes], clients: int, seconds:
     return out
 
 
+ZOO_MAP = Path(__file__).resolve().parents[1] / "zoo" / "spatial-lambda-0.0064"
+
+
+def round_two(work: Path, flat_bundle: Path) -> dict:
+    """Issue 22's findings 1-5 against one server holding a flat and the zoo's map bundle (phases 5-9)."""
+    import grpc
+
+    from cloud.limits import Limits
+    from latent_codec.bundle import load_bundle
+    from latent_codec.codec import Codec
+    from latent_codec.container import to_batch
+    from latent_codec.decode_cost import measure_graph
+    from latent_codec.varint import put_varint
+    from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+    from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
+
+    root = work / "round2-bundles"
+    root.mkdir(exist_ok=True)
+    for b in (flat_bundle, ZOO_MAP):
+        if not (root / b.name).exists():
+            (root / b.name).symlink_to(b.resolve(), target_is_directory=True)
+    tokens = work / "tokens2.txt"
+    tokens.write_text(f"{TOKEN} devices={DEVICE}\n")
+    server = ServerProcess(root, str(work / "store2.db"), work,
+                           extra=("--auth-token-file", str(tokens), "--write-timeout", "2")).start()  # fmt: skip
+    md = [("authorization", f"Bearer {TOKEN}")]
+    opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
+    mb = load_bundle(ZOO_MAP)
+    map_codec = Codec.from_bundle(mb, threads=1)
+    map_codec.graph_cost = measure_graph(mb.decoder_bytes or b"")
+    flat = priced(flat_bundle)
+    out: dict = {}
+
+    def claim(h: int, w: int) -> bytes:
+        return put_varint(h) + put_varint(w) + b"\x01"
+
+    try:
+        with grpc.insecure_channel(server.target, options=opts) as ch:
+            stub = pb_grpc.DecodingStub(ch)
+            bombs = {}
+            for name, payloads in (("1 x 2640x2640", [claim(2640, 2640)]), ("1 x 32768x212", [claim(32768, 212)]),
+                                   ("96 x 256x256", [claim(256, 256)] * 96)):  # fmt: skip
+                req = pb.DecodeRequest(codes=to_batch(map_codec, payloads))
+                t0 = time.perf_counter()
+                try:
+                    stub.Decode(req, metadata=md, timeout=60)
+                    status = "OK"
+                except grpc.RpcError as exc:
+                    status = exc.code().name
+                bombs[name] = {
+                    "bytes": req.ByteSize(),
+                    "status": status,
+                    "ms": (time.perf_counter() - t0) * 1e3,
+                }
+            out["bombs"] = bombs
+            # 9. bundle references the server does not hold
+            payload = flat.encode(np.zeros((1, *flat.input.shape), np.uint8))[0]
+            refs = {}
+            for ref in ("conv@2", "conv@0", "nope-000000000000", "../map", "@1", "conv@"):
+                req = pb.IngestRequest(
+                    device_id=DEVICE, items=[pb.IngestItem(item_id="x", bundle_id=ref, payload=payload)]
+                )
+                try:
+                    list(pb_grpc.StorageStub(ch).Ingest(iter([req]), metadata=md, timeout=30))
+                    refs[ref] = "OK (acknowledged)"
+                except grpc.RpcError as exc:
+                    refs[ref] = exc.code().name
+            out["refs"] = refs
+        # 6. worst case per kind
+        kinds = {}
+        budget = Limits().max_decode_bytes
+        lim = Limits(max_decode_bytes=budget)
+        lo, hi = 4, 4096
+        while lo < hi:
+            mid = (lo + hi + 1) // 2
+            try:
+                lim.check(map_codec, [claim(mid, mid)])
+                lo = mid
+            except Exception:
+                hi = mid - 1
+        x = (np.random.default_rng(1).random((1, 1, lo, lo)) * 255).astype(np.uint8)
+        map_req = pb.DecodeRequest(codes=to_batch(map_codec, map_codec.encode(x)),
+                                   reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32)  # fmt: skip
+        n = budget_items(flat)
+        flat_req = pb.DecodeRequest(codes=pb.CodeBatch(bundle_id=flat.bundle_id, count=n, format=flat.format,
+                                    sizes=[0] * n), reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32)  # fmt: skip
+        for kind, req, what in (("map", map_req, f"1 item of {lo}x{lo}"), ("flat", flat_req, f"{n:,} items")):
+            idle, hwm0 = server.rss_kib(), server.rss_kib("VmHWM")
+            tally = asyncio.run(_concurrent(server.target, req, md, opts))
+            hwm1 = server.rss_kib("VmHWM")
+            time.sleep(2)
+            kinds[kind] = {"what": what, "status": dict(tally), "peak_mib": (hwm1 - hwm0) / 1024,
+                           "held_mib": (server.rss_kib() - idle) / 1024}  # fmt: skip
+        out["worst"] = kinds
+        out["lockout"] = asyncio.run(_lockout(server.target, md))
+        out["non_reader"] = asyncio.run(_non_reader(server.target, md, opts, flat_req, flat))
+    finally:
+        out["exit_code"] = server.kill(signal.SIGTERM)
+    return out
+
+
+async def _concurrent(target: str, req, md, opts, n: int = 8) -> Counter:
+    import grpc
+
+    from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
+
+    tally: Counter = Counter()
+    async with grpc.aio.insecure_channel(target, options=opts) as ch:
+        stub = pb_grpc.DecodingStub(ch)
+
+        async def one() -> None:
+            try:
+                await stub.Decode(req, metadata=md, timeout=300)
+                tally["OK"] += 1
+            except grpc.aio.AioRpcError as exc:
+                tally[exc.code().name] += 1
+
+        await asyncio.gather(*(one() for _ in range(n)))
+    return tally
+
+
+async def _lockout(target: str, md, streams: int = 1000) -> dict:
+    import grpc
+    from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+    from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+    from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
+
+    channels = [grpc.aio.insecure_channel(target) for _ in range(10)]
+    watches = [health_pb2_grpc.HealthStub(channels[i % 10]).Watch(health_pb2.HealthCheckRequest(), timeout=120)
+               for i in range(streams)]  # fmt: skip
+    refused = Counter()
+
+    async def first(w) -> None:
+        try:
+            await w.read()
+            refused["open"] += 1
+        except grpc.aio.AioRpcError as exc:
+            refused[exc.code().name] += 1
+
+    await asyncio.gather(*(first(w) for w in watches))
+    out: dict = {"streams": streams, "watch": dict(refused)}
+    async with grpc.aio.insecure_channel(target) as ch:
+        for name, call in (
+            ("ModelInfo (token)", lambda: pb_grpc.DecodingStub(ch).ModelInfo(pb.ModelInfoRequest(), metadata=md, timeout=5)),
+            ("Health/Check", lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)),
+        ):  # fmt: skip
+            t0 = time.perf_counter()
+            try:
+                await call()
+                status = "OK"
+            except grpc.aio.AioRpcError as exc:
+                status = exc.code().name
+            out[name] = {"status": status, "ms": (time.perf_counter() - t0) * 1e3}
+    for w in watches:
+        w.cancel()
+    for c in channels:
+        await c.close()
+    return out
+
+
+async def _non_reader(target: str, md, opts, big, codec) -> dict:
+    import grpc
+
+    from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+    from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
+
+    hog_ch = grpc.aio.insecure_channel(target, options=opts)
+    hog = pb_grpc.DecodingStub(hog_ch).DecodeStream(metadata=md, timeout=60)
+    try:  # the server may end the stream (write deadline) before the last write: fine
+        for _ in range(4):
+            await hog.write(big)
+    except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
+        pass
+    await asyncio.sleep(1.0)
+    small = pb.DecodeRequest(
+        codes=pb.CodeBatch(bundle_id=codec.bundle_id, count=4, format=codec.format, sizes=[0] * 4)
+    )
+    async with grpc.aio.insecure_channel(target, options=opts) as ch:
+        t0 = time.perf_counter()
+        replies = [
+            r async for r in pb_grpc.DecodingStub(ch).DecodeStream(iter([small] * 3), metadata=md, timeout=30)
+        ]
+        took = time.perf_counter() - t0
+    try:
+        async for _ in hog:
+            pass
+        hog_status = "OK"
+    except grpc.aio.AioRpcError as exc:
+        hog_status = exc.code().name
+    hog.cancel()
+    await hog_ch.close()
+    return {"other_s": took, "other_replies": len(replies), "hog_status": hog_status}
+
+
 def _status_rows(status: dict) -> list[str]:
     return [f"| {k} | {v:,} |" for k, v in sorted(status.items(), key=lambda kv: -kv[1])]
 
@@ -224,6 +451,7 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
         "# Hostile clients and load against one server",
         "",
         f"Generated by `{cmd}` on {r['date']} (commit {r['commit']}) on 2 shared cores; do not edit by hand.",
+        *([r["note"]] if r.get("note") else []),
         "The server is a real `python -m cloud.server` process with a SQLite store and a device-bound token; its RSS",
         "is read from /proc. The generator is bench/hostile_requests.py (tests/test_fuzz.py runs it under hypothesis).",
         "",
@@ -272,18 +500,58 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
         f"The server exited {r['exit_code']} on SIGTERM after all phases.",
         "",
     ]
+    r2 = r.get("round2")
+    if r2:
+        lines += [
+            "## 5-9. Issue 22: a second server with the flat bundle and zoo/spatial-lambda-0.0064 (map+hyperprior)",
+            "",
+            "Started with `--write-timeout 2` and the defaults otherwise (2 decode threads, `--max-decode-mib 64`).",
+            "",
+            "**5. Map bombs** (a payload header claiming a huge item; before: OK after 37 s, +3,845 MiB):",
+            "",
+            "| request | bytes | status | answered in (ms) |",
+            "|---|---:|---|---:|",
+            *[f"| {k} | {v['bytes']} | {v['status']} | {v['ms']:.0f} |" for k, v in r2["bombs"].items()],
+            "",
+            "**6. 8 concurrent worst-case requests of each kind** (the largest request the budget admits, float32 replies):",
+            "",
+            "| kind | request | statuses | peak RSS | RSS kept 2 s after |",
+            "|---|---|---|---:|---:|",
+            *[
+                f"| {k} | {v['what']} | {v['status']} | +{v['peak_mib']:.0f} MiB | +{v['held_mib']:.0f} MiB |"
+                for k, v in r2["worst"].items()
+            ],  # fmt: skip
+            "",
+            f"**7. Lockout**: {r2['lockout']['streams']:,} idle Health/Watch streams without a token "
+            f"({r2['lockout']['watch']}); then "
+            + ", ".join(
+                f"{k}: {v['status']} in {v['ms']:.0f} ms"
+                for k, v in r2["lockout"].items()
+                if isinstance(v, dict) and "ms" in v
+            )  # fmt: skip
+            + " (before: RESOURCE_EXHAUSTED for everyone past 256 streams).",
+            "",
+            f"**8. A DecodeStream client that never reads** (4 requests at the budget): another client's 3-request "
+            f"stream took {r2['non_reader']['other_s']:.2f} s; the non-reader's stream ended "
+            f"{r2['non_reader']['hog_status']} (before: others waited for their 10 s deadline).",
+            "",
+            "**9. Ingest of bundle references the server does not hold** (before: all acknowledged and stored "
+            "verbatim): " + ", ".join(f"`{k}` {v}" for k, v in r2["refs"].items()) + ".",
+            "",
+            f"The second server exited {r2['exit_code']} on SIGTERM.",
+            "",
+        ]
     path.write_text("\n".join(lines))
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from latent_codec import datasets
-    from latent_codec.codec import Codec
 
     work = args.work_dir or Path(tempfile.mkdtemp(prefix="aecodec-hostile-"))
     work.mkdir(parents=True, exist_ok=True)
     bundle = args.bundle or train_bundle(work)
-    codec = Codec.open(bundle)
+    codec = priced(bundle)
     spec = "fashion-mnist" if list(codec.input.shape) == [1, 28, 28] else "digits"
     payloads = codec.encode(datasets.load(spec, "test").x[:64])
     target = Target(
@@ -339,6 +607,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"load: {out}", file=sys.stderr)
     finally:
         r["exit_code"] = server.kill(signal.SIGTERM)
+    if not args.skip_round2:
+        r["round2"] = round_two(work, bundle)
+        print(f"round two: {r['round2']}", file=sys.stderr)
+    r["note"] = args.note
     write_report(args.out, list(argv if argv is not None else sys.argv[1:]), r)
     print(f"wrote {args.out}")
     return 0 if r["fuzz"]["bad"] == 0 and not r["load"]["errors"] else 1

@@ -47,6 +47,8 @@ class _Waiting:
     codes: np.ndarray
     side: Side
     future: asyncio.Future
+    chunk: int
+    release: bool
 
 
 class Batcher:
@@ -67,13 +69,18 @@ class Batcher:
     def enabled(self) -> bool:
         return self.max_items > 1
 
-    async def synthesise(self, codes: np.ndarray, side: Side) -> np.ndarray:
-        """The decoder graph on these codes, merged with other requests' when batching is on."""
+    async def synthesise(
+        self, codes: np.ndarray, side: Side, chunk: int = 0, release: bool = False
+    ) -> np.ndarray:
+        """The decoder graph on these codes, merged with other requests' when batching is on. chunk: items per
+        decoder run at most (0: the batcher's); release: give the runtime's memory back after the run (a large
+        item's working set would otherwise stay with the process)."""
         loop = asyncio.get_running_loop()
-        if not self.enabled or len(codes) >= self.max_items:
-            return await self._run_alone(codes, side)
+        chunk = min(chunk, self.chunk) if chunk > 0 and self.chunk > 0 else (chunk or self.chunk)
+        if not self.enabled or len(codes) >= self.max_items or chunk < len(codes):
+            return await self._run_alone(codes, side, chunk, release)
         future: asyncio.Future = loop.create_future()
-        self._waiting.append(_Waiting(codes, side, future))
+        self._waiting.append(_Waiting(codes, side, future, chunk, release))
         self._items += len(codes)
         if self._items >= self.max_items or (self._running < self.max_runs and self.max_delay <= 0):
             self._flush()
@@ -81,17 +88,29 @@ class Batcher:
             self._timer = loop.call_later(self.max_delay, self._flush)
         return await future
 
-    async def _run_alone(self, codes: np.ndarray, side: Side) -> np.ndarray:
+    async def _run_alone(
+        self, codes: np.ndarray, side: Side, chunk: int = 0, release: bool = False
+    ) -> np.ndarray:
         if self.observe is not None:
             self.observe(len(codes))
         loop = asyncio.get_running_loop()
+        chunk = chunk or self.chunk
+        try:
+            return await self._runs(loop, codes, side, chunk)
+        finally:
+            if release:
+                await loop.run_in_executor(self.executor, self.codec.release_memory)
+
+    async def _runs(
+        self, loop: asyncio.AbstractEventLoop, codes: np.ndarray, side: Side, chunk: int
+    ) -> np.ndarray:
         parts = min(self.max_runs, len(codes) // SPLIT)
         if parts <= 1:
-            return await loop.run_in_executor(self.executor, self.codec.synthesise, codes, side, self.chunk)
+            return await loop.run_in_executor(self.executor, self.codec.synthesise, codes, side, chunk)
         # Pieces of at most `chunk` items, dealt to the parts; each is written into one output as it is done, so
         # the split holds the output once (not the parts' outputs and then their concatenation).
         n = len(codes)
-        step = min(self.chunk if self.chunk > 0 else n, -(-n // parts))
+        step = min(chunk if chunk > 0 else n, -(-n // parts))
         pieces = [(a, min(a + step, n)) for a in range(0, n, step)]
         made: list[np.ndarray] = []
         lock = threading.Lock()
@@ -115,7 +134,11 @@ class Batcher:
             self._timer = None
         batch: list[_Waiting] = []
         items = 0
-        while self._waiting and (not batch or items + len(self._waiting[0].codes) <= self.max_items):
+        while self._waiting and (
+            not batch
+            or items + len(self._waiting[0].codes)
+            <= min(self.max_items, batch[0].chunk, self._waiting[0].chunk)
+        ):
             w = self._waiting.pop(0)
             batch.append(w)
             items += len(w.codes)
@@ -143,11 +166,12 @@ class Batcher:
         try:
             codes = np.concatenate([w.codes for w in live])
             side = {k: np.concatenate([w.side[k] for w in live]) for k in live[0].side}
-            out = await self._run_alone(codes, side)
+            chunk = min(w.chunk for w in live)
+            out = await self._run_alone(codes, side, chunk, any(w.release for w in live))
         except Exception:
             for w in live:  # isolate: each request alone, its own result or its own error
                 try:
-                    result = await self._run_alone(w.codes, w.side)
+                    result = await self._run_alone(w.codes, w.side, w.chunk, w.release)
                     if not w.future.done():
                         w.future.set_result(result)
                 except Exception as exc:
@@ -160,6 +184,17 @@ class Batcher:
             if not w.future.done():
                 w.future.set_result(out[start:end])
             start = end
+
+
+@dataclass(frozen=True)
+class Batching:
+    """Dynamic batching (cloud/batching.py): max_items <= 1 turns it off."""
+
+    max_items: int = 256  # items per merged decoder run
+    max_delay: float = 0.0  # seconds an idle bundle waits for company (0: run at once, batch only under load)
+    chunk: int = 256  # items per decoder-graph run within a batch (bounds activations)
+    max_runs: int = 2  # decoder runs in flight per bundle (the decode threads)
+    stream_window: int = 32  # requests of one DecodeStream in work at once (1: one at a time, no read-ahead)
 
 
 # ---- one stream's requests, read ahead ------------------------------------------------------------------------

@@ -23,8 +23,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from latent_codec.bundle import MANIFEST_NAME, Manifest, load_bundle
+from latent_codec.bundle import DECODER_NAME, ENCODER_NAME, MANIFEST_NAME, Manifest, load_bundle
 from latent_codec.codec import Codec
+from latent_codec.decode_cost import measure_graph
 from latent_codec.errors import BundleError
 
 log = logging.getLogger(__name__)
@@ -39,6 +40,7 @@ class LoadedBundle:
     name: str = ""
     version: int = 1
     extras: dict[str, Any] = field(default_factory=dict)  # per-server attachments (the batcher)
+    stamp: tuple = ()  # the ONNX files' (size, mtime, inode) when loaded: a file rewritten in place is noticed
 
     @property
     def bundle_id(self) -> str:
@@ -102,8 +104,16 @@ class BundleRegistry:
         return lb.bundle_id
 
     def _load(self, path: Path, name: str, version: int) -> LoadedBundle:
-        codec = Codec.from_bundle(load_bundle(path, need=("decoder",)), self._threads)
-        return LoadedBundle(codec, path, (path / MANIFEST_NAME).read_text(), name, version)
+        stamp = _stamp(path)
+        bundle = load_bundle(path, need=("decoder",))
+        codec = Codec.from_bundle(bundle, self._threads)
+        try:  # what decoding holds and takes per pixel, from the graph itself (cloud/limits.py prices requests)
+            codec.graph_cost = measure_graph(bundle.decoder_bytes or b"")
+        except Exception as exc:  # ORT failing a probe run: the graph is unusable for serving
+            raise BundleError(
+                f"{path}: the decoder graph cannot be measured ({type(exc).__name__}: {exc})"
+            ) from None
+        return LoadedBundle(codec, path, (path / MANIFEST_NAME).read_text(), name, version, stamp=stamp)
 
     def reload(self, strict: bool = False) -> ReloadReport:
         """Rescan the root: load new and changed bundles, drop removed ones, swap atomically."""
@@ -136,7 +146,18 @@ class BundleRegistry:
                     continue
                 (report.replaced if old is not None else report.added).append(lb.bundle_id)
                 new[path] = lb
+            if not strict:  # a clash skips the newcomer (logged), never every other change of the scan
+                for problem, path in _clashes(new, self._by_path):
+                    report.errors.append(problem)
+                    log.error("reload: %s; %s is skipped", problem, path)
+                    lb = new.pop(path)
+                    for ids in (report.added, report.replaced):
+                        if lb.bundle_id in ids:
+                            ids.remove(lb.bundle_id)
+                    if path in self._by_path and not _clashes({**new, path: self._by_path[path]}, {}):
+                        new[path] = self._by_path[path]  # the copy that worked keeps serving
             report.removed = [lb.bundle_id for p, lb in self._by_path.items() if p not in new]
+            emptied = bool(self._by_path) and not new
             try:
                 self._install(new)
             except BundleError as exc:
@@ -145,6 +166,8 @@ class BundleRegistry:
                 report.errors.append(str(exc))
                 log.error("reload refused: %s", exc)
                 return ReloadReport(errors=report.errors)
+            if emptied:
+                log.warning("reload: %s holds no bundle any more: this server now decodes nothing", self.root)
         for what, ids in (
             ("added", report.added),
             ("replaced", report.replaced),
@@ -155,34 +178,24 @@ class BundleRegistry:
         return report
 
     def _install(self, by_path: dict[Path, LoadedBundle]) -> None:
-        by_id: dict[str, LoadedBundle] = {}
-        by_name: dict[str, dict[int, LoadedBundle]] = {}
-        for lb in by_path.values():
-            held = by_id.get(lb.bundle_id)
-            if held is not None and held.path.resolve() != lb.path.resolve():
-                raise BundleError(
-                    f"bundle {lb.bundle_id} is in two places: {held.path} and {lb.path}; keep one "
-                    f"(the same id must mean the same bytes)"
-                )
-            by_id[lb.bundle_id] = lb
-            other = by_name.setdefault(lb.name, {}).get(lb.version)
-            if other is not None and other.bundle_id != lb.bundle_id:
-                raise BundleError(f"{lb.ref} names two bundles: {other.path} and {lb.path}")
-            by_name[lb.name][lb.version] = lb
-        self._by_path, self._by_id, self._by_name = by_path, by_id, by_name
+        problems = _clashes(by_path, {})
+        if problems:
+            raise BundleError(problems[0][0])
+        self._by_path, self._by_id, self._by_name = by_path, *_maps(by_path)
 
     def get(self, ref: str) -> LoadedBundle | None:
-        """A bundle by content id, "name@version", or "name" (its highest version)."""
+        """A bundle by content id, "name@version", or "name" (its highest version); None for anything else,
+        including a malformed reference ("conv@", "conv@0", "@1": describe_ref says why)."""
         lb = self._by_id.get(ref)
         if lb is not None:
             return lb
-        name, _, version = ref.partition("@")
+        if describe_ref(ref) is not None:
+            return None
+        name, at, version = ref.partition("@")
         versions = self._by_name.get(name)
         if not versions:
             return None
-        if not version:
-            return versions[max(versions)]
-        return versions.get(int(version)) if _VERSION.fullmatch(version) else None
+        return versions.get(int(version)) if at else versions[max(versions)]
 
     def ids(self) -> list[str]:
         return sorted(self._by_id)
@@ -194,8 +207,70 @@ class BundleRegistry:
         return len(self._by_id)
 
 
+def _maps(
+    by_path: dict[Path, LoadedBundle],
+) -> tuple[dict[str, LoadedBundle], dict[str, dict[int, LoadedBundle]]]:
+    by_id: dict[str, LoadedBundle] = {}
+    by_name: dict[str, dict[int, LoadedBundle]] = {}
+    for lb in by_path.values():
+        by_id.setdefault(lb.bundle_id, lb)
+        by_name.setdefault(lb.name, {}).setdefault(lb.version, lb)
+    return by_id, by_name
+
+
+def _clashes(by_path: dict[Path, LoadedBundle], held: dict[Path, LoadedBundle]) -> list[tuple[str, Path]]:
+    """(problem, path to skip) for each bundle id in two places, or name@version naming two bundles; the path
+    skipped is the one not held before (else the later in order)."""
+    out: list[tuple[str, Path]] = []
+    by_id: dict[str, LoadedBundle] = {}
+    by_ref: dict[tuple[str, int], LoadedBundle] = {}
+    for path in sorted(by_path, key=lambda p: (p not in held, str(p))):
+        lb = by_path[path]
+        first = by_id.get(lb.bundle_id)
+        if first is not None and first.path.resolve() != lb.path.resolve():
+            out.append((f"bundle {lb.bundle_id} is in two places: {first.path} and {lb.path}; keep one "
+                        f"(the same id must mean the same bytes)", path))  # fmt: skip
+            continue
+        other = by_ref.get((lb.name, lb.version))
+        if other is not None and other.bundle_id != lb.bundle_id:
+            out.append((f"{lb.ref} names two bundles: {other.path} and {lb.path}", path))
+            continue
+        by_id[lb.bundle_id] = lb
+        by_ref[(lb.name, lb.version)] = lb
+    return out
+
+
+def describe_ref(ref: str) -> str | None:
+    """Why a bundle reference is malformed (a phrase for the caller), or None when it is a content id, a name or
+    name@version with a positive version."""
+    name, at, version = ref.partition("@")
+    if not name or name.startswith(".") or "/" in name or "\\" in name:
+        return "is not a bundle reference (use a content id, NAME or NAME@VERSION)"
+    if at and not _VERSION.fullmatch(version):
+        return f"has version {version!r}; a version is a positive integer (NAME@VERSION, e.g. {name}@1)"
+    return None
+
+
+def _stamp(path: Path) -> tuple:
+    """(size, mtime_ns, inode) of a bundle's ONNX files: cheap, and changed by any rewrite, in place or not."""
+    out: list[tuple[int, int, int] | None] = []
+    for name in (ENCODER_NAME, DECODER_NAME):
+        try:
+            st = (path / name).stat()
+        except OSError:
+            out.append(None)
+            continue
+        out.append((st.st_size, st.st_mtime_ns, st.st_ino))
+    return tuple(out)
+
+
 def _same(old: LoadedBundle, path: Path) -> bool:
-    """Is the bundle at path still the one loaded (same manifest text)? Cheap: no ONNX file is read."""
+    """Is the bundle at path still the one loaded (same ONNX files, same manifest)? Cheap: no file is read but the
+    manifest."""
+    if (
+        old.stamp and _stamp(path) != old.stamp
+    ):  # e.g. decoder.onnx overwritten in place: load and verify it again
+        return False
     try:
         text = (path / MANIFEST_NAME).read_text()
     except OSError:
@@ -208,4 +283,4 @@ def _same(old: LoadedBundle, path: Path) -> bool:
         return False
 
 
-__all__ = ["BundleError", "BundleRegistry", "LoadedBundle", "ReloadReport", "discover"]
+__all__ = ["BundleError", "BundleRegistry", "LoadedBundle", "ReloadReport", "describe_ref", "discover"]

@@ -15,7 +15,6 @@ import logging
 import time
 from collections.abc import AsyncIterator
 from concurrent.futures import Executor
-from dataclasses import dataclass
 
 import grpc
 import numpy as np
@@ -28,9 +27,10 @@ from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
 from .audit import Audit
-from .batching import Batcher, in_order
+from .batching import Batcher, Batching, in_order
 from .bundles import BundleRegistry, LoadedBundle
-from .limits import InFlight, Limits, OverBudget
+from .interceptors.wrapping import write_within
+from .limits import RELEASE_BYTES, Cost, DecodeBudget, InFlight, Limits, OverBudget
 from .metrics import CodecMetrics
 
 log = logging.getLogger(__name__)
@@ -50,16 +50,21 @@ def reconstruction_tensor(codec: Codec, rec_unit: np.ndarray, fmt: int, raw: np.
     return to_tensor(codec.unscale(rec_unit) if raw is None else raw)
 
 
-def check_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> int:
+def check_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> Cost:
     """Everything about a request that can be refused without decoding (PayloadError / OverBudget).
-    -> the bytes decoding it will hold."""
+    -> what decoding it will hold and take (the codec prices it from the payloads' headers)."""
     if req.codes.count == 0:
         raise PayloadError("codes.count is 0: send at least one item")
-    payloads = from_batch(codec, req.codes) if codec.input.any_size else None  # sizes are in the payloads
-    held = limits.check(codec, req.codes.count, "codes", payloads)
     if req.reconstruction_format not in FORMATS:
         raise PayloadError(f"reconstruction_format {req.reconstruction_format} is unknown")
-    return held
+    reply_itemsize = {pb.RECONSTRUCTION_FORMAT_FLOAT32: 4, pb.RECONSTRUCTION_FORMAT_NONE: 0}.get(
+        req.reconstruction_format, 1
+    )
+    if req.codes.count > limits.max_items:  # before splitting what may be a huge count of empty payloads
+        raise OverBudget(
+            f"codes has {req.codes.count:,} items; the limit is {limits.max_items:,} items per request"
+        )
+    return limits.check(codec, from_batch(codec, req.codes), "codes", reply_itemsize)
 
 
 def prepare(codec: Codec, req: pb.DecodeRequest) -> tuple[np.ndarray, Side, np.ndarray | None]:
@@ -68,14 +73,12 @@ def prepare(codec: Codec, req: pb.DecodeRequest) -> tuple[np.ndarray, Side, np.n
     originals = None
     if req.HasField("originals"):
         originals = from_tensor(req.originals, "originals")
-        if codec.input.any_size:  # each payload says its item's size; one request holds one size
-            shapes = codec.output_shapes(payloads)
-            want = [len(payloads), *(shapes[0].tolist() if len(shapes) else codec.input.shape)]
-            where = "count x the items' size"
-        else:
-            want, where = [len(payloads), *codec.input.shape], "count x manifest input.shape"
+        shapes = codec.output_shapes(payloads)  # what each payload decodes to; one request holds one size
+        want = [len(payloads), *(shapes[0].tolist() if len(shapes) else codec.input.shape)]
         if list(originals.shape) != want:
-            raise PayloadError(f"originals.shape is {list(originals.shape)}, expected {want} ({where})")
+            raise PayloadError(
+                f"originals.shape is {list(originals.shape)}, expected {want} (count x the items' size)"
+            )
         if originals.dtype.name != codec.input.dtype:
             raise PayloadError(
                 f"originals.dtype is {originals.dtype.name}, the manifest's input dtype is {codec.input.dtype}"
@@ -158,17 +161,6 @@ async def run_checked(context: grpc.aio.ServicerContext, executor: Executor, fn,
         await context.abort(grpc.StatusCode.INTERNAL, f"decoding failed: {type(exc).__name__}")
 
 
-@dataclass(frozen=True)
-class Batching:
-    """Dynamic batching (cloud/batching.py): max_items <= 1 turns it off."""
-
-    max_items: int = 256  # items per merged decoder run
-    max_delay: float = 0.0  # seconds an idle bundle waits for company (0: run at once, batch only under load)
-    chunk: int = 256  # items per decoder-graph run within a batch (bounds activations)
-    max_runs: int = 2  # decoder runs in flight per bundle (the decode threads)
-    stream_window: int = 32  # requests of one DecodeStream in work at once (1: one at a time, no read-ahead)
-
-
 class DecodingService(pb_grpc.DecodingServicer):
     def __init__(
         self,
@@ -178,15 +170,19 @@ class DecodingService(pb_grpc.DecodingServicer):
         metrics: CodecMetrics | None = None,
         batching: Batching | None = None,
         audit: Audit | None = None,
+        in_flight: DecodeBudget | None = None,
+        write_timeout: float = 0.0,
     ):
+        self.write_timeout = write_timeout  # a stream whose client does not take a reply within it ends
         self.registry = registry
         self.executor = executor
         self.limits = limits or Limits()
         self.metrics = metrics
         self.batching = batching or Batching()
         self.audit = audit
-        # The decoded bytes all requests may hold at once: one budget per decode thread.
-        self.in_flight = InFlight(self.batching.max_runs * self.limits.max_decode_bytes)
+        # The working bytes and CPU seconds all requests may hold at once: one budget per decode thread (shared with
+        # Ingest's validation and Fetch when the server passes its own).
+        self.in_flight = in_flight or DecodeBudget(self.limits, self.batching.max_runs)
         # The bytes streams' replies hold from decoding until their client takes them (cloud/batching.py in_order):
         # one request's budget across all streams. Clients that do not read can hold it and stall other streams'
         # decoding (until they go away, or --max-connection-age), never the server's memory.
@@ -200,7 +196,7 @@ class DecodingService(pb_grpc.DecodingServicer):
 
     async def _admit(
         self, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
-    ) -> tuple[tuple[LoadedBundle, pb.DecodeRequest, int], int]:
+    ) -> tuple[tuple[LoadedBundle, pb.DecodeRequest, Cost], int]:
         """What can be refused before decoding (aborts); -> (what _work needs, the bytes decoding will hold)."""
         if not request.HasField("codes"):
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "codes is missing")
@@ -211,16 +207,16 @@ class DecodingService(pb_grpc.DecodingServicer):
             await context.abort(grpc.StatusCode.RESOURCE_EXHAUSTED, str(exc))
         except PayloadError as exc:
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-        return (lb, request, held), held
+        return (lb, request, held), held.nbytes
 
     async def _work(
-        self, admitted: tuple[LoadedBundle, pb.DecodeRequest, int], context: grpc.aio.ServicerContext
+        self, admitted: tuple[LoadedBundle, pb.DecodeRequest, Cost], context: grpc.aio.ServicerContext
     ) -> pb.DecodeResponse:
         """Decode an admitted request within the in-flight budget and build its reply."""
         lb, request, held = admitted
         t0 = time.perf_counter()
         async with self.in_flight.hold(held):
-            resp = await self._decode_checked(lb, request, context)
+            resp = await self._decode_checked(lb, request, held, context)
         size = resp.ByteSize()
         if size > self.limits.max_reply_bytes:  # refused here: the status logged is the one the client sees
             await context.abort(
@@ -235,7 +231,7 @@ class DecodingService(pb_grpc.DecodingServicer):
         return resp
 
     async def _decode_checked(
-        self, lb: LoadedBundle, request: pb.DecodeRequest, context: grpc.aio.ServicerContext
+        self, lb: LoadedBundle, request: pb.DecodeRequest, cost: Cost, context: grpc.aio.ServicerContext
     ) -> pb.DecodeResponse:
         codec = lb.codec
         if request.codes.count <= SMALL:  # a few items: unpacking them here is cheaper than a thread hop
@@ -248,7 +244,7 @@ class DecodingService(pb_grpc.DecodingServicer):
         observe = self.metrics.batch_items.observe if self.metrics is not None else None
         batcher = batcher_of(lb, self.executor, self.batching, observe)
         try:
-            rec = await batcher.synthesise(codes, side)
+            rec = await batcher.synthesise(codes, side, cost.run_items, cost.graph_bytes > RELEASE_BYTES)
         except Exception as exc:  # an ORT failure on well-formed codes is our bug, not the caller's
             log.exception("decoder graph failed")
             await context.abort(grpc.StatusCode.INTERNAL, f"decoding failed: {type(exc).__name__}")
@@ -273,7 +269,9 @@ class DecodingService(pb_grpc.DecodingServicer):
         # Closed at once when a write fails (the client went away): what its requests hold comes back now.
         async with contextlib.aclosing(replies):
             async for reply in replies:
-                await context.write(reply)  # returns once the client's flow-control window has taken it
+                # Returns once the client's flow-control window has taken it; a client that does not read for
+                # --write-timeout seconds has its stream ended, and what its replies hold comes back.
+                await write_within(context, reply, self.write_timeout)
 
     async def ModelInfo(self, request, context):
         bundles = []

@@ -23,6 +23,7 @@ from pathlib import Path
 from latent_codec.errors import CodecError
 
 ALL = "*"
+MIN_TOKEN_CHARS = 12  # a token is a secret: a short one is guessed (secrets.token_urlsafe(32) gives 43)
 
 
 @dataclass(frozen=True)
@@ -72,6 +73,11 @@ def parse_token_line(line: str, n: int, where: str) -> tuple[str, Principal]:
     """One line of the token file -> (token, principal); CodecError naming the line when it is malformed."""
     parts = line.split()
     token, scopes = parts[0], parts[1:]
+    if len(token) < MIN_TOKEN_CHARS:
+        raise CodecError(
+            f"the auth token file {where}: line {n}: a token of {len(token)} characters is too short to be secret "
+            f"(at least {MIN_TOKEN_CHARS}; e.g. python3 -c 'import secrets; print(secrets.token_urlsafe(32))')"
+        )
     devices: set[str] = set()
     operator = False
     for s in scopes:

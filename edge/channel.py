@@ -29,17 +29,21 @@ _RETRY = {
     "backoffMultiplier": 2,
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
+# The calls safe to repeat on another replica: what a proxy may retry too (deploy/envoy.yaml's retried route;
+# tests/test_deploy.py fails when the two differ). Streams are not replayed by a proxy.
+IDEMPOTENT_METHODS = (
+    (DECODING, "Decode"),
+    (DECODING, "ModelInfo"),
+    (STORAGE, "Fetch"),
+    (STORAGE, "ListStored"),
+)
+# The edge retries Ingest itself as well: it is idempotent by item id, and the spool resends what was not acked.
+RETRIED_METHODS = (*IDEMPOTENT_METHODS, (STORAGE, "Ingest"))
 SERVICE_CONFIG = json.dumps(
     {
         "methodConfig": [
             {
-                "name": [
-                    {"service": STORAGE, "method": "Ingest"},
-                    {"service": STORAGE, "method": "ListStored"},
-                    {"service": STORAGE, "method": "Fetch"},
-                    {"service": DECODING, "method": "ModelInfo"},
-                    {"service": DECODING, "method": "Decode"},
-                ],
+                "name": [{"service": service, "method": method} for service, method in RETRIED_METHODS],
                 "retryPolicy": _RETRY,
             }
         ]
@@ -148,11 +152,27 @@ class _CallDetails(grpc.ClientCallDetails):
         self.credentials, self.wait_for_ready, self.compression = credentials, wait_for_ready, compression
 
 
+def check_target(target: str) -> None:
+    """A one-line CodecError for an address gRPC would misread: a URL (http://...), or a host without a port
+    (gRPC would silently use 443)."""
+    if "://" in target and not target.startswith(("dns://", "unix://")):
+        scheme = target.split("://", 1)[0]
+        raise CodecError(f"--server {target!r}: give HOST:PORT without {scheme}:// (gRPC is not a web URL)")
+    if target.startswith(("ipv4:", "ipv6:", "unix:", "dns:", "unix-abstract:", "vsock:")):
+        return
+    host, sep, port = target.rpartition(":")
+    if not sep or not host or (host.count(":") and not host.endswith("]")):
+        raise CodecError(f"--server {target!r} has no port: give HOST:PORT (e.g. {target}:50051)")
+    if not port.isdigit() or not 0 < int(port) <= 65535:
+        raise CodecError(f"--server {target!r}: the port must be a number 1..65535")
+
+
 def open_channel(target: str, security: Security | None = None, *, retry: bool = True) -> grpc.Channel:
     """Plaintext or TLS channel carrying the bearer token, with large messages allowed and, with retry=True,
     gRPC's own retries of safe calls and quick reconnects once the cloud is back. A target listing several
     addresses (gRPC's "ipv4:HOST:PORT,HOST:PORT" form) gets round-robin balancing: each call (an Ingest
     stream is one call) goes to the next address that is up, and calls skip an address that is down."""
+    check_target(target)
     sec = security or Security()
     options: list[tuple[str, Any]] = [
         ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
@@ -179,12 +199,59 @@ def open_channel(target: str, security: Security | None = None, *, retry: bool =
     return grpc.intercept_channel(channel, _BearerToken(sec.token)) if sec.token else channel
 
 
+# What gRPC's UNAVAILABLE details say (lower case), and the cause a person can act on.
+_CAUSES = (
+    (
+        "connection refused",
+        "nothing listens on that port (connection refused): is the server running, is the port right?",
+    ),
+    ("dns resolution failed", "the host name does not resolve (DNS)"),
+    ("name or service not known", "the host name does not resolve (DNS)"),
+    ("domain name not found", "the host name does not resolve (DNS)"),
+    ("hostname lookup", "the host name does not resolve (DNS)"),
+    ("errors resolving", "the host name does not resolve (DNS)"),
+    (
+        "failed parsing http/2",
+        "something answers there, but it does not speak gRPC (HTTP/1: the metrics port? a web server?)",
+    ),
+    ("http1", "something answers there, but it speaks HTTP/1, not gRPC (the metrics port? a web server?)"),
+    ("ssl", "the TLS handshake failed (a plaintext server? the wrong --tls-ca or --tls-server-name?)"),
+    ("handshake", "the TLS handshake failed (a plaintext server? the wrong --tls-ca or --tls-server-name?)"),
+    ("tls", "the TLS handshake failed (a plaintext server? the wrong --tls-ca or --tls-server-name?)"),
+    ("socket closed", "the connection was closed by the other side (a TLS server spoken to in plaintext?)"),
+    ("connection reset", "the connection was reset by the other side"),
+    ("no route to host", "there is no route to that host"),
+    ("network is unreachable", "the network is unreachable"),
+    ("timed out", "the connection attempt timed out (a firewall dropping packets? the wrong host?)"),
+)
+
+
+def cause(exc: grpc.RpcError) -> str:
+    """Why a call could not reach the cloud, in words a person can act on."""
+    code = exc.code()
+    details = exc.details() or ""
+    if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return (
+            "no answer before the deadline (--timeout / --connect-timeout): the server is slow, or not there"
+        )
+    low = details.lower()
+    for needle, why in _CAUSES:
+        if needle in low:
+            return why
+    return details
+
+
 def describe(exc: grpc.RpcError, target: str) -> str:
     """A failed call as one sentence for a person (status name and the server's message)."""
     code = exc.code()
     details = exc.details()
     if code in (grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED):
-        return f"cannot reach the cloud at {target} ({code.name}: {details})"
+        return f"cannot reach the cloud at {target}: {cause(exc)} ({code.name})"
+    if code == grpc.StatusCode.UNIMPLEMENTED and "Storage" not in (details or ""):
+        return (
+            f"the server at {target} does not offer this call ({details}): is it an aecodec cloud server of this "
+            f"version? (Ingest, Fetch and ListStored need a server started with --store)"
+        )
     if code == grpc.StatusCode.UNAUTHENTICATED:
         return f"cloud at {target} refused the credentials: {details} (pass --auth-token-file or set ${TOKEN_ENV})"
     if code == grpc.StatusCode.UNIMPLEMENTED:

@@ -16,9 +16,9 @@ from __future__ import annotations
 import argparse
 import sys
 
+from latent_codec.cli_main import run_main
 from latent_codec.envargs import apply_env
 from latent_codec.envargs import describe as describe_env
-from latent_codec.errors import CodecError
 
 from .commands import COMMANDS
 
@@ -49,19 +49,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def main(argv: list[str] | None = None) -> int:
-    try:
-        args = parse_args(argv)
-    except CodecError as exc:  # a bad AECODEC_* variable
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    try:
-        return int(COMMANDS[args.command].run(args))
-    except CodecError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    except KeyboardInterrupt:
-        print("error: interrupted", file=sys.stderr)
-        return 130
+    return run_main(parse_args, lambda args: COMMANDS[args.command].run(args), argv)
 
 
 if __name__ == "__main__":

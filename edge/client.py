@@ -15,6 +15,7 @@
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -95,12 +96,12 @@ class CloudClient:
         return CloudError(describe(exc, self.target))
 
     def wait_ready(self) -> None:
+        """One call to the cloud: it answers, or a CloudError names why not (refused, DNS, TLS, not gRPC, the
+        deadline) as soon as that is known, instead of waiting out the whole connect timeout."""
         try:
-            grpc.channel_ready_future(self.channel).result(timeout=self.connect_timeout)
-        except grpc.FutureTimeoutError:
-            raise CloudError(
-                f"cannot reach the cloud at {self.target} (no connection within {self.connect_timeout:g} s)"
-            ) from None
+            self.decoding.ModelInfo(pb.ModelInfoRequest(), timeout=self.connect_timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc) from None
 
     # ---- decoding ------------------------------------------------------------------------------------------
     def model_info(self) -> dict[str, str]:
@@ -155,11 +156,34 @@ class CloudClient:
     def decode_stream(
         self, requests: Iterable[pb.DecodeRequest], timeout: float | None = None
     ) -> Iterator[pb.DecodeResponse]:
-        """Many DecodeRequests over one stream; yields one response per request, in order."""
+        """Many DecodeRequests over one stream; yields one response per request, in order.
+
+        gRPC reads `requests` on a thread of its own. When the call ends early (its deadline, a refusal), that
+        thread may be inside the iterator (encoding the next batch in ONNX Runtime): it is told to stop and
+        waited for before this returns, so the channel is never closed, nor the process ended, under it (that
+        ended in "terminate called without an active exception", exit 134)."""
+        started, done, stop = threading.Event(), threading.Event(), threading.Event()
+
+        def guarded() -> Iterator[pb.DecodeRequest]:
+            started.set()
+            try:
+                for r in requests:
+                    if stop.is_set():
+                        return
+                    yield r
+            finally:
+                done.set()
+
+        call = self.decoding.DecodeStream(guarded(), timeout=timeout)
         try:
-            yield from self.decoding.DecodeStream(iter(requests), timeout=timeout)
+            yield from call
         except grpc.RpcError as exc:
             raise self._fail(exc) from None
+        finally:
+            stop.set()
+            call.cancel()
+            if started.is_set():
+                done.wait(timeout=120)
 
     # ---- storage -------------------------------------------------------------------------------------------
     def fetch(

@@ -15,6 +15,7 @@ An item the cloud refuses for good is quarantined in the spool, not retried.
 from __future__ import annotations
 
 import hashlib
+import math
 import sys
 import threading
 import time
@@ -86,8 +87,11 @@ class IngestConfig:
             "ack_timeout",
             "max_quarantine",
         ):
-            if getattr(self, name) < 0:
-                raise CodecError(f"--{name.replace('_', '-')} must not be negative")
+            value = getattr(self, name)
+            if not math.isfinite(value) or value < 0:
+                raise CodecError(
+                    f"--{name.replace('_', '-')} must be a finite number, not negative (got {value})"
+                )
         if self.spool_max_bytes < 1:
             raise CodecError("--spool-max-bytes must be positive")
         if not 0.0 <= self.audit_fraction <= 1.0:

@@ -27,10 +27,17 @@ from .channel import CloudError
 from .spool import Spool, SpooledItem
 
 RETRYABLE = (
-    grpc.StatusCode.UNAVAILABLE,
+    grpc.StatusCode.UNAVAILABLE,  # the store failed or the replica is restarting (cloud/storage_service.py)
     grpc.StatusCode.DEADLINE_EXCEEDED,
-    grpc.StatusCode.RESOURCE_EXHAUSTED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,  # the store is out of space, or the server is busy
     grpc.StatusCode.ABORTED,
+)
+# Statuses whose trailing metadata names the one item at fault: it goes to the quarantine with the reason.
+REFUSED_FOR_GOOD = (
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.ALREADY_EXISTS,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
 )
 
 
@@ -72,11 +79,14 @@ class StreamFailed(Exception):
 
     @property
     def retryable(self) -> bool:
-        return self.code in RETRYABLE
+        """Worth sending again as it is: a transient status that names no item of ours (a store out of space or
+        unavailable, a replica restarting, the server busy)."""
+        return self.code in RETRYABLE and self.refused_item() is None
 
     def refused_item(self) -> SpooledItem | None:
-        """The spooled item the cloud refused for good, when its error names one (latent_codec/rejection.py)."""
-        if self.code not in (grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.ALREADY_EXISTS):
+        """The spooled item the cloud refused for good, when its error names one (latent_codec/rejection.py): a
+        bad payload, a reused id, a bundle the cloud does not hold, an item too large to decode."""
+        if self.code not in REFUSED_FOR_GOOD:
             return None
         k = rejected_item(self.error)
         batch = self.refused_batch

@@ -17,40 +17,20 @@ The wire form of payloads and items is latent_codec/container.py.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
 
-from . import graph_memory, metrics, registry
+from . import metrics, registry
 from .bundle import Bundle, InputSpec, Manifest, load_bundle
+from .decode_cost import ENTROPY_BYTES_PER_SYMBOL, ENTROPY_SECONDS_PER_SYMBOL, DecodeCosts, GraphCost
 from .errors import DataError, PayloadError
 from .transforms import Side, Transforms
 
-__all__ = ["Codec", "DecodeCost", "Progress", "Side"]
+__all__ = ["Codec", "Progress", "Side"]
 
 Progress = Callable[[str, int, int], None]  # (step, done, total), e.g. ("synthesise", 12, 48) tiles
-
-
-@dataclass(frozen=True)
-class DecodeCost:
-    """What decoding given payloads in one ``decode``/``decode_each`` call will hold in memory, read from the
-    payloads' headers alone (nothing is decoded), so a server can bound work per tile and per request.
-
-    ``tile_bytes`` is the working memory of the largest single decoder-graph run: a tile of a big item, or
-    the items one run takes (``chunk``); ONNX Runtime's requested peak measured on the graph itself
-    (latent_codec/graph_memory.py) times its arena's slack, plus that run's codes and output. ``total_bytes``
-    is the peak of the whole call: the decoded items (float32), the codes held while they decode, and
-    one run's working memory. Python's and the process's fixed overheads are not counted.
-    """
-
-    items: int
-    runs: int  # decoder-graph runs (tiles, or chunks of whole items)
-    output_bytes: int  # the decoded items as float32 ([0, 1]; the raw items returned are at most this)
-    symbols: int  # code symbols to entropy-decode
-    tile_bytes: int  # working memory of the largest single graph run
-    total_bytes: int  # peak working memory of the call
 
 
 class Codec:
@@ -62,6 +42,9 @@ class Codec:
     # Long single-item work (a photo's tiles, entropy-coding passes) reports (step, done, total) here when set:
     # the edge CLI shows it; a server leaves it None. Families whose items are small never call it.
     progress: Progress | None = None
+    graph_cost: GraphCost | None = (
+        None  # the decoder graph's measured cost (decode_cost.measure_graph), if known
+    )
 
     def __init__(
         self,
@@ -116,33 +99,29 @@ class Codec:
         out = self.output_shapes(payloads).prod(axis=1) * 4
         return out, np.full(len(payloads), self.payload.code_dims, np.int64)
 
-    def decode_cost(self, payloads: Sequence[bytes], chunk: int = 0) -> DecodeCost:
-        """What ``decode(payloads, chunk=chunk)`` will cost in memory (see DecodeCost); PayloadError for a
-        payload whose header cannot be read. Fixed-size items: a run holds ``chunk`` items (all when 0)."""
-        out, symbols = self.item_costs(payloads)
-        n = len(payloads)
-        per_run = min(n, chunk) if chunk > 0 else n
-        item_out = int(out.max(initial=0))
-        item_codes = int(symbols.max(initial=0)) * 4  # codes as float32 for the graph
-        graph = self.graph_bytes(per_item=True) * graph_memory.ARENA_SLACK
-        tile = int(per_run * (graph + item_codes + item_out))
-        runs = -(-n // per_run) if per_run else 0
-        return DecodeCost(
-            n, runs, int(out.sum()), int(symbols.sum()), tile, int(out.sum()) + n * item_codes + tile
-        )
+    def unpack_costs(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Per item: bytes and CPU seconds of unpacking and entropy-decoding it (before the decoder graph)."""
+        symbols = self.item_costs(payloads)[1]
+        return symbols * ENTROPY_BYTES_PER_SYMBOL, symbols * ENTROPY_SECONDS_PER_SYMBOL
 
-    def graph_bytes(self, per_item: bool = True) -> float:
-        """The decoder graph's measured working memory per item (per_item) or per code-map element (measured
-        once per codec; 0 when the codec holds no serialised decoder graph)."""
-        cache = self.__dict__.setdefault("_graph_bytes", {})
-        if per_item not in cache:
-            blob = getattr(self.transforms, "graphs", {}).get("decoder")
-            if blob is None:
-                cache[per_item] = 0.0
-            else:
-                measure = graph_memory.bytes_per_item if per_item else graph_memory.bytes_per_element
-                cache[per_item] = measure(blob)
-        return float(cache[per_item])
+    def decode_costs(self, payloads: Sequence[bytes]) -> DecodeCosts:
+        """What decoding these payloads holds and takes, per item, read from their headers without decoding
+        (latent_codec/decode_cost.py). Without a measured ``graph_cost`` the graph's part is not counted."""
+        shapes = self.output_shapes(payloads)
+        out_bytes, symbols = self.item_costs(payloads)
+        unpack_bytes, seconds = self.unpack_costs(payloads)
+        pixels = shapes[:, 1:].prod(axis=1) if len(shapes) else np.zeros(0, np.int64)
+        g = self.graph_cost
+        graph = g.bytes(pixels) if g is not None else np.zeros(len(pixels), np.int64)
+        if g is not None:
+            seconds = seconds + g.seconds(pixels)
+        return DecodeCosts(out_bytes, graph, unpack_bytes, symbols, seconds, g.run_bytes if g else 0)
+
+    def release_memory(self) -> None:
+        """After a large decode: give back what the decoder's runtime keeps (a no-op for other transforms)."""
+        release = getattr(self.transforms, "release", None)
+        if release is not None:
+            release()
 
     # ---- encode -----------------------------------------------------------------------------------------
     def check_items(self, x: np.ndarray) -> None:

@@ -45,12 +45,15 @@ def _value(action: argparse.Action, raw: str, name: str):
             raise CodecError(f"${name} must be true or false, got {raw!r}")
         on = text in _TRUE
         return on if isinstance(action, argparse._StoreTrueAction) else not on
+    value: object = raw
     if action.type is not None and callable(action.type):
         try:
-            return action.type(raw)
+            value = action.type(raw)
         except (TypeError, ValueError) as exc:
             raise CodecError(f"${name}: {exc}") from None
-    return raw
+    if action.choices is not None and value not in action.choices:  # argparse checks only the command line's
+        raise CodecError(f"${name} must be one of {', '.join(map(str, action.choices))}, got {raw!r}")
+    return value
 
 
 def apply_env(

@@ -11,6 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
+from .decode_cost import release_arena
 from .errors import BundleError
 
 Side = dict[str, np.ndarray]
@@ -51,7 +52,6 @@ class OnnxTransforms:
         self, encoder, decoder, side_names: Sequence[str], code_shape: Sequence[int], where: str = "bundle"
     ):
         self.encoder, self.decoder = encoder, decoder  # onnxruntime.InferenceSession or None
-        self.graphs: dict[str, bytes] = {}  # the serialised graphs, when built from them (memory probes)
         self._side_names = list(side_names)
         self._code_shape = list(code_shape)
         self._where = where
@@ -69,9 +69,7 @@ class OnnxTransforms:
         """From serialised graphs (a bundle's, or an export's before the bundle exists)."""
         enc = ort_session(encoder, threads, f"{where}/encoder.onnx") if encoder is not None else None
         dec = ort_session(decoder, threads, f"{where}/decoder.onnx") if decoder is not None else None
-        out = cls(enc, dec, side_names, code_shape, where)
-        out.graphs = {k: v for k, v in (("encoder", encoder), ("decoder", decoder)) if v is not None}
-        return out
+        return cls(enc, dec, side_names, code_shape, where)
 
     def analysis(self, x_unit: np.ndarray) -> tuple[np.ndarray, Side]:
         if self.encoder is None:
@@ -89,6 +87,11 @@ class OnnxTransforms:
         for name, value in side.items():
             feeds[name] = np.ascontiguousarray(value, dtype=np.int64)
         return self.decoder.run(["x_hat"], feeds)[0]
+
+    def release(self) -> None:
+        """Give back the memory ONNX Runtime keeps after a large decoder run."""
+        if self.decoder is not None:
+            release_arena(self.decoder)
 
 
 class FunctionTransforms:

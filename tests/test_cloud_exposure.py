@@ -295,7 +295,7 @@ def test_server_cli_refuses_bad_security_flags(digits_bundle, tmp_path):
         (["--tls-cert", str(notpem), "--tls-key", str(notpem)], "is not a PEM file"),
         (["--max-message-mib", "0"], "--max-message-mib"),
         (["--max-concurrent-rpcs", "-1"], "--max-concurrent-rpcs"),
-        (["--metrics-address", "nonsense"], "--metrics-address must be host:port"),
+        (["--metrics-address", "nonsense"], "--metrics-address must be HOST:PORT"),
     ]
     for extra, needle in cases:
         proc = subprocess.run(

@@ -342,3 +342,26 @@ def test_training_image_variants_and_contents():
     ]  # fmt: skip
     assert cuda.returncode == 0 and cuda.stdout.split() == ["pip", "install", "-r", "requirements/train.txt"]
     assert bad.returncode != 0 and "TORCH_VARIANT must be cpu or cuda" in bad.stderr and not bad.stdout
+
+
+def test_envoy_retries_exactly_the_calls_the_edge_treats_as_idempotent():
+    """One list of retryable calls: edge/channel.py's IDEMPOTENT_METHODS is what Envoy's retried route matches
+    (streams are not replayed by a proxy); a method added to one and not the other fails here."""
+    import re
+
+    from edge.channel import IDEMPOTENT_METHODS, RETRIED_METHODS
+
+    envoy = load_yaml(ROOT / "deploy" / "envoy.yaml")
+    [listener] = envoy["static_resources"]["listeners"]
+    routes = listener["filter_chains"][0]["filters"][0]["typed_config"]["route_config"]["virtual_hosts"][0][
+        "routes"
+    ]
+    retried = [r for r in routes if "retry_policy" in r["route"]]
+    assert len(retried) == 1
+    pattern = re.compile(retried[0]["match"]["safe_regex"]["regex"])
+    from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+
+    every = [(s.full_name, m.name) for s in pb.DESCRIPTOR.services_by_name.values() for m in s.methods]
+    matched = {(s, m) for s, m in every if pattern.fullmatch(f"/{s}/{m}")}
+    assert matched == set(IDEMPOTENT_METHODS)
+    assert set(IDEMPOTENT_METHODS) < set(RETRIED_METHODS)

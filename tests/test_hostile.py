@@ -31,12 +31,13 @@ from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from tests.helpers import ROOT, CloudStub, ServerProcess, child_env, tiny_bundle, wait_until
 
 DEVICE_A, DEVICE_B = "cam-a", "cam-b"
-TOKENS = {
+TOKENS = {  # each token is its key plus SUFFIX (a token must be 12 characters at least)
     "tok-a": f"devices={DEVICE_A}",
     "tok-b": f"devices={DEVICE_B}",
     "tok-ops": "role=operator",
     "tok-decode": "",
 }
+SUFFIX = "-0123456789"
 METHODS = [
     ("/aecodec.v2.Decoding/Decode", "unary"),
     ("/aecodec.v2.Decoding/DecodeStream", "stream"),
@@ -58,7 +59,7 @@ def assert_start_error(proc: subprocess.CompletedProcess, needle: str) -> None:
 
 
 def md(token: str) -> list[tuple[str, str]]:
-    return [("authorization", f"Bearer {token}")]
+    return [("authorization", f"Bearer {token}{SUFFIX}")]
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +75,7 @@ def entropy_bundle(digits_bundle) -> Path:
 @pytest.fixture(scope="module")
 def token_file(tmp_path_factory) -> Path:
     p = tmp_path_factory.mktemp("tokens") / "tokens.txt"
-    p.write_text("\n".join(f"{t} {scope}".strip() for t, scope in TOKENS.items()) + "\n")
+    p.write_text("\n".join(f"{t}{SUFFIX} {scope}".strip() for t, scope in TOKENS.items()) + "\n")
     return p
 
 
@@ -346,19 +347,20 @@ def test_token_file_scopes_are_checked(tmp_path):
 
     bad = tmp_path / "t"
     for text, why in (
-        ("tok devices=\n", "devices= needs"),
-        ("tok role=admin\n", "unknown scope 'role=admin'"),
-        ("tok\ntok devices=x\n", "repeats an earlier token"),
+        ("tok-0123456789 devices=\n", "devices= needs"),
+        ("tok-0123456789 role=admin\n", "unknown scope 'role=admin'"),
+        ("tok-0123456789\ntok-0123456789 devices=x\n", "repeats an earlier token"),
         ("# nothing\n\n", "holds no token"),
     ):
         bad.write_text(text)
         with pytest.raises(CodecError, match=why):
             load_tokens(bad)
-    bad.write_text("t1 devices=a,b  # a gateway\nt2 role=operator\nt3\n")
+    t1, t2, t3 = (f"t{k}-0123456789ab" for k in (1, 2, 3))
+    bad.write_text(f"{t1} devices=a,b  # a gateway\n{t2} role=operator\n{t3}\n")
     tokens = load_tokens(bad)
-    assert tokens["t1"].may_write("b") and not tokens["t1"].may_write("c") and not tokens["t1"].reads_all
-    assert tokens["t2"].may_read("anything") and not tokens["t2"].may_write("anything")
-    assert not tokens["t3"].may_read("a") and not tokens["t3"].devices
+    assert tokens[t1].may_write("b") and not tokens[t1].may_write("c") and not tokens[t1].reads_all
+    assert tokens[t2].may_read("anything") and not tokens[t2].may_write("anything")
+    assert not tokens[t3].may_read("a") and not tokens[t3].devices
 
 
 # ---- 6. bundles ---------------------------------------------------------------------------------------------------
@@ -687,7 +689,7 @@ def test_a_postgres_outage_is_unavailable_and_recovers_without_a_restart(
 def test_peak_memory_under_eight_worst_case_requests_stays_within_the_stated_budget(tmp_path):
     """8 concurrent requests each at the decode budget (entropy-coded empty payloads, float32 replies): the server's
     peak RSS rises by less than the 300 MiB docs/deployment.md states for the default budget and 2 decode threads."""
-    from bench.hostile import DEVICE, TOKEN, amplification, train_bundle
+    from bench.hostile import DEVICE, TOKEN, amplification, priced, train_bundle
     from tests.helpers import need_fashion
 
     need_fashion()
@@ -698,7 +700,7 @@ def test_peak_memory_under_eight_worst_case_requests_stays_within_the_stated_bud
     ).start()
     try:
         before = server.rss_kib("VmHWM")
-        statuses = asyncio.run(amplification(server.target, Codec.open(bundle)))
+        statuses = asyncio.run(amplification(server.target, priced(bundle)))
         grown_mib = (server.rss_kib("VmHWM") - before) / 1024
     finally:
         server.kill(signal.SIGTERM)
@@ -714,13 +716,13 @@ def test_streams_that_pipeline_worst_case_requests_and_never_read_stay_within_th
     the budget comes back when those clients go away."""
     import grpc
 
-    from bench.hostile import DEVICE, TOKEN, budget_items, train_bundle
+    from bench.hostile import DEVICE, TOKEN, budget_items, priced, train_bundle
     from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
     from tests.helpers import need_fashion
 
     need_fashion()
     bundle = train_bundle(tmp_path)
-    codec = Codec.open(bundle)
+    codec = priced(bundle)
     (tmp_path / "tokens.txt").write_text(f"{TOKEN} devices={DEVICE}\n")
     server = ServerProcess(
         bundle, None, tmp_path, extra=("--auth-token-file", str(tmp_path / "tokens.txt"))

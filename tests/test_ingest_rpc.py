@@ -136,30 +136,45 @@ def test_fetch_by_ids_codes_only_and_time_range(served, encoders, x):
     assert len(items) == 4
 
 
-def test_items_of_a_bundle_the_server_does_not_hold_are_kept_and_reported(served, encoders, x):
+@pytest.mark.parametrize(
+    "ref, code",
+    [
+        ("retired-000000000000", grpc.StatusCode.NOT_FOUND),  # a content id this server does not hold
+        ("nope-000000000000", grpc.StatusCode.NOT_FOUND),
+        ("{name}@2", grpc.StatusCode.NOT_FOUND),  # a version not (yet) held
+        ("{name}@0", grpc.StatusCode.INVALID_ARGUMENT),
+        ("{name}@", grpc.StatusCode.INVALID_ARGUMENT),  # once read as the newest version
+        ("../map", grpc.StatusCode.INVALID_ARGUMENT),
+        ("@1", grpc.StatusCode.INVALID_ARGUMENT),
+    ],
+)
+def test_items_naming_a_bundle_the_server_does_not_hold_are_refused_and_named_for_quarantine(
+    served, encoders, x, ref, code
+):
+    """Issue 22 finding 5: such items were acknowledged and stored verbatim (a version-1 item stored as conv@2 was
+    later decoded with version 2). Now the request is refused before anything is stored, naming the item, so the
+    edge quarantines it with the reason; the good items of the request go in again without it."""
+    from latent_codec.rejection import rejected_item
+
     running, stub = served
-    enc = encoders[next(iter(encoders))]
+    name, enc = next(iter(encoders.items()))
     dev = device()
     payload = enc.encode(x[:1])[0]
-    req = pb.IngestRequest(
-        device_id=dev,
-        items=[
-            pb.IngestItem(
-                item_id="gone-1", bundle_id="retired-000000000000", payload=payload, captured_at_ms=5
-            ),
-            pb.IngestItem(item_id="ok-1", bundle_id=enc.bundle_id, payload=payload, captured_at_ms=6),
-        ],
+    items = [
+        pb.IngestItem(item_id="ok-1", bundle_id=enc.bundle_id, payload=payload, captured_at_ms=5),
+        pb.IngestItem(item_id="gone-1", bundle_id=ref.format(name=name), payload=payload, captured_at_ms=6),
+    ]
+    err = _status(stub, [pb.IngestRequest(device_id=dev, items=items)])
+    assert err.code() == code, err
+    assert rejected_item(err) == 1 and "items[1].bundle_id" in err.details()
+    assert stub.ListStored(pb.ListStoredRequest(device_id=dev), timeout=10).total_items == 0
+    # The name a request uses is resolved: the item is stored under the content id of the bundle that made it.
+    (ack,) = stub.Ingest(
+        iter([pb.IngestRequest(device_id=dev, bundle_id=f"{name}@1", items=items[:1])]), timeout=30
     )
-    (ack,) = stub.Ingest(iter([req]), timeout=30)
-    assert list(ack.item_ids) == ["gone-1", "ok-1"]
-    items, _ = fetch_all(stub, pb.FetchRequest(device_id=dev))
-    gone, ok = items
-    assert "retired-000000000000 is not held" in gone.error and gone.payload == payload
-    assert not gone.HasField("reconstruction")
-    assert not ok.error and ok.HasField("reconstruction")
-    listing = stub.ListStored(pb.ListStoredRequest(device_id=dev), timeout=10)
-    avail = {s.bundle_id: s.bundle_available for s in listing.summaries}
-    assert avail == {"retired-000000000000": False, enc.bundle_id: True}
+    assert list(ack.item_ids) == ["ok-1"]
+    (stored,), _ = fetch_all(stub, pb.FetchRequest(device_id=dev))
+    assert stored.bundle_id == enc.bundle_id and stored.HasField("reconstruction")
 
 
 def _status(stub, reqs) -> grpc.RpcError:
@@ -485,7 +500,7 @@ def test_an_empty_entropy_coded_payload_is_stored_and_decodes(served, encoders, 
 def test_fetch_decodes_a_decode_budget_at_a_time():
     """Fetch decodes its items in runs of at most 256 items and one decode budget of bytes (a large item alone),
     each held until its messages are written: 256 large images at once were gigabytes."""
-    from cloud.storage_service import fetch_chunks
+    from cloud.fetch_decode import fetch_chunks
 
     assert fetch_chunks([10] * 7, 3, 100) == [(0, 3), (3, 6), (6, 7)]
     assert fetch_chunks([40, 40, 40, 200, 10, 0, 0], 256, 100) == [(0, 2), (2, 3), (3, 4), (4, 7)]

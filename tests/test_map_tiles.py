@@ -133,48 +133,67 @@ def _header(h: int, w: int) -> bytes:
     return put_varint(h) + put_varint(w)
 
 
-def test_decode_cost_bounds_the_work_per_tile_and_counts_the_total():
-    codec = Codec.open(BUNDLE, threads=1)
-    twelve = codec.decode_cost([_header(3000, 4000)])
-    many = codec.decode_cost([_header(6000, 8000)])
-    # a bigger photo: more tiles and more output, the same working memory per tile
-    assert many.tile_bytes == twelve.tile_bytes and many.runs > twelve.runs
-    assert many.total_bytes > twelve.total_bytes > twelve.output_bytes == 3000 * 4000 * 4
-    assert twelve.symbols == codec.payload.symbols_per_item(3000, 4000)
-    assert twelve.total_bytes < 600 << 20  # a 12 MP photo decodes in a few hundred MB
-    # small items in one run: the graph's memory grows with the items a run takes
-    small = codec.decode_cost([_header(28, 28)] * 256)
-    chunked = codec.decode_cost([_header(28, 28)] * 256, chunk=32)
-    assert chunked.tile_bytes < small.tile_bytes and chunked.runs == 8 and small.runs == 1
-    # mixed sizes (decode_each): outputs add up
-    mixed = codec.decode_cost([_header(28, 28), _header(100, 60)])
-    assert mixed.output_bytes == (28 * 28 + 100 * 60) * 4 and mixed.items == 2
+def _measured(bundle=BUNDLE) -> Codec:
+    """The codec with its decoder graph measured, as the server holds it (cloud/bundles.py)."""
+    from latent_codec.bundle import load_bundle
+    from latent_codec.decode_cost import measure_graph
+
+    codec = Codec.open(bundle, threads=1)
+    codec.graph_cost = measure_graph(load_bundle(bundle).decoder_bytes or b"")
+    return codec
+
+
+def test_decode_costs_count_one_tile_of_graph_memory_and_every_tile_of_work(monkeypatch):
+    codec = _measured()
+    g = codec.graph_cost
+    assert g is not None
+    twelve = codec.decode_costs([_header(3000, 4000)])
+    many = codec.decode_costs([_header(6000, 8000)])
+    # a bigger photo: more output, codes and CPU, the same graph working memory (one tile at a time)
+    assert many.graph_bytes[0] == twelve.graph_bytes[0] < g.bytes(np.asarray([100 * 100 * 16]))[0]
+    assert many.out_bytes[0] == 4 * twelve.out_bytes[0] == 4 * 3000 * 4000 * 4
+    assert many.seconds[0] > 3.5 * twelve.seconds[0]
+    assert twelve.symbols[0] == codec.payload.symbols_per_item(3000, 4000)
+    assert twelve.working_bytes(2) < 600 << 20  # a 12 MP photo decodes in a few hundred MB
+    # the tiles' overlap is work: more graph seconds than the whole item in one run would take
+    assert (
+        twelve.seconds[0] - codec.unpack_costs([_header(3000, 4000)])[1][0] > g.seconds(np.asarray([12e6]))[0]
+    )
+    # without tiles the same item's graph would hold its whole size: what tiling saves
+    monkeypatch.setattr(code_map, "DECODE_TILE", 1 << 20)
+    whole = codec.decode_costs([_header(3000, 4000)])
+    assert whole.graph_bytes[0] > 20 * twelve.graph_bytes[0]
+    # small items are not tiled: their graph cost is the base's (per output pixel)
+    small = codec.decode_costs([_header(28, 28)] * 4)
+    np.testing.assert_array_equal(small.graph_bytes, g.bytes(np.full(4, 28 * 28)))
 
 
 def test_a_forged_size_header_is_refused_before_any_decoding():
-    codec = Codec.open(BUNDLE, threads=1)
+    codec = _measured()
     for h, w in ((40000, 10), (20000, 20000), (0, 5)):
         with pytest.raises(PayloadError, match="payload claims"):
-            codec.decode_cost([_header(h, w)])
+            codec.decode_costs([_header(h, w)])
     with pytest.raises(PayloadError):
-        codec.decode_cost([b"\xff\xff\xff\xff\xff"])
+        codec.decode_costs([b"\xff\xff\xff\xff\xff"])
 
 
 @pytest.mark.parametrize("size,n", [((900, 700), 1), ((28, 28), 64)])
-def test_decode_cost_covers_what_decoding_allocates(size, n, monkeypatch):
-    """numpy's own allocations during a real decode (tracemalloc sees them; ONNX Runtime's arena it does not,
-    which the estimate adds from the graph's measured peak) stay within the predicted total."""
+def test_decode_costs_cover_what_decoding_allocates(size, n, monkeypatch):
+    """numpy's own allocations along the server's decode path (symbols, dequantise, synthesise, unscale;
+    tracemalloc sees them, ONNX Runtime's arena it does not) stay within the unpacking and output figures."""
     monkeypatch.setattr(code_map, "DECODE_TILE", 64)
-    codec = Codec.open(BUNDLE, threads=1)
+    codec = _measured()
     payloads = codec.encode(np.repeat(photo(*size), n, axis=0))
-    cost = codec.decode_cost(payloads)
+    costs = codec.decode_costs(payloads)
     codec.decode(payloads[:1])  # warm up: the receptive-field probe and the models are built once
     tracemalloc.start()
-    codec.decode(payloads, unit=True)
+    y, side = codec.symbols(payloads)
+    codes = codec.dequantise(y)
+    del y
+    codec.unscale(codec.synthesise(codes, side))
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
-    assert peak <= cost.total_bytes
-    assert cost.output_bytes == n * size[0] * size[1] * 4
+    assert peak <= int(costs.out_bytes.sum() + costs.unpack_bytes.sum()) + costs.run_bytes
 
 
 def test_the_server_decode_path_runs_big_items_in_tiles(small_tiles, tmp_path):
@@ -208,19 +227,6 @@ def test_unscale_in_blocks_equals_the_whole_conversion(monkeypatch):
     got = codec.unscale(x)
     assert got.dtype == want.dtype == np.uint8
     np.testing.assert_array_equal(got, want)
-
-
-def test_fixed_size_codecs_report_their_decode_cost_too():
-    """Codec.decode_cost on a flat bundle: output and symbols per item, and a graph run's memory (measured by
-    ONNX Runtime on the bundle's decoder) that grows with the items one run takes."""
-    flat = Codec.open(ROOT / "zoo" / "conv-lambda-0.1", threads=1)
-    payloads = flat.encode(np.zeros((100, 1, 28, 28), np.uint8))
-    whole, chunked = flat.decode_cost(payloads), flat.decode_cost(payloads, chunk=10)
-    assert whole.output_bytes == chunked.output_bytes == 100 * 28 * 28 * 4
-    assert whole.symbols == 100 * flat.payload.code_dims and whole.runs == 1 and chunked.runs == 10
-    assert flat.graph_bytes(per_item=True) > 0
-    assert chunked.tile_bytes * 9 < whole.tile_bytes <= chunked.tile_bytes * 11
-    assert whole.total_bytes > whole.output_bytes + whole.tile_bytes - 1
 
 
 def test_several_big_items_in_one_call_go_one_at_a_time_and_round_trip(small_tiles):

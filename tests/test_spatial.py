@@ -23,7 +23,7 @@ from latent_codec.container import to_batch, to_tensor
 from latent_codec.errors import BundleError, DataError, PayloadError
 from latent_codec.families.code_map import MapCodec, MapPayload
 from latent_codec.families.hyper_decoder import IntegerHyperDecoder
-from latent_codec.varint import get_varint, put_varint
+from latent_codec.varint import VarintError, get_varint, put_varint
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 from tests.helpers import ROOT, fashion_test_items, need_fashion, train_and_export
@@ -239,8 +239,17 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
 def test_size_header_varints_round_trip_and_truncation_is_an_error():
     for v in (0, 1, 127, 128, 300, 32768, 1 << 20):
         assert get_varint(put_varint(v), 0) == (v, len(put_varint(v)))
-    with pytest.raises(PayloadError):
+    with pytest.raises(VarintError) as e:
         get_varint(b"\x80\x80", 0)
+    assert e.value.truncated
+    with pytest.raises(VarintError) as e:
+        get_varint(b"\x80" * 5 + b"\x01", 0, 28)
+    assert not e.value.truncated
+    # The map header turns both into a PayloadError naming the item.
+    with pytest.raises(PayloadError, match="item 0: payload ends inside its size header"):
+        MapPayload._headers([b"\x80\x80"])
+    with pytest.raises(PayloadError, match="item 1: payload size header is malformed"):
+        MapPayload._headers([put_varint(28) + put_varint(28), b"\xff" * 6])
 
 
 def test_map_manifest_round_trips_and_refuses_inconsistent_tables(hyper_bundle, tmp_path):

@@ -75,3 +75,19 @@ def status_of(exc: BaseException | None, context: grpc.aio.ServicerContext) -> s
         remaining = context.time_remaining()
         return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     return "UNKNOWN"  # an unexpected exception: grpc answers UNKNOWN
+
+
+async def write_within(context: grpc.aio.ServicerContext, message: Any, timeout: float) -> None:
+    """``context.write`` that ends the call when the client has not taken the message within `timeout` seconds
+    (gRPC holds an unsent reply, and what it was built from, for as long as its client does not read; a stream
+    that stays open that way holds budgets other callers wait for). timeout <= 0: no deadline."""
+    if timeout <= 0:
+        await context.write(message)
+        return
+    try:
+        await asyncio.wait_for(context.write(message), timeout)
+    except TimeoutError:
+        await context.abort(
+            grpc.StatusCode.DEADLINE_EXCEEDED,
+            f"the client did not read its replies for {timeout:g} s (the server's --write-timeout): stream ended",
+        )

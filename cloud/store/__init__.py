@@ -6,10 +6,11 @@ from .base import (
     Store,
     StoredRecord,
     StoreError,
+    StoreFull,
     StoreUnavailable,
     Summary,
-    open_store,
 )
+from .factory import open_store
 
 __all__ = [
     "ItemConflict",
@@ -17,6 +18,7 @@ __all__ = [
     "Store",
     "StoredRecord",
     "StoreError",
+    "StoreFull",
     "StoreUnavailable",
     "Summary",
     "open_store",

@@ -24,6 +24,10 @@ class StoreUnavailable(StoreError):
     """A transient failure (database down, locked, connection lost): the caller may retry."""
 
 
+class StoreFull(StoreUnavailable):
+    """The store is out of space (disk or database quota full): retryable once space is freed."""
+
+
 class ItemConflict(StoreError):
     """An item id was reused for different content: a client bug, never silently accepted."""
 
@@ -106,30 +110,3 @@ class Store(abc.ABC):
     @abc.abstractmethod
     def close(self) -> None:
         """Release connections; the store is unusable afterwards."""
-
-
-def open_store(url: str) -> Store:
-    """A store from a URL: postgresql://... / postgres://..., sqlite:///path, or a plain file path."""
-    if not url:
-        raise StoreError("store URL is empty")
-    if url.startswith(("postgresql://", "postgres://")):
-        from .postgres import PostgresStore
-
-        return PostgresStore(url)
-    if url.startswith("sqlite:"):
-        # SQLAlchemy's convention: sqlite:///relative.db, sqlite:////absolute/path.db
-        if not url.startswith("sqlite:///") or len(url) == len("sqlite:///"):
-            raise StoreError(
-                f"store URL {url!r}: use sqlite:///relative.db, sqlite:////abs/path.db or a plain path"
-            )
-        path = url[len("sqlite:///") :]
-        from .sqlite import SqliteStore
-
-        return SqliteStore(path)
-    if "://" in url:
-        raise StoreError(
-            f"store URL {url!r}: unknown scheme (use a file path, sqlite:///path or postgresql://...)"
-        )
-    from .sqlite import SqliteStore
-
-    return SqliteStore(url)

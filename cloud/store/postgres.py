@@ -24,6 +24,7 @@ from .base import (
     Store,
     StoredRecord,
     StoreError,
+    StoreFull,
     StoreUnavailable,
     Summary,
     conflict_message,
@@ -119,6 +120,12 @@ class PostgresStore(Store):
             ) from None
         except PoolClosed:
             raise StoreError(f"store {self.where} is closed") from None
+        except (
+            psycopg.errors.DiskFull,
+            psycopg.errors.OutOfMemory,
+            psycopg.errors.InsufficientResources,
+        ) as exc:
+            raise StoreFull(f"store {self.where} is out of space ({_msg(exc)})") from None
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"store {self.where} failed ({_msg(exc)})") from None
         except psycopg.Error as exc:

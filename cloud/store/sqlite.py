@@ -19,6 +19,7 @@ from .base import (
     Store,
     StoredRecord,
     StoreError,
+    StoreFull,
     StoreUnavailable,
     Summary,
     conflict_message,
@@ -65,8 +66,17 @@ class SqliteStore(Store):
             raise StoreError(f"store {self.path}: {exc}") from None
 
     def _fail(self, exc: sqlite3.Error) -> StoreError:
+        code = getattr(exc, "sqlite_errorcode", None)
+        if code == sqlite3.SQLITE_FULL or "full" in str(exc):
+            return StoreFull(f"store {self.path} is out of space ({exc})")
         if isinstance(exc, sqlite3.OperationalError) and "locked" in str(exc):
             return StoreUnavailable(f"store {self.path} is busy ({exc})")
+        if code is not None and code & 0xFF in (
+            sqlite3.SQLITE_IOERR,
+            sqlite3.SQLITE_CANTOPEN,
+            sqlite3.SQLITE_READONLY,
+        ):
+            return StoreUnavailable(f"store {self.path} cannot be written ({exc})")
         return StoreError(f"store {self.path}: {exc}")
 
     def put_many(self, items: Sequence[NewItem], stored_at_ms: int) -> int:

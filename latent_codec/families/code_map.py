@@ -25,21 +25,24 @@ decoded as one array (``decode_each`` takes a mix).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
-from .. import ans, graph_memory
+from .. import ans
 from ..bundle import Bundle
-from ..codec import Codec, DecodeCost, Progress, Side
+from ..codec import Codec, Progress, Side
+from ..decode_cost import ENTROPY_SECONDS_PER_SYMBOL, DecodeCosts
 from ..errors import BundleError, DataError, PayloadError
 from ..factorized_prior import FactorizedPrior
 from ..registry import register_family
 from ..tiling import core_of, cover, each, probe_radius, round_up, scaled, tiles, windows
 from ..transforms import OnnxTransforms
 from ..varint import VarintError, get_varint, put_varint
+from . import hyper_decoder
 from .hyper_decoder import ExactnessBound, IntegerHyperDecoder
 
 MAP_KINDS = ("factorized", "hyperprior")
@@ -51,7 +54,7 @@ SORT_BLOCK = 1 << 20  # ŷ elements per argsort call (8 MB of int64 positions)
 GROUP_ELEMENTS = 1 << 22  # ŷ elements of the items coded together per pass (int32 buffers of 16 MB)
 ENCODE_TILE = 512  # pixels per side of an analysis tile's core (items larger than one tile are tiled)
 DECODE_TILE = 64  # code elements per side of a synthesis tile's core (256 pixels at stride 4)
-ENTROPY_FIXED_BYTES = 32 << 20  # the hyper-decoder's strips and the sort's blocks (a few MB each), rounded up
+UNPACK_BYTES_PER_SYMBOL = 14  # what unpacking holds per code symbol (MapCodec.unpack_costs)
 UNSCALE_BLOCK = 1 << 20  # values converted to raw pixels at a time (a few MB of temporaries)
 SMALL_Z = 64  # ẑ elements per channel up to which an item's ẑ is coded in one call (per-symbol rows)
 
@@ -229,7 +232,9 @@ class MapPayload:
             return None
         key = (hz, wz)
         if key not in self._cache:
-            for k in [k for k in self._cache if k != "y"]:  # one size at a time is the common case
+            for k in [
+                k for k in self._cache if isinstance(k, tuple)
+            ]:  # one size at a time is the common case
                 del self._cache[k]
             self._cache[key] = np.repeat(self._z.probabilities, hz * wz, axis=0)
         return self._cache[key]
@@ -367,6 +372,33 @@ class MapPayload:
             if progress is not None:
                 progress("entropy-decode", i1, n)
         return sizes, y_sym, z_sym
+
+    def seconds_per_symbol(self) -> float:
+        """CPU seconds unpacking takes per code symbol (entropy decoding and table selection), measured once on
+        a synthetic 256 x 256 item of this payload (symbols near the middle of the grid, as codes are) on this
+        machine; at least ENTROPY_SECONDS_PER_SYMBOL / 20, so a lucky measurement cannot price work at nothing."""
+        if "seconds" not in self._cache:
+            rng = np.random.default_rng(0)
+            hy, wy = self.code_size(256, 256)
+            y = (rng.integers(-2, 3, (1, self.code_channels, hy, wy)) + (1 << (self.grid_bits - 1))).astype(
+                np.uint16
+            )
+            z = None
+            if self.entropy == "hyperprior":
+                hz, wz = self.hyper_size(256, 256)
+                z = (
+                    rng.integers(-2, 3, (1, self.hyper_channels, hz, wz)) + (1 << (self.z_grid_bits - 1))
+                ).astype(np.uint16)
+            payloads = self.pack(np.asarray([[256, 256]]), y, z)
+            best = float("inf")
+            for _ in range(3):
+                t0 = time.thread_time()
+                self.unpack(payloads)
+                best = min(best, time.thread_time() - t0)
+            self._cache["seconds"] = max(
+                best / self.symbols_per_item(256, 256), ENTROPY_SECONDS_PER_SYMBOL / 20
+            )
+        return float(self._cache["seconds"])
 
     # ---- ideal code length (for reports) -------------------------------------------------------------------
     def bits(self, y_sym: np.ndarray, z_sym: np.ndarray | None) -> np.ndarray:
@@ -536,45 +568,53 @@ class MapCodec(Codec):
         symbols = np.asarray([self.payload.symbols_per_item(int(h), int(w)) for h, w in sizes], np.int64)
         return out, symbols.reshape(-1)
 
-    def decode_cost(self, payloads: Sequence[bytes], chunk: int = 0) -> DecodeCost:
-        """What decoding these payloads costs in memory, from their size headers alone (see DecodeCost).
+    def unpack_costs(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
+        """Per item, what unpacking holds and takes (before the decoder graph).
 
-        Per size group (``decode_each`` decodes one after another): ŷ symbols (2 bytes an element) and the
-        entropy decoder's buffers for one group of items (keys, runs and the sorted symbols: 9 bytes an
-        element, plus fixed strips); then the decoder graph: for items larger than a synthesis tile, the
-        largest tile's window (graph working memory measured per code element, its dequantised codes and its
-        output), otherwise ``chunk`` whole items per run (all when 0) and the batch's dequantised codes.
-        The decoded items of every group are held to the end (float32).
-        """
+        Bytes per code symbol (UNPACK_BYTES_PER_SYMBOL): the symbol (2), its dequantised float32 code (4, held
+        until the decoder graph has run), its table index (1) and sort key (1), its place in the table-sorted
+        order (4) and the inverse sort's block (2). Seconds: MapPayload.seconds_per_symbol, measured on this
+        payload's own tables and hyper-decoder (table selection included)."""
+        symbols = self.item_costs(payloads)[1]
+        return symbols * UNPACK_BYTES_PER_SYMBOL, symbols * self.payload.seconds_per_symbol()
+
+    def _working_buffers(self, sizes: np.ndarray) -> int:
+        """Bytes of the unpacking's bounded buffers for a request of these item sizes: the hyper-decoder's strip
+        (im2col columns, float64 sums and its first layer's output for at most STRIP_POSITIONS positions of ŷ's
+        map) and the sort's block (int64 positions and a uint16 copy for at most SORT_BLOCK elements)."""
         p = self.payload
+        positions = int((-(-sizes // p.stride)).prod(axis=1).sum()) if len(sizes) else 0
+        strip = 0
+        if p.hyper_decoder is not None:
+            nh, m = p.hyper_channels, p.code_channels
+            strip = min(positions, hyper_decoder.STRIP_POSITIONS) * 8 * (9 * nh + m + 2 * nh)
+        return strip + min(positions * p.code_channels, SORT_BLOCK) * 10
+
+    def decode_costs(self, payloads: Sequence[bytes]) -> DecodeCosts:
+        """The base's bill (latent_codec/decode_cost.py), for how this codec decodes: an item larger than a
+        synthesis tile runs through the decoder graph tile by tile, so its graph working bytes are those of its
+        largest tile's window (the same for a 12 MP photo as for a 100 MP one) and its graph seconds cover
+        every tile's window (the overlap included); the hyper-decoder's strips and the sort's blocks are a
+        bounded per-call figure (``run_bytes``)."""
+        costs = super().decode_costs(payloads)
+        p, s = self.payload, self.payload.stride
         sizes = p.sizes(list(payloads))
-        per_elem = self.graph_bytes(per_item=False) * graph_memory.ARENA_SLACK
-        m, c, s = p.code_channels, self.channels, p.stride
-        outputs = runs = symbols = 0
-        tile_max = transient = 0.0
-        shapes, counts = np.unique(sizes.reshape(-1, 2), axis=0, return_counts=True)
-        for (h, w), k in zip(shapes.tolist(), counts.tolist()):
+        costs.run_bytes += self._working_buffers(sizes)
+        g = self.graph_cost
+        if g is None or not len(payloads):
+            return costs
+        for h, w in np.unique(sizes, axis=0).tolist():
+            if not self.tiled_decode(h, w):
+                continue
             hy, wy = p.code_size(h, w)
-            hz, wz = p.hyper_size(h, w) if p.entropy == "hyperprior" else (0, 0)
-            elems = m * hy * wy
-            outputs += k * c * h * w * 4
-            symbols += k * p.symbols_per_item(h, w)
-            group = min(k, max(1, GROUP_ELEMENTS // max(elems, 1))) * elems
-            held = k * (elems + p.hyper_channels * hz * wz) * 2 + group * 9 + ENTROPY_FIXED_BYTES
-            if self.tiled_decode(h, w):
-                margin = self._decode_margin()
-                ts = tiles(hy, wy, DECODE_TILE, margin, 1)
-                win = max((t.r1 - t.r0) * (t.c1 - t.c0) for t in ts)
-                tile = win * (per_elem + m * 4 + c * s * s * 4)
-                runs += k * len(ts)
-            else:
-                per_run = min(k, chunk) if chunk > 0 else k
-                tile = per_run * hy * wy * (per_elem + c * s * s * 4) + k * elems * 4
-                runs += -(-k // per_run)
-            tile_max = max(tile_max, tile)
-            transient = max(transient, held + tile)
-        n = len(sizes)
-        return DecodeCost(n, runs, int(outputs), int(symbols), int(tile_max), int(outputs + transient))
+            pixels = [
+                (t.r1 - t.r0) * (t.c1 - t.c0) * s * s
+                for t in tiles(hy, wy, DECODE_TILE, self._decode_margin(), 1)
+            ]
+            same = np.all(sizes == (h, w), axis=1)
+            costs.graph_bytes[same] = g.bytes(np.asarray([max(pixels)]))[0]
+            costs.seconds[same] += g.seconds(np.asarray([sum(pixels) - h * w]))[0]
+        return costs
 
     def check_items(self, x: np.ndarray) -> None:
         if np.ndim(x) != 4 or int(np.shape(x)[1]) != self.channels:
