@@ -56,6 +56,9 @@ class TrainConfig:
     # Autoencoder family (docs/models.md): denoising, sparse, contractive, stacked. 0 = off.
     mask_noise: float = 0.0  # denoising: each input pixel set to 0 with probability q (training/noise.py)
     gauss_noise: float = 0.0  # denoising: additive N(0, sigma^2) on [0, 1] inputs
+    block_noise: int = 0  # denoising / inpainting: one square hole of this side per item, set to 0
+    noise_mix: bool = False  # each item gets one of the active corruptions instead of all of them
+    noise_clip: bool = False  # corrupted inputs clipped to [0, 1], as the pixels a device sends
     l1: float = 0.0  # sparse: lambda * sum |code| per item (training/regularizers.py)
     kl_sparsity: float = 0.0  # sparse: beta * sum_l KL(rho || rho_hat_l); needs sigmoid codes
     sparsity_target: float = 0.05  # rho, the target mean activation for kl_sparsity
@@ -361,6 +364,21 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--gauss-noise", type=float, default=0.0, metavar="SIGMA", help="denoising: additive Gaussian sigma"
     )
     p.add_argument(
+        "--block-noise",
+        type=int,
+        default=0,
+        metavar="SIZE",
+        help="denoising / inpainting: a SIZE x SIZE hole (set to 0) at a random place in each item",
+    )
+    p.add_argument(
+        "--noise-mix",
+        action="store_true",
+        help="give each item one of the active corruptions (chosen uniformly) instead of all of them",
+    )
+    p.add_argument(
+        "--noise-clip", action="store_true", help="clip corrupted inputs to [0, 1], as pixels a device sends"
+    )
+    p.add_argument(
         "--l1", type=float, default=0.0, metavar="LAMBDA", help="sparse: L1 penalty on code activations"
     )
     p.add_argument(
@@ -443,6 +461,9 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         rd_distortion=args.rd_distortion,
         mask_noise=args.mask_noise,
         gauss_noise=args.gauss_noise,
+        block_noise=args.block_noise,
+        noise_mix=args.noise_mix,
+        noise_clip=args.noise_clip,
         l1=args.l1,
         kl_sparsity=args.kl_sparsity,
         sparsity_target=args.sparsity_target,
