@@ -297,7 +297,7 @@ def end_to_end(photo: np.ndarray, work: Path) -> dict:
             time.sleep(0.05)
         target = f"127.0.0.1:{int(port_file.read_text())}"
         codec = Codec.open(bundle, need=("decoder",), threads=1)
-        payloads = from_batch(codec, read_codes(codes))
+        payloads = from_batch(codec, read_codes(codes).batch)
         out["server_rss_idle_mib"] = _vm(proc.pid, "VmHWM")
         c0, t0 = cpu_seconds([proc.pid]), time.perf_counter()
         with CloudClient(target, timeout=600) as client:
