@@ -5,11 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-<<<<<<< HEAD
-.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-speed clean
-=======
-.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
->>>>>>> main
+.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-speed bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
