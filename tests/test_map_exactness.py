@@ -224,3 +224,25 @@ def test_assigning_new_thresholds_or_weights_is_taken_into_account():
     )
     hd.w2 = hd.w2 * 2
     assert not np.array_equal(hd.log_scale_units(z, z_max=4), units) and len(np.unique(first)) >= 1
+
+
+@pytest.mark.parametrize("entropy", ["factorized", "hyperprior"])
+def test_the_unpacking_time_is_measured_even_with_tables_that_cannot_code_most_symbols(entropy):
+    """MapPayload.seconds_per_symbol codes a synthetic item once (what a server prices decodes with): it picks
+    symbols each table can code, so tables with zero-frequency symbols (a briefly trained bundle) still measure."""
+    from latent_codec.decode_cost import ENTROPY_SECONDS_PER_SYMBOL
+
+    def peaked(k: int, levels: int) -> FactorizedPrior:
+        t = np.zeros((k, levels), np.int64)
+        t[:, levels // 2] = (1 << 16) - 2
+        t[:, levels // 2 + 1] = 2
+        return FactorizedPrior(t)
+
+    hd, _ = _decoder_at(40)
+    if entropy == "factorized":
+        p = MapPayload("factorized", 2, 4, 4, peaked(2, 16))
+    else:
+        p = MapPayload("hyperprior", 2, 4, 4, peaked(len(hd.thresholds) + 1, 16), 3, 2, 3, peaked(3, 8), hd)
+    seconds = p.seconds_per_symbol()
+    assert ENTROPY_SECONDS_PER_SYMBOL / 20 <= seconds < ENTROPY_SECONDS_PER_SYMBOL
+    assert p._measure_unpack(64) > 0
