@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset photos postgres prometheus proto lint demo test test-fast bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
+.PHONY: setup dataset photos postgres prometheus proto lint demo test test-fast bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-speed bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -70,6 +70,11 @@ bench-hostile: setup
 # streams) vs the in-process ceiling and a bare gRPC server's floor -> docs/serving.md (~7.5 min).
 bench-serving: setup
 	$(PY) -m bench.serving --out docs/serving.md
+
+# Map-codec speed and memory beside the old code path: 28x28 batches, photos per MP, a 12 MP photo end to end
+# (edge CLI + server process, peak RSS each side), zoo bundles served -> docs/speed.md (~10 min on a busy machine).
+bench-speed: setup
+	$(PY) -m bench.speed --out docs/speed.md
 
 # Every autoencoder variant beside its plain twin, each idea's claimed benefit measured, on Fashion-MNIST
 # -> docs/variants.{md,png,json} (the cost of the last run is in variants.md).

@@ -17,6 +17,7 @@ from latent_codec.errors import DataError
 
 from ..codefile import read_codes
 from ..images import save_comparisons, save_items, targets
+from ..progress import StepProgress
 from ..source import load_for
 from . import flags
 
@@ -27,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flags.add_bundle(p, "the bundle the code file was written with")
     p.add_argument("--codes", required=True, type=Path, help="a code file written by `edge.cli encode`")
     flags.add_threads(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars for long items")
     p.add_argument(
         "--out",
         required=True,
@@ -45,6 +47,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     codec = Codec.open(args.bundle, need=("decoder",), threads=args.threads)
+    codec.progress = StepProgress(not args.no_progress)
     code_file = read_codes(args.codes)
     batch = code_file.batch
     if batch.bundle_id != codec.bundle_id:

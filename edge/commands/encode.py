@@ -14,6 +14,7 @@ from latent_codec.container import to_batch
 from latent_codec.errors import DataError
 
 from ..codefile import write_codes
+from ..progress import StepProgress
 from ..source import encode_items, open_source
 from . import flags
 
@@ -27,6 +28,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=256, help="items encoded at once (of one size)")
     p.add_argument("--out", required=True, type=Path, help="the code file to write")
     flags.add_force(p)
+    p.add_argument("--no-progress", action="store_true", help="no progress bars for long items")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -35,6 +37,7 @@ def run(args: argparse.Namespace) -> int:
     codec, items = open_source(
         args.bundle, args.data, args.split, args.limit, args.threads, grey=args.grey, alpha=args.alpha
     )
+    codec.progress = StepProgress(not args.no_progress)
     payloads = encode_items(codec, items, range(len(items)), args.batch_size)
     size = write_codes(args.out, to_batch(codec, payloads), items.names)
     raw = sum(items.pixels(i) * s[0] for i, s in enumerate(items.shapes)) * items.dtype.itemsize
