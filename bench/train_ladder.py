@@ -105,7 +105,7 @@ PRESETS: dict[str, dict] = {
         "data": "data/crops/photo-64.npz",
         "lambdas": "0.005,0.0025,0.0012,0.012,0.04",
         "chain": "nearest",
-        "first_steps": 40000,
+        "first_steps": 20000,
         "steps": 8000,
         "lr": 1e-3,
         "batch_size": 16,

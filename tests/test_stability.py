@@ -70,6 +70,23 @@ def test_resume_refuses_a_state_written_with_other_settings(tmp_path):
         train(TrainConfig(**{**cfg.__dict__, "lr": 1e-3}), progress=None)
 
 
+def test_a_state_written_before_a_config_field_existed_resumes_when_the_field_keeps_its_default(tmp_path):
+    """Fields added to TrainConfig since a state was written (e.g. the denoising options) count as their
+    defaults: a long run stopped before they existed must still resume; a non-default value is still refused."""
+    from training.resume import read_state
+
+    state = tmp_path / "m.state.pt"
+    cfg = _cfg(state=str(state), resume=True, stop_at_step=3)
+    with pytest.raises(Stopped):
+        train(cfg, progress=None)
+    saved = torch.load(state, weights_only=True)
+    del saved["config"]["block_noise"]  # as a state from before the field
+    torch.save(saved, state)
+    assert read_state(state, cfg)["config"].get("block_noise") is None
+    with pytest.raises(ValueError, match="block_noise"):
+        read_state(state, TrainConfig(**{**cfg.__dict__, "block_noise": 4}))
+
+
 @pytest.mark.slow
 def test_a_process_killed_with_sigkill_resumes_to_the_same_model(tmp_path):
     """A real training process, killed -9 between two of its periodic checkpoints, resumed by the same

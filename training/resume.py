@@ -13,7 +13,7 @@ It loads with ``torch.load(weights_only=True)``: tensors, numbers, strings, list
 from __future__ import annotations
 
 import os
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 
 import torch
@@ -71,7 +71,9 @@ def read_state(path: Path, cfg) -> dict:
         raise ValueError(f"--resume: {path} is not a training state of format {FORMAT}")
     want = asdict(cfg)
     saved = state["config"]
-    differ = [k for k in want if k not in FREE_FIELDS and saved.get(k) != want[k]]
+    # A field added to the config since the state was written counts as its default (what that run computed).
+    defaults = {f.name: f.default for f in fields(cfg) if f.default is not MISSING}
+    differ = [k for k in want if k not in FREE_FIELDS and saved.get(k, defaults.get(k)) != want[k]]
     if differ:
         shown = ", ".join(f"{k}: saved {saved.get(k)!r}, now {want[k]!r}" for k in differ[:4])
         raise ValueError(
