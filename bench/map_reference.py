@@ -85,7 +85,7 @@ def unpack(p: MapPayload, payloads: list[bytes], idx_fn=None) -> tuple[np.ndarra
     hy, wy = p.code_size(h, w)
     decoders, z_sym = [], None
     y_models, z_models = p.y_tables.coder_tables.models, p.z_tables.coder_tables.models if p.z_tables else []
-    if p.entropy == "hyperprior":
+    if p.has_hyper:
         hz, wz = p.hyper_size(h, w)
         z_sym = np.empty((n, p.hyper_channels, hz, wz), np.uint16)
     for i, (b, pos) in enumerate(zip(payloads, starts)):
@@ -111,7 +111,7 @@ def encode(codec: Codec, x_raw: np.ndarray) -> list[bytes]:
     p = codec.payload
     n, _, h, w = x_raw.shape
     y, side = codec.transforms.analysis(codec.pad(codec.scale(x_raw)))  # type: ignore[attr-defined]
-    z = p.z_symbols(side["hyper"]) if p.entropy == "hyperprior" else None
+    z = p.z_symbols(side["hyper"]) if p.has_hyper else None
     return pack(p, np.tile(np.asarray([h, w], np.int64), (n, 1)), p.y_symbols(y), z)
 
 

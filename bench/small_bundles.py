@@ -131,8 +131,8 @@ def stored_codes(codec, x_raw: np.ndarray, batch: int = 1000) -> np.ndarray:
     """(N, D) codes as the cloud holds them: encoded at the edge, then unpacked and dequantised from the payload."""
     out = []
     for i in range(0, len(x_raw), batch):
-        symbols, _ = codec.symbols(codec.encode(x_raw[i : i + batch]))
-        out.append(np.asarray(codec.dequantise(symbols), np.float32).reshape(len(symbols), -1))
+        symbols, side = codec.symbols(codec.encode(x_raw[i : i + batch]))
+        out.append(np.asarray(codec.dequantise(symbols, side), np.float32).reshape(len(symbols), -1))
     return np.concatenate(out)
 
 

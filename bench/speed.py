@@ -105,7 +105,7 @@ def split_small(codec, x: np.ndarray, repeats: int) -> dict:
     sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
     y, side = codec.analyse(codec.scale(x))
     y_sym = codec.quantise(y)
-    z = p.z_symbols(side["hyper"]) if p.entropy == "hyperprior" else None
+    z = p.z_symbols(side["hyper"]) if p.has_hyper else None
     payloads = codec.encode(x)
     idx = p.table_indices(y_sym.shape, z)
     old_idx = ref.table_indices(p, y_sym.shape, z)
@@ -134,7 +134,7 @@ def split_small(codec, x: np.ndarray, repeats: int) -> dict:
             "encode": lambda: codec.encode(x),
             "decode": lambda: codec.decode(payloads),
             "encode graphs": graphs_encode,
-            "decode graphs": lambda: codec.unscale(codec.synthesise(codec.dequantise(dsym), dside)),
+            "decode graphs": lambda: codec.unscale(codec.synthesise(codec.dequantise(dsym, dside), dside)),
             "tables": lambda: p.table_indices(y_sym.shape, z),
             "encode entropy": entropy_only(lambda: p.pack(sizes, y_sym, z)),
             "decode entropy": entropy_only(lambda: p.unpack(payloads)),
@@ -143,7 +143,7 @@ def split_small(codec, x: np.ndarray, repeats: int) -> dict:
             "encode": lambda: ref.encode(codec, x),
             "decode": lambda: ref.decode(codec, payloads),
             "encode graphs": graphs_encode,
-            "decode graphs": lambda: codec.unscale(codec.synthesise(codec.dequantise(dsym), dside)),
+            "decode graphs": lambda: codec.unscale(codec.synthesise(codec.dequantise(dsym, dside), dside)),
             "tables": lambda: ref.table_indices(p, y_sym.shape, z),
             "encode entropy": lambda: ref.pack(p, sizes, y_sym, z, idx=old_idx),
             "decode entropy": lambda: ref.unpack(p, payloads, idx_fn=lambda shape, zs: old_idx),

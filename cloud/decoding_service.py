@@ -84,7 +84,7 @@ def prepare(codec: Codec, req: pb.DecodeRequest) -> tuple[np.ndarray, Side, np.n
                 f"originals.dtype is {originals.dtype.name}, the manifest's input dtype is {codec.input.dtype}"
             )
     symbols, side = codec.symbols(payloads)
-    return codec.dequantise(symbols), side, originals
+    return codec.dequantise(symbols, side), side, originals
 
 
 def respond(

@@ -75,8 +75,8 @@ def binary_codes(codec, payloads: Sequence[bytes]) -> np.ndarray:
         raise BundleError(f"bundle {codec.bundle_id} has no binary codes (export it with --binary-code)")
     if not payloads:
         return np.zeros((0, spec.nbytes), np.uint8)
-    symbols, _ = codec.symbols(payloads)
-    return spec.of_codes(np.asarray(codec.dequantise(symbols)).reshape(len(payloads), -1))
+    symbols, side = codec.symbols(payloads)
+    return spec.of_codes(np.asarray(codec.dequantise(symbols, side)).reshape(len(payloads), -1))
 
 
 def hamming(query: np.ndarray, codes: np.ndarray) -> np.ndarray:

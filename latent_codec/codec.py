@@ -164,8 +164,9 @@ class Codec:
         """Payloads -> (symbols, side): everything but the transforms. Raises PayloadError on any bad payload."""
         raise NotImplementedError
 
-    def dequantise(self, symbols: np.ndarray) -> np.ndarray:
-        """Inverse of ``quantise``: symbols -> codes."""
+    def dequantise(self, symbols: np.ndarray, side: Side | None = None) -> np.ndarray:
+        """Inverse of ``quantise``: symbols -> codes. ``side`` is what ``symbols`` returned beside them: a family
+        whose codes depend on more than the symbols (a mean-and-scale hyperprior's means) reads it there."""
         raise NotImplementedError
 
     def synthesise(self, codes: np.ndarray, side: Side, chunk: int = 0) -> np.ndarray:
@@ -183,7 +184,7 @@ class Codec:
         activations stay bounded however large the batch (a server's memory budget relies on it).
         """
         symbols, side = self.symbols(payloads)
-        x_unit = self.synthesise(self.dequantise(symbols), side, chunk)
+        x_unit = self.synthesise(self.dequantise(symbols, side), side, chunk)
         return x_unit if unit else self.unscale(x_unit)
 
     def decode_each(self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0) -> list[np.ndarray]:

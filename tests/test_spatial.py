@@ -341,7 +341,7 @@ def test_a_one_ulp_perturbation_of_the_float_path_selects_the_same_tables(hyper_
         _, y, z = codec.payload.unpack(ref)
         np.testing.assert_array_equal(codec.payload.table_indices(y.shape, z), ref_idx)
     codec.transforms.analysis = analysis  # type: ignore[method-assign]
-    codec.payload.dequantize = lambda s: (_ for _ in ()).throw(AssertionError("parsing used floats"))  # type: ignore[method-assign]
+    codec.payload.dequantise = lambda s: (_ for _ in ()).throw(AssertionError("parsing used floats"))  # type: ignore[method-assign]
     sizes, y, z = codec.payload.unpack(ref)
     np.testing.assert_array_equal(y, ref_y)
 

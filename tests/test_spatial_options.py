@@ -1,5 +1,5 @@
 """Spatial-model options for photographs: 3x3 or 5x5 kernels, and the mean-and-scale hyperprior (its rate codes
-y - μ, its decoder gets round(y - μ) + μ); training.export refuses a meanscale checkpoint in one clear line."""
+y - μ, its decoder gets round(y - μ) + μ); training.export writes it as a map-meanscale bundle."""
 
 from __future__ import annotations
 
@@ -66,7 +66,9 @@ def test_hyperprior_means_are_zero_and_scales_come_from_the_same_channels():
     torch.testing.assert_close(scale, torch.exp(m.log_scales(z, (4, 4)).clamp(lo, hi)))
 
 
-def test_meanscale_trains_and_export_refuses_it_in_one_clear_line(tmp_path, capsys):
+def test_meanscale_trains_and_exports_a_mean_scale_bundle(tmp_path):
+    from latent_codec.codec import Codec
+    from latent_codec.families.mean_scale import MeanScaleCodec
     from training.export import main as export_main
     from training.train import train
 
@@ -78,7 +80,6 @@ def test_meanscale_trains_and_export_refuses_it_in_one_clear_line(tmp_path, caps
     )
     ckpt = save_checkpoint(tmp_path / "ms.pt", model, cfg, record)
     out = tmp_path / "bundle"
-    assert export_main(["--checkpoint", str(ckpt), "--quant", "learned", "--out", str(out)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "meanscale" in err and "no bundle format yet" in err
-    assert not out.exists()
+    assert export_main(["--checkpoint", str(ckpt), "--quant", "learned", "--out", str(out)]) == 0
+    codec = Codec.open(out)
+    assert isinstance(codec, MeanScaleCodec) and codec.format == "map+meanscale"

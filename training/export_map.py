@@ -4,7 +4,9 @@ Registered for the "map" codec family (training/exporters.py). The tables:
 - ŷ grid: the fewest bits whose integer range holds the rounded training codes (≤ 12);
 - "factorized": the learned per-channel prior tabulated on that grid;
 - "hyperprior": Gaussian tables for the 64 scales of training/models/spatial.py's scale table, the
-  learned per-channel prior of ẑ, and the hyper-decoder h_s as integers (IntegerHyperDecoder).
+  learned per-channel prior of ẑ, and the hyper-decoder h_s as integers (IntegerHyperDecoder);
+- "meanscale": the same with h_s's 2M outputs (means, then log σ) as integers, and the grid fitted on the
+  residuals y - μ, μ from that integer hyper-decoder (latent_codec/families/mean_scale.py).
 """
 
 from __future__ import annotations
@@ -17,13 +19,14 @@ from latent_codec.errors import CodecError
 from latent_codec.factorized_prior import FactorizedPrior
 from latent_codec.families.code_map import MapCodec, MapPayload
 from latent_codec.families.hyper_decoder import IntegerHyperDecoder
+from latent_codec.families.mean_scale import MeanScalePayload
 from latent_codec.transforms import OnnxTransforms
 from training.bundle_writer import check_out, new_manifest, write_bundle
 from training.data import load_split
 from training.exporters import ExportJob, register_exporter
-from training.models.spatial import STRIDE, log_scale_thresholds, scale_table
+from training.models.spatial import HYPER_ENTROPY, STRIDE, log_scale_thresholds, scale_table
 from training.onnx_export import export_map_graphs, map_parity, store_weights_as_float16
-from training.rate import grid_bits
+from training.rate import MAX_GRID_BITS, grid_bits
 
 HYPER_FRAC_BITS = 10  # the integer hyper-decoder's fixed point: weights x 1024
 
@@ -52,45 +55,57 @@ def export_map(job: ExportJob) -> Manifest:
                                                    torch.from_numpy(codec0.pad(odd))])  # fmt: skip
 
     # The grids: rounded training codes as ONNX Runtime computes them.
-    hyper = model.entropy == "hyperprior"
+    hyper = model.entropy in HYPER_ENTROPY
     transforms = OnnxTransforms.from_graphs(enc_bytes, None, ["hyper"] if hyper else [], model.code_shape)
     fitting = MapCodec(input_spec, model.code_shape, _placeholder(model), transforms)
     ys, zs = [], []
     for i in range(0, len(train.x), 1000):
         y, side = fitting.analyse(fitting.scale(train.x[i : i + 1000]))
-        ys.append(torch.from_numpy(y))
+        ys.append(y)
         if hyper:
-            zs.append(torch.from_numpy(side["hyper"]))
-    yb = grid_bits(torch.cat(ys))
+            zs.append(side["hyper"])
+    m = model.args["code_channels"]
     with torch.no_grad():
-        if hyper:
-            zb = grid_bits(torch.cat(zs))
-            zlo, zhi = -(1 << (zb - 1)), (1 << (zb - 1)) - 1
-            h1, h2 = model.h_s[0], model.h_s[2]
-            payload = MapPayload(
-                "hyperprior",
-                model.args["code_channels"],
-                STRIDE,
-                yb,
-                FactorizedPrior.gaussian(scale_table(), yb),
-                model.args["hyper_channels"],
-                2,
-                zb,
-                FactorizedPrior.from_probabilities(model.z_prior.table(zlo, zhi).numpy()),
-                IntegerHyperDecoder.from_float(
-                    h1.weight.numpy(),
-                    h1.bias.numpy(),
-                    h2.weight.numpy(),
-                    h2.bias.numpy(),
-                    log_scale_thresholds(),
-                    HYPER_FRAC_BITS,
-                ),  # fmt: skip
-            )
-        else:
+        if not hyper:
+            yb = grid_bits(torch.from_numpy(np.concatenate(ys)))
             lo, hi = -(1 << (yb - 1)), (1 << (yb - 1)) - 1
             probs = model.y_prior.table(lo, hi).numpy()
-            payload = MapPayload("factorized", model.args["code_channels"], STRIDE, yb,
-                                 FactorizedPrior.from_probabilities(probs))  # fmt: skip
+            payload = MapPayload("factorized", m, STRIDE, yb, FactorizedPrior.from_probabilities(probs))
+        else:
+            zb = grid_bits(torch.from_numpy(np.concatenate(zs)))
+            zlo, zhi = -(1 << (zb - 1)), (1 << (zb - 1)) - 1
+            h1, h2 = model.h_s[0], model.h_s[2]
+            decoder = IntegerHyperDecoder.from_float(
+                h1.weight.numpy(), h1.bias.numpy(), h2.weight.numpy(), h2.bias.numpy(), log_scale_thresholds(),
+                HYPER_FRAC_BITS,
+            )  # fmt: skip
+            cls = MeanScalePayload if model.entropy == "meanscale" else MapPayload
+            z_tables = FactorizedPrior.from_probabilities(model.z_prior.table(zlo, zhi).numpy())
+
+            def make(yb: int) -> MapPayload:
+                tables = FactorizedPrior.gaussian(scale_table(), yb)
+                return cls(
+                    model.entropy,
+                    m,
+                    STRIDE,
+                    yb,
+                    tables,
+                    model.args["hyper_channels"],
+                    2,
+                    zb,
+                    z_tables,
+                    decoder,
+                )
+
+            if (
+                cls is MeanScalePayload
+            ):  # the grid holds the residuals y - μ, μ from the integer hyper-decoder
+                probe = make(MAX_GRID_BITS)
+                assert isinstance(probe, MeanScalePayload)
+                residuals = [y - probe.means(y.shape, probe.z_symbols(z)) for y, z in zip(ys, zs)]
+                payload = make(grid_bits(torch.from_numpy(np.concatenate(residuals))))
+            else:
+                payload = make(grid_bits(torch.from_numpy(np.concatenate(ys))))
     manifest = new_manifest(job, input_spec, model.code_shape, payload, len(train), par)
     manifest.seal(enc_bytes, dec_bytes)
     write_bundle(out, manifest, enc_bytes, dec_bytes, test, force)

@@ -2,12 +2,22 @@
 
 - flat.py: a fixed-length code vector per item (affine / float codes, optional ANS, side fields);
 - code_map.py: code maps of items of any size (factorised prior or scale hyperprior), with
-  hyper_decoder.py's integer table selection.
+  hyper_decoder.py's integer table selection;
+- mean_scale.py: code maps under a mean-and-scale hyperprior (residuals around integer-predicted means).
 
 Importing the package registers them (latent_codec/__init__.py does, so ``Codec.open`` finds them).
 """
 
 from .code_map import MapCodec, MapPayload
 from .flat import FlatCodec, FlatPayload, SideField
+from .mean_scale import MeanScaleCodec, MeanScalePayload
 
-__all__ = ["FlatCodec", "FlatPayload", "MapCodec", "MapPayload", "SideField"]
+__all__ = [
+    "FlatCodec",
+    "FlatPayload",
+    "MapCodec",
+    "MapPayload",
+    "MeanScaleCodec",
+    "MeanScalePayload",
+    "SideField",
+]

@@ -64,7 +64,8 @@ class MapPayload:
     """The manifest's payload section for code maps (kind "map"): grid, tables, hyper-decoder."""
 
     kind: ClassVar[str] = "map"
-    entropy: str  # "factorized" | "hyperprior"
+    entropy_models: ClassVar[tuple[str, ...]] = MAP_KINDS  # what this payload class reads
+    entropy: str  # "factorized" | "hyperprior" (mean_scale.py: "meanscale")
     code_channels: int  # M
     stride: int  # item pixels per code element along each side
     grid_bits: int  # ŷ symbols are 0..2^grid_bits - 1 (ŷ + 2^(grid_bits-1))
@@ -92,6 +93,16 @@ class MapPayload:
         return f"map+{self.entropy}"
 
     @property
+    def has_hyper(self) -> bool:
+        """Whether ẑ travels first and a hyper-decoder selects ŷ's tables (every model but "factorized")."""
+        return self.entropy != "factorized"
+
+    @property
+    def hyper_outputs(self) -> int:
+        """Output channels of the hyper-decoder: one log σ per channel of ŷ."""
+        return self.code_channels
+
+    @property
     def item_bytes(self) -> None:
         return None  # always variable size
 
@@ -109,13 +120,13 @@ class MapPayload:
 
     def symbols_per_item(self, h: int, w: int) -> int:
         hy, wy = self.code_size(h, w)
-        hz, wz = self.hyper_size(h, w) if self.entropy == "hyperprior" else (0, 0)
+        hz, wz = self.hyper_size(h, w) if self.has_hyper else (0, 0)
         return self.code_channels * hy * wy + self.hyper_channels * hz * wz
 
     # ---- (de)serialisation --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         d: dict[str, Any] = {
-            "kind": "map",
+            "kind": self.kind,
             "format": self.format,
             "entropy": self.entropy,
             "code_channels": self.code_channels,
@@ -124,7 +135,7 @@ class MapPayload:
             "y_tables": self.y_tables.to_dict(),
             "item_bytes": None,
         }
-        if self.entropy == "hyperprior":
+        if self.has_hyper:
             assert self.z_tables is not None and self.hyper_decoder is not None
             d.update(
                 {
@@ -140,8 +151,10 @@ class MapPayload:
     @classmethod
     def from_dict(cls, d: dict) -> MapPayload:
         entropy = str(d["entropy"])
-        if entropy not in MAP_KINDS:
-            raise ValueError(f"map entropy model must be one of {MAP_KINDS}, got {entropy!r}")
+        if entropy not in cls.entropy_models:
+            raise ValueError(
+                f"payload kind {cls.kind!r} takes entropy models {', '.join(cls.entropy_models)}, got {entropy!r}"
+            )
         p = cls(
             entropy,
             int(d["code_channels"]),
@@ -157,7 +170,7 @@ class MapPayload:
             raise ValueError("map stride and code_channels must be positive")
         if entropy == "factorized" and p.y_tables.dims != p.code_channels:
             raise ValueError(f"factorized map has {p.y_tables.dims} tables for {p.code_channels} channels")
-        if entropy == "hyperprior":
+        if p.has_hyper:
             p.hyper_channels = int(d["hyper_channels"])
             p.hyper_stride = int(d.get("hyper_stride", 2))
             p.z_grid_bits = int(d["z_grid_bits"])
@@ -168,7 +181,7 @@ class MapPayload:
             if p.z_tables.dims != p.hyper_channels or p.z_tables.levels != 1 << p.z_grid_bits:
                 raise ValueError("hyperprior z tables do not match hyper_channels and z_grid_bits")
             hd = p.hyper_decoder
-            if hd.w1.shape[0] != p.hyper_channels or hd.w2.shape[0] != p.code_channels:
+            if hd.w1.shape[0] != p.hyper_channels or hd.w2.shape[0] != p.hyper_outputs:
                 raise ValueError("hyper-decoder shapes do not match the map's channels")
             if len(hd.thresholds) + 1 != p.y_tables.dims:
                 raise ValueError(f"{len(hd.thresholds)} thresholds for {p.y_tables.dims} scale tables")
@@ -345,7 +358,7 @@ class MapPayload:
         hy, wy = self.code_size(h, w)
         decoders = []
         z_sym = None
-        if self.entropy == "hyperprior":
+        if self.has_hyper:
             hz, wz = self.hyper_size(h, w)
             z_sym = np.empty((n, self.hyper_channels, hz, wz), np.uint16)
         for i, (p, pos) in enumerate(zip(payloads, starts)):
@@ -389,7 +402,7 @@ class MapPayload:
     def _measure_unpack(self, side: int) -> float:
         hy, wy = self.code_size(side, side)
         z = None
-        if self.entropy == "hyperprior":
+        if self.has_hyper:
             assert self.z_tables is not None
             hz, wz = self.hyper_size(side, side)
             mode = np.argmax(self.z_tables.coder_tables.probabilities, axis=1).astype(np.uint16)
@@ -554,7 +567,7 @@ class MapCodec(Codec):
     @classmethod
     def build(cls, bundle: Bundle, threads: int = 0) -> MapCodec:
         m = bundle.manifest
-        side = ["hyper"] if m.payload.entropy == "hyperprior" else []
+        side = ["hyper"] if m.payload.has_hyper else []
         transforms = OnnxTransforms.from_graphs(
             bundle.encoder_bytes, bundle.decoder_bytes, side, m.code_shape, threads, str(bundle.path)
         )
@@ -673,7 +686,7 @@ class MapCodec(Codec):
             return out
         else:
             y, side = self.analyse(self.scale(x_raw))
-            z = self.payload.z_symbols(side["hyper"]) if self.payload.entropy == "hyperprior" else None
+            z = self.payload.z_symbols(side["hyper"]) if self.payload.has_hyper else None
             y_sym = self.quantise(y)
             del y, side
         return self.payload.pack(sizes, y_sym, z, progress)
@@ -693,15 +706,13 @@ class MapCodec(Codec):
 
     def _align(self) -> int:
         """Pixels per element of the coarsest map the encoder outputs (ẑ with a hyperprior)."""
-        return self.payload.stride * (
-            self.payload.hyper_stride if self.payload.entropy == "hyperprior" else 1
-        )
+        return self.payload.stride * (self.payload.hyper_stride if self.payload.has_hyper else 1)
 
     def _encode_margin(self) -> int:
         """Pixels of context around an analysis tile's core: the encoder's measured receptive field, rounded
         up to the coarsest stride, plus one stride to spare. Measured once per codec, from the graph."""
         if "encode" not in self._margins:
-            hyper = self.payload.entropy == "hyperprior"
+            hyper = self.payload.has_hyper
 
             def run(x: np.ndarray) -> list[np.ndarray]:
                 code, side = self.transforms.analysis(x)
@@ -729,17 +740,18 @@ class MapCodec(Codec):
         return self._margins["decode"]
 
     def analyse_tiled(
-        self, x_raw: np.ndarray, progress: Progress | None = None
+        self, x_raw: np.ndarray, progress: Progress | None = None, quantise: bool = True
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Raw items -> (ŷ symbols, ẑ symbols or None), the encoder run on tiles of ENCODE_TILE pixels with
-        the margin its receptive field needs; each tile's core is quantised into the whole maps."""
+        the margin its receptive field needs; each tile's core is quantised into the whole maps. With
+        quantise=False the code map is kept as float32 (a family whose symbols depend on ẑ quantises it after)."""
         p = self.payload
         n, _, h, w = x_raw.shape
         margin = self._encode_margin()
         hy, wy = p.code_size(h, w)
-        y_sym = np.empty((n, p.code_channels, hy, wy), np.uint16)
+        y_sym = np.empty((n, p.code_channels, hy, wy), np.uint16 if quantise else np.float32)
         z_sym = None
-        if p.entropy == "hyperprior":
+        if p.has_hyper:
             hz, wz = p.hyper_size(h, w)
             z_sym = np.empty((n, p.hyper_channels, hz, wz), np.uint16)
         hp, wp = hy * p.stride, wy * p.stride
@@ -749,9 +761,8 @@ class MapCodec(Codec):
             for t in each(ts, progress, "analyse" if n == 1 else f"analyse item {i + 1}/{n}"):
                 code, side = self.transforms.analysis(self.scale(xp[(Ellipsis, *windows(t))]))
                 ty = scaled(t, p.stride, hy, wy)
-                y_sym[(i, slice(None), *cover(ty))] = p.y_symbols(
-                    np.asarray(code)[(0, slice(None), *core_of(ty))]
-                )
+                core = np.asarray(code)[(0, slice(None), *core_of(ty))]
+                y_sym[(i, slice(None), *cover(ty))] = p.y_symbols(core) if quantise else core
                 if z_sym is not None:
                     tz = scaled(t, self._align(), *z_sym.shape[2:])
                     z_sym[(i, slice(None), *cover(tz))] = p.z_symbols(
@@ -833,7 +844,7 @@ class MapCodec(Codec):
                 out[i, :, r : r + rows] = self.input.from_unit(x[i, :, r : r + rows])
         return out
 
-    def dequantise(self, symbols: np.ndarray) -> np.ndarray:
+    def dequantise(self, symbols: np.ndarray, side: Side | None = None) -> np.ndarray:
         return self.payload.dequantise(symbols)
 
     def ideal_bits(self, payloads: Sequence[bytes]) -> np.ndarray:

@@ -262,7 +262,7 @@ class FlatCodec(Codec):
         assert symbols is not None
         return symbols, parts.side
 
-    def dequantise(self, symbols: np.ndarray) -> np.ndarray:
+    def dequantise(self, symbols: np.ndarray, side: Side | None = None) -> np.ndarray:
         return self.payload.quantiser.dequantise(symbols)
 
     def ideal_bits(self, payloads) -> np.ndarray | None:

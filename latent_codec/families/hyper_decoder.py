@@ -249,13 +249,30 @@ class IntegerHyperDecoder:
         z_max bounds |ẑ| (the payload's grid); without it, the largest |ẑ| given is used (its bound is
         checked all the same).
         """
+        return self.select(z, size, z_max)[0]
+
+    def select(
+        self, z: np.ndarray, size: tuple[int, int], z_max: int | None = None, means: int = 0
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """One pass of the hyper-decoder -> (table indices, means or None).
+
+        With ``means`` = M > 0 (a mean-and-scale hyperprior, latent_codec/families/mean_scale.py) the first M
+        output channels are means and the rest log σ: the indices come from the log σ channels, and the means
+        are the exact integer units times 2^-2F, rounded once to float32 (float64 holds the product exactly;
+        the one rounding is IEEE's, the same on every machine). Every mean is thus a function of ẑ alone.
+        """
         z = np.asarray(z)
         dtype = np.uint8 if len(self.thresholds) < 256 else np.uint16
-        out = np.empty((len(z), self.w2.shape[0], int(size[0]), int(size[1])), dtype)
+        n, h, w = len(z), int(size[0]), int(size[1])
+        out = np.empty((n, self.w2.shape[0] - means, h, w), dtype)
+        mu = np.empty((n, means, h, w), np.float32) if means else None
+        unit = 2.0 ** (-2 * self.frac_bits)
         with _one_blas_thread():
-            for sl, units, thresholds in self._strips(z, z_max, out.shape[2:]):
-                out[sl] = thresholds(units)
-        return out
+            for sl, units, thresholds in self._strips(z, z_max, (h, w)):
+                out[sl] = thresholds(units[:, means:])
+                if mu is not None:
+                    mu[sl] = units[:, :means].astype(np.float64) * unit
+        return out, mu
 
     def _strips(self, z: np.ndarray, z_max: int | None, size: tuple[int, ...]):
         """Yield (slice of the (N, M, h, w) output, exact integer units) strip by strip."""

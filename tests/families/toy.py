@@ -96,7 +96,7 @@ class ToyCodec(Codec):
         data = np.frombuffer(b"".join(payloads), np.uint8).reshape(len(payloads), self.payload.item_bytes)
         return unpack_bits(data, [(self.payload.code_dims, self.payload.bits)])[0], {}
 
-    def dequantise(self, symbols: np.ndarray) -> np.ndarray:
+    def dequantise(self, symbols: np.ndarray, side: Side | None = None) -> np.ndarray:
         return (np.asarray(symbols, np.float32) / np.float32(self.levels)).astype(np.float32)
 
     def synthesise(self, codes: np.ndarray, side: Side, chunk: int = 0) -> np.ndarray:

@@ -15,7 +15,8 @@ The entropy model of ŷ is one of
   the autoregressive context): h_s has 2M output channels, [0, M) the means and [M, 2M) log σ; the symbol is
   round(y - μ), coded with the zero-mean Gaussian table of σ, and the decoder gets ŷ = symbol + μ.
 
-What the codec side must compute for "meanscale" (not built yet; training.export refuses these checkpoints):
+What the codec side computes for "meanscale" (latent_codec/families/mean_scale.py, exported by
+training/export_map.py):
 the integer hyper-decoder as for "hyperprior" with w2 of shape (2M, Nh, 3, 3) and b2 of shape (2M,), giving
 units U (N, 2M, h, w) = value x 2^2F in int64, cropped to y's size; μ = U[:, :M] / 2^2F, evaluated in float64
 (exact: an integer times a power of two) then cast to float32; table index = searchsorted(thresholds,
@@ -180,16 +181,6 @@ class SpatialAutoencoder(Autoencoder):
         scale = torch.exp(out[:, -m:].clamp(lo, hi))
         mean = out[:, :m] if self.entropy == "meanscale" else torch.zeros_like(scale)
         return mean, scale
-
-    def export_refusal(self) -> str | None:
-        """Why training.export cannot write a bundle of this model yet (None: it can)."""
-        if self.entropy == "meanscale":
-            return (
-                "a mean-and-scale hyperprior (entropy='meanscale') has no bundle format yet: the codec must "
-                "first compute the means in integers (training/models/spatial.py says what); export a "
-                "'hyperprior' or 'factorized' model instead"
-            )
-        return None
 
     # ---- training ---------------------------------------------------------------------------------------
     def init_from(self, other: nn.Module) -> None:
