@@ -27,7 +27,6 @@ import collections
 import os
 import shlex
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.server_process import ServerProcess
+from cloud.ports import free_port
 
 BATCHES = (1, 16, 256)
 CLIENTS = (1, 8, 64)
@@ -277,12 +277,6 @@ def grpc_floor(seconds: float, codec, payloads: list[bytes], top: float) -> tupl
     finally:
         proc.kill()
         proc.wait()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def zoo_rows(bundles: list[Path], items: np.ndarray, work: Path, seconds: float) -> list[dict]:

@@ -32,3 +32,11 @@ def check_address_free(address: str) -> None:
                         f"cannot listen on {address}: the address is in use (another server? --reuse-port "
                         f"shares a port on purpose)"
                     ) from None
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A port nothing listens on right now (the kernel's pick), for a process that must be told its port before
+    it starts (benchmarks, tests); a server started in this process binds port 0 and reports its port instead."""
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])

@@ -26,8 +26,8 @@ from latent_codec import datasets
 from latent_codec.errors import CodecError
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from tests.helpers import ROOT, CloudStub, tiny_bundle
-from tests.test_edge_cli import RUNNER, assert_one_line_error
-from tests.test_server import make_request
+from tests.helpers.edge_cli import RUNNER, assert_one_line_error
+from tests.helpers.requests import make_request
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import pytest
 from ruamel.yaml import YAML
 
 from tests.helpers import IN_CI, ROOT
+from tests.helpers.dockerfiles import instructions, pip_files
 
 VENV_BIN = Path(sys.executable).parent
 COMPOSE = ROOT / "docker-compose.yml"
@@ -224,17 +225,6 @@ def requirement_closure(path: Path) -> set[str]:
     return names
 
 
-def instructions(path: Path) -> list[tuple[str, str]]:
-    text = re.sub(r"\\\n", " ", path.read_text())
-    out = []
-    for line in text.splitlines():
-        line = line.strip()
-        if line and not line.startswith("#"):
-            op, _, rest = line.partition(" ")
-            out.append((op.upper(), rest.strip()))
-    return out
-
-
 def test_dockerfiles_install_only_torch_free_requirements():
     expect = {"cloud": {"requirements/cloud.txt"}, "edge": {"requirements/runtime.txt"}}
     for name, path in DOCKERFILES.items():
@@ -292,15 +282,6 @@ def requirement_lines(path: Path) -> list[str]:
         elif line:
             out.append(line)
     return out
-
-
-def pip_files(path: Path) -> list[str]:
-    files = []
-    for op, rest in instructions(path):
-        if op == "RUN" and "pip install" in rest:
-            words = shlex.split(rest.split("pip install", 1)[1])
-            files += [words[i + 1] for i, w in enumerate(words) if w in ("-r", "--requirement")]
-    return files
 
 
 def test_every_image_is_pinned_and_runs_as_non_root():

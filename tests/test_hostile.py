@@ -477,7 +477,7 @@ def test_logged_and_counted_status_is_the_status_the_client_saw(bundle, tmp_path
     import logging
     import urllib.request
 
-    from tests.test_metrics import scrape, val
+    from tests.helpers.prometheus import scrape, val
 
     running = build_server(
         bundle, "127.0.0.1:0", workers=2, metrics_address="127.0.0.1:0", max_message_bytes=16 * 1024

@@ -27,7 +27,7 @@ import pytest
 
 from latent_codec import datasets
 from tests.helpers import ROOT, ServerProcess, free_port, stored_count, tiny_bundle, wait_until
-from tests.test_deploy import instructions, pip_files
+from tests.helpers.dockerfiles import instructions, pip_files
 
 ADDRESS = re.compile(r"\b(?:0\.0\.0\.0|127\.0\.0\.1):(\d+)\b")
 

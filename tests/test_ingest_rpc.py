@@ -355,7 +355,7 @@ def test_storage_is_offered_only_with_a_store_and_the_client_says_so(served, bun
     from cloud.server import build_server
     from edge.channel import CloudError
     from edge.client import CloudClient
-    from tests.test_server import reflected_services
+    from tests.helpers.requests import reflected_services
 
     running, _ = served
     with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 import subprocess
 import sys
 import time
@@ -17,10 +16,9 @@ from cloud.tenancy import ALL, Principal
 from latent_codec import datasets
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from tests.helpers import ROOT, CloudStub, tiny_bundle
-from tests.test_server import make_request
+from tests.helpers.prometheus import scrape, val
+from tests.helpers.requests import make_request
 
-SERIES = re.compile(r"^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})? (\S+)$")
-LABEL = re.compile(r'([a-zA-Z_]\w*)="((?:[^"\\]|\\.)*)"')
 CODEC = "aecodec.v2.Decoding"
 STORAGE = "aecodec.v2.Storage"
 TOKEN = "metrics-token"
@@ -29,26 +27,6 @@ TOKEN = "metrics-token"
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory):
     return tiny_bundle(tmp_path_factory)
-
-
-def scrape(port: int) -> dict[tuple[str, frozenset], float]:
-    """Parse the text format: {(name, labels): value}; fails on a line that is not valid."""
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as r:
-        assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=")
-        text = r.read().decode()
-    out = {}
-    for line in text.splitlines():
-        if not line or line.startswith("# HELP ") or line.startswith("# TYPE "):
-            continue
-        m = SERIES.match(line)
-        assert m, f"not a Prometheus sample line: {line!r}"
-        labels = frozenset(LABEL.findall(m.group(2) or ""))
-        out[(m.group(1), labels)] = float(m.group(3))
-    return out
-
-
-def val(samples, name: str, **labels) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
 
 
 def test_metrics_count_rpcs_statuses_latency_and_items(bundle, tmp_path):

@@ -11,28 +11,11 @@ from edge.codefile import MAGIC_V2, output_names, read_codes, write_codes
 from latent_codec import datasets
 from latent_codec.errors import DataError
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+from tests.helpers.photos import write_oriented
+
 
 # EXIF orientation -> the operation that turns the upright picture into the stored pixels (the inverse of what
 # a viewer applies), written out here rather than taken from Pillow's exif_transpose.
-STORE_AS = {
-    2: lambda u: u[:, ::-1],  # mirrored
-    3: lambda u: u[::-1, ::-1],  # upside down
-    4: lambda u: u[::-1, :],
-    5: lambda u: np.swapaxes(u, 0, 1),  # transposed
-    6: lambda u: np.rot90(u, 1),  # the camera was turned: a viewer turns it back 90 degrees clockwise
-    7: lambda u: np.swapaxes(u[::-1, ::-1], 0, 1),  # transverse
-    8: lambda u: np.rot90(u, -1),
-}
-
-
-def write_oriented(path, upright: np.ndarray, orientation: int, **save) -> None:
-    """Store ``upright`` (H, W, 3) so that a viewer honouring the EXIF tag shows exactly it."""
-    stored = np.ascontiguousarray(STORE_AS[orientation](upright)) if orientation != 1 else upright
-    exif = Image.Exif()
-    exif[0x0112] = orientation
-    Image.fromarray(stored).save(path, exif=exif, **save)
-
-
 def _rgb(h: int, w: int, seed: int = 0) -> np.ndarray:
     """A picture whose every orientation differs: a gradient plus noise."""
     rng = np.random.default_rng(seed)

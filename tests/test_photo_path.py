@@ -18,8 +18,8 @@ from PIL import Image
 
 from edge.cli import main as edge_main
 from latent_codec.codec import Codec
-from tests.test_edge_cli import assert_one_line_error, run_edge
-from tests.test_photo_loading import write_oriented
+from tests.helpers.edge_cli import assert_one_line_error, run_edge
+from tests.helpers.photos import write_oriented
 
 pytestmark = pytest.mark.slow  # the session's colour bundle trains for about a minute
 

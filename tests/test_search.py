@@ -224,7 +224,7 @@ def test_audited_items_carry_their_error_in_fetch_and_search(served, codecs, dat
     audited = {h.item.item_id: h.item.audit_mse for h in resp.hits if h.item.HasField("audit_mse")}
     assert audited == pytest.approx({f"au{k}": float(want[k]) for k in range(8)}, rel=1e-6)
     # ... and as a metric: each audited item's error in a histogram per bundle (alerts on anomalies)
-    from tests.test_metrics import scrape, val
+    from tests.helpers.prometheus import scrape, val
 
     samples = scrape(running.metrics_port)
     assert val(samples, "aecodec_audit_item_mse_count", bundle=hashing.bundle_id) == 8

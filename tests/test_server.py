@@ -11,19 +11,11 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from latent_codec import datasets, metrics
 from latent_codec.codec import Codec
-from latent_codec.container import from_tensor, to_batch, to_tensor
+from latent_codec.container import from_tensor, to_tensor
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 from tests.helpers import fashion_test_items, unit
-
-
-def make_request(bundle_dir, x, with_originals=True, fmt=pb.RECONSTRUCTION_FORMAT_UINT8):
-    enc = Codec.open(bundle_dir)
-    payloads = enc.encode(x)
-    req = pb.DecodeRequest(codes=to_batch(enc, payloads), reconstruction_format=fmt)
-    if with_originals:
-        req.originals.CopyFrom(to_tensor(x))
-    return req, payloads
+from tests.helpers.requests import make_request, reflected_services
 
 
 def test_decode_matches_local_decoding_and_metrics(stub, fashion_bundle):
@@ -67,17 +59,6 @@ def test_model_info_lists_manifests(stub, fashion_bundle, digits_bundle):
     for d in (fashion_bundle, digits_bundle):
         m = json.loads((d / "manifest.json").read_text())
         assert ids[m["bundle_id"]] == m
-
-
-def reflected_services(port: int) -> list[str]:
-    """The service names a server lists through grpc.reflection (what grpcurl `list` shows)."""
-    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
-
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
-        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
-        req = reflection_pb2.ServerReflectionRequest(list_services="")
-        (resp,) = list(stub.ServerReflectionInfo(iter([req]), timeout=5))
-    return sorted(s.name for s in resp.list_services_response.service)
 
 
 def test_without_a_store_health_and_reflection_offer_decoding_only(server):

@@ -142,7 +142,7 @@ def test_requests_arriving_while_the_runs_are_busy_go_together_in_the_next_run(b
 
 def test_served_requests_are_merged_and_a_bad_request_fails_alone(bundle, items):
     from cloud.decoding_service import Batching
-    from tests.test_metrics import scrape, val
+    from tests.helpers.prometheus import scrape, val
 
     running = build_server(bundle, "127.0.0.1:0", metrics_address="127.0.0.1:0", batching=Batching(64, 0.05))
     codec = Codec.open(bundle)
@@ -193,7 +193,7 @@ def _stream_server(bundle, window: int = 32):
 def test_a_pipelined_stream_is_batched_and_answered_in_order(bundle, items):
     """A device pipelining single items over one DecodeStream: read ahead, its requests share decoder runs; with
     --stream-window 1 each waits for the one before (one run per request)."""
-    from tests.test_metrics import scrape, val
+    from tests.helpers.prometheus import scrape, val
 
     codec = Codec.open(bundle)
     payloads = codec.encode(items[:24])
@@ -462,7 +462,7 @@ def test_every_flag_can_come_from_the_environment_and_secrets_from_files(bundle,
 @pytest.mark.slow
 def test_audited_items_give_per_bundle_quality_figures(digits_bundle, items, tmp_path):
     from edge.ingest import IngestConfig, run
-    from tests.test_metrics import scrape, val
+    from tests.helpers.prometheus import scrape, val
 
     running = build_server(
         digits_bundle, "127.0.0.1:0", store=str(tmp_path / "s.db"), metrics_address="127.0.0.1:0"

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -19,10 +18,11 @@ import numpy as np
 import pytest
 
 from bench.server_process import ServerProcess, child_env  # noqa: F401  (re-exported for the tests)
+from cloud.ports import free_port as free_port  # one implementation, shared with the benchmarks
 from latent_codec.container import to_batch
 from latent_codec.datasets import FASHION_MNIST_DIR
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 HAVE_FASHION = FASHION_MNIST_DIR.is_dir()
 IN_CI = os.environ.get("CI") == "true"
 
@@ -197,12 +197,6 @@ def fixed_size_variant(bundle: Path, out_dir: Path) -> Path:
     m.seal((dst / ENCODER_NAME).read_bytes(), (dst / DECODER_NAME).read_bytes())
     write_manifest(dst, m)
     return dst
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def edge_cmd(bundle: Path, target: str, data: Path, spool: Path, *extra: str) -> list[str]:
