@@ -113,8 +113,10 @@ bench-rd: setup
 # 4:2:0/4:4:4, WebP, AVIF in bits per pixel, PSNR RGB/luma, MS-SSIM -> docs/photo_rd.{md,json,png}, photo_rd_crops.png.
 PHOTOS ?= data/photos/heldout
 PHOTO_ZOO ?= zoo
-bench-rd-photos: setup
-	$(PY) -m bench.rd --photos $(PHOTOS) --bundles $(PHOTO_ZOO) --out-dir docs
+PHOTOS ?= data/photos/heldout
+PHOTO_ZOO ?= zoo/photo
+bench-rd-photos: setup photos
+	$(PY) -m bench.rd --photos $(PHOTOS) --max-side 768 --bundles $(PHOTO_ZOO) --out-dir docs
 
 clean:
 	rm -rf runs bundles .pytest_cache

@@ -109,15 +109,30 @@ def quality(original: np.ndarray, recon: np.ndarray) -> dict:
 
 
 # ---- measuring --------------------------------------------------------------------------------------------
-def load_photos(folder: Path, limit: int = 0) -> tuple[list[str], list[np.ndarray]]:
-    """The folder's photographs, upright, RGB (3, H, W), as the edge reads them (refusing alpha, 16 bits scaled)."""
+def load_photos(folder: Path, limit: int = 0, max_side: int = 0) -> tuple[list[str], list[np.ndarray]]:
+    """The folder's photographs, upright, RGB (3, H, W), as the edge reads them (refusing alpha, 16 bits scaled);
+    with max_side, downscaled with Lanczos so the longest side is at most that (never upscaled)."""
     from latent_codec import datasets
     from latent_codec.errors import DataError
 
     if not folder.is_dir():
         raise DataError(f"{folder}: no such folder of photographs (give --photos DIR, or PHOTOS=DIR to make)")
     items = datasets.load_items(folder, mode="RGB").head(limit)
-    return list(items.names), [items.take([i])[0] for i in range(len(items))]
+    photos = [items.take([i])[0] for i in range(len(items))]
+    return list(items.names), [downscale(x, max_side) for x in photos]
+
+
+def downscale(x: np.ndarray, max_side: int) -> np.ndarray:
+    """(3, H, W) uint8 -> the same picture with its longest side at most max_side (0: unchanged)."""
+    from PIL import Image
+
+    h, w = x.shape[1:]
+    if max_side <= 0 or max(h, w) <= max_side:
+        return x
+    f = max_side / max(h, w)
+    size = (max(1, round(w * f)), max(1, round(h * f)))
+    img = Image.fromarray(np.ascontiguousarray(np.moveaxis(x, 0, -1))).resize(size, Image.Resampling.LANCZOS)
+    return np.ascontiguousarray(np.moveaxis(np.asarray(img), -1, 0))
 
 
 def run_classic(names: list[str], photos: list[np.ndarray], todo: list[Setting], log) -> list[dict]:
@@ -355,7 +370,7 @@ def main(args) -> int:
     t0 = time.perf_counter()
     load_before = os.getloadavg()
     try:
-        names, photos = load_photos(args.photos, args.limit)
+        names, photos = load_photos(args.photos, args.limit, getattr(args, "max_side", 0))
         bundles = colour_bundles(args.bundles)
         if bundles:
             log(
@@ -384,6 +399,7 @@ def main(args) -> int:
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "commit": git_commit(),
         "photos": str(args.photos),
+        "max_side": getattr(args, "max_side", 0),
         "images": len(photos),
         "megapixels": round(mp, 3),
         "bundles": [{"name": b.path.name, "bundle_id": b.bundle_id} for b in bundles],

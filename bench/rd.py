@@ -287,6 +287,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         "--quick", action="store_true", help="with --photos: fewer classic settings (tests, a first look)"
     )
     p.add_argument(
+        "--max-side",
+        type=int,
+        default=0,
+        help="with --photos: downscale each photograph (Lanczos) so its longest side is at most this many pixels, "
+        "as training.crops does, so a camera JPEG's own artefacts do not favour JPEG (0 = as they are)",
+    )
+    p.add_argument(
         "--report-only",
         action="store_true",
         help="re-render rd.md/rd.png from --out-dir/rd.json, no measuring",

@@ -155,3 +155,15 @@ def test_with_a_colour_bundle_ours_are_device_path_bytes_with_bd_rates(colour_bu
     assert "1 colour bundles from" in md and "tiny-colour" in md and codec.bundle_id in md
     mean = next(m for m in doc["means"] if m["codec"] == ours[0]["codec"])
     assert mean["encode_s_per_mp"] > 0 and mean["bpp"] == pytest.approx(np.mean([r["bpp"] for r in ours]))
+
+
+def test_max_side_downscales_without_upscaling():
+    from bench.photo_rd import downscale
+
+    x = np.random.default_rng(0).integers(0, 256, (3, 300, 200), dtype=np.uint8)
+    small = downscale(x, 150)
+    assert small.shape == (3, 150, 100) and small.dtype == np.uint8
+    assert downscale(x, 0) is x and downscale(x, 400) is x
+    # Lanczos keeps a smooth picture's colours: the mean survives
+    smooth = np.broadcast_to(np.array([40, 120, 200], np.uint8)[:, None, None], (3, 300, 200)).copy()
+    assert np.abs(downscale(smooth, 100).astype(int) - smooth[:, :150, :100].astype(int)).max() <= 1
