@@ -28,6 +28,11 @@ from latent_codec.errors import CodecError
 MIB = 1 << 20
 RUN_SHARE = 8  # one decoder run may hold at most 1/RUN_SHARE of the request budget (more items: more runs)
 RELEASE_BYTES = 16 * MIB  # after a decoder run estimated above this, the runtime's arena is given back
+# What docs/deployment.md states: 8 concurrent worst-case requests (the largest the budgets admit) raise a server's
+# peak RSS by less than this with the defaults (2 decode threads, --max-decode-mib 64). Not enforced here: the
+# budgets give it. The one source of the figure: tests/test_hostile_round2.py checks the doc says it and measures
+# it for every bundle kind, tests/test_hostile.py for streams that never read, bench.hostile reports against it.
+PEAK_BOUND_MIB = 500
 
 
 class OverBudget(CodecError):
@@ -100,17 +105,40 @@ class Limits:
 
     def most_like(self, costs: DecodeCosts, k: int, reply_itemsize: int = 4) -> int:
         """The most copies of item k (of these costs) one request may carry within every budget: what a refusal
-        tells the caller to send (0: not even one)."""
+        tells the caller to send (0: not even one). Found on the sums in closed form (a refusal must stay cheap),
+        then confirmed at the boundary by the admission rule itself, so the count is exact."""
         one = {f: np.asarray(getattr(costs, f))[k : k + 1] for f in _PER_ITEM}
 
-        def admits(n: int) -> bool:
-            copies = DecodeCosts(**{f: np.repeat(v, n) for f, v in one.items()}, run_bytes=costs.run_bytes)
-            return self._refusal(copies, reply_itemsize) is None
+        def copies(n: int) -> DecodeCosts:
+            return DecodeCosts(**{f: np.repeat(v, n) for f, v in one.items()}, run_bytes=costs.run_bytes)
+
+        out, graph = int(one["out_bytes"][0]), int(one["graph_bytes"][0])
+        unpack, symbols, seconds = (
+            int(one["unpack_bytes"][0]),
+            int(one["symbols"][0]),
+            float(one["seconds"][0]),
+        )
+        runs = self.run_items(copies(1)) * max(1, self.decode_runs)
+
+        def fits(n: int) -> bool:  # _refusal on n copies, in closed form
+            working = n * (out + unpack) + min(n, runs) * graph + costs.run_bytes
+            return (
+                n * symbols <= self.max_symbols
+                and working <= self.max_decode_bytes
+                and n * seconds <= self.max_decode_seconds
+                and n * out // 4 * reply_itemsize <= self.max_reply_bytes
+            )
 
         lo, hi = 0, self.max_items
-        while lo < hi:  # admission is monotonic in the count: the largest count admitted
+        while lo < hi:  # every budget grows with the count: the largest count that fits
             mid = (lo + hi + 1) // 2
-            lo, hi = (mid, hi) if admits(mid) else (lo, mid - 1)
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        while (
+            lo > 0 and self._refusal(copies(lo), reply_itemsize) is not None
+        ):  # float sums may differ by a hair
+            lo -= 1
+        while lo < self.max_items and self._refusal(copies(lo + 1), reply_itemsize) is None:
+            lo += 1
         return lo
 
     def _explain(

@@ -18,17 +18,13 @@ import numpy as np
 import pytest
 
 from bench.server_process import ServerProcess, child_env, free_port  # noqa: F401  (re-exported)
+from cloud.limits import PEAK_BOUND_MIB  # noqa: F401  (re-exported for the tests)
 from latent_codec.container import to_batch
 from latent_codec.datasets import FASHION_MNIST_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 HAVE_FASHION = FASHION_MNIST_DIR.is_dir()
 IN_CI = os.environ.get("CI") == "true"
-# The bound docs/deployment.md states: 8 concurrent worst-case requests (the largest each budget admits) raise a
-# server's peak RSS by less than this many MiB with the defaults (2 decode threads, --max-decode-mib 64). The one
-# source of it: tests/test_hostile_round2.py checks the doc says it and measures it for every bundle kind,
-# tests/test_hostile.py for streams whose clients never read.
-PEAK_BOUND_MIB = 500
 
 
 def need_fashion() -> None:
