@@ -350,6 +350,62 @@ def test_a_stream_client_that_never_reads_delays_others_by_at_most_the_write_dea
     assert ServerConfig(Path(".")).max_connection_age > 0  # and a default connection age bounds any stream
 
 
+@pytest.mark.slow
+def test_a_fetch_client_that_never_reads_does_not_hold_other_fetches_past_the_write_deadline(tmp_path):
+    """Fetch holds a budget of its own from decoding a run of stored items until their messages are written. A
+    client that asked for many and never read kept it until it went away: gRPC queues the call's status behind
+    the unsent reply, and the budget was given back only once that status went out. Now it comes back at the
+    write deadline, and another client's Fetch is answered while the non-reader is still connected."""
+    codec = Codec.open(FLAT)
+    payload = codec.encode(np.zeros((1, 1, 28, 28), np.uint8))[0]
+    running = build_server(FLAT, "127.0.0.1:0", store=str(tmp_path / "s.db"), write_timeout=1.0,
+                           limits=Limits(max_decode_bytes=4 * MIB), metrics_address="127.0.0.1:0")  # fmt: skip
+    target = f"127.0.0.1:{running.port}"
+    try:
+        with grpc.insecure_channel(target) as ch:
+            for device, n in (("hog", 10_000), ("cam", 4)):  # 10,000 28x28 float32 items: 31 MB of replies
+                reqs = [
+                    pb.IngestRequest(device_id=device, bundle_id=codec.bundle_id, item_id_prefix=f"{device}#",
+                                     items=[pb.IngestItem(item_seq=k, payload=payload)
+                                            for k in range(start, min(n, start + 500))])
+                    for start in range(0, n, 500)  # what Ingest's validation may decode per request
+                ]  # fmt: skip
+                assert len(list(CloudStub(ch).Ingest(iter(reqs), timeout=120))) == len(reqs)
+
+        def fetches_ended(code: str) -> float:
+            from tests.test_metrics import scrape, val
+
+            samples = scrape(running.metrics_port)
+            return val(samples, "aecodec_grpc_server_handled_total", grpc_service="aecodec.v2.Storage",
+                       grpc_method="Fetch", grpc_code=code)  # fmt: skip
+
+        async def run() -> int:
+            fetch = pb.FetchRequest(reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32)
+            async with grpc.aio.insecure_channel(target, options=OPTS) as hog_ch:
+                hog_req = pb.FetchRequest()
+                hog_req.CopyFrom(fetch)
+                hog_req.device_id = "hog"
+                hog = pb_grpc.StorageStub(hog_ch).Fetch(hog_req, timeout=120)  # never read
+                # The server ends the non-reader's call at the write deadline (its metrics count it), with the
+                # client still connected, and has given its budget back by then.
+                deadline = time.monotonic() + 60
+                while await asyncio.to_thread(fetches_ended, "DEADLINE_EXCEEDED") < 1:
+                    assert time.monotonic() < deadline, "the non-reader's Fetch was not ended within 60 s"
+                    await asyncio.sleep(0.05)
+                assert running.storage.replies.used == 0, running.storage.replies.used
+                async with grpc.aio.insecure_channel(target, options=OPTS) as ch:
+                    fetch.device_id = "cam"
+                    got = [
+                        it async for r in pb_grpc.StorageStub(ch).Fetch(fetch, timeout=30) for it in r.items
+                    ]
+                hog.cancel()
+                return len([it for it in got if it.HasField("reconstruction")])
+
+        assert asyncio.run(run()) == 4  # answered while the non-reader (deadline 120 s) was still connected
+    finally:
+        running.stop(grace=1.0)
+
+
 # ---- 6. a disk that fills ---------------------------------------------------------------------------------------
 def test_a_full_store_is_resource_exhausted_retried_by_the_edge_and_recovers(digits_bundle, tmp_path):
     """A store out of space answered INTERNAL, which the edge does not retry; devices stopped uploading. Now it is
