@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset postgres prometheus proto lint demo test test-fast bench-rd bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving clean
+.PHONY: setup dataset photos postgres prometheus proto lint demo test test-fast bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-speed bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,11 @@ setup: $(STAMP) dataset
 # Fashion-MNIST from Debian's dataset-fashion-mnist; falls back to digits where it cannot be installed.
 dataset:
 	@bash tools/ensure_dataset.sh
+
+# Freely licensed photographs (Debian wallpaper packages + scikit-image samples) -> data/photos/{train,heldout}/
+# (tools/photos.tsv lists them with their licences and hashes; docs/photo_training.md).
+photos: $(STAMP)
+	@bash tools/ensure_photos.sh
 
 # The PostgreSQL server the storage tests run against (127.0.0.1:5432, database test).
 postgres:
@@ -66,6 +71,11 @@ bench-hostile: setup
 bench-serving: setup
 	$(PY) -m bench.serving --out docs/serving.md
 
+# Map-codec speed and memory beside the old code path: 28x28 batches, photos per MP, a 12 MP photo end to end
+# (edge CLI + server process, peak RSS each side), zoo bundles served -> docs/speed.md (~10 min on a busy machine).
+bench-speed: setup
+	$(PY) -m bench.speed --out docs/speed.md
+
 # Every autoencoder variant beside its plain twin, each idea's claimed benefit measured, on Fashion-MNIST
 # -> docs/variants.{md,png,json} (the cost of the last run is in variants.md).
 bench-variants: setup
@@ -76,12 +86,35 @@ bench-variants: setup
 bench-deep-pca: setup
 	$(PY) -m bench.deep_pca
 
+# What the codes are for (issue 23): each target trains its small bundles into runs/uses (cached by recipe, shared)
+# and writes its table and pictures to docs/. bench-uses runs them all; the cost of each run is in its .md.
+bench-map2d: setup      # 2-value code vs PCA's 2-D map, trustworthiness, kNN accuracy -> docs/map2d.{md,png}
+	$(PY) -m bench.map2d
+bench-features: setup   # linear classifiers on stored codes vs pixels and PCA -> docs/features.md
+	$(PY) -m bench.features
+bench-denoise: setup    # a denoising bundle served through Decode vs median / non-local means -> docs/denoise.{md,png}
+	$(PY) -m bench.denoise
+bench-anomaly: setup    # reconstruction error on held-out classes, ROC AUC -> docs/anomaly.md
+	$(PY) -m bench.anomaly
+bench-hashing: setup    # semantic hashing precision@10 vs random, LSH and PCA-sign codes -> docs/hashing.md
+	$(PY) -m bench.hashing
+bench-search-latency: setup postgres   # Search over 100k stored items, SQLite and PostgreSQL -> docs/search_latency.md
+	$(PY) -m bench.search_latency
+bench-uses: bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency
+
 # Rate-distortion: the committed model zoo (zoo/) vs PCA/PNG/zstd/JPEG/WebP/AVIF on the full Fashion-MNIST test
 # split -> docs/rd.{md,png,json} and zoo/README.md. RETRAIN=1 first retrains the whole ladder into zoo/ (every
 # preset of bench/train_ladder.py; it prints how long it took, and each ladder's time is in docs/rd_ladder_*.json).
 bench-rd: setup
 	@if [ "$(RETRAIN)" = 1 ]; then $(PY) -m bench.train_ladder --out zoo; fi
 	$(PY) -m bench.rd --bundles zoo --out-dir docs --zoo-index zoo/README.md
+
+# Whole held-out photographs (PHOTOS, default data/photos/heldout): the colour bundles under zoo/ (PHOTO_ZOO) vs JPEG
+# 4:2:0/4:4:4, WebP, AVIF in bits per pixel, PSNR RGB/luma, MS-SSIM -> docs/photo_rd.{md,json,png}, photo_rd_crops.png.
+PHOTOS ?= data/photos/heldout
+PHOTO_ZOO ?= zoo
+bench-rd-photos: setup
+	$(PY) -m bench.rd --photos $(PHOTOS) --bundles $(PHOTO_ZOO) --out-dir docs
 
 clean:
 	rm -rf runs bundles .pytest_cache

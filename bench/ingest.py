@@ -52,11 +52,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 
 def payloads_for(bundle: Path, data: str, n: int) -> tuple[str, list[bytes]]:
-    from latent_codec import datasets
-    from latent_codec.codec import Codec
+    from edge.source import open_source
 
-    enc = Codec.open(bundle, need=("encoder",))
-    x = datasets.load(data, "train", mode="L" if enc.input.shape[0] == 1 else "RGB").x
+    enc, items = open_source(bundle, data, "train")
+    x = items.stacked().x
     x = np.concatenate([x] * (n // len(x) + 1))[:n]
     return enc.bundle_id, enc.encode(x)
 
@@ -167,12 +166,11 @@ def pg_drop(url: str, schema: str) -> None:
 
 def spool_overhead(bundle: Path, data: str, n: int, batch: int, workdir: Path) -> list[tuple[str, float]]:
     """Microseconds per item: encode alone, then encode + spool in + read + remove on ack (one batch at a time)."""
+    from edge.source import open_source
     from edge.spool import Spool
-    from latent_codec import datasets
-    from latent_codec.codec import Codec
 
-    enc = Codec.open(bundle, need=("encoder",))
-    x = datasets.load(data, "train", mode="L").x
+    enc, items = open_source(bundle, data, "train")
+    x = items.stacked().x
     x = np.concatenate([x] * (n // len(x) + 1))[:n]
     t0 = time.perf_counter()
     for i in range(0, n, batch):

@@ -36,6 +36,7 @@ class _Item:
     payload: bytes
     captured_at_ms: int
     original: bytes | None = None
+    name: str = ""  # array items carry no source name: none is sent
 
 
 def _ingest_bytes(bundle_id: str, payloads: list[bytes]) -> int:

@@ -3,6 +3,7 @@
     python -m bench.rd                       # Fashion-MNIST test split, the zoo (zoo/), writes docs/rd.*
     python -m bench.rd --data-dir DIR        # any IDX folder (train + test files)
     python -m bench.rd --limit 500 --out-dir /tmp/rd   # a quick look
+    python -m bench.rd --photos data/photos/heldout     # whole colour photographs: docs/photo_rd.* (bench/photo_rd.py)
 
 One run, the same test images for every codec: the project's bundles through
 the real edge packing path and wire messages (bench/project.py), PCA with
@@ -276,6 +277,16 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--no-classic", action="store_true", help="skip PNG/zstd/JPEG/WebP/AVIF")
     p.add_argument(
+        "--photos",
+        type=Path,
+        default=None,
+        help="a folder of whole photographs: bits per pixel vs PSNR/MS-SSIM for the colour bundles under --bundles "
+        "against JPEG, WebP and AVIF (bench/photo_rd.py) -> OUT_DIR/photo_rd.*",
+    )
+    p.add_argument(
+        "--quick", action="store_true", help="with --photos: fewer classic settings (tests, a first look)"
+    )
+    p.add_argument(
         "--report-only",
         action="store_true",
         help="re-render rd.md/rd.png from --out-dir/rd.json, no measuring",
@@ -285,6 +296,11 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    if args.photos is not None:
+        from bench import photo_rd
+
+        args.argv = list(argv if argv is not None else sys.argv[1:])
+        return photo_rd.main(args)
     from bench.rd_report import write_report
 
     if args.report_only:

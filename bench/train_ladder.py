@@ -25,6 +25,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import signal
 import sys
 import time
 from pathlib import Path
@@ -87,8 +88,40 @@ PRESETS: dict[str, dict] = {
         "lr": 1e-3,
         "batch_size": 32,
     },
+    # Colour photographs (docs/photo_training.md): 64x64 crops of the Debian wallpaper photographs
+    # (make photos; python -m training.crops ... --out data/crops/photo-64.npz). The first rung is the long run at
+    # a mid lambda (~0.5 bits per pixel), checkpointed every 10 minutes and resumable across sessions; every
+    # other rung is fine-tuned from the trained rung of the nearest lambda, outwards in both directions. The
+    # mean-and-scale hyperprior has no bundle format yet: train with --checkpoints-only until the codec has it.
+    "photo": {
+        "model": "spatial",
+        "args": {
+            "channels": 64,
+            "code_channels": 32,
+            "hyper_channels": 24,
+            "entropy": "meanscale",
+            "kernel": 3,
+        },
+        "data": "data/crops/photo-64.npz",
+        "lambdas": "0.005,0.0025,0.0012,0.012,0.04",
+        "chain": "nearest",
+        "first_steps": 20000,
+        "steps": 8000,
+        "lr": 1e-3,
+        "batch_size": 16,
+        "threads": 1,
+        "schedule": "cosine",
+        "val_split": "test",
+        "val_items": 500,
+        "val_every": 500,
+        "checkpoint_minutes": 10,
+        "runs": "runs/photo",
+    },
 }
 DEFAULT_PRESETS = ("vq", "conv", "linres", "spatial", "spatial-factorized")
+# TrainConfig fields whose default changed after checkpoints were written without them: a stored config that
+# lacks one was trained the old way (no clipping, no guard), not with today's default.
+LEGACY = {"clip_grad": "off", "guard": False}
 
 
 def same_config(path: Path, cfg, ignore: tuple[str, ...] = ()) -> bool:
@@ -100,6 +133,7 @@ def same_config(path: Path, cfg, ignore: tuple[str, ...] = ()) -> bool:
 
     import torch
 
+    from training.resume import FREE_FIELDS
     from training.train import TrainConfig
 
     if not path.is_file():
@@ -110,9 +144,9 @@ def same_config(path: Path, cfg, ignore: tuple[str, ...] = ()) -> bool:
         return False
     if not isinstance(stored, dict):
         return False
-    full = {**asdict(TrainConfig()), **stored}
+    full = {**asdict(TrainConfig()), **LEGACY, **stored}
     want = asdict(cfg)
-    return all(full.get(k) == v for k, v in want.items() if k not in ignore)
+    return all(full.get(k) == v for k, v in want.items() if k not in ignore and k not in FREE_FIELDS)
 
 
 def exported_from(out: Path, ckpt: Path, quant: str, args: argparse.Namespace):
@@ -211,7 +245,7 @@ def _parser(preset: dict) -> argparse.ArgumentParser:
     p.add_argument(
         "--lambdas", default=preset.get("lambdas", "0.01"), help="comma-separated rd_lambda values"
     )
-    p.add_argument("--data", default="fashion-mnist")
+    p.add_argument("--data", default=preset.get("data", "fashion-mnist"))
     p.add_argument("--limit", type=int, default=0, help="training items (0 = all)")
     p.add_argument(
         "--base-epochs",
@@ -228,9 +262,31 @@ def _parser(preset: dict) -> argparse.ArgumentParser:
         default=preset.get("first_epochs", 0),
         help="epochs of the first rung of a chained ladder (0 = --epochs)",
     )
+    p.add_argument(
+        "--steps", type=int, default=preset.get("steps", 0), help="steps per rung instead of --epochs"
+    )
+    p.add_argument(
+        "--first-steps", type=int, default=preset.get("first_steps", 0), help="steps of the first rung"
+    )
+    p.add_argument(
+        "--chain",
+        choices=["previous", "nearest"],
+        default=preset.get("chain", "previous"),
+        help="a chained rung starts from the rung before it, or from the trained rung of the nearest lambda",
+    )
     p.add_argument("--batch-size", type=int, default=preset.get("batch_size", 256))
     p.add_argument("--lr", type=float, default=preset.get("lr", 1e-3))
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--schedule", choices=["onecycle", "cosine"], default=preset.get("schedule", "onecycle"))
+    p.add_argument("--val-split", choices=["train", "test"], default=preset.get("val_split", "train"))
+    p.add_argument("--val-items", type=int, default=preset.get("val_items", 0))
+    p.add_argument("--val-every", type=int, default=preset.get("val_every", 0))
+    p.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=preset.get("checkpoint_minutes", 0.0),
+        help="each rung writes its training state (runs/lambda-L.state.pt) this often; --resume continues it",
+    )
+    p.add_argument("--threads", type=int, default=preset.get("threads", 2))
     p.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda"], help="as training.train --device"
     )
@@ -278,7 +334,7 @@ def parse_args(argv: list[str] | None) -> list[argparse.Namespace]:
     for name in (None,) if custom else DEFAULT_PRESETS if chosen == "all" else (chosen,):
         args = _parser(PRESETS.get(name, {})).parse_args(argv)
         args.name = name if name in PRESETS else args.model  # names the runs, the bundles and the summary
-        args.runs = args.runs or Path(f"runs/rd-ladder-{args.name}")
+        args.runs = args.runs or Path(PRESETS.get(name, {}).get("runs", f"runs/rd-ladder-{args.name}"))
         args.summary = args.summary or Path(f"docs/rd_ladder_{args.name}.json")
         args.argv = argv
         out.append(args)
@@ -287,11 +343,22 @@ def parse_args(argv: list[str] | None) -> list[argparse.Namespace]:
 
 def main(argv: list[str] | None = None) -> int:
     from training import distributed
+    from training.train import Stopped, _request_stop
 
     t0 = time.perf_counter()
+    ladders = parse_args(argv)
+    if any(a.checkpoint_minutes for a in ladders):  # a signal ends the rung cleanly, its state written
+        signal.signal(signal.SIGTERM, _request_stop)
+        signal.signal(signal.SIGINT, _request_stop)
     try:
-        for args in parse_args(argv):
+        for args in ladders:
             train_ladder(args)
+    except Stopped as stop:
+        print(
+            f"{stop}: training state in {stop.state}; the same command with --resume continues it",
+            file=sys.stderr,
+        )
+        return 3
     finally:
         distributed.teardown()
     print(f"ladder trained and exported in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
@@ -315,6 +382,12 @@ def train_ladder(args: argparse.Namespace) -> dict:
         lr=args.lr,
         threads=args.threads,
         device=args.device,
+        schedule=args.schedule,
+        val_split=args.val_split,
+        val_items=args.val_items,
+        val_every=args.val_every,
+        checkpoint_minutes=args.checkpoint_minutes,
+        resume=args.resume and args.checkpoint_minutes > 0,
     )
     t0 = time.perf_counter()
     args.runs.mkdir(parents=True, exist_ok=True)
@@ -333,9 +406,13 @@ def train_ladder(args: argparse.Namespace) -> dict:
                 file=sys.stderr,
             )
     rungs = []
-    prev = base  # chained ladder: each rung starts from the one before
+    prev = base  # chained ladder: each rung starts from the one before (or the nearest lambda's, --chain nearest)
     prev_psnr: float | None = None
+    done_rungs: dict[float, tuple[Path, float | None]] = {}
     for i, lam in enumerate(lambdas):
+        if args.chain == "nearest" and done_rungs:
+            near = min(done_rungs, key=lambda t: abs(math.log(t / lam)))
+            prev, prev_psnr = done_rungs[near]
         if pca_init:
             start = pca_start(
                 args.runs / f"pca-start-{lam:g}.pt",
@@ -353,13 +430,24 @@ def train_ladder(args: argparse.Namespace) -> dict:
             start = prev
         chained = not pca_init and not args.start_from
         epochs = args.first_epochs if i == 0 and chained and args.first_epochs else args.epochs
+        steps = args.first_steps if i == 0 and chained and args.first_steps else args.steps
         ckpt_path = args.runs / f"lambda-{lam:g}.pt"
+
+        def state_for(k: int, lam: float = lam) -> str:  # each rate of the retry sequence has its own state
+            return (
+                str(args.runs / f"lambda-{lam:g}.lr{args.lr / 4**k:g}.state.pt")
+                if args.checkpoint_minutes
+                else ""
+            )
+
         # A rung that diverges (its loss blows up; seen once with GDN at the learning-rate peak) is trained
         # again from the same start at a quarter of the learning rate, up to twice; the checkpoint records the
         # rate it was trained with, and --resume accepts a rung trained at any rate of this sequence.
         cfgs = [
             TrainConfig(
                 epochs=epochs,
+                steps=steps,
+                state=state_for(k),
                 rd_lambda=lam,
                 quant_noise="mixed",
                 init_checkpoint=str(start) if start else "",
@@ -371,13 +459,15 @@ def train_ladder(args: argparse.Namespace) -> dict:
         if args.resume:
             for k, c in enumerate(cfgs):
                 if same_config(ckpt_path, c):
-                    stored = load_checkpoint(ckpt_path)[2]
+                    stored = load_checkpoint(ckpt_path, for_export=False)[2]
                     if not diverged(stored, prev_psnr) or k == len(cfgs) - 1:
                         record = stored
                     else:
                         attempt = k + 1
                     break
         reused = record is not None
+        if record is None and args.resume and args.checkpoint_minutes:  # a rung stopped mid-way continues
+            attempt = max([k for k in range(len(cfgs)) if Path(state_for(k)).is_file()], default=attempt)
         while record is None:
             model, trained = train(cfgs[attempt], progress=False)
             save_checkpoint(ckpt_path, model, cfgs[attempt], trained)
@@ -390,6 +480,7 @@ def train_ladder(args: argparse.Namespace) -> dict:
                 attempt += 1
         ckpt = prev = ckpt_path
         prev_psnr = record["history"][-1]["val_psnr"] if record.get("history") else None
+        done_rungs[lam] = (ckpt_path, prev_psnr)
         if is_main():
             h = record["history"][-1]
             print(
@@ -446,6 +537,9 @@ def train_ladder(args: argparse.Namespace) -> dict:
         "base_epochs": args.base_epochs,
         "first_epochs": args.first_epochs,
         "epochs": args.epochs,
+        "first_steps": args.first_steps,
+        "steps": args.steps,
+        "chain": args.chain,
         "lr": args.lr,
         "batch_size": args.batch_size,
         "seconds": round(time.perf_counter() - t0, 1),

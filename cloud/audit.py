@@ -43,6 +43,9 @@ class Audit:
         if self.metrics is not None:
             self.metrics.audit_items.labels(bundle_id).inc(len(mse))
             self.metrics.audit_mse.labels(bundle_id).inc(float(sum(mse)))
+            per_item = self.metrics.audit_item_mse.labels(bundle_id)
+            for value in mse:
+                per_item.observe(value)
             self.metrics.audit_recent_psnr.labels(bundle_id).set(recent)
 
     def figures(self, bundle_id: str) -> pb.AuditFigures:

@@ -12,7 +12,7 @@ the budget all decoding shares.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import grpc
 
@@ -106,6 +106,8 @@ def plan_ingest(req: pb.IngestRequest, n: int, registry: BundleRegistry, limits:
                 raise bad(
                     problem + (" (and the request's bundle_id is empty)" if name == "bundle_id" else ""), k
                 )
+        if it.name and (len(it.name) > MAX_ID_CHARS or not it.name.isprintable()):
+            raise bad(f"{where}.name must be printable and at most {MAX_ID_CHARS} characters", k)
         if item_id in seen:
             raise bad(f"{where}.item_id {item_id!r} appears twice in this request", k)
         seen.add(item_id)
@@ -163,19 +165,22 @@ def plan_ingest(req: pb.IngestRequest, n: int, registry: BundleRegistry, limits:
             bundle_of[k],
             bytes(it.payload),
             int(req.captured_base_ms + it.captured_at_ms),
+            name=it.name,
         )
         for k, it in enumerate(req.items)
     ]
     return Plan(items, groups)
 
 
-def validate_payloads(req: pb.IngestRequest, n: int, plan: Plan, audit: Audit | None = None) -> None:
+def validate_payloads(req: pb.IngestRequest, n: int, plan: Plan, audit: Audit | None = None) -> list[NewItem]:
     """Decode every planned item's symbols (Refused naming the first that does not fit its bundle) and the
-    audited items whole, adding their error to the bundle's figures (originals are not stored)."""
+    audited items whole, adding their error to the bundle's figures (originals are not stored); -> the planned
+    items, each audited one with its error (stored with it: its anomaly score, docs/anomaly.md)."""
 
     def bad(msg: str, item: int | None = None) -> Refused:
         return Refused(grpc.StatusCode.INVALID_ARGUMENT, f"request {n}: {msg}", item)
 
+    scores: dict[int, float] = {}
     for g in plan.groups:
         codec = g.codec
         first = codec.first_invalid([req.items[k].payload for k in g.idx])
@@ -188,13 +193,15 @@ def validate_payloads(req: pb.IngestRequest, n: int, plan: Plan, audit: Audit | 
             )
         audited = [k for k in g.idx if req.items[k].HasField("original")]
         if audited:
-            audit_items(req, audited, codec, audit, bad)
+            scores.update(zip(audited, audit_items(req, audited, codec, audit, bad)))
+    return [replace(it, audit_mse=scores[k]) if k in scores else it for k, it in enumerate(plan.items)]
 
 
 def audit_items(
     req: pb.IngestRequest, idx: list[int], codec: Codec, audit: Audit | None, bad: Callable
-) -> None:
-    """Decode the audited items of one bundle and add their error to its figures (originals are not stored)."""
+) -> list[float]:
+    """Decode the audited items of one bundle and add their error to its figures (originals are not stored);
+    -> each item's error."""
     payloads = [req.items[k].payload for k in idx]
     shapes = codec.output_shapes(payloads)
     originals = []
@@ -210,10 +217,11 @@ def audit_items(
                 k,
             )
         originals.append(original)
+    rec = codec.decode_each(payloads)  # items may differ in size: the codec groups them
+    errors = [float(codec.squared_error(o[None], r[None])[0]) for o, r in zip(originals, rec)]
     if audit is not None:
-        rec = codec.decode_each(payloads)  # items may differ in size: the codec groups them
-        errors = [float(codec.squared_error(o[None], r[None])[0]) for o, r in zip(originals, rec)]
         audit.add(codec.bundle_id, errors)
+    return errors
 
 
 __all__ = ["MAX_ITEMS_PER_REQUEST", "Plan", "Refused", "check_id", "plan_ingest", "validate_payloads"]

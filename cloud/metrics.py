@@ -31,6 +31,8 @@ RPC = ("grpc_service", "grpc_method")
 # Seconds: a small batch decodes in ~1 ms, a stream may last minutes.
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300)
 BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384, 65536)
+# MSE on the [0, 1] scale: 40 dB down to 7 dB, so an item far above its bundle's usual error lands in its own bucket.
+AUDIT_MSE_BUCKETS = (0.0001, 0.0003, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2)
 
 
 class CodecMetrics:
@@ -117,6 +119,17 @@ class CodecMetrics:
             "Sum of the audited items' MSE on the [0, 1] scale (mean = this / items).",
             ("bundle",),
             registry=r,
+        )
+        self.audit_item_mse = Histogram(
+            "aecodec_audit_item_mse",
+            "Each audited item's MSE on the [0, 1] scale: an anomaly score (items far above the bundle's usual error "
+            "are unlike what it was trained on; docs/anomaly.md).",
+            ("bundle",),
+            buckets=AUDIT_MSE_BUCKETS,
+            registry=r,
+        )
+        self.search_items = Counter(
+            "aecodec_search_compared_items", "Stored binary codes compared by Search calls.", registry=r
         )
         self.audit_recent_psnr = Gauge(
             "aecodec_audit_recent_psnr_db",

@@ -38,11 +38,12 @@ from .audit import Audit
 from .bundles import BundleRegistry
 from .decoding_service import FORMATS
 from .fetch_decode import FETCH_MESSAGE_BYTES, FETCH_MESSAGE_ITEMS, decode_stored, fetch_chunks, price
-from .ingest_validation import Refused, check_id, plan_ingest, validate_payloads
+from .ingest_validation import Plan, Refused, check_id, plan_ingest, validate_payloads
 from .interceptors.wrapping import WriteTimeout, end_unread, write_within
 from .limits import Cost, DecodeBudget, InFlight, Limits
 from .metrics import CodecMetrics
-from .store import ItemConflict, Store, StoredRecord, StoreError, StoreFull, StoreUnavailable
+from .search import plan_search, query_code, search_response, stored_item, with_binary_codes
+from .store import ItemConflict, NewItem, Store, StoredRecord, StoreError, StoreFull, StoreUnavailable
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
@@ -121,6 +122,11 @@ class StorageService(pb_grpc.StorageServicer):
         await context.abort(exc.code, str(exc))
 
     # ---- ingest -------------------------------------------------------------
+    def _validated_items(self, req: pb.IngestRequest, n: int, plan: Plan) -> list[NewItem]:
+        """The request's items, validated (their audit errors kept), with the binary codes of bundles that carry
+        them (cloud/search.py)."""
+        return with_binary_codes(validate_payloads(req, n, plan, self.audit), self.registry)
+
     async def Ingest(self, request_iterator: AsyncIterator[pb.IngestRequest], context):
         principal = tenancy.current()
         n = 0
@@ -133,8 +139,7 @@ class StorageService(pb_grpc.StorageServicer):
                     raise _denied(principal, "write", req.device_id)
                 plan = plan_ingest(req, n, self.registry, self.limits)
                 async with self.in_flight.hold(plan.cost):
-                    await self._on(self.decode_executor, validate_payloads, req, n, plan, self.audit)
-                items = plan.items
+                    items = await self._on(self.decode_executor, self._validated_items, req, n, plan)
                 t0 = time.perf_counter()
                 try:
                     dup = await self._store(self.store.put_many, items, _now_ms())
@@ -199,17 +204,7 @@ class StorageService(pb_grpc.StorageServicer):
     async def _stored_items(
         self, records: list[StoredRecord], prices: list[Cost | str], req: pb.FetchRequest
     ) -> list[pb.StoredItem]:
-        out = [
-            pb.StoredItem(
-                item_id=r.item_id,
-                device_id=r.device_id,
-                bundle_id=r.bundle_id,
-                captured_at_ms=r.captured_at_ms,
-                stored_at_ms=r.stored_at_ms,
-                payload=r.payload,
-            )
-            for r in records
-        ]
+        out = [stored_item(r) for r in records]
         by_bundle: dict[str, list[int]] = {}
         for k, (r, p) in enumerate(zip(records, prices)):
             if isinstance(p, str):
@@ -316,3 +311,20 @@ class StorageService(pb_grpc.StorageServicer):
         resp.total_items = sum(r.items for r in rows)
         resp.total_payload_bytes = sum(r.payload_bytes for r in rows)
         return resp
+
+    # ---- search -------------------------------------------------------------
+    async def Search(self, request: pb.SearchRequest, context):
+        """Semantic-hashing search (cloud/search.py): validated, the query priced like a decode, then the store's
+        multi-index (or scan)."""
+        try:
+            plan = plan_search(request, self.registry, tenancy.current(), self.limits)
+            async with self.in_flight.hold(plan.cost):
+                query = await self._on(self.decode_executor, query_code, plan)
+            hits, searched = await self._store(
+                self.store.search, plan.bundle_id, plan.devices, query, plan.limit
+            )
+        except Refused as exc:
+            await self._abort(context, exc)
+        if self.metrics is not None:
+            self.metrics.search_items.inc(searched)
+        return search_response(hits, searched, plan.spec.bits)

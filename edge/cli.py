@@ -4,7 +4,9 @@
     python -m edge.cli encode --bundle bundles/conv --data photos/ --out photos.aec      # offline
     python -m edge.cli decode --bundle bundles/conv --codes photos.aec --out restored/   # offline
     python -m edge.cli ingest --bundle bundles/conv --server cloud:50051 --spool spool.db --data photos/
+    python -m edge.cli fetch --server cloud:50051 --device-id phone-1 --out restored/   # name.png each
     python -m edge.cli quarantine --spool spool.db [--requeue]
+    python -m edge.cli search --bundle bundles/hash --server cloud:50051 --data photo.png   # nearest stored items
 
 Exit codes: 0 done; 2 an error (one line on stderr naming it); 3 ingest gave up
 while the cloud was unreachable (items stay spooled); 4 ingest finished but the

@@ -8,6 +8,7 @@
         result = cloud.decode(codec, codec.encode(x), originals=x)   # reconstructions + MSE/PSNR
         items = cloud.fetch(device_id="cam-7")                        # stored items, decoded
         summary = cloud.list_stored()
+        hits = cloud.search(codec, payload=codec.encode(x[:1])[0])    # stored items nearest by binary code
 
 ``ingest`` (durable upload through the device's spool) is ``edge.ingest.run(IngestConfig(...))``;
 ``CloudClient.ingest`` is the same call with this client's address and credentials.
@@ -54,6 +55,23 @@ class FetchedItem:
     payload: bytes
     item: np.ndarray | None  # the reconstruction (C, H, W), unless codes only or not decodable
     error: str = ""
+    audit_mse: float | None = None  # the item's reconstruction error when it was audited: an anomaly score
+    name: str = ""  # the item's source name (a photo's file name), when the device sent one
+
+
+@dataclass
+class SearchHit:
+    """One stored item a Search found, nearest first: its Hamming distance to the query and its stored fields."""
+
+    distance: int
+    item_id: str
+    device_id: str
+    bundle_id: str
+    captured_at_ms: int
+    stored_at_ms: int
+    payload: bytes
+    audit_mse: float | None = None
+    name: str = ""
 
 
 @dataclass
@@ -127,8 +145,15 @@ class CloudClient:
             fmt = pb.RECONSTRUCTION_FORMAT_FLOAT32 if unit else pb.RECONSTRUCTION_FORMAT_UINT8
         req = pb.DecodeRequest(codes=to_batch(codec, payloads), reconstruction_format=fmt)
         if originals is not None:
-            req.originals.CopyFrom(to_tensor(originals))
+            CloudClient.attach_originals(req, originals)
         return req
+
+    @staticmethod
+    def attach_originals(req: pb.DecodeRequest, originals: np.ndarray) -> int:
+        """Add the originals to a DecodeRequest (for evaluation); returns the bytes they add to it."""
+        before = req.ByteSize()
+        req.originals.CopyFrom(to_tensor(originals))
+        return req.ByteSize() - before
 
     @staticmethod
     def decoded(resp: pb.DecodeResponse) -> Decoded:
@@ -229,11 +254,59 @@ class CloudClient:
                             bytes(it.payload),
                             rec,
                             it.error,
+                            it.audit_mse if it.HasField("audit_mse") else None,
+                            it.name,
                         )
                     )
         except grpc.RpcError as exc:
             raise self._fail(exc) from None
         return out
+
+    def search(
+        self,
+        bundle: Codec | str,
+        payload: bytes | None = None,
+        code: bytes | None = None,
+        device_ids: Sequence[str] = (),
+        limit: int = 0,
+    ) -> tuple[list[SearchHit], int]:
+        """Stored items nearest a query by Hamming distance of their binary codes (semantic hashing).
+
+        The query is an item's payload (``codec.encode(x)[0]``: encoded here, thresholded in the cloud as on
+        ingest) or a binary code (packed bits). ``bundle`` is the codec or a bundle id / name; ``device_ids``
+        narrow the search to these devices (default: every device this client may read); ``limit`` 0 = 10.
+        -> (hits nearest first, how many stored items were compared).
+        """
+        if (payload is None) == (code is None):
+            raise ValueError("give one query: payload (an encoded item) or code (a binary code)")
+        req = pb.SearchRequest(
+            bundle_id=bundle if isinstance(bundle, str) else bundle.bundle_id,
+            device_ids=list(device_ids),
+            limit=limit,
+        )
+        if payload is not None:
+            req.payload = payload
+        else:
+            req.code = bytes(code or b"")
+        try:
+            resp = self.storage.Search(req, timeout=self.timeout)
+        except grpc.RpcError as exc:
+            raise self._fail(exc) from None
+        hits = [
+            SearchHit(
+                h.distance,
+                h.item.item_id,
+                h.item.device_id,
+                h.item.bundle_id,
+                h.item.captured_at_ms,
+                h.item.stored_at_ms,
+                bytes(h.item.payload),
+                h.item.audit_mse if h.item.HasField("audit_mse") else None,
+                h.item.name,
+            )
+            for h in resp.hits
+        ]
+        return hits, int(resp.searched)
 
     def list_stored(self, device_id: str = "") -> list[StoredSummary]:
         """Items and payload bytes stored per device and bundle."""

@@ -25,14 +25,15 @@ from pathlib import Path
 
 import numpy as np
 
-from latent_codec import datasets
 from latent_codec.codec import Codec
+from latent_codec.datasets import ArrayItems, Items
 from latent_codec.errors import CodecError
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
 from .channel import CloudError, Security, describe, open_channel
 from .producer import Producer
 from .sender import AckTimeout, Backoff, Sender, StreamFailed
+from .source import check_sizes, load_for
 from .spool import Spool
 
 MAX_ID_CHARS = 256
@@ -68,6 +69,8 @@ class IngestConfig:
     audit_fraction: float = (
         0.0  # send this fraction of items with their original, so the cloud measures quality
     )
+    grey: bool = False  # convert colour images for a grey bundle (otherwise refused)
+    alpha: str | None = None  # "white" / "black": flatten images with alpha onto it (otherwise refused)
     security: Security = field(default_factory=Security)
     progress: bool = False  # a progress bar on stderr
 
@@ -158,21 +161,16 @@ def default_source_id(data_source: str) -> str:
     return hashlib.sha256(data_source.encode()).hexdigest()[:8]
 
 
-def load_source(
-    config: IngestConfig, codec: Codec, items: np.ndarray | None = None
-) -> tuple[np.ndarray, str]:
+def load_source(config: IngestConfig, codec: Codec, items: np.ndarray | None = None) -> tuple[Items, str]:
     """The source items (from ``items``, else ``config.data``) and the source id their item ids start with."""
     if items is None:
-        ds = datasets.load(config.data, config.split, mode="L" if codec.input.shape[0] == 1 else "RGB")
-        x, name = ds.x, ds.source
+        x = load_for(codec, config.data, config.split, config.limit, config.grey, config.alpha)
     else:
-        x, name = (
-            np.asarray(items),
-            "array:" + hashlib.sha256(np.ascontiguousarray(items).tobytes()).hexdigest(),
-        )
-    x = x[: config.limit] if config.limit else x
-    codec.check_items(x[:1])
-    source = config.source_id or default_source_id(name)
+        arr = np.asarray(items)
+        name = "array:" + hashlib.sha256(np.ascontiguousarray(arr).tobytes()).hexdigest()
+        x = ArrayItems(arr, name).head(config.limit)
+        check_sizes(codec, x)
+    source = config.source_id or default_source_id(x.source)
     if len(source) + 12 > MAX_ID_CHARS:
         raise CodecError(f"source id {source[:40]!r}... is too long for item ids; pass a shorter --source-id")
     return x, source

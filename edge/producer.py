@@ -14,10 +14,9 @@ import threading
 import time
 from collections.abc import Callable
 
-import numpy as np
-
 from latent_codec.codec import Codec
 from latent_codec.container import to_tensor
+from latent_codec.datasets import Items
 
 from .spool import Spool, SpoolFullError, item_cost
 
@@ -31,11 +30,12 @@ def audited(item_id: str, fraction: float) -> bool:
 
 
 class Producer(threading.Thread):
-    """Encodes source items [cursor, n) in batches and spools them; waits while the spool is full."""
+    """Encodes source items [cursor, n) in batches (each encoded in groups of one size) and spools them with their
+    names; waits while the spool is full."""
 
     def __init__(
         self,
-        x: np.ndarray,
+        items: Items,
         source: str,
         codec: Codec,
         spool: Spool,
@@ -47,11 +47,11 @@ class Producer(threading.Thread):
         audit_fraction: float = 0.0,
     ):
         super().__init__(name="spool-producer", daemon=True)
-        self.x, self.source, self.codec, self.spool = x, source, codec, spool
+        self.items, self.source, self.codec, self.spool = items, source, codec, spool
         self.batch_size, self.rate, self.stop, self.wake, self.warn = batch_size, rate, stop, wake, warn
         self.audit_fraction = audit_fraction
         self.audited = 0
-        self.start_at = min(spool.cursor(source), len(x))
+        self.start_at = min(spool.cursor(source), len(items))
         self.taken = 0
         self.error: BaseException | None = None
         self.waiting_full = False
@@ -72,25 +72,29 @@ class Producer(threading.Thread):
     def _run(self) -> None:
         t0 = time.monotonic()
         bid = self.codec.bundle_id
-        for i in range(self.start_at, len(self.x), self.batch_size):
+        n = len(self.items)
+        for i in range(self.start_at, n, self.batch_size):
             if self.stop.is_set():
                 return
             if self.rate > 0:
                 lag = t0 + self.taken / self.rate - time.monotonic()
                 if lag > 0:
                     self.stop.wait(lag)
-            xb = self.x[i : i + self.batch_size]
-            payloads = self.codec.encode(xb)
+            payloads: dict[int, bytes] = {}
+            originals: dict[int, bytes] = {}
+            for group in self.items.by_size(list(range(i, min(i + self.batch_size, n))), self.batch_size):
+                xb = self.items.take(group)
+                for j, x, p in zip(group, xb, self.codec.encode(xb)):
+                    payloads[j] = p
+                    if audited(f"{self.source}#{j}", self.audit_fraction):  # travels with its original
+                        originals[j] = to_tensor(x).SerializeToString()
             now = int(time.time() * 1000)
             batch = []
-            for k, p in enumerate(payloads):
-                item_id = f"{self.source}#{i + k}"
-                original = None
-                if audited(item_id, self.audit_fraction):  # field audit: this one travels with its original
-                    original = to_tensor(xb[k]).SerializeToString()
-                    self.audited += 1
-                batch.append((item_id, bid, p, now, original))
-            cost = sum(item_cost(a, c, o) for a, _b, c, _d, o in batch)
+            for j in sorted(payloads):
+                name = self.items.names[j] if self.items.named else ""
+                batch.append((f"{self.source}#{j}", bid, payloads[j], now, originals.get(j), name))
+            self.audited += len(originals)
+            cost = sum(item_cost(a, c, o, nm) for a, _b, c, _d, o, nm in batch)
             if cost > self.spool.max_bytes:
                 raise SpoolFullError(
                     f"spool bound {self.spool.max_bytes:,} bytes is smaller than one batch "

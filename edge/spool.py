@@ -34,7 +34,8 @@ CREATE TABLE IF NOT EXISTS items (
   bundle_id      TEXT    NOT NULL,
   payload        BLOB    NOT NULL,
   captured_at_ms INTEGER NOT NULL,
-  original       BLOB
+  original       BLOB,
+  name           TEXT    NOT NULL DEFAULT ''
 );
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS quarantine (
@@ -44,11 +45,17 @@ CREATE TABLE IF NOT EXISTS quarantine (
   captured_at_ms    INTEGER NOT NULL,
   reason            TEXT    NOT NULL,
   quarantined_at_ms INTEGER NOT NULL,
-  original          BLOB
+  original          BLOB,
+  name              TEXT    NOT NULL DEFAULT ''
 );
 """
-# Spools written before field audit had no `original` column: added on open.
-MIGRATIONS = [("items", "original", "BLOB"), ("quarantine", "original", "BLOB")]
+# Spools written before field audit had no `original` column, before source names no `name`: added on open.
+MIGRATIONS = [
+    ("items", "original", "BLOB"),
+    ("quarantine", "original", "BLOB"),
+    ("items", "name", "TEXT NOT NULL DEFAULT ''"),
+    ("quarantine", "name", "TEXT NOT NULL DEFAULT ''"),
+]
 ITEM_OVERHEAD = 32  # bytes counted per item besides payload and id (row, index entries), roughly
 
 
@@ -68,6 +75,7 @@ class SpooledItem:
     payload: bytes
     captured_at_ms: int
     original: bytes | None = None  # a serialised Tensor of the original item, for field audit (a sampled few)
+    name: str = ""  # the item's source name (a photo's file name), stored with it in the cloud
 
 
 @dataclass(frozen=True)
@@ -80,8 +88,8 @@ class QuarantinedItem:
     quarantined_at_ms: int
 
 
-def item_cost(item_id: str, payload: bytes, original: bytes | None = None) -> int:
-    return len(payload) + len(item_id.encode()) + len(original or b"") + ITEM_OVERHEAD
+def item_cost(item_id: str, payload: bytes, original: bytes | None = None, name: str = "") -> int:
+    return len(payload) + len(item_id.encode()) + len(original or b"") + len(name.encode()) + ITEM_OVERHEAD
 
 
 class Spool:
@@ -158,15 +166,15 @@ class Spool:
 
     def add_many(
         self,
-        items: Sequence[tuple[str, str, bytes, int] | tuple[str, str, bytes, int, bytes | None]],
+        items: Sequence[tuple],
         source: str | None = None,
         cursor: int | None = None,
     ) -> None:
-        """Spool (item_id, bundle_id, payload, captured_at_ms[, original]) items and advance the source cursor,
-        atomically. Raises SpoolFullError (taking nothing) when they do not fit.
+        """Spool (item_id, bundle_id, payload, captured_at_ms[, original[, name]]) items and advance the source
+        cursor, atomically. Raises SpoolFullError (taking nothing) when they do not fit.
         """
-        rows = [(*it, None) if len(it) == 4 else it for it in items]
-        cost = sum(item_cost(r[0], r[2], r[4]) for r in rows)
+        rows = [(*it, None, "")[:6] if len(it) == 4 else (*it, "")[:6] for it in items]
+        cost = sum(item_cost(r[0], r[2], r[4], r[5]) for r in rows)
         with self._lock:
             if self._bytes + cost > self.max_bytes:
                 raise SpoolFullError(
@@ -176,8 +184,8 @@ class Spool:
             with self._transaction() as db:
                 before = db.total_changes
                 db.executemany(
-                    "INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms, original) "
-                    "VALUES (?, ?, ?, ?, ?)",
+                    "INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms, original, name) "
+                    "VALUES (?, ?, ?, ?, ?, ?)",
                     rows,
                 )
                 added = db.total_changes - before
@@ -198,7 +206,7 @@ class Spool:
         for table in ("items", "quarantine"):
             n, size = self._db.execute(
                 f"SELECT COUNT(*), COALESCE(SUM(LENGTH(payload) + LENGTH(CAST(item_id AS BLOB)) "
-                f"+ COALESCE(LENGTH(original), 0)), 0) FROM {table}"
+                f"+ COALESCE(LENGTH(original), 0) + LENGTH(CAST(name AS BLOB))), 0) FROM {table}"
             ).fetchone()
             usage.append((int(n), int(size) + ITEM_OVERHEAD * int(n)))
         return usage[0][0], usage[0][1] + usage[1][1]
@@ -207,13 +215,13 @@ class Spool:
         """Up to limit spooled items with seq > after_seq, oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT seq, item_id, bundle_id, payload, captured_at_ms, original FROM items WHERE seq > ? "
+                "SELECT seq, item_id, bundle_id, payload, captured_at_ms, original, name FROM items WHERE seq > ? "
                 "ORDER BY seq LIMIT ?",
                 (after_seq, limit),
             ).fetchall()
         return [
-            SpooledItem(int(s), i, b, bytes(p), int(c), None if o is None else bytes(o))
-            for s, i, b, p, c, o in rows
+            SpooledItem(int(s), i, b, bytes(p), int(c), None if o is None else bytes(o), n)
+            for s, i, b, p, c, o, n in rows
         ]
 
     def remove(self, items: Sequence[SpooledItem]) -> None:
@@ -224,7 +232,7 @@ class Spool:
             with self._transaction() as db:
                 db.executemany("DELETE FROM items WHERE seq = ?", [(it.seq,) for it in items])
             self._count -= len(items)
-            self._bytes -= sum(item_cost(it.item_id, it.payload, it.original) for it in items)
+            self._bytes -= sum(item_cost(it.item_id, it.payload, it.original, it.name) for it in items)
 
     @contextmanager
     def _transaction(self):
@@ -250,7 +258,7 @@ class Spool:
             with self._transaction() as db:
                 db.execute(
                     "INSERT OR REPLACE INTO quarantine (item_id, bundle_id, payload, captured_at_ms, reason, "
-                    "quarantined_at_ms, original) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    "quarantined_at_ms, original, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                     (
                         item.item_id,
                         item.bundle_id,
@@ -259,6 +267,7 @@ class Spool:
                         reason,
                         now_ms,
                         item.original,
+                        item.name,
                     ),
                 )
                 db.execute("DELETE FROM items WHERE seq = ?", (item.seq,))
@@ -278,8 +287,8 @@ class Spool:
             n = self._db.execute("SELECT COUNT(*) FROM quarantine").fetchone()[0]
             with self._transaction() as db:
                 db.execute(
-                    "INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms, original) "
-                    "SELECT item_id, bundle_id, payload, captured_at_ms, original FROM quarantine "
+                    "INSERT OR IGNORE INTO items (item_id, bundle_id, payload, captured_at_ms, original, name) "
+                    "SELECT item_id, bundle_id, payload, captured_at_ms, original, name FROM quarantine "
                     "ORDER BY quarantined_at_ms"
                 )
                 db.execute("DELETE FROM quarantine")

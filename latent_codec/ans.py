@@ -8,6 +8,12 @@ trailing zero bytes are dropped by ``Encoder.finish`` and restored (zero padding
 ANS is a stack: the symbols pushed last are popped first. ``Encoder.push`` takes groups in *decoding* order
 and pushes them in reverse when the stream is finished, so a layout lists its groups once, in the order
 its decoder reads them.
+
+Each constriction call costs about a microsecond of Python whatever its length, so a layout that codes many
+short groups (a code map: one group per table per item) hands them over as *runs*: slices of one symbol
+array, each under one fixed model (``Encoder.push_runs``, ``Decoder.pop_runs``); the loop over runs is the
+only per-group work left. The stream is the same as pushing each run as a group: the coder only sees the
+sequence of (symbol, model) pairs.
 """
 
 from __future__ import annotations
@@ -52,23 +58,44 @@ class Tables:
         return _constriction().stream.model.Categorical(perfect=False)
 
 
+Runs = tuple[np.ndarray, list[int], list[int], list[Any]]  # int32 symbols, run starts, run ends, run models
+
+
 class Encoder:
     """One item's ANS stream. ``push`` groups in the order the decoder will pop them; ``finish`` -> bytes."""
 
     def __init__(self) -> None:
-        self._groups: list[tuple[np.ndarray, Any, np.ndarray | None]] = []
+        self._groups: list[tuple[np.ndarray, Any, np.ndarray | None] | Runs] = []
+
+    def push_runs(self, symbols: np.ndarray, starts: list[int], ends: list[int], models: list[Any]) -> None:
+        """Runs symbols[starts[r]:ends[r]] under models[r], in decoding order (one group per run). int32 symbols
+        are coded as they are; any other integer dtype (e.g. uint16, half the memory) run by run."""
+        self._groups.append((np.ascontiguousarray(symbols), starts, ends, models))
 
     def push(self, symbols: np.ndarray, model: Any) -> None:
         """Symbols all under one fixed model (a row of ``Tables.models``)."""
         self._groups.append((np.asarray(symbols, np.int32).ravel(), model, None))
 
-    def push_rows(self, symbols: np.ndarray, tables: Tables) -> None:
-        """Symbol d under row d of the tables (one symbol per row)."""
-        self._groups.append((np.asarray(symbols, np.int32).ravel(), tables.family, tables.probabilities))
+    def push_rows(self, symbols: np.ndarray, tables: Tables, params: np.ndarray | None = None) -> None:
+        """Symbol d under row d of the tables (one symbol per row), or under params[d] (rows of the tables,
+        one per symbol): one call whose cost grows with the table length, for many short groups."""
+        rows = tables.probabilities if params is None else params
+        self._groups.append((np.asarray(symbols, np.int32).ravel(), tables.family, rows))
 
     def finish(self) -> bytes:
         coder = _constriction().stream.stack.AnsCoder()
-        for symbols, model, params in reversed(self._groups):  # a stack: the group popped first goes in last
+        for group in reversed(self._groups):  # a stack: the group popped first goes in last
+            if len(group) == 4:
+                symbols, starts, ends, models = group
+                encode = coder.encode_reverse
+                if symbols.dtype == np.int32:
+                    for r in range(len(starts) - 1, -1, -1):
+                        encode(symbols[starts[r] : ends[r]], models[r])
+                else:
+                    for r in range(len(starts) - 1, -1, -1):
+                        encode(symbols[starts[r] : ends[r]].astype(np.int32), models[r])
+                continue
+            symbols, model, params = group
             if params is None:
                 coder.encode_reverse(symbols, model)
             else:
@@ -96,9 +123,21 @@ class Decoder:
         except Exception as exc:
             raise PayloadError(f"entropy-coded payload is corrupt ({exc})") from None
 
-    def pop_rows(self, tables: Tables) -> np.ndarray:
+    def pop_runs(self, out: np.ndarray, starts: list[int], ends: list[int], models: list[Any]) -> None:
+        """out[starts[r]:ends[r]] = the next symbols under models[r], run after run (the inverse of push_runs)."""
+        decode = self._coder.decode
         try:
-            return np.asarray(self._coder.decode(tables.family, tables.probabilities))
+            for s, e, m in zip(starts, ends, models):
+                out[s:e] = decode(m, e - s)
+        except Exception as exc:
+            raise PayloadError(f"entropy-coded payload is corrupt ({exc})") from None
+
+    def pop_rows(self, tables: Tables, params: np.ndarray | None = None) -> np.ndarray:
+        """Inverse of ``push_rows``: one symbol per row of the tables (or of params)."""
+        try:
+            return np.asarray(
+                self._coder.decode(tables.family, tables.probabilities if params is None else params)
+            )
         except Exception as exc:
             raise PayloadError(f"entropy-coded payload is corrupt ({exc})") from None
 

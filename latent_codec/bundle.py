@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from . import registry
+from .binary_code import BinaryCode
 from .errors import BundleError, DataError
 from .onnx_guard import check_self_contained
 from .transforms import ort_session
@@ -126,15 +127,31 @@ class Manifest:
     content_hash: str = ""
     bundle_id: str = ""
     format_version: int = FORMAT_VERSION
+    # Semantic hashing (latent_codec/binary_code.py): thresholds that turn a payload's code into bits. Hashed when
+    # present (the bits the cloud stores and searches by depend on it); absent, every other bundle's id is unchanged.
+    binary_code: BinaryCode | None = None
+
+    def __post_init__(self) -> None:
+        if self.binary_code is not None:
+            if registry.payload_kind(self.payload.to_dict()) != registry.DEFAULT_KIND:
+                raise ValueError("binary_code is for flat codes; this payload's family has none")
+            dims = int(np.prod(self.code_shape))
+            if self.binary_code.bits != dims:
+                raise ValueError(
+                    f"binary_code has {self.binary_code.bits} thresholds for a {dims}-value code"
+                )
 
     def decoding_fields(self) -> dict:
-        """What a decoder's output depends on besides the ONNX files: hashed."""
-        return {
+        """What a decoder's output (and the bits stored for search) depends on besides the ONNX files: hashed."""
+        fields = {
             "format_version": self.format_version,
             "input": self.input.to_dict(),
             "code": {"shape": list(self.code_shape)},
             "payload": self.payload.to_dict(),
         }
+        if self.binary_code is not None:
+            fields["binary_code"] = self.binary_code.to_dict()
+        return fields
 
     def to_dict(self) -> dict:
         d = {"bundle_id": self.bundle_id, "content_hash": self.content_hash, "model": self.model}
@@ -169,6 +186,9 @@ class Manifest:
                 content_hash=str(d.get("content_hash", "")),
                 bundle_id=str(d.get("bundle_id", "")),
                 format_version=int(version),
+                binary_code=BinaryCode.from_dict(d["binary_code"])
+                if d.get("binary_code") is not None
+                else None,
             )
         except KeyError as exc:
             raise BundleError(f"manifest is missing field {exc.args[0]!r}") from None

@@ -16,7 +16,7 @@ The wire form of payloads and items is latent_codec/container.py.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,7 +28,9 @@ from .decode_cost import ENTROPY_BYTES_PER_SYMBOL, ENTROPY_SECONDS_PER_SYMBOL, D
 from .errors import DataError, PayloadError
 from .transforms import Side, Transforms
 
-__all__ = ["Codec", "Side"]
+__all__ = ["Codec", "Progress", "Side"]
+
+Progress = Callable[[str, int, int], None]  # (step, done, total), e.g. ("synthesise", 12, 48) tiles
 
 
 class Codec:
@@ -37,6 +39,9 @@ class Codec:
     kind: ClassVar[str] = ""  # the manifest payload kind (set by registry.register_family)
     payload_type: ClassVar[Any] = None  # the class the manifest's payload section parses into
     any_size: ClassVar[bool] = False  # items of any height and width (the size travels in each payload)
+    # Long single-item work (a photo's tiles, entropy-coding passes) reports (step, done, total) here when set:
+    # the edge CLI shows it; a server leaves it None. Families whose items are small never call it.
+    progress: Progress | None = None
     graph_cost: GraphCost | None = (
         None  # the decoder graph's measured cost (decode_cost.measure_graph), if known
     )

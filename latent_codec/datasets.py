@@ -231,52 +231,287 @@ def _check_array_headers(path: Path) -> None:
         _check_npy_header(f, path.stat().st_size, str(path))
 
 
-def load_image_folder(folder: str | Path, mode: str | None = None) -> ArrayDataset:
+def load_image_folder(folder: str | Path, mode: str | None = None, **options) -> ArrayDataset:
     """Every image file in a folder (sorted by name), all of one size, as uint8 items.
 
-    mode: "L" (grey) or "RGB"; None keeps the first image's mode (grey or RGB).
+    mode: "L" (grey) or "RGB"; None: grey when every image is grey, else RGB. ``options``: see ``PhotoOptions``.
     """
-    folder = Path(folder)
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    return image_items(Path(folder), mode, **options).stacked()
+
+
+def load_images(files: list[Path], source: str, mode: str | None = None, **options) -> ArrayDataset:
+    """Image files of one size as uint8 items (N, C, H, W); one file is one item (a photograph, say)."""
+    return ImageItems(files, source, PhotoOptions(mode, **options)).stacked()
+
+
+# ---- photographs as a device holds them: items of any size, each with its file name -----------------------
+ALPHA_BACKGROUNDS = {"white": 255, "black": 0}
+_GREY_MODES = {"1", "L", "I;16", "I;16L", "I;16B", "I;16N"}
+_ALPHA_MODES = {"RGBA", "LA", "PA", "La", "RGBa"}
+_SIXTEEN_BIT = {"I;16", "I;16L", "I;16B", "I;16N"}
+_ORIENTATION = 0x0112  # EXIF tag; values 5-8 turn the picture by 90 degrees (width and height swap)
+
+
+@dataclass(frozen=True)
+class PhotoOptions:
+    """How image files become items, refusing what would lose information silently.
+
+    mode: "L" or "RGB" (what the bundle takes), None = grey when every image is grey, else RGB.
+    grey: a colour image may be converted to grey for a grey ``mode`` (otherwise that is an error naming the
+    flag, since the colour would be lost without a word). Grey images always become RGB for an RGB ``mode``
+    (nothing is lost). alpha: None refuses images with an alpha channel; "white" or "black" flattens them onto
+    that background. EXIF orientation is always applied; 16-bit images are scaled to 8 bits (x 255 / 65535,
+    rounded); 32-bit integer and float images are refused.
+    """
+
+    mode: str | None = None
+    grey: bool = False
+    alpha: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.mode not in (None, "L", "RGB"):
+            raise DataError(f"image mode {self.mode!r}: use 'L' (grey) or 'RGB'")
+        if self.alpha is not None and self.alpha not in ALPHA_BACKGROUNDS:
+            raise DataError(f"alpha background {self.alpha!r}: use one of {', '.join(ALPHA_BACKGROUNDS)}")
+
+
+class Items:
+    """N items, each (C, H, W), that may differ in size, each with a name (its file name for photographs).
+
+    Array sources hold their items in memory; photographs are read when asked for (``take``), so a folder of
+    large photos costs one batch of memory, not the folder.
+    """
+
+    source: str
+    names: list[str]
+    shapes: list[tuple[int, int, int]]
+    named = False  # True when the names are the sources' own (file names), not just indices
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+    def take(self, idx: list[int]) -> np.ndarray:
+        """Items idx stacked (K, C, H, W); they must share a size."""
+        raise NotImplementedError
+
+    @property
+    def dtype(self) -> np.dtype:
+        return np.dtype(np.uint8)
+
+    @property
+    def uniform(self) -> bool:
+        return len(set(self.shapes)) <= 1
+
+    def head(self, n: int) -> Items:
+        """The first n items (all when n is 0)."""
+        raise NotImplementedError
+
+    def pixels(self, i: int) -> int:
+        _, h, w = self.shapes[i]
+        return h * w
+
+    def by_size(self, idx: list[int], max_items: int) -> list[list[int]]:
+        """idx split into groups of one size (in order of first appearance), each at most max_items long."""
+        groups: dict[tuple[int, int, int], list[int]] = {}
+        for i in idx:
+            groups.setdefault(self.shapes[i], []).append(i)
+        step = max(1, max_items)
+        return [g[k : k + step] for g in groups.values() for k in range(0, len(g), step)]
+
+    def stacked(self) -> ArrayDataset:
+        """All items as one (N, C, H, W) array (for training): they must share a size."""
+        if not self.uniform:
+            first = self.shapes[0]
+            k = next(i for i, s in enumerate(self.shapes) if s != first)
+            raise DataError(
+                f"{self.names[k]}: image is {self.shapes[k][2]}x{self.shapes[k][1]} but earlier images are "
+                f"{first[2]}x{first[1]} (one array needs one size; the edge commands take mixed sizes)"
+            )
+        return ArrayDataset(self.take(list(range(len(self)))), None, self.source)
+
+
+class ArrayItems(Items):
+    """Items of an array (N, C, H, W), named by their index (zero-padded: 00, 01, ...)."""
+
+    def __init__(self, x: np.ndarray, source: str):
+        if np.ndim(x) != 4:
+            raise DataError(f"{source}: items must be an array (N, C, H, W), got shape {np.shape(x)}")
+        self.x = x
+        self.source = source
+        width = len(str(max(len(x) - 1, 0)))  # zero-padded, so that file names sort in item order
+        self.names = [f"{i:0{width}d}" for i in range(len(x))]
+        c, h, w = (int(s) for s in x.shape[1:])
+        self.shapes = [(c, h, w)] * len(x)
+
+    @property
+    def dtype(self) -> np.dtype:
+        return self.x.dtype
+
+    def take(self, idx: list[int]) -> np.ndarray:
+        if idx and idx == list(range(idx[0], idx[-1] + 1)):
+            return self.x[idx[0] : idx[-1] + 1]  # a view: no copy for consecutive items
+        return self.x[idx]
+
+    def head(self, n: int) -> Items:
+        return ArrayItems(self.x[:n], self.source) if n else self
+
+    def stacked(self) -> ArrayDataset:
+        return ArrayDataset(self.x, None, self.source)
+
+
+class ImageItems(Items):
+    """Image files as items: each file's header is read up front (size, mode: refusals come before any work),
+    its pixels when the item is taken."""
+
+    named = True
+
+    def __init__(self, files: list[Path], source: str, options: PhotoOptions):
+        self.files = list(files)
+        self.source = source
+        self.options = options
+        self.names = [p.name for p in self.files]
+        heads = [_image_header(p) for p in self.files]
+        colour = [c for _, c, _, _ in heads]
+        mode = options.mode or ("RGB" if any(colour) else "L")
+        for p, (_, is_colour, has_alpha, _) in zip(self.files, heads):
+            if mode == "L" and is_colour and not options.grey:
+                raise DataError(
+                    f"{p}: a colour image, but the items are to be grey (a 1-channel bundle): its colour "
+                    f"would be lost; pass --grey to convert colour to grey (Python: grey=True)"
+                )
+            if has_alpha and options.alpha is None:
+                raise DataError(
+                    f"{p}: has an alpha channel (transparency), which a bundle does not code; pass "
+                    f"--flatten-alpha white or --flatten-alpha black to flatten it onto that background "
+                    f"(Python: alpha='white')"
+                )
+        self.mode = mode
+        channels = 1 if mode == "L" else 3
+        self.shapes = [(channels, h, w) for (w, h), _, _, _ in heads]
+        self._sixteen = [s for _, _, _, s in heads]
+
+    def take(self, idx: list[int]) -> np.ndarray:
+        if len({self.shapes[i] for i in idx}) > 1:
+            raise DataError("items taken together must share a size")
+        out = np.empty((len(idx), *self.shapes[idx[0]]) if idx else (0, 1, 0, 0), np.uint8)
+        for k, i in enumerate(idx):
+            item = _read_image(self.files[i], self.mode, self.options.alpha)
+            if item.shape != self.shapes[i]:
+                raise DataError(
+                    f"{self.files[i]}: changed while being read (its header said {self.shapes[i]})"
+                )
+            out[k] = item
+        return out
+
+    def head(self, n: int) -> Items:
+        if not n or n >= len(self):
+            return self
+        return ImageItems(self.files[:n], self.source, self.options)
+
+
+def image_items(folder: Path, mode: str | None = None, **options) -> ImageItems:
+    """Every image file of a folder (sorted by name) as items of any size."""
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
     if not files:
         raise DataError(f"{folder}: no image files ({', '.join(sorted(IMAGE_SUFFIXES))})")
-    return load_images(files, f"images:{folder}", mode)
+    return ImageItems(files, f"images:{folder}", PhotoOptions(mode, **options))
 
 
-def load_images(files: list[Path], source: str, mode: str | None = None) -> ArrayDataset:
-    """Image files of one size as uint8 items (N, C, H, W); one file is one item (a photograph, say)."""
+def _open_image(p: Path):
+    from PIL import Image
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        im = Image.open(p)
+    w, h = im.size
+    if w * h > MAX_IMAGE_PIXELS:
+        im.close()
+        raise DataError(
+            f"{p}: image is {w}x{h} ({w * h:,} pixels), more than the "
+            f"{MAX_IMAGE_PIXELS:,}-pixel limit (a decompression bomb?)"
+        )
+    return im
+
+
+def _image_errors():
     from PIL import Image, UnidentifiedImageError
 
-    items = []
-    size = None
-    for p in files:
-        try:
-            with warnings.catch_warnings():
-                warnings.simplefilter("error", Image.DecompressionBombWarning)
-                with Image.open(p) as im:
-                    w, h = im.size
-                    if w * h > MAX_IMAGE_PIXELS:
-                        raise DataError(
-                            f"{p}: image is {w}x{h} ({w * h:,} pixels), more than the "
-                            f"{MAX_IMAGE_PIXELS:,}-pixel limit (a decompression bomb?)"
-                        )
-                    im.load()
-                    if mode is None:
-                        mode = "L" if im.mode in ("1", "L", "LA", "I", "I;16", "P") else "RGB"
-                    converted = im.convert(mode)
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
-            raise DataError(f"{p}: refused as a decompression bomb ({exc})") from None
-        except (UnidentifiedImageError, OSError, ValueError) as exc:
-            raise DataError(f"{p}: not a readable image ({exc})") from None
-        if size is None:
-            size = converted.size
-        elif converted.size != size:
-            raise DataError(
-                f"{p}: image is {converted.size[0]}x{converted.size[1]} but earlier images are {size[0]}x{size[1]}"
-            )
-        arr = np.asarray(converted, dtype=np.uint8)
-        items.append(arr[None] if arr.ndim == 2 else np.moveaxis(arr, -1, 0))
-    return ArrayDataset(np.stack(items), None, source)
+    return (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
+            Image.DecompressionBombWarning)  # fmt: skip
+
+
+def _image_header(p: Path) -> tuple[tuple[int, int], bool, bool, bool]:
+    """((width, height) as shown, i.e. after EXIF orientation; colour?; alpha?; 16-bit?) without decoding."""
+    try:
+        with _open_image(p) as im:
+            w, h = im.size
+            if im.getexif().get(_ORIENTATION, 1) in (5, 6, 7, 8):
+                w, h = h, w
+            mode = im.mode
+            if mode in ("I", "F"):
+                raise DataError(
+                    f"{p}: {'32-bit integer' if mode == 'I' else 'floating-point'} pixels are not supported "
+                    f"(save it with 8 or 16 bits per channel)"
+                )
+            alpha = mode in _ALPHA_MODES or "transparency" in im.info
+            if mode == "P":
+                palette = np.asarray(im.getpalette() or [], np.int64).reshape(-1, 3)
+                colour = bool(len(palette)) and bool(np.any(palette != palette[:, :1]))
+            else:
+                colour = mode not in _GREY_MODES and mode not in ("LA", "La")
+            return (w, h), colour, alpha, mode in _SIXTEEN_BIT
+    except DataError:
+        raise
+    except _image_errors() as exc:
+        raise DataError(f"{p}: not a readable image ({exc})") from None
+
+
+def _read_image(p: Path, mode: str, alpha: str | None) -> np.ndarray:
+    """One image as (C, H, W) uint8 in mode "L" or "RGB": upright (EXIF), 8-bit, alpha flattened or absent."""
+    from PIL import ImageOps
+
+    try:
+        with _open_image(p) as im:
+            im.load()
+            im = ImageOps.exif_transpose(im)
+            if im.mode in _SIXTEEN_BIT:
+                a16 = np.asarray(im, dtype=np.uint16).astype(np.float64)
+                arr = np.rint(a16 * (255.0 / 65535.0)).astype(np.uint8)[..., None]
+                return _to_mode(arr, mode)
+            has_alpha = im.mode in _ALPHA_MODES or "transparency" in im.info
+            if has_alpha:
+                if (
+                    alpha is None
+                ):  # the header check refuses these first; a file changed since is refused here
+                    raise DataError(f"{p}: has an alpha channel; pass --flatten-alpha white|black")
+                rgba = np.asarray(im.convert("RGBA"), dtype=np.float64)
+                a = rgba[..., 3:] / 255.0
+                flat = rgba[..., :3] * a + ALPHA_BACKGROUNDS[alpha] * (1.0 - a)
+                arr = np.rint(flat).astype(np.uint8)
+                if im.mode in ("LA", "La"):
+                    arr = arr[..., :1]
+                return _to_mode(arr, mode)
+            if im.mode == "1" or (mode == "L" and im.mode != "L"):  # colour only when the caller allowed it
+                im = im.convert("L")
+            elif mode == "RGB" and im.mode not in ("L", "RGB"):  # CMYK, YCbCr, palettes...
+                im = im.convert("RGB")
+            arr = np.asarray(im, dtype=np.uint8)
+            return _to_mode(arr[..., None] if arr.ndim == 2 else arr, mode)
+    except DataError:
+        raise
+    except _image_errors() as exc:
+        raise DataError(f"{p}: not a readable image ({exc})") from None
+
+
+def _to_mode(hwc: np.ndarray, mode: str) -> np.ndarray:
+    """(H, W, 1|3) uint8 -> (C, H, W) in mode: grey repeated to RGB; RGB to grey with ITU-R 601 weights, as
+    Pillow's convert("L") computes them."""
+    if mode == "RGB" and hwc.shape[-1] == 1:
+        hwc = np.repeat(hwc, 3, axis=-1)
+    elif mode == "L" and hwc.shape[-1] == 3:
+        w = np.asarray([19595, 38470, 7471], np.int64)  # Pillow's fixed-point 0.299, 0.587, 0.114
+        hwc = ((hwc.astype(np.int64) @ w + 0x8000) >> 16).astype(np.uint8)[..., None]
+    return np.ascontiguousarray(np.moveaxis(hwc, -1, 0))
 
 
 def load_digits_dataset(split: str = "test") -> ArrayDataset:
@@ -299,13 +534,16 @@ def load_digits_dataset(split: str = "test") -> ArrayDataset:
     return ArrayDataset(np.ascontiguousarray(x[mask]), y[mask], f"digits:{split}")
 
 
-def load(spec: str | Path | None, split: str = "test", mode: str | None = None) -> ArrayDataset:
-    """Resolve a data spec to items.
+def load(spec: str | Path | None, split: str = "test", mode: str | None = None, **options) -> ArrayDataset:
+    """Resolve a data spec to items of one size, stacked (N, C, H, W).
 
     spec: "fashion-mnist" (the Debian package's folder), "digits", a folder of
     IDX files, a folder of images, one image file, or a .npy/.npz file. None means
-    Fashion-MNIST.
+    Fashion-MNIST. mode and ``options`` (grey, alpha) apply to image files: see ``PhotoOptions``.
     """
+    items = _image_source(spec, mode, options)
+    if items is not None:
+        return items.stacked()
     if spec is None or str(spec) == "fashion-mnist":
         if not FASHION_MNIST_DIR.is_dir():
             raise DataError(
@@ -319,15 +557,54 @@ def load(spec: str | Path | None, split: str = "test", mode: str | None = None) 
     if path.is_file():
         if path.suffix in (".npy", ".npz"):
             return load_array_file(path, split)
-        if path.suffix.lower() in IMAGE_SUFFIXES:  # one photograph: one item of its own size
-            return load_images([path], f"image:{path}", mode)
         if "idx" in path.name:
             arr = read_idx(path)
             return ArrayDataset(_as_items(arr, str(path)), None, f"idx:{path}")
         raise DataError(f"{path}: unknown data file type (expected .npy, .npz or an IDX file)")
     if path.is_dir():
-        names = [p.name for p in path.iterdir()]
-        if any("idx" in n and "ubyte" in n for n in names):
-            return load_idx_dir(path, split)
-        return load_image_folder(path, mode)
+        return load_idx_dir(path, split)
     raise DataError(f"data not found: {path}")
+
+
+def _image_source(spec: str | Path | None, mode: str | None, options: dict) -> ImageItems | None:
+    """Image files named by spec (one image file, or a folder without IDX files) as items, else None."""
+    if spec is None or str(spec) in ("fashion-mnist", "digits"):
+        return None
+    path = Path(spec)
+    if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:  # one photograph: one item of its own size
+        return ImageItems([path], f"image:{path}", PhotoOptions(mode, **options))
+    if path.is_dir() and not any("idx" in p.name and "ubyte" in p.name for p in path.iterdir()):
+        return image_items(path, mode, **options)
+    return None
+
+
+def load_items(
+    spec: str | Path | None,
+    split: str = "test",
+    mode: str | None = None,
+    grey: bool = False,
+    alpha: str | None = None,
+) -> Items:
+    """Items of any size with their names: photographs are read lazily, arrays are wrapped.
+
+    mode "L" or "RGB" is what the caller's bundle takes: a colour item for a grey mode is an error unless
+    grey=True converts it (the colour would be lost without a word); grey items become RGB for an RGB mode.
+    alpha: see ``PhotoOptions``.
+    """
+    images = _image_source(spec, mode, {"grey": grey, "alpha": alpha})
+    if images is not None:
+        return images
+    ds = load(spec, split)
+    x = ds.x
+    if mode is not None and x.ndim == 4 and x.dtype == np.uint8:
+        c = x.shape[1]
+        if mode == "RGB" and c == 1:
+            x = np.repeat(x, 3, axis=1)
+        elif mode == "L" and c == 3:
+            if not grey:
+                raise DataError(
+                    f"{ds.source}: colour items, but the items are to be grey (a 1-channel bundle): their "
+                    f"colour would be lost; pass --grey to convert colour to grey (Python: grey=True)"
+                )
+            x = np.stack([_to_mode(np.moveaxis(item, 0, -1), "L") for item in x])
+    return ArrayItems(x, ds.source)

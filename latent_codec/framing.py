@@ -31,6 +31,8 @@ class ItemToSend(Protocol):
     def captured_at_ms(self) -> int: ...
     @property
     def original(self) -> bytes | None: ...  # a serialised Tensor, for field audit; None for most items
+    @property
+    def name(self) -> str: ...  # the item's source name (a photo's file name), or ""
 
 
 def ingest_request(device_id: str, batch: Sequence[ItemToSend]) -> pb.IngestRequest:
@@ -47,6 +49,7 @@ def ingest_request(device_id: str, batch: Sequence[ItemToSend]) -> pb.IngestRequ
             bundle_id="" if common else it.bundle_id,
             payload=it.payload,
             captured_at_ms=it.captured_at_ms - base,
+            name=it.name,
         )
         if prefix is None or m is None:
             item.item_id = it.item_id

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.helpers import IN_CI, PG_BASE, need_fashion, pg_admin, train_and_export
+from tests.helpers import (
+    IN_CI,
+    PG_BASE,
+    need_fashion,
+    pg_admin,
+    photo_crops,
+    spatial_bundle,
+    train_and_export,
+)
 
 
 @pytest.fixture(scope="session")
@@ -39,6 +47,19 @@ def digits_bundle(tmp_path_factory) -> Path:
         test_limit=0,
         fit_items=0,
     )
+
+
+@pytest.fixture(scope="session")
+def colour_bundle(tmp_path_factory) -> Path:
+    """A tiny colour spatial bundle (16 channels, 8 code channels, hyperprior) trained for 4 epochs on 1,200
+    32x32 crops of scikit-image's photographs (about a minute on 2 cores); takes colour items of any size."""
+    import numpy as np
+
+    root = tmp_path_factory.mktemp("map-colour")
+    crops = photo_crops()
+    np.savez(root / "crops.npz", x_train=crops[:1200], x_test=crops[1200:])
+    args = {"channels": 16, "code_channels": 8, "hyper_channels": 8, "entropy": "hyperprior"}
+    return spatial_bundle(root, args, data=str(root / "crops.npz"), limit=0, epochs=4)
 
 
 @pytest.fixture(scope="session")

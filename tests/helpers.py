@@ -68,6 +68,30 @@ def train_and_export(
     return bundle
 
 
+def spatial_bundle(
+    root: Path, model_args: dict, data: str = "fashion-mnist", limit: int = 3000, epochs: int = 2
+) -> Path:
+    """A small spatial (code map) bundle trained briefly, learned quantisation."""
+    return train_and_export(
+        root, "spatial", model_args, data=data, epochs=epochs, limit=limit, batch_size=32,
+        lr=2e-3, rd_lambda=0.01, quant_noise="mixed", quant="learned", test_limit=300, fit_items=2000,
+    )  # fmt: skip
+
+
+def photo_crops(n: int = 1500, size: int = 32, seed: int = 0) -> np.ndarray:
+    """Random size x size crops of scikit-image's colour photographs, (n, 3, size, size) uint8."""
+    from skimage import data
+
+    photos = [data.chelsea(), data.coffee(), data.rocket(), data.hubble_deep_field()]
+    rng = np.random.default_rng(seed)
+    out = np.empty((n, 3, size, size), np.uint8)
+    for i in range(n):
+        p = photos[i % len(photos)]
+        y, x = rng.integers(0, p.shape[0] - size), rng.integers(0, p.shape[1] - size)
+        out[i] = np.moveaxis(p[y : y + size, x : x + size, :3], -1, 0)
+    return out
+
+
 def tiny_bundle(tmp_path_factory) -> Path:
     """One tiny digits bundle per test session for the serving tests (transport, auth, counting, not quality).
 
@@ -88,6 +112,30 @@ def tiny_bundle(tmp_path_factory) -> Path:
             test_limit=0,
             fit_items=0,
         )
+    return bundle
+
+
+def tiny_hashing_bundle(tmp_path_factory) -> Path:
+    """A digits model with a noisy sigmoid code (semantic hashing), exported with --binary-code; once per session."""
+    root = tmp_path_factory.getbasetemp() / "tiny-hashing"
+    bundle = root / "bundle-dense-affine8"
+    if not (bundle / "manifest.json").is_file():
+        from training.export import export_bundle
+        from training.train import TrainConfig, save_checkpoint, train
+
+        cfg = TrainConfig(
+            model="dense",
+            model_args={"code_dim": 14, "hidden": [64], "code_activation": "sigmoid", "code_noise": 2.0},
+            data="digits",
+            epochs=60,
+            batch_size=64,
+            lr=5e-3,
+            threads=1,
+            device="cpu",
+        )
+        model, record = train(cfg, progress=None)
+        ckpt = save_checkpoint(root / "hashing.pt", model, cfg, record)
+        export_bundle(ckpt, bundle, "affine8", fit_items=0, test_limit=0, binary_code=True)
     return bundle
 
 
@@ -269,4 +317,6 @@ class CloudStub:
         self.storage = pb_grpc.StorageStub(channel)
 
     def __getattr__(self, name: str):
-        return getattr(self.storage if name in ("Ingest", "Fetch", "ListStored") else self.decoding, name)
+        return getattr(
+            self.storage if name in ("Ingest", "Fetch", "ListStored", "Search") else self.decoding, name
+        )

@@ -54,6 +54,7 @@ METHODS = [
     ("/aecodec.v2.Storage/Ingest", "stream"),
     ("/aecodec.v2.Storage/Fetch", "unary_stream"),
     ("/aecodec.v2.Storage/ListStored", "unary"),
+    ("/aecodec.v2.Storage/Search", "unary"),
     ("/grpc.health.v1.Health/Check", "unary"),
     ("/grpc.reflection.v1alpha.ServerReflection/ServerReflectionInfo", "stream"),
 ]

@@ -1,7 +1,7 @@
 """Spatial code maps: items of any size and channel count, the map payload, and decoding that cannot diverge.
 
 Real bundles trained briefly (a grey Fashion-MNIST model with a hyperprior and one with a factorised
-prior, a colour model on crops of scikit-image's photographs), real ONNX Runtime sessions, a real
+prior; the session's colour model on crops of scikit-image's photographs, tests/conftest.py), real ONNX Runtime sessions, a real
 server on an ephemeral port, a second Python process for the cross-process check.
 """
 
@@ -27,20 +27,15 @@ from latent_codec.families.hyper_decoder import IntegerHyperDecoder
 from latent_codec.varint import VarintError, get_varint, put_varint
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
-from tests.helpers import ROOT, fashion_test_items, need_fashion, train_and_export
+from tests.helpers import ROOT, fashion_test_items, need_fashion, spatial_bundle
 
 pytestmark = pytest.mark.slow  # trains three small models (~1 min on 2 cores)
 
 SMALL = {"channels": 16, "code_channels": 8, "hyper_channels": 8}
 
 
-def _spatial(
-    root: Path, entropy: str, data: str = "fashion-mnist", limit: int = 3000, epochs: int = 2
-) -> Path:
-    return train_and_export(
-        root, "spatial", {**SMALL, "entropy": entropy}, data=data, epochs=epochs, limit=limit, batch_size=32,
-        lr=2e-3, rd_lambda=0.01, quant_noise="mixed", quant="learned", test_limit=300, fit_items=2000,
-    )  # fmt: skip
+def _spatial(root: Path, entropy: str) -> Path:
+    return spatial_bundle(root, {**SMALL, "entropy": entropy})
 
 
 @pytest.fixture(scope="module")
@@ -53,28 +48,6 @@ def hyper_bundle(tmp_path_factory) -> Path:
 def factorized_bundle(tmp_path_factory) -> Path:
     need_fashion()
     return _spatial(tmp_path_factory.mktemp("map-fact"), "factorized")
-
-
-def photo_crops(n: int = 1500, size: int = 32, seed: int = 0) -> np.ndarray:
-    """Random size x size crops of scikit-image's colour photographs, (n, 3, size, size) uint8."""
-    from skimage import data
-
-    photos = [data.chelsea(), data.coffee(), data.rocket(), data.hubble_deep_field()]
-    rng = np.random.default_rng(seed)
-    out = np.empty((n, 3, size, size), np.uint8)
-    for i in range(n):
-        p = photos[i % len(photos)]
-        y, x = rng.integers(0, p.shape[0] - size), rng.integers(0, p.shape[1] - size)
-        out[i] = np.moveaxis(p[y : y + size, x : x + size, :3], -1, 0)
-    return out
-
-
-@pytest.fixture(scope="module")
-def colour_bundle(tmp_path_factory) -> Path:
-    root = tmp_path_factory.mktemp("map-colour")
-    crops = photo_crops()
-    np.savez(root / "crops.npz", x_train=crops[:1200], x_test=crops[1200:])
-    return _spatial(root, "hyperprior", data=str(root / "crops.npz"), limit=0, epochs=4)
 
 
 def _flat_colour_psnr(x: np.ndarray) -> float:
@@ -141,7 +114,9 @@ def test_factorized_map_bundle_round_trips_any_size(factorized_bundle):
     x = fashion_test_items(5)[:, :, 3:22, 2:27]
     rec = codec.decode(codec.encode(x))
     assert rec.shape == x.shape
-    assert _psnr(x, rec) > 14
+    # well above what each item's own flat mean gives (a content-relative bar: the tiny model's absolute PSNR
+    # moves by a few tenths of a dB with the order it saw its 3,000 items in)
+    assert _psnr(x, rec) > _flat_colour_psnr(x) + 3.0
 
 
 def test_colour_items_and_a_real_photograph(colour_bundle):

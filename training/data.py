@@ -29,3 +29,18 @@ def train_val_split(x: torch.Tensor, val_fraction: float, seed: int) -> tuple[to
     idx = g.permutation(len(x))
     n_val = max(1, int(round(len(x) * val_fraction))) if val_fraction > 0 else 0
     return x[idx[n_val:]], x[idx[:n_val]]
+
+
+def epoch_order(n: int, epoch: int, seed: int, rank: int = 0, world_size: int = 1) -> torch.Tensor:
+    """The training items of epoch `epoch` (from 1) that process `rank` of `world_size` visits, in order.
+
+    One permutation per epoch, the one single-process training drew before torchrun support (a generator
+    seeded once with `seed`, one randperm per epoch; replayed here, so a resumed run gets the same order),
+    cut into world_size interleaved shards as DistributedSampler does (the last n mod world_size items of the
+    permutation dropped), so N processes together visit what one process visits, step by step.
+    """
+    g = torch.Generator().manual_seed(seed)
+    perm = torch.arange(n)
+    for _ in range(epoch):
+        perm = torch.randperm(n, generator=g)
+    return perm[: n - n % world_size][rank::world_size]

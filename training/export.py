@@ -35,9 +35,12 @@ def export_bundle(
     data: str | None = None,
     force: bool = False,
     weights: str = "float32",
+    binary_code: bool = False,
 ) -> Manifest:
     """Load the checkpoint and hand it to its family's exporter; -> the sealed manifest."""
     model, cfg, record = load_checkpoint(checkpoint)
+    if binary_code and getattr(model, "codec_family", "flat") != "flat":
+        raise CodecError("--binary-code is for flat codes; a spatial bundle's code map has none")
     if weights not in WEIGHT_DTYPES:
         raise CodecError(f"--weights must be one of {WEIGHT_DTYPES}, got {weights!r}")
     if (
@@ -58,6 +61,7 @@ def export_bundle(
         test_limit=test_limit,
         force=force,
         weights=weights,
+        binary_code=binary_code,
     )
     return exporter_for(model)(job)
 
@@ -88,6 +92,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="how the graphs store their weights: float16 halves the bundle (weights rounded to float16 first)",
     )
     p.add_argument(
+        "--binary-code",
+        action="store_true",
+        help="semantic hashing: record per-dimension thresholds (0.5 for sigmoid codes, else the training median) so "
+        "the cloud stores each item's binary code and can search by Hamming distance",
+    )
+    p.add_argument(
         "--force", action="store_true", help="replace --out even when it is a directory that is not a bundle"
     )
     return p.parse_args(argv)
@@ -107,6 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             args.data,
             force=args.force,
             weights=args.weights,
+            binary_code=args.binary_code,
         )
     except CodecError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
+from latent_codec.binary_code import BinaryCode
 from latent_codec.bundle import InputSpec, Manifest
 from latent_codec.errors import CodecError
 from latent_codec.factorized_prior import FactorizedPrior
@@ -26,6 +27,14 @@ def make_quantiser(name: str, codes: np.ndarray, clip_quantile: float) -> Quanti
     if name in ("float16", "float32"):
         return Quantiser(name)
     return Quantiser.fit_affine(codes, int(name.removeprefix("affine")), clip_quantile)
+
+
+def binary_thresholds(model, codes: np.ndarray) -> BinaryCode:
+    """Semantic hashing's thresholds: 0.5 for a sigmoid code (trained towards 0/1 with code_noise), else each
+    dimension's median on the training codes as the payload carries them (one bit per dimension, half the items 1)."""
+    if model.args.get("code_activation") == "sigmoid":
+        return BinaryCode(tuple(0.5 for _ in range(codes.shape[1])))
+    return BinaryCode(tuple(float(v) for v in np.median(codes, axis=0)))
 
 
 @register_exporter("flat")
@@ -79,6 +88,8 @@ def export_flat(job: ExportJob) -> Manifest:
         prior = FactorizedPrior.fit(q.quantise(flat), q.levels)
     payload = FlatPayload(q, dims, prior, side_fields)
     manifest = new_manifest(job, input_spec, code_shape, payload, len(train), par)
+    if job.binary_code:
+        manifest.binary_code = binary_thresholds(model, q.dequantise(q.quantise(flat)))
     manifest.seal(enc_bytes, dec_bytes)
     write_bundle(job.out, manifest, enc_bytes, dec_bytes, test, job.force)
     return manifest

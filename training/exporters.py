@@ -34,6 +34,7 @@ class ExportJob:
     test_limit: int = 0
     force: bool = False
     weights: str = "float32"
+    binary_code: bool = False  # flat codes: record semantic-hashing thresholds (training/export_flat.py)
 
 
 Exporter = Callable[[ExportJob], Manifest]

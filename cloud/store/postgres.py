@@ -27,6 +27,7 @@ from .base import (
     StoreFull,
     StoreUnavailable,
     Summary,
+    chunk_rows,
     conflict_message,
     same_content,
 )
@@ -39,18 +40,33 @@ CREATE TABLE IF NOT EXISTS ingested_items (
   payload        bytea  NOT NULL,
   captured_at_ms bigint NOT NULL,
   stored_at_ms   bigint NOT NULL,
+  name           text   NOT NULL DEFAULT '',
   PRIMARY KEY (device_id, item_id)
 );
 CREATE INDEX IF NOT EXISTS ingested_items_by_time ON ingested_items (device_id, captured_at_ms, item_id);
 CREATE TABLE IF NOT EXISTS store_meta (key text PRIMARY KEY, value text NOT NULL);
+ALTER TABLE ingested_items ADD COLUMN IF NOT EXISTS binary_code bytea;
+ALTER TABLE ingested_items ADD COLUMN IF NOT EXISTS audit_mse double precision;
+ALTER TABLE ingested_items ADD COLUMN IF NOT EXISTS name text NOT NULL DEFAULT '';
+CREATE INDEX IF NOT EXISTS ingested_items_by_code ON ingested_items (bundle_id, device_id, item_id)
+  INCLUDE (binary_code) WHERE binary_code IS NOT NULL;
+CREATE TABLE IF NOT EXISTS code_chunks (
+  bundle_id text NOT NULL, chunk smallint NOT NULL, value integer NOT NULL,
+  device_id text NOT NULL, item_id text NOT NULL, binary_code bytea NOT NULL,
+  PRIMARY KEY (bundle_id, chunk, value, device_id, item_id)
+);
 """
+INSERT_CHUNKS = (
+    "INSERT INTO code_chunks SELECT * FROM unnest(%s::text[], %s::smallint[], %s::integer[], %s::text[], "
+    "%s::text[], %s::bytea[]) ON CONFLICT DO NOTHING"
+)
 logging.getLogger("psycopg.pool").setLevel(logging.ERROR)  # a warning per reconnect attempt; we log per call
 SCHEMA_LOCK = 0x61656364  # pg_advisory_xact_lock key: replicas starting together create the schema once
-COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms"
+COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, audit_mse, name"
 INSERT = (
-    f"INSERT INTO ingested_items ({COLUMNS}) "
-    "SELECT d, i, b, p, c, %s::bigint FROM unnest(%s::text[], %s::text[], %s::text[], %s::bytea[], "
-    "%s::bigint[]) AS t(d, i, b, p, c) "
+    "INSERT INTO ingested_items (device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, binary_code, "
+    "audit_mse, name) SELECT d, i, b, p, c, %s::bigint, h, a, n FROM unnest(%s::text[], %s::text[], %s::text[], "
+    "%s::bytea[], %s::bigint[], %s::bytea[], %s::float8[], %s::text[]) AS t(d, i, b, p, c, h, a, n) "
     "ON CONFLICT (device_id, item_id) DO NOTHING RETURNING device_id, item_id"
 )
 
@@ -71,7 +87,7 @@ def _msg(exc: BaseException) -> str:
 
 
 def _record(row) -> StoredRecord:
-    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]))
+    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]), row[6], row[7])
 
 
 class PostgresStore(Store):
@@ -148,8 +164,14 @@ class PostgresStore(Store):
                 [it.bundle_id for it in items],
                 [it.payload for it in items],
                 [it.captured_at_ms for it in items],
+                [it.binary_code for it in items],
+                [it.audit_mse for it in items],
+                [it.name for it in items],
             )
             inserted = set(conn.execute(INSERT, (stored_at_ms, *cols)).fetchall())
+            chunks = [r for it in items if (it.device_id, it.item_id) in inserted for r in chunk_rows(it)]
+            if chunks:  # the multi-index entries of the new items (cloud/store/base.py, search)
+                conn.execute(INSERT_CHUNKS, [list(col) for col in zip(*chunks)])
             rest = [it for it in items if (it.device_id, it.item_id) not in inserted]
             if not rest:
                 return 0
@@ -200,6 +222,50 @@ class PostgresStore(Store):
         q += " GROUP BY device_id, bundle_id ORDER BY device_id, bundle_id"
         with self._conn() as conn:
             return [Summary(d, b, int(n), int(s or 0)) for d, b, n, s in conn.execute(q, args)]
+
+    def binary_codes(
+        self, bundle_id: str, device_ids: Sequence[str] | None
+    ) -> tuple[list[tuple[str, str]], list[bytes]]:
+        q = "SELECT device_id, item_id, binary_code FROM ingested_items WHERE bundle_id = %s AND binary_code IS NOT NULL"
+        args: list = [bundle_id]
+        if device_ids is not None:
+            if not device_ids:
+                return [], []
+            q += " AND device_id = ANY(%s::text[])"
+            args.append(list(device_ids))
+        with self._conn() as conn:
+            rows = conn.execute(q, args).fetchall()
+        return [(d, i) for d, i, _ in rows], [bytes(c) for _, _, c in rows]
+
+    def code_count(self, bundle_id: str, device_ids: Sequence[str] | None) -> int:
+        q = "SELECT count(*) FROM ingested_items WHERE bundle_id = %s AND binary_code IS NOT NULL"
+        args: list = [bundle_id]
+        if device_ids is not None:
+            q += " AND device_id = ANY(%s::text[])"
+            args.append(list(device_ids))
+        with self._conn() as conn:
+            row = conn.execute(q, args).fetchone()
+        return int(row[0]) if row else 0
+
+    def code_candidates(
+        self, bundle_id: str, device_ids: Sequence[str] | None, probes: Sequence[tuple[int, Sequence[int]]]
+    ) -> tuple[list[tuple[str, str]], list[bytes]]:
+        if device_ids is not None and not device_ids:
+            return [], []
+        scope = "" if device_ids is None else " AND device_id = ANY(%s::text[])"
+        # One SELECT per chunk, so each seeks the primary key (bundle_id, chunk, value); UNION drops the repeats.
+        part = (
+            "SELECT device_id, item_id, binary_code FROM code_chunks WHERE bundle_id = %s AND chunk = %s "
+            "AND value = ANY(%s::integer[])" + scope
+        )
+        args: list = []
+        for j, vs in probes:
+            args += [bundle_id, int(j), [int(v) for v in vs]] + (
+                [list(device_ids)] if device_ids is not None else []
+            )
+        with self._conn() as conn:
+            rows = conn.execute(" UNION ".join(part for _ in probes), args).fetchall()
+        return [(d, i) for d, i, _ in rows], [bytes(c) for _, _, c in rows]
 
     def close(self) -> None:
         self.pool.close()

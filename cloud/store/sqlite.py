@@ -22,6 +22,7 @@ from .base import (
     StoreFull,
     StoreUnavailable,
     Summary,
+    chunk_rows,
     conflict_message,
     same_content,
 )
@@ -34,17 +35,29 @@ CREATE TABLE IF NOT EXISTS ingested_items (
   payload        BLOB    NOT NULL,
   captured_at_ms INTEGER NOT NULL,
   stored_at_ms   INTEGER NOT NULL,
+  name           TEXT    NOT NULL DEFAULT '',
   PRIMARY KEY (device_id, item_id)
 ) WITHOUT ROWID;
 CREATE INDEX IF NOT EXISTS ingested_items_by_time ON ingested_items (device_id, captured_at_ms, item_id);
 CREATE TABLE IF NOT EXISTS store_meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 """
-COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms"
+# After the added columns exist: the search scan reads (device_id, item_id, binary_code) of one bundle from this
+# index alone, in key order, without touching the payloads.
+SEARCH_INDEX = """
+CREATE INDEX IF NOT EXISTS ingested_items_by_code ON ingested_items (bundle_id, device_id, item_id, binary_code)
+  WHERE binary_code IS NOT NULL;
+CREATE TABLE IF NOT EXISTS code_chunks (
+  bundle_id TEXT NOT NULL, chunk INTEGER NOT NULL, value INTEGER NOT NULL,
+  device_id TEXT NOT NULL, item_id TEXT NOT NULL, binary_code BLOB NOT NULL,
+  PRIMARY KEY (bundle_id, chunk, value, device_id, item_id)
+) WITHOUT ROWID;
+"""
+COLUMNS = "device_id, item_id, bundle_id, payload, captured_at_ms, stored_at_ms, audit_mse, name"
 CHUNK = 400  # ids per IN (...) query, well under SQLite's variable limit
 
 
 def _record(row) -> StoredRecord:
-    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]))
+    return StoredRecord(row[0], row[1], row[2], bytes(row[3]), int(row[4]), int(row[5]), row[6], row[7])
 
 
 class SqliteStore(Store):
@@ -62,6 +75,11 @@ class SqliteStore(Store):
                 raise StoreError(f"store {self.path}: cannot switch to WAL mode (got {mode})")
             self._db.execute("PRAGMA synchronous=FULL")
             self._db.executescript(SCHEMA)
+            have = {row[1] for row in self._db.execute("PRAGMA table_info(ingested_items)")}
+            for name, sqlite_type, _ in self.ADDED_COLUMNS:  # a database from before these columns: migrate
+                if name not in have:
+                    self._db.execute(f"ALTER TABLE ingested_items ADD COLUMN {name} {sqlite_type}")
+            self._db.executescript(SEARCH_INDEX)
         except sqlite3.DatabaseError as exc:
             raise StoreError(f"store {self.path}: {exc}") from None
 
@@ -101,13 +119,25 @@ class SqliteStore(Store):
                                     it.payload,
                                     it.captured_at_ms,
                                     stored_at_ms,
+                                    it.binary_code,
+                                    it.audit_mse,
+                                    it.name,
                                 )
                             )
                         elif same_content(old[0], old[1], it.bundle_id, it.payload):
                             dup += 1
                         else:
                             raise ItemConflict(conflict_message(it), it.item_id)
-                    db.executemany(f"INSERT INTO ingested_items ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?)", fresh)
+                    db.executemany(
+                        "INSERT INTO ingested_items (device_id, item_id, bundle_id, payload, captured_at_ms, "
+                        "stored_at_ms, binary_code, audit_mse, name) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                        fresh,
+                    )
+                    new = {(f[0], f[1]) for f in fresh}
+                    db.executemany(  # the multi-index entries of the new items (cloud/store/base.py, search)
+                        "INSERT INTO code_chunks VALUES (?, ?, ?, ?, ?, ?)",
+                        [r for it in items if (it.device_id, it.item_id) in new for r in chunk_rows(it)],
+                    )
                     db.execute("COMMIT")
                     return dup
                 except BaseException:
@@ -178,6 +208,56 @@ class SqliteStore(Store):
                 return [Summary(d, b, int(n), int(s or 0)) for d, b, n, s in self._db.execute(q, args)]
             except sqlite3.Error as exc:
                 raise self._fail(exc) from None
+
+    def binary_codes(
+        self, bundle_id: str, device_ids: Sequence[str] | None
+    ) -> tuple[list[tuple[str, str]], list[bytes]]:
+        q = "SELECT device_id, item_id, binary_code FROM ingested_items WHERE bundle_id = ? AND binary_code IS NOT NULL"
+        args: list = [bundle_id]
+        if device_ids is not None:
+            if not device_ids:
+                return [], []
+            q += f" AND device_id IN ({','.join('?' * len(device_ids))})"
+            args.extend(device_ids)
+        with self._lock:
+            try:
+                rows = self._db.execute(q, args).fetchall()
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+        return [(d, i) for d, i, _ in rows], [c for _, _, c in rows]
+
+    def code_count(self, bundle_id: str, device_ids: Sequence[str] | None) -> int:
+        q = "SELECT count(*) FROM ingested_items WHERE bundle_id = ? AND binary_code IS NOT NULL"
+        args: list = [bundle_id]
+        if device_ids is not None:
+            q += f" AND device_id IN ({','.join('?' * len(device_ids))})"
+            args.extend(device_ids)
+        with self._lock:
+            try:
+                return int(self._db.execute(q, args).fetchone()[0])
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+
+    def code_candidates(
+        self, bundle_id: str, device_ids: Sequence[str] | None, probes: Sequence[tuple[int, Sequence[int]]]
+    ) -> tuple[list[tuple[str, str]], list[bytes]]:
+        if device_ids is not None and not device_ids:
+            return [], []
+        scope = "" if device_ids is None else f" AND device_id IN ({','.join('?' * len(device_ids))})"
+        # One SELECT per chunk, so each seeks the primary key (bundle_id, chunk, value); UNION drops the repeats.
+        parts, args = [], []
+        for j, vs in probes:
+            parts.append(
+                "SELECT device_id, item_id, binary_code FROM code_chunks WHERE bundle_id = ? AND chunk = ? "
+                f"AND value IN ({','.join(str(int(v)) for v in vs)}){scope}"
+            )
+            args += [bundle_id, int(j), *(device_ids or [])]
+        with self._lock:
+            try:
+                rows = self._db.execute(" UNION ".join(parts), args).fetchall()
+            except sqlite3.Error as exc:
+                raise self._fail(exc) from None
+        return [(d, i) for d, i, _ in rows], [c for _, _, c in rows]
 
     def check_writable(self) -> None:
         with self._lock:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from types import ModuleType
 
-from . import decode, encode, evaluate, ingest, quarantine
+from . import decode, encode, evaluate, fetch, ingest, quarantine, search
 
 COMMANDS: dict[str, ModuleType] = {
     "evaluate": evaluate,
@@ -12,4 +12,6 @@ COMMANDS: dict[str, ModuleType] = {
     "quarantine": quarantine,
     "encode": encode,
     "decode": decode,
+    "search": search,
+    "fetch": fetch,
 }

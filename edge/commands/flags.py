@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-DATA_HELP = "fashion-mnist | digits | an IDX folder | .npy/.npz | a folder of PNG/JPEG images (one size) | one image file"
+DATA_HELP = "fashion-mnist | digits | an IDX folder | .npy/.npz | a folder of PNG/JPEG images (any sizes) | one image file"
 
 
 def add_bundle(
@@ -24,10 +24,33 @@ def add_source(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", dest="data", help="alias of --data")
     p.add_argument("--split", default="test", choices=["train", "test"])
     p.add_argument("--limit", type=int, default=0, help="only the first N items")
+    add_photo_options(p)
+
+
+def add_photo_options(p: argparse.ArgumentParser) -> None:
+    """How photographs become items: colour to grey and alpha only when asked (latent_codec.datasets.PhotoOptions)."""
+    p.add_argument(
+        "--grey",
+        "--mode-l",
+        dest="grey",
+        action="store_true",
+        help="convert colour images to grey for a grey (1-channel) bundle; without it they are refused",
+    )
+    p.add_argument(
+        "--flatten-alpha",
+        dest="alpha",
+        choices=["white", "black"],
+        default=None,
+        help="flatten images with an alpha channel onto this background; without it they are refused",
+    )
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = default)")
+
+
+def add_force(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--force", action="store_true", help="overwrite existing output files")
 
 
 def add_report(p: argparse.ArgumentParser) -> None:

@@ -25,26 +25,38 @@ decoded as one array (``decode_each`` takes a mix).
 
 from __future__ import annotations
 
+import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import numpy as np
 
 from .. import ans
 from ..bundle import Bundle
-from ..codec import Codec, Side
-from ..errors import DataError, PayloadError
+from ..codec import Codec, Progress, Side
+from ..decode_cost import ENTROPY_SECONDS_PER_SYMBOL, DecodeCosts
+from ..errors import BundleError, DataError, PayloadError
 from ..factorized_prior import FactorizedPrior
 from ..registry import register_family
+from ..tiling import core_of, cover, each, probe_radius, round_up, scaled, tiles, windows
 from ..transforms import OnnxTransforms
 from ..varint import VarintError, get_varint, put_varint
-from .hyper_decoder import IntegerHyperDecoder, int64_mac_seconds
+from . import hyper_decoder
+from .hyper_decoder import ExactnessBound, IntegerHyperDecoder
 
 MAP_KINDS = ("factorized", "hyperprior")
 MAX_SIDE = 1 << 15  # largest height or width a payload may claim (32768)
 MAX_PIXELS = 1 << 26  # largest height x width (64 Mpx: 256 MB of float32 per channel when decoded)
 HEADER_BITS = 28  # a side of up to 2^28 fits four varint bytes; a longer header is malformed
+SEGMENT = 1 << 18  # ŷ elements an item's flat map is sorted in at a time (bounded index arrays)
+SORT_BLOCK = 1 << 20  # ŷ elements per argsort call (8 MB of int64 positions)
+GROUP_ELEMENTS = 1 << 22  # ŷ elements of the items coded together per pass (int32 buffers of 16 MB)
+ENCODE_TILE = 512  # pixels per side of an analysis tile's core (items larger than one tile are tiled)
+DECODE_TILE = 64  # code elements per side of a synthesis tile's core (256 pixels at stride 4)
+UNPACK_BYTES_PER_SYMBOL = 14  # what unpacking holds per code symbol (MapCodec.unpack_costs)
+UNSCALE_BLOCK = 1 << 20  # values converted to raw pixels at a time (a few MB of temporaries)
+SMALL_Z = 64  # ẑ elements per channel up to which an item's ẑ is coded in one call (per-symbol rows)
 
 
 @dataclass
@@ -62,6 +74,17 @@ class MapPayload:
     z_grid_bits: int = 0
     z_tables: FactorizedPrior | None = None  # (Nh, z levels)
     hyper_decoder: IntegerHyperDecoder | None = None
+    _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # derived, cached
+
+    def __post_init__(self) -> None:
+        if self.hyper_decoder is not None and self.z_grid_bits > 0:
+            self.exactness()  # a payload built at export: refuse weights that could overflow
+
+    def exactness(self) -> ExactnessBound:
+        """The hyper-decoder's proven bound for ẑ on this grid (which arithmetic selects tables exactly);
+        ValueError for weights that could overflow int64, so such a bundle is neither exported nor loaded."""
+        assert self.hyper_decoder is not None
+        return self.hyper_decoder.check(1 << (self.z_grid_bits - 1))
 
     # ---- facts --------------------------------------------------------------------------------------------
     @property
@@ -149,6 +172,9 @@ class MapPayload:
                 raise ValueError("hyper-decoder shapes do not match the map's channels")
             if len(hd.thresholds) + 1 != p.y_tables.dims:
                 raise ValueError(f"{len(hd.thresholds)} thresholds for {p.y_tables.dims} scale tables")
+            if not 1 <= p.z_grid_bits <= 16:
+                raise ValueError(f"map z grid of {p.z_grid_bits} bits; must be 1..16")
+            p.exactness()  # the bound, checked on load
         if d.get("format") not in (None, p.format):
             raise ValueError(f"payload format says {d.get('format')!r} but its fields make {p.format!r}")
         return p
@@ -157,6 +183,15 @@ class MapPayload:
     @property
     def _y(self) -> ans.Tables:
         return self.y_tables.coder_tables
+
+    @property
+    def _y_models(self) -> np.ndarray:
+        """ŷ's coder models as an object array: one fancy index gives every run's model."""
+        if "y" not in self._cache:
+            models = np.empty(self.y_tables.dims, object)
+            models[:] = self._y.models
+            self._cache["y"] = models
+        return self._cache["y"]
 
     @property
     def _z(self) -> ans.Tables:
@@ -183,27 +218,82 @@ class MapPayload:
         """(N, M, h, w) table index of every ŷ element: its channel, or what the hyper-decoder selects."""
         n, m, h, w = y_shape
         if self.entropy == "factorized":
-            return np.broadcast_to(np.arange(m, dtype=np.int64)[None, :, None, None], y_shape)
+            return np.broadcast_to(np.arange(m, dtype=np.uint16)[None, :, None, None], y_shape)
         assert self.hyper_decoder is not None and z_sym is not None
-        z = np.asarray(z_sym, np.int64) - (1 << (self.z_grid_bits - 1))
-        return self.hyper_decoder.indices(z, (h, w))
+        half = 1 << (self.z_grid_bits - 1)
+        z = np.asarray(z_sym, np.int64) - half
+        return self.hyper_decoder.indices(z, (h, w), z_max=half)
 
     # ---- entropy coding + layout ----------------------------------------------------------------------------
-    def pack(self, sizes: np.ndarray, y_sym: np.ndarray, z_sym: np.ndarray | None) -> list[bytes]:
-        """(N, 2) true sizes, (N, M, h, w) ŷ symbols, (N, Nh, hz, wz) ẑ symbols -> N payloads."""
-        idx = self.table_indices(y_sym.shape, z_sym)
+    def _z_rows(self, hz: int, wz: int) -> np.ndarray | None:
+        """For small ẑ maps, each ẑ element's table as a row of probabilities (one coder call per item instead
+        of one per channel: the same stream, see ans.py); None for larger maps (a call per channel)."""
+        if hz * wz > SMALL_Z:
+            return None
+        key = (hz, wz)
+        if key not in self._cache:
+            for k in [
+                k for k in self._cache if isinstance(k, tuple)
+            ]:  # one size at a time is the common case
+                del self._cache[k]
+            self._cache[key] = np.repeat(self._z.probabilities, hz * wz, axis=0)
+        return self._cache[key]
+
+    def _push_z(self, enc: ans.Encoder, z_flat: np.ndarray, hz: int, wz: int) -> None:
+        rows = self._z_rows(hz, wz)
+        if rows is not None:
+            enc.push_rows(z_flat, self._z, rows)
+            return
+        per = hz * wz
+        starts = [c * per for c in range(self.hyper_channels)]
+        enc.push_runs(z_flat, starts, [s + per for s in starts], list(self._z.models))
+
+    def _pop_z(self, dec: ans.Decoder, out: np.ndarray, hz: int, wz: int) -> None:
+        rows = self._z_rows(hz, wz)
+        if rows is not None:
+            out[:] = dec.pop_rows(self._z, rows)
+            return
+        per = hz * wz
+        starts = [c * per for c in range(self.hyper_channels)]
+        dec.pop_runs(out, starts, [s + per for s in starts], list(self._z.models))
+
+    def _groups(self, n: int, y_shape: tuple[int, ...]) -> list[tuple[int, int]]:
+        """Items taken together per pass: at most GROUP_ELEMENTS ŷ elements (one item at least)."""
+        per = max(1, int(np.prod(y_shape)))
+        step = max(1, GROUP_ELEMENTS // per)
+        return [(i, min(n, i + step)) for i in range(0, n, step)]
+
+    def pack(
+        self,
+        sizes: np.ndarray,
+        y_sym: np.ndarray,
+        z_sym: np.ndarray | None,
+        progress: Progress | None = None,
+    ) -> list[bytes]:
+        """(N, 2) true sizes, (N, M, h, w) ŷ symbols, (N, Nh, hz, wz) ẑ symbols -> N payloads.
+
+        Items go in groups of bounded size: table indices, the sort of each item's ŷ by table and the
+        coder's runs are computed for the whole group with numpy, leaving one constriction call per run.
+        """
+        n = len(y_sym)
         out = []
-        for i in range(len(y_sym)):
-            enc = ans.Encoder()
-            if z_sym is not None:  # ẑ first: the decoder needs it to choose ŷ's tables
-                zi = z_sym[i].reshape(self.hyper_channels, -1)
-                for ch in range(self.hyper_channels):
-                    enc.push(zi[ch], self._z.models[ch])
-            order, groups, bounds = _grouped(idx[i].ravel())
-            ys = y_sym[i].ravel()[order]
-            for g, k in enumerate(groups):
-                enc.push(ys[bounds[g] : bounds[g + 1]], self._y.models[int(k)])
-            out.append(put_varint(int(sizes[i][0])) + put_varint(int(sizes[i][1])) + enc.finish())
+        if z_sym is not None:
+            hz, wz = z_sym.shape[2:]
+            z_flat = np.ascontiguousarray(z_sym, np.int32).reshape(n, -1)
+        for i0, i1 in self._groups(n, y_sym.shape[1:]):
+            idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1])
+            runs = _TableRuns(idx, self._y_models, presorted=self.entropy == "factorized")
+            ordered = runs.sort(y_sym[i0:i1])
+            for j in range(i1 - i0):
+                enc = ans.Encoder()
+                if z_sym is not None:  # ẑ first: the decoder needs it to choose ŷ's tables
+                    self._push_z(enc, z_flat[i0 + j], hz, wz)
+                starts, ends, tables = runs.item(j)
+                enc.push_runs(ordered[j], starts, ends, tables)
+                i = i0 + j
+                out.append(put_varint(int(sizes[i][0])) + put_varint(int(sizes[i][1])) + enc.finish())
+            if progress is not None:
+                progress("entropy-code", i1, n)
         return out
 
     def sizes(self, payloads: list[bytes]) -> np.ndarray:
@@ -235,14 +325,21 @@ class MapPayload:
             starts.append(pos)
         return out, starts
 
-    def unpack(self, payloads: list[bytes]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
-        """N payloads of one item size -> (sizes (N, 2), ŷ symbols, ẑ symbols or None). PayloadError names the item."""
-        sizes, starts = self._headers(payloads)
-        if len(payloads) and np.any(sizes != sizes[0]):
+    @staticmethod
+    def one_size(sizes: np.ndarray) -> None:
+        """PayloadError unless every item of a batch has the same size (one decoder run takes one size)."""
+        if len(sizes) and np.any(sizes != sizes[0]):
             a, b = sizes[0], sizes[int(np.argmax(np.any(sizes != sizes[0], axis=1)))]
             raise PayloadError(
                 f"items of one batch must share a size; got {a[0]}x{a[1]} and {b[0]}x{b[1]} (send them separately)"
             )
+
+    def unpack(
+        self, payloads: list[bytes], progress: Progress | None = None
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
+        """N payloads of one item size -> (sizes (N, 2), ŷ symbols, ẑ symbols or None). PayloadError names the item."""
+        sizes, starts = self._headers(payloads)
+        self.one_size(sizes)
         n = len(payloads)
         h, w = (int(v) for v in sizes[0]) if n else (self.stride, self.stride)
         hy, wy = self.code_size(h, w)
@@ -255,26 +352,60 @@ class MapPayload:
             try:
                 dec = ans.Decoder(p[pos:])
                 if z_sym is not None:
-                    for ch in range(self.hyper_channels):
-                        z_sym[i, ch] = dec.pop(self._z.models[ch], hz * wz).reshape(hz, wz)
+                    self._pop_z(dec, z_sym[i].reshape(-1), hz, wz)
             except PayloadError as exc:
                 raise PayloadError(f"item {i}: {exc}") from None
             decoders.append(dec)
-        idx = self.table_indices((n, self.code_channels, hy, wy), z_sym)
         y_sym = np.empty((n, self.code_channels, hy, wy), np.uint16)
-        for i, dec in enumerate(decoders):
-            order, groups, bounds = _grouped(idx[i].ravel())
-            flat = np.empty(order.shape, np.uint16)
-            try:
-                for g, k in enumerate(groups):
-                    flat[order[bounds[g] : bounds[g + 1]]] = dec.pop(
-                        self._y.models[int(k)], bounds[g + 1] - bounds[g]
-                    )
-                dec.finish()
-            except PayloadError as exc:
-                raise PayloadError(f"item {i}: {exc}") from None
-            y_sym[i] = flat.reshape(self.code_channels, hy, wy)
+        for i0, i1 in self._groups(n, y_sym.shape[1:]):
+            idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1])
+            runs = _TableRuns(idx, self._y_models, presorted=self.entropy == "factorized")
+            ordered = runs.empty()
+            for j in range(i1 - i0):
+                starts_j, ends_j, tables = runs.item(j)
+                try:
+                    decoders[i0 + j].pop_runs(ordered[j], starts_j, ends_j, tables)
+                    decoders[i0 + j].finish()
+                except PayloadError as exc:
+                    raise PayloadError(f"item {i0 + j}: {exc}") from None
+            runs.unsort(ordered, y_sym[i0:i1])
+            if progress is not None:
+                progress("entropy-decode", i1, n)
         return sizes, y_sym, z_sym
+
+    def seconds_per_symbol(self) -> float:
+        """CPU seconds unpacking takes per code symbol (entropy decoding and table selection), measured once on
+        a synthetic 256 x 256 item of this payload on this machine: ẑ of small values, each ŷ element the most
+        likely symbol of the table it selects (always codable). At least ENTROPY_SECONDS_PER_SYMBOL / 20, so a
+        lucky measurement cannot price work at nothing; the conservative ENTROPY_SECONDS_PER_SYMBOL if the
+        measurement fails (a cost estimate never stops a decode)."""
+        if "seconds" not in self._cache:
+            try:
+                self._cache["seconds"] = max(self._measure_unpack(256), ENTROPY_SECONDS_PER_SYMBOL / 20)
+            except Exception:
+                self._cache["seconds"] = ENTROPY_SECONDS_PER_SYMBOL
+        return float(self._cache["seconds"])
+
+    def _measure_unpack(self, side: int) -> float:
+        hy, wy = self.code_size(side, side)
+        z = None
+        if self.entropy == "hyperprior":
+            assert self.z_tables is not None
+            hz, wz = self.hyper_size(side, side)
+            mode = np.argmax(self.z_tables.coder_tables.probabilities, axis=1).astype(np.uint16)
+            z = np.broadcast_to(mode[None, :, None, None], (1, self.hyper_channels, hz, wz)).copy()
+            z[..., ::3, ::2] = np.clip(z[..., ::3, ::2].astype(np.int64) + 1, 0, (1 << self.z_grid_bits) - 1)
+            z = np.where(self.z_tables.coder_tables.probabilities[np.arange(self.hyper_channels)[:, None, None], z[0]]
+                         > 0, z, mode[None, :, None, None]).astype(np.uint16)  # fmt: skip
+        idx = self.table_indices((1, self.code_channels, hy, wy), z)
+        y = np.argmax(self._y.probabilities, axis=1).astype(np.uint16)[np.asarray(idx, np.int64)]
+        payloads = self.pack(np.asarray([[side, side]]), y, z)
+        best = float("inf")
+        for _ in range(3):
+            t0 = time.thread_time()
+            self.unpack(payloads)
+            best = min(best, time.thread_time() - t0)
+        return best / self.symbols_per_item(side, side)
 
     # ---- ideal code length (for reports) -------------------------------------------------------------------
     def bits(self, y_sym: np.ndarray, z_sym: np.ndarray | None) -> np.ndarray:
@@ -289,14 +420,123 @@ class MapPayload:
         return total
 
 
-def _grouped(ks: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Elements grouped by table: (positions in group order, ascending tables, group bounds into positions).
+class _TableRuns:
+    """The format's order of ŷ within each item (by table, ascending; C order within a table) as runs.
 
-    A stable sort keeps C order within each group: the order the format codes ŷ in.
+    Each item's flat ŷ is cut into equal segments of at most SEGMENT elements (the last one padded with a
+    key past the last table); each segment is stably sorted by table (numpy's radix sort for small
+    integers) in one call for all segments of the group. An item's run r is table k's elements in segment
+    c, listed k-major then c: exactly the format's order, whatever the segment count, so a big item never
+    needs an index array of its full size at once.
     """
-    order = np.argsort(ks, kind="stable")
-    groups, counts = np.unique(ks, return_counts=True)
-    return order, groups, np.concatenate([[0], np.cumsum(counts)])
+
+    def __init__(self, idx: np.ndarray, models: np.ndarray, presorted: bool = False):
+        levels = len(models)
+        self.n = len(idx)
+        self.length = int(np.prod(idx.shape[1:]))
+        self.nseg = max(1, -(-self.length // SEGMENT))
+        self.seg = -(-self.length // self.nseg) if self.length else 1
+        self.levels = levels
+        self.presorted = presorted  # keys already ascending in C order (a factorized map: one per channel)
+        width = self.nseg * self.seg
+        key_type = np.uint8 if levels < 255 else np.uint16
+        self.keys = np.full((self.n, width), levels, key_type)  # levels: the padding's key, sorted last
+        self.keys[:, : self.length] = idx.reshape(self.n, -1)
+        self.keys = self.keys.reshape(self.n * self.nseg, self.seg)
+        nrows = self.n * self.nseg
+        counts = np.empty((nrows, levels + 1), np.int64)
+        step = max(1, SORT_BLOCK // self.seg)
+        for r in range(0, nrows, step):  # per block: the flat bin numbers stay a few MB
+            block = self.keys[r : r + step]
+            bins = np.arange(len(block), dtype=np.int64)[:, None] * (levels + 1) + block
+            counts[r : r + step] = np.bincount(bins.ravel(), minlength=len(block) * (levels + 1)).reshape(
+                len(block), levels + 1
+            )
+        counts = counts.reshape(self.n, self.nseg, levels + 1)[:, :, :levels]
+        local = np.cumsum(counts, axis=2) - counts  # a run's start within its segment
+        start = local + (np.arange(self.nseg, dtype=np.int64) * self.seg)[None, :, None]
+        # k-major, then segment: the order of the stream
+        counts, start = (
+            counts.transpose(0, 2, 1).reshape(self.n, -1),
+            start.transpose(0, 2, 1).reshape(self.n, -1),
+        )
+        table = np.broadcast_to(np.repeat(np.arange(levels), self.nseg)[None, :], counts.shape)
+        keep = counts > 0
+        self._start = start[keep].tolist()
+        self._end = (start + counts)[keep].tolist()
+        self._models = models[table[keep]].tolist()  # each run's coder model
+        self._bounds = np.concatenate([[0], np.cumsum(keep.sum(axis=1))]).tolist()
+
+    def item(self, j: int) -> tuple[list[int], list[int], list[Any]]:
+        """Item j's runs: starts and ends in its ordered flat ŷ, and each run's model (its table's)."""
+        a, b = self._bounds[j], self._bounds[j + 1]
+        return self._start[a:b], self._end[a:b], self._models[a:b]
+
+    def _spans(self, r0: int, r1: int):
+        """Rows r0..r1-1 of the (n * nseg, seg) grid as (first row, item, flat start, flat end): each item's
+        consecutive segments are one contiguous span of its flat ŷ (the last one without the padding)."""
+        r = r0
+        while r < r1:
+            i, c = divmod(r, self.nseg)
+            c_end = min(self.nseg, c + (r1 - r))
+            yield r, i, c * self.seg, min(c_end * self.seg, self.length)
+            r += c_end - c
+
+    def _read(self, flat: np.ndarray, r0: int, r1: int) -> np.ndarray:
+        """Rows r0..r1-1 of an (n, length) array laid out as segments, padded with zeros (no full copy)."""
+        if self.nseg * self.seg == self.length:
+            return flat.reshape(-1, self.seg)[r0:r1]
+        out: np.ndarray = np.zeros((r1 - r0, self.seg), flat.dtype)
+        o = out.reshape(-1)
+        for r, i, a, b in self._spans(r0, r1):
+            o[(r - r0) * self.seg : (r - r0) * self.seg + b - a] = flat[i, a:b]
+        return out
+
+    def _write(self, flat: np.ndarray, r0: int, block: np.ndarray) -> None:
+        """Inverse of ``_read``: a block of rows back into the (n, length) array, padding dropped."""
+        r1 = r0 + len(block)
+        if self.nseg * self.seg == self.length:
+            flat.reshape(-1, self.seg)[r0:r1] = block
+            return
+        o = block.reshape(-1)
+        for r, i, a, b in self._spans(r0, r1):
+            flat[i, a:b] = o[(r - r0) * self.seg : (r - r0) * self.seg + b - a]
+
+    def _blocks(self):
+        step = max(1, SORT_BLOCK // self.seg)
+        for r in range(0, self.n * self.nseg, step):
+            r1 = min(r + step, self.n * self.nseg)
+            yield r, r1, None if self.presorted else np.argsort(self.keys[r:r1], axis=1, kind="stable")
+
+    @property
+    def _dtype(self) -> type:
+        """int32 (what the coder takes) for groups of items; uint16 for one big item (half the memory; each
+        run is converted as it is coded)."""
+        return np.int32 if self.n * self.nseg * self.seg <= GROUP_ELEMENTS else np.uint16
+
+    def sort(self, y_sym: np.ndarray) -> np.ndarray:
+        """(n, ...) symbols -> (n, nseg * seg) in run order (each item's segments sorted by table)."""
+        flat = y_sym.reshape(self.n, -1)
+        out: np.ndarray = np.empty((self.n * self.nseg, self.seg), self._dtype)
+        for r0, r1, order in self._blocks():
+            block = self._read(flat, r0, r1)
+            out[r0:r1] = block if order is None else np.take_along_axis(block, order, axis=1)
+        return out.reshape(self.n, -1)
+
+    def empty(self) -> np.ndarray:
+        return np.zeros((self.n, self.nseg * self.seg), self._dtype)
+
+    def unsort(self, ordered: np.ndarray, y_out: np.ndarray) -> None:
+        """Inverse of ``sort``: symbols in run order -> y_out (n, M, h, w) in C order."""
+        src = ordered.reshape(self.n * self.nseg, self.seg)
+        flat = y_out.reshape(self.n, -1)
+        for r0, r1, order in self._blocks():
+            if order is None:
+                self._write(flat, r0, src[r0:r1])
+            else:
+                block = np.empty((r1 - r0, self.seg), y_out.dtype)
+                np.put_along_axis(block, order, src[r0:r1], axis=1)
+                self._write(flat, r0, block)
 
 
 @register_family("map")
@@ -306,6 +546,10 @@ class MapCodec(Codec):
     payload_type = MapPayload
     any_size = True
     payload: MapPayload
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._margins: dict[str, int] = {}  # measured receptive fields (tiling.probe_radius), per graph
 
     @classmethod
     def build(cls, bundle: Bundle, threads: int = 0) -> MapCodec:
@@ -332,20 +576,52 @@ class MapCodec(Codec):
         return out, symbols.reshape(-1)
 
     def unpack_costs(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
-        """The entropy decoder's arrays, plus the integer hyper-decoder's int64 maps and its convolutions."""
-        nbytes, seconds = super().unpack_costs(payloads)
-        hd = self.payload.hyper_decoder
-        if hd is None:
-            return nbytes, seconds
-        sizes = self.payload.sizes(list(payloads))
-        hy = -(-sizes // self.payload.stride)  # ŷ map height and width; the hyper maps are upsampled to it
-        cells = (-(-hy // 2) * 2).prod(axis=1)
-        nh, m = hd.w1.shape[0], hd.w2.shape[0]
-        # int64 maps alive at once: ẑ upsampled and padded, the first conv's output and its ReLU, the second's
-        # output and the table indices, plus the einsum's strided view (no copy).
-        nbytes = nbytes + cells * 8 * (3 * nh + 2 * m)
-        macs = cells * 9 * nh * (nh + m)
-        return nbytes, seconds + macs * int64_mac_seconds()
+        """Per item, what unpacking holds and takes (before the decoder graph).
+
+        Bytes per code symbol (UNPACK_BYTES_PER_SYMBOL): the symbol (2), its dequantised float32 code (4, held
+        until the decoder graph has run), its table index (1) and sort key (1), its place in the table-sorted
+        order (4) and the inverse sort's block (2). Seconds: MapPayload.seconds_per_symbol, measured on this
+        payload's own tables and hyper-decoder (table selection included)."""
+        symbols = self.item_costs(payloads)[1]
+        return symbols * UNPACK_BYTES_PER_SYMBOL, symbols * self.payload.seconds_per_symbol()
+
+    def _working_buffers(self, sizes: np.ndarray) -> int:
+        """Bytes of the unpacking's bounded buffers for a request of these item sizes: the hyper-decoder's strip
+        (im2col columns, float64 sums and its first layer's output for at most STRIP_POSITIONS positions of ŷ's
+        map) and the sort's block (int64 positions and a uint16 copy for at most SORT_BLOCK elements)."""
+        p = self.payload
+        positions = int((-(-sizes // p.stride)).prod(axis=1).sum()) if len(sizes) else 0
+        strip = 0
+        if p.hyper_decoder is not None:
+            nh, m = p.hyper_channels, p.code_channels
+            strip = min(positions, hyper_decoder.STRIP_POSITIONS) * 8 * (9 * nh + m + 2 * nh)
+        return strip + min(positions * p.code_channels, SORT_BLOCK) * 10
+
+    def decode_costs(self, payloads: Sequence[bytes]) -> DecodeCosts:
+        """The base's bill (latent_codec/decode_cost.py), for how this codec decodes: an item larger than a
+        synthesis tile runs through the decoder graph tile by tile, so its graph working bytes are those of its
+        largest tile's window (the same for a 12 MP photo as for a 100 MP one) and its graph seconds cover
+        every tile's window (the overlap included); the hyper-decoder's strips and the sort's blocks are a
+        bounded per-call figure (``run_bytes``)."""
+        costs = super().decode_costs(payloads)
+        p, s = self.payload, self.payload.stride
+        sizes = p.sizes(list(payloads))
+        costs.run_bytes += self._working_buffers(sizes)
+        g = self.graph_cost
+        if g is None or not len(payloads):
+            return costs
+        for h, w in np.unique(sizes, axis=0).tolist():
+            if not self.tiled_decode(h, w):
+                continue
+            hy, wy = p.code_size(h, w)
+            pixels = [
+                (t.r1 - t.r0) * (t.c1 - t.c0) * s * s
+                for t in tiles(hy, wy, DECODE_TILE, self._decode_margin(), 1)
+            ]
+            same = np.all(sizes == (h, w), axis=1)
+            costs.graph_bytes[same] = g.bytes(np.asarray([max(pixels)]))[0]
+            costs.seconds[same] += g.seconds(np.asarray([sum(pixels) - h * w]))[0]
+        return costs
 
     def check_items(self, x: np.ndarray) -> None:
         if np.ndim(x) != 4 or int(np.shape(x)[1]) != self.channels:
@@ -379,20 +655,183 @@ class MapCodec(Codec):
     def quantise(self, codes: np.ndarray) -> np.ndarray:
         return self.payload.y_symbols(codes)
 
-    def encode(self, x_raw: np.ndarray) -> list[bytes]:
-        """(N, C, H, W) raw items of one size -> N payloads (each carries its H and W)."""
+    def encode(self, x_raw: np.ndarray, progress: Progress | None = None) -> list[bytes]:
+        """(N, C, H, W) raw items of one size -> N payloads (each carries its H and W).
+
+        Items larger than one analysis tile are analysed tile by tile (``analyse_tiled``): memory bounded by
+        the tile, whatever the item's size. ``progress(step, done, total)`` hears of each tile and pass.
+        """
         self.check_items(x_raw)
+        progress = progress or self.progress
         n, _, h, w = x_raw.shape
-        y, side = self.analyse(self.scale(x_raw))
-        z = self.payload.z_symbols(side["hyper"]) if self.payload.entropy == "hyperprior" else None
         sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
-        return self.payload.pack(sizes, self.quantise(y), z)
+        if self.tiled_encode(h, w):  # one item at a time: the symbols of one big item are held, not of all
+            out: list[bytes] = []
+            for i in range(n):
+                y_sym, z = self.analyse_tiled(x_raw[i : i + 1], progress)
+                out += self.payload.pack(sizes[i : i + 1], y_sym, z, progress)
+            return out
+        else:
+            y, side = self.analyse(self.scale(x_raw))
+            z = self.payload.z_symbols(side["hyper"]) if self.payload.entropy == "hyperprior" else None
+            y_sym = self.quantise(y)
+            del y, side
+        return self.payload.pack(sizes, y_sym, z, progress)
+
+    # ---- tiles ----------------------------------------------------------------------------------------------
+    def tiled_encode(self, h: int, w: int) -> bool:
+        """Whether items of h x w pixels are analysed in tiles (bigger than one tile and its margins)."""
+        hy, wy = self.payload.code_size(h, w)
+        margin = self._encode_margin()
+        return margin >= 0 and max(hy, wy) * self.payload.stride > ENCODE_TILE + 2 * margin
+
+    def tiled_decode(self, h: int, w: int) -> bool:
+        """Whether items of h x w pixels are synthesised in tiles."""
+        hy, wy = self.payload.code_size(h, w)
+        margin = self._decode_margin()
+        return margin >= 0 and max(hy, wy) > DECODE_TILE + 2 * margin
+
+    def _align(self) -> int:
+        """Pixels per element of the coarsest map the encoder outputs (ẑ with a hyperprior)."""
+        return self.payload.stride * (
+            self.payload.hyper_stride if self.payload.entropy == "hyperprior" else 1
+        )
+
+    def _encode_margin(self) -> int:
+        """Pixels of context around an analysis tile's core: the encoder's measured receptive field, rounded
+        up to the coarsest stride, plus one stride to spare. Measured once per codec, from the graph."""
+        if "encode" not in self._margins:
+            hyper = self.payload.entropy == "hyperprior"
+
+            def run(x: np.ndarray) -> list[np.ndarray]:
+                code, side = self.transforms.analysis(x)
+                return [code, side["hyper"]] if hyper else [code]
+
+            strides = [self.payload.stride, self._align()] if hyper else [self.payload.stride]
+            try:
+                r = probe_radius(run, (self.channels, 128, 128), strides)
+            except BundleError:  # opened without its encoder: nothing to tile
+                return 0
+            self._margins["encode"] = -1 if r is None else round_up(r, self._align()) + self._align()
+        return self._margins["encode"]
+
+    def _decode_margin(self) -> int:
+        """Code elements of context around a synthesis tile's core (the decoder's measured receptive field + 1)."""
+        if "decode" not in self._margins:
+            m = self.payload.code_channels
+            try:
+                r = probe_radius(
+                    lambda y: [self.transforms.synthesis(y * 4, {})], (m, 32, 32), [1 / self.payload.stride]
+                )
+            except BundleError:  # opened without its decoder
+                return 0
+            self._margins["decode"] = -1 if r is None else r + 1
+        return self._margins["decode"]
+
+    def analyse_tiled(
+        self, x_raw: np.ndarray, progress: Progress | None = None
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Raw items -> (ŷ symbols, ẑ symbols or None), the encoder run on tiles of ENCODE_TILE pixels with
+        the margin its receptive field needs; each tile's core is quantised into the whole maps."""
+        p = self.payload
+        n, _, h, w = x_raw.shape
+        margin = self._encode_margin()
+        hy, wy = p.code_size(h, w)
+        y_sym = np.empty((n, p.code_channels, hy, wy), np.uint16)
+        z_sym = None
+        if p.entropy == "hyperprior":
+            hz, wz = p.hyper_size(h, w)
+            z_sym = np.empty((n, p.hyper_channels, hz, wz), np.uint16)
+        hp, wp = hy * p.stride, wy * p.stride
+        ts = tiles(hp, wp, ENCODE_TILE, margin, self._align())
+        for i in range(n):
+            xp = self.pad(x_raw[i : i + 1])  # raw pixels, edge-replicated: scaling is per pixel
+            for t in each(ts, progress, "analyse" if n == 1 else f"analyse item {i + 1}/{n}"):
+                code, side = self.transforms.analysis(self.scale(xp[(Ellipsis, *windows(t))]))
+                ty = scaled(t, p.stride, hy, wy)
+                y_sym[(i, slice(None), *cover(ty))] = p.y_symbols(
+                    np.asarray(code)[(0, slice(None), *core_of(ty))]
+                )
+                if z_sym is not None:
+                    tz = scaled(t, self._align(), *z_sym.shape[2:])
+                    z_sym[(i, slice(None), *cover(tz))] = p.z_symbols(
+                        side["hyper"][(0, slice(None), *core_of(tz))]
+                    )
+        return y_sym, z_sym
+
+    def synthesise_tiled(
+        self, y: np.ndarray, size: tuple[int, int], progress: Progress | None = None, unit: bool = True
+    ) -> np.ndarray:
+        """ŷ (N, M, hy, wy), as symbols (uint16: dequantised per tile) or codes (float) -> items (N, C, h, w)
+        in [0, 1] (raw items with unit=False, unscaled per tile): the decoder run on tiles of DECODE_TILE code
+        elements with the margin its receptive field needs."""
+        y_sym = y
+        n, _, hy, wy = y_sym.shape
+        h, w = size
+        s = self.payload.stride
+        raw_dtype = np.uint8 if self.input.dtype == "uint8" else np.float32
+        out = np.empty((n, self.channels, h, w), np.float32 if unit else raw_dtype)
+        ts = tiles(hy, wy, DECODE_TILE, self._decode_margin(), 1)
+        for i in range(n):
+            for t in each(ts, progress, "synthesise" if n == 1 else f"synthesise item {i + 1}/{n}"):
+                window = y_sym[(slice(i, i + 1), slice(None), *windows(t))]
+                codes = window if window.dtype.kind == "f" else self.dequantise(window)
+                rec = np.asarray(self.transforms.synthesis(codes, {}), np.float32)
+                rows, cols = core_of(t)
+                r0, c0 = t.kr0 * s, t.kc0 * s
+                r1, c1 = min(h, t.kr1 * s), min(w, t.kc1 * s)
+                local = rec[
+                    0, :, rows.start * s : rows.start * s + r1 - r0, cols.start * s : cols.start * s + c1 - c0
+                ]
+                if unit:
+                    np.clip(local, 0.0, 1.0, out=out[i, :, r0:r1, c0:c1])
+                else:
+                    out[i, :, r0:r1, c0:c1] = self.unscale(local)
+        return out
 
     # ---- decode -------------------------------------------------------------------------------------------
     def symbols(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, Side]:
         """Payloads of one size -> (ŷ symbols (N, M, h, w), {"size": (N, 2)}). PayloadError on any bad one."""
         sizes, y_sym, _ = self.payload.unpack(list(payloads))
         return y_sym, {"size": sizes}
+
+    def decode(
+        self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0, progress: Progress | None = None
+    ) -> np.ndarray:
+        """N payloads of one item size -> N items; items bigger than one synthesis tile are synthesised tile by
+        tile (the decoder graph's memory bounded by the tile, ŷ dequantised per tile)."""
+        progress = progress or self.progress
+        payloads = list(payloads)
+        sizes = self.payload.sizes(payloads)
+        h, w = (int(v) for v in sizes[0]) if len(sizes) else (0, 0)
+        if len(sizes) and self.tiled_decode(h, w):  # one item at a time: one big item's symbols are held
+            self.payload.one_size(sizes)
+            out = None
+            for i, p in enumerate(payloads):
+                item = self.synthesise_tiled(self.payload.unpack([p], progress)[1], (h, w), progress, unit)
+                if out is None:
+                    out = np.empty((len(payloads), *item.shape[1:]), item.dtype)
+                out[i] = item[0]
+            assert out is not None
+            return out
+        else:
+            sizes, y_sym, _ = self.payload.unpack(payloads, progress)
+            x_unit = self.synthesise(self.dequantise(y_sym), {"size": sizes}, chunk)
+        return x_unit if unit else self.unscale(x_unit)
+
+    def unscale(self, x_unit: np.ndarray) -> np.ndarray:
+        """[0, 1] -> raw items, a block of rows at a time: converting a photo at once would hold two more float
+        copies of it (the scaling's temporaries) at the decode's peak."""
+        x = np.asarray(x_unit)
+        if x.size <= UNSCALE_BLOCK or x.ndim != 4:
+            return self.input.from_unit(x)
+        first = self.input.from_unit(x[:1, :, :1])
+        out = np.empty(x.shape, first.dtype)
+        rows = max(1, UNSCALE_BLOCK // max(1, x.shape[1] * x.shape[3]))
+        for i in range(len(x)):
+            for r in range(0, x.shape[2], rows):
+                out[i, :, r : r + rows] = self.input.from_unit(x[i, :, r : r + rows])
+        return out
 
     def dequantise(self, symbols: np.ndarray) -> np.ndarray:
         return self.payload.dequantise(symbols)
@@ -403,12 +842,15 @@ class MapCodec(Codec):
         return self.payload.bits(y_sym, z_sym)
 
     def synthesise(self, codes: np.ndarray, side: Side, chunk: int = 0) -> np.ndarray:
-        """decoder.onnx on ŷ maps, cropped to the items' true size and clipped to [0, 1]."""
+        """decoder.onnx on ŷ maps, cropped to the items' true size and clipped to [0, 1]; items bigger than a
+        synthesis tile run tile by tile (what a server's decode path calls: its memory bounded per tile)."""
         sizes = np.asarray(side["size"]).reshape(-1, 2)
         if len(sizes) and np.any(sizes != sizes[0]):
             raise DataError("items of one decoder run must share a size")
         n = len(codes)
         h, w = (int(v) for v in sizes[0]) if n else (0, 0)
+        if n and self.tiled_decode(h, w):
+            return self.synthesise_tiled(codes, (h, w), self.progress)
         out = np.empty((n, self.channels, h, w), np.float32)
         step = chunk if chunk > 0 else max(n, 1)
         for i in range(0, n, step):

@@ -1,32 +1,169 @@
 """The integer hyper-decoder of code maps: ẑ -> one table index per element of ŷ, identical on every machine.
 
-The table index cannot diverge between the device that encodes and the server that decodes because it is
-computed from the integers ẑ with integer weights (the trained float weights times 2^F, rounded once at
-export and stored in the manifest), int64 accumulation, ReLU and integer thresholds. No floating point
-takes part, so every CPU, BLAS, thread count and batch size selects the same table for every element.
+The table index cannot diverge between the device that encodes and the server that decodes because it is a
+function of the integers ẑ alone: integer weights (the trained float weights times 2^F, rounded once at
+export and stored in the manifest), exact integer sums, ReLU and integer thresholds.
+
+How the sums are computed is free as long as they are exact. The fast path runs each 3x3 convolution as one
+float64 matrix product (im2col, BLAS) on integer-valued operands. That is exact whatever BLAS, CPU, thread
+count or summation order, because of a bound proven from the weights alone (``ExactnessBound``): every
+product and every partial sum of any subset of a convolution's terms is an integer of magnitude at most
+Σ|w|·max|input| + |b| < 2^53, and float64 adds and multiplies integers below 2^53 without rounding. The bound
+is checked when a payload is built (at export) and when a manifest is loaded: weights whose bound reaches 2^53
+fall back to int64 products (exact, slower); weights whose bound reaches 2^63 are refused (int64 could wrap).
+
+Maps are processed in strips of rows (and groups of items) of bounded size, so a 12-megapixel item never
+holds more than a few MB of im2col columns; a strip reads the ẑ rows its receptive field needs. The products
+run on one BLAS thread (threadpoolctl, scoped to the call): a server decodes on several threads at once, and
+BLAS's own threads on top of them spin and double the CPU per item (docs/speed.md); the result is the same
+either way.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from functools import lru_cache
+from dataclasses import dataclass, field
 
 import numpy as np
 
+FLOAT32_EXACT = 1 << 24  # float32 represents every integer below 2^24 exactly
+FLOAT_EXACT = 1 << 53  # float64 likewise below 2^53: sums that stay below it are exact in any order
+INT64_EXACT = 1 << 63
+STRIP_POSITIONS = 1 << 13  # output positions per matrix product: im2col columns of a few MB
 
-def conv2d_int(x: np.ndarray, w: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """'Same' 3x3 convolution of int64 maps (N, C, H, W) with int64 weights (O, C, k, k): exact integers."""
-    k = w.shape[-1]
-    p = k // 2
-    xp = np.pad(x, ((0, 0), (0, 0), (p, p), (p, p)))
-    cols = np.lib.stride_tricks.sliding_window_view(xp, (k, k), axis=(2, 3))  # N, C, H, W, k, k
-    out = np.einsum("nchwij,ocij->nohw", cols, w, optimize=False)
-    return out + b[None, :, None, None]
+
+_BLAS: list = []  # the process's threadpoolctl controller, made on first use
+
+
+def _one_blas_thread():
+    """A context in which numpy's BLAS runs on one thread (3 µs to enter; the controller is built once)."""
+    if not _BLAS:
+        from threadpoolctl import ThreadpoolController
+
+        _BLAS.append(ThreadpoolController())
+    return _BLAS[0].limit(limits=1, user_api="blas")
+
+
+def exact_dtype(bound: int) -> type:
+    """The cheapest dtype whose matrix products are exact for integer sums bounded by ``bound``."""
+    if bound < FLOAT32_EXACT:
+        return np.float32
+    return np.float64 if bound < FLOAT_EXACT else np.int64
+
+
+@dataclass(frozen=True)
+class ExactnessBound:
+    """The largest magnitude any partial sum of layer 1 and of layer 2 can take for ẑ in [-z_max, z_max]."""
+
+    z_max: int
+    layer1: int
+    layer2: int
+    thresholds: int = 0  # the largest |threshold| layer 2's output is compared with (in its dtype)
+
+    @property
+    def largest(self) -> int:
+        return max(self.layer1, self.layer2, self.thresholds)
+
+    @property
+    def dtypes(self) -> tuple[type, type]:
+        """Each layer's arithmetic: float32 (BLAS, exact below 2^24), float64 (below 2^53) or int64."""
+        return exact_dtype(self.layer1), exact_dtype(max(self.layer2, self.thresholds))
+
+    @property
+    def path(self) -> str:
+        """'float' when both layers run through BLAS, 'int64' when a layer needs numpy's integer products."""
+        return "int64" if np.int64 in self.dtypes else "float"
+
+
+def _im2col(x: np.ndarray, ho: int, wo: int) -> np.ndarray:
+    """3x3 windows of channel-last maps (N, H, W, C) at the top-left ho x wo positions -> (N*ho*wo, 9*C).
+
+    Nine strided copies of contiguous channel vectors (far faster than copying a sliding-window view whose
+    innermost axes are the window's); column order (i, j, c) matches ``_columns``.
+    """
+    n, c = x.shape[0], x.shape[3]
+    cols = np.empty((n, ho, wo, 3, 3, c), x.dtype)
+    for i in range(3):
+        for j in range(3):
+            cols[:, :, :, i, j, :] = x[:, i : i + ho, j : j + wo, :]
+    return cols.reshape(n * ho * wo, 9 * c)
+
+
+def _columns(w: np.ndarray) -> np.ndarray:
+    """Weights (O, C, 3, 3) -> im2col columns (9*C, O) in (i, j, c) row order."""
+    return np.ascontiguousarray(np.transpose(w, (2, 3, 1, 0)).reshape(-1, w.shape[0]))
+
+
+def _phase_columns(w: np.ndarray) -> list[np.ndarray]:
+    """Layer 1 on the *low-resolution* ẑ: conv3 after nearest ×2 upsampling, as one 2x2 kernel per output
+    phase (a, b) on ẑ -> four column blocks (4*C, O), rows in (i, j, c) order over the 2x2 window.
+
+    Output row 2i+a reads upsampled rows 2i+a-1..2i+a+1, i.e. ẑ rows i-1, i, i (a = 0) or i, i, i+1 (a = 1):
+    the kernel's rows fold onto two ẑ rows (window rows a, a+1 of the 3x3 around i), and likewise columns.
+    The folded weights are sums of |w| at most, so the exactness bound of the unfolded layer covers them.
+    """
+    fold = [np.array([[1, 0, 0], [0, 1, 1], [0, 0, 0]]), np.array([[0, 0, 0], [1, 1, 0], [0, 0, 1]])]
+    out = []
+    for a in range(2):
+        for b in range(2):
+            # k[o, c, r, s] = Σ_{i, j} fold[a][r, i] fold[b][s, j] w[o, c, i, j]; nonzero for r in a..a+1, s in b..b+1
+            k = np.einsum("ri,sj,ocij->ocrs", fold[a], fold[b], w)[:, :, a : a + 2, b : b + 2]
+            out.append(np.ascontiguousarray(np.transpose(k, (2, 3, 1, 0)).reshape(-1, w.shape[0])))
+    return out
+
+
+def _im2col2(x: np.ndarray, r: int, c: int, ho: int, wo: int) -> np.ndarray:
+    """2x2 windows of channel-last maps (N, H, W, C) starting at (r, c), ho x wo positions -> (N*ho*wo, 4*C)."""
+    n, ch = x.shape[0], x.shape[3]
+    cols = np.empty((n, ho, wo, 2, 2, ch), x.dtype)
+    for i in range(2):
+        for j in range(2):
+            cols[:, :, :, i, j, :] = x[:, r + i : r + i + ho, c + j : c + j + wo, :]
+    return cols.reshape(n * ho * wo, 4 * ch)
+
+
+class _Thresholds:
+    """Table index = how many thresholds are <= u, for exact integer-valued u (float or int64 arrays).
+
+    Thresholds of a scale table are close to evenly spaced, so a guess from a uniform grid is within one of
+    the index; one comparison each way fixes it. The guess's error is checked at every threshold (and one
+    below) when built; both the guess and the true index are monotone in u, so the check covers every u.
+    Thresholds too uneven for that use searchsorted.
+    """
+
+    def __init__(self, t: np.ndarray, dtype: type):
+        self.t = np.asarray(t, np.int64)
+        n = len(self.t)
+        self.fast = False
+        if n >= 2 and self.t[-1] > self.t[0]:
+            self.t0, self.inv = float(self.t[0]), (n - 1) / (float(self.t[-1]) - float(self.t[0]))
+            pts = np.concatenate([self.t, self.t - 1])
+            true = np.searchsorted(self.t, pts, side="right")
+            self.fast = bool(np.abs(self._guess(pts) - true).max() <= 1)
+        if np.dtype(dtype).kind == "f":
+            self.ext: np.ndarray = np.concatenate([[-np.inf], self.t.astype(dtype), [np.inf]]).astype(dtype)
+        else:
+            lim = np.iinfo(np.int64)
+            self.ext = np.concatenate([[lim.min], self.t, [lim.max]]).astype(np.int64)
+        self.sorted = self.ext[1:-1]
+
+    def _guess(self, u: np.ndarray) -> np.ndarray:
+        g = np.floor((np.asarray(u, np.float64) - self.t0) * self.inv)
+        g += 1
+        np.clip(g, 0, len(self.t), out=g)
+        return g.astype(np.intp)
+
+    def __call__(self, u: np.ndarray) -> np.ndarray:
+        if not self.fast:
+            return np.searchsorted(self.sorted, u, side="right")
+        k = self._guess(u)
+        k -= u < self.ext[k]  # guessed one too high: u is below the bucket's lower threshold
+        k += u >= self.ext[k + 1]  # one too low: u reaches the bucket's upper threshold
+        return k
 
 
 @dataclass
 class IntegerHyperDecoder:
-    """ẑ -> table index per element of ŷ: nearest ×2 upsampling, conv3, ReLU, conv3, thresholds, in int64.
+    """ẑ -> table index per element of ŷ: nearest ×2 upsampling, conv3, ReLU, conv3, thresholds; exact integers.
 
     Layer 1 weights and bias are scaled by 2^F; layer 2 weights by 2^F and its bias by 2^2F, so the
     output is log σ in units of 2^-2F and is compared with thresholds in the same units.
@@ -38,6 +175,14 @@ class IntegerHyperDecoder:
     w2: np.ndarray  # (M, Nh, 3, 3)
     b2: np.ndarray  # (M,)
     thresholds: np.ndarray  # (levels - 1,) increasing int64
+    _cols: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # derived, cached
+
+    def __setattr__(self, name: str, value: object) -> None:
+        """Assigning weights or thresholds drops what was derived from them (bounds, columns, lookups).
+        The arrays themselves are treated as immutable: assign new ones rather than editing in place."""
+        object.__setattr__(self, name, value)
+        if name != "_cols" and "_cols" in self.__dict__:
+            self.__dict__["_cols"].clear()
 
     @classmethod
     def from_float(
@@ -50,17 +195,113 @@ class IntegerHyperDecoder:
 
         return cls(frac_bits, r(w1, f), r(b1, f), r(w2, f), r(b2, f * f), r(np.asarray(thresholds), f * f))
 
-    def log_scale_units(self, z: np.ndarray) -> np.ndarray:
-        """The integer pre-threshold output (N, M, 2hz, 2wz), log σ times 2^2F."""
-        x = np.asarray(z, np.int64).repeat(2, axis=2).repeat(2, axis=3)
-        a1 = np.maximum(conv2d_int(x, self.w1, self.b1), 0)
-        return conv2d_int(a1, self.w2, self.b2)
+    # ---- the exactness bound ------------------------------------------------------------------------------
+    def bound(self, z_max: int) -> ExactnessBound:
+        """Per-layer bound on any partial sum for |ẑ| <= z_max, in Python integers (they cannot overflow).
 
-    def indices(self, z: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-        """(N, Nh, hz, wz) integer ẑ -> (N, M, h, w) table indices 0..levels-1."""
-        units = self.log_scale_units(z)[:, :, : size[0], : size[1]]
-        return np.searchsorted(self.thresholds, units, side="right").astype(np.int64)
+        Layer 1: Σ|w1[o]|·z_max + |b1[o]|; its ReLU output in channel c is at most that channel's bound B1[c].
+        Layer 2: Σ_c Σ|w2[o, c]|·B1[c] + |b2[o]|. Any subset of a sum's terms is bounded by the same figure.
+        """
+        w1 = [int(v) for v in np.abs(self.w1).sum(axis=(1, 2, 3), dtype=object)]
+        b1 = [abs(int(v)) for v in self.b1]
+        layer1 = [s * int(z_max) + b for s, b in zip(w1, b1)]
+        w2 = np.abs(self.w2).sum(axis=(2, 3), dtype=object)  # (M, Nh) Python ints
+        layer2 = [sum(int(w2[o, c]) * layer1[c] for c in range(w2.shape[1])) + abs(int(self.b2[o]))
+                  for o in range(w2.shape[0])]  # fmt: skip
+        t = max((abs(int(v)) for v in self.thresholds), default=0)
+        return ExactnessBound(int(z_max), max(layer1, default=0), max(layer2, default=0), t)
 
+    def check(self, z_max: int) -> ExactnessBound:
+        """The bound for ẑ on its grid; ValueError when even int64 could overflow (the manifest is refused)."""
+        key = ("bound", int(z_max))
+        if key in self._cols:
+            return self._cols[key]
+        b = self.bound(z_max)
+        if b.largest >= INT64_EXACT:
+            raise ValueError(
+                f"hyper-decoder weights could make sums of up to {b.largest:.3e} for ẑ within ±{z_max} "
+                f"(bits: {b.largest.bit_length()}), beyond int64's exact range (2^63); refusing the bundle"
+            )
+        self._cols[key] = b
+        return b
+
+    # ---- table selection ----------------------------------------------------------------------------------
+    def _weights(self, d1: type, d2: type) -> tuple[np.ndarray, ...]:
+        """Weights as im2col columns (9*C, O), biases and thresholds in each layer's dtype (cached)."""
+        key = (d1, d2)
+        if key not in self._cols:
+            phases: list[np.ndarray] = [c.astype(d1) for c in _phase_columns(self.w1)]
+            self._cols[key] = (phases, self.b1.astype(d1), _columns(self.w2).astype(d2), self.b2.astype(d2),
+                               _Thresholds(self.thresholds, d2))  # fmt: skip
+        return self._cols[key]
+
+    def log_scale_units(self, z: np.ndarray, z_max: int | None = None) -> np.ndarray:
+        """The integer pre-threshold output (N, M, 2hz, 2wz) as int64, log σ times 2^2F (small maps: tests)."""
+        z = np.asarray(z, np.int64)
+        out = np.empty((len(z), self.w2.shape[0], 2 * z.shape[2], 2 * z.shape[3]), np.int64)
+        for sl, units, _ in self._strips(z, z_max, out.shape[2:]):
+            out[sl] = units
+        return out
+
+    def indices(self, z: np.ndarray, size: tuple[int, int], z_max: int | None = None) -> np.ndarray:
+        """(N, Nh, hz, wz) integer ẑ -> (N, M, h, w) table indices 0..levels-1 (uint8, or uint16 past 256).
+
+        z_max bounds |ẑ| (the payload's grid); without it, the largest |ẑ| given is used (its bound is
+        checked all the same).
+        """
+        z = np.asarray(z)
+        dtype = np.uint8 if len(self.thresholds) < 256 else np.uint16
+        out = np.empty((len(z), self.w2.shape[0], int(size[0]), int(size[1])), dtype)
+        with _one_blas_thread():
+            for sl, units, thresholds in self._strips(z, z_max, out.shape[2:]):
+                out[sl] = thresholds(units)
+        return out
+
+    def _strips(self, z: np.ndarray, z_max: int | None, size: tuple[int, ...]):
+        """Yield (slice of the (N, M, h, w) output, exact integer units) strip by strip."""
+        n, nh, hz, wz = z.shape
+        h, w = int(size[0]), int(size[1])
+        if n == 0 or h == 0 or w == 0:
+            return
+        if z_max is None:
+            z_max = int(np.max(np.abs(z.astype(np.int64)), initial=0))
+        d1, d2 = self.check(z_max).dtypes
+        w1, b1, w2, b2, thresholds = self._weights(d1, d2)
+        rows = max(1, STRIP_POSITIONS // (4 * wz))  # ẑ rows per strip for one item
+        items = max(1, STRIP_POSITIONS // (4 * wz * hz)) if rows >= hz else 1  # small items: several a strip
+        # ẑ channel-last with one zero row/column around it: the zero padding the 3x3 windows read
+        zp = np.zeros((n, hz + 2, wz + 2, nh), d1)
+        zp[:, 1:-1, 1:-1, :] = np.moveaxis(z, 1, -1)
+        for i0 in range(0, n, items):
+            i1, k = min(n, i0 + items), min(n, i0 + items) - i0
+            for r0 in range(0, min(hz, (h + 1) // 2), rows):
+                r1 = min(hz, r0 + rows)
+                y0, y1 = 2 * r0, min(2 * r1, h)
+                # Layer 1, all four phases, at ẑ rows c0..c1-1: the strip's rows and, inside the map, one
+                # more above and below (their nearer phase is a row layer 2 reads).
+                c0, c1 = max(r0 - 1, 0), min(r1 + 1, hz)
+                a = np.empty((k, c1 - c0, 2, wz, 2, nh), d1)  # ẑ row, phase a, ẑ column, phase b, channel
+                for p, cols in enumerate(w1):
+                    pa, pb = divmod(p, 2)
+                    ph = _im2col2(zp[i0:i1], c0 + pa, pb, c1 - c0, wz) @ cols
+                    a[:, :, pa, :, pb, :] = ph.reshape(k, c1 - c0, wz, nh)
+                a += b1
+                np.maximum(a, 0, out=a)
+                a = a.reshape(k, 2 * (c1 - c0), 2 * wz, nh)  # upsampled rows 2c0..2c1-1
+                # a1: rows 2r0-1..2r1, columns -1..2wz; what lies outside the map is conv2's zero padding
+                a1 = np.zeros((k, 2 * (r1 - r0) + 2, 2 * wz + 2, nh), d2)
+                lo, hi = max(2 * c0, 2 * r0 - 1), min(2 * c1, 2 * r1 + 1)
+                a1[:, lo - (2 * r0 - 1) : hi - (2 * r0 - 1), 1:-1] = a[:, lo - 2 * c0 : hi - 2 * c0]
+                units = _im2col(a1, y1 - y0, w) @ w2  # rows y0..y1-1, columns 0..w-1
+                units += b2
+                units = units.reshape(k, y1 - y0, w, -1)
+                yield (
+                    (slice(i0, i1), slice(None), slice(y0, y1), slice(0, w)),
+                    np.moveaxis(units, -1, 1),
+                    thresholds,
+                )
+
+    # ---- (de)serialisation --------------------------------------------------------------------------------
     def to_dict(self) -> dict:
         return {
             "frac_bits": self.frac_bits,
@@ -97,20 +338,3 @@ class IntegerHyperDecoder:
         if not 0 <= h.frac_bits <= 16:
             raise ValueError("hyper-decoder frac_bits must be 0..16")
         return h
-
-
-@lru_cache(maxsize=1)
-def int64_mac_seconds() -> float:
-    """CPU seconds of one int64 multiply-accumulate of the integer hyper-decoder's convolutions on this machine
-    (measured once per process on a small map; numpy's einsum over a strided view)."""
-    import time
-
-    x = np.ones((1, 8, 32, 32), np.int64)
-    w = np.ones((8, 8, 3, 3), np.int64)
-    b = np.zeros(8, np.int64)
-    best = float("inf")
-    for _ in range(3):
-        t0 = time.thread_time()
-        conv2d_int(x, w, b)
-        best = min(best, time.thread_time() - t0)
-    return max(best / (8 * 8 * 9 * 32 * 32), 1e-10)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import nn
 
 from ..registry import register_model
@@ -20,6 +21,9 @@ class DenseAutoencoder(Autoencoder):
     tied=True uses W' = W^T for every layer (only biases are separate).
     loss: None = the output's default (sigmoid: "bce"; linear: "mse"); "mse" with output="sigmoid" is
     the notes' sigmoid output layer trained with squared error.
+    code_noise=sigma > 0 (semantic hashing, Salakhutdinov & Hinton): N(0, sigma^2) is added to the code's
+    pre-activation while training, so a sigmoid code can carry information only by saturating near 0 or 1;
+    thresholded at 0.5 it is then a binary code that loses little. Exported graphs are noise-free.
     """
 
     def __init__(
@@ -33,8 +37,11 @@ class DenseAutoencoder(Autoencoder):
         output: str = "sigmoid",
         standardize: bool = False,
         loss: str | None = None,
+        code_noise: float = 0.0,
     ):
         super().__init__(input_shape, output, standardize, loss)
+        if code_noise < 0:
+            raise ValueError(f"code_noise must be >= 0, got {code_noise}")
         d = math.prod(self.input_shape)
         sizes = [d, *hidden, code_dim]
         self.enc_w = nn.ParameterList()
@@ -53,6 +60,9 @@ class DenseAutoencoder(Autoencoder):
         self.act = ACTIVATIONS[activation]()
         self.code_act = ACTIVATIONS[code_activation]()
         self.tied = tied
+        self.code_noise = float(code_noise)
+        if code_noise:  # recorded only when on: other checkpoints' args unchanged
+            self.args["code_noise"] = float(code_noise)
         self.args.update(
             code_dim=code_dim,
             hidden=list(hidden),
@@ -66,6 +76,8 @@ class DenseAutoencoder(Autoencoder):
         n = len(self.enc_w)
         for i, (w, b) in enumerate(zip(self.enc_w, self.enc_b)):
             h = nn.functional.linear(h, w, b)
+            if i == n - 1 and self.code_noise and self.training:
+                h = h + self.code_noise * torch.randn_like(h)
             h = self.code_act(h) if i == n - 1 else self.act(h)
         return h, {}
 

@@ -7,10 +7,24 @@ The same weights encode items of any height and width: the codec pads an item to
 STRIDE (edge replication) and crops the reconstruction back to the size carried in its payload.
 g_a and g_s use GDN / IGDN (Ballé et al. 2017) between strided convolutions.
 
-The entropy model of ŷ is either
-- "factorized": one learned distribution per channel of y (Ballé et al. 2017), or
+The entropy model of ŷ is one of
+- "factorized": one learned distribution per channel of y (Ballé et al. 2017),
 - "hyperprior": a zero-mean Gaussian per element whose scale comes from side information ẑ
-  (Ballé et al. 2018), ẑ itself under a per-channel factorised prior.
+  (Ballé et al. 2018), ẑ itself under a per-channel factorised prior,
+- "meanscale": the same, but h_s predicts a mean μ and a scale σ per element (Minnen et al. 2018, without
+  the autoregressive context): h_s has 2M output channels, [0, M) the means and [M, 2M) log σ; the symbol is
+  round(y - μ), coded with the zero-mean Gaussian table of σ, and the decoder gets ŷ = symbol + μ.
+
+What the codec side must compute for "meanscale" (not built yet; training.export refuses these checkpoints):
+the integer hyper-decoder as for "hyperprior" with w2 of shape (2M, Nh, 3, 3) and b2 of shape (2M,), giving
+units U (N, 2M, h, w) = value x 2^2F in int64, cropped to y's size; μ = U[:, :M] / 2^2F, evaluated in float64
+(exact: an integer times a power of two) then cast to float32; table index = searchsorted(thresholds,
+U[:, M:], side="right") as today. Encoder: symbol = rint(float32 y - μ) on the grid of the training symbols
+(the grid is fitted on round(y - μ), not on round(y)). Decoder: ŷ = float32(symbol + μ) into g_s. Every table
+choice and every ŷ is then a function of decoded integers only, as the scale hyperprior's rule requires.
+
+kernel: the size of g_a's two strided convolutions and g_s's two transposed ones (5, as Ballé et al.; 3 is
+cheaper); the convolutions next to the code are 3x3 either way.
 
 h_s is trained in floating point here but shipped as integers (latent_codec/families/hyper_decoder.py's
 IntegerHyperDecoder: weights times 2^F, int64 arithmetic, integer thresholds on log σ), so the
@@ -35,7 +49,9 @@ STRIDE = 4  # g_a's total downsampling: items are padded to a multiple of it
 HYPER_STRIDE = 2  # h_a's further downsampling of y
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64  # the Gaussian scale table (CompressAI's values)
 LIKELIHOOD_FLOOR = 1e-9
-ENTROPY_MODELS = ("hyperprior", "factorized")
+ENTROPY_MODELS = ("hyperprior", "factorized", "meanscale")
+HYPER_ENTROPY = ("hyperprior", "meanscale")  # the entropy models with side information ẑ
+KERNELS = (3, 5)
 
 
 def scale_table() -> list[float]:
@@ -99,29 +115,37 @@ class SpatialAutoencoder(Autoencoder):
         output: str = "linear",
         standardize: bool = False,
         loss: str | None = None,
+        kernel: int = 5,
     ):
         super().__init__(input_shape, output, standardize, loss)
         if entropy not in ENTROPY_MODELS:
             raise ValueError(f"entropy must be one of {ENTROPY_MODELS}, got {entropy!r}")
+        if kernel not in KERNELS:
+            raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         if standardize:
             raise ValueError("spatial models take any item size: per-pixel standardisation does not apply")
         c, n, m, nh = int(input_shape[0]), int(channels), int(code_channels), int(hyper_channels)
         self.args.update(
             {"channels": n, "code_channels": m, "hyper_channels": nh, "entropy": entropy, "gdn": bool(gdn)}
         )
+        if kernel != 5:  # recorded only when not the default: earlier checkpoints and bundle ids unchanged
+            self.args["kernel"] = int(kernel)
         self.entropy = entropy
+        k = int(kernel)
 
         def act(ch: int, inverse: bool = False) -> nn.Module:
             return GDN(ch, inverse) if gdn else nn.ReLU()
 
-        self.g_a = nn.Sequential(_conv(c, n, 5, 2), act(n), _conv(n, n, 5, 2), act(n), _conv(n, m, 3))
+        self.g_a = nn.Sequential(_conv(c, n, k, 2), act(n), _conv(n, n, k, 2), act(n), _conv(n, m, 3))
         self.g_s = nn.Sequential(
-            _conv(m, n, 3), act(n, True), _deconv(n, n, 5), act(n, True), _deconv(n, c, 5)
+            _conv(m, n, 3), act(n, True), _deconv(n, n, k), act(n, True), _deconv(n, c, k)
         )
-        if entropy == "hyperprior":
+        if entropy in HYPER_ENTROPY:
             self.h_a = nn.Sequential(_conv(m, nh, 3), nn.ReLU(), _conv(nh, nh, 5, HYPER_STRIDE))
             # Nearest-neighbour upsampling + two 3x3 convolutions: simple to run exactly in integers.
-            self.h_s = nn.Sequential(_conv(nh, nh, 3), nn.ReLU(), _conv(nh, m, 3))
+            # meanscale: 2M outputs, the means first, then log σ.
+            out = 2 * m if entropy == "meanscale" else m
+            self.h_s = nn.Sequential(_conv(nh, nh, 3), nn.ReLU(), _conv(nh, out, 3))
             self.z_prior = FactorizedLogisticPrior(nh)
         else:
             self.y_prior = FactorizedLogisticPrior(m)
@@ -130,16 +154,42 @@ class SpatialAutoencoder(Autoencoder):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Padded input (H, W multiples of STRIDE) -> (y, {"hyper": z before rounding} with a hyperprior)."""
         y = self.g_a(x)
-        return y, ({"hyper": self.h_a(y)} if self.entropy == "hyperprior" else {})
+        return y, ({"hyper": self.h_a(y)} if self.entropy in HYPER_ENTROPY else {})
 
     def decode_logits(self, code: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
         return self.g_s(code)
 
     # ---- the hyper-decoder, as training sees it --------------------------------------------------------
-    def log_scales(self, z_hat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        """log σ for every element of y from ẑ (float; the bundle ships its integer twin)."""
+    def hyper_decode(self, z_hat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """h_s's raw output for every element of y from ẑ (float; the bundle ships its integer twin)."""
         up = F.interpolate(z_hat, scale_factor=HYPER_STRIDE, mode="nearest")
         return self.h_s(up)[..., : size[0], : size[1]]
+
+    def log_scales(self, z_hat: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """log σ for every element of y (the last M channels of h_s's output)."""
+        out = self.hyper_decode(z_hat, size)
+        return out[:, -self.args["code_channels"] :]
+
+    def gaussian_params(
+        self, z_hat: torch.Tensor, size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, σ) of every element of y: μ = 0 without "meanscale"; σ clamped to the table's range."""
+        out = self.hyper_decode(z_hat, size)
+        m = self.args["code_channels"]
+        lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
+        scale = torch.exp(out[:, -m:].clamp(lo, hi))
+        mean = out[:, :m] if self.entropy == "meanscale" else torch.zeros_like(scale)
+        return mean, scale
+
+    def export_refusal(self) -> str | None:
+        """Why training.export cannot write a bundle of this model yet (None: it can)."""
+        if self.entropy == "meanscale":
+            return (
+                "a mean-and-scale hyperprior (entropy='meanscale') has no bundle format yet: the codec must "
+                "first compute the means in integers (training/models/spatial.py says what); export a "
+                "'hyperprior' or 'factorized' model instead"
+            )
+        return None
 
     # ---- training ---------------------------------------------------------------------------------------
     def init_from(self, other: nn.Module) -> None:
@@ -165,11 +215,20 @@ class SpatialAutoencoder(Autoencoder):
         x = F.pad(x01, (0, pw, 0, ph), mode="replicate") if ph or pw else x01
         y, side = self.encode(x)
         proxy = self.quant_proxy if self.quant_proxy != "none" else "none"
-        y_dec = quantize_proxy(y, proxy, self.training) if proxy != "none" else y
+        z_t = self._noisy(side["hyper"]) if proxy != "none" and self.entropy in HYPER_ENTROPY else None
+        params = self.gaussian_params(z_t, tuple(y.shape[-2:])) if z_t is not None else None
+        if proxy == "none":
+            y_dec = y
+        elif self.entropy == "meanscale":  # the symbol is round(y - μ); the decoder gets symbol + μ
+            assert params is not None
+            mean = params[0]
+            y_dec = quantize_proxy(y - mean, proxy, self.training) + mean
+        else:
+            y_dec = quantize_proxy(y, proxy, self.training)
         logits = self.decode_logits(y_dec, side)[..., :h, :w]
         out = {"code": y, "side": side, "logits": logits, "x_hat": self.activate(logits)}
         if proxy != "none":
-            out["bits"] = self.bits(y, side)
+            out["bits"] = self.bits(y, side, z_t, params)
         return out
 
     def _noisy(self, v: torch.Tensor) -> torch.Tensor:
@@ -179,17 +238,26 @@ class SpatialAutoencoder(Autoencoder):
     def _channel_rows(v: torch.Tensor) -> torch.Tensor:
         return v.permute(0, 2, 3, 1).reshape(-1, v.shape[1])
 
-    def bits(self, y: torch.Tensor, side: dict[str, torch.Tensor]) -> torch.Tensor:
-        """Bits per item (N,) of ŷ (and ẑ) under the entropy model, with noise as rounding's proxy."""
+    def bits(
+        self,
+        y: torch.Tensor,
+        side: dict[str, torch.Tensor],
+        z_t: torch.Tensor | None = None,
+        params: tuple[torch.Tensor, torch.Tensor] | None = None,
+    ) -> torch.Tensor:
+        """Bits per item (N,) of ŷ (and ẑ) under the entropy model, with noise as rounding's proxy.
+
+        z_t and params: the noisy ẑ and its (μ, σ), when forward already computed them."""
         n = y.shape[0]
-        y_t = self._noisy(y)
         if self.entropy == "factorized":
+            y_t = self._noisy(y)
             return -torch.log2(self.y_prior.likelihood(self._channel_rows(y_t))).reshape(n, -1).sum(1)
-        z_t = self._noisy(side["hyper"])
+        if z_t is None:
+            z_t = self._noisy(side["hyper"])
         z_bits = -torch.log2(self.z_prior.likelihood(self._channel_rows(z_t))).reshape(n, -1).sum(1)
-        lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
-        scale = torch.exp(self.log_scales(z_t, tuple(y.shape[-2:])).clamp(lo, hi))
-        y_bits = -torch.log2(gaussian_likelihood(y_t, scale)).flatten(1).sum(1)
+        mean, scale = params if params is not None else self.gaussian_params(z_t, tuple(y.shape[-2:]))
+        r_t = self._noisy(y - mean)  # the symbol's proxy: y - μ plus noise (rounded in eval)
+        y_bits = -torch.log2(gaussian_likelihood(r_t, scale)).flatten(1).sum(1)
         return y_bits + z_bits
 
     @torch.no_grad()

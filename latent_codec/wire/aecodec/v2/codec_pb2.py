@@ -24,17 +24,17 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(latent_codec/wire/aecodec/v2/codec.proto\x12\naecodec.v2\"G\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.aecodec.v2.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"Z\n\tCodeBatch\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05sizes\x18\x05 \x03(\r\"\x9d\x01\n\rDecodeRequest\x12$\n\x05\x63odes\x18\x01 \x01(\x0b\x32\x15.aecodec.v2.CodeBatch\x12%\n\toriginals\x18\x02 \x01(\x0b\x32\x12.aecodec.v2.Tensor\x12?\n\x15reconstruction_format\x18\x03 \x01(\x0e\x32 .aecodec.v2.ReconstructionFormat\"K\n\x07Quality\x12\x0b\n\x03mse\x18\x01 \x03(\x01\x12\x0c\n\x04psnr\x18\x02 \x03(\x01\x12\x11\n\tbatch_mse\x18\x03 \x01(\x01\x12\x12\n\nbatch_psnr\x18\x04 \x01(\x01\"\x85\x01\n\x0e\x44\x65\x63odeResponse\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12+\n\x0freconstructions\x18\x03 \x01(\x0b\x32\x12.aecodec.v2.Tensor\x12$\n\x07quality\x18\x04 \x01(\x0b\x32\x13.aecodec.v2.Quality\"\x12\n\x10ModelInfoRequest\"~\n\nBundleInfo\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x15\n\rmanifest_json\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\'\n\x05\x61udit\x18\x05 \x01(\x0b\x32\x18.aecodec.v2.AuditFigures\"R\n\x0c\x41uditFigures\x12\r\n\x05items\x18\x01 \x01(\x04\x12\x10\n\x08mean_mse\x18\x02 \x01(\x01\x12\x0c\n\x04psnr\x18\x03 \x01(\x01\x12\x13\n\x0brecent_psnr\x18\x04 \x01(\x01\"<\n\x11ModelInfoResponse\x12\'\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x16.aecodec.v2.BundleInfo\"\xa3\x01\n\nIngestItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tbundle_id\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x16\n\x0e\x63\x61ptured_at_ms\x18\x04 \x01(\x03\x12\x15\n\x08item_seq\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12$\n\x08original\x18\x06 \x01(\x0b\x32\x12.aecodec.v2.TensorB\x0b\n\t_item_seq\"\x8e\x01\n\rIngestRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12%\n\x05items\x18\x02 \x03(\x0b\x32\x16.aecodec.v2.IngestItem\x12\x11\n\tbundle_id\x18\x03 \x01(\t\x12\x16\n\x0eitem_id_prefix\x18\x04 \x01(\t\x12\x18\n\x10\x63\x61ptured_base_ms\x18\x05 \x01(\x03\"D\n\tIngestAck\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x12\n\nduplicates\x18\x02 \x01(\r\x12\x11\n\titem_seqs\x18\x03 \x03(\x04\"\xbb\x01\n\x0c\x46\x65tchRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x10\n\x08since_ms\x18\x03 \x01(\x03\x12\x10\n\x08until_ms\x18\x04 \x01(\x03\x12\x12\n\ncodes_only\x18\x05 \x01(\x08\x12?\n\x15reconstruction_format\x18\x06 \x01(\x0e\x32 .aecodec.v2.ReconstructionFormat\x12\r\n\x05limit\x18\x07 \x01(\r\"\xbd\x01\n\nStoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x11\n\tbundle_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63\x61ptured_at_ms\x18\x04 \x01(\x03\x12\x14\n\x0cstored_at_ms\x18\x05 \x01(\x03\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12*\n\x0ereconstruction\x18\x07 \x01(\x0b\x32\x12.aecodec.v2.Tensor\x12\r\n\x05\x65rror\x18\x08 \x01(\t\"K\n\rFetchResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.aecodec.v2.StoredItem\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\t\"&\n\x11ListStoredRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"u\n\rStoredSummary\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x11\n\tbundle_id\x18\x02 \x01(\t\x12\r\n\x05items\x18\x03 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x04\x12\x18\n\x10\x62undle_available\x18\x05 \x01(\x08\"t\n\x12ListStoredResponse\x12,\n\tsummaries\x18\x01 \x03(\x0b\x32\x19.aecodec.v2.StoredSummary\x12\x13\n\x0btotal_items\x18\x02 \x01(\x04\x12\x1b\n\x13total_payload_bytes\x18\x03 \x01(\x04*g\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x01\x12\x10\n\x0c\x44TYPE_UINT16\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT32\x10\x04*z\n\x14ReconstructionFormat\x12\x1f\n\x1bRECONSTRUCTION_FORMAT_UINT8\x10\x00\x12!\n\x1dRECONSTRUCTION_FORMAT_FLOAT32\x10\x01\x12\x1e\n\x1aRECONSTRUCTION_FORMAT_NONE\x10\x02\x32\xe0\x01\n\x08\x44\x65\x63oding\x12?\n\x06\x44\x65\x63ode\x12\x19.aecodec.v2.DecodeRequest\x1a\x1a.aecodec.v2.DecodeResponse\x12I\n\x0c\x44\x65\x63odeStream\x12\x19.aecodec.v2.DecodeRequest\x1a\x1a.aecodec.v2.DecodeResponse(\x01\x30\x01\x12H\n\tModelInfo\x12\x1c.aecodec.v2.ModelInfoRequest\x1a\x1d.aecodec.v2.ModelInfoResponse2\xd6\x01\n\x07Storage\x12>\n\x06Ingest\x12\x19.aecodec.v2.IngestRequest\x1a\x15.aecodec.v2.IngestAck(\x01\x30\x01\x12>\n\x05\x46\x65tch\x12\x18.aecodec.v2.FetchRequest\x1a\x19.aecodec.v2.FetchResponse0\x01\x12K\n\nListStored\x12\x1d.aecodec.v2.ListStoredRequest\x1a\x1e.aecodec.v2.ListStoredResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n(latent_codec/wire/aecodec/v2/codec.proto\x12\naecodec.v2\"G\n\x06Tensor\x12 \n\x05\x64type\x18\x01 \x01(\x0e\x32\x11.aecodec.v2.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"Z\n\tCodeBatch\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12\x0e\n\x06\x66ormat\x18\x03 \x01(\t\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\x12\r\n\x05sizes\x18\x05 \x03(\r\"\x9d\x01\n\rDecodeRequest\x12$\n\x05\x63odes\x18\x01 \x01(\x0b\x32\x15.aecodec.v2.CodeBatch\x12%\n\toriginals\x18\x02 \x01(\x0b\x32\x12.aecodec.v2.Tensor\x12?\n\x15reconstruction_format\x18\x03 \x01(\x0e\x32 .aecodec.v2.ReconstructionFormat\"K\n\x07Quality\x12\x0b\n\x03mse\x18\x01 \x03(\x01\x12\x0c\n\x04psnr\x18\x02 \x03(\x01\x12\x11\n\tbatch_mse\x18\x03 \x01(\x01\x12\x12\n\nbatch_psnr\x18\x04 \x01(\x01\"\x85\x01\n\x0e\x44\x65\x63odeResponse\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\r\n\x05\x63ount\x18\x02 \x01(\r\x12+\n\x0freconstructions\x18\x03 \x01(\x0b\x32\x12.aecodec.v2.Tensor\x12$\n\x07quality\x18\x04 \x01(\x0b\x32\x13.aecodec.v2.Quality\"\x12\n\x10ModelInfoRequest\"~\n\nBundleInfo\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x15\n\rmanifest_json\x18\x02 \x01(\t\x12\x0c\n\x04name\x18\x03 \x01(\t\x12\x0f\n\x07version\x18\x04 \x01(\r\x12\'\n\x05\x61udit\x18\x05 \x01(\x0b\x32\x18.aecodec.v2.AuditFigures\"R\n\x0c\x41uditFigures\x12\r\n\x05items\x18\x01 \x01(\x04\x12\x10\n\x08mean_mse\x18\x02 \x01(\x01\x12\x0c\n\x04psnr\x18\x03 \x01(\x01\x12\x13\n\x0brecent_psnr\x18\x04 \x01(\x01\"<\n\x11ModelInfoResponse\x12\'\n\x07\x62undles\x18\x01 \x03(\x0b\x32\x16.aecodec.v2.BundleInfo\"\xb1\x01\n\nIngestItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tbundle_id\x18\x02 \x01(\t\x12\x0f\n\x07payload\x18\x03 \x01(\x0c\x12\x16\n\x0e\x63\x61ptured_at_ms\x18\x04 \x01(\x03\x12\x15\n\x08item_seq\x18\x05 \x01(\x04H\x00\x88\x01\x01\x12$\n\x08original\x18\x06 \x01(\x0b\x32\x12.aecodec.v2.Tensor\x12\x0c\n\x04name\x18\x07 \x01(\tB\x0b\n\t_item_seq\"\x8e\x01\n\rIngestRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12%\n\x05items\x18\x02 \x03(\x0b\x32\x16.aecodec.v2.IngestItem\x12\x11\n\tbundle_id\x18\x03 \x01(\t\x12\x16\n\x0eitem_id_prefix\x18\x04 \x01(\t\x12\x18\n\x10\x63\x61ptured_base_ms\x18\x05 \x01(\x03\"D\n\tIngestAck\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x12\n\nduplicates\x18\x02 \x01(\r\x12\x11\n\titem_seqs\x18\x03 \x03(\x04\"\xbb\x01\n\x0c\x46\x65tchRequest\x12\x10\n\x08item_ids\x18\x01 \x03(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x10\n\x08since_ms\x18\x03 \x01(\x03\x12\x10\n\x08until_ms\x18\x04 \x01(\x03\x12\x12\n\ncodes_only\x18\x05 \x01(\x08\x12?\n\x15reconstruction_format\x18\x06 \x01(\x0e\x32 .aecodec.v2.ReconstructionFormat\x12\r\n\x05limit\x18\x07 \x01(\r\"\xf1\x01\n\nStoredItem\x12\x0f\n\x07item_id\x18\x01 \x01(\t\x12\x11\n\tdevice_id\x18\x02 \x01(\t\x12\x11\n\tbundle_id\x18\x03 \x01(\t\x12\x16\n\x0e\x63\x61ptured_at_ms\x18\x04 \x01(\x03\x12\x14\n\x0cstored_at_ms\x18\x05 \x01(\x03\x12\x0f\n\x07payload\x18\x06 \x01(\x0c\x12*\n\x0ereconstruction\x18\x07 \x01(\x0b\x32\x12.aecodec.v2.Tensor\x12\r\n\x05\x65rror\x18\x08 \x01(\t\x12\x16\n\taudit_mse\x18\t \x01(\x01H\x00\x88\x01\x01\x12\x0c\n\x04name\x18\n \x01(\tB\x0c\n\n_audit_mse\"K\n\rFetchResponse\x12%\n\x05items\x18\x01 \x03(\x0b\x32\x16.aecodec.v2.StoredItem\x12\x13\n\x0bmissing_ids\x18\x02 \x03(\t\"&\n\x11ListStoredRequest\x12\x11\n\tdevice_id\x18\x01 \x01(\t\"u\n\rStoredSummary\x12\x11\n\tdevice_id\x18\x01 \x01(\t\x12\x11\n\tbundle_id\x18\x02 \x01(\t\x12\r\n\x05items\x18\x03 \x01(\x04\x12\x15\n\rpayload_bytes\x18\x04 \x01(\x04\x12\x18\n\x10\x62undle_available\x18\x05 \x01(\x08\"t\n\x12ListStoredResponse\x12,\n\tsummaries\x18\x01 \x03(\x0b\x32\x19.aecodec.v2.StoredSummary\x12\x13\n\x0btotal_items\x18\x02 \x01(\x04\x12\x1b\n\x13total_payload_bytes\x18\x03 \x01(\x04\"q\n\rSearchRequest\x12\x11\n\tbundle_id\x18\x01 \x01(\t\x12\x11\n\x07payload\x18\x02 \x01(\x0cH\x00\x12\x0e\n\x04\x63ode\x18\x03 \x01(\x0cH\x00\x12\x12\n\ndevice_ids\x18\x04 \x03(\t\x12\r\n\x05limit\x18\x05 \x01(\rB\x07\n\x05query\"C\n\tSearchHit\x12$\n\x04item\x18\x01 \x01(\x0b\x32\x16.aecodec.v2.StoredItem\x12\x10\n\x08\x64istance\x18\x02 \x01(\r\"Z\n\x0eSearchResponse\x12#\n\x04hits\x18\x01 \x03(\x0b\x32\x15.aecodec.v2.SearchHit\x12\x10\n\x08searched\x18\x02 \x01(\x04\x12\x11\n\tcode_bits\x18\x03 \x01(\r*g\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0f\n\x0b\x44TYPE_UINT8\x10\x01\x12\x10\n\x0c\x44TYPE_UINT16\x10\x02\x12\x11\n\rDTYPE_FLOAT16\x10\x03\x12\x11\n\rDTYPE_FLOAT32\x10\x04*z\n\x14ReconstructionFormat\x12\x1f\n\x1bRECONSTRUCTION_FORMAT_UINT8\x10\x00\x12!\n\x1dRECONSTRUCTION_FORMAT_FLOAT32\x10\x01\x12\x1e\n\x1aRECONSTRUCTION_FORMAT_NONE\x10\x02\x32\xe0\x01\n\x08\x44\x65\x63oding\x12?\n\x06\x44\x65\x63ode\x12\x19.aecodec.v2.DecodeRequest\x1a\x1a.aecodec.v2.DecodeResponse\x12I\n\x0c\x44\x65\x63odeStream\x12\x19.aecodec.v2.DecodeRequest\x1a\x1a.aecodec.v2.DecodeResponse(\x01\x30\x01\x12H\n\tModelInfo\x12\x1c.aecodec.v2.ModelInfoRequest\x1a\x1d.aecodec.v2.ModelInfoResponse2\x97\x02\n\x07Storage\x12>\n\x06Ingest\x12\x19.aecodec.v2.IngestRequest\x1a\x15.aecodec.v2.IngestAck(\x01\x30\x01\x12>\n\x05\x46\x65tch\x12\x18.aecodec.v2.FetchRequest\x1a\x19.aecodec.v2.FetchResponse0\x01\x12K\n\nListStored\x12\x1d.aecodec.v2.ListStoredRequest\x1a\x1e.aecodec.v2.ListStoredResponse\x12?\n\x06Search\x12\x19.aecodec.v2.SearchRequest\x1a\x1a.aecodec.v2.SearchResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'latent_codec.wire.aecodec.v2.codec_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=2005
-  _globals['_DTYPE']._serialized_end=2108
-  _globals['_RECONSTRUCTIONFORMAT']._serialized_start=2110
-  _globals['_RECONSTRUCTIONFORMAT']._serialized_end=2232
+  _globals['_DTYPE']._serialized_start=2347
+  _globals['_DTYPE']._serialized_end=2450
+  _globals['_RECONSTRUCTIONFORMAT']._serialized_start=2452
+  _globals['_RECONSTRUCTIONFORMAT']._serialized_end=2574
   _globals['_TENSOR']._serialized_start=56
   _globals['_TENSOR']._serialized_end=127
   _globals['_CODEBATCH']._serialized_start=129
@@ -54,25 +54,31 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_MODELINFORESPONSE']._serialized_start=826
   _globals['_MODELINFORESPONSE']._serialized_end=886
   _globals['_INGESTITEM']._serialized_start=889
-  _globals['_INGESTITEM']._serialized_end=1052
-  _globals['_INGESTREQUEST']._serialized_start=1055
-  _globals['_INGESTREQUEST']._serialized_end=1197
-  _globals['_INGESTACK']._serialized_start=1199
-  _globals['_INGESTACK']._serialized_end=1267
-  _globals['_FETCHREQUEST']._serialized_start=1270
-  _globals['_FETCHREQUEST']._serialized_end=1457
-  _globals['_STOREDITEM']._serialized_start=1460
-  _globals['_STOREDITEM']._serialized_end=1649
-  _globals['_FETCHRESPONSE']._serialized_start=1651
-  _globals['_FETCHRESPONSE']._serialized_end=1726
-  _globals['_LISTSTOREDREQUEST']._serialized_start=1728
-  _globals['_LISTSTOREDREQUEST']._serialized_end=1766
-  _globals['_STOREDSUMMARY']._serialized_start=1768
-  _globals['_STOREDSUMMARY']._serialized_end=1885
-  _globals['_LISTSTOREDRESPONSE']._serialized_start=1887
-  _globals['_LISTSTOREDRESPONSE']._serialized_end=2003
-  _globals['_DECODING']._serialized_start=2235
-  _globals['_DECODING']._serialized_end=2459
-  _globals['_STORAGE']._serialized_start=2462
-  _globals['_STORAGE']._serialized_end=2676
+  _globals['_INGESTITEM']._serialized_end=1066
+  _globals['_INGESTREQUEST']._serialized_start=1069
+  _globals['_INGESTREQUEST']._serialized_end=1211
+  _globals['_INGESTACK']._serialized_start=1213
+  _globals['_INGESTACK']._serialized_end=1281
+  _globals['_FETCHREQUEST']._serialized_start=1284
+  _globals['_FETCHREQUEST']._serialized_end=1471
+  _globals['_STOREDITEM']._serialized_start=1474
+  _globals['_STOREDITEM']._serialized_end=1715
+  _globals['_FETCHRESPONSE']._serialized_start=1717
+  _globals['_FETCHRESPONSE']._serialized_end=1792
+  _globals['_LISTSTOREDREQUEST']._serialized_start=1794
+  _globals['_LISTSTOREDREQUEST']._serialized_end=1832
+  _globals['_STOREDSUMMARY']._serialized_start=1834
+  _globals['_STOREDSUMMARY']._serialized_end=1951
+  _globals['_LISTSTOREDRESPONSE']._serialized_start=1953
+  _globals['_LISTSTOREDRESPONSE']._serialized_end=2069
+  _globals['_SEARCHREQUEST']._serialized_start=2071
+  _globals['_SEARCHREQUEST']._serialized_end=2184
+  _globals['_SEARCHHIT']._serialized_start=2186
+  _globals['_SEARCHHIT']._serialized_end=2253
+  _globals['_SEARCHRESPONSE']._serialized_start=2255
+  _globals['_SEARCHRESPONSE']._serialized_end=2345
+  _globals['_DECODING']._serialized_start=2577
+  _globals['_DECODING']._serialized_end=2801
+  _globals['_STORAGE']._serialized_start=2804
+  _globals['_STORAGE']._serialized_end=3083
 # @@protoc_insertion_point(module_scope)

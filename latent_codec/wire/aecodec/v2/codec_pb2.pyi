@@ -124,20 +124,22 @@ class ModelInfoResponse(_message.Message):
     def __init__(self, bundles: _Optional[_Iterable[_Union[BundleInfo, _Mapping]]] = ...) -> None: ...
 
 class IngestItem(_message.Message):
-    __slots__ = ("item_id", "bundle_id", "payload", "captured_at_ms", "item_seq", "original")
+    __slots__ = ("item_id", "bundle_id", "payload", "captured_at_ms", "item_seq", "original", "name")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     CAPTURED_AT_MS_FIELD_NUMBER: _ClassVar[int]
     ITEM_SEQ_FIELD_NUMBER: _ClassVar[int]
     ORIGINAL_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     bundle_id: str
     payload: bytes
     captured_at_ms: int
     item_seq: int
     original: Tensor
-    def __init__(self, item_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., captured_at_ms: _Optional[int] = ..., item_seq: _Optional[int] = ..., original: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
+    name: str
+    def __init__(self, item_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., captured_at_ms: _Optional[int] = ..., item_seq: _Optional[int] = ..., original: _Optional[_Union[Tensor, _Mapping]] = ..., name: _Optional[str] = ...) -> None: ...
 
 class IngestRequest(_message.Message):
     __slots__ = ("device_id", "items", "bundle_id", "item_id_prefix", "captured_base_ms")
@@ -182,7 +184,7 @@ class FetchRequest(_message.Message):
     def __init__(self, item_ids: _Optional[_Iterable[str]] = ..., device_id: _Optional[str] = ..., since_ms: _Optional[int] = ..., until_ms: _Optional[int] = ..., codes_only: _Optional[bool] = ..., reconstruction_format: _Optional[_Union[ReconstructionFormat, str]] = ..., limit: _Optional[int] = ...) -> None: ...
 
 class StoredItem(_message.Message):
-    __slots__ = ("item_id", "device_id", "bundle_id", "captured_at_ms", "stored_at_ms", "payload", "reconstruction", "error")
+    __slots__ = ("item_id", "device_id", "bundle_id", "captured_at_ms", "stored_at_ms", "payload", "reconstruction", "error", "audit_mse", "name")
     ITEM_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_ID_FIELD_NUMBER: _ClassVar[int]
     BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
@@ -191,6 +193,8 @@ class StoredItem(_message.Message):
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     RECONSTRUCTION_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
+    AUDIT_MSE_FIELD_NUMBER: _ClassVar[int]
+    NAME_FIELD_NUMBER: _ClassVar[int]
     item_id: str
     device_id: str
     bundle_id: str
@@ -199,7 +203,9 @@ class StoredItem(_message.Message):
     payload: bytes
     reconstruction: Tensor
     error: str
-    def __init__(self, item_id: _Optional[str] = ..., device_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., captured_at_ms: _Optional[int] = ..., stored_at_ms: _Optional[int] = ..., payload: _Optional[bytes] = ..., reconstruction: _Optional[_Union[Tensor, _Mapping]] = ..., error: _Optional[str] = ...) -> None: ...
+    audit_mse: float
+    name: str
+    def __init__(self, item_id: _Optional[str] = ..., device_id: _Optional[str] = ..., bundle_id: _Optional[str] = ..., captured_at_ms: _Optional[int] = ..., stored_at_ms: _Optional[int] = ..., payload: _Optional[bytes] = ..., reconstruction: _Optional[_Union[Tensor, _Mapping]] = ..., error: _Optional[str] = ..., audit_mse: _Optional[float] = ..., name: _Optional[str] = ...) -> None: ...
 
 class FetchResponse(_message.Message):
     __slots__ = ("items", "missing_ids")
@@ -238,3 +244,35 @@ class ListStoredResponse(_message.Message):
     total_items: int
     total_payload_bytes: int
     def __init__(self, summaries: _Optional[_Iterable[_Union[StoredSummary, _Mapping]]] = ..., total_items: _Optional[int] = ..., total_payload_bytes: _Optional[int] = ...) -> None: ...
+
+class SearchRequest(_message.Message):
+    __slots__ = ("bundle_id", "payload", "code", "device_ids", "limit")
+    BUNDLE_ID_FIELD_NUMBER: _ClassVar[int]
+    PAYLOAD_FIELD_NUMBER: _ClassVar[int]
+    CODE_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_IDS_FIELD_NUMBER: _ClassVar[int]
+    LIMIT_FIELD_NUMBER: _ClassVar[int]
+    bundle_id: str
+    payload: bytes
+    code: bytes
+    device_ids: _containers.RepeatedScalarFieldContainer[str]
+    limit: int
+    def __init__(self, bundle_id: _Optional[str] = ..., payload: _Optional[bytes] = ..., code: _Optional[bytes] = ..., device_ids: _Optional[_Iterable[str]] = ..., limit: _Optional[int] = ...) -> None: ...
+
+class SearchHit(_message.Message):
+    __slots__ = ("item", "distance")
+    ITEM_FIELD_NUMBER: _ClassVar[int]
+    DISTANCE_FIELD_NUMBER: _ClassVar[int]
+    item: StoredItem
+    distance: int
+    def __init__(self, item: _Optional[_Union[StoredItem, _Mapping]] = ..., distance: _Optional[int] = ...) -> None: ...
+
+class SearchResponse(_message.Message):
+    __slots__ = ("hits", "searched", "code_bits")
+    HITS_FIELD_NUMBER: _ClassVar[int]
+    SEARCHED_FIELD_NUMBER: _ClassVar[int]
+    CODE_BITS_FIELD_NUMBER: _ClassVar[int]
+    hits: _containers.RepeatedCompositeFieldContainer[SearchHit]
+    searched: int
+    code_bits: int
+    def __init__(self, hits: _Optional[_Iterable[_Union[SearchHit, _Mapping]]] = ..., searched: _Optional[int] = ..., code_bits: _Optional[int] = ...) -> None: ...

@@ -215,6 +215,11 @@ class StorageStub:
                 request_serializer=latent__codec_dot_wire_dot_aecodec_dot_v2_dot_codec__pb2.ListStoredRequest.SerializeToString,
                 response_deserializer=latent__codec_dot_wire_dot_aecodec_dot_v2_dot_codec__pb2.ListStoredResponse.FromString,
                 _registered_method=True)
+        self.Search = channel.unary_unary(
+                '/aecodec.v2.Storage/Search',
+                request_serializer=latent__codec_dot_wire_dot_aecodec_dot_v2_dot_codec__pb2.SearchRequest.SerializeToString,
+                response_deserializer=latent__codec_dot_wire_dot_aecodec_dot_v2_dot_codec__pb2.SearchResponse.FromString,
+                _registered_method=True)
 
 
 class StorageServicer:
@@ -246,6 +251,18 @@ class StorageServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Search(self, request, context):
+        """The stored items nearest a query by Hamming distance of their binary
+        codes (semantic hashing), among the devices the caller may read.
+        INVALID_ARGUMENT for a malformed query or a code of the wrong length,
+        FAILED_PRECONDITION for a bundle without binary codes, NOT_FOUND for a
+        bundle this server does not hold, PERMISSION_DENIED for a device the
+        caller may not read.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_StorageServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -263,6 +280,11 @@ def add_StorageServicer_to_server(servicer, server):
                     servicer.ListStored,
                     request_deserializer=latent__codec_dot_wire_dot_aecodec_dot_v2_dot_codec__pb2.ListStoredRequest.FromString,
                     response_serializer=latent__codec_dot_wire_dot_aecodec_dot_v2_dot_codec__pb2.ListStoredResponse.SerializeToString,
+            ),
+            'Search': grpc.unary_unary_rpc_method_handler(
+                    servicer.Search,
+                    request_deserializer=latent__codec_dot_wire_dot_aecodec_dot_v2_dot_codec__pb2.SearchRequest.FromString,
+                    response_serializer=latent__codec_dot_wire_dot_aecodec_dot_v2_dot_codec__pb2.SearchResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -348,6 +370,33 @@ class Storage:
             '/aecodec.v2.Storage/ListStored',
             latent__codec_dot_wire_dot_aecodec_dot_v2_dot_codec__pb2.ListStoredRequest.SerializeToString,
             latent__codec_dot_wire_dot_aecodec_dot_v2_dot_codec__pb2.ListStoredResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Search(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/aecodec.v2.Storage/Search',
+            latent__codec_dot_wire_dot_aecodec_dot_v2_dot_codec__pb2.SearchRequest.SerializeToString,
+            latent__codec_dot_wire_dot_aecodec_dot_v2_dot_codec__pb2.SearchResponse.FromString,
             options,
             channel_credentials,
             insecure,

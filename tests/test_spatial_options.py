@@ -1,0 +1,84 @@
+"""Spatial-model options for photographs: 3x3 or 5x5 kernels, and the mean-and-scale hyperprior (its rate codes
+y - μ, its decoder gets round(y - μ) + μ); training.export refuses a meanscale checkpoint in one clear line."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from training.models.spatial import SpatialAutoencoder, gaussian_likelihood
+from training.train import TrainConfig, save_checkpoint
+
+SMALL = {"channels": 8, "code_channels": 4, "hyper_channels": 4}
+
+
+def test_kernel_option_sets_the_strided_convolutions_and_is_recorded_only_when_not_the_default():
+    k3 = SpatialAutoencoder((3, 32, 32), **SMALL, kernel=3)
+    k5 = SpatialAutoencoder((3, 32, 32), **SMALL)
+    assert (
+        k3.g_a[0].kernel_size == (3, 3)
+        and k3.g_a[2].kernel_size == (3, 3)
+        and k3.g_s[2].kernel_size == (3, 3)
+    )
+    assert k5.g_a[0].kernel_size == (5, 5) and k5.g_s[4].kernel_size == (5, 5)
+    assert k3.args["kernel"] == 3 and "kernel" not in k5.args  # earlier checkpoints' args are unchanged
+    for m in (k3, k5):
+        assert m.eval()(torch.rand(2, 3, 30, 22))["x_hat"].shape == (2, 3, 30, 22)
+    with pytest.raises(ValueError, match="kernel must be one of"):
+        SpatialAutoencoder((3, 32, 32), **SMALL, kernel=7)
+
+
+def _meanscale() -> SpatialAutoencoder:
+    torch.manual_seed(0)
+    m = SpatialAutoencoder((3, 32, 32), **SMALL, entropy="meanscale")
+    with torch.no_grad():  # a hyper-decoder that predicts clearly non-zero means
+        m.h_s[2].bias[:4] = torch.tensor([3.3, -2.6, 0.4, 7.8])
+    m.quant_proxy = "mixed"
+    return m.eval()
+
+
+def test_meanscale_codes_y_minus_the_mean_and_decodes_symbol_plus_mean():
+    m = _meanscale()
+    assert m.h_s[2].out_channels == 2 * SMALL["code_channels"]
+    seen = {}
+    m.g_s.register_forward_pre_hook(lambda mod, inp: seen.update(y_hat=inp[0].clone()))
+    x = torch.rand(3, 3, 32, 32)
+    out = m(x)
+    y, z_hat = out["code"], torch.round(out["side"]["hyper"])
+    mean, scale = m.gaussian_params(z_hat, tuple(y.shape[-2:]))
+    assert mean.abs().mean() > 0.5  # the test means are not zero
+    symbols = torch.round(y - mean)
+    torch.testing.assert_close(seen["y_hat"], symbols + mean)
+    z_bits = -torch.log2(m.z_prior.likelihood(m._channel_rows(z_hat))).reshape(3, -1).sum(1)
+    y_bits = -torch.log2(gaussian_likelihood(symbols, scale)).flatten(1).sum(1)
+    torch.testing.assert_close(out["bits"], y_bits + z_bits)  # the rate of y - μ, not of y
+
+
+def test_hyperprior_means_are_zero_and_scales_come_from_the_same_channels():
+    torch.manual_seed(0)
+    m = SpatialAutoencoder((1, 16, 16), **SMALL).eval()
+    z = torch.round(3 * torch.randn(2, 4, 2, 2))
+    mean, scale = m.gaussian_params(z, (4, 4))
+    assert (mean == 0).all()
+    lo, hi = math.log(0.11), math.log(256.0)
+    torch.testing.assert_close(scale, torch.exp(m.log_scales(z, (4, 4)).clamp(lo, hi)))
+
+
+def test_meanscale_trains_and_export_refuses_it_in_one_clear_line(tmp_path, capsys):
+    from training.export import main as export_main
+    from training.train import train
+
+    cfg = TrainConfig(model="spatial", model_args={**SMALL, "entropy": "meanscale"}, data="digits", epochs=1,
+                      limit=300, batch_size=32, rd_lambda=0.01, quant_noise="mixed", threads=1)  # fmt: skip
+    model, record = train(cfg, progress=None)
+    assert (
+        math.isfinite(record["history"][-1]["val_psnr"]) and record["rate_prior"]["train_bits_per_item"] > 0
+    )
+    ckpt = save_checkpoint(tmp_path / "ms.pt", model, cfg, record)
+    out = tmp_path / "bundle"
+    assert export_main(["--checkpoint", str(ckpt), "--quant", "learned", "--out", str(out)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "meanscale" in err and "no bundle format yet" in err
+    assert not out.exists()
