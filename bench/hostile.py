@@ -531,8 +531,8 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
         f"Each asks for {amp['items']:,} empty entropy-coded items of {amp['shape']} (a float32 reply of "
         f"{amp['reply_mib']:.1f} MiB, the most one request may decode to). Statuses: {amp['status']}. Server peak "
         f"RSS (VmHWM) {amp['hwm_before_kib'] * mib:.0f} MiB before, {amp['hwm_after_kib'] * mib:.0f} MiB after: "
-        f"**+{(amp['hwm_after_kib'] - amp['hwm_before_kib']) * mib:.0f} MiB** (docs/deployment.md states the "
-        "budget). A request one item larger is RESOURCE_EXHAUSTED before anything is decoded.",
+        f"**+{(amp['hwm_after_kib'] - amp['hwm_before_kib']) * mib:.0f} MiB** (docs/deployment.md states a peak "
+        f"under +{PEAK_BOUND_MIB} MiB). A request one item larger is RESOURCE_EXHAUSTED before anything is decoded.",
         "",
         f"## 4. Load: {ld['clients']} DecodeStream and {ld['clients']} Decode clients for {ld['seconds']:.0f} s "
         f"({ld['items_per_request']} items per request)",
@@ -570,7 +570,7 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
             "| kind | request | statuses | peak RSS | RSS kept 2 s after |",
             "|---|---|---|---:|---:|",
             *[
-                f"| {k} | {v['what']} | {v['status']} | +{v['peak_mib']:.0f} MiB | +{v['held_mib']:.0f} MiB |"
+                f"| {k} | {v['what']} | {v['status']} | {v['peak_mib']:+.0f} MiB | {v['held_mib']:+.0f} MiB |"
                 for k, v in r2["worst"].items()
             ],  # fmt: skip
             "",
