@@ -14,7 +14,7 @@ Then issue 22's findings 1-5, against a second server holding the committed map 
 6. worst case of every kind: 8 concurrent requests at the decode budget per bundle kind: peak RSS, and the RSS
    the idle server keeps after them;
 7. lockout: 1,000 idle Health/Watch streams without a token: a token holder's ModelInfo and a health check;
-8. a DecodeStream client that never reads: how long another client's stream takes;
+8. a DecodeStream client that never reads: how long another client's stream takes beside it, and beside a reader;
 9. Ingest of bundle references the server does not hold: statuses (nothing acknowledged).
 """
 
@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import random
 import shlex
 import signal
@@ -36,8 +37,10 @@ import numpy as np
 
 from bench.hostile_requests import BAD, KINDS, Call, Target, hostile_call, send
 from bench.server_process import ServerProcess
+from cloud.limits import PEAK_BOUND_MIB
 
 TOKEN = "tok-bench-3f9a"
+HANDLED = "aecodec_grpc_server_handled_total"
 DEVICE = "fuzz-device"
 
 
@@ -118,19 +121,19 @@ def garbage_calls(rnd: random.Random):
         yield Call(method, KINDS[method], [rnd.randbytes(rnd.choice((1, 3, 16, 64)))], md)
 
 
-def budget_items(codec) -> int:
-    """The most items of empty entropy-coded payloads one request may carry within the decode budget (`codec`
-    priced as the server prices it: see ``priced``)."""
-    from cloud.limits import Limits
+def budget_items(codec, payload: bytes = b"", limits=None, reply_itemsize: int = 4) -> int:
+    """The most copies of `payload` (default: an empty entropy-coded item) one request may carry within every
+    budget of `limits` (default: the server's defaults), `codec` priced as the server prices it (see ``priced``)."""
+    from cloud.limits import Limits, OverBudget
 
-    lim = Limits()
-    lo, hi = 1, lim.max_items
+    lim = limits or Limits()
+    lo, hi = 0, lim.max_items
     while lo < hi:  # the largest count the budget admits (what a request may ask for)
         mid = (lo + hi + 1) // 2
         try:
-            lim.check(codec, [b""] * mid)
+            lim.check(codec, [payload] * mid, reply_itemsize=reply_itemsize)
             lo = mid
-        except Exception:
+        except OverBudget:
             hi = mid - 1
     return lo
 
@@ -267,7 +270,7 @@ def round_two(work: Path, flat_bundle: Path) -> dict:
             (root / b.name).symlink_to(b.resolve(), target_is_directory=True)
     tokens = work / "tokens2.txt"
     tokens.write_text(f"{TOKEN} devices={DEVICE}\n")
-    server = ServerProcess(root, str(work / "store2.db"), work,
+    server = ServerProcess(root, str(work / "store2.db"), work, metrics=True,
                            extra=("--auth-token-file", str(tokens), "--write-timeout", "2")).start()  # fmt: skip
     md = [("authorization", f"Bearer {TOKEN}")]
     opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
@@ -339,7 +342,10 @@ def round_two(work: Path, flat_bundle: Path) -> dict:
                            "held_mib": (server.rss_kib() - idle) / 1024}  # fmt: skip
         out["worst"] = kinds
         out["lockout"] = asyncio.run(_lockout(server.target, md))
-        out["non_reader"] = asyncio.run(_non_reader(server.target, md, opts, flat_req, flat))
+        small = pb.DecodeRequest(
+            codes=pb.CodeBatch(bundle_id=flat.bundle_id, count=4, format=flat.format, sizes=[0] * 4)
+        )
+        out["non_reader"] = asyncio.run(non_reader_against_controls(server, md, opts, flat_req, small))
     finally:
         out["exit_code"] = server.kill(signal.SIGTERM)
     return out
@@ -405,38 +411,81 @@ async def _lockout(target: str, md, streams: int = 1000) -> dict:
     return out
 
 
-async def _non_reader(target: str, md, opts, big, codec) -> dict:
+async def beside_a_big_stream(server: ServerProcess, md, opts, big, small, reads: bool) -> tuple[float, str]:
+    """Another client's 3-request DecodeStream of `small`, started once the server has decoded the first of 4 `big`
+    requests on a stream whose client reads its replies (reads=True) or never does (a server with metrics).
+    -> (seconds the other client's stream took, how the big stream ended). Side by side, the two say what a
+    client that does not read costs the others, whatever the machine's load: both wait for what was admitted
+    before them to decode (the stream budget is shared); a non-reader may add at most the write deadline. The
+    non-reader's status is the one the server's metrics count: gRPC cannot always send it while the unsent
+    reply is queued (cloud/interceptors/wrapping.py, end_unread)."""
     import grpc
 
-    from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
     from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
-    hog_ch = grpc.aio.insecure_channel(target, options=opts)
-    hog = pb_grpc.DecodingStub(hog_ch).DecodeStream(metadata=md, timeout=60)
-    try:  # the server may end the stream (write deadline) before the last write: fine
+    first = await asyncio.to_thread(server.decoded_items) + big.codes.count
+    ended = {"grpc_method": "DecodeStream", "grpc_code": "DEADLINE_EXCEEDED"}
+    ended_before = await asyncio.to_thread(server.metric, HANDLED, **ended)
+    ch = grpc.aio.insecure_channel(server.target, options=opts)
+    stream = pb_grpc.DecodingStub(ch).DecodeStream(metadata=md, timeout=180)
+
+    async def read_all() -> str:
+        try:
+            while await stream.read() != grpc.aio.EOF:
+                pass
+            return "OK"
+        except grpc.aio.AioRpcError as exc:
+            return exc.code().name
+
+    reader = asyncio.ensure_future(read_all()) if reads else None
+    try:  # the server may end a non-reader's stream (write deadline) before its last write: expected
         for _ in range(4):
-            await hog.write(big)
+            await stream.write(big)
+        if reads:
+            await stream.done_writing()
     except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
         pass
-    await asyncio.sleep(1.0)
-    small = pb.DecodeRequest(
-        codes=pb.CodeBatch(bundle_id=codec.bundle_id, count=4, format=codec.format, sizes=[0] * 4)
-    )
-    async with grpc.aio.insecure_channel(target, options=opts) as ch:
+    deadline = time.monotonic() + 120
+    while await asyncio.to_thread(server.decoded_items) < first:  # the big stream's first reply is built
+        if time.monotonic() > deadline:
+            raise RuntimeError("the server decoded nothing of the big stream within 120 s")
+        await asyncio.sleep(0.05)
+    async with grpc.aio.insecure_channel(server.target, options=opts) as other:
         t0 = time.perf_counter()
-        replies = [
-            r async for r in pb_grpc.DecodingStub(ch).DecodeStream(iter([small] * 3), metadata=md, timeout=30)
-        ]
+        call = pb_grpc.DecodingStub(other).DecodeStream(iter([small] * 3), metadata=md, timeout=60)
+        counts = [r.count async for r in call]
         took = time.perf_counter() - t0
-    try:
-        async for _ in hog:
-            pass
-        hog_status = "OK"
-    except grpc.aio.AioRpcError as exc:
-        hog_status = exc.code().name
-    hog.cancel()
-    await hog_ch.close()
-    return {"other_s": took, "other_replies": len(replies), "hog_status": hog_status}
+    if counts != [small.codes.count] * 3:
+        raise RuntimeError(f"the other client got replies of {counts} items")
+    if reader is not None:
+        status = await reader
+    else:  # how the server ended the non-reader's call (its metrics: gRPC may not get the status out to it)
+        status = "not ended within 60 s"
+        for _ in range(1200):
+            if await asyncio.to_thread(server.metric, HANDLED, **ended) > ended_before:
+                status = "DEADLINE_EXCEEDED"
+                break
+            await asyncio.sleep(0.05)
+    stream.cancel()
+    await ch.close()
+    return took, status
+
+
+async def non_reader_against_controls(server: ServerProcess, md, opts, big, small) -> dict:
+    """The other client's delay beside a reader, beside a non-reader, and beside a reader again."""
+    control1, ok1 = await beside_a_big_stream(server, md, opts, big, small, reads=True)
+    took, status = await beside_a_big_stream(server, md, opts, big, small, reads=False)
+    control2, ok2 = await beside_a_big_stream(server, md, opts, big, small, reads=True)
+    return {
+        "other_s": took,
+        "hog_status": status,
+        "control_s": [control1, control2],
+        "control_status": [ok1, ok2],
+    }
+
+
+def _load(avg) -> str:
+    return " / ".join(f"{v:.1f}" for v in avg)
 
 
 def _status_rows(status: dict) -> list[str]:
@@ -451,6 +500,8 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
         "# Hostile clients and load against one server",
         "",
         f"Generated by `{cmd}` on {r['date']} (commit {r['commit']}) on 2 shared cores; do not edit by hand.",
+        f"The machine is shared: its load average (1, 5, 15 min) was {_load(r['load_start'])} at the start and "
+        f"{_load(r['load_end'])} at the end of the run (2 cores).",
         *([r["note"]] if r.get("note") else []),
         "The server is a real `python -m cloud.server` process with a SQLite store and a device-bound token; its RSS",
         "is read from /proc. The generator is bench/hostile_requests.py (tests/test_fuzz.py runs it under hypothesis).",
@@ -480,8 +531,8 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
         f"Each asks for {amp['items']:,} empty entropy-coded items of {amp['shape']} (a float32 reply of "
         f"{amp['reply_mib']:.1f} MiB, the most one request may decode to). Statuses: {amp['status']}. Server peak "
         f"RSS (VmHWM) {amp['hwm_before_kib'] * mib:.0f} MiB before, {amp['hwm_after_kib'] * mib:.0f} MiB after: "
-        f"**+{(amp['hwm_after_kib'] - amp['hwm_before_kib']) * mib:.0f} MiB** (docs/deployment.md states the "
-        "budget). A request one item larger is RESOURCE_EXHAUSTED before anything is decoded.",
+        f"**+{(amp['hwm_after_kib'] - amp['hwm_before_kib']) * mib:.0f} MiB** (docs/deployment.md states a peak "
+        f"under +{PEAK_BOUND_MIB} MiB). A request one item larger is RESOURCE_EXHAUSTED before anything is decoded.",
         "",
         f"## 4. Load: {ld['clients']} DecodeStream and {ld['clients']} Decode clients for {ld['seconds']:.0f} s "
         f"({ld['items_per_request']} items per request)",
@@ -513,12 +564,13 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
             "|---|---:|---|---:|",
             *[f"| {k} | {v['bytes']} | {v['status']} | {v['ms']:.0f} |" for k, v in r2["bombs"].items()],
             "",
-            "**6. 8 concurrent worst-case requests of each kind** (the largest request the budget admits, float32 replies):",
+            "**6. 8 concurrent worst-case requests of each kind** (the largest request the budget admits, float32 "
+            f"replies; docs/deployment.md states a peak under +{PEAK_BOUND_MIB} MiB):",
             "",
             "| kind | request | statuses | peak RSS | RSS kept 2 s after |",
             "|---|---|---|---:|---:|",
             *[
-                f"| {k} | {v['what']} | {v['status']} | +{v['peak_mib']:.0f} MiB | +{v['held_mib']:.0f} MiB |"
+                f"| {k} | {v['what']} | {v['status']} | {v['peak_mib']:+.0f} MiB | {v['held_mib']:+.0f} MiB |"
                 for k, v in r2["worst"].items()
             ],  # fmt: skip
             "",
@@ -531,8 +583,10 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
             )  # fmt: skip
             + " (before: RESOURCE_EXHAUSTED for everyone past 256 streams).",
             "",
-            f"**8. A DecodeStream client that never reads** (4 requests at the budget): another client's 3-request "
-            f"stream took {r2['non_reader']['other_s']:.2f} s; the non-reader's stream ended "
+            f"**8. A DecodeStream client that never reads** (4 requests at the budget; another client's 3-request "
+            f"stream starts once the first is decoded): the other stream took {r2['non_reader']['other_s']:.2f} s "
+            f"beside the non-reader, {' and '.join(f'{c:.2f}' for c in r2['non_reader']['control_s'])} s beside a "
+            f"client sending the same and reading (the write deadline is 2 s); the non-reader's stream ended "
             f"{r2['non_reader']['hog_status']} (before: others waited for their 10 s deadline).",
             "",
             "**9. Ingest of bundle references the server does not hold** (before: all acknowledged and stored "
@@ -564,7 +618,7 @@ def main(argv: list[str] | None = None) -> int:
     ).start()
     rnd = random.Random(args.seed)
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    r: dict = {"date": time.strftime("%Y-%m-%d"), "commit": git.stdout.strip()}
+    r: dict = {"date": time.strftime("%Y-%m-%d"), "commit": git.stdout.strip(), "load_start": os.getloadavg()}
     try:
 
         def fuzz_calls():
@@ -611,6 +665,7 @@ def main(argv: list[str] | None = None) -> int:
         r["round2"] = round_two(work, bundle)
         print(f"round two: {r['round2']}", file=sys.stderr)
     r["note"] = args.note
+    r["load_end"] = os.getloadavg()
     write_report(args.out, list(argv if argv is not None else sys.argv[1:]), r)
     print(f"wrote {args.out}")
     return 0 if r["fuzz"]["bad"] == 0 and not r["load"]["errors"] else 1

@@ -1,7 +1,8 @@
 """`python -m cloud.server` as a child process: what the benchmarks and the process tests start and signal.
 
 One implementation for bench/hostile.py, bench/serving.py and tests/helpers.py: start() waits until the
-server writes its port (--port-file), kill() sends a real signal, rss_kib() reads its memory from /proc.
+server writes its port (--port-file), kill() sends a real signal, rss_kib() reads its memory from /proc, and
+with metrics=True decoded_items() reads its decode counter, so callers wait for work instead of sleeping.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import sys
 import time
 import uuid
 from pathlib import Path
+
+from cloud.ports import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -35,9 +38,11 @@ class ServerProcess:
         port: int = 0,
         extra: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        metrics: bool = False,
     ):
         self.bundles, self.store, self.workdir, self.port = bundles, store, workdir, port
         self.extra = extra  # more `python -m cloud.server` flags
+        self.metrics_port = free_port() if metrics else None  # Prometheus /metrics on 127.0.0.1, if asked for
         self.env = env or {}  # more environment variables
         self.proc: subprocess.Popen | None = None
 
@@ -49,7 +54,9 @@ class ServerProcess:
                 sys.executable, "-m", "cloud.server", "--bundles", str(self.bundles),
                 *(["--store", self.store] if self.store else []),
                 "--address", f"127.0.0.1:{self.port}", "--port-file", str(port_file), "--log-level", "WARNING",
-                "--workers", "2", *self.extra,
+                "--workers", "2",
+                *(["--metrics-address", f"127.0.0.1:{self.metrics_port}"] if self.metrics_port else []),
+                *self.extra,
             ],
             cwd=ROOT, env={**child_env(), **self.env}, stdout=self.log, stderr=subprocess.STDOUT,
         )  # fmt: skip
@@ -87,6 +94,24 @@ class ServerProcess:
             if line.startswith(field + ":"):
                 return int(line.split()[1])
         raise AssertionError(f"no {field} for pid {self.proc.pid}")
+
+    def metric(self, name: str, **labels: str) -> float:
+        """One sample of the server's Prometheus metrics (needs metrics=True); 0 when it has none yet."""
+        import urllib.request
+
+        assert self.metrics_port is not None, "start the server with metrics=True"
+        want = {f'{k}="{v}"' for k, v in labels.items()}
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=10) as r:
+            for line in r.read().decode().splitlines():
+                series, _, value = line.rpartition(" ")
+                metric, _, rest = series.partition("{")
+                if metric == name and want <= set(rest.rstrip("}").split(",")) - {""}:
+                    return float(value)
+        return 0.0
+
+    def decoded_items(self) -> float:
+        """Items the server has decoded so far (its aecodec_decoded_items counter)."""
+        return self.metric("aecodec_decoded_items_total")
 
     def page_faults(self) -> int:
         """The child's minor page faults so far (each a fresh page mapped in and zeroed), from /proc."""

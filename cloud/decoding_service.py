@@ -29,7 +29,7 @@ from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 from .audit import Audit
 from .batching import Batcher, Batching, in_order
 from .bundles import BundleRegistry, LoadedBundle
-from .interceptors.wrapping import write_within
+from .interceptors.wrapping import WriteTimeout, end_unread, write_within
 from .limits import RELEASE_BYTES, Cost, DecodeBudget, InFlight, Limits, OverBudget
 from .metrics import CodecMetrics
 
@@ -266,12 +266,15 @@ class DecodingService(pb_grpc.DecodingServicer):
             self.batching.stream_window,
             self.stream_replies,
         )
-        # Closed at once when a write fails (the client went away): what its requests hold comes back now.
-        async with contextlib.aclosing(replies):
-            async for reply in replies:
-                # Returns once the client's flow-control window has taken it; a client that does not read for
-                # --write-timeout seconds has its stream ended, and what its replies hold comes back.
-                await write_within(context, reply, self.write_timeout)
+        try:
+            # Closed at once when a write fails (the client went away, or did not read within --write-timeout):
+            # what its requests hold comes back now, before the call ends.
+            async with contextlib.aclosing(replies):
+                async for reply in replies:
+                    # Returns once the client's flow-control window has taken it.
+                    await write_within(context, reply, self.write_timeout)
+        except WriteTimeout as exc:
+            await end_unread(context, exc)  # the stream budget is back already: others need not wait for this
 
     async def ModelInfo(self, request, context):
         bundles = []

@@ -19,12 +19,20 @@ from collections.abc import Sequence
 from contextlib import suppress
 from dataclasses import dataclass
 
+import numpy as np
+
 from latent_codec.codec import Codec
+from latent_codec.decode_cost import DecodeCosts
 from latent_codec.errors import CodecError
 
 MIB = 1 << 20
 RUN_SHARE = 8  # one decoder run may hold at most 1/RUN_SHARE of the request budget (more items: more runs)
 RELEASE_BYTES = 16 * MIB  # after a decoder run estimated above this, the runtime's arena is given back
+# What docs/deployment.md states: 8 concurrent worst-case requests (the largest the budgets admit) raise a server's
+# peak RSS by less than this with the defaults (2 decode threads, --max-decode-mib 64). Not enforced here: the
+# budgets give it. The one source of the figure: tests/test_hostile_round2.py checks the doc says it and measures
+# it for every bundle kind, tests/test_hostile.py for streams that never read, bench.hostile reports against it.
+PEAK_BOUND_MIB = 500
 
 
 class OverBudget(CodecError):
@@ -65,43 +73,111 @@ class Limits:
         if count > self.max_items:
             raise OverBudget(f"{what} has {count:,} items; the limit is {self.max_items:,} items per request")
         costs = codec.decode_costs(payloads)
+        refusal = self._refusal(costs, reply_itemsize)
+        if refusal is not None:
+            raise OverBudget(self._explain(refusal, costs, what, codec.bundle_id, reply_itemsize))
+        run_items = self.run_items(costs)
+        graph_run = int(math.fsum(sorted(costs.graph_bytes.tolist())[-run_items:])) + costs.run_bytes
+        return Cost(
+            costs.working_bytes(run_items * max(1, self.decode_runs)),
+            float(costs.seconds.sum()),
+            run_items,
+            graph_run,
+        )
+
+    def run_items(self, costs: DecodeCosts) -> int:
+        """Items per decoder run: at most ``decode_chunk``, and as many as fit 1/RUN_SHARE of the budget."""
+        graph_max = int(costs.graph_bytes.max()) if len(costs.graph_bytes) else 0
+        return max(1, min(self.decode_chunk, (self.max_decode_bytes // RUN_SHARE) // max(graph_max, 1)))
+
+    def _refusal(self, costs: DecodeCosts, reply_itemsize: int) -> str | None:
+        """The first budget these costs are over ("symbols", "bytes", "seconds", "reply"), or None: the one
+        admission rule, used for requests and for the count a refusal suggests."""
         if int(costs.symbols.sum()) > self.max_symbols:
-            raise OverBudget(
-                f"{what} would entropy-decode {int(costs.symbols.sum()):,} code symbols; the per-request budget "
-                f"is {self.max_symbols:,}: send fewer or smaller items per request"
+            return "symbols"
+        if costs.working_bytes(self.run_items(costs) * max(1, self.decode_runs)) > self.max_decode_bytes:
+            return "bytes"
+        if float(costs.seconds.sum()) > self.max_decode_seconds:
+            return "seconds"
+        if int(costs.out_bytes.sum()) // 4 * reply_itemsize > self.max_reply_bytes:
+            return "reply"
+        return None
+
+    def most_like(self, costs: DecodeCosts, k: int, reply_itemsize: int = 4) -> int:
+        """The most copies of item k (of these costs) one request may carry within every budget: what a refusal
+        tells the caller to send (0: not even one). Found on the sums in closed form (a refusal must stay cheap),
+        then confirmed at the boundary by the admission rule itself, so the count is exact."""
+        one = {f: np.asarray(getattr(costs, f))[k : k + 1] for f in _PER_ITEM}
+
+        def copies(n: int) -> DecodeCosts:
+            return DecodeCosts(**{f: np.repeat(v, n) for f, v in one.items()}, run_bytes=costs.run_bytes)
+
+        out, graph = int(one["out_bytes"][0]), int(one["graph_bytes"][0])
+        unpack, symbols, seconds = (
+            int(one["unpack_bytes"][0]),
+            int(one["symbols"][0]),
+            float(one["seconds"][0]),
+        )
+        runs = self.run_items(copies(1)) * max(1, self.decode_runs)
+
+        def fits(n: int) -> bool:  # _refusal on n copies, in closed form
+            working = n * (out + unpack) + min(n, runs) * graph + costs.run_bytes
+            return (
+                n * symbols <= self.max_symbols
+                and working <= self.max_decode_bytes
+                and n * seconds <= self.max_decode_seconds
+                and n * out // 4 * reply_itemsize <= self.max_reply_bytes
             )
-        graph_max = int(costs.graph_bytes.max()) if count else 0
-        run_items = max(1, min(self.decode_chunk, (self.max_decode_bytes // RUN_SHARE) // max(graph_max, 1)))
-        working = costs.working_bytes(run_items * max(1, self.decode_runs))
-        if working > self.max_decode_bytes:
-            per_item = costs.item_bytes()
-            largest = int(per_item.max()) if count else 0
-            hint = (
-                f"send at most {max(self.max_decode_bytes // max(largest, 1) - 1, 0):,} such items"
-                if count > 1 and largest * 2 <= self.max_decode_bytes
-                else "send smaller items, or raise --max-decode-mib"
+
+        lo, hi = 0, self.max_items
+        while lo < hi:  # every budget grows with the count: the largest count that fits
+            mid = (lo + hi + 1) // 2
+            lo, hi = (mid, hi) if fits(mid) else (lo, mid - 1)
+        while (
+            lo > 0 and self._refusal(copies(lo), reply_itemsize) is not None
+        ):  # float sums may differ by a hair
+            lo -= 1
+        while lo < self.max_items and self._refusal(copies(lo + 1), reply_itemsize) is None:
+            lo += 1
+        return lo
+
+    def _explain(
+        self, refusal: str, costs: DecodeCosts, what: str, bundle_id: str, reply_itemsize: int
+    ) -> str:
+        count = len(costs.out_bytes)
+        per_item = costs.item_bytes()
+        k = int(np.argmax(per_item)) if count else 0
+        most = self.most_like(costs, k, reply_itemsize) if count else 0
+        hint = f"send at most {most:,} such items" if count > 1 and most >= 1 else ""
+        if refusal == "symbols":
+            symbols = int(costs.symbols.sum())
+            return (
+                f"{what} would entropy-decode {symbols:,} code symbols; the per-request budget is "
+                f"{self.max_symbols:,}: {hint or 'send fewer or smaller items per request'}"
             )
-            raise OverBudget(
+        if refusal == "bytes":
+            working = costs.working_bytes(self.run_items(costs) * max(1, self.decode_runs))
+            return (
                 f"{what} would hold {working:,} bytes while decoding ({count:,} items, the largest "
-                f"{largest:,} bytes: its reconstruction, the decoder graph's working memory and the unpacked "
-                f"codes); the per-request budget is {self.max_decode_bytes:,} bytes (--max-decode-mib) for "
-                f"bundle {codec.bundle_id}: {hint}"
+                f"{int(per_item[k]) if count else 0:,} bytes: its reconstruction, the decoder graph's working memory "
+                f"and the unpacked codes); the per-request budget is {self.max_decode_bytes:,} bytes "
+                f"(--max-decode-mib) for bundle {bundle_id}: {hint or 'send smaller items, or raise --max-decode-mib'}"
             )
-        seconds = float(costs.seconds.sum())
-        if seconds > self.max_decode_seconds:
-            raise OverBudget(
-                f"{what} would take about {seconds:.1f} s of CPU to decode ({count:,} items); the per-request "
-                f"budget is {self.max_decode_seconds:g} s (--max-decode-seconds): send fewer or smaller items"
+        if refusal == "seconds":
+            return (
+                f"{what} would take about {float(costs.seconds.sum()):.1f} s of CPU to decode ({count:,} items); the "
+                f"per-request budget is {self.max_decode_seconds:g} s (--max-decode-seconds): "
+                f"{hint or 'send fewer or smaller items'}"
             )
         reply = int(costs.out_bytes.sum()) // 4 * reply_itemsize
-        if reply > self.max_reply_bytes:
-            raise OverBudget(
-                f"the reply would hold {reply:,} bytes of reconstructions, over the {self.max_reply_bytes:,}-byte "
-                f"message limit (--max-message-mib): send fewer items per request, or ask for "
-                f"RECONSTRUCTION_FORMAT_NONE"
-            )
-        graph_run = int(math.fsum(sorted(costs.graph_bytes.tolist())[-run_items:])) + costs.run_bytes
-        return Cost(working, seconds, run_items, graph_run)
+        return (
+            f"the reply would hold {reply:,} bytes of reconstructions, over the {self.max_reply_bytes:,}-byte "
+            f"message limit (--max-message-mib): {hint or 'send fewer items per request'}, or ask for "
+            f"RECONSTRUCTION_FORMAT_NONE"
+        )
+
+
+_PER_ITEM = ("out_bytes", "graph_bytes", "unpack_bytes", "symbols", "seconds")
 
 
 class InFlight:

@@ -39,7 +39,7 @@ from .bundles import BundleRegistry
 from .decoding_service import FORMATS
 from .fetch_decode import FETCH_MESSAGE_BYTES, FETCH_MESSAGE_ITEMS, decode_stored, fetch_chunks, price
 from .ingest_validation import Plan, Refused, check_id, plan_ingest, validate_payloads
-from .interceptors.wrapping import write_within
+from .interceptors.wrapping import WriteTimeout, end_unread, write_within
 from .limits import Cost, DecodeBudget, InFlight, Limits
 from .metrics import CodecMetrics
 from .search import plan_search, query_code, search_response, stored_item, with_binary_codes
@@ -153,8 +153,10 @@ class StorageService(pb_grpc.StorageServicer):
                 self.metrics.ingested_items.inc(len(items))
                 self.metrics.ingested_duplicates.inc(dup)
                 self.metrics.ingested_bytes.inc(sum(len(it.payload) for it in items))
-            # the items named the way the request named them
-            await write_within(context, framing.ack(req, dup), self.write_timeout)
+            try:  # the items named the way the request named them
+                await write_within(context, framing.ack(req, dup), self.write_timeout)
+            except WriteTimeout as exc:
+                await end_unread(context, exc)  # nothing is held while an ack is written
             n += 1
 
     # ---- fetch --------------------------------------------------------------
@@ -230,6 +232,19 @@ class StorageService(pb_grpc.StorageServicer):
         if not records:
             await context.write(pb.FetchResponse(missing_ids=missing))
             return
+        try:
+            await self._fetch(request, records, missing, context)
+        except WriteTimeout as exc:  # out of the budgets' blocks: what this call held is back already
+            await end_unread(context, exc)
+
+    async def _fetch(
+        self,
+        request: pb.FetchRequest,
+        records: list[StoredRecord],
+        missing: list[str],
+        context: grpc.aio.ServicerContext,
+    ) -> None:
+        """Fetch's items, a budget at a time (WriteTimeout when the client stops reading)."""
         first = True
         prices = [price(self.registry, r, request, self.limits) for r in records]
         costs = [p.nbytes if isinstance(p, Cost) else 0 for p in prices]

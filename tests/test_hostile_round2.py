@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from cloud.limits import Limits
+from cloud.limits import MIB, Limits
 from cloud.server import build_server
 from latent_codec.codec import Codec
 from latent_codec.container import to_batch
@@ -29,7 +29,15 @@ from latent_codec.decode_cost import measure_graph
 from latent_codec.varint import put_varint
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
-from tests.helpers import ROOT, CloudStub, ServerProcess, child_env, free_port
+from tests.helpers import (
+    PEAK_BOUND_MIB,
+    ROOT,
+    CloudStub,
+    ServerProcess,
+    child_env,
+    free_port,
+    wait_until,
+)
 
 MAP = ROOT / "zoo" / "spatial-lambda-0.0064"  # map+hyperprior, grey, any size
 FLAT = ROOT / "zoo" / "conv-lambda-0.1"  # affine5+ans, 28x28
@@ -87,7 +95,12 @@ def test_the_budget_counts_the_decoder_graph_and_the_hyper_decoder_not_only_the_
     tile_pixels = ((code_map.DECODE_TILE + 2 * map_codec._decode_margin()) * map_codec.payload.stride) ** 2
     assert costs.graph_bytes[0] == g.bytes(np.asarray([tile_pixels]))[0] > 100 * tile_pixels
     assert costs.unpack_bytes[0] > 8 * pixels // 16  # the unpacked codes: a few bytes per code symbol
-    assert costs.item_bytes()[0] > 8 * int(costs.out_bytes[0]) and costs.seconds[0] > 5
+    assert costs.item_bytes()[0] > 8 * int(costs.out_bytes[0])
+    # CPU seconds of the calling thread (not wall time: a busy machine does not raise the price): decoding 7 MP
+    # takes about 3.8 s of CPU here (docs/speed.md: 0.54 s/MP); the price must be of that order, and grow with
+    # the pixels.
+    small = map_codec.decode_costs([claim(264, 264)])
+    assert costs.seconds[0] > 2 and costs.seconds[0] > 50 * small.seconds[0]
     with pytest.raises(Exception, match="--max-decode-mib"):
         Limits().check(map_codec, [claim(2640, 2640)])
 
@@ -144,12 +157,15 @@ def test_map_bombs_are_refused_before_decoding_for_decode_stream_ingest_and_fetc
 def test_the_cpu_budget_refuses_a_request_that_would_take_too_long(map_codec):
     side = 128
     seconds = float(map_codec.decode_costs([claim(side, side)]).seconds[0])
-    running = build_server(MAP.parent, "127.0.0.1:0", limits=Limits(max_decode_seconds=seconds * 1.5))
+    # The server times its graphs itself (thread CPU time, close to this process's figure but not equal, more
+    # so on a busy machine): a budget of two items' price, one item admitted and six refused, keeps a factor of
+    # two either way.
+    running = build_server(MAP.parent, "127.0.0.1:0", limits=Limits(max_decode_seconds=seconds * 2))
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}", options=OPTS) as ch:
             stub = CloudStub(ch)
             with pytest.raises(grpc.RpcError) as info:
-                stub.Decode(pb.DecodeRequest(codes=to_batch(map_codec, [claim(side, side)] * 2)), timeout=20)
+                stub.Decode(pb.DecodeRequest(codes=to_batch(map_codec, [claim(side, side)] * 6)), timeout=20)
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "--max-decode-seconds" in info.value.details()
             x = (np.random.default_rng(0).random((1, 1, side, side)) * 255).astype(np.uint8)
@@ -160,7 +176,13 @@ def test_the_cpu_budget_refuses_a_request_that_would_take_too_long(map_codec):
 
 
 def worst_case(kind: str, budget: int) -> tuple[Path, pb.DecodeRequest]:
-    """The largest request of each bundle kind the server admits with this per-request budget."""
+    """The largest request of each bundle kind the server admits with this per-request memory budget (a map item
+    as large as it may be, or as many empty flat items as may be), priced as the server prices it.
+
+    The server measures its decoder graphs itself: bytes come from ONNX Runtime's allocator (the same in every
+    process), CPU seconds from a timing (close, not equal). So the CPU budget must be far from binding here, or
+    the server could refuse what this process admits: checked, so a change that makes it bind fails by name."""
+    limits = Limits(max_decode_bytes=budget)
     if kind == "map":
         codec = measured(MAP)
         side = largest_side(codec, budget)
@@ -170,7 +192,13 @@ def worst_case(kind: str, budget: int) -> tuple[Path, pb.DecodeRequest]:
         from bench.hostile import budget_items
 
         codec = measured(FLAT)
-        payloads = [b""] * budget_items(codec)
+        payloads = [b""] * budget_items(codec, limits=limits)
+    cost = limits.check(codec, payloads)
+    assert cost.nbytes > 0.9 * budget, (kind, cost)  # at the memory budget, not short of it
+    assert cost.seconds < 0.5 * limits.max_decode_seconds, (
+        f"{kind}: the largest request by memory would take {cost.seconds:.1f} s of the {limits.max_decode_seconds:g} s "
+        f"CPU budget: the server's own timing could refuse it"
+    )
     req = pb.DecodeRequest(
         codes=to_batch(codec, payloads), reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32
     )
@@ -193,9 +221,10 @@ async def concurrent(target: str, req: pb.DecodeRequest, n: int = 8) -> dict[str
     return tally
 
 
-# The bound docs/deployment.md states for 8 concurrent worst-case requests with the defaults (2 decode threads,
-# --max-decode-mib 64): peak RSS within this many MiB of the idle server's, for every bundle kind.
-STATED_BOUND_MIB = 500
+def test_the_deployment_doc_states_the_peak_memory_bound_the_tests_hold():
+    """One source for the bound: the doc states PEAK_BOUND_MIB, and the tests below measure against it."""
+    text = " ".join((ROOT / "docs" / "deployment.md").read_text().split())
+    assert f"raise the server's peak RSS by less than {PEAK_BOUND_MIB} MiB above the idle server" in text
 
 
 @pytest.mark.slow
@@ -209,11 +238,19 @@ def test_peak_memory_under_eight_worst_case_requests_of_every_kind_is_within_the
         bundle, None, tmp_path, extra=("--auth-token-file", str(tmp_path / "tokens.txt"))
     ).start()
     try:
-        time.sleep(1.0)
-        idle, before = server.rss_kib(), server.rss_kib("VmHWM")
+        idle, before = (
+            server.rss_kib(),
+            server.rss_kib("VmHWM"),
+        )  # serving: its bundles are loaded and measured
         tally = asyncio.run(concurrent(server.target, req))
         peak = (server.rss_kib("VmHWM") - before) / 1024
-        time.sleep(2.0)
+        # The idle server gives the decoder's memory back: waited for (a deadline, not a fixed sleep).
+        try:
+            wait_until(
+                lambda: server.rss_kib() - idle < 100 * 1024, 30, "the idle server to give memory back"
+            )
+        except AssertionError:
+            pass  # the assertion below says how much it kept
         held = (server.rss_kib() - idle) / 1024
     finally:
         server.kill(signal.SIGTERM)
@@ -221,7 +258,7 @@ def test_peak_memory_under_eight_worst_case_requests_of_every_kind_is_within_the
         f"{kind}: {len(req.codes.sizes) or req.codes.count} items, peak +{peak:.0f} MiB, held +{held:.0f} MiB"
     )
     assert tally == {"OK": 8}, tally  # the budget is what a request may ask for: all served
-    assert peak < STATED_BOUND_MIB, f"peak RSS grew by {peak:.0f} MiB"
+    assert peak < PEAK_BOUND_MIB, f"peak RSS grew by {peak:.0f} MiB"
     assert held < 100, f"the idle server kept {held:.0f} MiB after the burst"
 
 
@@ -234,6 +271,19 @@ def test_a_thousand_idle_tokenless_watch_streams_leave_token_holders_and_health_
     server = ServerProcess(
         MAP, None, tmp_path, extra=("--auth-token-file", str(tmp_path / "tokens.txt"))
     ).start()
+
+    async def answers() -> tuple[float, float]:
+        """How long a token holder's ModelInfo and a health check take, each on a new connection."""
+        async with grpc.aio.insecure_channel(server.target) as ch:
+            t0 = time.perf_counter()
+            info = await pb_grpc.DecodingStub(ch).ModelInfo(pb.ModelInfoRequest(), metadata=MD, timeout=10)
+            t_info = time.perf_counter() - t0
+            assert info.bundles
+            t0 = time.perf_counter()
+            health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=10)
+            t_health = time.perf_counter() - t0
+            assert health.status == health_pb2.HealthCheckResponse.SERVING
+        return t_info, t_health
 
     async def attack() -> tuple[float, float, int]:
         channels = [grpc.aio.insecure_channel(server.target) for _ in range(10)]
@@ -252,15 +302,7 @@ def test_a_thousand_idle_tokenless_watch_streams_leave_token_holders_and_health_
                 refused += 1
 
         await asyncio.gather(*(first(w) for w in watches))
-        async with grpc.aio.insecure_channel(server.target) as ch:
-            t0 = time.perf_counter()
-            info = await pb_grpc.DecodingStub(ch).ModelInfo(pb.ModelInfoRequest(), metadata=MD, timeout=1.0)
-            t_info = time.perf_counter() - t0
-            assert info.bundles
-            t0 = time.perf_counter()
-            health = await health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=1.0)
-            t_health = time.perf_counter() - t0
-            assert health.status == health_pb2.HealthCheckResponse.SERVING
+        t_info, t_health = await answers()
         for w in watches:
             w.cancel()
         for c in channels:
@@ -268,66 +310,114 @@ def test_a_thousand_idle_tokenless_watch_streams_leave_token_holders_and_health_
         return t_info, t_health, refused
 
     try:
+        c_info, c_health = asyncio.run(answers())  # the control: the same calls with no stream open
         t_info, t_health, refused = asyncio.run(attack())
     finally:
         server.kill(signal.SIGTERM)
-    assert t_info < 1.0 and t_health < 1.0
+    # Under a second more than the same calls took without the streams (not an absolute time: the machine is
+    # shared); before, they were refused outright.
+    assert t_info < c_info + 1.0 and t_health < c_health + 1.0, (t_info, c_info, t_health, c_health)
     assert refused >= 1000 - 64  # beyond --max-open-streams, tokenless streams are refused, nothing else
 
 
 # ---- 3. a client that never reads ------------------------------------------------------------------------------
+WRITE_TIMEOUT = 2.0
+
+
 @pytest.mark.slow
 def test_a_stream_client_that_never_reads_delays_others_by_at_most_the_write_deadline(tmp_path):
     """One DecodeStream client that sent requests and never read blocked every other client's DecodeStream
     until its own deadline (with no --max-connection-age by default, for ever). Now its stream ends after
-    --write-timeout and what it held comes back."""
-    bundle, req = worst_case("flat", Limits().max_decode_bytes)
+    --write-timeout and what it held comes back.
+
+    Measured against controls in the same test, not an absolute time (the machine is shared): the same
+    worst-case requests from a client that reads make another client's stream wait for their decoding, since
+    they hold the budget all streams share while they decode; a client that does not read may add at most the
+    write deadline to that (bench/hostile.py's ``beside_a_big_stream``, which waits for the server's metrics
+    rather than sleeping)."""
+    from bench.hostile import non_reader_against_controls
+
+    budget = 16 * MIB  # a smaller per-request budget: the same mechanism, shorter decodes than the default's
+    bundle, req = worst_case("flat", budget)
     (tmp_path / "tokens.txt").write_text(f"{TOKEN}\n")
-    server = ServerProcess(bundle, None, tmp_path,
-                           extra=("--auth-token-file", str(tmp_path / "tokens.txt"), "--write-timeout", "2")).start()  # fmt: skip
+    server = ServerProcess(bundle, None, tmp_path, metrics=True, extra=(
+        "--auth-token-file", str(tmp_path / "tokens.txt"), "--write-timeout", str(WRITE_TIMEOUT),
+        "--max-decode-mib", str(budget // MIB))).start()  # fmt: skip
     small = pb.DecodeRequest(codes=pb.CodeBatch(bundle_id=req.codes.bundle_id, count=4, format=req.codes.format,
                                                 sizes=[0] * 4))  # fmt: skip
-
-    async def run() -> tuple[float, str]:
-        hog_ch = grpc.aio.insecure_channel(
-            server.target, options=[("grpc.max_receive_message_length", 64 << 20)]
-        )
-        hog = pb_grpc.DecodingStub(hog_ch).DecodeStream(metadata=MD, timeout=60)
-        try:  # the server may end the stream (write deadline) before the last write: fine
-            for _ in range(4):
-                await hog.write(req)
-        except (grpc.aio.AioRpcError, asyncio.InvalidStateError):
-            pass
-        await asyncio.sleep(1.0)  # the server decodes what it may; the hog never reads
-        async with grpc.aio.insecure_channel(server.target, options=OPTS) as ch:
-            t0 = time.perf_counter()
-            replies = [
-                r
-                async for r in pb_grpc.DecodingStub(ch).DecodeStream(
-                    iter([small] * 3), metadata=MD, timeout=30
-                )
-            ]
-            took = time.perf_counter() - t0
-            assert [r.count for r in replies] == [4, 4, 4]
-        try:
-            while await hog.read() != grpc.aio.EOF:
-                pass
-            status = "OK"
-        except grpc.aio.AioRpcError as exc:
-            status = exc.code().name
-        hog.cancel()
-        await hog_ch.close()
-        return took, status
-
     try:
-        took, status = asyncio.run(run())
+        r = asyncio.run(non_reader_against_controls(server, MD, OPTS, req, small))
     finally:
         server.kill(signal.SIGTERM)
-    assert took < 2 + 3, f"another client's stream took {took:.1f} s"
-    assert status == "DEADLINE_EXCEEDED", status  # the non-reader's stream was ended by the write deadline
+    took, control = r["other_s"], max(r["control_s"])
+    print(f"other client's stream: {took:.2f} s beside a non-reader, {r['control_s']} s beside a reader")
+    assert r["control_status"] == ["OK", "OK"], r
+    assert r["hog_status"] == "DEADLINE_EXCEEDED", (
+        r
+    )  # the non-reader's stream was ended by the write deadline
+    assert took < control + WRITE_TIMEOUT + 2.0, (
+        f"another client's stream took {took:.1f} s beside a non-reader, {control:.1f} s beside a client that "
+        f"reads: more than the {WRITE_TIMEOUT:g} s write deadline longer"
+    )
     from cloud.config import ServerConfig
 
     assert ServerConfig(Path(".")).max_connection_age > 0  # and a default connection age bounds any stream
+
+
+@pytest.mark.slow
+def test_a_fetch_client_that_never_reads_does_not_hold_other_fetches_past_the_write_deadline(tmp_path):
+    """Fetch holds a budget of its own from decoding a run of stored items until their messages are written. A
+    client that asked for many and never read kept it until it went away: gRPC queues the call's status behind
+    the unsent reply, and the budget was given back only once that status went out. Now it comes back at the
+    write deadline, and another client's Fetch is answered while the non-reader is still connected."""
+    codec = Codec.open(FLAT)
+    payload = codec.encode(np.zeros((1, 1, 28, 28), np.uint8))[0]
+    running = build_server(FLAT, "127.0.0.1:0", store=str(tmp_path / "s.db"), write_timeout=1.0,
+                           limits=Limits(max_decode_bytes=4 * MIB), metrics_address="127.0.0.1:0")  # fmt: skip
+    target = f"127.0.0.1:{running.port}"
+    try:
+        with grpc.insecure_channel(target) as ch:
+            for device, n in (("hog", 10_000), ("cam", 4)):  # 10,000 28x28 float32 items: 31 MB of replies
+                reqs = [
+                    pb.IngestRequest(device_id=device, bundle_id=codec.bundle_id, item_id_prefix=f"{device}#",
+                                     items=[pb.IngestItem(item_seq=k, payload=payload)
+                                            for k in range(start, min(n, start + 500))])
+                    for start in range(0, n, 500)  # what Ingest's validation may decode per request
+                ]  # fmt: skip
+                assert len(list(CloudStub(ch).Ingest(iter(reqs), timeout=120))) == len(reqs)
+
+        def fetches_ended(code: str) -> float:
+            from tests.helpers.prometheus import scrape, val
+
+            samples = scrape(running.metrics_port)
+            return val(samples, "aecodec_grpc_server_handled_total", grpc_service="aecodec.v2.Storage",
+                       grpc_method="Fetch", grpc_code=code)  # fmt: skip
+
+        async def run() -> int:
+            fetch = pb.FetchRequest(reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32)
+            async with grpc.aio.insecure_channel(target, options=OPTS) as hog_ch:
+                hog_req = pb.FetchRequest()
+                hog_req.CopyFrom(fetch)
+                hog_req.device_id = "hog"
+                hog = pb_grpc.StorageStub(hog_ch).Fetch(hog_req, timeout=120)  # never read
+                # The server ends the non-reader's call at the write deadline (its metrics count it), with the
+                # client still connected, and has given its budget back by then.
+                deadline = time.monotonic() + 60
+                while await asyncio.to_thread(fetches_ended, "DEADLINE_EXCEEDED") < 1:
+                    assert time.monotonic() < deadline, "the non-reader's Fetch was not ended within 60 s"
+                    await asyncio.sleep(0.05)
+                assert running.storage.replies.used == 0, running.storage.replies.used
+                async with grpc.aio.insecure_channel(target, options=OPTS) as ch:
+                    fetch.device_id = "cam"
+                    got = [
+                        it async for r in pb_grpc.StorageStub(ch).Fetch(fetch, timeout=30) for it in r.items
+                    ]
+                hog.cancel()
+                return len([it for it in got if it.HasField("reconstruction")])
+
+        assert asyncio.run(run()) == 4  # answered while the non-reader (deadline 120 s) was still connected
+    finally:
+        running.stop(grace=1.0)
 
 
 # ---- 6. a disk that fills ---------------------------------------------------------------------------------------
@@ -421,20 +511,25 @@ def test_edge_errors_name_the_real_cause_quickly(tmp_path):
 
     http1 = MetricsHTTPServer(CodecMetrics(), "127.0.0.1:0")  # something that answers, but not gRPC
     cases = [
+        ("127.0.0.1", "has no port"),  # refused before any connection: the control (the CLI's own start-up)
         (f"127.0.0.1:{free_port()}", "connection refused"),
-        ("127.0.0.1", "has no port"),
         ("http://127.0.0.1:50051", "without http://"),
         ("no-such-host.invalid:50051", "does not resolve"),
         (f"127.0.0.1:{http1.port}", "HTTP/1"),
     ]
+    control = None
     try:
         for target, needle in cases:
             t0 = time.monotonic()
             proc = _edge(
                 "evaluate", "--bundle", str(FLAT), "--server", target, "--data", str(data), "--no-progress"
             )
+            took = time.monotonic() - t0
             _one_error(proc, needle)
-            assert time.monotonic() - t0 < 9, (target, time.monotonic() - t0)
+            control = took if control is None else control
+            # Measured against a process that never connects, not an absolute time (the machine is shared):
+            # at most a few seconds more than the CLI's own start-up, not its 10 s connect timeout.
+            assert took < control + 5, (target, took, control)
     finally:
         http1.close()
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-import time
 
 import grpc
 import pytest
@@ -22,7 +21,7 @@ from latent_codec.codec import Codec
 from latent_codec.container import to_batch
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
-from tests.helpers import ServerProcess, free_port, tiny_bundle
+from tests.helpers import ServerProcess, free_port, tiny_bundle, wait_until
 
 SERVICE_CONFIG = {
     "loadBalancingConfig": [{"round_robin": {}}],
@@ -52,7 +51,8 @@ def test_rolling_restart_of_two_replicas_fails_no_call(bundle, tmp_path):
     ports = [free_port(), free_port()]
     extra = ("--drain", "1.5", "--grace", "2")
     servers = [
-        ServerProcess(bundle, None, tmp_path / f"s{i}", port=p, extra=extra) for i, p in enumerate(ports)
+        ServerProcess(bundle, None, tmp_path / f"s{i}", port=p, extra=extra, metrics=True)
+        for i, p in enumerate(ports)
     ]
     for i, s in enumerate(servers):
         (tmp_path / f"s{i}").mkdir()
@@ -79,14 +79,25 @@ def test_rolling_restart_of_two_replicas_fails_no_call(bundle, tmp_path):
     try:
         for w in workers:
             w.start()
-        time.sleep(1.0)
+
+        def serving(server: ServerProcess) -> bool:  # this replica answers the load's calls (its own count)
+            return (
+                server.metric("aecodec_grpc_server_handled_total", grpc_method="Decode", grpc_code="OK") > 0
+            )
+
+        for i, server in enumerate(servers):
+            wait_until(lambda s=server: serving(s), 60, f"replica {i} to serve calls")
         for i, port in enumerate(ports):  # one replica at a time, as an orchestrator rolls a deployment
             before = done[0]
             servers[i].kill(signal.SIGTERM)
             assert servers[i].proc is not None and servers[i].proc.returncode == 0
-            servers[i] = ServerProcess(bundle, None, tmp_path / f"s{i}", port=port, extra=extra).start()
-            time.sleep(1.5)
-            assert done[0] > before  # calls kept completing through the restart
+            servers[i] = ServerProcess(
+                bundle, None, tmp_path / f"s{i}", port=port, extra=extra, metrics=True
+            ).start()
+            # Calls kept completing through the restart, and the restarted replica takes its share again before
+            # the next one goes (an orchestrator waits for readiness): waited for, not slept on.
+            wait_until(lambda s=servers[i]: serving(s), 60, f"replica {i} to serve calls after its restart")
+            assert done[0] > before
     finally:
         stop.set()
         for w in workers:
@@ -95,4 +106,3 @@ def test_rolling_restart_of_two_replicas_fails_no_call(bundle, tmp_path):
         for s in servers:
             s.kill(signal.SIGTERM)
     assert not failures, failures[:5]
-    assert done[0] > 50

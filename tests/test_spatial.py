@@ -17,6 +17,7 @@ import grpc
 import numpy as np
 import pytest
 
+from cloud.limits import Limits
 from latent_codec.bundle import Manifest, load_bundle
 from latent_codec.codec import Codec
 from latent_codec.container import to_batch, to_tensor
@@ -178,13 +179,46 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
             )
             assert list(resp.reconstructions.shape) == [3, 1, 17, 26]
             assert resp.quality.batch_psnr == pytest.approx(_psnr(x, codec.decode(payloads)), abs=0.01)
-            # A few bytes that claim an 8000 x 8000 item: over the server's budget, refused from the header before
-            # any decoding; 30000 x 30000 is over what any map payload may claim.
-            bomb = put_varint(8000) + put_varint(8000) + b"\x01\x02\x03"
-            with pytest.raises(grpc.RpcError) as err:
-                stub.Decode(pb.DecodeRequest(codes=to_batch(codec, [bomb])), timeout=30)
-            assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
-            assert "256,000,000 bytes" in err.value.details()
+            # A few bytes that claim a large item: over the server's budgets, refused from the header before any
+            # decoding, naming the budget the server's own price of it is over; 30000 x 30000 is over what any map
+            # payload may claim.
+            priced = running.registry.get(
+                codec.bundle_id
+            ).codec  # the server's codec: its graph measured at load
+            limits = Limits(decode_runs=2)  # the server's defaults with its 2 decode threads
+
+            def claim(side: int) -> bytes:
+                return put_varint(side) + put_varint(side) + b"\x01\x02\x03"
+
+            def refused(payload: bytes) -> str:
+                with pytest.raises(grpc.RpcError) as err:
+                    stub.Decode(pb.DecodeRequest(codes=to_batch(codec, [payload])), timeout=30)
+                assert err.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, err.value
+                return err.value.details()
+
+            def working(side: int) -> int:
+                return priced.decode_costs([claim(side)]).working_bytes(1)
+
+            # 8000 x 8000: more code symbols than one request may entropy-decode (and far more working memory).
+            costs = priced.decode_costs([claim(8000)])
+            symbols = int(costs.symbols.sum())
+            assert symbols > limits.max_symbols and working(8000) > limits.max_decode_bytes
+            details = refused(claim(8000))
+            assert f"{symbols:,} code symbols" in details and f"{limits.max_symbols:,}" in details, details
+            # The smallest square item over the working-memory budget (its symbols within theirs): the memory
+            # budget names what decoding it would hold, as the codec prices it.
+            lo, hi = 8, 8000
+            while lo < hi:
+                mid = (lo + hi) // 2
+                lo, hi = (lo, mid) if working(mid) > limits.max_decode_bytes else (mid + 1, hi)
+            assert int(priced.decode_costs([claim(lo)]).symbols.sum()) <= limits.max_symbols
+            details = refused(claim(lo))
+            assert f"would hold {working(lo):,} bytes" in details and "--max-decode-mib" in details, details
+            assert f"{limits.max_decode_bytes:,} bytes" in details
+            # One pixel less on each side fits the budget: it is decoded, not refused.
+            ok = stub.Decode(pb.DecodeRequest(codes=to_batch(codec, codec.encode(np.zeros((1, 1, lo - 1, lo - 1), np.uint8))),
+                                              reconstruction_format=pb.RECONSTRUCTION_FORMAT_NONE), timeout=120)  # fmt: skip
+            assert ok.count == 1
             with pytest.raises(grpc.RpcError) as err:
                 stub.Decode(pb.DecodeRequest(codes=to_batch(codec, [put_varint(30000) * 2])), timeout=30)
             assert (

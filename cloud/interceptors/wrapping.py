@@ -72,22 +72,51 @@ def status_of(exc: BaseException | None, context: grpc.aio.ServicerContext) -> s
         code = context.code()
         return code.name if isinstance(code, grpc.StatusCode) else "UNKNOWN"
     if isinstance(exc, asyncio.CancelledError):
+        code = context.code()  # a status the handler chose but could not send (end_unread)
+        if isinstance(code, grpc.StatusCode) and code != grpc.StatusCode.OK:
+            return code.name
         remaining = context.time_remaining()
         return "DEADLINE_EXCEEDED" if remaining is not None and remaining <= 0 else "CANCELLED"
     return "UNKNOWN"  # an unexpected exception: grpc answers UNKNOWN
 
 
+class WriteTimeout(Exception):
+    """A streamed reply its client did not take within the write deadline (``write_within``)."""
+
+    def __init__(self, timeout: float):
+        super().__init__(
+            f"the client did not read its replies for {timeout:g} s (the server's --write-timeout): stream ended"
+        )
+
+
 async def write_within(context: grpc.aio.ServicerContext, message: Any, timeout: float) -> None:
-    """``context.write`` that ends the call when the client has not taken the message within `timeout` seconds
-    (gRPC holds an unsent reply, and what it was built from, for as long as its client does not read; a stream
-    that stays open that way holds budgets other callers wait for). timeout <= 0: no deadline."""
+    """``context.write`` that raises WriteTimeout when the client has not taken the message within `timeout`
+    seconds (gRPC holds an unsent reply, and what it was built from, for as long as its client does not read; a
+    stream that stays open that way holds budgets other callers wait for). timeout <= 0: no deadline.
+
+    The caller gives back what the stream holds *first*, then ends the call with ``end_unread``: the call's
+    status is queued behind the unsent reply, so ending it can wait for as long as the client does not read,
+    and a budget given back only after that would make every other stream wait as long."""
     if timeout <= 0:
         await context.write(message)
         return
     try:
         await asyncio.wait_for(context.write(message), timeout)
     except TimeoutError:
-        await context.abort(
-            grpc.StatusCode.DEADLINE_EXCEEDED,
-            f"the client did not read its replies for {timeout:g} s (the server's --write-timeout): stream ended",
-        )
+        raise WriteTimeout(timeout) from None
+
+
+async def end_unread(context: grpc.aio.ServicerContext, exc: WriteTimeout) -> None:
+    """End a call whose client stopped reading (DEADLINE_EXCEEDED naming the write deadline); call it only once
+    the call holds nothing others wait for.
+
+    gRPC may be unable to send that status while the unsent reply is still queued (its write can neither finish
+    nor be withdrawn): the status waits behind it, or the batch is refused. Either way the handler ends here,
+    within a second, rather than waiting for the client; the call itself ends when the client goes away (its
+    deadline, a disconnect) or with its connection (--max-connection-age), and so does the unsent reply."""
+    try:
+        await asyncio.wait_for(context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(exc)), 1.0)
+    except grpc.aio.AbortError:
+        raise
+    except Exception:  # the status could not go out now (TimeoutError, or gRPC's refused batch)
+        raise asyncio.CancelledError(str(exc)) from None

@@ -18,6 +18,7 @@ import numpy as np
 import pytest
 
 from bench.server_process import ServerProcess, child_env  # noqa: F401  (re-exported for the tests)
+from cloud.limits import PEAK_BOUND_MIB  # noqa: F401  (re-exported for the tests)
 from cloud.ports import free_port as free_port  # one implementation, shared with the benchmarks
 from latent_codec.container import to_batch
 from latent_codec.datasets import FASHION_MNIST_DIR
