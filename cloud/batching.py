@@ -40,6 +40,10 @@ from .limits import InFlight
 
 # Fewest items per part when one run is split across decode threads (below, ORT's per-run cost shows).
 SPLIT = 32
+# After a large decoder run, the runtime's memory is given back once the batcher has been idle this long: at once
+# after every run cost a served map bundle a quarter of its CPU per item (docs/speed.md), and under steady load
+# the arena is reused anyway; what an idle server keeps is what matters (docs/deployment.md).
+RELEASE_IDLE_SECONDS = 0.5
 
 
 @dataclass
@@ -64,6 +68,10 @@ class Batcher:
         self._items = 0
         self._running = 0
         self._timer: asyncio.TimerHandle | None = None
+        self._in_flight = 0  # decoder runs started and not finished, merged or alone
+        self._release_timer: asyncio.TimerHandle | None = None
+        self._release_task: asyncio.Task | None = None
+        self.releases = 0  # how many times the runtime's memory was given back (tests, metrics)
 
     @property
     def enabled(self) -> bool:
@@ -95,11 +103,30 @@ class Batcher:
             self.observe(len(codes))
         loop = asyncio.get_running_loop()
         chunk = chunk or self.chunk
+        self._in_flight += 1
         try:
             return await self._runs(loop, codes, side, chunk)
         finally:
+            self._in_flight -= 1
             if release:
-                await loop.run_in_executor(self.executor, self.codec.release_memory)
+                self._release_when_idle(loop)
+
+    def _release_when_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Give the runtime's memory back once no decoder run has started for RELEASE_IDLE_SECONDS."""
+        if self._release_timer is not None:
+            self._release_timer.cancel()
+        self._release_timer = loop.call_later(RELEASE_IDLE_SECONDS, self._release_if_idle, loop)
+
+    def _release_if_idle(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._release_timer = None
+        if self._in_flight or self._waiting:  # still busy: look again later
+            self._release_timer = loop.call_later(RELEASE_IDLE_SECONDS, self._release_if_idle, loop)
+            return
+        self._release_task = loop.create_task(self._release(loop))
+
+    async def _release(self, loop: asyncio.AbstractEventLoop) -> None:
+        await loop.run_in_executor(self.executor, self.codec.release_memory)
+        self.releases += 1
 
     async def _runs(
         self, loop: asyncio.AbstractEventLoop, codes: np.ndarray, side: Side, chunk: int

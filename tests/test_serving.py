@@ -81,6 +81,33 @@ def test_batcher_merges_concurrent_requests_and_gives_each_its_own_rows(bundle, 
     assert solo_runs == sizes  # off: one run per request
 
 
+def test_the_runtimes_memory_is_given_back_once_when_idle_not_after_every_large_run(bundle, items):
+    """Releasing ONNX Runtime's arena after every large run cost a served map bundle a quarter of its CPU per
+    item; the memory must still come back when the server goes idle (the hostile tests measure the RSS)."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from cloud import batching
+    from cloud.batching import Batcher
+
+    codec = Codec.open(bundle)
+    codes = codec.dequantise(codec.symbols(codec.encode(items))[0])
+
+    async def go(batcher: Batcher) -> tuple[int, int]:
+        for _ in range(6):  # back to back, each a "large" run
+            await batcher.synthesise(codes[:4], {}, release=True)
+        during = batcher.releases
+        await asyncio.sleep(batching.RELEASE_IDLE_SECONDS * 1.5)
+        deadline = time.monotonic() + 30
+        while batcher.releases == during and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await asyncio.sleep(batching.RELEASE_IDLE_SECONDS * 2)  # no second release follows
+        return during, batcher.releases
+
+    with ThreadPoolExecutor(2) as pool:
+        during, after = asyncio.run(go(Batcher(codec, pool, max_items=0)))
+    assert (during, after) == (0, 1)
+
+
 def test_one_large_request_is_split_across_the_decode_threads(bundle, items):
     """A request too large to merge runs alone, but in parts on every run slot at once, so a single client with a
     big batch keeps all decode threads busy; a small one stays one run (ORT's per-run cost)."""
