@@ -71,7 +71,10 @@ def config_from_args(args: argparse.Namespace) -> ServerConfig:
         max_open_streams=args.max_open_streams,
         max_message_bytes=args.max_message_mib * MIB,
         limits=replace(
-            D.limits, max_decode_bytes=args.max_decode_mib * MIB, max_decode_seconds=args.max_decode_seconds
+            D.limits,
+            max_decode_bytes=args.max_decode_mib * MIB,
+            max_decode_seconds=args.max_decode_seconds,
+            max_symbols=args.max_decode_symbols,
         ),
         keepalive_time=args.keepalive_time,
         keepalive_timeout=args.keepalive_timeout,
@@ -139,6 +142,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "graph, the unpacked codes and the reconstructions); the decode threads hold one each")  # fmt: skip
     p.add_argument("--max-decode-seconds", type=float, default=lim.max_decode_seconds,
                    help="per-request budget: estimated CPU seconds one request's decoding may take")  # fmt: skip
+    p.add_argument("--max-decode-symbols", type=int, default=lim.max_symbols,
+                   help="per-request budget: code symbols one request may entropy-decode (a 12-megapixel photo of a "
+                   "map bundle with 32 code channels has about 28.5 million)")  # fmt: skip
     p.add_argument("--keepalive-time", type=float, default=D.keepalive_time,
                    help="ping idle connections every N s (0 = never)")  # fmt: skip
     p.add_argument("--keepalive-timeout", type=float, default=D.keepalive_timeout,

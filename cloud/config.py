@@ -106,6 +106,8 @@ class ServerConfig:
             raise CodecError("--max-decode-mib must be at least 1")
         if not (math.isfinite(lim.max_decode_seconds) and lim.max_decode_seconds > 0):
             raise CodecError("--max-decode-seconds must be a positive number")
+        if lim.max_symbols < 1:
+            raise CodecError("--max-decode-symbols must be at least 1")
         if self.batching.stream_window < 1:
             raise CodecError("--stream-window must be at least 1")
         if not (math.isfinite(self.batching.max_delay) and self.batching.max_delay >= 0):

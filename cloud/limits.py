@@ -58,7 +58,7 @@ class Limits:
     max_decode_seconds: float = (
         10.0  # estimated CPU seconds one request's decoding may take (--max-decode-seconds)
     )
-    max_symbols: int = 1 << 24  # code symbols one request may entropy-decode (items x code values)
+    max_symbols: int = 1 << 24  # code symbols one request may entropy-decode (--max-decode-symbols)
     decode_chunk: int = 256  # items per decoder-graph run at most (fewer when an item's graph is large)
     decode_runs: int = 2  # decoder runs of one request at once (the decode threads)
     max_reply_bytes: int = 64 * MIB  # the server's --max-message-mib: a larger reply could not be sent
@@ -153,7 +153,7 @@ class Limits:
             symbols = int(costs.symbols.sum())
             return (
                 f"{what} would entropy-decode {symbols:,} code symbols; the per-request budget is "
-                f"{self.max_symbols:,}: {hint or 'send fewer or smaller items per request'}"
+                f"{self.max_symbols:,} (--max-decode-symbols): {hint or 'send fewer or smaller items per request'}"
             )
         if refusal == "bytes":
             working = costs.working_bytes(self.run_items(costs) * max(1, self.decode_runs))

@@ -468,6 +468,7 @@ def test_a_full_store_is_resource_exhausted_retried_by_the_edge_and_recovers(dig
         ({}, ["--address", "127.0.0.1"], "port is missing"),
         ({}, ["--health-interval", "inf"], "--health-interval"),
         ({}, ["--max-decode-seconds", "0"], "--max-decode-seconds"),
+        ({"AECODEC_MAX_DECODE_SYMBOLS": "0"}, [], "--max-decode-symbols"),
         ({"AECODEC_KEEPALIVE_TIME": "-1"}, [], "--keepalive-time"),
     ],
 )
@@ -612,3 +613,19 @@ def test_an_empty_bundles_directory_is_a_loud_warning_at_start(tmp_path, caplog)
         running = build_server(tmp_path / "empty", "127.0.0.1:0")
     running.stop(grace=0.5)
     assert any("holds no bundle" in r.getMessage() for r in caplog.records)
+
+
+def test_the_symbol_budget_is_a_flag_and_names_itself(map_codec):
+    """A 12-megapixel photo is about 28.5 million code symbols: over the default, within a raised
+    --max-decode-symbols (the other budgets raised too, as docs/deployment.md says for photos)."""
+    from cloud.cli import config_from_args, parse_args
+
+    photo = [claim(3000, 4000)]
+    symbols = int(map_codec.decode_costs(photo).symbols.sum())
+    assert 20e6 < symbols < 40e6
+    with pytest.raises(Exception, match=r"--max-decode-symbols"):
+        Limits().check(map_codec, photo)
+    cfg = config_from_args(parse_args(["--bundles", str(MAP.parent), "--max-decode-symbols", str(symbols),
+                                       "--max-decode-mib", "4096", "--max-decode-seconds", "600"]))  # fmt: skip
+    assert cfg.limits.max_symbols == symbols
+    cfg.limits.check(map_codec, photo)  # admitted
