@@ -40,9 +40,14 @@ def main(argv: list[str] | None = None) -> int:
                 cfg = TrainConfig(
                     model="spatial",
                     model_args={"channels": 64, "code_channels": 32, "entropy": entropy, "gdn": gdn},
-                    limit=args.limit, epochs=args.epochs, batch_size=32, lr=1e-3, rd_lambda=args.rd_lambda,
-                    quant_noise="mixed", threads=args.threads,
-                )  # fmt: skip
+                    limit=args.limit,
+                    epochs=args.epochs,
+                    batch_size=32,
+                    lr=1e-3,
+                    rd_lambda=args.rd_lambda,
+                    quant_noise="mixed",
+                    threads=args.threads,
+                )
                 model, record = train(cfg, progress=None)
                 name = f"{'gdn' if gdn else 'relu'}-{entropy}"
                 ckpt = save_checkpoint(Path(tmp) / f"{name}.pt", model, cfg, record)

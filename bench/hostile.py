@@ -270,8 +270,13 @@ def round_two(work: Path, flat_bundle: Path) -> dict:
             (root / b.name).symlink_to(b.resolve(), target_is_directory=True)
     tokens = work / "tokens2.txt"
     tokens.write_text(f"{TOKEN} devices={DEVICE}\n")
-    server = ServerProcess(root, str(work / "store2.db"), work, metrics=True,
-                           extra=("--auth-token-file", str(tokens), "--write-timeout", "2")).start()  # fmt: skip
+    server = ServerProcess(
+        root,
+        str(work / "store2.db"),
+        work,
+        metrics=True,
+        extra=("--auth-token-file", str(tokens), "--write-timeout", "2"),
+    ).start()
     md = [("authorization", f"Bearer {TOKEN}")]
     opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
     mb = load_bundle(ZOO_MAP)
@@ -287,8 +292,11 @@ def round_two(work: Path, flat_bundle: Path) -> dict:
         with grpc.insecure_channel(server.target, options=opts) as ch:
             stub = pb_grpc.DecodingStub(ch)
             bombs = {}
-            for name, payloads in (("1 x 2640x2640", [claim(2640, 2640)]), ("1 x 32768x212", [claim(32768, 212)]),
-                                   ("96 x 256x256", [claim(256, 256)] * 96)):  # fmt: skip
+            for name, payloads in (
+                ("1 x 2640x2640", [claim(2640, 2640)]),
+                ("1 x 32768x212", [claim(32768, 212)]),
+                ("96 x 256x256", [claim(256, 256)] * 96),
+            ):
                 req = pb.DecodeRequest(codes=to_batch(map_codec, payloads))
                 t0 = time.perf_counter()
                 try:
@@ -328,18 +336,26 @@ def round_two(work: Path, flat_bundle: Path) -> dict:
             except Exception:
                 hi = mid - 1
         x = (np.random.default_rng(1).random((1, 1, lo, lo)) * 255).astype(np.uint8)
-        map_req = pb.DecodeRequest(codes=to_batch(map_codec, map_codec.encode(x)),
-                                   reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32)  # fmt: skip
+        map_req = pb.DecodeRequest(
+            codes=to_batch(map_codec, map_codec.encode(x)),
+            reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32,
+        )
         n = budget_items(flat)
-        flat_req = pb.DecodeRequest(codes=pb.CodeBatch(bundle_id=flat.bundle_id, count=n, format=flat.format,
-                                    sizes=[0] * n), reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32)  # fmt: skip
+        flat_req = pb.DecodeRequest(
+            codes=pb.CodeBatch(bundle_id=flat.bundle_id, count=n, format=flat.format, sizes=[0] * n),
+            reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32,
+        )
         for kind, req, what in (("map", map_req, f"1 item of {lo}x{lo}"), ("flat", flat_req, f"{n:,} items")):
             idle, hwm0 = server.rss_kib(), server.rss_kib("VmHWM")
             tally = asyncio.run(_concurrent(server.target, req, md, opts))
             hwm1 = server.rss_kib("VmHWM")
             time.sleep(2)
-            kinds[kind] = {"what": what, "status": dict(tally), "peak_mib": (hwm1 - hwm0) / 1024,
-                           "held_mib": (server.rss_kib() - idle) / 1024}  # fmt: skip
+            kinds[kind] = {
+                "what": what,
+                "status": dict(tally),
+                "peak_mib": (hwm1 - hwm0) / 1024,
+                "held_mib": (server.rss_kib() - idle) / 1024,
+            }
         out["worst"] = kinds
         out["lockout"] = asyncio.run(_lockout(server.target, md))
         small = pb.DecodeRequest(
@@ -379,8 +395,10 @@ async def _lockout(target: str, md, streams: int = 1000) -> dict:
     from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
     channels = [grpc.aio.insecure_channel(target) for _ in range(10)]
-    watches = [health_pb2_grpc.HealthStub(channels[i % 10]).Watch(health_pb2.HealthCheckRequest(), timeout=120)
-               for i in range(streams)]  # fmt: skip
+    watches = [
+        health_pb2_grpc.HealthStub(channels[i % 10]).Watch(health_pb2.HealthCheckRequest(), timeout=120)
+        for i in range(streams)
+    ]
     refused = Counter()
 
     async def first(w) -> None:
@@ -394,9 +412,15 @@ async def _lockout(target: str, md, streams: int = 1000) -> dict:
     out: dict = {"streams": streams, "watch": dict(refused)}
     async with grpc.aio.insecure_channel(target) as ch:
         for name, call in (
-            ("ModelInfo (token)", lambda: pb_grpc.DecodingStub(ch).ModelInfo(pb.ModelInfoRequest(), metadata=md, timeout=5)),
-            ("Health/Check", lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5)),
-        ):  # fmt: skip
+            (
+                "ModelInfo (token)",
+                lambda: pb_grpc.DecodingStub(ch).ModelInfo(pb.ModelInfoRequest(), metadata=md, timeout=5),
+            ),
+            (
+                "Health/Check",
+                lambda: health_pb2_grpc.HealthStub(ch).Check(health_pb2.HealthCheckRequest(), timeout=5),
+            ),
+        ):
             t0 = time.perf_counter()
             try:
                 await call()
@@ -572,7 +596,7 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
             *[
                 f"| {k} | {v['what']} | {v['status']} | {v['peak_mib']:+.0f} MiB | {v['held_mib']:+.0f} MiB |"
                 for k, v in r2["worst"].items()
-            ],  # fmt: skip
+            ],
             "",
             f"**7. Lockout**: {r2['lockout']['streams']:,} idle Health/Watch streams without a token "
             f"({r2['lockout']['watch']}); then "
@@ -580,7 +604,7 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
                 f"{k}: {v['status']} in {v['ms']:.0f} ms"
                 for k, v in r2["lockout"].items()
                 if isinstance(v, dict) and "ms" in v
-            )  # fmt: skip
+            )
             + " (before: RESOURCE_EXHAUSTED for everyone past 256 streams).",
             "",
             f"**8. A DecodeStream client that never reads** (4 requests at the budget; another client's 3-request "
@@ -628,9 +652,13 @@ def main(argv: list[str] | None = None) -> int:
         rss0, t0 = server.rss_kib(), time.perf_counter()
         tally = run_calls(server.target, fuzz_calls(), args.fuzz, args.concurrency)
         r["fuzz"] = {
-            "requests": args.fuzz, "status": dict(tally), "bad": sum(tally[b] for b in BAD),
-            "rss_start_kib": rss0, "rss_end_kib": server.rss_kib(), "seconds": time.perf_counter() - t0,
-        }  # fmt: skip
+            "requests": args.fuzz,
+            "status": dict(tally),
+            "bad": sum(tally[b] for b in BAD),
+            "rss_start_kib": rss0,
+            "rss_end_kib": server.rss_kib(),
+            "seconds": time.perf_counter() - t0,
+        }
         print(f"fuzz: {dict(tally)}", file=sys.stderr)
 
         garbage = garbage_calls(random.Random(args.seed + 1))
@@ -639,19 +667,27 @@ def main(argv: list[str] | None = None) -> int:
         tally = run_calls(server.target, garbage, args.garbage, args.concurrency)
         rss1 = server.rss_kib()
         r["garbage"] = {
-            "requests": args.garbage, "warmup": args.warmup, "status": dict(tally), "rss_start_kib": rss0,
-            "rss_end_kib": rss1, "growth_pct": 100 * (rss1 - rss0) / rss0, "seconds": time.perf_counter() - t0,
-        }  # fmt: skip
+            "requests": args.garbage,
+            "warmup": args.warmup,
+            "status": dict(tally),
+            "rss_start_kib": rss0,
+            "rss_end_kib": rss1,
+            "growth_pct": 100 * (rss1 - rss0) / rss0,
+            "seconds": time.perf_counter() - t0,
+        }
         print(f"garbage: {dict(tally)}, RSS {rss0} -> {rss1} KiB", file=sys.stderr)
 
         hwm0 = server.rss_kib("VmHWM")
         n = budget_items(codec)
         tally = asyncio.run(amplification(server.target, codec))
         r["amplification"] = {
-            "items": n, "shape": "x".join(map(str, codec.input.shape)),
-            "reply_mib": n * int(np.prod(codec.input.shape)) * 4 / 2**20, "status": dict(tally),
-            "hwm_before_kib": hwm0, "hwm_after_kib": server.rss_kib("VmHWM"),
-        }  # fmt: skip
+            "items": n,
+            "shape": "x".join(map(str, codec.input.shape)),
+            "reply_mib": n * int(np.prod(codec.input.shape)) * 4 / 2**20,
+            "status": dict(tally),
+            "hwm_before_kib": hwm0,
+            "hwm_after_kib": server.rss_kib("VmHWM"),
+        }
         print(f"amplification: {dict(tally)}", file=sys.stderr)
 
         rss0 = server.rss_kib()

@@ -30,8 +30,13 @@ def read_run(path: Path) -> dict:
             "record": record,
         }
     run = raw["run"]
-    record = {"train_seconds": run["elapsed"], "train_cpu_seconds": run.get("cpu"), "history": run["history"],
-              "stability": {"rollbacks": raw["guard"]["events"]}, "steps": {"done": raw["now"]["position"]["step"]}}  # fmt: skip
+    record = {
+        "train_seconds": run["elapsed"],
+        "train_cpu_seconds": run.get("cpu"),
+        "history": run["history"],
+        "stability": {"rollbacks": raw["guard"]["events"]},
+        "steps": {"done": raw["now"]["position"]["step"]},
+    }
     return {
         "name": path.name.removesuffix(".state.pt"),
         "config": raw["config"],

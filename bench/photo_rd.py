@@ -81,7 +81,7 @@ def settings(quick: bool = False, avif: bool = True) -> list[Setting]:
     out += [Setting("WebP", q) for q in wq]
     if avif:
         out += [Setting(f"AVIF s{s}", q) for s in speeds for q in aq]
-    return out  # fmt: skip
+    return out
 
 
 # ---- quality ----------------------------------------------------------------------------------------------
@@ -191,14 +191,31 @@ def run_project(
     return rows
 
 
-def _row(codec: str, setting: str, image: str, x: np.ndarray, nbytes: int, rec: np.ndarray, te: float, td: float,
-         **extra) -> dict:  # fmt: skip
+def _row(
+    codec: str,
+    setting: str,
+    image: str,
+    x: np.ndarray,
+    nbytes: int,
+    rec: np.ndarray,
+    te: float,
+    td: float,
+    **extra,
+) -> dict:
     pixels = int(x.shape[1] * x.shape[2])
     return {
-        "codec": codec, "setting": setting, "image": image, "height": int(x.shape[1]), "width": int(x.shape[2]),
-        "bytes": int(nbytes), "bpp": 8.0 * nbytes / pixels, **quality(x, rec),
-        "encode_s": te, "decode_s": td, **extra,
-    }  # fmt: skip
+        "codec": codec,
+        "setting": setting,
+        "image": image,
+        "height": int(x.shape[1]),
+        "width": int(x.shape[2]),
+        "bytes": int(nbytes),
+        "bpp": 8.0 * nbytes / pixels,
+        **quality(x, rec),
+        "encode_s": te,
+        "decode_s": td,
+        **extra,
+    }
 
 
 # ---- curves and summaries ---------------------------------------------------------------------------------
@@ -261,8 +278,14 @@ def bd(anchors: list[list[dict]], test: list[dict], metric: str) -> dict:
         a, t = ([r for r in c if r.get(metric) is not None] for c in (anchors[0], test))
         if min(len(a), len(t)) < 2:
             return {"bd_rate_percent": None, "range": None}
-        val, rng = bd_rate_window([r["bpp"] for r in a], [r[metric] for r in a], [r["bpp"] for r in t],
-                                  [r[metric] for r in t], -np.inf, np.inf)  # fmt: skip
+        val, rng = bd_rate_window(
+            [r["bpp"] for r in a],
+            [r[metric] for r in a],
+            [r["bpp"] for r in t],
+            [r[metric] for r in t],
+            -np.inf,
+            np.inf,
+        )
         return {"bd_rate_percent": val, "range": None if rng is None else [float(rng[0]), float(rng[1])]}
     spans = [[r[metric] for r in c if r.get(metric) is not None] for c in (*anchors, test)]
     if any(len(v) < 2 for v in spans[-1:]) or all(len(v) < 2 for v in spans[:-1]):
@@ -377,8 +400,10 @@ def main(args) -> int:
                 f"bundles: {len(bundles)} colour bundles under {args.bundles}: {', '.join(b.path.name for b in bundles)}"
             )
         else:
-            log(f"no colour bundle under {args.bundles} (none exists or none takes colour photographs of any "
-                f"size): comparing the classic codecs only")  # fmt: skip
+            log(
+                f"no colour bundle under {args.bundles} (none exists or none takes colour photographs of any "
+                f"size): comparing the classic codecs only"
+            )
         mp = sum(x.shape[1] * x.shape[2] for x in photos) / 1e6
         log(f"photos: {len(photos)} from {args.photos} ({mp:.2f} megapixels)")
         rows = run_project(names, photos, bundles, args.threads, log)
@@ -417,8 +442,14 @@ def main(args) -> int:
     from bench.photo_rd_report import crops_picture
 
     crops = crops_picture(out / "photo_rd_crops.png", names, photos, bundles, args.threads)
-    doc = {"meta": meta, "summary": summary, "means": means, "per_image": per_image(rows), "crops": crops,
-           "rows": rows}  # fmt: skip
+    doc = {
+        "meta": meta,
+        "summary": summary,
+        "means": means,
+        "per_image": per_image(rows),
+        "crops": crops,
+        "rows": rows,
+    }
     (out / "photo_rd.json").write_text(json.dumps(doc, indent=1) + "\n")
     render(out, doc)
     print((out / "photo_rd.md").read_text())

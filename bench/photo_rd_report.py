@@ -87,8 +87,11 @@ def crops_picture(
     else:
         target = len(Setting("WebP", 50).encode(hwc))
         ours = None
-    for label, make in (("JPEG 4:2:0", lambda q: Setting("JPEG 4:2:0", q)), ("WebP", lambda q: Setting("WebP", q)),
-                        *([] if bundles else [("AVIF s6", lambda q: Setting("AVIF s6", q))])):  # fmt: skip
+    for label, make in (
+        ("JPEG 4:2:0", lambda q: Setting("JPEG 4:2:0", q)),
+        ("WebP", lambda q: Setting("WebP", q)),
+        *([] if bundles else [("AVIF s6", lambda q: Setting("AVIF s6", q))]),
+    ):
         blob, q = _closest(make, hwc, target)
         panels.append((f"{label} q{q}", np.moveaxis(decode_classic(blob), -1, 0), len(blob)))
     if ours is not None:
@@ -115,8 +118,13 @@ def crops_picture(
     buf = io.BytesIO()
     canvas.save(buf, "PNG", optimize=True)
     path.write_bytes(buf.getvalue())
-    return {"image": names[k], "size": [int(w), int(h)], "crop": [int(x0), int(y0), int(s)], "panels": info,
-            "target_bytes": target}  # fmt: skip
+    return {
+        "image": names[k],
+        "size": [int(w), int(h)],
+        "crop": [int(x0), int(y0), int(s)],
+        "panels": info,
+        "target_bytes": target,
+    }
 
 
 def _pct(v: float | None) -> str:
@@ -170,8 +178,10 @@ def write_markdown(path: Path, doc: dict, crops: dict) -> None:
         ]
         for a, v in anchors.items():
             p, y, s = v["psnr"], v["psnr_y"], v["ms_ssim_db"]
-            lines.append(f"| {a} | {_pct(p['bd_rate_percent'])} ({_rng(p['range'])}) | {_pct(y['bd_rate_percent'])} "
-                         f"| {_pct(s['bd_rate_percent'])} |")  # fmt: skip
+            lines.append(
+                f"| {a} | {_pct(p['bd_rate_percent'])} ({_rng(p['range'])}) | {_pct(y['bd_rate_percent'])} "
+                f"| {_pct(s['bd_rate_percent'])} |"
+            )
         lines.append("")
     if not meta["bundles"]:
         lines += [f"(Without a bundle every codec is compared with {ANCHOR}.)", ""]
@@ -186,8 +196,10 @@ def write_markdown(path: Path, doc: dict, crops: dict) -> None:
             continue
         for r in front:
             ms = "n/a" if r["ms_ssim"] is None else f"{r['ms_ssim']:.4f}"
-            lines.append(f"| {codec} | {r['setting']} | {r['bpp']:.4f} | {r['psnr']:.2f} | {r['psnr_y']:.2f} | {ms} "
-                         f"| {r['encode_s_per_mp']:.3f} | {r['decode_s_per_mp']:.3f} |")  # fmt: skip
+            lines.append(
+                f"| {codec} | {r['setting']} | {r['bpp']:.4f} | {r['psnr']:.2f} | {r['psnr_y']:.2f} | {ms} "
+                f"| {r['encode_s_per_mp']:.3f} | {r['decode_s_per_mp']:.3f} |"
+            )
     lines += [
         "",
         "Encode and decode seconds per megapixel: wall time of one photo at a time on this machine under the load "

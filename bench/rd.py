@@ -211,10 +211,20 @@ def summarise(rows: list[dict]) -> dict:
     window = None
     if front and "WebP" in cs:
         w = cs["WebP"]
-        val, rng = bd_rate_window([r["bytes"] for r in w], [r["psnr"] for r in w], [r["bytes"] for r in front],
-                                  [r["psnr"] for r in front], *WINDOW_DB)  # fmt: skip
-        window = {"bd_rate_percent": val, "psnr_range": rng, "window": list(WINDOW_DB), "target_percent": WINDOW_TARGET,
-                  "met": val is not None and val <= WINDOW_TARGET and rng is not None and rng[1] - rng[0] >= 9.99}  # fmt: skip
+        val, rng = bd_rate_window(
+            [r["bytes"] for r in w],
+            [r["psnr"] for r in w],
+            [r["bytes"] for r in front],
+            [r["psnr"] for r in front],
+            *WINDOW_DB,
+        )
+        window = {
+            "bd_rate_percent": val,
+            "psnr_range": rng,
+            "window": list(WINDOW_DB),
+            "target_percent": WINDOW_TARGET,
+            "met": val is not None and val <= WINDOW_TARGET and rng is not None and rng[1] - rng[0] >= 9.99,
+        }
     top = max((r["psnr"] for r in front), default=None)
     return {
         "bd_rate": bd,

@@ -153,8 +153,16 @@ def main(argv: list[str] | None = None) -> int:
                 secs = ingest_all(server.target, codec.bundle_id, payloads, args.devices)
                 for scope, device in (("all devices", None), ("one device", "dev-03")):
                     ms, searched = time_searches(server.target, codec.bundle_id, queries, device)
-                    rows.append({"store": kind, "scope": scope, "searched": searched, **percentiles(ms),
-                                 "parts": parts(url, codec.bundle_id, q_bits, device), "ingest_s": secs})  # fmt: skip
+                    rows.append(
+                        {
+                            "store": kind,
+                            "scope": scope,
+                            "searched": searched,
+                            **percentiles(ms),
+                            "parts": parts(url, codec.bundle_id, q_bits, device),
+                            "ingest_s": secs,
+                        }
+                    )
                     print(f"{kind} {scope}: {rows[-1]}", file=sys.stderr)
             finally:
                 server.kill()

@@ -51,15 +51,28 @@ class ServerProcess:
         self.log = open(self.workdir / "server.log", "ab")
         self.proc = subprocess.Popen(
             [
-                sys.executable, "-m", "cloud.server", "--bundles", str(self.bundles),
+                sys.executable,
+                "-m",
+                "cloud.server",
+                "--bundles",
+                str(self.bundles),
                 *(["--store", self.store] if self.store else []),
-                "--address", f"127.0.0.1:{self.port}", "--port-file", str(port_file), "--log-level", "WARNING",
-                "--workers", "2",
+                "--address",
+                f"127.0.0.1:{self.port}",
+                "--port-file",
+                str(port_file),
+                "--log-level",
+                "WARNING",
+                "--workers",
+                "2",
                 *(["--metrics-address", f"127.0.0.1:{self.metrics_port}"] if self.metrics_port else []),
                 *self.extra,
             ],
-            cwd=ROOT, env={**child_env(), **self.env}, stdout=self.log, stderr=subprocess.STDOUT,
-        )  # fmt: skip
+            cwd=ROOT,
+            env={**child_env(), **self.env},
+            stdout=self.log,
+            stderr=subprocess.STDOUT,
+        )
         deadline = time.monotonic() + timeout
         while not port_file.exists():
             if self.proc.poll() is not None:

@@ -263,8 +263,15 @@ def grpc_floor(seconds: float, codec, payloads: list[bytes], top: float) -> tupl
     from bench.server_process import ROOT, child_env
 
     reply_bytes = codec.decode(payloads[:256]).nbytes  # the uint8 reconstructions the real server sends
-    cmd = [sys.executable, "-m", "bench.grpc_floor", "--decode-ms", f"{256 / top * 1e3:.3f}",
-           "--reply-bytes", str(reply_bytes)]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "bench.grpc_floor",
+        "--decode-ms",
+        f"{256 / top * 1e3:.3f}",
+        "--reply-bytes",
+        str(reply_bytes),
+    ]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, text=True)
     try:
         assert proc.stdout is not None
@@ -303,9 +310,17 @@ def zoo_rows(bundles: list[Path], items: np.ndarray, work: Path, seconds: float)
                 row = measured(
                     [server.proc.pid], drive(server.target, codec, payloads, batch, clients, method, seconds)
                 )
-                row.update(bundle=bundle.name, format=codec.format, method=method, batch=batch, clients=clients,
-                           ceiling=top, ceiling_1=one, ceiling_us=cpu_us,
-                           payload_bytes=float(np.mean([len(p) for p in payloads])))  # fmt: skip
+                row.update(
+                    bundle=bundle.name,
+                    format=codec.format,
+                    method=method,
+                    batch=batch,
+                    clients=clients,
+                    ceiling=top,
+                    ceiling_1=one,
+                    ceiling_us=cpu_us,
+                    payload_bytes=float(np.mean([len(p) for p in payloads])),
+                )
                 print(row, file=sys.stderr)
                 rows.append(row)
         finally:
@@ -326,8 +341,16 @@ def zoo_lines(rows: list[dict]) -> list[str]:
         f"|---|---|---:|---:|---:|---|---:|---:|{ALIGN}---:|",
     ]
     for row in rows:
-        lead = (f"`{row['bundle']}`", row["format"], f"{row['payload_bytes']:.1f}", f"{row['ceiling_1']:,.0f}",
-                f"{row['ceiling_us']:,.0f}", row["method"], str(row["batch"]), str(row["clients"]))  # fmt: skip
+        lead = (
+            f"`{row['bundle']}`",
+            row["format"],
+            f"{row['payload_bytes']:.1f}",
+            f"{row['ceiling_1']:,.0f}",
+            f"{row['ceiling_us']:,.0f}",
+            row["method"],
+            str(row["batch"]),
+            str(row["clients"]),
+        )
         lines.append(_row(row, *lead) + f" {100 * row['ceiling_us'] / row['server_us_per_item']:.0f} % |")
     lines.append("")
     for name in dict.fromkeys(r["bundle"] for r in rows):
@@ -476,8 +499,13 @@ def main(argv: list[str] | None = None) -> int:
     codec = Codec.open(bundle, threads=1)  # as the server opens its decoders (cloud/server.py --threads)
     payloads = codec.encode(datasets.load("fashion-mnist", "test").x[:256])
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
-    r: dict = {"date": time.strftime("%Y-%m-%d"), "commit": git.stdout.strip(), "bundle": codec.bundle_id,
-               "format": codec.format, "seconds": args.seconds}  # fmt: skip
+    r: dict = {
+        "date": time.strftime("%Y-%m-%d"),
+        "commit": git.stdout.strip(),
+        "bundle": codec.bundle_id,
+        "format": codec.format,
+        "seconds": args.seconds,
+    }
     r["ceiling"], r["ceiling_us"] = ceiling_cpu_us(codec, payloads, args.seconds)
     r["ceiling_1"] = ceiling(codec, payloads, args.seconds, workers=1)
     print(f"ceiling {r['ceiling']:,.0f} items/s (1 thread: {r['ceiling_1']:,.0f})", file=sys.stderr)

@@ -60,9 +60,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 # ---- the machine ------------------------------------------------------------------------------------------
 def machine() -> dict:
     cpu = next(
-        (ln.split(":", 1)[1].strip() for ln in Path("/proc/cpuinfo").read_text().splitlines()
-         if ln.startswith("model name")), platform.processor() or "unknown",
-    )  # fmt: skip
+        (
+            ln.split(":", 1)[1].strip()
+            for ln in Path("/proc/cpuinfo").read_text().splitlines()
+            if ln.startswith("model name")
+        ),
+        platform.processor() or "unknown",
+    )
     mem = next(
         int(ln.split()[1])
         for ln in Path("/proc/meminfo").read_text().splitlines()
@@ -70,8 +74,15 @@ def machine() -> dict:
     )
     import onnxruntime
 
-    return {"cpu": cpu, "cores": os.cpu_count(), "mem_gib": mem / 2**20, "python": platform.python_version(),
-            "numpy": np.__version__, "onnxruntime": onnxruntime.__version__, "load": os.getloadavg()}  # fmt: skip
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "mem_gib": mem / 2**20,
+        "python": platform.python_version(),
+        "numpy": np.__version__,
+        "onnxruntime": onnxruntime.__version__,
+        "load": os.getloadavg(),
+    }
 
 
 def busy_processes() -> list[str]:
@@ -242,8 +253,9 @@ def child_rusage(cmd: list[str], env: dict) -> tuple[float, dict]:
     import json
 
     t0 = time.perf_counter()
-    done = subprocess.run([sys.executable, "-c", _RUSAGE_WRAPPER, *cmd], cwd=ROOT, env=env, capture_output=True,
-                          text=True)  # fmt: skip
+    done = subprocess.run(
+        [sys.executable, "-c", _RUSAGE_WRAPPER, *cmd], cwd=ROOT, env=env, capture_output=True, text=True
+    )
     wall = time.perf_counter() - t0
     usage = (
         json.loads(done.stdout.strip().splitlines()[-1]) if done.stdout.strip() else {"code": done.returncode}
@@ -270,11 +282,28 @@ def end_to_end(photo: np.ndarray, work: Path) -> dict:
     png, codes = work / "photo-12mp.png", work / "photo-12mp.aec"
     Image.fromarray(photo[0, 0]).save(png)
     env = {**child_env(), "OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "edge.cli", "encode", "--bundle", str(bundle), "--data", str(png),
-           "--out", str(codes), "--threads", "1", "--no-progress"]  # fmt: skip
+    cmd = [
+        sys.executable,
+        "-m",
+        "edge.cli",
+        "encode",
+        "--bundle",
+        str(bundle),
+        "--data",
+        str(png),
+        "--out",
+        str(codes),
+        "--threads",
+        "1",
+        "--no-progress",
+    ]
     wall, usage = child_rusage(cmd, env)
-    out = {"edge_wall": wall, "edge_cpu": usage["cpu"], "edge_rss_mib": usage["maxrss_kib"] / 1024,
-           "code_bytes": codes.stat().st_size}  # fmt: skip
+    out = {
+        "edge_wall": wall,
+        "edge_cpu": usage["cpu"],
+        "edge_rss_mib": usage["maxrss_kib"] / 1024,
+        "code_bytes": codes.stat().st_size,
+    }
     root = work / "e2e-bundles"
     if not root.exists():
         shutil.copytree(bundle, root / bundle.name)
@@ -284,11 +313,32 @@ def end_to_end(photo: np.ndarray, work: Path) -> dict:
     port_file.unlink(missing_ok=True)
     log = open(work / "e2e-server.log", "wb")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "bench.big_item_server", "--max-symbols", str(1 << 26), "--bundles", str(root),
-         "--address", "127.0.0.1:0", "--port-file", str(port_file), "--log-level", "WARNING",
-         "--max-decode-mib", "1024", "--max-decode-seconds", "120", "--threads", "1"],
-        cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
-    )  # fmt: skip
+        [
+            sys.executable,
+            "-m",
+            "bench.big_item_server",
+            "--max-symbols",
+            str(1 << 26),
+            "--bundles",
+            str(root),
+            "--address",
+            "127.0.0.1:0",
+            "--port-file",
+            str(port_file),
+            "--log-level",
+            "WARNING",
+            "--max-decode-mib",
+            "1024",
+            "--max-decode-seconds",
+            "120",
+            "--threads",
+            "1",
+        ],
+        cwd=ROOT,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
         deadline = time.monotonic() + 60
         while not port_file.exists():
@@ -379,8 +429,10 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
             f"{o['decode entropy'][0] / n['decode entropy'][0]:.1f}x | |"
         )
         worst = max(n["encode"][0], n["decode"][0])
-        share = max((n["tables"][0] + n["encode entropy"][0]) / n["encode"][0],
-                    (n["tables"][0] + n["decode entropy"][0]) / n["decode"][0])  # fmt: skip
+        share = max(
+            (n["tables"][0] + n["encode entropy"][0]) / n["encode"][0],
+            (n["tables"][0] + n["decode entropy"][0]) / n["decode"][0],
+        )
         goals.append(
             f"- `{name}`: encode {n['encode'][0]:.3f} ms, decode {n['decode'][0]:.3f} ms per item (goal <= 0.5: "
             f"{'met' if worst <= 0.5 else 'not met'}); table selection + entropy coding {100 * share:.0f} % of "
@@ -484,9 +536,14 @@ def main(argv: list[str] | None = None) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     git = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT)
-    r: dict = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "commit": git.stdout.strip(),
-               "machine": machine(), "busy": busy_processes(), "repeats": repeats,
-               "serving_seconds": serving_seconds}  # fmt: skip
+    r: dict = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "commit": git.stdout.strip(),
+        "machine": machine(),
+        "busy": busy_processes(),
+        "repeats": repeats,
+        "serving_seconds": serving_seconds,
+    }
     x = datasets.load("fashion-mnist", "test").x[:256]
     r["small"] = {}
     for b in MAP_BUNDLES:

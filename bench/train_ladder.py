@@ -475,8 +475,10 @@ def train_ladder(args: argparse.Namespace) -> dict:
                 record = trained
             else:
                 if is_main():
-                    print(f"lambda {lam:g}: diverged at lr {cfgs[attempt].lr:g}; again at {cfgs[attempt + 1].lr:g}",
-                          file=sys.stderr)  # fmt: skip
+                    print(
+                        f"lambda {lam:g}: diverged at lr {cfgs[attempt].lr:g}; again at {cfgs[attempt + 1].lr:g}",
+                        file=sys.stderr,
+                    )
                 attempt += 1
         ckpt = prev = ckpt_path
         prev_psnr = record["history"][-1]["val_psnr"] if record.get("history") else None

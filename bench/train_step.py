@@ -47,8 +47,16 @@ def _setup(arch: dict, args, channels_last: bool, compiled: bool):
     from training.stability import GradClipper
 
     torch.manual_seed(0)
-    model = build_model("spatial", {"input_shape": [3, 64, 64], "channels": args.channels,
-                                    "code_channels": args.code_channels, "hyper_channels": 32, **arch})  # fmt: skip
+    model = build_model(
+        "spatial",
+        {
+            "input_shape": [3, 64, 64],
+            "channels": args.channels,
+            "code_channels": args.code_channels,
+            "hyper_channels": 32,
+            **arch,
+        },
+    )
     model.quant_proxy = "mixed"
     rate = build_rate(model, 0.004)
     opt = torch.optim.Adam([*model.parameters(), *rate.parameters()], lr=1e-4)
@@ -78,8 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     x = to_tensor(datasets.load(args.data, "train"))[:2000]
     variants = [(name, arch, 1, False, False) for name, arch in ARCHS.items()]
     base = next(iter(ARCHS.values()))
-    variants += [("gdn k5 hyperprior, channels_last", base, 1, True, False),
-                 ("gdn k5 hyperprior, 2 threads", base, 2, False, False)]  # fmt: skip
+    variants += [
+        ("gdn k5 hyperprior, channels_last", base, 1, True, False),
+        ("gdn k5 hyperprior, 2 threads", base, 2, False, False),
+    ]
     if args.compile:
         variants.append(("gdn k5 hyperprior, torch.compile", base, 1, False, True))
     steps = {}

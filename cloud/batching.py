@@ -58,8 +58,16 @@ class _Waiting:
 class Batcher:
     """Merges the synthesis work of concurrent requests for one codec (one per bundle per server)."""
 
-    def __init__(self, codec: Codec, executor: Executor, max_items: int, max_delay: float = 0.0, chunk: int = 256,
-                 observe=None, max_runs: int = 2):  # fmt: skip
+    def __init__(
+        self,
+        codec: Codec,
+        executor: Executor,
+        max_items: int,
+        max_delay: float = 0.0,
+        chunk: int = 256,
+        observe=None,
+        max_runs: int = 2,
+    ):
         self.codec, self.executor = codec, executor
         self.max_items, self.max_delay, self.chunk = max_items, max_delay, chunk
         self.max_runs = max(1, max_runs)  # decoder runs in flight at once (the decode threads)

@@ -228,8 +228,13 @@ def _clashes(by_path: dict[Path, LoadedBundle], held: dict[Path, LoadedBundle]) 
         lb = by_path[path]
         first = by_id.get(lb.bundle_id)
         if first is not None and first.path.resolve() != lb.path.resolve():
-            out.append((f"bundle {lb.bundle_id} is in two places: {first.path} and {lb.path}; keep one "
-                        f"(the same id must mean the same bytes)", path))  # fmt: skip
+            out.append(
+                (
+                    f"bundle {lb.bundle_id} is in two places: {first.path} and {lb.path}; keep one "
+                    f"(the same id must mean the same bytes)",
+                    path,
+                )
+            )
             continue
         other = by_ref.get((lb.name, lb.version))
         if other is not None and other.bundle_id != lb.bundle_id:

@@ -112,70 +112,147 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--address", default=D.address, help="host:port to listen on (port 0 = any free port)")
     p.add_argument("--decode-workers", type=int, default=D.decode_workers, help="threads that decode")
     p.add_argument("--workers", dest="decode_workers", type=int, help="alias of --decode-workers")
-    p.add_argument("--threads", type=int, default=D.threads,
-                   help="ONNX Runtime intra-op threads per decoder session (0 = one per core); the decode workers "
-                   "already run in parallel")  # fmt: skip
-    p.add_argument("--store", default=D.store,
-                   help="where ingested items are kept: a SQLite file path or sqlite:///path, or postgresql://... "
-                   "(without it the server offers Decoding only)")  # fmt: skip
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=D.threads,
+        help="ONNX Runtime intra-op threads per decoder session (0 = one per core); the decode workers "
+        "already run in parallel",
+    )
+    p.add_argument(
+        "--store",
+        default=D.store,
+        help="where ingested items are kept: a SQLite file path or sqlite:///path, or postgresql://... "
+        "(without it the server offers Decoding only)",
+    )
     p.add_argument(
         "--store-workers", type=int, default=D.store_workers, help="threads (connections) for the store"
     )
     p.add_argument("--port-file", type=Path, default=None, help="write the bound port here once serving")
-    p.add_argument("--auth-token-file", type=Path, default=None,
-                   help="require 'authorization: Bearer <token>'; one token per line, optionally with devices=ID,... "
-                   "or role=operator (docs/deployment.md); health checks stay open")  # fmt: skip
+    p.add_argument(
+        "--auth-token-file",
+        type=Path,
+        default=None,
+        help="require 'authorization: Bearer <token>'; one token per line, optionally with devices=ID,... "
+        "or role=operator (docs/deployment.md); health checks stay open",
+    )
     p.add_argument("--tls-cert", type=Path, default=None, help="serve TLS with this certificate chain (PEM)")
     p.add_argument("--tls-key", type=Path, default=None, help="the private key of --tls-cert (PEM)")
-    p.add_argument("--metrics-address", default=D.metrics_address,
-                   help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 0.0.0.0:9100; off by default)")  # fmt: skip
-    p.add_argument("--max-concurrent-rpcs", type=int, default=D.max_concurrent_rpcs,
-                   help="answer RESOURCE_EXHAUSTED beyond this many calls in flight (0 = no bound); health checks "
-                   "and tokenless streams are counted on their own")  # fmt: skip
-    p.add_argument("--max-open-streams", type=int, default=D.max_open_streams,
-                   help="Health/Watch streams (open without a token) in flight at once (0 = no bound)")  # fmt: skip
+    p.add_argument(
+        "--metrics-address",
+        default=D.metrics_address,
+        help="serve Prometheus metrics at http://HOST:PORT/metrics (e.g. 0.0.0.0:9100; off by default)",
+    )
+    p.add_argument(
+        "--max-concurrent-rpcs",
+        type=int,
+        default=D.max_concurrent_rpcs,
+        help="answer RESOURCE_EXHAUSTED beyond this many calls in flight (0 = no bound); health checks "
+        "and tokenless streams are counted on their own",
+    )
+    p.add_argument(
+        "--max-open-streams",
+        type=int,
+        default=D.max_open_streams,
+        help="Health/Watch streams (open without a token) in flight at once (0 = no bound)",
+    )
     p.add_argument(
         "--max-message-mib", type=int, default=D.max_message_bytes // MIB, help="largest message, MiB"
     )
-    p.add_argument("--max-decode-mib", type=int, default=lim.max_decode_bytes // MIB,
-                   help="per-request budget: MiB of working memory one request's decoding may hold (the decoder "
-                   "graph, the unpacked codes and the reconstructions); the decode threads hold one each")  # fmt: skip
-    p.add_argument("--max-decode-seconds", type=float, default=lim.max_decode_seconds,
-                   help="per-request budget: estimated CPU seconds one request's decoding may take")  # fmt: skip
-    p.add_argument("--max-decode-symbols", type=int, default=lim.max_symbols,
-                   help="per-request budget: code symbols one request may entropy-decode (a 12-megapixel photo of a "
-                   "map bundle with 32 code channels has about 28.5 million)")  # fmt: skip
-    p.add_argument("--keepalive-time", type=float, default=D.keepalive_time,
-                   help="ping idle connections every N s (0 = never)")  # fmt: skip
-    p.add_argument("--keepalive-timeout", type=float, default=D.keepalive_timeout,
-                   help="drop a connection whose ping is unanswered")  # fmt: skip
-    p.add_argument("--max-connection-age", type=float, default=D.max_connection_age,
-                   help="close connections after N s (30 s grace) so a load balancer can rebalance and no stream "
-                   "lives for ever (0 = never)")  # fmt: skip
-    p.add_argument("--write-timeout", type=float, default=D.write_timeout,
-                   help="end a stream whose client has not taken a reply for N s (0 = never)")  # fmt: skip
+    p.add_argument(
+        "--max-decode-mib",
+        type=int,
+        default=lim.max_decode_bytes // MIB,
+        help="per-request budget: MiB of working memory one request's decoding may hold (the decoder "
+        "graph, the unpacked codes and the reconstructions); the decode threads hold one each",
+    )
+    p.add_argument(
+        "--max-decode-seconds",
+        type=float,
+        default=lim.max_decode_seconds,
+        help="per-request budget: estimated CPU seconds one request's decoding may take",
+    )
+    p.add_argument(
+        "--max-decode-symbols",
+        type=int,
+        default=lim.max_symbols,
+        help="per-request budget: code symbols one request may entropy-decode (a 12-megapixel photo of a "
+        "map bundle with 32 code channels has about 28.5 million)",
+    )
+    p.add_argument(
+        "--keepalive-time",
+        type=float,
+        default=D.keepalive_time,
+        help="ping idle connections every N s (0 = never)",
+    )
+    p.add_argument(
+        "--keepalive-timeout",
+        type=float,
+        default=D.keepalive_timeout,
+        help="drop a connection whose ping is unanswered",
+    )
+    p.add_argument(
+        "--max-connection-age",
+        type=float,
+        default=D.max_connection_age,
+        help="close connections after N s (30 s grace) so a load balancer can rebalance and no stream "
+        "lives for ever (0 = never)",
+    )
+    p.add_argument(
+        "--write-timeout",
+        type=float,
+        default=D.write_timeout,
+        help="end a stream whose client has not taken a reply for N s (0 = never)",
+    )
     p.add_argument(
         "--grace", type=float, default=D.grace, help="seconds in-flight calls get on SIGTERM/SIGINT"
     )
-    p.add_argument("--health-interval", type=float, default=D.health_interval,
-                   help="seconds between store write checks; a failing check reports Storage NOT_SERVING (0 = never)")  # fmt: skip
-    p.add_argument("--reuse-port", action="store_true",
-                   help="share the port with other processes (SO_REUSEPORT); without it a port in use is an error")  # fmt: skip
-    p.add_argument("--batch-max-items", type=int, default=bat.max_items,
-                   help="dynamic batching: merge concurrent requests for one bundle into decoder runs of up to N "
-                   "items (0 or 1 = off)")  # fmt: skip
-    p.add_argument("--batch-delay-ms", type=float, default=bat.max_delay * 1000,
-                   help="dynamic batching: how long an idle bundle's first request waits for others, milliseconds "
-                   "(0: it runs at once, and requests batch up only while earlier runs are busy)")  # fmt: skip
-    p.add_argument("--stream-window", type=int, default=bat.stream_window,
-                   help="requests of one DecodeStream decoded at once (replies stay in order), so a device "
-                   "pipelining single items gets them batched; 1 = one at a time")  # fmt: skip
-    p.add_argument("--reload-interval", type=float, default=D.reload_interval,
-                   help="rescan --bundles every N s (at least 0.1) for new, changed or removed bundles (0 = only on "
-                   "SIGHUP)")  # fmt: skip
-    p.add_argument("--drain", type=float, default=D.drain,
-                   help="on SIGTERM, report NOT_SERVING and keep serving this many seconds (so a load balancer stops "
-                   "sending) before the --grace shutdown")  # fmt: skip
+    p.add_argument(
+        "--health-interval",
+        type=float,
+        default=D.health_interval,
+        help="seconds between store write checks; a failing check reports Storage NOT_SERVING (0 = never)",
+    )
+    p.add_argument(
+        "--reuse-port",
+        action="store_true",
+        help="share the port with other processes (SO_REUSEPORT); without it a port in use is an error",
+    )
+    p.add_argument(
+        "--batch-max-items",
+        type=int,
+        default=bat.max_items,
+        help="dynamic batching: merge concurrent requests for one bundle into decoder runs of up to N "
+        "items (0 or 1 = off)",
+    )
+    p.add_argument(
+        "--batch-delay-ms",
+        type=float,
+        default=bat.max_delay * 1000,
+        help="dynamic batching: how long an idle bundle's first request waits for others, milliseconds "
+        "(0: it runs at once, and requests batch up only while earlier runs are busy)",
+    )
+    p.add_argument(
+        "--stream-window",
+        type=int,
+        default=bat.stream_window,
+        help="requests of one DecodeStream decoded at once (replies stay in order), so a device "
+        "pipelining single items gets them batched; 1 = one at a time",
+    )
+    p.add_argument(
+        "--reload-interval",
+        type=float,
+        default=D.reload_interval,
+        help="rescan --bundles every N s (at least 0.1) for new, changed or removed bundles (0 = only on "
+        "SIGHUP)",
+    )
+    p.add_argument(
+        "--drain",
+        type=float,
+        default=D.drain,
+        help="on SIGTERM, report NOT_SERVING and keep serving this many seconds (so a load balancer stops "
+        "sending) before the --grace shutdown",
+    )
     # Checked by ServerConfig.check (one line, whether from the command line or AECODEC_*), not by argparse.
     p.add_argument("--log-level", default=D.log_level, type=str.upper, help=", ".join(LOG_LEVELS))
     p.add_argument(
@@ -195,8 +272,12 @@ def serve(args: argparse.Namespace) -> int:
     running: Running | None = None
 
     def _on_signal(signum, _frame):
-        log.info("received %s, shutting down (drain %.1f s, grace %.1f s)", signal.Signals(signum).name,
-                 config.drain, config.grace)  # fmt: skip
+        log.info(
+            "received %s, shutting down (drain %.1f s, grace %.1f s)",
+            signal.Signals(signum).name,
+            config.drain,
+            config.grace,
+        )
         stop.set()
 
     def _on_hup(_signum, _frame):
@@ -220,8 +301,11 @@ def serve(args: argparse.Namespace) -> int:
         ", ".join(f"{lb.bundle_id} ({lb.ref})" for lb in held) or "none (health: NOT_SERVING)",
     )
     if running.metrics_port:
-        log.info("metrics on http://%s:%d/metrics", (config.metrics_address or "").rpartition(":")[0],
-                 running.metrics_port)  # fmt: skip
+        log.info(
+            "metrics on http://%s:%d/metrics",
+            (config.metrics_address or "").rpartition(":")[0],
+            running.metrics_port,
+        )
     if args.port_file:
         tmp = args.port_file.with_suffix(".tmp")
         tmp.write_text(str(running.port))

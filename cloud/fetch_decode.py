@@ -48,8 +48,12 @@ def price(registry: BundleRegistry, record: StoredRecord, req: pb.FetchRequest, 
             f"bundle {record.bundle_id} is not held by this server; the stored payload is returned undecoded"
         )
     try:
-        return limits.check(lb.codec, [record.payload], f"stored item {record.item_id[:80]!r}",
-                            ITEMSIZE.get(req.reconstruction_format, 1))  # fmt: skip
+        return limits.check(
+            lb.codec,
+            [record.payload],
+            f"stored item {record.item_id[:80]!r}",
+            ITEMSIZE.get(req.reconstruction_format, 1),
+        )
     except (OverBudget, PayloadError) as exc:
         return f"not decoded with bundle {lb.bundle_id}: {exc}"
 

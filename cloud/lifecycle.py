@@ -165,8 +165,11 @@ def start(config: ServerConfig) -> Running:
     registry = BundleRegistry(threads=config.threads)
     registry.load_dir(config.bundles)
     if not len(registry):
-        log.warning("%s holds no bundle: this server decodes nothing (health NOT_SERVING) until one is added "
-                    "and --bundles is rescanned (SIGHUP or --reload-interval)", config.bundles)  # fmt: skip
+        log.warning(
+            "%s holds no bundle: this server decodes nothing (health NOT_SERVING) until one is added "
+            "and --bundles is rescanned (SIGHUP or --reload-interval)",
+            config.bundles,
+        )
     runs = max(1, config.decode_workers)
     config.batching = replace(config.batching, max_runs=runs)  # one run per decode thread
     config.limits = replace(config.limits, max_reply_bytes=config.max_message_bytes, decode_runs=runs)
@@ -192,8 +195,17 @@ def start(config: ServerConfig) -> Running:
             except CodecError as exc:
                 s.close()
                 raise CodecError(f"--store {config.store}: the store does not take writes ({exc})") from None
-            storage = StorageService(s, registry, store_executor, decode_executor, config.limits, metrics, audit,
-                                     budget, config.write_timeout)  # fmt: skip
+            storage = StorageService(
+                s,
+                registry,
+                store_executor,
+                decode_executor,
+                config.limits,
+                metrics,
+                audit,
+                budget,
+                config.write_timeout,
+            )
         if metrics is not None:
             publish_bundles(metrics, registry.entries())
             metrics_http = MetricsHTTPServer(metrics, config.metrics_address or "")
@@ -270,8 +282,16 @@ async def _serve(
         *config.keepalive,
     ]
     server = grpc.aio.server(interceptors=interceptors, options=options)
-    decoding = DecodingService(registry, decode_executor, config.limits, metrics, config.batching, audit, budget,
-                               config.write_timeout)  # fmt: skip
+    decoding = DecodingService(
+        registry,
+        decode_executor,
+        config.limits,
+        metrics,
+        config.batching,
+        audit,
+        budget,
+        config.write_timeout,
+    )
     pb_grpc.add_DecodingServicer_to_server(decoding, server)
     services = [DECODING]
     if storage is not None:  # a server without a store does not offer Storage at all

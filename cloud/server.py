@@ -28,8 +28,17 @@ def build_server(
     return start(ServerConfig(Path(bundles), address, workers, threads, store, **options))
 
 
-__all__ = ["DECODING", "STORAGE", "Running", "ServerConfig", "build_server", "config_from_args", "main",
-           "parse_args", "start"]  # fmt: skip
+__all__ = [
+    "DECODING",
+    "STORAGE",
+    "Running",
+    "ServerConfig",
+    "build_server",
+    "config_from_args",
+    "main",
+    "parse_args",
+    "start",
+]
 
 if __name__ == "__main__":
     sys.exit(main())

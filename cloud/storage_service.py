@@ -220,8 +220,15 @@ class StorageService(pb_grpc.StorageServicer):
                     ].error = f"bundle {bundle_id} is not held by this server; the stored payload is returned undecoded"
                 continue
             chunk = min(p.run_items for k in idx if isinstance(p := prices[k], Cost))
-            await self._on(self.decode_executor, decode_stored, lb.codec, [records[k] for k in idx],
-                           [out[k] for k in idx], req.reconstruction_format, chunk)  # fmt: skip
+            await self._on(
+                self.decode_executor,
+                decode_stored,
+                lb.codec,
+                [records[k] for k in idx],
+                [out[k] for k in idx],
+                req.reconstruction_format,
+                chunk,
+            )
         return out
 
     async def Fetch(self, request: pb.FetchRequest, context):

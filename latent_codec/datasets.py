@@ -436,8 +436,14 @@ def _open_image(p: Path):
 def _image_errors():
     from PIL import Image, UnidentifiedImageError
 
-    return (UnidentifiedImageError, OSError, ValueError, SyntaxError, Image.DecompressionBombError,
-            Image.DecompressionBombWarning)  # fmt: skip
+    return (
+        UnidentifiedImageError,
+        OSError,
+        ValueError,
+        SyntaxError,
+        Image.DecompressionBombError,
+        Image.DecompressionBombWarning,
+    )
 
 
 def _image_header(p: Path) -> tuple[tuple[int, int], bool, bool, bool]:

@@ -87,7 +87,7 @@ def tiles(height: int, width: int, core: int, margin: int, align: int) -> list[T
                     kr1,
                     kc0,
                     kc1,
-                )  # fmt: skip
+                )
             )
     return out
 
@@ -102,8 +102,16 @@ def scaled(t: Tile, stride: int, height: int, width: int) -> Tile:
     def hi(v: int, n: int) -> int:
         return min(n, -(-v // stride))
 
-    return Tile(lo(t.r0), hi(t.r1, height), lo(t.c0), hi(t.c1, width),
-                lo(t.kr0), hi(t.kr1, height), lo(t.kc0), hi(t.kc1, width))  # fmt: skip
+    return Tile(
+        lo(t.r0),
+        hi(t.r1, height),
+        lo(t.c0),
+        hi(t.c1, width),
+        lo(t.kr0),
+        hi(t.kr1, height),
+        lo(t.kc0),
+        hi(t.kc1, width),
+    )
 
 
 def core_of(t: Tile) -> tuple[slice, slice]:

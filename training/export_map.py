@@ -51,8 +51,12 @@ def export_map(job: ExportJob) -> Manifest:
     if weights == "float16":  # the weights were rounded to float16 by export_bundle
         enc_bytes, dec_bytes = store_weights_as_float16(enc_bytes), store_weights_as_float16(dec_bytes)
     odd = input_spec.to_unit(test.x[:16])[:, :, :13, :22]  # a size that is not a multiple of the stride
-    par = map_parity(model, enc_bytes, dec_bytes, [torch.from_numpy(codec0.pad(input_spec.to_unit(test.x[:64]))),
-                                                   torch.from_numpy(codec0.pad(odd))])  # fmt: skip
+    par = map_parity(
+        model,
+        enc_bytes,
+        dec_bytes,
+        [torch.from_numpy(codec0.pad(input_spec.to_unit(test.x[:64]))), torch.from_numpy(codec0.pad(odd))],
+    )
 
     # The grids: rounded training codes as ONNX Runtime computes them.
     hyper = model.entropy in HYPER_ENTROPY
@@ -76,9 +80,13 @@ def export_map(job: ExportJob) -> Manifest:
             zlo, zhi = -(1 << (zb - 1)), (1 << (zb - 1)) - 1
             h1, h2 = model.h_s[0], model.h_s[2]
             decoder = IntegerHyperDecoder.from_float(
-                h1.weight.numpy(), h1.bias.numpy(), h2.weight.numpy(), h2.bias.numpy(), log_scale_thresholds(),
+                h1.weight.numpy(),
+                h1.bias.numpy(),
+                h2.weight.numpy(),
+                h2.bias.numpy(),
+                log_scale_thresholds(),
                 HYPER_FRAC_BITS,
-            )  # fmt: skip
+            )
             cls = MeanScalePayload if model.entropy == "meanscale" else MapPayload
             z_tables = FactorizedPrior.from_probabilities(model.z_prior.table(zlo, zhi).numpy())
 
@@ -114,5 +122,10 @@ def export_map(job: ExportJob) -> Manifest:
 
 def _placeholder(model) -> MapPayload:
     """A payload spec good enough for padding and analysis before the tables exist."""
-    return MapPayload("factorized", model.args["code_channels"], STRIDE, 2,
-                      FactorizedPrior(np.full((model.args["code_channels"], 4), 1 << 14, np.int64)))  # fmt: skip
+    return MapPayload(
+        "factorized",
+        model.args["code_channels"],
+        STRIDE,
+        2,
+        FactorizedPrior(np.full((model.args["code_channels"], 4), 1 << 14, np.int64)),
+    )

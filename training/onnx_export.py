@@ -158,9 +158,16 @@ def _export_dynamic(module, args: tuple, input_names, output_names, shapes: tupl
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
-            module, args, input_names=input_names, output_names=output_names, dynamic_shapes=shapes,
-            dynamo=True, opset_version=OPSET, verbose=False, optimize=True,
-        )  # fmt: skip
+            module,
+            args,
+            input_names=input_names,
+            output_names=output_names,
+            dynamic_shapes=shapes,
+            dynamo=True,
+            opset_version=OPSET,
+            verbose=False,
+            optimize=True,
+        )
     return prog.model_proto.SerializeToString()
 
 
@@ -184,8 +191,12 @@ def map_parity(model, enc_bytes: bytes, dec_bytes: bytes, items: list[torch.Tens
         code_err = max(code_err, *(float(np.abs(a - b.numpy()).max()) for a, b in zip(o, t)))
         rec_err = max(rec_err, float(np.abs(o_rec - t_rec.numpy()).max()))
         sizes.append(list(x.shape[-2:]))
-    report = {"encoder_max_abs_diff": code_err, "decoder_max_abs_diff": rec_err, "tolerance": PARITY_TOLERANCE,
-              "sizes": sizes}  # fmt: skip
+    report = {
+        "encoder_max_abs_diff": code_err,
+        "decoder_max_abs_diff": rec_err,
+        "tolerance": PARITY_TOLERANCE,
+        "sizes": sizes,
+    }
     if code_err > PARITY_TOLERANCE or rec_err > PARITY_TOLERANCE:
         raise CodecError(f"ONNX Runtime and torch disagree: encoder {code_err:.2e}, decoder {rec_err:.2e}")
     return report

@@ -167,8 +167,13 @@ class DivergenceGuard:
         return {"ema": self.ema, "best": self.best}
 
     def state_dict(self) -> dict:
-        return {**self.stats(), "lr_scale": self.lr_scale, "events": self.events, "snapshots": list(self.snapshots),
-                "since_snapshot": self.since_snapshot}  # fmt: skip
+        return {
+            **self.stats(),
+            "lr_scale": self.lr_scale,
+            "events": self.events,
+            "snapshots": list(self.snapshots),
+            "since_snapshot": self.since_snapshot,
+        }
 
     def load_state_dict(self, s: dict) -> None:
         self.ema, self.best, self.lr_scale = s["ema"], float(s["best"]), float(s["lr_scale"])

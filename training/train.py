@@ -199,8 +199,14 @@ class EarlyStopping:
 
 
 def _data_record(cfg: TrainConfig, ds, n_train: int, n_val: int) -> dict:
-    return {"spec": cfg.data, "source": ds.source, "items": n_train, "val_items": n_val, "shape": list(ds.item_shape),
-            "val_split": cfg.val_split}  # fmt: skip
+    return {
+        "spec": cfg.data,
+        "source": ds.source,
+        "items": n_train,
+        "val_items": n_val,
+        "shape": list(ds.item_shape),
+        "val_split": cfg.val_split,
+    }
 
 
 def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Module, dict]:
@@ -296,8 +302,20 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
     # so in the record (bench/train_ladder.py then trains the rung again at a lower rate).
     start_val = evaluate(model, x_val)["loss"] if cfg.init_checkpoint and len(x_val) and not saved else None
     # The position and what the run has recorded so far: all of it goes into the state and the snapshots.
-    run: dict = {"epoch": 1, "index": 0, "step": 0, "total": 0.0, "count": 0, "history": [], "curve": [],
-                 "elapsed": 0.0, "cpu": 0.0, "sessions": [], "start_val": start_val, "stopped_early": False}  # fmt: skip
+    run: dict = {
+        "epoch": 1,
+        "index": 0,
+        "step": 0,
+        "total": 0.0,
+        "count": 0,
+        "history": [],
+        "curve": [],
+        "elapsed": 0.0,
+        "cpu": 0.0,
+        "sessions": [],
+        "start_val": start_val,
+        "stopped_early": False,
+    }
 
     def apply_lr() -> None:
         for g, lr in zip(opt.param_groups, sched.get_last_lr()):
@@ -344,11 +362,21 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
         if state_path is None or not rt.main:
             return
         run["sessions"][-1].update(to_step=run["step"], seconds=time.perf_counter() - t_session)
-        write_state(state_path, {
-            "config": config_dict(cfg), "now": capture(), "guard": guard.state_dict(), "stopper": stopper.state_dict(),
-            "run": {**{k: v for k, v in run.items() if k not in ("elapsed", "cpu")}, "elapsed": elapsed(), "cpu": cpu()},
-            "finished": finished,
-        })  # fmt: skip
+        write_state(
+            state_path,
+            {
+                "config": config_dict(cfg),
+                "now": capture(),
+                "guard": guard.state_dict(),
+                "stopper": stopper.state_dict(),
+                "run": {
+                    **{k: v for k, v in run.items() if k not in ("elapsed", "cpu")},
+                    "elapsed": elapsed(),
+                    "cpu": cpu(),
+                },
+                "finished": finished,
+            },
+        )
 
     if saved is not None:
         restore(saved["now"])
@@ -361,8 +389,11 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
         if rt.distributed:  # rank 0's generator state is restored; the others draw afresh
             torch.manual_seed(cfg.seed + rt.rank + 7919 * len(run["sessions"]))
         if progress is not None:
-            print(f"resumed {state_path} at step {run['step']} of {total} (epoch {run['epoch']}, "
-                  f"{run['elapsed'] / 60:.1f} min trained before)", file=sys.stderr)  # fmt: skip
+            print(
+                f"resumed {state_path} at step {run['step']} of {total} (epoch {run['epoch']}, "
+                f"{run['elapsed'] / 60:.1f} min trained before)",
+                file=sys.stderr,
+            )
     run["sessions"].append(
         {"from_step": run["step"], "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())}
     )
@@ -384,8 +415,14 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
             order_epoch = epoch
             if bar is not None:
                 bar.close()
-            bar = tqdm(total=min(per_epoch, total - (epoch - 1) * per_epoch), initial=run["index"] // local_batch,
-                       desc=f"epoch {epoch}/{epochs}", disable=not progress, leave=False, file=sys.stderr)  # fmt: skip
+            bar = tqdm(
+                total=min(per_epoch, total - (epoch - 1) * per_epoch),
+                initial=run["index"] // local_batch,
+                desc=f"epoch {epoch}/{epochs}",
+                disable=not progress,
+                leave=False,
+                file=sys.stderr,
+            )
         assert order is not None
         i = run["index"]
         xb = x_train[order[i : i + local_batch]]
@@ -406,15 +443,28 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
             where = {"epoch": epoch, "step": run["step"], "seconds": round(elapsed(), 1)}
             back = guard.rollback(reason, where)
             if progress is not None:
-                print(f"step {run['step']}: diverged ({reason}); "
-                      + (f"back to step {back['position']['step']} at {guard.lr_scale:g} x the learning rate"
-                         if back else "no rollbacks left: stopping at the last good state"), file=sys.stderr)  # fmt: skip
+                print(
+                    f"step {run['step']}: diverged ({reason}); "
+                    + (
+                        f"back to step {back['position']['step']} at {guard.lr_scale:g} x the learning rate"
+                        if back
+                        else "no rollbacks left: stopping at the last good state"
+                    ),
+                    file=sys.stderr,
+                )
             if back is None:  # stop at the last good state, with a record of where it got to
                 if guard.snapshots:
                     restore(guard.snapshots[0])
                 val = validate()
-                run["history"].append({"epoch": run["epoch"], "step": run["step"], "diverged": True,
-                                       **{f"val_{k}": v for k, v in val.items()}, "seconds": elapsed()})  # fmt: skip
+                run["history"].append(
+                    {
+                        "epoch": run["epoch"],
+                        "step": run["step"],
+                        "diverged": True,
+                        **{f"val_{k}": v for k, v in val.items()},
+                        "seconds": elapsed(),
+                    }
+                )
                 run["stopped_early"] = True
                 break
             restore(back)
@@ -434,25 +484,49 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
             guard.keep(capture())
         epoch_done = run["index"] >= len(order) or run["step"] >= total
         if cfg.val_every and run["step"] % cfg.val_every == 0 and not epoch_done:
-            run["curve"].append({"step": run["step"], "epoch": epoch, "seconds": elapsed(), "cpu_seconds": cpu(),
-                                 "lr": opt.param_groups[0]["lr"],
-                                 "train_loss_avg": guard.ema, **{f"val_{k}": v for k, v in validate().items()}})  # fmt: skip
+            run["curve"].append(
+                {
+                    "step": run["step"],
+                    "epoch": epoch,
+                    "seconds": elapsed(),
+                    "cpu_seconds": cpu(),
+                    "lr": opt.param_groups[0]["lr"],
+                    "train_loss_avg": guard.ema,
+                    **{f"val_{k}": v for k, v in validate().items()},
+                }
+            )
             if progress is not None:
                 c = run["curve"][-1]
-                print(f"step {c['step']}/{total}: val PSNR {c.get('val_psnr', float('nan')):.2f} dB"
-                      + (f", {c['val_bpp']:.3f} bpp" if "val_bpp" in c else "")
-                      + f", train loss avg {c['train_loss_avg'] or float('nan'):.4g}, lr {c['lr']:.2e}, {c['seconds'] / 60:.1f} min",
-                      file=sys.stderr, flush=True)  # fmt: skip
+                print(
+                    f"step {c['step']}/{total}: val PSNR {c.get('val_psnr', float('nan')):.2f} dB"
+                    + (f", {c['val_bpp']:.3f} bpp" if "val_bpp" in c else "")
+                    + f", train loss avg {c['train_loss_avg'] or float('nan'):.4g}, lr {c['lr']:.2e}, {c['seconds'] / 60:.1f} min",
+                    file=sys.stderr,
+                    flush=True,
+                )
         if epoch_done:
             val = validate()
-            rec = {"epoch": epoch, "step": run["step"],
-                   "train_loss": rt.sum(run["total"]) / (max(run["count"], 1) * rt.world_size),
-                   **{f"val_{k}": v for k, v in val.items()}, "seconds": elapsed(), "lr": opt.param_groups[0]["lr"]}  # fmt: skip
+            rec = {
+                "epoch": epoch,
+                "step": run["step"],
+                "train_loss": rt.sum(run["total"]) / (max(run["count"], 1) * rt.world_size),
+                **{f"val_{k}": v for k, v in val.items()},
+                "seconds": elapsed(),
+                "lr": opt.param_groups[0]["lr"],
+            }
             rec.update(reg.epoch_report(progress))  # sparse: mean code activation rho_hat per unit
             run["history"].append(rec)
-            run["curve"].append({"step": run["step"], "epoch": epoch, "seconds": rec["seconds"], "cpu_seconds": cpu(),
-                                 "lr": rec["lr"],
-                                 "train_loss_avg": guard.ema, **{f"val_{k}": v for k, v in val.items()}})  # fmt: skip
+            run["curve"].append(
+                {
+                    "step": run["step"],
+                    "epoch": epoch,
+                    "seconds": rec["seconds"],
+                    "cpu_seconds": cpu(),
+                    "lr": rec["lr"],
+                    "train_loss_avg": guard.ema,
+                    **{f"val_{k}": v for k, v in val.items()},
+                }
+            )
             run.update(epoch=epoch + 1, index=0, total=0.0, count=0)
             if progress is not None:  # None: silent (tests); False: no bar, one line per epoch
                 bpp = f"  val {val['bpp']:.3f} bpp" if "bpp" in val else ""
@@ -800,8 +874,10 @@ def main(argv: list[str] | None = None) -> int:
         main_process = distributed.is_main()
     except Stopped as stop:
         if distributed.is_main():
-            print(f"{stop}: training state in {stop.state}; the same command with --resume continues it",
-                  file=sys.stderr)  # fmt: skip
+            print(
+                f"{stop}: training state in {stop.state}; the same command with --resume continues it",
+                file=sys.stderr,
+            )
         return 3
     except (CodecError, ValueError, TypeError) as exc:
         print(f"error: {exc}", file=sys.stderr)

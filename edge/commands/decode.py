@@ -78,8 +78,10 @@ def run(args: argparse.Namespace) -> int:
     else:
         save_items(items, names, args.out, args.force)
     shapes = sorted({"x".join(map(str, x.shape)) for x in items})
-    print(f"{len(items)} items ({', '.join(shapes[:4])}{'...' if len(shapes) > 4 else ''}) -> {args.out}",
-          file=sys.stderr)  # fmt: skip
+    print(
+        f"{len(items)} items ({', '.join(shapes[:4])}{'...' if len(shapes) > 4 else ''}) -> {args.out}",
+        file=sys.stderr,
+    )
     if originals is not None:
         xs = [originals.take([i])[0] for i in range(len(originals))]
         save_comparisons(xs, items, names, args.out / "compare", args.force)

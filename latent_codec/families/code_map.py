@@ -408,8 +408,12 @@ class MapPayload:
             mode = np.argmax(self.z_tables.coder_tables.probabilities, axis=1).astype(np.uint16)
             z = np.broadcast_to(mode[None, :, None, None], (1, self.hyper_channels, hz, wz)).copy()
             z[..., ::3, ::2] = np.clip(z[..., ::3, ::2].astype(np.int64) + 1, 0, (1 << self.z_grid_bits) - 1)
-            z = np.where(self.z_tables.coder_tables.probabilities[np.arange(self.hyper_channels)[:, None, None], z[0]]
-                         > 0, z, mode[None, :, None, None]).astype(np.uint16)  # fmt: skip
+            z = np.where(
+                self.z_tables.coder_tables.probabilities[np.arange(self.hyper_channels)[:, None, None], z[0]]
+                > 0,
+                z,
+                mode[None, :, None, None],
+            ).astype(np.uint16)
         idx = self.table_indices((1, self.code_channels, hy, wy), z)
         y = np.argmax(self._y.probabilities, axis=1).astype(np.uint16)[np.asarray(idx, np.int64)]
         payloads = self.pack(np.asarray([[side, side]]), y, z)

@@ -206,8 +206,10 @@ class IntegerHyperDecoder:
         b1 = [abs(int(v)) for v in self.b1]
         layer1 = [s * int(z_max) + b for s, b in zip(w1, b1)]
         w2 = np.abs(self.w2).sum(axis=(2, 3), dtype=object)  # (M, Nh) Python ints
-        layer2 = [sum(int(w2[o, c]) * layer1[c] for c in range(w2.shape[1])) + abs(int(self.b2[o]))
-                  for o in range(w2.shape[0])]  # fmt: skip
+        layer2 = [
+            sum(int(w2[o, c]) * layer1[c] for c in range(w2.shape[1])) + abs(int(self.b2[o]))
+            for o in range(w2.shape[0])
+        ]
         t = max((abs(int(v)) for v in self.thresholds), default=0)
         return ExactnessBound(int(z_max), max(layer1, default=0), max(layer2, default=0), t)
 
@@ -231,8 +233,13 @@ class IntegerHyperDecoder:
         key = (d1, d2)
         if key not in self._cols:
             phases: list[np.ndarray] = [c.astype(d1) for c in _phase_columns(self.w1)]
-            self._cols[key] = (phases, self.b1.astype(d1), _columns(self.w2).astype(d2), self.b2.astype(d2),
-                               _Thresholds(self.thresholds, d2))  # fmt: skip
+            self._cols[key] = (
+                phases,
+                self.b1.astype(d1),
+                _columns(self.w2).astype(d2),
+                self.b2.astype(d2),
+                _Thresholds(self.thresholds, d2),
+            )
         return self._cols[key]
 
     def log_scale_units(self, z: np.ndarray, z_max: int | None = None) -> np.ndarray:
