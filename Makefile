@@ -112,8 +112,6 @@ bench-rd: setup
 # Whole held-out photographs (PHOTOS, default data/photos/heldout): the colour bundles under zoo/ (PHOTO_ZOO) vs JPEG
 # 4:2:0/4:4:4, WebP, AVIF in bits per pixel, PSNR RGB/luma, MS-SSIM -> docs/photo_rd.{md,json,png}, photo_rd_crops.png.
 PHOTOS ?= data/photos/heldout
-PHOTO_ZOO ?= zoo
-PHOTOS ?= data/photos/heldout
 PHOTO_ZOO ?= zoo/photo
 bench-rd-photos: setup photos
 	$(PY) -m bench.rd --photos $(PHOTOS) --max-side 768 --bundles $(PHOTO_ZOO) --out-dir docs
