@@ -44,6 +44,50 @@ def test_a_request_failing_inside_a_hold_returns_its_bytes_and_seconds():
     assert _bounded(go()) == (0, 0)
 
 
+def test_a_block_that_raises_inside_an_in_flight_hold_gives_its_bytes_back():
+    """InFlight.hold (a Fetch's reply bytes, cloud/storage_service.py): the bytes come back however the block ends."""
+
+    async def go() -> list[int]:
+        budget = InFlight(100)
+        seen = []
+        for exc in (RuntimeError("decoding failed"), asyncio.CancelledError()):
+            with suppress(type(exc)):
+                async with budget.hold(70):
+                    seen.append(budget.used)
+                    raise exc
+            seen.append(budget.used)
+        async with budget.hold(100):  # all of it, at once: nothing was lost
+            seen.append(budget.used)
+        return seen + [budget.used]
+
+    assert _bounded(go()) == [70, 0, 70, 0, 100, 0]
+
+
+def test_a_waiter_is_granted_only_bytes_that_fit():
+    """Bytes given back that are too few for the first waiter leave it waiting; the budget never goes over."""
+
+    async def go() -> dict:
+        budget = InFlight(100)
+        a = await budget.acquire(50)
+        b = await budget.acquire(30)
+        waiter = asyncio.ensure_future(budget.acquire(60))
+        await asyncio.sleep(0)
+        budget.release(b)  # 50 used: 60 more would be 110
+        await asyncio.sleep(0)
+        seen = {"granted while it did not fit": waiter.done(), "used": budget.used}
+        budget.release(a)
+        seen["granted once it fits"] = (await asyncio.wait_for(waiter, 5)) == 60
+        seen["used at the end"] = budget.used
+        return seen
+
+    assert _bounded(go()) == {
+        "granted while it did not fit": False,
+        "used": 50,
+        "granted once it fits": True,
+        "used at the end": 60,
+    }
+
+
 def test_a_request_cancelled_while_waiting_for_seconds_returns_the_bytes_it_took():
     """_HeldCost takes bytes first, then seconds: cancelled between the two, the bytes come back."""
 
