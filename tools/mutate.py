@@ -155,8 +155,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "tables-fast-lookup-off-by-one",
         "latent_codec/families/hyper_decoder.py",
-        "k -= u < self.ext[k]",
-        "k -= u <= self.ext[k]",
+        "k += u >= self.ext[k + 1]",
+        "k += u > self.ext[k + 1]",
         (TABLES, EXACT, SPATIAL),
         "the fast lookup puts an element on a threshold in the lower table",
     ),
@@ -345,7 +345,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="python -m tools.mutate", description=__doc__.split("\n\n")[0])
     p.add_argument("--only", action="append", default=[], help="run mutations whose name starts with this")
     p.add_argument("--list", action="store_true", help="list the mutations and exit")
-    p.add_argument("--timeout", type=float, default=600.0, help="seconds per mutation's test run")
+    p.add_argument("--timeout", type=float, default=300.0, help="seconds per mutation's test run")
     p.add_argument("--marks", default="not slow", help='pytest -m expression ("" for every test)')
     p.add_argument("--out", type=Path, default=None, help="also write the table (markdown) here")
     p.add_argument(
@@ -373,7 +373,7 @@ def _check(mutations: list[Mutation], root: Path) -> None:
 
 def _killer(output: str) -> str:
     """The first failing test pytest names (FAILED/ERROR lines of its short summary)."""
-    found = re.search(r"^(?:FAILED|ERROR) (\S+)", output, re.M)
+    found = re.search(r"^(?:FAILED|ERROR) (.+?)(?: - .*)?$", output, re.M)
     return found.group(1) if found else ""
 
 
