@@ -30,6 +30,7 @@ class FakeStorage(pb_grpc.StorageServicer):
     def __init__(self, acker: Acker):
         self.acker = acker
         self.requests: list[pb.IngestRequest] = []
+        self.target = ""
 
     def Ingest(self, request_iterator: Iterator[pb.IngestRequest], context) -> Iterator[pb.IngestAck]:
         for k, req in enumerate(request_iterator):
@@ -49,7 +50,8 @@ def cloud():
         pb_grpc.add_StorageServicer_to_server(fake, server)
         port = server.add_insecure_port("127.0.0.1:0")
         server.start()
-        channel = grpc.insecure_channel(f"127.0.0.1:{port}")
+        fake.target = f"127.0.0.1:{port}"
+        channel = grpc.insecure_channel(fake.target)
         grpc.channel_ready_future(channel).result(timeout=30)
         started.append((server, channel))
         return pb_grpc.StorageStub(channel), fake
@@ -161,3 +163,32 @@ def test_correct_acknowledgements_empty_the_spool(tmp_path, cloud):
     assert spool.count == 0 and sender.stats.acknowledged == 7
     assert [len(r.items) for r in fake.requests] == [3, 3, 1]
     spool.close()
+
+
+def test_an_ingest_run_stops_on_a_mismatched_acknowledgement_with_everything_still_spooled(tmp_path, cloud):
+    """edge.ingest.run end to end (producer, spool, sender): the run ends with IngestStopped naming the cause, and
+    its report says every item it took is still on the device."""
+    import numpy as np
+
+    from edge.ingest import IngestConfig, IngestStopped, run
+    from tests.helpers import ROOT
+
+    stub, fake = cloud(lambda k, req: _wrong_items(req))
+    items = np.random.default_rng(0).integers(0, 256, (10, 1, 28, 28), dtype=np.uint8)
+    config = IngestConfig(
+        bundle=ROOT / "zoo" / "conv-lambda-0.1",
+        server=fake.target,
+        spool=tmp_path / "spool.sqlite",
+        batch_size=4,
+        window=2,
+        retry_for=20.0,
+        ack_timeout=20.0,
+        threads=1,
+    )
+    got = _run_with_deadline(lambda: run(config, items), 120)
+    assert isinstance(got, IngestStopped), f"expected IngestStopped, got {got!r}"
+    report = got.report
+    assert "did not send" in (report.error or "") and report.acknowledged == 0
+    # every item taken from the source is still on the device (the rest were never taken: the cursor resumes them)
+    assert report.still_spooled == report.taken >= 4, (report.still_spooled, report.taken)
+    assert fake.requests, "the fake cloud saw no request"
