@@ -142,7 +142,7 @@ def test_a_failing_request_of_a_read_ahead_stream_returns_its_bytes():
         budget = InFlight(100)
         got: list[int] = []
         with pytest.raises(RuntimeError, match="decoding failed"):
-            async for reply in in_order(requests(), None, admit, work, 3, budget):  # type: ignore[arg-type]
+            async for reply in in_order(requests(), None, admit, work, 3, budget):
                 got.append(reply)
         return got, budget.used
 
@@ -156,7 +156,7 @@ def test_a_failing_request_of_a_read_ahead_stream_returns_its_bytes():
             return ticket
 
         with pytest.raises(ValueError, match="refused"):
-            async for reply in in_order(requests(), None, admit, fine, 3, budget):  # type: ignore[arg-type]
+            async for reply in in_order(requests(), None, admit, fine, 3, budget):
                 got.append(reply)
         return got, budget.used
 
@@ -198,7 +198,7 @@ def test_decode_requests_that_fail_inside_the_budget_give_it_back_on_a_real_serv
         def broken(*a, **kw):
             raise RuntimeError("the decoder graph failed")
 
-        loaded.codec.synthesise = broken
+        loaded.codec.synthesise = broken  # type: ignore[method-assign]
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
             stub = CloudStub(ch)
             for _ in range(3):
@@ -225,7 +225,7 @@ def test_decode_requests_that_fail_inside_the_budget_give_it_back_on_a_real_serv
                 raise AssertionError(
                     f"budgets still held after the failures: {running.call(used(), timeout=10)}"
                 ) from None
-            loaded.codec.synthesise = good
+            loaded.codec.synthesise = good  # type: ignore[method-assign]
             reply = stub.Decode(request, timeout=20)
             assert reply.count == 4
     finally:
