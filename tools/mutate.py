@@ -411,6 +411,8 @@ def run_one(m: Mutation, copy: Path, timeout: float, marks: str) -> tuple[str, s
         return "SURVIVED", "", seconds
     if code == 1:
         return "killed", _killer(out), seconds
+    if code == 5:  # every test deselected (e.g. only slow ones, with -m "not slow"): nothing could catch it
+        return "SURVIVED (no test ran)", "every test of these files deselected", seconds
     tail = " ".join(out.strip().splitlines()[-2:])[:160]
     return f"error (pytest exit {code})", tail, seconds
 
@@ -452,7 +454,7 @@ def main(argv: list[str] | None = None) -> int:
     ]
     killed = sum(o.startswith("killed") for _, o, _, _ in rows)
     summary = f"{killed} of {len(rows)} mutations killed; survivors: " + (
-        ", ".join(m.name for m, o, _, _ in rows if o == "SURVIVED") or "none"
+        ", ".join(m.name for m, o, _, _ in rows if o.startswith("SURVIVED")) or "none"
     )
     print("\n".join(table))
     print(summary)
