@@ -300,9 +300,19 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "ingest-remove-before-check",
         "edge/sender.py",
-        "                if batch is None or req is None or not framing.acknowledges(req, ack):",
-        "                if batch is not None:\n                    self.spool.remove(batch)\n"
-        "                if batch is None or req is None or not framing.acknowledges(req, ack):",
+        "                if batch is None or req is None or not framing.acknowledges(req, ack):\n"
+        "                    raise CloudError(\n"
+        '                        "the cloud acknowledged items this client did not send in that order; "\n'
+        '                        "stopping with everything unacknowledged still spooled"\n'
+        "                    )\n"
+        "                self.spool.remove(batch)\n",
+        "                if batch is not None:\n"
+        "                    self.spool.remove(batch)\n"
+        "                if batch is None or req is None or not framing.acknowledges(req, ack):\n"
+        "                    raise CloudError(\n"
+        '                        "the cloud acknowledged items this client did not send in that order; "\n'
+        '                        "stopping with everything unacknowledged still spooled"\n'
+        "                    )\n",
         (ACK, "tests/test_ingest_faults.py"),
         "a batch leaves the spool before its acknowledgement is checked",
     ),
