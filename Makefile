@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset photos postgres prometheus proto lint demo test test-fast bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-speed bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
+.PHONY: setup dataset photos postgres prometheus proto lint demo test test-fast mutate bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-speed bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -50,6 +50,10 @@ test: setup postgres prometheus
 # Everything but the tests that train models for a while (under a minute on 2 cores).
 test-fast: setup
 	$(PY) -m pytest -m "not slow"
+
+# One-line faults in a copy of the tree, each followed by the tests that should catch it -> docs/mutation.md.
+mutate: setup
+	$(PY) -m tools.mutate
 
 # Ingest throughput per store and batch size, and the edge spool's cost -> docs/bench-ingest.md.
 # Trains a small dense Fashion-MNIST bundle (32 bytes per item) the first time.

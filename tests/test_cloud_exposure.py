@@ -25,7 +25,7 @@ from edge.client import CloudClient
 from latent_codec import datasets
 from latent_codec.errors import CodecError
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
-from tests.helpers import ROOT, CloudStub, tiny_bundle
+from tests.helpers import ROOT, CloudStub, tiny_bundle, wait_for_file
 from tests.helpers.edge_cli import RUNNER, assert_one_line_error
 from tests.helpers.requests import make_request
 
@@ -391,12 +391,7 @@ def test_tls_end_to_end_from_the_cli(digits_bundle, cert, token_file, tmp_path):
         text=True,
     )
     try:
-        import time
-
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
-            time.sleep(0.05)
+        wait_for_file(proc, port_file, 60, "the server to start")
         target = f"127.0.0.1:{port_file.read_text()}"
         base = [
             "evaluate",

@@ -137,7 +137,7 @@ class Machine:
 
     def has(self, module: str) -> bool:
         probe = [str(self.venv / "bin" / "python"), "-c", f"import {module}"]
-        return subprocess.run(probe, capture_output=True, cwd=self.tmp).returncode == 0
+        return subprocess.run(probe, capture_output=True, cwd=self.tmp, timeout=120).returncode == 0
 
 
 def test_examples_parse_from_every_dockerfile():
@@ -190,7 +190,7 @@ def test_each_image_runs_its_own_examples_with_only_its_requirements(tmp_path_fa
         # digits is no device's data: a one-line error, not a traceback
         digits = Run("edge", [*evaluate.argv[:-1], "digits"], evaluate.cwd, False)
         proc = subprocess.run(
-            digits.argv, cwd=digits.cwd, env=machine.env(edge), capture_output=True, text=True
+            digits.argv, cwd=digits.cwd, env=machine.env(edge), capture_output=True, text=True, timeout=300
         )
         assert proc.returncode == 2 and "scikit-learn" in proc.stderr and "Traceback" not in proc.stderr
     finally:
@@ -209,7 +209,10 @@ def test_each_image_runs_its_own_examples_with_only_its_requirements(tmp_path_fa
     health = machine.command(cloud, cloud.healthcheck)
     try:
         wait_until(
-            lambda: subprocess.run(health, env=machine.env(cloud), capture_output=True).returncode == 0,
+            lambda: (
+                subprocess.run(health, env=machine.env(cloud), capture_output=True, timeout=30).returncode
+                == 0
+            ),
             60,
             "the cloud image's healthcheck to pass",
             step=0.5,

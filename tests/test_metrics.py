@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 import urllib.error
 import urllib.request
 
@@ -15,7 +14,7 @@ from cloud.server import build_server
 from cloud.tenancy import ALL, Principal
 from latent_codec import datasets
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
-from tests.helpers import ROOT, CloudStub, tiny_bundle
+from tests.helpers import ROOT, CloudStub, tiny_bundle, wait_for_file
 from tests.helpers.prometheus import scrape, val
 from tests.helpers.requests import make_request
 
@@ -152,10 +151,7 @@ def test_metrics_endpoint_from_the_server_cli(bundle, tmp_path):
         text=True,
     )
     try:
-        deadline = time.monotonic() + 60
-        while not port_file.exists():
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()[1]
-            time.sleep(0.05)
+        wait_for_file(proc, port_file, 60, "the server to start")
         with grpc.insecure_channel(f"127.0.0.1:{port_file.read_text()}") as ch:
             CloudStub(ch).ModelInfo(pb.ModelInfoRequest(), timeout=10)
         s = scrape(mport)

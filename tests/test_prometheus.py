@@ -40,7 +40,7 @@ def test_promtool_accepts_the_config_and_the_alert_rules_fire_as_tested(tmp_path
     # The checks can fail: a rule with a syntax error is refused.
     (tmp_path / "rules.yml").write_text((PROM / "rules.yml").read_text().replace("> 0.05", "> > 0.05"))
     bad = subprocess.run(
-        [promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True
+        [promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True, timeout=60
     )
     assert bad.returncode != 0
 

@@ -101,7 +101,8 @@ def test_rolling_restart_of_two_replicas_fails_no_call(bundle, tmp_path):
     finally:
         stop.set()
         for w in workers:
-            w.join()
+            w.join(60)  # each call has a deadline: a worker that does not stop is a failure, not a hang
+        assert not any(w.is_alive() for w in workers), "load threads still running 60 s after stop"
         channel.close()
         for s in servers:
             s.kill(signal.SIGTERM)

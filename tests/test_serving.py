@@ -26,7 +26,7 @@ from latent_codec import datasets
 from latent_codec.codec import Codec
 from latent_codec.container import from_tensor, to_batch
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
-from tests.helpers import ROOT, CloudStub, ServerProcess, child_env, tiny_bundle, wait_until
+from tests.helpers import ROOT, CloudStub, ServerProcess, child_env, run_within, tiny_bundle, wait_until
 
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
@@ -69,9 +69,13 @@ def test_batcher_merges_concurrent_requests_and_gives_each_its_own_rows(bundle, 
         )
 
     with ThreadPoolExecutor(2) as pool:
-        merged = asyncio.run(go(Batcher(codec, pool, max_items=8, max_delay=0.05, observe=runs.append)))
+        merged = run_within(
+            go(Batcher(codec, pool, max_items=8, max_delay=0.05, observe=runs.append)), 60, "merged runs"
+        )
         solo_runs: list[int] = []
-        solo = asyncio.run(go(Batcher(codec, pool, max_items=0, max_delay=0.05, observe=solo_runs.append)))
+        solo = run_within(
+            go(Batcher(codec, pool, max_items=0, max_delay=0.05, observe=solo_runs.append)), 60, "solo runs"
+        )
     want = codec.synthesise(codes[:28], {})
     starts = np.cumsum([0, *sizes])
     for got, a, b in zip(merged, starts[:-1], starts[1:]):
@@ -104,7 +108,7 @@ def test_the_runtimes_memory_is_given_back_once_when_idle_not_after_every_large_
         return during, batcher.releases
 
     with ThreadPoolExecutor(2) as pool:
-        during, after = asyncio.run(go(Batcher(codec, pool, max_items=0)))
+        during, after = run_within(go(Batcher(codec, pool, max_items=0)), 60, "the idle release")
     assert (during, after) == (0, 1)
 
 
@@ -129,11 +133,15 @@ def test_one_large_request_is_split_across_the_decode_threads(bundle, items):
 
     codec.synthesise = recording  # type: ignore[method-assign]
     with ThreadPoolExecutor(2) as pool:
-        out = asyncio.run(Batcher(codec, pool, max_items=16, max_runs=2).synthesise(codes, {}))
+        out = run_within(
+            Batcher(codec, pool, max_items=16, max_runs=2).synthesise(codes, {}), 60, "a split request"
+        )
         assert sorted(n for n, _ in calls) == [32, 32] and len({t for _, t in calls}) == 2
         calls.clear()
         small = codes[: 2 * SPLIT - 1]
-        asyncio.run(Batcher(codec, pool, max_items=16, max_runs=2).synthesise(small, {}))
+        run_within(
+            Batcher(codec, pool, max_items=16, max_runs=2).synthesise(small, {}), 60, "a small request"
+        )
         assert [n for n, _ in calls] == [len(small)]
     assert np.abs(out - real(codes, {})).max() <= 1e-5
 
@@ -161,7 +169,7 @@ def test_requests_arriving_while_the_runs_are_busy_go_together_in_the_next_run(b
     release = threading.Event()
     with ThreadPoolExecutor(1) as pool:
         pool.submit(release.wait, 30)  # the decode thread is busy until released
-        out = asyncio.run(go())
+        out = run_within(go(), 60, "requests queued behind a busy run")
     assert runs == [1, 9]
     want = codec.synthesise(codes, {})
     assert all(np.abs(o - want[k : k + 1]).max() <= 1e-5 for k, o in enumerate(out))
@@ -192,7 +200,8 @@ def test_served_requests_are_merged_and_a_bad_request_fails_alone(bundle, items)
             for t in threads:
                 t.start()
             for t in threads:
-                t.join()
+                t.join(120)  # each call has a 30 s deadline of its own
+                assert not t.is_alive(), "a Decode call did not end within its deadline"
         samples = scrape(running.metrics_port)
     finally:
         running.stop(grace=1.0)
@@ -308,11 +317,11 @@ def test_read_ahead_is_bounded_by_requests_and_bytes_while_the_client_does_not_r
         first += [r async for r in replies]
         return seen, first
 
-    seen, out = asyncio.run(go(window=8, budget=10_000))
+    seen, out = run_within(go(window=8, budget=10_000), 30, "read-ahead bounded by the window")
     assert len(seen) == 8 and out == list(range(100))  # the one handed over still counts until it is taken
-    seen, out = asyncio.run(go(window=64, budget=100))
+    seen, out = run_within(go(window=64, budget=100), 30, "read-ahead bounded by the byte budget")
     assert len(seen) == 100 // 40 and out == list(range(100))
-    seen, out = asyncio.run(go(window=64, budget=10))  # one request larger than the budget still runs alone
+    seen, out = run_within(go(window=64, budget=10), 30, "a request larger than the budget")  # runs alone
     assert len(seen) == 1 and out == list(range(100))
 
 
@@ -369,7 +378,8 @@ def test_bundles_roll_out_by_name_and_version_without_a_restart(bundle, digits_b
         pinned.codes.bundle_id = "digits@1"
         assert stub.Decode(pinned, timeout=10).bundle_id == v1.bundle_id
         stop.set()
-        worker.join()
+        worker.join(60)
+        assert not worker.is_alive(), "the load thread did not stop within 60 s"
         # Removing v1 takes it away (after in-flight calls finished with it); "digits" keeps working.
         shutil.rmtree(root / "digits" / "1")
         server.proc.send_signal(signal.SIGHUP)

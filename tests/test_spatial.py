@@ -414,7 +414,13 @@ def test_symbols_are_bit_identical_in_another_process(hyper_bundle, tmp_path):
         "PATH": "/usr/bin:/bin",
     }
     out = subprocess.run(
-        [sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True, check=True
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=300,
     )
     assert out.stdout.strip() == hashlib.sha256(here.tobytes()).hexdigest()
 

@@ -262,6 +262,38 @@ def check_exactly_once(target: str, payloads: list[bytes], device: str, source: 
     assert listing.total_payload_bytes == sum(len(p) for p in payloads)
 
 
+def run_within(coro, seconds: float, what: str):
+    """asyncio.run(coro) with a deadline: an AssertionError naming `what` instead of a hang (a lost budget release,
+    a reader that never stops)."""
+    import asyncio
+
+    async def bounded():
+        try:
+            return await asyncio.wait_for(coro, seconds)
+        except TimeoutError:
+            raise AssertionError(f"timed out after {seconds} s: {what}") from None
+
+    return asyncio.run(bounded())
+
+
+def wait_for_file(proc: subprocess.Popen, path: Path, seconds: float, what: str) -> None:
+    """Wait until a child writes `path` (its port file); fail with its stderr when it exits first or the deadline
+    passes (then it is killed first: reading the stderr of a running child would wait for it forever)."""
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        if proc.poll() is not None or time.monotonic() > deadline:
+            late = proc.poll() is None
+            if late:
+                proc.kill()
+            try:
+                err = proc.communicate(timeout=10)[1]
+            except subprocess.TimeoutExpired:
+                err = "(no stderr: the child did not exit after SIGKILL within 10 s)"
+            when = f"within {seconds} s" if late else f"(it exited with {proc.returncode})"
+            raise AssertionError(f"{what}: {path.name} not written {when}; stderr: {str(err)[-2000:]}")
+        time.sleep(0.05)
+
+
 def wait_until(pred, timeout: float, what: str, step: float = 0.05):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
