@@ -32,9 +32,14 @@ print(applied, faults() - before)
 
 def run(mode: str, **env: str) -> tuple[bool, int]:
     out = subprocess.run(
-        [sys.executable, "-c", CHILD, mode], cwd=ROOT, env={**child_env(), **env}, capture_output=True, text=True,
-        timeout=60, check=True,
-    ).stdout.split()  # fmt: skip
+        [sys.executable, "-c", CHILD, mode],
+        cwd=ROOT,
+        env={**child_env(), **env},
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout.split()
     return out[0] == "True", int(out[1])
 
 

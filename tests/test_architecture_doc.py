@@ -93,15 +93,35 @@ def traced(tmp_path_factory) -> tuple[Counter[str], dict[int, Counter[str]]]:
     token_file.write_text(TOKEN + "\n")
     calls = _Calls()
     with calls as build:
-        running = build_server(bundle.parent, "127.0.0.1:0", workers=2, metrics_address="127.0.0.1:0",
-                               auth_tokens={TOKEN: Principal("doc", frozenset({ALL}))})  # fmt: skip
+        running = build_server(
+            bundle.parent,
+            "127.0.0.1:0",
+            workers=2,
+            metrics_address="127.0.0.1:0",
+            auth_tokens={TOKEN: Principal("doc", frozenset({ALL}))},
+        )
     build = Counter(build)
     runs = {}
     try:
         for n in (10, 40):
             with calls as counts:
-                rc = main(["evaluate", "--bundle", str(bundle), "--server", f"127.0.0.1:{running.port}", "--data",
-                           "digits", "--limit", str(n), "--batch-size", "5", "--auth-token-file", str(token_file)])  # fmt: skip
+                rc = main(
+                    [
+                        "evaluate",
+                        "--bundle",
+                        str(bundle),
+                        "--server",
+                        f"127.0.0.1:{running.port}",
+                        "--data",
+                        "digits",
+                        "--limit",
+                        str(n),
+                        "--batch-size",
+                        "5",
+                        "--auth-token-file",
+                        str(token_file),
+                    ]
+                )
             assert rc == 0
             runs[n] = Counter(counts)
     finally:

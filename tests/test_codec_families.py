@@ -27,8 +27,23 @@ def toy_bundle(tmp_path_factory) -> Path:
     from training.train import main as train_main
 
     d = tmp_path_factory.mktemp("toy")
-    rc = train_main(["--model", "toy-pooled", "--data", "digits", "--epochs", "2", "--batch-size", "64",
-                     "--lr", "0.01", "--no-progress", "--out", str(d / "toy.pt")])  # fmt: skip
+    rc = train_main(
+        [
+            "--model",
+            "toy-pooled",
+            "--data",
+            "digits",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "64",
+            "--lr",
+            "0.01",
+            "--no-progress",
+            "--out",
+            str(d / "toy.pt"),
+        ]
+    )
     assert rc == 0
     export_bundle(d / "toy.pt", d / "bundles" / "toy", fit_items=0, test_limit=0)
     return d / "bundles" / "toy"
@@ -70,9 +85,16 @@ def test_the_toy_family_through_edge_cloud_store_and_bench(toy_bundle, tmp_path)
             np.testing.assert_array_equal(decoded.items, codec.decode(payloads))
             assert np.allclose(decoded.mse, codec.squared_error(x, codec.decode(payloads)))
         report = run(
-            IngestConfig(bundle=toy_bundle, server=target, spool=tmp_path / "spool.db", data="digits", limit=40,
-                         device_id="cam-toy", batch_size=16)
-        )  # fmt: skip
+            IngestConfig(
+                bundle=toy_bundle,
+                server=target,
+                spool=tmp_path / "spool.db",
+                data="digits",
+                limit=40,
+                device_id="cam-toy",
+                batch_size=16,
+            )
+        )
         assert report.acknowledged == 40 and report.quarantined == 0 and report.still_spooled == 0
         with CloudClient(target) as cloud:
             fetched = cloud.fetch(device_id="cam-toy")

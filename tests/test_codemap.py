@@ -24,9 +24,13 @@ def _payload(entropy: str, seed: int = 0) -> MapPayload:
     if entropy == "factorized":
         return MapPayload("factorized", m, 4, 4, _tables(rng, m, 16))
     hd = IntegerHyperDecoder.from_float(
-        rng.normal(0, 0.3, (nh, nh, 3, 3)), rng.normal(0, 0.1, nh), rng.normal(0, 0.3, (m, nh, 3, 3)),
-        rng.normal(0, 0.1, m), np.linspace(-2, 2, 7), frac_bits=10,
-    )  # fmt: skip
+        rng.normal(0, 0.3, (nh, nh, 3, 3)),
+        rng.normal(0, 0.1, nh),
+        rng.normal(0, 0.3, (m, nh, 3, 3)),
+        rng.normal(0, 0.1, m),
+        np.linspace(-2, 2, 7),
+        frac_bits=10,
+    )
     return MapPayload("hyperprior", m, 4, 4, _tables(rng, 8, 16), nh, 2, 3, _tables(rng, nh, 8), hd)
 
 

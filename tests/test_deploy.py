@@ -196,12 +196,20 @@ def test_envoy_routes_to_the_compose_cloud_service_and_port():
         codec[0]
     )  # matched before the prefix
     pattern = re.compile(retried[0]["match"]["safe_regex"]["regex"])
-    methods = {f"/aecodec.v2.{svc}/{m}" for svc, ms in (("Decoding", ("Decode", "DecodeStream", "ModelInfo")),
-               ("Storage", ("Ingest", "Fetch", "ListStored"))) for m in ms}  # fmt: skip
+    methods = {
+        f"/aecodec.v2.{svc}/{m}"
+        for svc, ms in (
+            ("Decoding", ("Decode", "DecodeStream", "ModelInfo")),
+            ("Storage", ("Ingest", "Fetch", "ListStored")),
+        )
+        for m in ms
+    }
     assert {m for m in methods if pattern.fullmatch(m)} == {
-        "/aecodec.v2.Decoding/Decode", "/aecodec.v2.Decoding/ModelInfo", "/aecodec.v2.Storage/Fetch",
+        "/aecodec.v2.Decoding/Decode",
+        "/aecodec.v2.Decoding/ModelInfo",
+        "/aecodec.v2.Storage/Fetch",
         "/aecodec.v2.Storage/ListStored",
-    }  # fmt: skip
+    }
     assert {"unavailable", "connect-failure", "refused-stream"} <= set(
         retried[0]["route"]["retry_policy"]["retry_on"].split(",")
     )
@@ -318,9 +326,15 @@ def test_training_image_variants_and_contents():
 
     cpu, cuda, bad = build("cpu"), build("cuda"), build("rocm")
     assert cpu.returncode == 0 and cpu.stdout.split() == [
-        "pip", "install", "--index-url", "https://download.pytorch.org/whl/cpu",
-        "--extra-index-url", "https://pypi.org/simple", "-r", "requirements/train.txt",
-    ]  # fmt: skip
+        "pip",
+        "install",
+        "--index-url",
+        "https://download.pytorch.org/whl/cpu",
+        "--extra-index-url",
+        "https://pypi.org/simple",
+        "-r",
+        "requirements/train.txt",
+    ]
     assert cuda.returncode == 0 and cuda.stdout.split() == ["pip", "install", "-r", "requirements/train.txt"]
     assert bad.returncode != 0 and "TORCH_VARIANT must be cpu or cuda" in bad.stderr and not bad.stdout
 

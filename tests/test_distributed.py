@@ -95,9 +95,28 @@ def test_mixed_precision_forward_keeps_the_loss_in_fp32():
 
 # ---- torchrun ------------------------------------------------------------------------------------------------
 TRAIN_ARGS = [
-    "--model", "dense", "--arg", "code_dim=8", "--arg", "hidden=[32]", "--data", "digits", "--limit", "1000",
-    "--epochs", "3", "--batch-size", "60", "--lr", "0.002", "--seed", "0", "--device", "cpu", "--no-progress",
-]  # fmt: skip
+    "--model",
+    "dense",
+    "--arg",
+    "code_dim=8",
+    "--arg",
+    "hidden=[32]",
+    "--data",
+    "digits",
+    "--limit",
+    "1000",
+    "--epochs",
+    "3",
+    "--batch-size",
+    "60",
+    "--lr",
+    "0.002",
+    "--seed",
+    "0",
+    "--device",
+    "cpu",
+    "--no-progress",
+]
 # 1000 digits -> 900 training items: 15 global batches of 60 (30 per process), none left over.
 
 

@@ -129,10 +129,15 @@ def test_map_bombs_are_refused_before_decoding_for_decode_stream_ingest_and_fetc
                     assert "--max-decode-mib" in info.value.details()
                 assert time.monotonic() - t0 < 10  # refused from the header, not after decoding
             ingest = pb.IngestRequest(
-                device_id="cam", bundle_id=bid,
-                items=[pb.IngestItem(item_id="big", payload=claim(2640, 2640)),
-                       pb.IngestItem(item_id="ok", payload=map_codec.encode(np.zeros((1, 1, 8, 8), np.uint8))[0])],
-            )  # fmt: skip
+                device_id="cam",
+                bundle_id=bid,
+                items=[
+                    pb.IngestItem(item_id="big", payload=claim(2640, 2640)),
+                    pb.IngestItem(
+                        item_id="ok", payload=map_codec.encode(np.zeros((1, 1, 8, 8), np.uint8))[0]
+                    ),
+                ],
+            )
             with pytest.raises(grpc.RpcError) as info:
                 list(stub.Ingest(iter([ingest]), timeout=20))
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -340,11 +345,23 @@ def test_a_stream_client_that_never_reads_delays_others_by_at_most_the_write_dea
     budget = 16 * MIB  # a smaller per-request budget: the same mechanism, shorter decodes than the default's
     bundle, req = worst_case("flat", budget)
     (tmp_path / "tokens.txt").write_text(f"{TOKEN}\n")
-    server = ServerProcess(bundle, None, tmp_path, metrics=True, extra=(
-        "--auth-token-file", str(tmp_path / "tokens.txt"), "--write-timeout", str(WRITE_TIMEOUT),
-        "--max-decode-mib", str(budget // MIB))).start()  # fmt: skip
-    small = pb.DecodeRequest(codes=pb.CodeBatch(bundle_id=req.codes.bundle_id, count=4, format=req.codes.format,
-                                                sizes=[0] * 4))  # fmt: skip
+    server = ServerProcess(
+        bundle,
+        None,
+        tmp_path,
+        metrics=True,
+        extra=(
+            "--auth-token-file",
+            str(tmp_path / "tokens.txt"),
+            "--write-timeout",
+            str(WRITE_TIMEOUT),
+            "--max-decode-mib",
+            str(budget // MIB),
+        ),
+    ).start()
+    small = pb.DecodeRequest(
+        codes=pb.CodeBatch(bundle_id=req.codes.bundle_id, count=4, format=req.codes.format, sizes=[0] * 4)
+    )
     try:
         r = asyncio.run(non_reader_against_controls(server, MD, OPTS, req, small))
     finally:
@@ -372,26 +389,43 @@ def test_a_fetch_client_that_never_reads_does_not_hold_other_fetches_past_the_wr
     write deadline, and another client's Fetch is answered while the non-reader is still connected."""
     codec = Codec.open(FLAT)
     payload = codec.encode(np.zeros((1, 1, 28, 28), np.uint8))[0]
-    running = build_server(FLAT, "127.0.0.1:0", store=str(tmp_path / "s.db"), write_timeout=1.0,
-                           limits=Limits(max_decode_bytes=4 * MIB), metrics_address="127.0.0.1:0")  # fmt: skip
+    running = build_server(
+        FLAT,
+        "127.0.0.1:0",
+        store=str(tmp_path / "s.db"),
+        write_timeout=1.0,
+        limits=Limits(max_decode_bytes=4 * MIB),
+        metrics_address="127.0.0.1:0",
+    )
     target = f"127.0.0.1:{running.port}"
     try:
         with grpc.insecure_channel(target) as ch:
             for device, n in (("hog", 10_000), ("cam", 4)):  # 10,000 28x28 float32 items: 31 MB of replies
                 reqs = [
-                    pb.IngestRequest(device_id=device, bundle_id=codec.bundle_id, item_id_prefix=f"{device}#",
-                                     items=[pb.IngestItem(item_seq=k, payload=payload)
-                                            for k in range(start, min(n, start + 500))])
+                    pb.IngestRequest(
+                        device_id=device,
+                        bundle_id=codec.bundle_id,
+                        item_id_prefix=f"{device}#",
+                        items=[
+                            pb.IngestItem(item_seq=k, payload=payload)
+                            for k in range(start, min(n, start + 500))
+                        ],
+                    )
                     for start in range(0, n, 500)  # what Ingest's validation may decode per request
-                ]  # fmt: skip
+                ]
                 assert len(list(CloudStub(ch).Ingest(iter(reqs), timeout=120))) == len(reqs)
 
         def fetches_ended(code: str) -> float:
             from tests.helpers.prometheus import scrape, val
 
             samples = scrape(running.metrics_port)
-            return val(samples, "aecodec_grpc_server_handled_total", grpc_service="aecodec.v2.Storage",
-                       grpc_method="Fetch", grpc_code=code)  # fmt: skip
+            return val(
+                samples,
+                "aecodec_grpc_server_handled_total",
+                grpc_service="aecodec.v2.Storage",
+                grpc_method="Fetch",
+                grpc_code=code,
+            )
 
         async def run() -> int:
             fetch = pb.FetchRequest(reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32)
@@ -437,8 +471,12 @@ def test_a_full_store_is_resource_exhausted_retried_by_the_edge_and_recovers(dig
             stub = CloudStub(ch)
 
             def ingest(prefix: str) -> None:
-                req = pb.IngestRequest(device_id="cam", bundle_id=codec.bundle_id, item_id_prefix=prefix,
-                                       items=[pb.IngestItem(item_seq=k, payload=p) for k, p in enumerate(payloads)])  # fmt: skip
+                req = pb.IngestRequest(
+                    device_id="cam",
+                    bundle_id=codec.bundle_id,
+                    item_id_prefix=prefix,
+                    items=[pb.IngestItem(item_seq=k, payload=p) for k, p in enumerate(payloads)],
+                )
                 list(stub.Ingest(iter([req]), timeout=30))
 
             ingest("a#")
@@ -494,8 +532,14 @@ def test_a_short_token_is_refused(tmp_path, capsys):
 
 
 def _edge(*argv: str, env: dict | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "edge.cli", *argv], cwd=ROOT, env={**child_env(), **(env or {})},
-                          capture_output=True, text=True, timeout=timeout)  # fmt: skip
+    return subprocess.run(
+        [sys.executable, "-m", "edge.cli", *argv],
+        cwd=ROOT,
+        env={**child_env(), **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def _one_error(proc: subprocess.CompletedProcess, needle: str) -> None:
@@ -538,10 +582,25 @@ def test_edge_errors_name_the_real_cause_quickly(tmp_path):
 def test_edge_bad_settings_and_paths_are_one_line_errors(tmp_path):
     data = tmp_path / "x.npy"
     np.save(data, np.zeros((2, 1, 28, 28), np.uint8))
-    _one_error(_edge("ingest", "--bundle", str(FLAT), "--data", str(data), "--spool", str(tmp_path / "s.db"),
-                     env={"AECODEC_RETRY_FOR": "nan"}), "--retry-for")  # fmt: skip
-    _one_error(_edge("encode", "--bundle", str(FLAT), "--data", str(data), "--out", str(tmp_path / "missing" / "x.aec")),
-               "missing")  # fmt: skip
+    _one_error(
+        _edge(
+            "ingest",
+            "--bundle",
+            str(FLAT),
+            "--data",
+            str(data),
+            "--spool",
+            str(tmp_path / "s.db"),
+            env={"AECODEC_RETRY_FOR": "nan"},
+        ),
+        "--retry-for",
+    )
+    _one_error(
+        _edge(
+            "encode", "--bundle", str(FLAT), "--data", str(data), "--out", str(tmp_path / "missing" / "x.aec")
+        ),
+        "missing",
+    )
     _one_error(
         _edge("ingest", "--bundle", str(FLAT), "--data", str(data), "--spool", "/proc/aecodec/spool.db"), ""
     )
@@ -560,8 +619,20 @@ def test_evaluate_with_a_short_timeout_never_aborts_the_process(tmp_path):
     server = ServerProcess(FLAT, None, tmp_path).start()
     try:
         for _ in range(3):
-            proc = _edge("evaluate", "--bundle", str(FLAT), "--server", server.target, "--data", str(data),
-                         "--timeout", "0.2", "--batch-size", "100", "--no-progress")  # fmt: skip
+            proc = _edge(
+                "evaluate",
+                "--bundle",
+                str(FLAT),
+                "--server",
+                server.target,
+                "--data",
+                str(data),
+                "--timeout",
+                "0.2",
+                "--batch-size",
+                "100",
+                "--no-progress",
+            )
             assert proc.returncode in (0, 2) and "terminate called" not in proc.stderr, (
                 proc.returncode,
                 proc.stderr,
@@ -625,7 +696,19 @@ def test_the_symbol_budget_is_a_flag_and_names_itself(map_codec):
     assert 20e6 < symbols < 40e6
     with pytest.raises(Exception, match=r"--max-decode-symbols"):
         Limits().check(map_codec, photo)
-    cfg = config_from_args(parse_args(["--bundles", str(MAP.parent), "--max-decode-symbols", str(symbols),
-                                       "--max-decode-mib", "4096", "--max-decode-seconds", "600"]))  # fmt: skip
+    cfg = config_from_args(
+        parse_args(
+            [
+                "--bundles",
+                str(MAP.parent),
+                "--max-decode-symbols",
+                str(symbols),
+                "--max-decode-mib",
+                "4096",
+                "--max-decode-seconds",
+                "600",
+            ]
+        )
+    )
     assert cfg.limits.max_symbols == symbols
     cfg.limits.check(map_codec, photo)  # admitted

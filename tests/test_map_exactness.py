@@ -45,7 +45,7 @@ def _python_units(hd: IntegerHyperDecoder, z: np.ndarray) -> np.ndarray:
             hd.w2.astype(object),
             hd.b2.astype(object),
             hd.thresholds,
-        ),  # fmt: skip
+        ),
         np.asarray(z).astype(object),
     )
     return o
@@ -126,7 +126,7 @@ def test_adversarial_weights_at_the_bound_select_exactly(bits, w1_bits):
                 hd.w2.astype(np.float64),
                 hd.b2.astype(np.float64),
                 hd.thresholds,
-            ),  # fmt: skip
+            ),
             z.astype(np.float64),
         )
         assert (approx.astype(np.int64) != units.astype(np.int64)).any()

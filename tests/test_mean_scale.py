@@ -105,8 +105,15 @@ def test_means_and_tables_are_identical_across_batch_sizes_threads_and_processes
         "MKL_NUM_THREADS": "1",
         "PATH": "/usr/bin:/bin",
     }
-    out = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env=env, capture_output=True, text=True,
-                         check=True, timeout=120)  # fmt: skip
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=120,
+    )
     assert out.stdout.strip() == hashlib.sha256(ref_codes.tobytes()).hexdigest()
 
 

@@ -31,16 +31,26 @@ def test_every_console_script_points_at_a_callable():
 
 def test_training_scripts_without_torch_name_the_extra_to_install():
     for fn in ("train", "export"):
-        r = subprocess.run([sys.executable, "-c", BLOCK_TORCH.replace("{fn}", fn)], capture_output=True, text=True,
-                           cwd=ROOT, timeout=60)  # fmt: skip
+        r = subprocess.run(
+            [sys.executable, "-c", BLOCK_TORCH.replace("{fn}", fn)],
+            capture_output=True,
+            text=True,
+            cwd=ROOT,
+            timeout=60,
+        )
         assert r.returncode == 2, r.stderr
         assert "pip install 'aecodec[train]'" in r.stderr and "Traceback" not in r.stderr
         assert len(r.stderr.strip().splitlines()) == 1
 
 
 def test_training_scripts_with_torch_run_the_tool():
-    r = subprocess.run([sys.executable, "-c", "from training.entry import export; export(['--help'])"],
-                       capture_output=True, text=True, cwd=ROOT, timeout=120)  # fmt: skip
+    r = subprocess.run(
+        [sys.executable, "-c", "from training.entry import export; export(['--help'])"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=120,
+    )
     assert r.returncode == 0 and "--checkpoint" in r.stdout
 
 

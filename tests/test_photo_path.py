@@ -208,9 +208,23 @@ def test_evaluate_reports_bits_per_pixel_and_a_row_per_photo(store_server, colou
     folder, want = photos
     report, pics = tmp_path / "r.json", tmp_path / "side"
     rc = edge_main(
-        ["evaluate", "--bundle", str(colour_bundle), "--server", f"127.0.0.1:{running.port}", "--data",
-         str(folder), "--batch-size", "3", "--json", str(report), "--no-progress", "--compare", str(pics)]
-    )  # fmt: skip
+        [
+            "evaluate",
+            "--bundle",
+            str(colour_bundle),
+            "--server",
+            f"127.0.0.1:{running.port}",
+            "--data",
+            str(folder),
+            "--batch-size",
+            "3",
+            "--json",
+            str(report),
+            "--no-progress",
+            "--compare",
+            str(pics),
+        ]
+    )
     assert rc == 0
     r = json.loads(report.read_text())
     codec = Codec.open(colour_bundle)
@@ -241,9 +255,21 @@ def test_twenty_photos_through_ingest_and_back_out_with_names_orientation_and_co
     folder, want = photos
     target = f"127.0.0.1:{running.port}"
     ing = run_edge(
-        "ingest", "--bundle", str(colour_bundle), "--server", target, "--data", str(folder), "--spool",
-        str(tmp_path / "spool.db"), "--device-id", "phone-1", "--batch-size", "4", "--no-progress",
-    )  # fmt: skip
+        "ingest",
+        "--bundle",
+        str(colour_bundle),
+        "--server",
+        target,
+        "--data",
+        str(folder),
+        "--spool",
+        str(tmp_path / "spool.db"),
+        "--device-id",
+        "phone-1",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    )
     assert ing.returncode == 0, ing.stderr
     assert "acknowledged      20" in ing.stdout
     with sqlite3.connect(store) as db:  # the store keeps each item's name beside its id

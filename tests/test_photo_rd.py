@@ -79,8 +79,14 @@ def test_bd_rate_against_the_envelope_of_two_anchor_curves():
     b = curve([(0.3, 27.0), (0.6, 31.0), (0.9, 33.5), (2.5, 38.0)])  # cheaper than a between ~30 and 34 dB
     test = curve([(r["bpp"] * 0.8, r["psnr"]) for r in a])  # a, 20 % cheaper everywhere
     single = photo_rd.bd([a], test, "psnr")
-    want, rng = bd_rate_window([r["bpp"] for r in a], [r["psnr"] for r in a], [r["bpp"] for r in test],
-                               [r["psnr"] for r in test], -np.inf, np.inf)  # fmt: skip
+    want, rng = bd_rate_window(
+        [r["bpp"] for r in a],
+        [r["psnr"] for r in a],
+        [r["bpp"] for r in test],
+        [r["psnr"] for r in test],
+        -np.inf,
+        np.inf,
+    )
     assert single["bd_rate_percent"] == pytest.approx(want) == pytest.approx(-20.0)
     assert photo_rd.bd([a, a], test, "psnr")["bd_rate_percent"] == pytest.approx(-20.0, abs=0.01)
     both = photo_rd.bd([a, b], test, "psnr")
@@ -104,8 +110,18 @@ def test_without_a_bundle_it_says_so_and_compares_the_classic_codecs(tmp_path, c
 
     photos = small_photos(tmp_path / "photos")
     out = tmp_path / "out"
-    rc = main(["--photos", str(tmp_path / "photos"), "--bundles", str(tmp_path / "no-zoo"), "--quick", "--no-avif",
-               "--out-dir", str(out)])  # fmt: skip
+    rc = main(
+        [
+            "--photos",
+            str(tmp_path / "photos"),
+            "--bundles",
+            str(tmp_path / "no-zoo"),
+            "--quick",
+            "--no-avif",
+            "--out-dir",
+            str(out),
+        ]
+    )
     assert rc == 0
     assert "no colour bundle" in capsys.readouterr().err
     doc = json.loads((out / "photo_rd.json").read_text())

@@ -58,10 +58,16 @@ def test_a_real_prometheus_scrapes_a_real_server(tmp_path_factory, tmp_path):
         f"scrape_configs: [{{job_name: aecodec, static_configs: [{{targets: ['127.0.0.1:{mport}']}}]}}]\n"
     )
     prom = subprocess.Popen(
-        [prometheus, f"--config.file={config}", f"--storage.tsdb.path={tmp_path / 'tsdb'}",
-         f"--web.listen-address=127.0.0.1:{pport}", "--log.level=warn"],
-        stdout=subprocess.DEVNULL, stderr=open(tmp_path / "prometheus.log", "wb"),
-    )  # fmt: skip
+        [
+            prometheus,
+            f"--config.file={config}",
+            f"--storage.tsdb.path={tmp_path / 'tsdb'}",
+            f"--web.listen-address=127.0.0.1:{pport}",
+            "--log.level=warn",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "prometheus.log", "wb"),
+    )
 
     def query(expr: str) -> list:
         url = f"http://127.0.0.1:{pport}/api/v1/query?" + urllib.parse.urlencode({"query": expr})

@@ -78,10 +78,17 @@ def test_two_servers_one_database_edge_round_robin_while_each_is_killed_and_rest
     log = tmp_path / "edge.log"
     opts = ["--batch-size", "32", "--rate", "250", "--retry-initial", "0.1", "--retry-max", "0.5"]
     edge = start_edge(
-        edge_cmd(bundles / digits_bundle.name, target, tmp_path / "items.npy", tmp_path / "spool.sqlite", *opts,
-                 "--json", str(tmp_path / "report.json")),
+        edge_cmd(
+            bundles / digits_bundle.name,
+            target,
+            tmp_path / "items.npy",
+            tmp_path / "spool.sqlite",
+            *opts,
+            "--json",
+            str(tmp_path / "report.json"),
+        ),
         log,
-    )  # fmt: skip
+    )
     try:
         wait_until(lambda: stored_count(servers[1].target, DEVICE) >= 300, 60, "the first 300 items")
         for i in (0, 1):  # kill each in turn; the other alone must go on storing

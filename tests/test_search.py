@@ -250,11 +250,20 @@ def test_the_multi_index_returns_exactly_what_a_linear_scan_returns(kind, reques
                 conn.execute("TRUNCATE ingested_items, code_chunks")
         rng = np.random.default_rng(1)
         centres = rng.integers(0, 256, (8, 3), dtype=np.uint8)
-        codes = np.concatenate([rng.integers(0, 256, (800, 3), dtype=np.uint8),  # uniform
-                                centres[rng.integers(0, 8, 1200)] ^ (rng.random((1200, 24)) < 0.08).reshape(1200, 3, 8)
-                                .dot(1 << np.arange(7, -1, -1)).astype(np.uint8)])  # fmt: skip
-        items = [NewItem(f"dev-{i % 3}", f"item-{i:05d}", "b-1", b"p%d" % i, i, binary_code=c.tobytes())
-                 for i, c in enumerate(codes)]  # fmt: skip
+        codes = np.concatenate(
+            [
+                rng.integers(0, 256, (800, 3), dtype=np.uint8),  # uniform
+                centres[rng.integers(0, 8, 1200)]
+                ^ (rng.random((1200, 24)) < 0.08)
+                .reshape(1200, 3, 8)
+                .dot(1 << np.arange(7, -1, -1))
+                .astype(np.uint8),
+            ]
+        )
+        items = [
+            NewItem(f"dev-{i % 3}", f"item-{i:05d}", "b-1", b"p%d" % i, i, binary_code=c.tobytes())
+            for i, c in enumerate(codes)
+        ]
         store.put_many(items[:1000], 1)
         store.put_many(items[1000:], 2)
         store.put_many(
@@ -366,8 +375,14 @@ def test_the_edge_cli_and_the_python_client_search(bundles, codecs, data, tmp_pa
             "--server",
             target,
         ]
-        out = subprocess.run([*cli, "--data", str(tmp_path / "q.npy"), "--limit", "50", "--json", str(tmp_path / "h.json")],
-                             capture_output=True, text=True, timeout=120, cwd=ROOT, env=child_env())  # fmt: skip
+        out = subprocess.run(
+            [*cli, "--data", str(tmp_path / "q.npy"), "--limit", "50", "--json", str(tmp_path / "h.json")],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=ROOT,
+            env=child_env(),
+        )
         assert out.returncode == 0, out.stderr
         assert "50 nearest items (50 stored codes compared" in out.stdout
         assert "a7" in [

@@ -437,9 +437,11 @@ def test_json_logs_one_object_per_rpc_without_tokens_or_payloads(bundle, items, 
     token = "tok-secret-5c1e"
     (tmp_path / "tokens").write_text(f"{token}\n")
     server = ServerProcess(
-        bundle, None, tmp_path, extra=("--log-format", "json", "--log-level", "INFO", "--auth-token-file",
-                                       str(tmp_path / "tokens")),
-    ).start()  # fmt: skip
+        bundle,
+        None,
+        tmp_path,
+        extra=("--log-format", "json", "--log-level", "INFO", "--auth-token-file", str(tmp_path / "tokens")),
+    ).start()
     codec = Codec.open(bundle)
     payloads = codec.encode(items[:3])
     with grpc.insecure_channel(server.target) as ch:
@@ -464,8 +466,14 @@ def test_every_flag_can_come_from_the_environment_and_secrets_from_files(bundle,
     secret = tmp_path / "store-url"
     secret.write_text(f"{tmp_path / 'from-env.db'}\n")
     port_file = tmp_path / "port"
-    env = {**child_env(), "AECODEC_BUNDLES": str(bundle), "AECODEC_ADDRESS": "127.0.0.1:0",
-           "AECODEC_STORE_FILE": str(secret), "AECODEC_PORT_FILE": str(port_file), "AECODEC_LOG_LEVEL": "WARNING"}  # fmt: skip
+    env = {
+        **child_env(),
+        "AECODEC_BUNDLES": str(bundle),
+        "AECODEC_ADDRESS": "127.0.0.1:0",
+        "AECODEC_STORE_FILE": str(secret),
+        "AECODEC_PORT_FILE": str(port_file),
+        "AECODEC_LOG_LEVEL": "WARNING",
+    }
     proc = subprocess.Popen(
         [sys.executable, "-m", "cloud.server"], cwd=ROOT, env=env, stderr=subprocess.PIPE, text=True
     )
@@ -478,9 +486,13 @@ def test_every_flag_can_come_from_the_environment_and_secrets_from_files(bundle,
         proc.terminate()
         proc.wait(timeout=30)
     bad = subprocess.run(
-        [sys.executable, "-m", "cloud.server"], cwd=ROOT, capture_output=True, text=True, timeout=60,
+        [sys.executable, "-m", "cloud.server"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
         env={**child_env(), "AECODEC_BUNDLES": str(bundle), "AECODEC_DECODE_WORKERS": "many"},
-    )  # fmt: skip
+    )
     assert bad.returncode == 2 and "AECODEC_DECODE_WORKERS" in bad.stderr and "Traceback" not in bad.stderr
     # The command line wins over the environment.
     from cloud.server import parse_args
@@ -514,7 +526,7 @@ def test_audited_items_give_per_bundle_quality_figures(digits_bundle, items, tmp
                 spool=tmp_path / "spool.db",
                 source_id="cam",
                 audit_fraction=0.25,
-            ),  # fmt: skip
+            ),
             items=x,
         )
         assert report.acknowledged == 200 and 20 <= report.audited <= 80  # about a quarter, chosen by item id

@@ -148,10 +148,21 @@ def test_a_photograph_through_the_edge_client_and_the_cloud_server(colour_bundle
     try:
         report = tmp_path / "report.json"
         rc = edge_main(
-            ["evaluate", "--bundle", str(colour_bundle), "--server", f"127.0.0.1:{running.port}",
-             "--data", str(tmp_path / "coffee.png"), "--json", str(report), "--no-progress",
-             "--keep-reconstructions", str(tmp_path / "rec.npy")]
-        )  # fmt: skip
+            [
+                "evaluate",
+                "--bundle",
+                str(colour_bundle),
+                "--server",
+                f"127.0.0.1:{running.port}",
+                "--data",
+                str(tmp_path / "coffee.png"),
+                "--json",
+                str(report),
+                "--no-progress",
+                "--keep-reconstructions",
+                str(tmp_path / "rec.npy"),
+            ]
+        )
     finally:
         running.stop(grace=1.0)
     assert rc == 0
@@ -216,8 +227,13 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
             assert f"would hold {working(lo):,} bytes" in details and "--max-decode-mib" in details, details
             assert f"{limits.max_decode_bytes:,} bytes" in details
             # One pixel less on each side fits the budget: it is decoded, not refused.
-            ok = stub.Decode(pb.DecodeRequest(codes=to_batch(codec, codec.encode(np.zeros((1, 1, lo - 1, lo - 1), np.uint8))),
-                                              reconstruction_format=pb.RECONSTRUCTION_FORMAT_NONE), timeout=120)  # fmt: skip
+            ok = stub.Decode(
+                pb.DecodeRequest(
+                    codes=to_batch(codec, codec.encode(np.zeros((1, 1, lo - 1, lo - 1), np.uint8))),
+                    reconstruction_format=pb.RECONSTRUCTION_FORMAT_NONE,
+                ),
+                timeout=120,
+            )
             assert ok.count == 1
             with pytest.raises(grpc.RpcError) as err:
                 stub.Decode(pb.DecodeRequest(codes=to_batch(codec, [put_varint(30000) * 2])), timeout=30)
@@ -281,8 +297,10 @@ def test_map_manifest_round_trips_and_refuses_inconsistent_tables(hyper_bundle, 
 def _reference_indices(hd: IntegerHyperDecoder, z: np.ndarray) -> np.ndarray:
     """The integer hyper-decoder written out with Python ints, loop by loop (an independent implementation)."""
     n, c, hz, wz = z.shape
-    up = [[[[int(z[i, ch, u // 2, v // 2]) for v in range(2 * wz)] for u in range(2 * hz)] for ch in range(c)]
-          for i in range(n)]  # fmt: skip
+    up = [
+        [[[int(z[i, ch, u // 2, v // 2]) for v in range(2 * wz)] for u in range(2 * hz)] for ch in range(c)]
+        for i in range(n)
+    ]
 
     def conv(x, w, b):
         out = []
@@ -317,9 +335,13 @@ def _adversarial_decoder(seed: int = 0) -> tuple[IntegerHyperDecoder, np.ndarray
     rng = np.random.default_rng(seed)
     nh, m = 3, 4
     hd = IntegerHyperDecoder.from_float(
-        rng.normal(0, 0.3, (nh, nh, 3, 3)), rng.normal(0, 0.1, nh), rng.normal(0, 0.3, (m, nh, 3, 3)),
-        rng.normal(0, 0.1, m), [0.0], frac_bits=10,
-    )  # fmt: skip
+        rng.normal(0, 0.3, (nh, nh, 3, 3)),
+        rng.normal(0, 0.1, nh),
+        rng.normal(0, 0.3, (m, nh, 3, 3)),
+        rng.normal(0, 0.1, m),
+        [0.0],
+        frac_bits=10,
+    )
     z = rng.integers(-6, 7, (5, nh, 3, 4))
     units = hd.log_scale_units(z)
     hd.thresholds = np.unique(units)[:: max(1, units.size // 40)]
@@ -471,8 +493,13 @@ def test_ingest_audit_and_fetch_of_map_items_of_several_sizes(hyper_bundle, tmp_
     try:
         with CloudClient(f"127.0.0.1:{running.port}") as client:
             for name, x in (("a", small), ("b", big)):
-                config = IngestConfig(bundle=hyper_bundle, spool=tmp_path / f"{name}.db", device_id="cam",
-                                      source_id=name, audit_fraction=1.0)  # fmt: skip
+                config = IngestConfig(
+                    bundle=hyper_bundle,
+                    spool=tmp_path / f"{name}.db",
+                    device_id="cam",
+                    source_id=name,
+                    audit_fraction=1.0,
+                )
                 assert client.ingest(config, items=x).acknowledged == len(x)
             fetched = {f.item_id: f.item for f in client.fetch(device_id="cam")}
             assert len(fetched) == 12

@@ -72,8 +72,17 @@ def test_meanscale_trains_and_exports_a_mean_scale_bundle(tmp_path):
     from training.export import main as export_main
     from training.train import train
 
-    cfg = TrainConfig(model="spatial", model_args={**SMALL, "entropy": "meanscale"}, data="digits", epochs=1,
-                      limit=300, batch_size=32, rd_lambda=0.01, quant_noise="mixed", threads=1)  # fmt: skip
+    cfg = TrainConfig(
+        model="spatial",
+        model_args={**SMALL, "entropy": "meanscale"},
+        data="digits",
+        epochs=1,
+        limit=300,
+        batch_size=32,
+        rd_lambda=0.01,
+        quant_noise="mixed",
+        threads=1,
+    )
     model, record = train(cfg, progress=None)
     assert (
         math.isfinite(record["history"][-1]["val_psnr"]) and record["rate_prior"]["train_bits_per_item"] > 0

@@ -92,8 +92,27 @@ def test_a_process_killed_with_sigkill_resumes_to_the_same_model(tmp_path):
     """A real training process, killed -9 between two of its periodic checkpoints, resumed by the same
     command: the model equals the one an uninterrupted run trains."""
     out = tmp_path / "k.pt"
-    args = ["--model", "dense", "--arg", "code_dim=6", "--arg", "hidden=[32]", "--data", "digits", "--epochs",
-            "3", "--batch-size", "16", "--threads", "1", "--seed", "2", "--no-progress", "--out", str(out)]  # fmt: skip
+    args = [
+        "--model",
+        "dense",
+        "--arg",
+        "code_dim=6",
+        "--arg",
+        "hidden=[32]",
+        "--data",
+        "digits",
+        "--epochs",
+        "3",
+        "--batch-size",
+        "16",
+        "--threads",
+        "1",
+        "--seed",
+        "2",
+        "--no-progress",
+        "--out",
+        str(out),
+    ]
     cmd = [sys.executable, "-m", "training.train", *args, "--checkpoint-minutes", "0.0002", "--resume"]
     proc = subprocess.Popen(cmd, cwd=ROOT, env=child_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     state = tmp_path / "k.state.pt"
@@ -226,8 +245,16 @@ def test_one_process_visits_items_in_the_order_it_did_before_torchrun_support(mo
         return forward(self, x_in, xb)
 
     monkeypatch.setattr(train_mod.Objective, "forward", record)
-    cfg = TrainConfig(model="dense", model_args={"code_dim": 4}, data="digits", limit=300, epochs=2, batch_size=50,
-                      seed=11, threads=1)  # fmt: skip
+    cfg = TrainConfig(
+        model="dense",
+        model_args={"code_dim": 4},
+        data="digits",
+        limit=300,
+        epochs=2,
+        batch_size=50,
+        seed=11,
+        threads=1,
+    )
     train(cfg, progress=None)
     x_train, _ = train_val_split(to_tensor(load_split("digits", "train", 300)), 0.1, 11)
     g = torch.Generator().manual_seed(11)
@@ -245,10 +272,35 @@ def test_a_ladder_chained_to_the_nearest_lambda_and_a_rung_resumed_mid_way(tmp_p
     from bench import train_ladder
 
     runs = tmp_path / "runs"
-    args = ["--model", "dense", "--args", '{"code_dim": 8, "hidden": [32]}', "--lambdas", "0.03,0.01,0.1",
-            "--chain", "nearest", "--data", "digits", "--steps", "40", "--batch-size", "64", "--threads", "1",
-            "--device", "cpu", "--checkpoints-only", "--checkpoint-minutes", "5", "--runs", str(runs),
-            "--summary", str(tmp_path / "s.json"), "--out", str(tmp_path / "b")]  # fmt: skip
+    args = [
+        "--model",
+        "dense",
+        "--args",
+        '{"code_dim": 8, "hidden": [32]}',
+        "--lambdas",
+        "0.03,0.01,0.1",
+        "--chain",
+        "nearest",
+        "--data",
+        "digits",
+        "--steps",
+        "40",
+        "--batch-size",
+        "64",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--checkpoints-only",
+        "--checkpoint-minutes",
+        "5",
+        "--runs",
+        str(runs),
+        "--summary",
+        str(tmp_path / "s.json"),
+        "--out",
+        str(tmp_path / "b"),
+    ]
     train_mod._STOP.set()  # as SIGTERM would: the first rung stops after its first step, its state written
     try:
         assert train_ladder.main(args) == 3
@@ -256,8 +308,10 @@ def test_a_ladder_chained_to_the_nearest_lambda_and_a_rung_resumed_mid_way(tmp_p
         train_mod._STOP.clear()
     assert (runs / "lambda-0.03.lr0.001.state.pt").is_file() and not (runs / "lambda-0.03.pt").exists()
     assert train_ladder.main([*args, "--resume"]) == 0
-    starts = {lam: load_checkpoint(runs / f"lambda-{lam}.pt", for_export=False)[1]["init_checkpoint"]
-              for lam in ("0.03", "0.01", "0.1")}  # fmt: skip
+    starts = {
+        lam: load_checkpoint(runs / f"lambda-{lam}.pt", for_export=False)[1]["init_checkpoint"]
+        for lam in ("0.03", "0.01", "0.1")
+    }
     assert starts == {"0.03": "", "0.01": str(runs / "lambda-0.03.pt"), "0.1": str(runs / "lambda-0.03.pt")}
     rec = load_checkpoint(runs / "lambda-0.03.pt", for_export=False)[2]
     assert [s["from_step"] for s in rec["sessions"]] == [0, 1]

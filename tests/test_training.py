@@ -92,14 +92,22 @@ def test_a_fine_tune_that_blows_up_stops_and_says_so(tmp_path):
     """A fine-tune whose validation loss ends an epoch far above where it started stops there, marked diverged."""
     from training.train import TrainConfig, save_checkpoint, train
 
-    base_cfg = TrainConfig(model="dense", model_args={"code_dim": 8, "hidden": [32]}, data="digits", epochs=2,
-                           batch_size=64, threads=1)  # fmt: skip
+    base_cfg = TrainConfig(
+        model="dense",
+        model_args={"code_dim": 8, "hidden": [32]},
+        data="digits",
+        epochs=2,
+        batch_size=64,
+        threads=1,
+    )
     model, record = train(base_cfg, progress=None)
     start = save_checkpoint(tmp_path / "base.pt", model, base_cfg, record)
     calm = train(
         TrainConfig(**{**base_cfg.__dict__, "init_checkpoint": str(start), "lr": 1e-4}), progress=None
     )[1]
     assert len(calm["history"]) == 2 and not any(h.get("diverged") for h in calm["history"])
-    wild = train(TrainConfig(**{**base_cfg.__dict__, "init_checkpoint": str(start), "lr": 50.0, "epochs": 5}),
-                 progress=None)[1]  # fmt: skip
+    wild = train(
+        TrainConfig(**{**base_cfg.__dict__, "init_checkpoint": str(start), "lr": 50.0, "epochs": 5}),
+        progress=None,
+    )[1]
     assert wild["history"][-1].get("diverged") and len(wild["history"]) < 5

@@ -59,9 +59,17 @@ def unpool_bundle(tmp_path_factory) -> Path:
     """A conv model with max-unpooling switches: the decoder takes int64 side inputs next to the code."""
     args = {"code_dim": 8, "channels": [4, 8], "pool": "max", "up": "max"}
     return train_and_export(
-        tmp_path_factory.mktemp("unpool"), "conv", args, data="digits", epochs=1, limit=300,
-        quant="affine8", entropy=True, test_limit=0, fit_items=300,
-    )  # fmt: skip
+        tmp_path_factory.mktemp("unpool"),
+        "conv",
+        args,
+        data="digits",
+        epochs=1,
+        limit=300,
+        quant="affine8",
+        entropy=True,
+        test_limit=0,
+        fit_items=300,
+    )
 
 
 def parse_config(model_config, path: Path):

@@ -180,8 +180,17 @@ def test_a_denoising_bundle_serves_noisy_and_holed_items_through_decode(tmp_path
         data="digits", epochs=40, limit=0, batch_size=64, test_limit=0, fit_items=0, threads=1, device="cpu"
     )
     args = {"code_dim": 16, "hidden": [64]}
-    dae = train_and_export(tmp_path / "dae", "dense", args, mask_noise=0.4, gauss_noise=0.3, block_noise=3,
-                           noise_mix=True, noise_clip=True, **common)  # fmt: skip
+    dae = train_and_export(
+        tmp_path / "dae",
+        "dense",
+        args,
+        mask_noise=0.4,
+        gauss_noise=0.3,
+        block_noise=3,
+        noise_mix=True,
+        noise_clip=True,
+        **common,
+    )
     clean = datasets.load("digits", "test").x[:300]
     codec = Codec.open(dae)
 

@@ -74,9 +74,20 @@ def spatial_bundle(
 ) -> Path:
     """A small spatial (code map) bundle trained briefly, learned quantisation."""
     return train_and_export(
-        root, "spatial", model_args, data=data, epochs=epochs, limit=limit, batch_size=32,
-        lr=2e-3, rd_lambda=0.01, quant_noise="mixed", quant="learned", test_limit=300, fit_items=2000,
-    )  # fmt: skip
+        root,
+        "spatial",
+        model_args,
+        data=data,
+        epochs=epochs,
+        limit=limit,
+        batch_size=32,
+        lr=2e-3,
+        rd_lambda=0.01,
+        quant_noise="mixed",
+        quant="learned",
+        test_limit=300,
+        fit_items=2000,
+    )
 
 
 def photo_crops(n: int = 1500, size: int = 32, seed: int = 0) -> np.ndarray:
