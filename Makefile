@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset photos postgres prometheus proto lint demo test test-fast mutate bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-speed bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
+.PHONY: setup dataset photos photo-zoo postgres prometheus proto lint demo test test-fast mutate bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-speed bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -112,6 +112,16 @@ bench-uses: bench-map2d bench-features bench-denoise bench-anomaly bench-hashing
 bench-rd: setup
 	@if [ "$(RETRAIN)" = 1 ]; then $(PY) -m bench.train_ladder --out zoo; fi
 	$(PY) -m bench.rd --bundles zoo --out-dir docs --zoo-index zoo/README.md
+
+# The photo ladder (docs/photo_training.md): 64x64 crops of data/photos/train, five rungs trained in turn and
+# exported into zoo/photo, each rung's training time in docs/rd_ladder_photo.json. Resumable: after an interruption
+# the same command continues each rung from its last state in runs/photo. To export without retraining, copy the
+# committed checkpoints first: mkdir -p runs/photo && cp checkpoints/photo/*.pt runs/photo/
+PHOTO_CROPS := data/crops/photo-64.npz
+photo-zoo: setup photos
+	@test -f $(PHOTO_CROPS) || $(PY) -m training.crops --photos data/photos/train --exclude data/photos/heldout \
+	  --out $(PHOTO_CROPS) --size 64 --count 20000 --test-count 1000 --max-side 512,768,1024 --seed 0
+	$(PY) -m bench.train_ladder --preset photo --resume --out zoo/photo --summary docs/rd_ladder_photo.json
 
 # Whole held-out photographs (PHOTOS, default data/photos/heldout): the colour bundles under zoo/ (PHOTO_ZOO) vs JPEG
 # 4:2:0/4:4:4, WebP, AVIF in bits per pixel, PSNR RGB/luma, MS-SSIM -> docs/photo_rd.{md,json,png}, photo_rd_crops.png.

@@ -90,9 +90,9 @@ PRESETS: dict[str, dict] = {
     },
     # Colour photographs (docs/photo_training.md): 64x64 crops of the Debian wallpaper photographs
     # (make photos; python -m training.crops ... --out data/crops/photo-64.npz). The first rung is the long run at
-    # a mid lambda (~0.5 bits per pixel), checkpointed every 10 minutes and resumable across sessions; every
-    # other rung is fine-tuned from the trained rung of the nearest lambda, outwards in both directions. The
-    # mean-and-scale hyperprior has no bundle format yet: train with --checkpoints-only until the codec has it.
+    # a mid lambda (~0.8 bits per pixel), checkpointed every 10 minutes and resumable across sessions; every
+    # other rung is fine-tuned from the trained rung of the nearest lambda, outwards in both directions. Bundles
+    # are map+meanscale (latent_codec/families/mean_scale.py); make photo-zoo runs it into zoo/photo.
     "photo": {
         "model": "spatial",
         "args": {
