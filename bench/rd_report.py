@@ -9,6 +9,17 @@ def _fmt(v, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+def _recipe_lines(recipe: dict) -> list[str]:
+    """What the one-command recipe (bench/recipe.py) did before this measurement, and how long it took."""
+    return [
+        "",
+        f"This report is the one-command recipe: `{recipe['command']}` (`make bench-rd DATA=... RETRAIN=1 OUT=...`). "
+        f"It trained the map ladder on {recipe['train_items']} training items in {recipe['train_seconds'] / 60:.1f} min "
+        f"(0 when the bundles were already there) and measured {recipe['test_items']} test items in "
+        f"{recipe['measure_seconds'] / 60:.1f} min.",
+    ]
+
+
 def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list[dict]]) -> str:
     on_curve = {(r["codec"], r["setting"]) for c in curves.values() for r in c}
     t = summary.get("target_32_bytes")
@@ -28,6 +39,7 @@ def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list
         "Reproduce: `make bench-rd` (measures the committed zoo/; `make bench-rd RETRAIN=1` first retrains every "
         "rung with `python -m bench.train_ladder --out zoo`); `python -m bench.rd --data-dir DIR` runs it on any IDX "
         "folder.",
+        *(_recipe_lines(meta["recipe"]) if meta.get("recipe") else []),
         "",
         "## Targets (issue 4)",
         "",
