@@ -109,9 +109,20 @@ bench-uses: bench-map2d bench-features bench-denoise bench-anomaly bench-hashing
 # Rate-distortion: the committed model zoo (zoo/) vs PCA/PNG/zstd/JPEG/WebP/AVIF on the full Fashion-MNIST test
 # split -> docs/rd.{md,png,json} and zoo/README.md. RETRAIN=1 first retrains the whole ladder into zoo/ (every
 # preset of bench/train_ladder.py; it prints how long it took, and each ladder's time is in docs/rd_ladder_*.json).
-bench-rd: setup
+# Your own data: DATA=<IDX folder | .npz with x_train/x_test | image folder with train/ and test/ | digits:N>
+# RETRAIN=1 OUT=<folder> trains the map ladder on DATA's training split into OUT/bundles and writes the same report
+# for DATA's test split to OUT (bench/recipe.py; OUT defaults to runs/recipe). LADDER_FLAGS go to bench.train_ladder
+# (e.g. "--first-steps 2000 --steps 500 --threads 1" for a quicker, rougher ladder).
+DATA ?=
+OUT ?= runs/recipe
+LADDER_FLAGS ?=
+bench-rd: $(STAMP) $(if $(DATA),,dataset)
+ifeq ($(DATA),)
 	@if [ "$(RETRAIN)" = 1 ]; then $(PY) -m bench.train_ladder --out zoo; fi
 	$(PY) -m bench.rd --bundles zoo --out-dir docs --zoo-index zoo/README.md
+else
+	$(PY) -m bench.recipe --data $(DATA) --out $(OUT) $(if $(filter 1,$(RETRAIN)),--retrain $(LADDER_FLAGS),)
+endif
 
 # The photo ladder (docs/photo_training.md): 64x64 crops of data/photos/train, five rungs trained in turn and
 # exported into zoo/photo, each rung's training time in docs/rd_ladder_photo.json. Resumable: after an interruption

@@ -1,7 +1,8 @@
 """Rate-distortion benchmark: bytes per image vs PSNR/SSIM for the project's ladder and the codecs users pick instead.
 
     python -m bench.rd                       # Fashion-MNIST test split, the zoo (zoo/), writes docs/rd.*
-    python -m bench.rd --data-dir DIR        # any IDX folder (train + test files)
+    python -m bench.rd --data DIR            # any IDX folder (train + test files), .npz, digits:N, ...
+    python -m bench.recipe --data DIR --out OUT --retrain   # train the map ladder on DIR first (make bench-rd DATA=)
     python -m bench.rd --limit 500 --out-dir /tmp/rd   # a quick look
     python -m bench.rd --photos data/photos/heldout     # whole colour photographs: docs/photo_rd.* (bench/photo_rd.py)
 
@@ -270,9 +271,12 @@ def git_commit() -> str:
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p = argparse.ArgumentParser(prog="bench-rd", description=__doc__.split("\n")[0])
     p.add_argument(
+        "--data",
         "--data-dir",
+        dest="data_dir",
         default="fashion-mnist",
-        help="fashion-mnist, digits, or an IDX folder with train and test files",
+        help="the test split measured (PCA and zstd's dictionary fitted on its train split): fashion-mnist, "
+        "digits[:N], an IDX folder, a .npz with x_train/x_test, or a folder of images with train/ and test/",
     )
     p.add_argument(
         "--bundles", type=Path, default=DEFAULT_BUNDLES, help="a bundle, or a folder of bundles (the ladder)"

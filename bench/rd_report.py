@@ -9,6 +9,17 @@ def _fmt(v, spec: str) -> str:
     return "–" if v is None else format(v, spec)
 
 
+def _recipe_lines(recipe: dict) -> list[str]:
+    """What the one-command recipe (bench/recipe.py) did before this measurement, and how long it took."""
+    return [
+        "",
+        f"This report is the one-command recipe: `{recipe['command']}` (`make bench-rd DATA=... RETRAIN=1 OUT=...`). "
+        f"It trained the map ladder on {recipe['train_items']} training items in {recipe['train_seconds'] / 60:.1f} min "
+        f"(0 when the bundles were already there) and measured {recipe['test_items']} test items in "
+        f"{recipe['measure_seconds'] / 60:.1f} min.",
+    ]
+
+
 def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list[dict]]) -> str:
     on_curve = {(r["codec"], r["setting"]) for c in curves.values() for r in c}
     t = summary.get("target_32_bytes")
@@ -28,6 +39,7 @@ def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list
         "Reproduce: `make bench-rd` (measures the committed zoo/; `make bench-rd RETRAIN=1` first retrains every "
         "rung with `python -m bench.train_ladder --out zoo`); `python -m bench.rd --data-dir DIR` runs it on any IDX "
         "folder.",
+        *(_recipe_lines(meta["recipe"]) if meta.get("recipe") else []),
         "",
         "## Targets (issue 4)",
         "",
@@ -160,11 +172,19 @@ def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list
         "offset (here items 1 ms apart); DecodeRequest bytes are the batch path of `edge.cli evaluate`.",
         "",
     ]
-    lines += _notes(rows)
+    lines += _notes(rows, recipe=bool(meta.get("recipe")))
     return "\n".join(lines)
 
 
-def _notes(rows: list[dict]) -> list[str]:
+RECIPE_NOTE = (
+    "- The ladder: the recipe preset of bench/train_ladder.py (spatial code maps with GDN and the integer scale "
+    "hyperprior, as the zoo's `spatial` rungs, trained on this data: the first rung from scratch, each other rung "
+    "fine-tuned from the one before, by steps; loss = squared error + lambda * bits). Its training is in "
+    "rd_ladder.json beside this report."
+)
+
+
+def _notes(rows: list[dict], recipe: bool = False) -> list[str]:
     """Where the project's bytes go: coder termination and per-item framing, measured on this run."""
     mine = [r for r in rows if "decode_request_bytes" in r]
     if not mine:
@@ -182,14 +202,21 @@ def _notes(rows: list[dict]) -> list[str]:
         f"- The payload includes the ANS coder's termination: {over} bytes/item on average above the prior's ideal code "
         "length (the first symbol sits at its CDF offset in constriction's 24-bit-precision state). It is paid by "
         "PCA too, which uses the same coder.",
-        "- The ladder (bench/train_ladder.py, one preset per family; each family's training is in "
-        "docs/rd_ladder_MODEL.json). Every rate-distortion rung is trained with loss = squared error + lambda * bits "
-        "under a learned prior, straight-through rounding for the decoder, additive uniform noise for the rate:",
-        *[
-            f"  - `{name}`: {text}"
-            for name, text in FAMILIES.items()
-            if f"aecodec {name}" in {r["codec"] for r in rows}
-        ],
+        *(
+            [RECIPE_NOTE]
+            if recipe
+            else [
+                "- The ladder (bench/train_ladder.py, one preset per family; each family's training is in "
+                "docs/rd_ladder_MODEL.json). Every rate-distortion rung is trained with loss = squared error + lambda "
+                "* bits under a learned prior, straight-through rounding for the decoder, additive uniform noise for "
+                "the rate:",
+                *[
+                    f"  - `{name}`: {text}"
+                    for name, text in FAMILIES.items()
+                    if f"aecodec {name}" in {r["codec"] for r in rows}
+                ],
+            ]
+        ),
         "",
     ]
 

@@ -520,8 +520,16 @@ def _to_mode(hwc: np.ndarray, mode: str) -> np.ndarray:
     return np.ascontiguousarray(np.moveaxis(hwc, -1, 0))
 
 
-def load_digits_dataset(split: str = "test") -> ArrayDataset:
-    """scikit-learn's bundled 8x8 digits (0..16 grey levels) as uint8; every 5th item is test."""
+DIGITS_MAX_SIDE = 512  # digits:N upscales 8x8 items; larger N would only make big blurry arrays
+
+
+def load_digits_dataset(split: str = "test", size: int = 8) -> ArrayDataset:
+    """scikit-learn's bundled 8x8 digits (0..16 grey levels) as uint8; every 5th item is test.
+
+    size > 8 upscales each item to size x size (Pillow's bicubic filter on the 8x8 uint8 image, clipped to
+    0..255 as Pillow does): a second small-image dataset of Fashion-MNIST's shape (digits:28) that needs no
+    download, so the one-command recipe can be run offline. The split is the same items at every size.
+    """
     if split not in ("train", "test"):
         raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
     try:
@@ -537,16 +545,42 @@ def load_digits_dataset(split: str = "test") -> ArrayDataset:
     y = d.target.astype(np.uint8)
     test_mask = (np.arange(len(x)) % 5) == 0
     mask = test_mask if split == "test" else ~test_mask
-    return ArrayDataset(np.ascontiguousarray(x[mask]), y[mask], f"digits:{split}")
+    x, y = x[mask], y[mask]
+    if size == 8:
+        return ArrayDataset(np.ascontiguousarray(x), y, f"digits:{split}")
+    from PIL import Image
+
+    up = np.stack(
+        [np.asarray(Image.fromarray(item[0]).resize((size, size), Image.Resampling.BICUBIC)) for item in x]
+    )
+    return ArrayDataset(np.ascontiguousarray(up[:, None]), y, f"digits:{size}:{split}")
+
+
+def digits_size(spec: str) -> int | None:
+    """N of a "digits:N" spec (8 for plain "digits"), None for any other spec; a bad N is a DataError."""
+    if spec == "digits":
+        return 8
+    if not spec.startswith("digits:"):
+        return None
+    text = spec.split(":", 1)[1]
+    if not text.isdigit() or not 8 <= int(text) <= DIGITS_MAX_SIDE:
+        raise DataError(f"{spec!r}: digits:N upscales the 8x8 digits to N x N, N from 8 to {DIGITS_MAX_SIDE}")
+    return int(text)
 
 
 def load(spec: str | Path | None, split: str = "test", mode: str | None = None, **options) -> ArrayDataset:
     """Resolve a data spec to items of one size, stacked (N, C, H, W).
 
-    spec: "fashion-mnist" (the Debian package's folder), "digits", a folder of
-    IDX files, a folder of images, one image file, or a .npy/.npz file. None means
-    Fashion-MNIST. mode and ``options`` (grey, alpha) apply to image files: see ``PhotoOptions``.
+    spec: "fashion-mnist" (the Debian package's folder), "digits" (or "digits:N", upscaled to N x N), a folder
+    of IDX files, a folder of images (with train/ and test/ subfolders: those are the splits), one image file,
+    or a .npy/.npz file. None means Fashion-MNIST. mode and ``options`` (grey, alpha) apply to image files: see
+    ``PhotoOptions``.
     """
+    if spec is not None and (n := digits_size(str(spec))) is not None:
+        return load_digits_dataset(split, n)
+    split_dir = _split_folder(spec, split)
+    if split_dir is not None:
+        return image_items(split_dir, mode, **options).stacked()
     items = _image_source(spec, mode, options)
     if items is not None:
         return items.stacked()
@@ -557,8 +591,6 @@ def load(spec: str | Path | None, split: str = "test", mode: str | None = None, 
                 "dataset-fashion-mnist, or pass --data digits or --data-dir PATH"
             )
         return load_idx_dir(FASHION_MNIST_DIR, split)
-    if str(spec) == "digits":
-        return load_digits_dataset(split)
     path = Path(spec)
     if path.is_file():
         if path.suffix in (".npy", ".npz"):
@@ -572,9 +604,36 @@ def load(spec: str | Path | None, split: str = "test", mode: str | None = None, 
     raise DataError(f"data not found: {path}")
 
 
+def _split_folder(spec: str | Path | None, split: str) -> Path | None:
+    """spec/split when spec is a folder with train/ and test/ subfolders (a folder of images per split)."""
+    if spec is None or str(spec) == "fashion-mnist" or digits_size(str(spec)) is not None:
+        return None
+    path = Path(spec)
+    if not (path.is_dir() and (path / "train").is_dir() and (path / "test").is_dir()):
+        return None
+    if split not in ("train", "test"):
+        raise DataError(f"unknown split {split!r}: use 'train' or 'test'")
+    return path / split
+
+
+def has_own_split(spec: str | Path | None) -> bool:
+    """Whether spec's train and test splits are different items (IDX train/t10k files, x_train/x_test in a .npz,
+    train/ and test/ image subfolders, digits): a benchmark must not measure on the items it trained on."""
+    if spec is None or str(spec) == "fashion-mnist" or digits_size(str(spec)) is not None:
+        return True
+    path = Path(spec)
+    if path.is_dir():
+        return _split_folder(path, "test") is not None or any("t10k" in p.name for p in path.iterdir())
+    if path.suffix == ".npz" and path.is_file():
+        with np.load(path, allow_pickle=False) as data:
+            keys = set(data.keys())
+        return {"x_train", "x_test"} <= keys or {"train_images", "test_images"} <= keys
+    return False
+
+
 def _image_source(spec: str | Path | None, mode: str | None, options: dict) -> ImageItems | None:
     """Image files named by spec (one image file, or a folder without IDX files) as items, else None."""
-    if spec is None or str(spec) in ("fashion-mnist", "digits"):
+    if spec is None or str(spec) == "fashion-mnist" or digits_size(str(spec)) is not None:
         return None
     path = Path(spec)
     if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:  # one photograph: one item of its own size
@@ -597,7 +656,8 @@ def load_items(
     grey=True converts it (the colour would be lost without a word); grey items become RGB for an RGB mode.
     alpha: see ``PhotoOptions``.
     """
-    images = _image_source(spec, mode, {"grey": grey, "alpha": alpha})
+    split_dir = _split_folder(spec, split)
+    images = _image_source(split_dir or spec, mode, {"grey": grey, "alpha": alpha})
     if images is not None:
         return images
     ds = load(spec, split)

@@ -116,3 +116,47 @@ def test_fashion_mnist_full_splits():
     tr, te = datasets.load("fashion-mnist", "train"), datasets.load("fashion-mnist", "test")
     assert tr.x.shape == (60000, 1, 28, 28) and te.x.shape == (10000, 1, 28, 28)
     assert te.y is not None and set(np.unique(te.y)) == set(range(10))
+
+
+def test_digits_upscaled_shape_dtype_range_and_split():
+    """digits:N is the 8x8 digits upscaled to N x N, uint8 over the full range, the same items per split."""
+    tr, te = datasets.load("digits:28", "train"), datasets.load("digits:28", "test")
+    assert tr.x.shape == (1437, 1, 28, 28) and te.x.shape == (360, 1, 28, 28)
+    assert tr.x.dtype == np.uint8 and te.x.dtype == np.uint8
+    assert tr.x.min() == 0 and tr.x.max() == 255
+    small = datasets.load("digits", "test")
+    np.testing.assert_array_equal(te.y, small.y)  # the same items in the same order, only bigger
+    # Each upscaled item is its 8x8 original enlarged: shrunk back (box filter) it is close to the original.
+    back = np.stack([np.asarray(Image.fromarray(i[0]).resize((8, 8), Image.Resampling.BOX)) for i in te.x])
+    err = np.abs(back.astype(np.int64) - small.x[:, 0]).mean()  # 13 grey levels measured
+    wrong = np.abs(back.astype(np.int64) - np.roll(small.x[:, 0], 1, axis=0)).mean()  # another item's: ~60
+    assert err < 20 < 40 < wrong, (err, wrong)
+    # Train and test share no item and the split does not change between calls.
+    assert not set(map(bytes, te.x)) & set(map(bytes, tr.x))
+    np.testing.assert_array_equal(datasets.load("digits:28", "test").x, te.x)
+    assert datasets.load("digits:16", "train").x.shape == (1437, 1, 16, 16)
+    assert te.source == "digits:28:test"
+
+
+@pytest.mark.parametrize("spec", ["digits:7", "digits:x", "digits:", "digits:9999"])
+def test_digits_bad_size_is_named(spec):
+    with pytest.raises(DataError, match="digits:N"):
+        datasets.load(spec, "test")
+
+
+def test_image_folder_with_train_and_test_subfolders_is_split(tmp_path):
+    for split, n in (("train", 3), ("test", 2)):
+        (tmp_path / split).mkdir()
+        for i in range(n):
+            Image.fromarray(np.full((5, 4), 10 * i + (100 if split == "test" else 0), np.uint8)).save(
+                tmp_path / split / f"{i}.png"
+            )
+    tr, te = datasets.load(tmp_path, "train"), datasets.load(tmp_path, "test")
+    assert tr.x.shape == (3, 1, 5, 4) and te.x.shape == (2, 1, 5, 4)
+    assert te.x[1, 0, 0, 0] == 110 and tr.x[2, 0, 0, 0] == 20
+    assert len(datasets.load_items(tmp_path, "test")) == 2
+    assert datasets.has_own_split(tmp_path) and datasets.has_own_split("digits:16")
+    np.savez(tmp_path / "one.npz", x=tr.x)
+    np.savez(tmp_path / "two.npz", x_train=tr.x, x_test=te.x)
+    assert not datasets.has_own_split(tmp_path / "one.npz") and datasets.has_own_split(tmp_path / "two.npz")
+    assert not datasets.has_own_split(tmp_path / "train")  # a flat folder of images: one set, no split
