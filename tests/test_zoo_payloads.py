@@ -54,7 +54,8 @@ def digest(codec: Codec) -> dict:
     return {"payloads": pay.hexdigest(), "decoded_mean": round(total / count, 4)}
 
 
-BUNDLES = find_bundles(ZOO) if ZOO.is_dir() else []
+# The Fashion-MNIST zoo and the photo zoo (zoo/photo: colour map+meanscale bundles).
+BUNDLES = [b for d in (ZOO, ZOO / "photo") if d.is_dir() for b in find_bundles(d)]
 
 
 @pytest.mark.parametrize("bundle", BUNDLES, ids=[b.name for b in BUNDLES])
