@@ -359,8 +359,8 @@ def zoo_lines(rows: list[dict]) -> list[str]:
         cpu = min(r["ceiling_us"] / r["server_us_per_item"] for r in cells)
         lines.append(
             f"- `{name}`: 256-item requests at {100 * low:.0f} % of its in-process rate at worst (goal >= 90 %: "
-            f"{'met' if low >= 0.9 else 'not met'}); by CPU per item, serving costs {100 / cpu - 100:.0f} % more "
-            f"than decoding in process at worst ({100 * cpu:.0f} %)."
+            f"{'met' if low >= 0.9 else 'not met'}); by CPU per item, serving costs {abs(100 / cpu - 100):.0f} % "
+            f"{'more' if cpu <= 1 else 'less'} than decoding in process at worst ({100 * cpu:.0f} %)."
             + (
                 " Above 100 %: the machine's other load changed between the ceiling's measurement and the cell's, "
                 "so this run cannot tell how close to the ceiling serving is; the CPU figure is the steadier one."
