@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.map2d import FASHION
-from bench.small_bundles import Budget, Recipe
+from bench.small_bundles import Budget, Recipe, labelled_splits
 
 DETECTOR = Recipe(
     "anomaly", "dense", {"code_dim": 32, "hidden": [256]}, note="784-256-32 on the normal classes"
@@ -52,16 +52,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench.pca import PCA
     from bench.small_bundles import reconstruct, set_threads, train_bundle, train_seconds
-    from latent_codec import datasets
     from latent_codec.codec import Codec
 
     t_start = time.perf_counter()
     set_threads(args.threads)
-    train = datasets.load(args.data, "train")
-    test = datasets.load(args.data, "test")
-    if train.y is None or test.y is None:
-        print(f"error: {args.data} has no labels to pick the normal classes by", file=sys.stderr)
+    splits = labelled_splits(args.data, "pick the normal classes by")
+    if splits is None:
         return 2
+    train, test = splits
     normal = sorted({int(c) for c in args.normal.split(",")})
     classes = sorted({int(c) for c in np.unique(test.y)})
     held_out = [c for c in classes if c not in normal]

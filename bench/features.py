@@ -22,7 +22,17 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.small_bundles import CONTRACTIVE, DENOISING, MAP2D, PLAIN, SPARSE, STACKED, Budget, Recipe
+from bench.small_bundles import (
+    CONTRACTIVE,
+    DENOISING,
+    MAP2D,
+    PLAIN,
+    SPARSE,
+    STACKED,
+    Budget,
+    Recipe,
+    labelled_splits,
+)
 
 RECIPES: list[Recipe] = [PLAIN, DENOISING, SPARSE, CONTRACTIVE, STACKED, MAP2D]
 ZOO_MAP = "zoo/spatial-lambda-0.0064"
@@ -63,16 +73,14 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench.pca import PCA
     from bench.small_bundles import set_threads, stored_codes, train_bundle
-    from latent_codec import datasets
     from latent_codec.codec import Codec
 
     t_start = time.perf_counter()
     set_threads(args.threads)
-    train = datasets.load(args.data, "train")
-    test = datasets.load(args.data, "test")
-    if train.y is None or test.y is None:
-        print(f"error: {args.data} has no labels to score a classifier with", file=sys.stderr)
+    splits = labelled_splits(args.data, "score a classifier with")
+    if splits is None:
         return 2
+    train, test = splits
     n_test = args.test_limit or len(test.x)
     x_tr, y_tr = train.x[: args.clf_items], train.y[: args.clf_items]
     x_te, y_te = test.x[:n_test], test.y[:n_test]

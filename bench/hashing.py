@@ -24,7 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.small_bundles import Budget, Recipe
+from bench.small_bundles import Budget, Recipe, labelled_splits
 
 BITS = 32
 EPOCHS = 30  # of fine-tuning, after 2 epochs of layer-wise pre-training per layer
@@ -86,17 +86,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench.pca import PCA
     from bench.small_bundles import set_threads, stored_codes, train_bundle, train_seconds
-    from latent_codec import datasets
     from latent_codec.binary_code import binary_codes
     from latent_codec.codec import Codec
 
     t_start = time.perf_counter()
     set_threads(args.threads)
-    train = datasets.load(args.data, "train")
-    test = datasets.load(args.data, "test")
-    if train.y is None or test.y is None:
-        print(f"error: {args.data} has no labels to judge retrieval by", file=sys.stderr)
+    splits = labelled_splits(args.data, "judge retrieval by")
+    if splits is None:
         return 2
+    train, test = splits
     n_db = args.database or len(train.x)
     x_db, y_db = train.x[:n_db], train.y[:n_db]
     x_q, y_q = test.x[: args.queries], test.y[: args.queries]

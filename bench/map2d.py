@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.small_bundles import MAP2D, Budget, train_bundle, train_seconds
+from bench.small_bundles import MAP2D, Budget, labelled_splits, train_bundle, train_seconds
 
 FASHION = [
     "T-shirt/top",
@@ -138,7 +138,6 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     from bench.pca import PCA
     from bench.small_bundles import set_threads, stored_codes
-    from latent_codec import datasets
     from latent_codec.codec import Codec
 
     t_start = time.perf_counter()
@@ -146,12 +145,11 @@ def main(argv: list[str] | None = None) -> int:
     budget = Budget(
         data=args.data, limit=args.limit, epochs=args.epochs, seed=args.seed, threads=args.threads
     )
-    bundle = train_bundle(MAP2D, budget, args.work_dir)
-    train = datasets.load(args.data, "train")
-    test = datasets.load(args.data, "test")
-    if train.y is None or test.y is None:
-        print(f"error: {args.data} has no labels to colour or score the maps", file=sys.stderr)
+    splits = labelled_splits(args.data, "colour or score the maps")  # before training, not after
+    if splits is None:
         return 2
+    train, test = splits
+    bundle = train_bundle(MAP2D, budget, args.work_dir)
     x_tr, y_tr = train.x[: args.limit], train.y[: args.limit]
     codec = Codec.open(bundle, threads=args.threads)
     ae = (stored_codes(codec, x_tr), stored_codes(codec, test.x))

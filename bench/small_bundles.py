@@ -143,6 +143,20 @@ def reconstruct(codec, x_raw: np.ndarray, batch: int = 1000) -> np.ndarray:
     )
 
 
+def labelled_splits(data: str, purpose: str):
+    """The train and test splits of data, or None after saying on stderr that they carry no labels to
+    `purpose` (the uses benchmarks score codes against class labels, which training never sees)."""
+    import sys
+
+    from latent_codec import datasets
+
+    train, test = datasets.load(data, "train"), datasets.load(data, "test")
+    if train.y is None or test.y is None:
+        print(f"error: {data} has no labels to {purpose}", file=sys.stderr)
+        return None
+    return train, test
+
+
 def set_threads(threads: int) -> None:
     import torch
 

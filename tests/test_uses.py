@@ -202,3 +202,21 @@ def test_a_denoising_bundle_serves_noisy_and_holed_items_through_decode(tmp_path
         reply = decode_through_server(dae.parent, codec, codec.encode(noisy), noisy)
         out = np.frombuffer(reply.reconstructions.data, np.float32).reshape(clean.shape) * 255.0
         assert psnr(clean, out) > psnr(clean, noisy) + 1.0, noise.name
+
+
+@pytest.mark.parametrize("bench", ["map2d", "features", "hashing", "anomaly"])
+def test_the_uses_benchmarks_refuse_unlabelled_data_before_training(bench, tmp_path, capsys):
+    import importlib
+
+    rng = np.random.default_rng(0)
+    data = tmp_path / "unlabelled.npz"
+    np.savez(
+        data,
+        x_train=rng.integers(0, 256, (20, 28, 28), dtype=np.uint8),
+        x_test=np.zeros((5, 28, 28), np.uint8),
+    )
+    work = tmp_path / "work"
+    main = importlib.import_module(f"bench.{bench}").main
+    assert main(["--data", str(data), "--work-dir", str(work), "--out-dir", str(tmp_path / "out")]) == 2
+    assert f"{data} has no labels to" in capsys.readouterr().err
+    assert not work.exists() or not any(work.iterdir())  # nothing was trained first

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 import logging
 import warnings
 
@@ -38,26 +37,7 @@ def _export(
     shapes = tuple(dynamic[n] for n in input_names)
     if varargs_tail:
         shapes = (shapes[0], shapes[1:])
-    buf = io.BytesIO()
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" noise
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        prog = torch.onnx.export(
-            module,
-            args,
-            input_names=input_names,
-            output_names=output_names,
-            dynamic_shapes=shapes,
-            dynamo=True,
-            opset_version=OPSET,
-            verbose=False,
-            optimize=True,
-        )
-    prog.save(buf) if hasattr(prog, "save") else None
-    data = buf.getvalue()
-    if not data:
-        data = prog.model_proto.SerializeToString()
-    return data
+    return _export_dynamic(module, args, input_names, output_names, shapes)
 
 
 def export_graphs(model: Autoencoder, sample: torch.Tensor) -> tuple[bytes, bytes]:
@@ -154,7 +134,8 @@ def export_map_graphs(model, sample: torch.Tensor) -> tuple[bytes, bytes]:
 
 
 def _export_dynamic(module, args: tuple, input_names, output_names, shapes: tuple) -> bytes:
-    logging.getLogger("torch.onnx").setLevel(logging.ERROR)
+    """torch.onnx's dynamo exporter (the only one that handles MaxUnpool2d) -> the serialized ModelProto."""
+    logging.getLogger("torch.onnx").setLevel(logging.ERROR)  # "torchvision is not installed" noise
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         prog = torch.onnx.export(
