@@ -139,15 +139,33 @@ def budget_items(codec, payload: bytes = b"", limits=None, reply_itemsize: int =
 
 
 def priced(bundle: Path):
-    """A bundle's codec with its decoder graph measured, as the server holds it (cloud/bundles.py)."""
-    from latent_codec.bundle import load_bundle
-    from latent_codec.codec import Codec
-    from latent_codec.decode_cost import measure_graph
+    """A bundle's codec with its decoder graph measured, as the server holds it, that can also encode."""
+    from cloud.bundles import priced_codec
 
-    b = load_bundle(bundle)
-    codec = Codec.from_bundle(b, threads=1)
-    codec.graph_cost = measure_graph(b.decoder_bytes or b"")
-    return codec
+    return priced_codec(bundle, 1, need=("encoder", "decoder"))
+
+
+def claim(h: int, w: int) -> bytes:
+    """A map payload header claiming an h x w item, and nothing else: a few bytes."""
+    from latent_codec.varint import put_varint
+
+    return put_varint(h) + put_varint(w) + b"\x01"
+
+
+def largest_side(codec, budget: int) -> int:
+    """The largest square item one request may decode within `budget` (what the server admits)."""
+    from cloud.limits import Limits, OverBudget
+
+    lim = Limits(max_decode_bytes=budget)
+    lo, hi = 4, 4096
+    while lo < hi:
+        mid = (lo + hi + 1) // 2
+        try:
+            lim.check(codec, [claim(mid, mid)])
+            lo = mid
+        except OverBudget:
+            hi = mid - 1
+    return lo
 
 
 async def amplification(target: str, codec, concurrent: int = 8) -> Counter:
@@ -255,11 +273,7 @@ def round_two(work: Path, flat_bundle: Path) -> dict:
     import grpc
 
     from cloud.limits import Limits
-    from latent_codec.bundle import load_bundle
-    from latent_codec.codec import Codec
     from latent_codec.container import to_batch
-    from latent_codec.decode_cost import measure_graph
-    from latent_codec.varint import put_varint
     from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
     from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
@@ -279,14 +293,9 @@ def round_two(work: Path, flat_bundle: Path) -> dict:
     ).start()
     md = [("authorization", f"Bearer {TOKEN}")]
     opts = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_length", 64 << 20)]
-    mb = load_bundle(ZOO_MAP)
-    map_codec = Codec.from_bundle(mb, threads=1)
-    map_codec.graph_cost = measure_graph(mb.decoder_bytes or b"")
+    map_codec = priced(ZOO_MAP)
     flat = priced(flat_bundle)
     out: dict = {}
-
-    def claim(h: int, w: int) -> bytes:
-        return put_varint(h) + put_varint(w) + b"\x01"
 
     try:
         with grpc.insecure_channel(server.target, options=opts) as ch:
@@ -325,16 +334,7 @@ def round_two(work: Path, flat_bundle: Path) -> dict:
             out["refs"] = refs
         # 6. worst case per kind
         kinds = {}
-        budget = Limits().max_decode_bytes
-        lim = Limits(max_decode_bytes=budget)
-        lo, hi = 4, 4096
-        while lo < hi:
-            mid = (lo + hi + 1) // 2
-            try:
-                lim.check(map_codec, [claim(mid, mid)])
-                lo = mid
-            except Exception:
-                hi = mid - 1
+        lo = largest_side(map_codec, Limits().max_decode_bytes)
         x = (np.random.default_rng(1).random((1, 1, lo, lo)) * 255).astype(np.uint8)
         map_req = pb.DecodeRequest(
             codes=to_batch(map_codec, map_codec.encode(x)),

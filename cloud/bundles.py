@@ -29,6 +29,23 @@ from latent_codec.decode_cost import measure_graph
 from latent_codec.errors import BundleError
 
 log = logging.getLogger(__name__)
+
+
+def priced_codec(path: Path, threads: int, need: tuple[str, ...] = ("decoder",)) -> Codec:
+    """A bundle's codec as a server holds it: its decoder graph measured, so cloud/limits.py can price a
+    request by what decoding holds and takes per pixel. Benchmarks and tests that attack a server use it to
+    know the server's own prices."""
+    bundle = load_bundle(path, need=need)
+    codec = Codec.from_bundle(bundle, threads)
+    try:
+        codec.graph_cost = measure_graph(bundle.decoder_bytes or b"")
+    except Exception as exc:  # ORT failing a probe run: the graph is unusable for serving
+        raise BundleError(
+            f"{path}: the decoder graph cannot be measured ({type(exc).__name__}: {exc})"
+        ) from None
+    return codec
+
+
 _VERSION = re.compile(r"[1-9][0-9]{0,8}")
 
 
@@ -105,14 +122,7 @@ class BundleRegistry:
 
     def _load(self, path: Path, name: str, version: int) -> LoadedBundle:
         stamp = _stamp(path)
-        bundle = load_bundle(path, need=("decoder",))
-        codec = Codec.from_bundle(bundle, self._threads)
-        try:  # what decoding holds and takes per pixel, from the graph itself (cloud/limits.py prices requests)
-            codec.graph_cost = measure_graph(bundle.decoder_bytes or b"")
-        except Exception as exc:  # ORT failing a probe run: the graph is unusable for serving
-            raise BundleError(
-                f"{path}: the decoder graph cannot be measured ({type(exc).__name__}: {exc})"
-            ) from None
+        codec = priced_codec(path, self._threads)
         return LoadedBundle(codec, path, (path / MANIFEST_NAME).read_text(), name, version, stamp=stamp)
 
     def reload(self, strict: bool = False) -> ReloadReport:

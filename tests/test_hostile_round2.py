@@ -21,12 +21,12 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from bench.hostile import claim, largest_side
+from cloud.bundles import priced_codec
 from cloud.limits import MIB, Limits
 from cloud.server import build_server
 from latent_codec.codec import Codec
 from latent_codec.container import to_batch
-from latent_codec.decode_cost import measure_graph
-from latent_codec.varint import put_varint
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 from tests.helpers import (
@@ -48,31 +48,7 @@ OPTS = [("grpc.max_receive_message_length", 64 << 20), ("grpc.max_send_message_l
 
 def measured(path: Path) -> Codec:
     """A codec priced as the server prices it (its decoder graph measured)."""
-    from latent_codec.bundle import load_bundle
-
-    bundle = load_bundle(path)
-    codec = Codec.from_bundle(bundle, threads=1)
-    codec.graph_cost = measure_graph(bundle.decoder_bytes or b"")
-    return codec
-
-
-def claim(h: int, w: int) -> bytes:
-    """A map payload header claiming an h x w item, and nothing else: a few bytes."""
-    return put_varint(h) + put_varint(w) + b"\x01"
-
-
-def largest_side(codec: Codec, budget: int) -> int:
-    """The largest square item one request may decode within `budget` (what the server admits)."""
-    lim = Limits(max_decode_bytes=budget)
-    lo, hi = 4, 4096
-    while lo < hi:
-        mid = (lo + hi + 1) // 2
-        try:
-            lim.check(codec, [claim(mid, mid)])
-            lo = mid
-        except Exception:
-            hi = mid - 1
-    return lo
+    return priced_codec(path, 1, need=("encoder", "decoder"))
 
 
 @pytest.fixture(scope="module")
