@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from tests.helpers import TINY_SPATIAL_TRAINING
 from training import stability
 from training import train as train_mod
 from training.stability import ROLLBACK_LR, DivergenceGuard
@@ -103,17 +104,8 @@ def test_a_forced_divergence_in_training_continues_at_half_the_learning_rate(mon
     """training.train: a NaN loss at step 20 rolls back to the first snapshot and every later step runs at
     half the schedule's rate (the optimizer's own lr, read at each step)."""
     cfg = train_mod.TrainConfig(
-        model="spatial",
-        model_args={"channels": 8, "code_channels": 4, "hyper_channels": 4},
-        data="digits",
-        limit=600,
+        **TINY_SPATIAL_TRAINING,
         steps=40,
-        batch_size=32,
-        lr=2e-3,
-        rd_lambda=0.01,
-        quant_noise="mixed",
-        threads=1,
-        seed=5,
         schedule="cosine",
         warmup=0.0,
         lr_final=1.0,  # a flat schedule: the optimizer's rate is exactly lr x the guard's scale

@@ -13,26 +13,13 @@ import time
 import pytest
 import torch
 
-from tests.helpers import ROOT, child_env
+from tests.helpers import ROOT, TINY_SPATIAL_TRAINING, child_env
 from training import train as train_mod
 from training.data import epoch_order, load_split, to_tensor, train_val_split
 from training.stability import GradClipper
 from training.train import Stopped, TrainConfig, load_checkpoint, train
 
-# A small spatial rate-distortion model on 8x8 digits: quantisation noise, a learned prior, a hyperprior.
-SPATIAL = dict(
-    model="spatial",
-    model_args={"channels": 8, "code_channels": 4, "hyper_channels": 4},
-    data="digits",
-    limit=600,
-    epochs=2,
-    batch_size=32,
-    lr=2e-3,
-    rd_lambda=0.01,
-    quant_noise="mixed",
-    threads=1,
-    seed=5,
-)
+SPATIAL = dict(TINY_SPATIAL_TRAINING, epochs=2)
 
 
 def _cfg(**kw) -> TrainConfig:

@@ -364,3 +364,19 @@ class CloudStub:
         return getattr(
             self.storage if name in ("Ingest", "Fetch", "ListStored", "Search") else self.decoding, name
         )
+
+
+# A small spatial rate-distortion model on 8x8 digits (quantisation noise, a learned prior, a hyperprior): the
+# training runs of the stability and divergence tests; each adds its own length and schedule.
+TINY_SPATIAL_TRAINING = dict(
+    model="spatial",
+    model_args={"channels": 8, "code_channels": 4, "hyper_channels": 4},
+    data="digits",
+    limit=600,
+    batch_size=32,
+    lr=2e-3,
+    rd_lambda=0.01,
+    quant_noise="mixed",
+    threads=1,
+    seed=5,
+)
