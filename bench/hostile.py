@@ -170,10 +170,7 @@ def largest_side(codec, budget: int) -> int:
 
 async def amplification(target: str, codec, concurrent: int = 8) -> Counter:
     """`concurrent` requests at the edge of the decode budget at once (empty entropy-coded payloads)."""
-    import grpc
-
     from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
-    from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
     n = budget_items(codec)
     req = pb.DecodeRequest(
@@ -181,20 +178,8 @@ async def amplification(target: str, codec, concurrent: int = 8) -> Counter:
         reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32,
     )
     md = [("authorization", f"Bearer {TOKEN}")]
-    tally: Counter = Counter()
     opts = [("grpc.max_receive_message_length", 64 << 20)]
-    async with grpc.aio.insecure_channel(target, options=opts) as ch:
-        stub = pb_grpc.DecodingStub(ch)
-
-        async def one() -> None:
-            try:
-                await stub.Decode(req, metadata=md, timeout=300)
-                tally["OK"] += 1
-            except grpc.aio.AioRpcError as exc:
-                tally[exc.code().name] += 1
-
-        await asyncio.gather(*(one() for _ in range(concurrent)))
-    return tally
+    return await _concurrent(target, req, md, opts, concurrent)
 
 
 async def load(target: str, codec, payloads: list[bytes], clients: int, seconds: float) -> dict:
