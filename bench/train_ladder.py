@@ -118,6 +118,32 @@ PRESETS: dict[str, dict] = {
         "checkpoint_minutes": 10,
         "runs": "runs/photo",
     },
+    # The photo ladder's second stage: every rung continues from its own lambda's first-stage checkpoint
+    # (runs/photo, or the committed checkpoints/photo) for another 10,000 steps under a fresh cosine schedule
+    # at half the first stage's peak rate (a warm restart). make photo-zoo runs both stages.
+    "photo-long": {
+        "model": "spatial",
+        "args": {
+            "channels": 64,
+            "code_channels": 32,
+            "hyper_channels": 24,
+            "entropy": "meanscale",
+            "kernel": 3,
+        },
+        "data": "data/crops/photo-64.npz",
+        "lambdas": "0.005,0.0025,0.012,0.0012,0.04",
+        "start_from": "runs/photo",
+        "steps": 10000,
+        "lr": 5e-4,
+        "batch_size": 16,
+        "threads": 1,
+        "schedule": "cosine",
+        "val_split": "test",
+        "val_items": 500,
+        "val_every": 500,
+        "checkpoint_minutes": 10,
+        "runs": "runs/photo-long",
+    },
     # Any other data (bench/recipe.py, make bench-rd DATA=...): the map ladder, because it is what transfers (the
     # flat rungs learn one item size and one dataset's look). Steps, not epochs, so the time does not grow with
     # the dataset and a dataset of 1,500 items still gets enough updates: 6,000 + 8 x 1,500 steps of 32 items, about
