@@ -67,9 +67,8 @@ def check_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> Cost:
     return limits.check(codec, from_batch(codec, req.codes), "codes", reply_itemsize)
 
 
-def prepare(codec: Codec, req: pb.DecodeRequest) -> tuple[np.ndarray, Side, np.ndarray | None]:
-    """The request's codes and side fields (unpacked, entropy-decoded, dequantised) and its originals, checked."""
-    payloads = from_batch(codec, req.codes)
+def checked_originals(codec: Codec, req: pb.DecodeRequest, payloads: list[bytes]) -> np.ndarray | None:
+    """The request's originals, if any, checked against what its payloads decode to (PayloadError)."""
     originals = None
     if req.HasField("originals"):
         originals = from_tensor(req.originals, "originals")
@@ -83,6 +82,13 @@ def prepare(codec: Codec, req: pb.DecodeRequest) -> tuple[np.ndarray, Side, np.n
             raise PayloadError(
                 f"originals.dtype is {originals.dtype.name}, the manifest's input dtype is {codec.input.dtype}"
             )
+    return originals
+
+
+def prepare(codec: Codec, req: pb.DecodeRequest) -> tuple[np.ndarray, Side, np.ndarray | None]:
+    """The request's codes and side fields (unpacked, entropy-decoded, dequantised) and its originals, checked."""
+    payloads = from_batch(codec, req.codes)
+    originals = checked_originals(codec, req, payloads)
     symbols, side = codec.symbols(payloads)
     return codec.dequantise(symbols, side), side, originals
 
@@ -234,6 +240,31 @@ class DecodingService(pb_grpc.DecodingServicer):
         self, lb: LoadedBundle, request: pb.DecodeRequest, cost: Cost, context: grpc.aio.ServicerContext
     ) -> pb.DecodeResponse:
         codec = lb.codec
+        observe = self.metrics.batch_items.observe if self.metrics is not None else None
+        batcher = batcher_of(lb, self.executor, self.batching, observe)
+        large = cost.graph_bytes > RELEASE_BYTES
+        if (
+            not batcher.enabled
+            or request.codes.count >= batcher.max_items
+            or cost.run_items < request.codes.count
+            or large
+        ):
+            # Nothing to merge with: decoded whole, every step split over the decode threads (cloud/batching.py).
+            payloads = from_batch(codec, request.codes)
+            originals = await run_checked(context, self.executor, checked_originals, codec, request, payloads)
+            try:
+                rec = await batcher.decode(payloads, cost.run_items, large)
+            except (PayloadError, CodecError) as exc:
+                code = (
+                    grpc.StatusCode.INVALID_ARGUMENT
+                    if isinstance(exc, PayloadError)
+                    else grpc.StatusCode.FAILED_PRECONDITION
+                )
+                await context.abort(code, str(exc))
+            except Exception as exc:  # an ORT failure on well-formed codes is our bug, not the caller's
+                log.exception("decoding failed")
+                await context.abort(grpc.StatusCode.INTERNAL, f"decoding failed: {type(exc).__name__}")
+            return await run_checked(context, self.executor, respond, codec, request, rec, originals)
         if request.codes.count <= SMALL:  # a few items: unpacking them here is cheaper than a thread hop
             try:
                 codes, side, originals = prepare(codec, request)
@@ -241,8 +272,6 @@ class DecodingService(pb_grpc.DecodingServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         else:
             codes, side, originals = await run_checked(context, self.executor, prepare, codec, request)
-        observe = self.metrics.batch_items.observe if self.metrics is not None else None
-        batcher = batcher_of(lb, self.executor, self.batching, observe)
         try:
             rec = await batcher.synthesise(codes, side, cost.run_items, cost.graph_bytes > RELEASE_BYTES)
         except Exception as exc:  # an ORT failure on well-formed codes is our bug, not the caller's

@@ -79,11 +79,16 @@ class Limits:
         run_items = self.run_items(costs)
         graph_run = int(math.fsum(sorted(costs.graph_bytes.tolist())[-run_items:])) + costs.run_bytes
         return Cost(
-            costs.working_bytes(run_items * max(1, self.decode_runs)),
+            self.working(costs, run_items),
             float(costs.seconds.sum()),
             run_items,
             graph_run,
         )
+
+    def working(self, costs: DecodeCosts, run_items: int) -> int:
+        """What decoding holds at once on the decode threads (each may run a chunk, or one tile of a big item)."""
+        runs = max(1, self.decode_runs)
+        return costs.working_bytes(run_items * runs, runs)
 
     def run_items(self, costs: DecodeCosts) -> int:
         """Items per decoder run: at most ``decode_chunk``, and as many as fit 1/RUN_SHARE of the budget."""
@@ -95,7 +100,7 @@ class Limits:
         admission rule, used for requests and for the count a refusal suggests."""
         if int(costs.symbols.sum()) > self.max_symbols:
             return "symbols"
-        if costs.working_bytes(self.run_items(costs) * max(1, self.decode_runs)) > self.max_decode_bytes:
+        if self.working(costs, self.run_items(costs)) > self.max_decode_bytes:
             return "bytes"
         if float(costs.seconds.sum()) > self.max_decode_seconds:
             return "seconds"
@@ -112,16 +117,19 @@ class Limits:
         def copies(n: int) -> DecodeCosts:
             return DecodeCosts(**{f: np.repeat(v, n) for f, v in one.items()}, run_bytes=costs.run_bytes)
 
-        out, graph = int(one["out_bytes"][0]), int(one["graph_bytes"][0])
+        out, graph, parts = int(one["out_bytes"][0]), int(one["graph_bytes"][0]), int(one["parts"][0])
         unpack, symbols, seconds = (
             int(one["unpack_bytes"][0]),
             int(one["symbols"][0]),
             float(one["seconds"][0]),
         )
-        runs = self.run_items(copies(1)) * max(1, self.decode_runs)
+        threads = max(1, self.decode_runs)
+        runs = self.run_items(copies(1)) * threads
 
         def fits(n: int) -> bool:  # _refusal on n copies, in closed form
-            working = n * (out + unpack) + min(n, runs) * graph + costs.run_bytes
+            working = (
+                n * (out + unpack) + min(n * min(parts, threads), runs) * graph + costs.run_bytes * threads
+            )
             return (
                 n * symbols <= self.max_symbols
                 and working <= self.max_decode_bytes
@@ -156,7 +164,7 @@ class Limits:
                 f"{self.max_symbols:,} (--max-decode-symbols): {hint or 'send fewer or smaller items per request'}"
             )
         if refusal == "bytes":
-            working = costs.working_bytes(self.run_items(costs) * max(1, self.decode_runs))
+            working = self.working(costs, self.run_items(costs))
             return (
                 f"{what} would hold {working:,} bytes while decoding ({count:,} items, the largest "
                 f"{int(per_item[k]) if count else 0:,} bytes: its reconstruction, the decoder graph's working memory "
@@ -177,7 +185,7 @@ class Limits:
         )
 
 
-_PER_ITEM = ("out_bytes", "graph_bytes", "unpack_bytes", "symbols", "seconds")
+_PER_ITEM = ("out_bytes", "graph_bytes", "unpack_bytes", "symbols", "seconds", "parts")
 
 
 class InFlight:

@@ -34,12 +34,13 @@ import numpy as np
 
 from .. import ans
 from ..bundle import Bundle
-from ..codec import Codec, Progress, Side
+from ..codec import SPLIT, Codec, Progress, Side
 from ..decode_cost import ENTROPY_SECONDS_PER_SYMBOL, DecodeCosts
 from ..errors import BundleError, DataError, PayloadError
 from ..factorized_prior import FactorizedPrior
+from ..parallel import Workers, pieces
 from ..registry import register_family
-from ..tiling import core_of, cover, each, probe_radius, round_up, scaled, tiles, windows
+from ..tiling import Tile, core_of, cover, probe_radius, round_up, scaled, tiles, windows
 from ..transforms import OnnxTransforms
 from ..varint import VarintError, get_varint, put_varint
 from . import hyper_decoder
@@ -227,15 +228,18 @@ class MapPayload:
     def dequantise(self, symbols: np.ndarray) -> np.ndarray:
         return (np.asarray(symbols, np.float32) - np.float32(1 << (self.grid_bits - 1))).astype(np.float32)
 
-    def table_indices(self, y_shape: tuple[int, ...], z_sym: np.ndarray | None) -> np.ndarray:
-        """(N, M, h, w) table index of every ŷ element: its channel, or what the hyper-decoder selects."""
+    def table_indices(
+        self, y_shape: tuple[int, ...], z_sym: np.ndarray | None, workers: Workers | None = None
+    ) -> np.ndarray:
+        """(N, M, h, w) table index of every ŷ element: its channel, or what the hyper-decoder selects (its
+        strips on the workers' threads)."""
         n, m, h, w = y_shape
         if self.entropy == "factorized":
             return np.broadcast_to(np.arange(m, dtype=np.uint16)[None, :, None, None], y_shape)
         assert self.hyper_decoder is not None and z_sym is not None
         half = 1 << (self.z_grid_bits - 1)
         z = np.asarray(z_sym, np.int64) - half
-        return self.hyper_decoder.indices(z, (h, w), z_max=half)
+        return self.hyper_decoder.indices(z, (h, w), z_max=half, workers=workers)
 
     # ---- entropy coding + layout ----------------------------------------------------------------------------
     def _z_rows(self, hz: int, wz: int) -> np.ndarray | None:
@@ -282,6 +286,7 @@ class MapPayload:
         y_sym: np.ndarray,
         z_sym: np.ndarray | None,
         progress: Progress | None = None,
+        workers: Workers | None = None,
     ) -> list[bytes]:
         """(N, 2) true sizes, (N, M, h, w) ŷ symbols, (N, Nh, hz, wz) ẑ symbols -> N payloads.
 
@@ -294,7 +299,7 @@ class MapPayload:
             hz, wz = z_sym.shape[2:]
             z_flat = np.ascontiguousarray(z_sym, np.int32).reshape(n, -1)
         for i0, i1 in self._groups(n, y_sym.shape[1:]):
-            idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1])
+            idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1], workers)
             runs = _TableRuns(idx, self._y_models, presorted=self.entropy == "factorized")
             ordered = runs.sort(y_sym[i0:i1])
             for j in range(i1 - i0):
@@ -348,7 +353,7 @@ class MapPayload:
             )
 
     def unpack(
-        self, payloads: list[bytes], progress: Progress | None = None
+        self, payloads: list[bytes], progress: Progress | None = None, workers: Workers | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """N payloads of one item size -> (sizes (N, 2), ŷ symbols, ẑ symbols or None). PayloadError names the item."""
         sizes, starts = self._headers(payloads)
@@ -371,7 +376,7 @@ class MapPayload:
             decoders.append(dec)
         y_sym = np.empty((n, self.code_channels, hy, wy), np.uint16)
         for i0, i1 in self._groups(n, y_sym.shape[1:]):
-            idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1])
+            idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1], workers)
             runs = _TableRuns(idx, self._y_models, presorted=self.entropy == "factorized")
             ordered = runs.empty()
             for j in range(i1 - i0):
@@ -562,6 +567,7 @@ class MapCodec(Codec):
 
     payload_type = MapPayload
     any_size = True
+    splits_items = True  # tiles, strips and groups of items on ``workers``
     payload: MapPayload
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -618,8 +624,8 @@ class MapCodec(Codec):
         """The base's bill (latent_codec/decode_cost.py), for how this codec decodes: an item larger than a
         synthesis tile runs through the decoder graph tile by tile, so its graph working bytes are those of its
         largest tile's window (the same for a 12 MP photo as for a 100 MP one) and its graph seconds cover
-        every tile's window (the overlap included); the hyper-decoder's strips and the sort's blocks are a
-        bounded per-call figure (``run_bytes``)."""
+        every tile's window (the overlap included), and ``parts`` counts its tiles (threads run several at once);
+        the hyper-decoder's strips and the sort's blocks are a bounded per-thread figure (``run_bytes``)."""
         costs = super().decode_costs(payloads)
         p, s = self.payload, self.payload.stride
         sizes = p.sizes(list(payloads))
@@ -637,6 +643,8 @@ class MapCodec(Codec):
             ]
             same = np.all(sizes == (h, w), axis=1)
             costs.graph_bytes[same] = g.bytes(np.asarray([max(pixels)]))[0]
+            assert costs.parts is not None
+            costs.parts[same] = len(pixels)  # tiles: a server's decode threads run several at once
             costs.seconds[same] += g.seconds(np.asarray([sum(pixels) - h * w]))[0]
         return costs
 
@@ -686,13 +694,22 @@ class MapCodec(Codec):
             out: list[bytes] = []
             for i in range(n):
                 y_sym, z = self.analyse_tiled(x_raw[i : i + 1], progress)
-                out += self.payload.pack(sizes[i : i + 1], y_sym, z, progress)
+                out += self.payload.pack(sizes[i : i + 1], y_sym, z, progress, self.workers)
             return out
-        else:
-            y, side = self.analyse(self.scale(x_raw))
-            z = self.payload.z_symbols(side["hyper"]) if self.payload.has_hyper else None
-            y_sym = self.quantise(y)
-            del y, side
+        if self.workers.threads > 1 and n >= 2 * SPLIT:  # groups of items on the threads, payloads in order
+            groups = pieces(n, 4 * self.workers.threads, SPLIT)
+            done = self.workers.map(lambda ab: self._encode_whole(x_raw[ab[0] : ab[1]], None), groups)
+            return [b for group in done for b in group]
+        return self._encode_whole(x_raw, progress)
+
+    def _encode_whole(self, x_raw: np.ndarray, progress: Progress | None) -> list[bytes]:
+        """Items of one size, small enough to analyse whole, -> payloads (one thread)."""
+        n, _, h, w = x_raw.shape
+        sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
+        y, side = self.analyse(self.scale(x_raw))
+        z = self.payload.z_symbols(side["hyper"]) if self.payload.has_hyper else None
+        y_sym = self.quantise(y)
+        del y, side
         return self.payload.pack(sizes, y_sym, z, progress)
 
     # ---- tiles ----------------------------------------------------------------------------------------------
@@ -762,7 +779,10 @@ class MapCodec(Codec):
         ts = tiles(hp, wp, ENCODE_TILE, margin, self._align())
         for i in range(n):
             xp = self.pad(x_raw[i : i + 1])  # raw pixels, edge-replicated: scaling is per pixel
-            for t in each(ts, progress, "analyse" if n == 1 else f"analyse item {i + 1}/{n}"):
+
+            def tile(
+                t: Tile, i: int = i, xp: np.ndarray = xp
+            ) -> None:  # writes its own core of the maps: tiles may run on several threads
                 code, side = self.transforms.analysis(self.scale(xp[(Ellipsis, *windows(t))]))
                 ty = scaled(t, p.stride, hy, wy)
                 core = np.asarray(code)[(0, slice(None), *core_of(ty))]
@@ -772,6 +792,8 @@ class MapCodec(Codec):
                     z_sym[(i, slice(None), *cover(tz))] = p.z_symbols(
                         side["hyper"][(0, slice(None), *core_of(tz))]
                     )
+
+            self.workers.map(tile, ts, progress, "analyse" if n == 1 else f"analyse item {i + 1}/{n}")
         return y_sym, z_sym
 
     def synthesise_tiled(
@@ -788,7 +810,10 @@ class MapCodec(Codec):
         out = np.empty((n, self.channels, h, w), np.float32 if unit else raw_dtype)
         ts = tiles(hy, wy, DECODE_TILE, self._decode_margin(), 1)
         for i in range(n):
-            for t in each(ts, progress, "synthesise" if n == 1 else f"synthesise item {i + 1}/{n}"):
+
+            def tile(
+                t: Tile, i: int = i
+            ) -> None:  # writes its own core of the output: tiles may run on several threads
                 window = y_sym[(slice(i, i + 1), slice(None), *windows(t))]
                 codes = window if window.dtype.kind == "f" else self.dequantise(window)
                 rec = np.asarray(self.transforms.synthesis(codes, {}), np.float32)
@@ -802,6 +827,8 @@ class MapCodec(Codec):
                     np.clip(local, 0.0, 1.0, out=out[i, :, r0:r1, c0:c1])
                 else:
                     out[i, :, r0:r1, c0:c1] = self.unscale(local)
+
+            self.workers.map(tile, ts, progress, "synthesise" if n == 1 else f"synthesise item {i + 1}/{n}")
         return out
 
     # ---- decode -------------------------------------------------------------------------------------------
@@ -823,15 +850,24 @@ class MapCodec(Codec):
             self.payload.one_size(sizes)
             out = None
             for i, p in enumerate(payloads):
-                item = self.synthesise_tiled(self.payload.unpack([p], progress)[1], (h, w), progress, unit)
+                y_sym = self.payload.unpack([p], progress, self.workers)[1]
+                item = self.synthesise_tiled(y_sym, (h, w), progress, unit)
                 if out is None:
                     out = np.empty((len(payloads), *item.shape[1:]), item.dtype)
                 out[i] = item[0]
             assert out is not None
             return out
-        else:
-            sizes, y_sym, _ = self.payload.unpack(payloads, progress)
-            x_unit = self.synthesise(self.dequantise(y_sym), {"size": sizes}, chunk)
+        if self.workers.threads > 1 and len(payloads) >= 2 * SPLIT:
+            self.payload.one_size(sizes)
+            return self.decode_split(payloads, lambda part: self._decode_whole(part, unit, chunk))
+        return self._decode_whole(payloads, unit, chunk, progress)
+
+    def _decode_whole(
+        self, payloads: Sequence[bytes], unit: bool, chunk: int, progress: Progress | None = None
+    ) -> np.ndarray:
+        """Payloads of one size, small enough to synthesise whole, -> items (one thread)."""
+        sizes, y_sym, _ = self.payload.unpack(list(payloads), progress)
+        x_unit = self.synthesise(self.dequantise(y_sym), {"size": sizes}, chunk)
         return x_unit if unit else self.unscale(x_unit)
 
     def unscale(self, x_unit: np.ndarray) -> np.ndarray:
