@@ -72,23 +72,18 @@ class Limits:
         count = len(payloads)
         if count > self.max_items:
             raise OverBudget(f"{what} has {count:,} items; the limit is {self.max_items:,} items per request")
-        costs = codec.decode_costs(payloads)
+        costs = codec.decode_costs(payloads, max(1, self.decode_runs))  # split over the decode threads
         refusal = self._refusal(costs, reply_itemsize)
         if refusal is not None:
             raise OverBudget(self._explain(refusal, costs, what, codec.bundle_id, reply_itemsize))
         run_items = self.run_items(costs)
         graph_run = int(math.fsum(sorted(costs.graph_bytes.tolist())[-run_items:])) + costs.run_bytes
         return Cost(
-            self.working(costs, run_items),
+            costs.working_bytes(run_items * max(1, self.decode_runs)),
             float(costs.seconds.sum()),
             run_items,
             graph_run,
         )
-
-    def working(self, costs: DecodeCosts, run_items: int) -> int:
-        """What decoding holds at once on the decode threads (each may run a chunk, or one tile of a big item)."""
-        runs = max(1, self.decode_runs)
-        return costs.working_bytes(run_items * runs, runs)
 
     def run_items(self, costs: DecodeCosts) -> int:
         """Items per decoder run: at most ``decode_chunk``, and as many as fit 1/RUN_SHARE of the budget."""
@@ -100,7 +95,7 @@ class Limits:
         admission rule, used for requests and for the count a refusal suggests."""
         if int(costs.symbols.sum()) > self.max_symbols:
             return "symbols"
-        if self.working(costs, self.run_items(costs)) > self.max_decode_bytes:
+        if costs.working_bytes(self.run_items(costs) * max(1, self.decode_runs)) > self.max_decode_bytes:
             return "bytes"
         if float(costs.seconds.sum()) > self.max_decode_seconds:
             return "seconds"
@@ -117,19 +112,16 @@ class Limits:
         def copies(n: int) -> DecodeCosts:
             return DecodeCosts(**{f: np.repeat(v, n) for f, v in one.items()}, run_bytes=costs.run_bytes)
 
-        out, graph, parts = int(one["out_bytes"][0]), int(one["graph_bytes"][0]), int(one["parts"][0])
+        out, graph = int(one["out_bytes"][0]), int(one["graph_bytes"][0])
         unpack, symbols, seconds = (
             int(one["unpack_bytes"][0]),
             int(one["symbols"][0]),
             float(one["seconds"][0]),
         )
-        threads = max(1, self.decode_runs)
-        runs = self.run_items(copies(1)) * threads
+        runs = self.run_items(copies(1)) * max(1, self.decode_runs)
 
         def fits(n: int) -> bool:  # _refusal on n copies, in closed form
-            working = (
-                n * (out + unpack) + min(n * min(parts, threads), runs) * graph + costs.run_bytes * threads
-            )
+            working = n * (out + unpack) + min(n, runs) * graph + costs.run_bytes
             return (
                 n * symbols <= self.max_symbols
                 and working <= self.max_decode_bytes
@@ -164,7 +156,7 @@ class Limits:
                 f"{self.max_symbols:,} (--max-decode-symbols): {hint or 'send fewer or smaller items per request'}"
             )
         if refusal == "bytes":
-            working = self.working(costs, self.run_items(costs))
+            working = costs.working_bytes(self.run_items(costs) * max(1, self.decode_runs))
             return (
                 f"{what} would hold {working:,} bytes while decoding ({count:,} items, the largest "
                 f"{int(per_item[k]) if count else 0:,} bytes: its reconstruction, the decoder graph's working memory "
@@ -185,7 +177,7 @@ class Limits:
         )
 
 
-_PER_ITEM = ("out_bytes", "graph_bytes", "unpack_bytes", "symbols", "seconds", "parts")
+_PER_ITEM = ("out_bytes", "graph_bytes", "unpack_bytes", "symbols", "seconds")
 
 
 class InFlight:

@@ -132,9 +132,11 @@ class Codec:
         symbols = self.item_costs(payloads)[1]
         return symbols * ENTROPY_BYTES_PER_SYMBOL, symbols * ENTROPY_SECONDS_PER_SYMBOL
 
-    def decode_costs(self, payloads: Sequence[bytes]) -> DecodeCosts:
+    def decode_costs(self, payloads: Sequence[bytes], threads: int = 1) -> DecodeCosts:
         """What decoding these payloads holds and takes, per item, read from their headers without decoding
-        (latent_codec/decode_cost.py). Without a measured ``graph_cost`` the graph's part is not counted."""
+        (latent_codec/decode_cost.py), the call split over `threads` threads as ``decode`` splits it (each
+        group of items running its own graph runs). Without a measured ``graph_cost`` the graph's part is not
+        counted."""
         shapes = self.output_shapes(payloads)
         out_bytes, symbols = self.item_costs(payloads)
         unpack_bytes, seconds = self.unpack_costs(payloads)
@@ -143,7 +145,13 @@ class Codec:
         graph = g.bytes(pixels) if g is not None else np.zeros(len(pixels), np.int64)
         if g is not None:
             seconds = seconds + g.seconds(pixels)
-        return DecodeCosts(out_bytes, graph, unpack_bytes, symbols, seconds, g.run_bytes if g else 0)
+        runs = self.split_runs(len(payloads), threads)
+        return DecodeCosts(out_bytes, graph, unpack_bytes, symbols, seconds, g.run_bytes * runs if g else 0)
+
+    @staticmethod
+    def split_runs(n: int, threads: int) -> int:
+        """Groups of items a call of n items runs at once on `threads` threads (``decode_split``)."""
+        return max(1, min(threads, len(pieces(n, 4 * threads, SPLIT)))) if n >= 2 * SPLIT else 1
 
     def release_memory(self) -> None:
         """After a large decode: give back what the decoder's runtime keeps (a no-op for other transforms)."""

@@ -150,9 +150,7 @@ def release_arena(session) -> None:
 @dataclass
 class DecodeCosts:
     """Per item of one request: reconstruction bytes, the decoder graph's working bytes, unpacking bytes, code
-    symbols, CPU seconds and the graph runs it is split into (``parts``: a big item's tiles, which several threads
-    run at once; 1 otherwise); ``run_bytes`` is what one thread's call holds whatever its size (a graph run's
-    constant, an unpacking's bounded buffers)."""
+    symbols and CPU seconds; ``run_bytes`` is what one graph run holds whatever its size."""
 
     out_bytes: np.ndarray
     graph_bytes: np.ndarray
@@ -160,22 +158,12 @@ class DecodeCosts:
     symbols: np.ndarray
     seconds: np.ndarray
     run_bytes: int = 0
-    parts: np.ndarray | None = None  # None: one graph run's worth per item
 
-    def __post_init__(self) -> None:
-        if self.parts is None:
-            self.parts = np.ones(len(self.out_bytes), np.int64)
-
-    def working_bytes(self, run_items: int, runs: int = 1) -> int:
-        """Everything decoding the request holds at once on `runs` threads: its reconstructions and unpacked codes,
-        each thread's ``run_bytes``, and the graph's working set for the `run_items` largest item runs (what runs
-        at once: a chunk per decode thread; a big item's tiles count once per thread that can run one)."""
-        assert self.parts is not None
-        each = np.repeat(self.graph_bytes, np.minimum(self.parts, max(1, runs)))
-        graph = np.sort(each)[::-1][: max(run_items, 1)]
-        return int(
-            self.out_bytes.sum() + self.unpack_bytes.sum() + graph.sum() + self.run_bytes * max(1, runs)
-        )
+    def working_bytes(self, run_items: int) -> int:
+        """Everything decoding the request holds at once: its reconstructions and unpacked codes, and the graph's
+        working set for the `run_items` largest items (what runs at once: a chunk per decode thread)."""
+        graph = np.sort(self.graph_bytes)[::-1][: max(run_items, 1)]
+        return int(self.out_bytes.sum() + self.unpack_bytes.sum() + graph.sum() + self.run_bytes)
 
     def item_bytes(self) -> np.ndarray:
         """What each item alone holds while decoded (a request of that one item, less the per-run constant)."""

@@ -608,31 +608,41 @@ class MapCodec(Codec):
         symbols = self.item_costs(payloads)[1]
         return symbols * UNPACK_BYTES_PER_SYMBOL, symbols * self.payload.seconds_per_symbol()
 
-    def _working_buffers(self, sizes: np.ndarray) -> int:
-        """Bytes of the unpacking's bounded buffers for a request of these item sizes: the hyper-decoder's strip
+    def _working_buffers(self, sizes: np.ndarray, strips: int = 1) -> int:
+        """Bytes of the unpacking's bounded buffers for a call of these item sizes: the hyper-decoder's strips
         (im2col columns, float64 sums and its first layer's output for at most STRIP_POSITIONS positions of ŷ's
-        map) and the sort's block (int64 positions and a uint16 copy for at most SORT_BLOCK elements)."""
+        map each, `strips` of them at once) and the sort's block (int64 positions and a uint16 copy for at most
+        SORT_BLOCK elements)."""
         p = self.payload
         positions = int((-(-sizes // p.stride)).prod(axis=1).sum()) if len(sizes) else 0
         strip = 0
         if p.hyper_decoder is not None:
             nh, m = p.hyper_channels, p.code_channels
-            strip = min(positions, hyper_decoder.STRIP_POSITIONS) * 8 * (9 * nh + m + 2 * nh)
+            strip = min(positions, strips * hyper_decoder.STRIP_POSITIONS) * 8 * (9 * nh + m + 2 * nh)
         return strip + min(positions * p.code_channels, SORT_BLOCK) * 10
 
-    def decode_costs(self, payloads: Sequence[bytes]) -> DecodeCosts:
-        """The base's bill (latent_codec/decode_cost.py), for how this codec decodes: an item larger than a
-        synthesis tile runs through the decoder graph tile by tile, so its graph working bytes are those of its
-        largest tile's window (the same for a 12 MP photo as for a 100 MP one) and its graph seconds cover
-        every tile's window (the overlap included), and ``parts`` counts its tiles (threads run several at once);
-        the hyper-decoder's strips and the sort's blocks are a bounded per-thread figure (``run_bytes``)."""
-        costs = super().decode_costs(payloads)
+    def decode_costs(self, payloads: Sequence[bytes], threads: int = 1) -> DecodeCosts:
+        """The base's bill (latent_codec/decode_cost.py), for how this codec decodes on `threads` threads: an item
+        larger than a synthesis tile runs through the decoder graph tile by tile, so its graph working bytes are
+        those of its largest tile's window (the same for a 12 MP photo as for a 100 MP one) times the tiles run
+        at once (one per thread), and its graph seconds cover every tile's window (the overlap included); the
+        hyper-decoder's strips and the sort's blocks are bounded per call (``run_bytes``): the largest group's
+        once per thread when a call's items are split in groups, a big item's strips once per thread."""
+        costs = super().decode_costs(payloads, threads)
         p, s = self.payload, self.payload.stride
         sizes = p.sizes(list(payloads))
-        costs.run_bytes += self._working_buffers(sizes)
+        n = len(payloads)
+        runs = self.split_runs(n, threads)
+        if runs > 1:
+            a, b = max(pieces(n, 4 * threads, SPLIT), key=lambda ab: ab[1] - ab[0])
+            costs.run_bytes += runs * self._working_buffers(sizes[a:b])
+        else:
+            big = any(self.tiled_decode(h, w) for h, w in np.unique(sizes, axis=0).tolist()) if n else False
+            costs.run_bytes += self._working_buffers(sizes, threads if big else 1)
         g = self.graph_cost
         if g is None or not len(payloads):
             return costs
+        extra_runs = 0
         for h, w in np.unique(sizes, axis=0).tolist():
             if not self.tiled_decode(h, w):
                 continue
@@ -642,10 +652,11 @@ class MapCodec(Codec):
                 for t in tiles(hy, wy, DECODE_TILE, self._decode_margin(), 1)
             ]
             same = np.all(sizes == (h, w), axis=1)
-            costs.graph_bytes[same] = g.bytes(np.asarray([max(pixels)]))[0]
-            assert costs.parts is not None
-            costs.parts[same] = len(pixels)  # tiles: a server's decode threads run several at once
+            at_once = max(1, min(threads, len(pixels)))  # tiles on the threads at once, each its own run
+            costs.graph_bytes[same] = g.bytes(np.asarray([max(pixels)]))[0] * at_once
+            extra_runs = max(extra_runs, at_once - 1)
             costs.seconds[same] += g.seconds(np.asarray([sum(pixels) - h * w]))[0]
+        costs.run_bytes += g.run_bytes * extra_runs  # each tile run at once has the graph's per-run constant
         return costs
 
     def check_items(self, x: np.ndarray) -> None:
