@@ -37,6 +37,7 @@ import grpc
 import numpy as np
 
 from latent_codec.codec import Codec, Side
+from latent_codec.parallel import Workers
 
 from .limits import InFlight
 
@@ -106,16 +107,20 @@ class Batcher:
             self._timer = loop.call_later(self.max_delay, self._flush)
         return await future
 
-    async def decode(self, payloads: list[bytes], chunk: int, release: bool = False) -> np.ndarray:
+    async def decode(
+        self, payloads: list[bytes], chunk: int, release: bool = False, workers: Workers | None = None
+    ) -> np.ndarray:
         """A request decoded whole, items in [0, 1] (float32): the codec's ``decode`` on a decode thread, which
-        splits the work over the codec's workers (the server's decode threads; latent_codec/parallel.py). The same
-        array as unpacking and then synthesising, whatever the split (tests/test_split_decode.py)."""
+        splits the work over `workers` (the server's decode threads; latent_codec/parallel.py). The same array
+        as unpacking and then synthesising, whatever the split (tests/test_split_decode.py)."""
         if self.observe is not None:
             self.observe(len(payloads))
         loop = asyncio.get_running_loop()
         self._in_flight += 1
         try:
-            return await loop.run_in_executor(self.executor, self.codec.decode, payloads, True, chunk)
+            return await loop.run_in_executor(
+                self.executor, self.codec.decode, payloads, True, chunk, workers
+            )
         finally:
             self._in_flight -= 1
             if release:

@@ -27,7 +27,6 @@ from latent_codec.bundle import DECODER_NAME, ENCODER_NAME, MANIFEST_NAME, Manif
 from latent_codec.codec import Codec
 from latent_codec.decode_cost import measure_graph
 from latent_codec.errors import BundleError
-from latent_codec.parallel import Workers
 
 log = logging.getLogger(__name__)
 
@@ -99,9 +98,8 @@ def discover(root: Path) -> dict[Path, tuple[str, int]]:
 
 
 class BundleRegistry:
-    def __init__(self, threads: int = 0, workers: Workers | None = None):
+    def __init__(self, threads: int = 0):
         self._threads = threads
-        self._workers = workers  # the threads each codec splits one call over (the server's decode threads)
         self._by_path: dict[Path, LoadedBundle] = {}
         self._by_id: dict[str, LoadedBundle] = {}
         self._by_name: dict[str, dict[int, LoadedBundle]] = {}
@@ -125,8 +123,6 @@ class BundleRegistry:
     def _load(self, path: Path, name: str, version: int) -> LoadedBundle:
         stamp = _stamp(path)
         codec = priced_codec(path, self._threads)
-        if self._workers is not None:
-            codec.workers = self._workers
         return LoadedBundle(codec, path, (path / MANIFEST_NAME).read_text(), name, version, stamp=stamp)
 
     def reload(self, strict: bool = False) -> ReloadReport:

@@ -23,6 +23,7 @@ from latent_codec import metrics
 from latent_codec.codec import Codec, Side
 from latent_codec.container import from_batch, from_tensor, to_tensor
 from latent_codec.errors import CodecError, PayloadError
+from latent_codec.parallel import Workers
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
@@ -64,7 +65,7 @@ def check_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> Cost:
         raise OverBudget(
             f"codes has {req.codes.count:,} items; the limit is {limits.max_items:,} items per request"
         )
-    return limits.check(codec, from_batch(codec, req.codes), "codes", reply_itemsize)
+    return limits.check(codec, from_batch(codec, req.codes), "codes", reply_itemsize, split=True)
 
 
 def checked_originals(codec: Codec, req: pb.DecodeRequest, payloads: list[bytes]) -> np.ndarray | None:
@@ -185,6 +186,9 @@ class DecodingService(pb_grpc.DecodingServicer):
         self.limits = limits or Limits()
         self.metrics = metrics
         self.batching = batching or Batching()
+        # What one request's decoding is split over: the decode threads (latent_codec/parallel.py; the caller's
+        # thread works too, so a busy pool never stalls a request)
+        self.workers = Workers(max(1, self.batching.max_runs), executor)
         self.audit = audit
         # The working bytes and CPU seconds all requests may hold at once: one budget per decode thread (shared with
         # Ingest's validation and Fetch when the server passes its own).
@@ -243,17 +247,17 @@ class DecodingService(pb_grpc.DecodingServicer):
         observe = self.metrics.batch_items.observe if self.metrics is not None else None
         batcher = batcher_of(lb, self.executor, self.batching, observe)
         large = cost.graph_bytes > RELEASE_BYTES
-        if (
-            not batcher.enabled
-            or request.codes.count >= batcher.max_items
-            or cost.run_items < request.codes.count
-            or large
-        ):
-            # Nothing to merge with: decoded whole, every step split over the decode threads (cloud/batching.py).
+        n = request.codes.count
+        split = cost.threads > 1 and Codec.split_runs(n, cost.threads) > 1
+        if not batcher.enabled or n >= batcher.max_items or cost.run_items < n or large or split:
+            # Decoded whole, every step split over the decode threads when the budgets allow it (cost.threads):
+            # unpacking, entropy decoding and table selection too, not only the decoder graph (cloud/batching.py).
             payloads = from_batch(codec, request.codes)
             originals = await run_checked(context, self.executor, checked_originals, codec, request, payloads)
             try:
-                rec = await batcher.decode(payloads, cost.run_items, large)
+                rec = await batcher.decode(
+                    payloads, cost.run_items, large, self.workers if cost.threads > 1 else None
+                )
             except (PayloadError, CodecError) as exc:
                 code = (
                     grpc.StatusCode.INVALID_ARGUMENT

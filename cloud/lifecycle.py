@@ -21,7 +21,6 @@ from grpc_health.v1._async import HealthServicer
 from grpc_reflection.v1alpha import reflection
 
 from latent_codec.errors import CodecError
-from latent_codec.parallel import Workers
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
@@ -163,18 +162,8 @@ def start(config: ServerConfig) -> Running:
     config.check()
     if not config.reuse_port:
         check_address_free(config.address)
-    decode_executor = ThreadPoolExecutor(
-        max_workers=max(1, config.decode_workers), thread_name_prefix="decode"
-    )
-    # Every codec splits one request's work over the decode threads (latent_codec/parallel.py)
-    registry = BundleRegistry(
-        threads=config.threads, workers=Workers(max(1, config.decode_workers), decode_executor)
-    )
-    try:
-        registry.load_dir(config.bundles)
-    except BaseException:
-        decode_executor.shutdown(wait=False)
-        raise
+    registry = BundleRegistry(threads=config.threads)
+    registry.load_dir(config.bundles)
     if not len(registry):
         log.warning(
             "%s holds no bundle: this server decodes nothing (health NOT_SERVING) until one is added "
@@ -187,6 +176,9 @@ def start(config: ServerConfig) -> Running:
     budget = DecodeBudget(config.limits, runs)  # what all decoding holds at once: Decode, Ingest, Fetch
     metrics = CodecMetrics() if config.metrics_address else None
     audit = Audit(metrics)
+    decode_executor = ThreadPoolExecutor(
+        max_workers=max(1, config.decode_workers), thread_name_prefix="decode"
+    )
     store_executor = ThreadPoolExecutor(max_workers=max(1, config.store_workers), thread_name_prefix="store")
     storage = None
     metrics_http = None

@@ -213,15 +213,19 @@ class Codec:
         """Inverse of ``scale``: [0, 1] -> raw items (uint8 rounded)."""
         return self.input.from_unit(x_unit)
 
-    def decode(self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0) -> np.ndarray:
+    def decode(
+        self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0, workers: Workers | None = None
+    ) -> np.ndarray:
         """N payloads of one item size -> N items: raw dtype, or [0, 1] float32 with unit=True.
 
         chunk > 0 runs the decoder graph on at most that many items at a time, so its intermediate
         activations stay bounded however large the batch (a server's memory budget relies on it).
+        workers: the threads for this call (default: the codec's ``workers``); the result is the same.
         """
         payloads = list(payloads)
-        if self.workers.threads > 1 and len(payloads) >= 2 * SPLIT:
-            return self.decode_split(payloads, lambda part: self._decode_whole(part, unit, chunk))
+        workers = workers or self.workers
+        if workers.threads > 1 and len(payloads) >= 2 * SPLIT:
+            return self.decode_split(payloads, lambda part: self._decode_whole(part, unit, chunk), workers)
         return self._decode_whole(payloads, unit, chunk)
 
     def _decode_whole(self, payloads: Sequence[bytes], unit: bool, chunk: int) -> np.ndarray:
@@ -229,13 +233,15 @@ class Codec:
         x_unit = self.synthesise(self.dequantise(symbols, side), side, chunk)
         return x_unit if unit else self.unscale(x_unit)
 
-    def decode_split(self, payloads: list[bytes], decode: Callable[[list[bytes]], np.ndarray]) -> np.ndarray:
+    def decode_split(
+        self, payloads: list[bytes], decode: Callable[[list[bytes]], np.ndarray], workers: Workers
+    ) -> np.ndarray:
         """decode(payloads) run as groups of consecutive items on ``workers`` (each group unpacks, entropy-decodes,
         selects tables and synthesises on its own, so one thread's coding overlaps another's graph run), written
         into one output in item order: the same array as one call, since every step is per item. A bad payload
         anywhere: the whole call again on this thread, so the error names the same item as one call would."""
         n = len(payloads)
-        parts = pieces(n, 4 * self.workers.threads, SPLIT)  # several per thread: a slow thread takes fewer
+        parts = pieces(n, 4 * workers.threads, SPLIT)  # several per thread: a slow thread takes fewer
         made: list[np.ndarray] = []
         lock = threading.Lock()
 
@@ -248,8 +254,8 @@ class Codec:
             made[0][a:b] = x
 
         try:
-            self.workers.map(part, parts)
-        except PayloadError:
+            workers.map(part, parts)
+        except Exception:  # a bad payload (or items of two sizes): one call says which, as it always has
             return decode(payloads)
         return made[0]
 

@@ -184,7 +184,21 @@ def test_a_big_items_tiles_and_strips_on_threads_give_the_bytes_of_one_thread(
 
 
 # ---- a real server --------------------------------------------------------------------------------------------
-def test_a_server_with_two_threads_decodes_256_items_as_in_process(tmp_path):
+def _spy_splits(monkeypatch) -> list[tuple[int, str]]:
+    """Record every Workers.map of two threads or more: (threads, step or the function's name)."""
+    seen: list[tuple[int, str]] = []
+    real = Workers.map
+
+    def spy(self, fn, parts, report=None, step=""):
+        if self.threads > 1:
+            seen.append((self.threads, step or getattr(fn, "__name__", "")))
+        return real(self, fn, parts, report, step)
+
+    monkeypatch.setattr(Workers, "map", spy)
+    return seen
+
+
+def test_a_server_with_two_threads_decodes_256_items_as_in_process(tmp_path, monkeypatch):
     import grpc
 
     from cloud.server import build_server
@@ -197,10 +211,9 @@ def test_a_server_with_two_threads_decodes_256_items_as_in_process(tmp_path):
     x = fashion_test_items(256)
     payloads = codec.encode(x)
     local = codec.decode(payloads, unit=True)
+    splits = _spy_splits(monkeypatch)
     running = build_server(tmp_path / "bundles", "127.0.0.1:0", workers=2, threads=2)
     try:
-        held = running.registry.get(codec.bundle_id)
-        assert held is not None and held.codec.workers.threads == 2  # it splits over the decode threads
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
             stub = pb_grpc.DecodingStub(ch)
             for fmt in (pb.RECONSTRUCTION_FORMAT_FLOAT32, pb.RECONSTRUCTION_FORMAT_UINT8):
@@ -210,6 +223,7 @@ def test_a_server_with_two_threads_decodes_256_items_as_in_process(tmp_path):
                 got = from_tensor(resp.reconstructions, "reconstructions")
                 want = local if fmt == pb.RECONSTRUCTION_FORMAT_FLOAT32 else codec.unscale(local)
                 np.testing.assert_array_equal(got, want)
+            assert (2, "part") in splits  # groups of items on the two decode threads
             bad = list(payloads)
             bad[200] = bad[200][:2] + b"\xff" * 40
             with pytest.raises(grpc.RpcError) as refused:
@@ -220,7 +234,7 @@ def test_a_server_with_two_threads_decodes_256_items_as_in_process(tmp_path):
         running.stop(grace=1.0)
 
 
-def test_a_server_decodes_a_big_item_on_its_threads_as_in_process(tmp_path, small_tiles):
+def test_a_server_decodes_a_big_item_on_its_threads_as_in_process(tmp_path, small_tiles, monkeypatch):
     import grpc
 
     from cloud.limits import MIB, Limits
@@ -234,6 +248,7 @@ def test_a_server_decodes_a_big_item_on_its_threads_as_in_process(tmp_path, smal
     x = photo(517, 389)
     payloads = codec.encode(x)
     local = codec.decode(payloads, unit=True)
+    splits = _spy_splits(monkeypatch)
     running = build_server(
         tmp_path / "bundles", "127.0.0.1:0", workers=2, limits=Limits(max_decode_bytes=512 * MIB)
     )
@@ -246,5 +261,41 @@ def test_a_server_decodes_a_big_item_on_its_threads_as_in_process(tmp_path, smal
                 timeout=120,
             )
         np.testing.assert_array_equal(from_tensor(resp.reconstructions, "reconstructions"), local)
+        assert {(2, "synthesise"), (2, "strip")} <= set(splits)  # its tiles and strips on the two threads
+    finally:
+        running.stop(grace=1.0)
+
+
+def test_what_fits_the_budget_only_on_one_thread_is_still_decoded_on_one(tmp_path, small_tiles, monkeypatch):
+    """Two tiles at once hold twice a tile's graph memory: a big item that a default server admitted before the
+    split (priced on one thread) is admitted still, priced and decoded on one thread."""
+    import grpc
+
+    from cloud.bundles import priced_codec
+    from cloud.limits import Limits
+    from cloud.server import build_server
+    from latent_codec.container import from_tensor, to_batch
+    from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
+    from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
+
+    shutil.copytree(BUNDLE, tmp_path / "bundles" / BUNDLE.name)
+    codec = priced_codec(BUNDLE, 1, need=("encoder", "decoder"))
+    payloads = codec.encode(photo(517, 389))
+    limits = Limits()
+    assert limits._refusal(codec.decode_costs(payloads, 2), 4) == "bytes"  # over the budget on two threads
+    assert limits.check(codec, payloads, split=True).threads == 1
+    local = codec.decode(payloads, unit=True)
+    splits = _spy_splits(monkeypatch)
+    running = build_server(tmp_path / "bundles", "127.0.0.1:0", workers=2)
+    try:
+        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
+            resp = pb_grpc.DecodingStub(ch).Decode(
+                pb.DecodeRequest(
+                    codes=to_batch(codec, payloads), reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32
+                ),
+                timeout=120,
+            )
+        np.testing.assert_array_equal(from_tensor(resp.reconstructions, "reconstructions"), local)
+        assert not splits
     finally:
         running.stop(grace=1.0)

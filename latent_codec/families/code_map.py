@@ -808,7 +808,12 @@ class MapCodec(Codec):
         return y_sym, z_sym
 
     def synthesise_tiled(
-        self, y: np.ndarray, size: tuple[int, int], progress: Progress | None = None, unit: bool = True
+        self,
+        y: np.ndarray,
+        size: tuple[int, int],
+        progress: Progress | None = None,
+        unit: bool = True,
+        workers: Workers | None = None,
     ) -> np.ndarray:
         """ŷ (N, M, hy, wy), as symbols (uint16: dequantised per tile) or codes (float) -> items (N, C, h, w)
         in [0, 1] (raw items with unit=False, unscaled per tile): the decoder run on tiles of DECODE_TILE code
@@ -839,7 +844,9 @@ class MapCodec(Codec):
                 else:
                     out[i, :, r0:r1, c0:c1] = self.unscale(local)
 
-            self.workers.map(tile, ts, progress, "synthesise" if n == 1 else f"synthesise item {i + 1}/{n}")
+            (workers or self.workers).map(
+                tile, ts, progress, "synthesise" if n == 1 else f"synthesise item {i + 1}/{n}"
+            )
         return out
 
     # ---- decode -------------------------------------------------------------------------------------------
@@ -849,11 +856,18 @@ class MapCodec(Codec):
         return y_sym, {"size": sizes}
 
     def decode(
-        self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0, progress: Progress | None = None
+        self,
+        payloads: Sequence[bytes],
+        unit: bool = False,
+        chunk: int = 0,
+        workers: Workers | None = None,
+        progress: Progress | None = None,
     ) -> np.ndarray:
         """N payloads of one item size -> N items; items bigger than one synthesis tile are synthesised tile by
-        tile (the decoder graph's memory bounded by the tile, ŷ dequantised per tile)."""
+        tile (the decoder graph's memory bounded by the tile, ŷ dequantised per tile). ``workers`` (default: the
+        codec's) run groups of items, or a big item's strips and tiles, at once: the same result."""
         progress = progress or self.progress
+        workers = workers or self.workers
         payloads = list(payloads)
         sizes = self.payload.sizes(payloads)
         h, w = (int(v) for v in sizes[0]) if len(sizes) else (0, 0)
@@ -861,16 +875,16 @@ class MapCodec(Codec):
             self.payload.one_size(sizes)
             out = None
             for i, p in enumerate(payloads):
-                y_sym = self.payload.unpack([p], progress, self.workers)[1]
-                item = self.synthesise_tiled(y_sym, (h, w), progress, unit)
+                y_sym = self.payload.unpack([p], progress, workers)[1]
+                item = self.synthesise_tiled(y_sym, (h, w), progress, unit, workers)
                 if out is None:
                     out = np.empty((len(payloads), *item.shape[1:]), item.dtype)
                 out[i] = item[0]
             assert out is not None
             return out
-        if self.workers.threads > 1 and len(payloads) >= 2 * SPLIT:
+        if workers.threads > 1 and len(payloads) >= 2 * SPLIT:
             self.payload.one_size(sizes)
-            return self.decode_split(payloads, lambda part: self._decode_whole(part, unit, chunk))
+            return self.decode_split(payloads, lambda part: self._decode_whole(part, unit, chunk), workers)
         return self._decode_whole(payloads, unit, chunk, progress)
 
     def _decode_whole(

@@ -144,10 +144,16 @@ class MeanScaleCodec(MapCodec):
         return self.payload.dequantise_with(symbols, side["mean"])
 
     def decode(
-        self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0, progress: Progress | None = None
+        self,
+        payloads: Sequence[bytes],
+        unit: bool = False,
+        chunk: int = 0,
+        workers: Workers | None = None,
+        progress: Progress | None = None,
     ) -> np.ndarray:
         """N payloads of one item size -> N items; big items one at a time, synthesised tile by tile."""
         progress = progress or self.progress
+        workers = workers or self.workers
         payloads = list(payloads)
         sizes = self.payload.sizes(payloads)
         self.payload.one_size(sizes)
@@ -155,20 +161,18 @@ class MeanScaleCodec(MapCodec):
         if len(sizes) and self.tiled_decode(h, w):
             out = None
             for i, p in enumerate(payloads):
-                _, y_sym, z_sym = self.payload.unpack([p], progress, self.workers)
+                _, y_sym, z_sym = self.payload.unpack([p], progress, workers)
                 assert z_sym is not None
-                codes = self.payload.dequantise_with(
-                    y_sym, self.payload.means(y_sym.shape, z_sym, self.workers)
-                )
+                codes = self.payload.dequantise_with(y_sym, self.payload.means(y_sym.shape, z_sym, workers))
                 del y_sym
-                item = self.synthesise_tiled(codes, (h, w), progress, unit)
+                item = self.synthesise_tiled(codes, (h, w), progress, unit, workers)
                 if out is None:
                     out = np.empty((len(payloads), *item.shape[1:]), item.dtype)
                 out[i] = item[0]
             assert out is not None
             return out
-        if self.workers.threads > 1 and len(payloads) >= 2 * SPLIT:
-            return self.decode_split(payloads, lambda part: self._decode_whole(part, unit, chunk))
+        if workers.threads > 1 and len(payloads) >= 2 * SPLIT:
+            return self.decode_split(payloads, lambda part: self._decode_whole(part, unit, chunk), workers)
         return self._decode_whole(payloads, unit, chunk)
 
     def _decode_whole(
