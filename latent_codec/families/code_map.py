@@ -805,6 +805,11 @@ class MapCodec(Codec):
                     )
 
             self.workers.map(tile, ts, progress, "analyse" if n == 1 else f"analyse item {i + 1}/{n}")
+        # The encoder's runtime keeps its largest runs' memory (two tiles' on two threads); entropy coding comes
+        # next and allocates its own: given back here, an edge's peak is the larger of the two, not their sum.
+        release = getattr(self.transforms, "release_encoder", None)
+        if release is not None:
+            release()
         return y_sym, z_sym
 
     def synthesise_tiled(
