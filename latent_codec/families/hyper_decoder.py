@@ -132,7 +132,7 @@ class _Plan:
     zp: np.ndarray
     size: tuple[int, int]
     d2: Any
-    w1: list[np.ndarray]
+    w1: Any  # layer 1 as four phase column blocks (list of arrays)
     b1: np.ndarray
     w2: np.ndarray
     b2: np.ndarray
