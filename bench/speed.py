@@ -134,7 +134,7 @@ def split_small(codec, x: np.ndarray, repeats: int) -> dict:
         """fn with the table selection answered from a precomputed array: the coder alone."""
 
         def run() -> object:
-            p.table_indices = lambda shape, zs: idx  # type: ignore[method-assign]
+            p.table_indices = lambda shape, zs, workers=None: idx  # type: ignore[method-assign]
             try:
                 return fn()
             finally:
