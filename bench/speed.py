@@ -584,6 +584,13 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
             f"| {row['step']} | {1e3 * row['one']:.1f} | {1e3 * row['two']:.1f} | {row['one'] / row['two']:.2f}x | "
             f"{row['work_cpu']:.2f} | {row['spin_cpu']:.2f} |"
         )
+    synth = next(row for row in r["locks"] if row["step"].startswith("synthesis"))
+    lines += [
+        "",
+        f"Two threads ran ONNX Runtime's synthesis, which releases the lock, {synth['one'] / synth['two']:.2f}x as "
+        "fast as one: about the cores this run's process got from the machine, and the most any split (the "
+        "12 MP photo's two-thread run, the served 256-item requests) can show in this run.",
+    ]
     lines += ["", "## Photographs: CPU seconds per megapixel (wall in parentheses)", ""]
     lines += [
         f"Grey versions of scikit-image's sample photographs ({r['photo_names']}; {r['photos_mp']:.2f} MP in all, "
