@@ -83,10 +83,9 @@ class Limits:
         threads = max(1, self.decode_runs) if split else 1
         costs = codec.decode_costs(payloads, threads)
         refusal = self._refusal(costs, reply_itemsize)
-        if (
-            refusal is not None and threads > 1
-        ):  # what one thread may decode is still admitted, on one thread;
-            threads, costs = 1, codec.decode_costs(payloads, 1)  # what is not, is refused at its least cost
+        if refusal is not None and threads > 1:
+            # What one thread may decode is still admitted, on one thread; what not, is refused at its least cost.
+            threads, costs = 1, codec.decode_costs(payloads, 1)
             refusal = self._refusal(costs, reply_itemsize)
         if refusal is not None:
             raise OverBudget(self._explain(refusal, costs, what, codec.bundle_id, reply_itemsize))

@@ -51,8 +51,9 @@ class Codec:
         None  # the decoder graph's measured cost (decode_cost.measure_graph), if known
     )
     # The threads one call may use for its parts (latent_codec/parallel.py): groups of items in ``decode``, and in
-    # families that split more (code maps: a photo's tiles and strips). One thread unless set: a server gives its
-    # codecs its decode threads, the edge CLI its --threads. The result is the same whatever the count.
+    # families that split more (code maps: a photo's tiles and strips). One thread unless set: the edge CLI sets its
+    # --threads (Codec.open_split); a server passes its decode threads per call (``decode(workers=...)``), when a
+    # request's budget allows them. The result is the same whatever the count.
     workers: Workers = Workers(1)
     splits_items: ClassVar[bool] = (
         False  # whether encode splits item groups and tiles itself (Codec.open_split)

@@ -1,9 +1,10 @@
 """One call's independent parts on several threads: a photo's tiles, the hyper-decoder's strips, groups of items.
 
-What runs in the parts releases Python's lock (ONNX Runtime runs, numpy's matrix products and array copies), so
-two threads finish a big item in about half the time. The entropy coder (constriction) holds the lock while it
-codes, so coding parts do not overlap each other, but they overlap the other threads' graph runs and products
-(measured: docs/speed.md).
+Most of what runs in the parts releases Python's lock (ONNX Runtime runs, numpy's matrix products and array
+copies), so two threads can finish a big item in little more than half the time when the machine has two cores
+free. The entropy coder (constriction) holds the lock while it codes, so coding parts do not overlap each other,
+but they overlap the other threads' graph runs and products (docs/speed.md measures which steps release it; its
+runs so far had no second core free to show the speed-up).
 
 ``Workers.map`` is safe on a pool its caller already runs on (a server's decode threads): the caller takes parts
 itself and waits only for parts another thread has *started*, so a call never waits for a pool thread that is
