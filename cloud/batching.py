@@ -6,10 +6,12 @@ step, the decoder graph, is merged. A request goes to the graph at once when one
 run slots is free, so a lone client pays no batching delay; while every slot is busy, arriving
 requests wait, and when a run finishes they all go together, up to ``max_items`` items: under load
 batches form by themselves (continuous batching). ``max_delay`` > 0 adds Triton's ``max_queue_delay``
-on top: an idle bundle waits that long for company before it runs. A request at least ``max_items``
-large runs alone, split across the decode threads (``SPLIT`` items or more per part), so one big
-request uses every core the server decodes on. If a merged run fails, each request is run alone, so
-one caller's failure never becomes another's.
+on top: an idle bundle waits that long for company before it runs. A request that cannot merge (at least
+``max_items`` items, or items whose graph runs are large) is decoded whole by ``decode``: the codec splits
+it across the decode threads for every step, unpacking, entropy decoding and table selection as well as
+synthesis (groups of ``SPLIT`` items or more, or a big item's tiles and strips: latent_codec/parallel.py),
+so one big request uses every core the server decodes on. If a merged run fails, each request is run
+alone, so one caller's failure never becomes another's.
 
 One stream's requests batch too (``in_order``). A device that pipelines single-item requests over one
 DecodeStream was served one request at a time, so its items never met in a decoder run and the stream's
@@ -35,6 +37,7 @@ import grpc
 import numpy as np
 
 from latent_codec.codec import Codec, Side
+from latent_codec.parallel import Workers
 
 from .limits import InFlight
 
@@ -103,6 +106,25 @@ class Batcher:
         elif self._running < self.max_runs and self._timer is None:
             self._timer = loop.call_later(self.max_delay, self._flush)
         return await future
+
+    async def decode(
+        self, payloads: list[bytes], chunk: int, release: bool = False, workers: Workers | None = None
+    ) -> np.ndarray:
+        """A request decoded whole, items in [0, 1] (float32): the codec's ``decode`` on a decode thread, which
+        splits the work over `workers` (the server's decode threads; latent_codec/parallel.py). The same array
+        as unpacking and then synthesising, whatever the split (tests/test_split_decode.py)."""
+        if self.observe is not None:
+            self.observe(len(payloads))
+        loop = asyncio.get_running_loop()
+        self._in_flight += 1
+        try:
+            return await loop.run_in_executor(
+                self.executor, self.codec.decode, payloads, True, chunk, workers
+            )
+        finally:
+            self._in_flight -= 1
+            if release:
+                self._release_when_idle(loop)
 
     async def _run_alone(
         self, codes: np.ndarray, side: Side, chunk: int = 0, release: bool = False

@@ -23,6 +23,7 @@ from latent_codec import metrics
 from latent_codec.codec import Codec, Side
 from latent_codec.container import from_batch, from_tensor, to_tensor
 from latent_codec.errors import CodecError, PayloadError
+from latent_codec.parallel import Workers
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
@@ -64,12 +65,11 @@ def check_request(codec: Codec, req: pb.DecodeRequest, limits: Limits) -> Cost:
         raise OverBudget(
             f"codes has {req.codes.count:,} items; the limit is {limits.max_items:,} items per request"
         )
-    return limits.check(codec, from_batch(codec, req.codes), "codes", reply_itemsize)
+    return limits.check(codec, from_batch(codec, req.codes), "codes", reply_itemsize, split=True)
 
 
-def prepare(codec: Codec, req: pb.DecodeRequest) -> tuple[np.ndarray, Side, np.ndarray | None]:
-    """The request's codes and side fields (unpacked, entropy-decoded, dequantised) and its originals, checked."""
-    payloads = from_batch(codec, req.codes)
+def checked_originals(codec: Codec, req: pb.DecodeRequest, payloads: list[bytes]) -> np.ndarray | None:
+    """The request's originals, if any, checked against what its payloads decode to (PayloadError)."""
     originals = None
     if req.HasField("originals"):
         originals = from_tensor(req.originals, "originals")
@@ -83,6 +83,13 @@ def prepare(codec: Codec, req: pb.DecodeRequest) -> tuple[np.ndarray, Side, np.n
             raise PayloadError(
                 f"originals.dtype is {originals.dtype.name}, the manifest's input dtype is {codec.input.dtype}"
             )
+    return originals
+
+
+def prepare(codec: Codec, req: pb.DecodeRequest) -> tuple[np.ndarray, Side, np.ndarray | None]:
+    """The request's codes and side fields (unpacked, entropy-decoded, dequantised) and its originals, checked."""
+    payloads = from_batch(codec, req.codes)
+    originals = checked_originals(codec, req, payloads)
     symbols, side = codec.symbols(payloads)
     return codec.dequantise(symbols, side), side, originals
 
@@ -179,6 +186,9 @@ class DecodingService(pb_grpc.DecodingServicer):
         self.limits = limits or Limits()
         self.metrics = metrics
         self.batching = batching or Batching()
+        # What one request's decoding is split over: the decode threads (latent_codec/parallel.py; the caller's
+        # thread works too, so a busy pool never stalls a request)
+        self.workers = Workers(max(1, self.batching.max_runs), executor)
         self.audit = audit
         # The working bytes and CPU seconds all requests may hold at once: one budget per decode thread (shared with
         # Ingest's validation and Fetch when the server passes its own).
@@ -234,6 +244,31 @@ class DecodingService(pb_grpc.DecodingServicer):
         self, lb: LoadedBundle, request: pb.DecodeRequest, cost: Cost, context: grpc.aio.ServicerContext
     ) -> pb.DecodeResponse:
         codec = lb.codec
+        observe = self.metrics.batch_items.observe if self.metrics is not None else None
+        batcher = batcher_of(lb, self.executor, self.batching, observe)
+        large = cost.graph_bytes > RELEASE_BYTES
+        n = request.codes.count
+        split = cost.threads > 1 and Codec.split_runs(n, cost.threads) > 1
+        if not batcher.enabled or n >= batcher.max_items or cost.run_items < n or large or split:
+            # Decoded whole, every step split over the decode threads when the budgets allow it (cost.threads):
+            # unpacking, entropy decoding and table selection too, not only the decoder graph (cloud/batching.py).
+            payloads = from_batch(codec, request.codes)
+            originals = await run_checked(context, self.executor, checked_originals, codec, request, payloads)
+            try:
+                rec = await batcher.decode(
+                    payloads, cost.run_items, large, self.workers if cost.threads > 1 else None
+                )
+            except (PayloadError, CodecError) as exc:
+                code = (
+                    grpc.StatusCode.INVALID_ARGUMENT
+                    if isinstance(exc, PayloadError)
+                    else grpc.StatusCode.FAILED_PRECONDITION
+                )
+                await context.abort(code, str(exc))
+            except Exception as exc:  # an ORT failure on well-formed codes is our bug, not the caller's
+                log.exception("decoding failed")
+                await context.abort(grpc.StatusCode.INTERNAL, f"decoding failed: {type(exc).__name__}")
+            return await run_checked(context, self.executor, respond, codec, request, rec, originals)
         if request.codes.count <= SMALL:  # a few items: unpacking them here is cheaper than a thread hop
             try:
                 codes, side, originals = prepare(codec, request)
@@ -241,8 +276,6 @@ class DecodingService(pb_grpc.DecodingServicer):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
         else:
             codes, side, originals = await run_checked(context, self.executor, prepare, codec, request)
-        observe = self.metrics.batch_items.observe if self.metrics is not None else None
-        batcher = batcher_of(lb, self.executor, self.batching, observe)
         try:
             rec = await batcher.synthesise(codes, side, cost.run_items, cost.graph_bytes > RELEASE_BYTES)
         except Exception as exc:  # an ORT failure on well-formed codes is our bug, not the caller's

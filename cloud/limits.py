@@ -49,6 +49,7 @@ class Cost:
     graph_bytes: int = (
         0  # the largest decoder run's working bytes (above RELEASE_BYTES: give them back after)
     )
+    threads: int = 1  # decode threads the request's work may be split over (priced for that many)
 
 
 @dataclass(frozen=True)
@@ -64,16 +65,28 @@ class Limits:
     max_reply_bytes: int = 64 * MIB  # the server's --max-message-mib: a larger reply could not be sent
 
     def check(
-        self, codec: Codec, payloads: Sequence[bytes], what: str = "request", reply_itemsize: int = 4
+        self,
+        codec: Codec,
+        payloads: Sequence[bytes],
+        what: str = "request",
+        reply_itemsize: int = 4,
+        split: bool = False,
     ) -> Cost:
         """Refuse a request when it is over a budget; cheap, decodes nothing (PayloadError for a header that does
         not parse). -> what decoding it will hold and take. reply_itemsize: bytes per pixel of the reply (0: no
-        reconstructions sent back)."""
+        reconstructions sent back). split: priced as decoded over the ``decode_runs`` threads (Decode's whole
+        requests: Codec.decode_costs(payloads, threads)) when that fits the budgets, else on one thread, as
+        without it (``Cost.threads`` says which: the caller decodes it so)."""
         count = len(payloads)
         if count > self.max_items:
             raise OverBudget(f"{what} has {count:,} items; the limit is {self.max_items:,} items per request")
-        costs = codec.decode_costs(payloads)
+        threads = max(1, self.decode_runs) if split else 1
+        costs = codec.decode_costs(payloads, threads)
         refusal = self._refusal(costs, reply_itemsize)
+        if refusal is not None and threads > 1:
+            # What one thread may decode is still admitted, on one thread; what not, is refused at its least cost.
+            threads, costs = 1, codec.decode_costs(payloads, 1)
+            refusal = self._refusal(costs, reply_itemsize)
         if refusal is not None:
             raise OverBudget(self._explain(refusal, costs, what, codec.bundle_id, reply_itemsize))
         run_items = self.run_items(costs)
@@ -83,6 +96,7 @@ class Limits:
             float(costs.seconds.sum()),
             run_items,
             graph_run,
+            threads,
         )
 
     def run_items(self, costs: DecodeCosts) -> int:

@@ -189,7 +189,7 @@ def run(
     before everything is acknowledged, or a plain CodecError when nothing could start.
     """
     config.check()
-    codec = Codec.open(config.bundle, need=("encoder",), threads=config.threads)
+    codec = Codec.open_split(config.bundle, need=("encoder",), threads=config.threads)
     x, source = load_source(config, codec, items)
     spool = Spool(config.spool, config.spool_max_bytes)
     report = IngestReport(bundle_id=codec.bundle_id, spool=str(config.spool), total=len(x))

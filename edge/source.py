@@ -50,8 +50,9 @@ def open_source(
     grey: bool = False,
     alpha: str | None = None,
 ) -> tuple[Codec, Items]:
-    """The bundle's codec and the items it will encode (see ``load_for``)."""
-    codec = Codec.open(bundle, need=need, threads=threads)
+    """The bundle's codec and the items it will encode (see ``load_for``); ``threads`` as ``Codec.open_split``
+    takes them (a code-map bundle runs a photo's tiles and strips on that many threads)."""
+    codec = Codec.open_split(bundle, need=need, threads=threads)
     return codec, load_for(codec, data, split, limit, grey, alpha)
 
 

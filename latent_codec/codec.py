@@ -16,6 +16,7 @@ The wire form of payloads and items is latent_codec/container.py.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
@@ -26,11 +27,15 @@ from . import metrics, registry
 from .bundle import Bundle, InputSpec, Manifest, load_bundle
 from .decode_cost import ENTROPY_BYTES_PER_SYMBOL, ENTROPY_SECONDS_PER_SYMBOL, DecodeCosts, GraphCost
 from .errors import DataError, PayloadError
+from .parallel import Workers, pieces
 from .transforms import Side, Transforms
 
 __all__ = ["Codec", "Progress", "Side"]
 
 Progress = Callable[[str, int, int], None]  # (step, done, total), e.g. ("synthesise", 12, 48) tiles
+# Fewest items per part when one decode or encode call is split across threads (below it, a graph run's fixed
+# cost shows); a call of fewer than twice this many items runs on one thread.
+SPLIT = 32
 
 
 class Codec:
@@ -44,6 +49,14 @@ class Codec:
     progress: Progress | None = None
     graph_cost: GraphCost | None = (
         None  # the decoder graph's measured cost (decode_cost.measure_graph), if known
+    )
+    # The threads one call may use for its parts (latent_codec/parallel.py): groups of items in ``decode``, and in
+    # families that split more (code maps: a photo's tiles and strips). One thread unless set: the edge CLI sets its
+    # --threads (Codec.open_split); a server passes its decode threads per call (``decode(workers=...)``), when a
+    # request's budget allows them. The result is the same whatever the count.
+    workers: Workers = Workers(1)
+    splits_items: ClassVar[bool] = (
+        False  # whether encode splits item groups and tiles itself (Codec.open_split)
     )
 
     def __init__(
@@ -80,6 +93,22 @@ class Codec:
         """Load a bundle directory (hash-verified) and build its codec; ``need`` names the graphs to run."""
         return cls.from_bundle(load_bundle(path, need=need), threads)
 
+    @classmethod
+    def open_split(
+        cls, path: str | Path, need: tuple[str, ...] = ("encoder", "decoder"), threads: int = 0
+    ) -> Codec:
+        """Like ``open``, for a device's ``--threads N`` (0: one per core): a family that splits its own work
+        (``splits_items``: code maps, a photo's tiles and strips) gets N workers over one-thread graph sessions,
+        so N tiles run at once instead of N threads fighting over one tile; other families get N-thread sessions.
+        The payloads are the same bytes either way."""
+        bundle = load_bundle(path, need=need)
+        family = registry.family(bundle.manifest.payload.kind)
+        if not family.splits_items or threads == 1:
+            return family.build(bundle, threads)
+        codec = family.build(bundle, 1)
+        codec.workers = Workers(threads)
+        return codec
+
     # ---- facts from the manifest ------------------------------------------------------------------------
     @property
     def format(self) -> str:
@@ -104,9 +133,11 @@ class Codec:
         symbols = self.item_costs(payloads)[1]
         return symbols * ENTROPY_BYTES_PER_SYMBOL, symbols * ENTROPY_SECONDS_PER_SYMBOL
 
-    def decode_costs(self, payloads: Sequence[bytes]) -> DecodeCosts:
+    def decode_costs(self, payloads: Sequence[bytes], threads: int = 1) -> DecodeCosts:
         """What decoding these payloads holds and takes, per item, read from their headers without decoding
-        (latent_codec/decode_cost.py). Without a measured ``graph_cost`` the graph's part is not counted."""
+        (latent_codec/decode_cost.py), the call split over `threads` threads as ``decode`` splits it (each
+        group of items running its own graph runs). Without a measured ``graph_cost`` the graph's part is not
+        counted."""
         shapes = self.output_shapes(payloads)
         out_bytes, symbols = self.item_costs(payloads)
         unpack_bytes, seconds = self.unpack_costs(payloads)
@@ -115,7 +146,13 @@ class Codec:
         graph = g.bytes(pixels) if g is not None else np.zeros(len(pixels), np.int64)
         if g is not None:
             seconds = seconds + g.seconds(pixels)
-        return DecodeCosts(out_bytes, graph, unpack_bytes, symbols, seconds, g.run_bytes if g else 0)
+        runs = self.split_runs(len(payloads), threads)
+        return DecodeCosts(out_bytes, graph, unpack_bytes, symbols, seconds, g.run_bytes * runs if g else 0)
+
+    @staticmethod
+    def split_runs(n: int, threads: int) -> int:
+        """Groups of items a call of n items runs at once on `threads` threads (``decode_split``)."""
+        return max(1, min(threads, len(pieces(n, 4 * threads, SPLIT)))) if n >= 2 * SPLIT else 1
 
     def release_memory(self) -> None:
         """After a large decode: give back what the decoder's runtime keeps (a no-op for other transforms)."""
@@ -177,15 +214,51 @@ class Codec:
         """Inverse of ``scale``: [0, 1] -> raw items (uint8 rounded)."""
         return self.input.from_unit(x_unit)
 
-    def decode(self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0) -> np.ndarray:
+    def decode(
+        self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0, workers: Workers | None = None
+    ) -> np.ndarray:
         """N payloads of one item size -> N items: raw dtype, or [0, 1] float32 with unit=True.
 
         chunk > 0 runs the decoder graph on at most that many items at a time, so its intermediate
         activations stay bounded however large the batch (a server's memory budget relies on it).
+        workers: the threads for this call (default: the codec's ``workers``); the result is the same.
         """
+        payloads = list(payloads)
+        workers = workers or self.workers
+        if workers.threads > 1 and len(payloads) >= 2 * SPLIT:
+            return self.decode_split(payloads, lambda part: self._decode_whole(part, unit, chunk), workers)
+        return self._decode_whole(payloads, unit, chunk)
+
+    def _decode_whole(self, payloads: Sequence[bytes], unit: bool, chunk: int) -> np.ndarray:
         symbols, side = self.symbols(payloads)
         x_unit = self.synthesise(self.dequantise(symbols, side), side, chunk)
         return x_unit if unit else self.unscale(x_unit)
+
+    def decode_split(
+        self, payloads: list[bytes], decode: Callable[[list[bytes]], np.ndarray], workers: Workers
+    ) -> np.ndarray:
+        """decode(payloads) run as groups of consecutive items on ``workers`` (each group unpacks, entropy-decodes,
+        selects tables and synthesises on its own, so one thread's coding overlaps another's graph run), written
+        into one output in item order: the same array as one call, since every step is per item. A bad payload
+        anywhere: the whole call again on this thread, so the error names the same item as one call would."""
+        n = len(payloads)
+        parts = pieces(n, 4 * workers.threads, SPLIT)  # several per thread: a slow thread takes fewer
+        made: list[np.ndarray] = []
+        lock = threading.Lock()
+
+        def part(ab: tuple[int, int]) -> None:
+            a, b = ab
+            x = decode(payloads[a:b])
+            with lock:
+                if not made:
+                    made.append(np.empty((n, *x.shape[1:]), x.dtype))
+            made[0][a:b] = x
+
+        try:
+            workers.map(part, parts)
+        except Exception:  # a bad payload (or items of two sizes): one call says which, as it always has
+            return decode(payloads)
+        return made[0]
 
     def decode_each(self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0) -> list[np.ndarray]:
         """Payloads that may decode to items of different sizes -> one (C, H, W) item each.

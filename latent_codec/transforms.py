@@ -93,6 +93,11 @@ class OnnxTransforms:
         if self.decoder is not None:
             release_arena(self.decoder)
 
+    def release_encoder(self) -> None:
+        """Give back the memory ONNX Runtime keeps after large encoder runs (a photo's tiles, several at once)."""
+        if self.encoder is not None:
+            release_arena(self.encoder)
+
 
 class FunctionTransforms:
     """Transforms from two plain functions (e.g. PCA's projection and reconstruction), no side fields."""

@@ -197,8 +197,9 @@ def test_decode_costs_cover_what_decoding_allocates(size, n, monkeypatch):
 
 
 def test_the_server_decode_path_runs_big_items_in_tiles(small_tiles, tmp_path):
-    """The cloud decodes through symbols -> dequantise -> synthesise (not Codec.decode): a big item is tiled
-    there too, and a real server returns what the codec decodes locally."""
+    """The cloud's two decode paths tile a big item: symbols -> dequantise -> synthesise (merged requests) and
+    Codec.decode (a request decoded whole, cloud/batching.py), and a real server returns what the codec decodes
+    locally."""
     import shutil
 
     from latent_codec.container import from_tensor

@@ -46,7 +46,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    codec = Codec.open(args.bundle, need=("decoder",), threads=args.threads)
+    codec = Codec.open_split(args.bundle, need=("decoder",), threads=args.threads)
     codec.progress = StepProgress(not args.no_progress)
     code_file = read_codes(args.codes)
     batch = code_file.batch

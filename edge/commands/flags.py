@@ -46,7 +46,13 @@ def add_photo_options(p: argparse.ArgumentParser) -> None:
 
 
 def add_threads(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime threads (0 = default)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="threads (0 = one per core): a code-map bundle runs a photo's tiles and strips (or groups of items) "
+        "on them, other bundles ONNX Runtime's operators; the output is the same for any count",
+    )
 
 
 def add_force(p: argparse.ArgumentParser) -> None:

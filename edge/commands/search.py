@@ -58,7 +58,7 @@ def run(args: argparse.Namespace) -> int:
             raise CodecError(f"--code {args.code[:40]!r} is not hexadecimal") from None
         payload = None
     else:
-        codec = Codec.open(args.bundle, need=("encoder",), threads=args.threads)
+        codec = Codec.open_split(args.bundle, need=("encoder",), threads=args.threads)
         ds = datasets.load(args.data, args.split, mode="L" if codec.input.shape[0] == 1 else "RGB")
         if not 0 <= args.index < len(ds.x):
             raise CodecError(f"--index {args.index}: {args.data} has {len(ds.x)} items")

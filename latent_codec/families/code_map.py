@@ -34,12 +34,13 @@ import numpy as np
 
 from .. import ans
 from ..bundle import Bundle
-from ..codec import Codec, Progress, Side
+from ..codec import SPLIT, Codec, Progress, Side
 from ..decode_cost import ENTROPY_SECONDS_PER_SYMBOL, DecodeCosts
 from ..errors import BundleError, DataError, PayloadError
 from ..factorized_prior import FactorizedPrior
+from ..parallel import Workers, pieces
 from ..registry import register_family
-from ..tiling import core_of, cover, each, probe_radius, round_up, scaled, tiles, windows
+from ..tiling import Tile, core_of, cover, probe_radius, round_up, scaled, tiles, windows
 from ..transforms import OnnxTransforms
 from ..varint import VarintError, get_varint, put_varint
 from . import hyper_decoder
@@ -227,15 +228,18 @@ class MapPayload:
     def dequantise(self, symbols: np.ndarray) -> np.ndarray:
         return (np.asarray(symbols, np.float32) - np.float32(1 << (self.grid_bits - 1))).astype(np.float32)
 
-    def table_indices(self, y_shape: tuple[int, ...], z_sym: np.ndarray | None) -> np.ndarray:
-        """(N, M, h, w) table index of every ŷ element: its channel, or what the hyper-decoder selects."""
+    def table_indices(
+        self, y_shape: tuple[int, ...], z_sym: np.ndarray | None, workers: Workers | None = None
+    ) -> np.ndarray:
+        """(N, M, h, w) table index of every ŷ element: its channel, or what the hyper-decoder selects (its
+        strips on the workers' threads)."""
         n, m, h, w = y_shape
         if self.entropy == "factorized":
             return np.broadcast_to(np.arange(m, dtype=np.uint16)[None, :, None, None], y_shape)
         assert self.hyper_decoder is not None and z_sym is not None
         half = 1 << (self.z_grid_bits - 1)
         z = np.asarray(z_sym, np.int64) - half
-        return self.hyper_decoder.indices(z, (h, w), z_max=half)
+        return self.hyper_decoder.indices(z, (h, w), z_max=half, workers=workers)
 
     # ---- entropy coding + layout ----------------------------------------------------------------------------
     def _z_rows(self, hz: int, wz: int) -> np.ndarray | None:
@@ -282,6 +286,7 @@ class MapPayload:
         y_sym: np.ndarray,
         z_sym: np.ndarray | None,
         progress: Progress | None = None,
+        workers: Workers | None = None,
     ) -> list[bytes]:
         """(N, 2) true sizes, (N, M, h, w) ŷ symbols, (N, Nh, hz, wz) ẑ symbols -> N payloads.
 
@@ -294,7 +299,7 @@ class MapPayload:
             hz, wz = z_sym.shape[2:]
             z_flat = np.ascontiguousarray(z_sym, np.int32).reshape(n, -1)
         for i0, i1 in self._groups(n, y_sym.shape[1:]):
-            idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1])
+            idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1], workers)
             runs = _TableRuns(idx, self._y_models, presorted=self.entropy == "factorized")
             ordered = runs.sort(y_sym[i0:i1])
             for j in range(i1 - i0):
@@ -348,7 +353,7 @@ class MapPayload:
             )
 
     def unpack(
-        self, payloads: list[bytes], progress: Progress | None = None
+        self, payloads: list[bytes], progress: Progress | None = None, workers: Workers | None = None
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray | None]:
         """N payloads of one item size -> (sizes (N, 2), ŷ symbols, ẑ symbols or None). PayloadError names the item."""
         sizes, starts = self._headers(payloads)
@@ -371,7 +376,7 @@ class MapPayload:
             decoders.append(dec)
         y_sym = np.empty((n, self.code_channels, hy, wy), np.uint16)
         for i0, i1 in self._groups(n, y_sym.shape[1:]):
-            idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1])
+            idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1], workers)
             runs = _TableRuns(idx, self._y_models, presorted=self.entropy == "factorized")
             ordered = runs.empty()
             for j in range(i1 - i0):
@@ -562,6 +567,7 @@ class MapCodec(Codec):
 
     payload_type = MapPayload
     any_size = True
+    splits_items = True  # tiles, strips and groups of items on ``workers``
     payload: MapPayload
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -602,31 +608,41 @@ class MapCodec(Codec):
         symbols = self.item_costs(payloads)[1]
         return symbols * UNPACK_BYTES_PER_SYMBOL, symbols * self.payload.seconds_per_symbol()
 
-    def _working_buffers(self, sizes: np.ndarray) -> int:
-        """Bytes of the unpacking's bounded buffers for a request of these item sizes: the hyper-decoder's strip
+    def _working_buffers(self, sizes: np.ndarray, strips: int = 1) -> int:
+        """Bytes of the unpacking's bounded buffers for a call of these item sizes: the hyper-decoder's strips
         (im2col columns, float64 sums and its first layer's output for at most STRIP_POSITIONS positions of ŷ's
-        map) and the sort's block (int64 positions and a uint16 copy for at most SORT_BLOCK elements)."""
+        map each, `strips` of them at once) and the sort's block (int64 positions and a uint16 copy for at most
+        SORT_BLOCK elements)."""
         p = self.payload
         positions = int((-(-sizes // p.stride)).prod(axis=1).sum()) if len(sizes) else 0
         strip = 0
         if p.hyper_decoder is not None:
             nh, m = p.hyper_channels, p.code_channels
-            strip = min(positions, hyper_decoder.STRIP_POSITIONS) * 8 * (9 * nh + m + 2 * nh)
+            strip = min(positions, strips * hyper_decoder.STRIP_POSITIONS) * 8 * (9 * nh + m + 2 * nh)
         return strip + min(positions * p.code_channels, SORT_BLOCK) * 10
 
-    def decode_costs(self, payloads: Sequence[bytes]) -> DecodeCosts:
-        """The base's bill (latent_codec/decode_cost.py), for how this codec decodes: an item larger than a
-        synthesis tile runs through the decoder graph tile by tile, so its graph working bytes are those of its
-        largest tile's window (the same for a 12 MP photo as for a 100 MP one) and its graph seconds cover
-        every tile's window (the overlap included); the hyper-decoder's strips and the sort's blocks are a
-        bounded per-call figure (``run_bytes``)."""
-        costs = super().decode_costs(payloads)
+    def decode_costs(self, payloads: Sequence[bytes], threads: int = 1) -> DecodeCosts:
+        """The base's bill (latent_codec/decode_cost.py), for how this codec decodes on `threads` threads: an item
+        larger than a synthesis tile runs through the decoder graph tile by tile, so its graph working bytes are
+        those of its largest tile's window (the same for a 12 MP photo as for a 100 MP one) times the tiles run
+        at once (one per thread), and its graph seconds cover every tile's window (the overlap included); the
+        hyper-decoder's strips and the sort's blocks are bounded per call (``run_bytes``): the largest group's
+        once per thread when a call's items are split in groups, a big item's strips once per thread."""
+        costs = super().decode_costs(payloads, threads)
         p, s = self.payload, self.payload.stride
         sizes = p.sizes(list(payloads))
-        costs.run_bytes += self._working_buffers(sizes)
+        n = len(payloads)
+        runs = self.split_runs(n, threads)
+        if runs > 1:
+            a, b = max(pieces(n, 4 * threads, SPLIT), key=lambda ab: ab[1] - ab[0])
+            costs.run_bytes += runs * self._working_buffers(sizes[a:b])
+        else:
+            big = any(self.tiled_decode(h, w) for h, w in np.unique(sizes, axis=0).tolist()) if n else False
+            costs.run_bytes += self._working_buffers(sizes, threads if big else 1)
         g = self.graph_cost
         if g is None or not len(payloads):
             return costs
+        extra_runs = 0
         for h, w in np.unique(sizes, axis=0).tolist():
             if not self.tiled_decode(h, w):
                 continue
@@ -636,8 +652,11 @@ class MapCodec(Codec):
                 for t in tiles(hy, wy, DECODE_TILE, self._decode_margin(), 1)
             ]
             same = np.all(sizes == (h, w), axis=1)
-            costs.graph_bytes[same] = g.bytes(np.asarray([max(pixels)]))[0]
+            at_once = max(1, min(threads, len(pixels)))  # tiles on the threads at once, each its own run
+            costs.graph_bytes[same] = g.bytes(np.asarray([max(pixels)]))[0] * at_once
+            extra_runs = max(extra_runs, at_once - 1)
             costs.seconds[same] += g.seconds(np.asarray([sum(pixels) - h * w]))[0]
+        costs.run_bytes += g.run_bytes * extra_runs  # each tile run at once has the graph's per-run constant
         return costs
 
     def check_items(self, x: np.ndarray) -> None:
@@ -686,13 +705,22 @@ class MapCodec(Codec):
             out: list[bytes] = []
             for i in range(n):
                 y_sym, z = self.analyse_tiled(x_raw[i : i + 1], progress)
-                out += self.payload.pack(sizes[i : i + 1], y_sym, z, progress)
+                out += self.payload.pack(sizes[i : i + 1], y_sym, z, progress, self.workers)
             return out
-        else:
-            y, side = self.analyse(self.scale(x_raw))
-            z = self.payload.z_symbols(side["hyper"]) if self.payload.has_hyper else None
-            y_sym = self.quantise(y)
-            del y, side
+        if self.workers.threads > 1 and n >= 2 * SPLIT:  # groups of items on the threads, payloads in order
+            groups = pieces(n, 4 * self.workers.threads, SPLIT)
+            done = self.workers.map(lambda ab: self._encode_whole(x_raw[ab[0] : ab[1]], None), groups)
+            return [b for group in done for b in group]
+        return self._encode_whole(x_raw, progress)
+
+    def _encode_whole(self, x_raw: np.ndarray, progress: Progress | None) -> list[bytes]:
+        """Items of one size, small enough to analyse whole, -> payloads (one thread)."""
+        n, _, h, w = x_raw.shape
+        sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
+        y, side = self.analyse(self.scale(x_raw))
+        z = self.payload.z_symbols(side["hyper"]) if self.payload.has_hyper else None
+        y_sym = self.quantise(y)
+        del y, side
         return self.payload.pack(sizes, y_sym, z, progress)
 
     # ---- tiles ----------------------------------------------------------------------------------------------
@@ -762,7 +790,10 @@ class MapCodec(Codec):
         ts = tiles(hp, wp, ENCODE_TILE, margin, self._align())
         for i in range(n):
             xp = self.pad(x_raw[i : i + 1])  # raw pixels, edge-replicated: scaling is per pixel
-            for t in each(ts, progress, "analyse" if n == 1 else f"analyse item {i + 1}/{n}"):
+
+            def tile(
+                t: Tile, i: int = i, xp: np.ndarray = xp
+            ) -> None:  # writes its own core of the maps: tiles may run on several threads
                 code, side = self.transforms.analysis(self.scale(xp[(Ellipsis, *windows(t))]))
                 ty = scaled(t, p.stride, hy, wy)
                 core = np.asarray(code)[(0, slice(None), *core_of(ty))]
@@ -772,10 +803,22 @@ class MapCodec(Codec):
                     z_sym[(i, slice(None), *cover(tz))] = p.z_symbols(
                         side["hyper"][(0, slice(None), *core_of(tz))]
                     )
+
+            self.workers.map(tile, ts, progress, "analyse" if n == 1 else f"analyse item {i + 1}/{n}")
+        # The encoder's runtime keeps its largest runs' memory (two tiles' on two threads); entropy coding comes
+        # next and allocates its own: given back here, an edge's peak is the larger of the two, not their sum.
+        release = getattr(self.transforms, "release_encoder", None)
+        if release is not None:
+            release()
         return y_sym, z_sym
 
     def synthesise_tiled(
-        self, y: np.ndarray, size: tuple[int, int], progress: Progress | None = None, unit: bool = True
+        self,
+        y: np.ndarray,
+        size: tuple[int, int],
+        progress: Progress | None = None,
+        unit: bool = True,
+        workers: Workers | None = None,
     ) -> np.ndarray:
         """ŷ (N, M, hy, wy), as symbols (uint16: dequantised per tile) or codes (float) -> items (N, C, h, w)
         in [0, 1] (raw items with unit=False, unscaled per tile): the decoder run on tiles of DECODE_TILE code
@@ -788,7 +831,10 @@ class MapCodec(Codec):
         out = np.empty((n, self.channels, h, w), np.float32 if unit else raw_dtype)
         ts = tiles(hy, wy, DECODE_TILE, self._decode_margin(), 1)
         for i in range(n):
-            for t in each(ts, progress, "synthesise" if n == 1 else f"synthesise item {i + 1}/{n}"):
+
+            def tile(
+                t: Tile, i: int = i
+            ) -> None:  # writes its own core of the output: tiles may run on several threads
                 window = y_sym[(slice(i, i + 1), slice(None), *windows(t))]
                 codes = window if window.dtype.kind == "f" else self.dequantise(window)
                 rec = np.asarray(self.transforms.synthesis(codes, {}), np.float32)
@@ -802,6 +848,10 @@ class MapCodec(Codec):
                     np.clip(local, 0.0, 1.0, out=out[i, :, r0:r1, c0:c1])
                 else:
                     out[i, :, r0:r1, c0:c1] = self.unscale(local)
+
+            (workers or self.workers).map(
+                tile, ts, progress, "synthesise" if n == 1 else f"synthesise item {i + 1}/{n}"
+            )
         return out
 
     # ---- decode -------------------------------------------------------------------------------------------
@@ -811,11 +861,18 @@ class MapCodec(Codec):
         return y_sym, {"size": sizes}
 
     def decode(
-        self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0, progress: Progress | None = None
+        self,
+        payloads: Sequence[bytes],
+        unit: bool = False,
+        chunk: int = 0,
+        workers: Workers | None = None,
+        progress: Progress | None = None,
     ) -> np.ndarray:
         """N payloads of one item size -> N items; items bigger than one synthesis tile are synthesised tile by
-        tile (the decoder graph's memory bounded by the tile, ŷ dequantised per tile)."""
+        tile (the decoder graph's memory bounded by the tile, ŷ dequantised per tile). ``workers`` (default: the
+        codec's) run groups of items, or a big item's strips and tiles, at once: the same result."""
         progress = progress or self.progress
+        workers = workers or self.workers
         payloads = list(payloads)
         sizes = self.payload.sizes(payloads)
         h, w = (int(v) for v in sizes[0]) if len(sizes) else (0, 0)
@@ -823,15 +880,24 @@ class MapCodec(Codec):
             self.payload.one_size(sizes)
             out = None
             for i, p in enumerate(payloads):
-                item = self.synthesise_tiled(self.payload.unpack([p], progress)[1], (h, w), progress, unit)
+                y_sym = self.payload.unpack([p], progress, workers)[1]
+                item = self.synthesise_tiled(y_sym, (h, w), progress, unit, workers)
                 if out is None:
                     out = np.empty((len(payloads), *item.shape[1:]), item.dtype)
                 out[i] = item[0]
             assert out is not None
             return out
-        else:
-            sizes, y_sym, _ = self.payload.unpack(payloads, progress)
-            x_unit = self.synthesise(self.dequantise(y_sym), {"size": sizes}, chunk)
+        if workers.threads > 1 and len(payloads) >= 2 * SPLIT:
+            self.payload.one_size(sizes)
+            return self.decode_split(payloads, lambda part: self._decode_whole(part, unit, chunk), workers)
+        return self._decode_whole(payloads, unit, chunk, progress)
+
+    def _decode_whole(
+        self, payloads: Sequence[bytes], unit: bool, chunk: int, progress: Progress | None = None
+    ) -> np.ndarray:
+        """Payloads of one size, small enough to synthesise whole, -> items (one thread)."""
+        sizes, y_sym, _ = self.payload.unpack(list(payloads), progress)
+        x_unit = self.synthesise(self.dequantise(y_sym), {"size": sizes}, chunk)
         return x_unit if unit else self.unscale(x_unit)
 
     def unscale(self, x_unit: np.ndarray) -> np.ndarray:

@@ -16,14 +16,18 @@ Maps are processed in strips of rows (and groups of items) of bounded size, so a
 holds more than a few MB of im2col columns; a strip reads the ẑ rows its receptive field needs. The products
 run on one BLAS thread (threadpoolctl, scoped to the call): a server decodes on several threads at once, and
 BLAS's own threads on top of them spin and double the CPU per item (docs/speed.md); the result is the same
-either way.
+either way. Strips are independent, so a caller with several threads (latent_codec/parallel.py) runs them at
+once, each writing its own rows of the indices; numpy releases Python's lock in the products and copies.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+
+from ..parallel import Workers
 
 FLOAT32_EXACT = 1 << 24  # float32 represents every integer below 2^24 exactly
 FLOAT_EXACT = 1 << 53  # float64 likewise below 2^53: sums that stay below it are exact in any order
@@ -119,6 +123,21 @@ def _im2col2(x: np.ndarray, r: int, c: int, ho: int, wo: int) -> np.ndarray:
         for j in range(2):
             cols[:, :, :, i, j, :] = x[:, r + i : r + i + ho, c + j : c + j + wo, :]
     return cols.reshape(n * ho * wo, 4 * ch)
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """One pass of the hyper-decoder: padded channel-last ẑ, output size, layer-2 dtype, weights, strips."""
+
+    zp: np.ndarray
+    size: tuple[int, int]
+    d2: Any
+    w1: Any  # layer 1 as four phase column blocks (list of arrays)
+    b1: np.ndarray
+    w2: np.ndarray
+    b2: np.ndarray
+    thresholds: Any  # _Thresholds
+    specs: list[tuple[int, int, int, int]]  # (i0, i1, r0, r1): items i0..i1-1, ẑ rows r0..r1-1
 
 
 class _Thresholds:
@@ -250,16 +269,27 @@ class IntegerHyperDecoder:
             out[sl] = units
         return out
 
-    def indices(self, z: np.ndarray, size: tuple[int, int], z_max: int | None = None) -> np.ndarray:
+    def indices(
+        self,
+        z: np.ndarray,
+        size: tuple[int, int],
+        z_max: int | None = None,
+        workers: Workers | None = None,
+    ) -> np.ndarray:
         """(N, Nh, hz, wz) integer ẑ -> (N, M, h, w) table indices 0..levels-1 (uint8, or uint16 past 256).
 
         z_max bounds |ẑ| (the payload's grid); without it, the largest |ẑ| given is used (its bound is
         checked all the same).
         """
-        return self.select(z, size, z_max)[0]
+        return self.select(z, size, z_max, workers=workers)[0]
 
     def select(
-        self, z: np.ndarray, size: tuple[int, int], z_max: int | None = None, means: int = 0
+        self,
+        z: np.ndarray,
+        size: tuple[int, int],
+        z_max: int | None = None,
+        means: int = 0,
+        workers: Workers | None = None,
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """One pass of the hyper-decoder -> (table indices, means or None).
 
@@ -274,19 +304,35 @@ class IntegerHyperDecoder:
         out = np.empty((n, self.w2.shape[0] - means, h, w), dtype)
         mu = np.empty((n, means, h, w), np.float32) if means else None
         unit = 2.0 ** (-2 * self.frac_bits)
-        with _one_blas_thread():
-            for sl, units, thresholds in self._strips(z, z_max, (h, w)):
-                out[sl] = thresholds(units[:, means:])
-                if mu is not None:
-                    mu[sl] = units[:, :means].astype(np.float64) * unit
+        plan = self._plan(z, z_max, (h, w))
+        if plan is None:
+            return out, mu
+
+        def strip(spec: tuple[int, int, int, int]) -> None:  # writes its own rows of out (and mu)
+            sl, units = self._strip(plan, spec)
+            out[sl] = plan.thresholds(units[:, means:])
+            if mu is not None:
+                mu[sl] = units[:, :means].astype(np.float64) * unit
+
+        with _one_blas_thread():  # process-wide: the workers' products run on one BLAS thread each too
+            (workers or Workers(1)).map(strip, plan.specs)
         return out, mu
 
     def _strips(self, z: np.ndarray, z_max: int | None, size: tuple[int, ...]):
-        """Yield (slice of the (N, M, h, w) output, exact integer units) strip by strip."""
+        """Yield (slice of the (N, M, h, w) output, exact integer units, thresholds) strip by strip."""
+        plan = self._plan(z, z_max, size)
+        if plan is None:
+            return
+        for spec in plan.specs:
+            sl, units = self._strip(plan, spec)
+            yield sl, units, plan.thresholds
+
+    def _plan(self, z: np.ndarray, z_max: int | None, size: tuple[int, ...]) -> _Plan | None:
+        """The strips of one pass (groups of items, runs of rows) and what they all read; None when empty."""
         n, nh, hz, wz = z.shape
         h, w = int(size[0]), int(size[1])
         if n == 0 or h == 0 or w == 0:
-            return
+            return None
         if z_max is None:
             z_max = int(np.max(np.abs(z.astype(np.int64)), initial=0))
         d1, d2 = self.check(z_max).dtypes
@@ -296,34 +342,40 @@ class IntegerHyperDecoder:
         # ẑ channel-last with one zero row/column around it: the zero padding the 3x3 windows read
         zp = np.zeros((n, hz + 2, wz + 2, nh), d1)
         zp[:, 1:-1, 1:-1, :] = np.moveaxis(z, 1, -1)
-        for i0 in range(0, n, items):
-            i1, k = min(n, i0 + items), min(n, i0 + items) - i0
-            for r0 in range(0, min(hz, (h + 1) // 2), rows):
-                r1 = min(hz, r0 + rows)
-                y0, y1 = 2 * r0, min(2 * r1, h)
-                # Layer 1, all four phases, at ẑ rows c0..c1-1: the strip's rows and, inside the map, one
-                # more above and below (their nearer phase is a row layer 2 reads).
-                c0, c1 = max(r0 - 1, 0), min(r1 + 1, hz)
-                a = np.empty((k, c1 - c0, 2, wz, 2, nh), d1)  # ẑ row, phase a, ẑ column, phase b, channel
-                for p, cols in enumerate(w1):
-                    pa, pb = divmod(p, 2)
-                    ph = _im2col2(zp[i0:i1], c0 + pa, pb, c1 - c0, wz) @ cols
-                    a[:, :, pa, :, pb, :] = ph.reshape(k, c1 - c0, wz, nh)
-                a += b1
-                np.maximum(a, 0, out=a)
-                a = a.reshape(k, 2 * (c1 - c0), 2 * wz, nh)  # upsampled rows 2c0..2c1-1
-                # a1: rows 2r0-1..2r1, columns -1..2wz; what lies outside the map is conv2's zero padding
-                a1 = np.zeros((k, 2 * (r1 - r0) + 2, 2 * wz + 2, nh), d2)
-                lo, hi = max(2 * c0, 2 * r0 - 1), min(2 * c1, 2 * r1 + 1)
-                a1[:, lo - (2 * r0 - 1) : hi - (2 * r0 - 1), 1:-1] = a[:, lo - 2 * c0 : hi - 2 * c0]
-                units = _im2col(a1, y1 - y0, w) @ w2  # rows y0..y1-1, columns 0..w-1
-                units += b2
-                units = units.reshape(k, y1 - y0, w, -1)
-                yield (
-                    (slice(i0, i1), slice(None), slice(y0, y1), slice(0, w)),
-                    np.moveaxis(units, -1, 1),
-                    thresholds,
-                )
+        specs = [
+            (i0, min(n, i0 + items), r0, min(hz, r0 + rows))
+            for i0 in range(0, n, items)
+            for r0 in range(0, min(hz, (h + 1) // 2), rows)
+        ]
+        return _Plan(zp, (h, w), d2, w1, b1, w2, b2, thresholds, specs)
+
+    @staticmethod
+    def _strip(plan: _Plan, spec: tuple[int, int, int, int]) -> tuple[tuple[slice, ...], np.ndarray]:
+        """One strip: items i0..i1-1, ẑ rows r0..r1-1 -> (its slice of the output, exact integer units). Reads
+        only the plan and writes nothing shared, so strips may run on several threads in any order."""
+        i0, i1, r0, r1 = spec
+        zp, (h, w), d2 = plan.zp, plan.size, plan.d2
+        k, hz, wz, nh = i1 - i0, zp.shape[1] - 2, zp.shape[2] - 2, zp.shape[3]
+        y0, y1 = 2 * r0, min(2 * r1, h)
+        # Layer 1, all four phases, at ẑ rows c0..c1-1: the strip's rows and, inside the map, one
+        # more above and below (their nearer phase is a row layer 2 reads).
+        c0, c1 = max(r0 - 1, 0), min(r1 + 1, hz)
+        a = np.empty((k, c1 - c0, 2, wz, 2, nh), zp.dtype)  # ẑ row, phase a, ẑ column, phase b, channel
+        for p, cols in enumerate(plan.w1):
+            pa, pb = divmod(p, 2)
+            ph = _im2col2(zp[i0:i1], c0 + pa, pb, c1 - c0, wz) @ cols
+            a[:, :, pa, :, pb, :] = ph.reshape(k, c1 - c0, wz, nh)
+        a += plan.b1
+        np.maximum(a, 0, out=a)
+        a = a.reshape(k, 2 * (c1 - c0), 2 * wz, nh)  # upsampled rows 2c0..2c1-1
+        # a1: rows 2r0-1..2r1, columns -1..2wz; what lies outside the map is conv2's zero padding
+        a1 = np.zeros((k, 2 * (r1 - r0) + 2, 2 * wz + 2, nh), d2)
+        lo, hi = max(2 * c0, 2 * r0 - 1), min(2 * c1, 2 * r1 + 1)
+        a1[:, lo - (2 * r0 - 1) : hi - (2 * r0 - 1), 1:-1] = a[:, lo - 2 * c0 : hi - 2 * c0]
+        units = _im2col(a1, y1 - y0, w) @ plan.w2  # rows y0..y1-1, columns 0..w-1
+        units += plan.b2
+        units = units.reshape(k, y1 - y0, w, -1)
+        return (slice(i0, i1), slice(None), slice(y0, y1), slice(0, w)), np.moveaxis(units, -1, 1)
 
     # ---- (de)serialisation --------------------------------------------------------------------------------
     def to_dict(self) -> dict:

@@ -23,8 +23,9 @@ from typing import ClassVar
 import numpy as np
 
 from ..bundle import Bundle
-from ..codec import Progress, Side
+from ..codec import SPLIT, Progress, Side
 from ..errors import PayloadError
+from ..parallel import Workers, pieces
 from ..registry import register_family
 from .code_map import MapCodec, MapPayload
 
@@ -43,25 +44,31 @@ class MeanScalePayload(MapPayload):
     def hyper_outputs(self) -> int:
         return 2 * self.code_channels
 
-    def _select(self, y_shape: tuple[int, ...], z_sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def _select(
+        self, y_shape: tuple[int, ...], z_sym: np.ndarray, workers: Workers | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
         assert self.hyper_decoder is not None
         half = 1 << (self.z_grid_bits - 1)
         z = np.asarray(z_sym, np.int64) - half
         idx, mu = self.hyper_decoder.select(
-            z, (int(y_shape[2]), int(y_shape[3])), z_max=half, means=self.code_channels
+            z, (int(y_shape[2]), int(y_shape[3])), z_max=half, means=self.code_channels, workers=workers
         )
         assert mu is not None
         return idx, mu
 
-    def table_indices(self, y_shape: tuple[int, ...], z_sym: np.ndarray | None) -> np.ndarray:
+    def table_indices(
+        self, y_shape: tuple[int, ...], z_sym: np.ndarray | None, workers: Workers | None = None
+    ) -> np.ndarray:
         """(N, M, h, w) Gaussian table index of every ŷ element: what its σ selects."""
         if z_sym is None:
             raise PayloadError("a mean-and-scale payload needs its ẑ")
-        return self._select(y_shape, z_sym)[0]
+        return self._select(y_shape, z_sym, workers)[0]
 
-    def means(self, y_shape: tuple[int, ...], z_sym: np.ndarray) -> np.ndarray:
+    def means(
+        self, y_shape: tuple[int, ...], z_sym: np.ndarray, workers: Workers | None = None
+    ) -> np.ndarray:
         """(N, M, h, w) float32 μ of every ŷ element, from ẑ alone."""
-        return self._select(y_shape, z_sym)[1]
+        return self._select(y_shape, z_sym, workers)[1]
 
     def residual_symbols(self, y: np.ndarray, mu: np.ndarray) -> np.ndarray:
         """Code map and means -> symbols of r = rint(y - μ) on the grid."""
@@ -99,10 +106,20 @@ class MeanScaleCodec(MapCodec):
             for i in range(n):
                 y, z = self.analyse_tiled(x_raw[i : i + 1], progress, quantise=False)
                 assert z is not None
-                y_sym = p.residual_symbols(y, p.means(y.shape, z))
+                y_sym = p.residual_symbols(y, p.means(y.shape, z, self.workers))
                 del y
-                out += p.pack(sizes[i : i + 1], y_sym, z, progress)
+                out += p.pack(sizes[i : i + 1], y_sym, z, progress, self.workers)
             return out
+        if self.workers.threads > 1 and n >= 2 * SPLIT:  # groups of items on the threads, payloads in order
+            groups = pieces(n, 4 * self.workers.threads, SPLIT)
+            done = self.workers.map(lambda ab: self._encode_whole(x_raw[ab[0] : ab[1]], None), groups)
+            return [b for group in done for b in group]
+        return self._encode_whole(x_raw, progress)
+
+    def _encode_whole(self, x_raw: np.ndarray, progress: Progress | None) -> list[bytes]:
+        n, _, h, w = x_raw.shape
+        sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
+        p = self.payload
         y, side = self.analyse(self.scale(x_raw))
         z = p.z_symbols(side["hyper"])
         y_sym = p.residual_symbols(y, p.means(y.shape, z))
@@ -127,10 +144,16 @@ class MeanScaleCodec(MapCodec):
         return self.payload.dequantise_with(symbols, side["mean"])
 
     def decode(
-        self, payloads: Sequence[bytes], unit: bool = False, chunk: int = 0, progress: Progress | None = None
+        self,
+        payloads: Sequence[bytes],
+        unit: bool = False,
+        chunk: int = 0,
+        workers: Workers | None = None,
+        progress: Progress | None = None,
     ) -> np.ndarray:
         """N payloads of one item size -> N items; big items one at a time, synthesised tile by tile."""
         progress = progress or self.progress
+        workers = workers or self.workers
         payloads = list(payloads)
         sizes = self.payload.sizes(payloads)
         self.payload.one_size(sizes)
@@ -138,16 +161,23 @@ class MeanScaleCodec(MapCodec):
         if len(sizes) and self.tiled_decode(h, w):
             out = None
             for i, p in enumerate(payloads):
-                _, y_sym, z_sym = self.payload.unpack([p], progress)
+                _, y_sym, z_sym = self.payload.unpack([p], progress, workers)
                 assert z_sym is not None
-                codes = self.payload.dequantise_with(y_sym, self.payload.means(y_sym.shape, z_sym))
+                codes = self.payload.dequantise_with(y_sym, self.payload.means(y_sym.shape, z_sym, workers))
                 del y_sym
-                item = self.synthesise_tiled(codes, (h, w), progress, unit)
+                item = self.synthesise_tiled(codes, (h, w), progress, unit, workers)
                 if out is None:
                     out = np.empty((len(payloads), *item.shape[1:]), item.dtype)
                 out[i] = item[0]
             assert out is not None
             return out
+        if workers.threads > 1 and len(payloads) >= 2 * SPLIT:
+            return self.decode_split(payloads, lambda part: self._decode_whole(part, unit, chunk), workers)
+        return self._decode_whole(payloads, unit, chunk)
+
+    def _decode_whole(
+        self, payloads: Sequence[bytes], unit: bool, chunk: int, progress: Progress | None = None
+    ) -> np.ndarray:
         symbols, side = self.symbols(payloads)
         x_unit = self.synthesise(self.dequantise(symbols, side), side, chunk)
         return x_unit if unit else self.unscale(x_unit)
