@@ -82,7 +82,7 @@ def _float_params(model, p: CheckerboardPayload, y_sym: np.ndarray, z_sym: np.nd
 
     mu = p.means_of(y_sym, z_sym)
     codes = torch.from_numpy(p.dequantise_with(y_sym, mu))
-    z = torch.from_numpy((z_sym.astype(np.float32) - (1 << (p.z_grid_bits - 1))))
+    z = torch.from_numpy(z_sym.astype(np.float32) - (1 << (p.z_grid_bits - 1)))
     with torch.no_grad():
         mean, scale = model.checkerboard_params(codes, z)
     idx = np.searchsorted(np.asarray(log_scale_thresholds()), torch.log(scale).double().numpy(), side="right")

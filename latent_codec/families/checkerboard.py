@@ -222,7 +222,9 @@ class IntegerContext:
                     ctx = g.reshape(-1, len(taps) * m) @ cols
                     ctx += bc
                     _shift(ctx, f)
-                    hv = np.moveaxis(hyper[i0:i1][:, :, su, sv], 1, -1).reshape(-1, 2 * m).astype(dtype)
+                    hv: np.ndarray = (
+                        np.moveaxis(hyper[i0:i1][:, :, su, sv], 1, -1).reshape(-1, 2 * m).astype(dtype)
+                    )
                     x = np.concatenate([hv, ctx], axis=1)
                     for j, (wt, b) in enumerate(zip(ws, bs)):
                         x = x @ wt
@@ -513,8 +515,8 @@ class CheckerboardPayload(MeanScalePayload):
 class CheckerboardCodec(MeanScaleCodec):
     """A mean-and-scale codec whose non-anchors' tables and means also depend on the decoded anchors."""
 
-    payload_type = CheckerboardPayload  # type: ignore[assignment]
-    payload: CheckerboardPayload  # type: ignore[assignment]
+    payload_type = CheckerboardPayload
+    payload: CheckerboardPayload
 
     def encode(self, x_raw: np.ndarray, progress: Progress | None = None) -> list[bytes]:
         """(N, C, H, W) raw items of one size -> N payloads: ẑ, then the anchors, then the non-anchors."""
