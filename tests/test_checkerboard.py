@@ -318,3 +318,37 @@ def test_manifests_with_a_bad_context_are_refused(cb_bundle):
     bad["payload"]["entropy"] = "meanscale"
     with pytest.raises(BundleError, match="map-checkerboard.*checkerboard.*meanscale"):
         Manifest.from_dict(bad)
+
+
+def test_strips_and_the_int64_path_give_the_same_tables_on_a_big_item(cb_bundle, monkeypatch):
+    """A photo's map runs through the context in strips of positions, in float64 BLAS products under the bound;
+    tiny strips, and int64 products (what weights past 2^53 would get), give the very same integers."""
+    from skimage import data
+
+    from latent_codec.families import checkerboard, code_map, hyper_decoder
+
+    codec = Codec.open(cb_bundle, threads=1)
+    x = np.ascontiguousarray(data.camera()[None, None, :300, :260])
+    monkeypatch.setattr(code_map, "ENCODE_TILE", 96)  # analysed in tiles too
+    payloads = codec.encode(x)
+    _, y_sym, z_sym = codec.payload.unpack(payloads)
+    want = codec.payload.select_all(y_sym, z_sym)
+    ref_idx, ref_mu = _reference(codec.payload, y_sym, z_sym)
+    np.testing.assert_array_equal(want[0], ref_idx)
+    np.testing.assert_array_equal(want[1], ref_mu)
+    monkeypatch.setattr(hyper_decoder, "STRIP_POSITIONS", 37)
+    got = codec.payload.select_all(y_sym, z_sym)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    monkeypatch.setattr(checkerboard, "FLOAT_EXACT", 1)
+    fresh = CheckerboardPayload.from_dict(codec.payload.to_dict())  # no cached bound
+    assert fresh.context_bound().dtype == np.int64
+    got = fresh.select_all(y_sym, z_sym)
+    np.testing.assert_array_equal(got[0], want[0])
+    np.testing.assert_array_equal(got[1], want[1])
+    monkeypatch.setattr(code_map, "DECODE_TILE", 20)  # and synthesised in tiles, from the same codes
+    assert codec.tiled_decode(300, 260)
+    rec = codec.decode(payloads, unit=True)
+    assert rec.shape == (1, 1, 300, 260)
+    mse = float(((rec - x / 255.0) ** 2).mean())
+    assert mse < float(((x / 255.0 - x.mean() / 255.0) ** 2).mean()) / 2
