@@ -113,6 +113,9 @@ def test_a_checkerboard_bundle_is_its_own_family_and_round_trips_any_size(cb_bun
         # what the decoder synthesised is symbol + μ of the codec's own two passes
         sizes, y_sym, z_sym = codec.payload.unpack(payloads)
         np.testing.assert_array_equal(y_sym, codec.payload.encode_symbols(*_analysed(codec, xc)))
+        assert (
+            codec.payload.pack(sizes, y_sym, z_sym) == payloads
+        )  # tables from the symbols alone: same bytes
         if crop[0] >= 13:
             mse = float(codec.squared_error(xc, rec).mean())
             flat = float(((xc / 255.0 - (xc / 255.0).mean(axis=(2, 3), keepdims=True)) ** 2).mean())

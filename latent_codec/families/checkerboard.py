@@ -363,14 +363,20 @@ class CheckerboardPayload(MeanScalePayload):
     def encode_symbols(self, y: np.ndarray, z_sym: np.ndarray) -> np.ndarray:
         """Float code map and ẑ symbols -> residual symbols (N, M, h, w): the anchors around the hyper-decoder's
         means, then the non-anchors around the means their decoded anchors give."""
+        return self.encode_indexed(y, z_sym)[0]
+
+    def encode_indexed(self, y: np.ndarray, z_sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """``encode_symbols`` and every element's table index (what ``pack_indexed`` takes: the two passes
+        run once per encode)."""
         y = np.asarray(y, np.float32)
         idx, mu, grid = self.hyper_pass(y.shape, z_sym)
         mask = anchor_mask(*y.shape[2:])
         out = np.empty(y.shape, np.uint16)
         out[:, :, mask] = self.grid_symbols(y[:, :, mask] - mu[:, :, mask], self.grid_bits)
-        _, mu_n = self.context_pass(out[:, :, mask], grid, mask)
+        idx_n, mu_n = self.context_pass(out[:, :, mask], grid, mask)
         out[:, :, ~mask] = self.grid_symbols(y[:, :, ~mask] - mu_n, self.grid_bits)
-        return out
+        idx[:, :, ~mask] = idx_n
+        return out, idx
 
     def select_all(self, y_sym: np.ndarray, z_sym: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Decoded residual symbols and ẑ -> every element's (table index, mean) (N, M, h, w)."""
@@ -401,6 +407,18 @@ class CheckerboardPayload(MeanScalePayload):
         """(N, 2) sizes, (N, M, h, w) residual symbols, ẑ symbols -> N payloads: ẑ, anchors, non-anchors."""
         if z_sym is None:
             raise PayloadError("a checkerboard payload needs its ẑ")
+        return self.pack_indexed(sizes, y_sym, z_sym, None, progress)
+
+    def pack_indexed(
+        self,
+        sizes: np.ndarray,
+        y_sym: np.ndarray,
+        z_sym: np.ndarray,
+        idx: np.ndarray | None,
+        progress: Progress | None = None,
+    ) -> list[bytes]:
+        """``pack`` with every element's table index given (from ``encode_indexed``) or, with None, computed
+        from the symbols (both passes, per group of items)."""
         n = len(y_sym)
         mask = anchor_mask(*y_sym.shape[2:])
         hz, wz = z_sym.shape[2:]
@@ -408,12 +426,10 @@ class CheckerboardPayload(MeanScalePayload):
         out = []
         for i0, i1 in self._groups(n, y_sym.shape[1:]):
             ys = y_sym[i0:i1]
-            idx, _, grid = self.hyper_pass(ys.shape, z_sym[i0:i1])
-            anchors, others = ys[:, :, mask], ys[:, :, ~mask]
-            idx_n, _ = self.context_pass(anchors, grid, mask)
-            runs_a = _TableRuns(idx[:, :, mask], self._y_models)
-            runs_n = _TableRuns(idx_n, self._y_models)
-            ordered_a, ordered_n = runs_a.sort(anchors), runs_n.sort(others)
+            ix = self.select_all(ys, z_sym[i0:i1])[0] if idx is None else idx[i0:i1]
+            runs_a = _TableRuns(ix[:, :, mask], self._y_models)
+            runs_n = _TableRuns(ix[:, :, ~mask], self._y_models)
+            ordered_a, ordered_n = runs_a.sort(ys[:, :, mask]), runs_n.sort(ys[:, :, ~mask])
             for j in range(i1 - i0):
                 enc = ans.Encoder()
                 self._push_z(enc, z_flat[i0 + j], hz, wz)
@@ -530,15 +546,15 @@ class CheckerboardCodec(MeanScaleCodec):
             for i in range(n):
                 y, z = self.analyse_tiled(x_raw[i : i + 1], progress, quantise=False)
                 assert z is not None
-                y_sym = p.encode_symbols(y, z)
+                y_sym, idx = p.encode_indexed(y, z)
                 del y
-                out += p.pack(sizes[i : i + 1], y_sym, z, progress)
+                out += p.pack_indexed(sizes[i : i + 1], y_sym, z, idx, progress)
             return out
         y, side = self.analyse(self.scale(x_raw))
         z = p.z_symbols(side["hyper"])
-        y_sym = p.encode_symbols(y, z)
+        y_sym, idx = p.encode_indexed(y, z)
         del y, side
-        return p.pack(sizes, y_sym, z, progress)
+        return p.pack_indexed(sizes, y_sym, z, idx, progress)
 
     def symbols(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, Side]:
         """Payloads of one size -> (residual symbols, {"size": (N, 2), "mean": μ (N, M, h, w)})."""
