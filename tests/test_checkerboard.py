@@ -71,7 +71,7 @@ def _reference(p: CheckerboardPayload, y_sym: np.ndarray, z_sym: np.ndarray) -> 
         x = np.einsum("oi,nihw->nohw", wk, x) + bk[None, :, None, None]
         if k < len(d.weights) - 1:
             x = (np.maximum(x, 0) + (1 << (f - 1))) // (1 << f)
-    out = np.where(mask, units, x)
+    out = np.where(mask, units, x + grid * (1 << f))  # non-anchors: the hyper-decoder's output, corrected
     idx = np.searchsorted(hd.thresholds, out[:, m:], side="right")
     return idx, (out[:, :m].astype(np.float64) * 2.0 ** (-2 * f)).astype(np.float32)
 

@@ -158,6 +158,7 @@ class IntegerContext:
             ]
             stages.append(max(sums, default=0))
             ins = [(s >> f) + 1 for s in sums]
+        stages[-1] += h_max << f  # the last layer's sums plus the hyper-decoder's output they correct
         return ContextBound(q_max, h_max, tuple(stages), int(thresholds))
 
     def check(self, residual_max: int, hyper_max: int, thresholds: int = 0) -> ContextBound:
@@ -232,6 +233,8 @@ class IntegerContext:
                         if j < len(ws) - 1:
                             np.maximum(x, 0, out=x)
                             _shift(x, f)
+                    hv *= 1 << f  # the correction is added to the hyper-decoder's output (units 2^-2F)
+                    x += hv
                     out[i0:i1, :, s0 : s0 + step] = np.moveaxis(x.reshape(i1 - i0, len(su), -1), -1, 1)
         return out
 

@@ -15,9 +15,9 @@ The entropy model of ŷ is one of
   the autoregressive context): h_s has 2M output channels, [0, M) the means and [M, 2M) log σ; the symbol is
   round(y - μ), coded with the zero-mean Gaussian table of σ, and the decoder gets ŷ = symbol + μ.
 - "checkerboard": mean-and-scale plus a checkerboard context (He et al. 2021). The anchors (positions with
-  u + v even) take (μ, σ) from h_s as "meanscale" does; the other positions take them from a small network
-  of 1x1 convolutions over h_s's output and a 5x5 convolution of the decoded anchors, masked to the anchor
-  taps. Everything the context sees is on the codec's integer grid (see ``checkerboard_params``).
+  u + v even) take (μ, σ) from h_s as "meanscale" does; the other positions take h_s's (μ, log σ) plus a
+  correction from a small network of 1x1 convolutions over h_s's output and a 5x5 convolution of the decoded
+  anchors, masked to the anchor taps. Everything the context sees is on the codec's integer grid (see ``checkerboard_params``).
 
 What the codec side computes for "meanscale" (latent_codec/families/mean_scale.py, exported by
 training/export_map.py):
@@ -187,6 +187,12 @@ class SpatialAutoencoder(Autoencoder):
             for a, b in zip(widths, widths[1:]):
                 layers += [nn.Conv2d(a, b, 1), nn.ReLU()]
             self.params_net = nn.Sequential(*layers[:-1])
+            # The network corrects h_s's own (μ, log σ) (a residual): its last layer starts at zero, so an
+            # untrained context codes the non-anchors as mean-and-scale does and training starts from there.
+            last = self.params_net[-1]
+            assert isinstance(last, nn.Conv2d) and last.bias is not None
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         else:
             self.y_prior = FactorizedLogisticPrior(m)
 
@@ -240,11 +246,13 @@ class SpatialAutoencoder(Autoencoder):
         mu_h = out[:, :m]
         q = (_ste_round(y - mu_h) + _on_grid(mu_h)) * anchors
         ctx = F.conv2d(q, self.context_weight(), self.context.bias, padding=CONTEXT_KERNEL // 2)
-        h = torch.cat([_on_grid(out), _on_grid(ctx)], dim=1)
+        hyper = _on_grid(out)
+        h = torch.cat([hyper, _on_grid(ctx)], dim=1)
         for layer in self.params_net:
             h = layer(h)
             if isinstance(layer, nn.ReLU):
                 h = _on_grid(h)
+        h = hyper + h  # the correction of h_s's output on the 2^-F grid
         is_anchor = anchors.bool()
         mean = torch.where(is_anchor, mu_h, h[:, :m])
         log_scale = torch.where(is_anchor, out[:, m:], h[:, m:])
