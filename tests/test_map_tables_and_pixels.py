@@ -36,7 +36,7 @@ def _model(entropy: str):
     return m.eval()
 
 
-@pytest.mark.parametrize("entropy", ["hyperprior", "meanscale"])
+@pytest.mark.parametrize("entropy", ["hyperprior", "meanscale", "checkerboard"])
 def test_the_integer_hyper_decoder_selects_the_table_of_the_float_log_scale(entropy):
     m = _model(entropy)
     mc = 4
@@ -53,7 +53,8 @@ def test_the_integer_hyper_decoder_selects_the_table_of_the_float_log_scale(entr
     size = (9, 11)  # odd: the crop of the upsampled map counts too
     with torch.no_grad():
         out = m.hyper_decode(torch.from_numpy(z.astype(np.float32)), size).double().numpy()
-    idx, mu = hd.select(z, size, means=mc if entropy == "meanscale" else 0)
+    means = entropy in ("meanscale", "checkerboard")  # the checkerboard's anchors: mean-and-scale's tables
+    idx, mu = hd.select(z, size, means=mc if means else 0)
     # The same network in float64 with the bundle's rounded weights (w / 2^F, b2 / 2^2F): upsample, conv, ReLU,
     # conv, crop. Its log σ must fall in the very table the integers select (up to float64's last bit).
     f = float(1 << hd.frac_bits)
@@ -76,7 +77,7 @@ def test_the_integer_hyper_decoder_selects_the_table_of_the_float_log_scale(entr
     lo, hi = np.log(scale_table()[0]), np.log(scale_table()[-1])
     mid = ~near & (log_scale > lo) & (log_scale < hi)
     assert np.array_equal(idx[mid], np.abs(log_scale[..., None] - np.log(scale_table())).argmin(-1)[mid])
-    if entropy == "meanscale":
+    if means:
         assert mu is not None and mu.dtype == np.float32
         np.testing.assert_allclose(mu, ref[:, :mc], rtol=1e-6, atol=1e-6)
     else:

@@ -56,14 +56,14 @@ def _gaussian_bits(r: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return -torch.log2(p).flatten(1).sum(1)
 
 
-@pytest.mark.parametrize("entropy", ["hyperprior", "meanscale"])
+@pytest.mark.parametrize("entropy", ["hyperprior", "meanscale", "checkerboard"])
 def test_the_map_rate_is_the_codes_bits_plus_the_hyper_latents_bits(entropy):
     """Eval mode (rounding): out["bits"] = -log2 of ŷ's Gaussian bins + -log2 of ẑ's factorised bins, exactly."""
     m = _spatial(entropy).eval()
     with torch.no_grad():
         out = m(_x())
         y, z = out["code"], torch.round(out["side"]["hyper"])
-        mean, scale = m.gaussian_params(z, tuple(y.shape[-2:]))
+        mean, scale = m.entropy_params(y, z)
         y_bits = _gaussian_bits(torch.round(y - mean), scale)
         z_rows = z.permute(0, 2, 3, 1).reshape(-1, z.shape[1])
         z_bits = _logistic_mixture_bits(m.z_prior, z_rows).reshape(len(z), -1).sum(1)
@@ -81,7 +81,7 @@ def test_the_factorized_map_rate_is_its_codes_bits():
     torch.testing.assert_close(out["bits"].double(), want, rtol=1e-4, atol=1e-3)
 
 
-@pytest.mark.parametrize("entropy", ["hyperprior", "meanscale", "factorized"])
+@pytest.mark.parametrize("entropy", ["hyperprior", "meanscale", "checkerboard", "factorized"])
 def test_in_mixed_mode_the_rate_sees_noise_so_its_gradients_reach_the_codes(entropy):
     """Training with quant proxy "mixed": the decoder sees rounded codes, the rate sees y + U(-1/2, 1/2). Rounding
     for the rate would have zero gradient with respect to the codes themselves (only the scales would learn)."""
@@ -94,7 +94,7 @@ def test_in_mixed_mode_the_rate_sees_noise_so_its_gradients_reach_the_codes(entr
     params = None
     if entropy != "factorized":  # hold ẑ's parameters fixed: only the codes' own proxy can carry a gradient
         with torch.no_grad():
-            params = m.gaussian_params(torch.round(side0["hyper"]), tuple(y0.shape[-2:]))
+            params = m.entropy_params(y0, torch.round(side0["hyper"]))
     bits = m.bits(y, side, None, params)
     bits.sum().backward()
     assert y.grad is not None and float(y.grad.abs().mean()) > 1e-3, "no rate gradient reaches ŷ"

@@ -92,3 +92,34 @@ def test_meanscale_trains_and_exports_a_mean_scale_bundle(tmp_path):
     assert export_main(["--checkpoint", str(ckpt), "--quant", "learned", "--out", str(out)]) == 0
     codec = Codec.open(out)
     assert isinstance(codec, MeanScaleCodec) and codec.format == "map+meanscale"
+
+
+def test_checkerboard_non_anchors_see_only_the_anchors_and_anchors_only_the_hyper_latent():
+    """The context is causal as the codec decodes it: a non-anchor's (μ, σ) moves with the anchors' rounded
+    values, never with the non-anchors; an anchor's (μ, σ) is the hyper-decoder's alone. Untrained, the
+    non-anchors' correction is zero: mean-and-scale's parameters everywhere."""
+    from training.models.spatial import anchor_mask
+
+    untrained = SpatialAutoencoder((1, 32, 32), **SMALL, entropy="checkerboard").eval()
+    y0, z0 = 4 * torch.randn(2, 4, 8, 8), torch.round(2 * torch.randn(2, 4, 4, 4))
+    with torch.no_grad():
+        for a, b in zip(untrained.checkerboard_params(y0, z0), untrained.gaussian_params(z0, (8, 8))):
+            torch.testing.assert_close(a, b, atol=2e-3, rtol=1e-3)
+
+    torch.manual_seed(0)
+    m = SpatialAutoencoder((1, 32, 32), **SMALL, entropy="checkerboard").eval()
+    with torch.no_grad():
+        m.context.weight.normal_(0.0, 0.5)  # a context that clearly matters (the correction starts at zero)
+        m.params_net[-1].weight.normal_(0.0, 0.5)
+    y = 4 * torch.randn(2, 4, 8, 8)
+    z = torch.round(2 * torch.randn(2, 4, 4, 4))
+    anchors = anchor_mask(8, 8)
+    with torch.no_grad():
+        mean, scale = m.checkerboard_params(y, z)
+        mu_h, s_h = m.gaussian_params(z, (8, 8))
+        torch.testing.assert_close(mean[..., anchors], mu_h[..., anchors])
+        torch.testing.assert_close(scale[..., anchors], s_h[..., anchors])
+        other = y + 3.0 * torch.where(anchors, 0.0, 1.0)  # the non-anchors moved
+        torch.testing.assert_close(m.checkerboard_params(other, z)[0], mean, rtol=0, atol=0)
+        moved = y + 3.0 * anchors.float()  # the anchors moved by whole units
+        assert (m.checkerboard_params(moved, z)[0][..., ~anchors] - mean[..., ~anchors]).abs().max() > 0.01

@@ -6,7 +6,10 @@ Registered for the "map" codec family (training/exporters.py). The tables:
 - "hyperprior": Gaussian tables for the 64 scales of training/models/spatial.py's scale table, the
   learned per-channel prior of ẑ, and the hyper-decoder h_s as integers (IntegerHyperDecoder);
 - "meanscale": the same with h_s's 2M outputs (means, then log σ) as integers, and the grid fitted on the
-  residuals y - μ, μ from that integer hyper-decoder (latent_codec/families/mean_scale.py).
+  residuals y - μ, μ from that integer hyper-decoder (latent_codec/families/mean_scale.py);
+- "checkerboard": "meanscale" plus the context of the non-anchors as integers (IntegerContext: the masked 5x5
+  convolution and the 1x1 layers, same fixed point), the grid fitted on the residuals of both colours as the
+  codec computes them (latent_codec/families/checkerboard.py).
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import torch
 from latent_codec.bundle import InputSpec, Manifest
 from latent_codec.errors import CodecError
 from latent_codec.factorized_prior import FactorizedPrior
+from latent_codec.families.checkerboard import CheckerboardPayload, IntegerContext
 from latent_codec.families.code_map import MapCodec, MapPayload
 from latent_codec.families.hyper_decoder import IntegerHyperDecoder
 from latent_codec.families.mean_scale import MeanScalePayload
@@ -24,11 +28,19 @@ from latent_codec.transforms import OnnxTransforms
 from training.bundle_writer import check_out, new_manifest, write_bundle
 from training.data import load_split
 from training.exporters import ExportJob, register_exporter
-from training.models.spatial import HYPER_ENTROPY, STRIDE, log_scale_thresholds, scale_table
+from training.models.spatial import (
+    CONTEXT_FRAC_BITS,
+    HYPER_ENTROPY,
+    STRIDE,
+    log_scale_thresholds,
+    scale_table,
+)
 from training.onnx_export import export_map_graphs, map_parity, store_weights_as_float16
 from training.rate import MAX_GRID_BITS, grid_bits
 
-HYPER_FRAC_BITS = 10  # the integer hyper-decoder's fixed point: weights x 1024
+HYPER_FRAC_BITS = (
+    CONTEXT_FRAC_BITS  # the integer hyper-decoder's fixed point (weights x 1024), shared by the context
+)
 
 
 @register_exporter("map")
@@ -87,25 +99,28 @@ def export_map(job: ExportJob) -> Manifest:
                 log_scale_thresholds(),
                 HYPER_FRAC_BITS,
             )
-            cls = MeanScalePayload if model.entropy == "meanscale" else MapPayload
+            cls = {"meanscale": MeanScalePayload, "checkerboard": CheckerboardPayload}.get(
+                model.entropy, MapPayload
+            )
             z_tables = FactorizedPrior.from_probabilities(model.z_prior.table(zlo, zhi).numpy())
+            context = _integer_context(model) if model.entropy == "checkerboard" else None
 
             def make(yb: int) -> MapPayload:
                 tables = FactorizedPrior.gaussian(scale_table(), yb)
-                return cls(
-                    model.entropy,
-                    m,
-                    STRIDE,
-                    yb,
-                    tables,
-                    model.args["hyper_channels"],
-                    2,
-                    zb,
-                    z_tables,
-                    decoder,
-                )
+                args = (model.entropy, m, STRIDE, yb, tables, model.args["hyper_channels"], 2, zb)
+                if context is not None:
+                    return CheckerboardPayload(*args, z_tables, decoder, context)
+                return cls(*args, z_tables, decoder)
 
-            if (
+            if cls is CheckerboardPayload:  # the residuals of both colours, as the codec computes them
+                probe_cb = make(MAX_GRID_BITS)
+                assert isinstance(probe_cb, CheckerboardPayload)
+                residuals = []
+                for y, z in zip(ys, zs):
+                    z_sym = probe_cb.z_symbols(z)
+                    residuals.append(y - probe_cb.means_of(probe_cb.encode_symbols(y, z_sym), z_sym))
+                payload = make(grid_bits(torch.from_numpy(np.concatenate(residuals))))
+            elif (
                 cls is MeanScalePayload
             ):  # the grid holds the residuals y - μ, μ from the integer hyper-decoder
                 probe = make(MAX_GRID_BITS)
@@ -118,6 +133,17 @@ def export_map(job: ExportJob) -> Manifest:
     manifest.seal(enc_bytes, dec_bytes)
     write_bundle(out, manifest, enc_bytes, dec_bytes, test, force)
     return manifest
+
+
+def _integer_context(model) -> IntegerContext:
+    """The checkerboard context of a trained model as integers: the masked convolution, then the 1x1 layers."""
+    convs = [layer for layer in model.params_net if isinstance(layer, torch.nn.Conv2d)]
+    return IntegerContext.from_float(
+        model.context_weight().detach().numpy(),
+        model.context.bias.detach().numpy(),
+        [(c.weight.detach().numpy(), c.bias.detach().numpy()) for c in convs],
+        CONTEXT_FRAC_BITS,
+    )
 
 
 def _placeholder(model) -> MapPayload:

@@ -298,25 +298,47 @@ class IntegerHyperDecoder:
         are the exact integer units times 2^-2F, rounded once to float32 (float64 holds the product exactly;
         the one rounding is IEEE's, the same on every machine). Every mean is thus a function of ẑ alone.
         """
+        idx, mu, _ = self.select_units(z, size, z_max, means, None, workers)
+        return idx, mu
+
+    def select_units(
+        self,
+        z: np.ndarray,
+        size: tuple[int, int],
+        z_max: int | None,
+        means: int,
+        shift: int | None,
+        workers: Workers | None = None,
+    ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """``select``, plus (with ``shift`` = s) every output's exact units rounded to multiples of 2^s:
+        floor((U + 2^(s-1)) / 2^s) as int64 (N, outputs, h, w), an exact integer operation. The checkerboard
+        context (checkerboard.py) reads the hyper-decoder's output on the 2^-F grid this way (s = F)."""
         z = np.asarray(z)
         dtype = np.uint8 if len(self.thresholds) < 256 else np.uint16
         n, h, w = len(z), int(size[0]), int(size[1])
         out = np.empty((n, self.w2.shape[0] - means, h, w), dtype)
         mu = np.empty((n, means, h, w), np.float32) if means else None
+        grid = np.empty((n, self.w2.shape[0], h, w), np.int64) if shift is not None else None
         unit = 2.0 ** (-2 * self.frac_bits)
         plan = self._plan(z, z_max, (h, w))
         if plan is None:
-            return out, mu
+            return out, mu, grid
 
-        def strip(spec: tuple[int, int, int, int]) -> None:  # writes its own rows of out (and mu)
+        def strip(spec: tuple[int, int, int, int]) -> None:  # writes its own rows of out (mu, grid)
             sl, units = self._strip(plan, spec)
             out[sl] = plan.thresholds(units[:, means:])
             if mu is not None:
                 mu[sl] = units[:, :means].astype(np.float64) * unit
+            if grid is not None and shift is not None:
+                u = units.astype(np.int64)  # integer-valued below 2^53 (float) or int64: exact
+                if shift > 0:
+                    u += 1 << (shift - 1)
+                    u >>= shift
+                grid[sl] = u
 
         with _one_blas_thread():  # process-wide: the workers' products run on one BLAS thread each too
             (workers or Workers(1)).map(strip, plan.specs)
-        return out, mu
+        return out, mu, grid
 
     def _strips(self, z: np.ndarray, z_max: int | None, size: tuple[int, ...]):
         """Yield (slice of the (N, M, h, w) output, exact integer units, thresholds) strip by strip."""

@@ -14,6 +14,10 @@ The entropy model of ŷ is one of
 - "meanscale": the same, but h_s predicts a mean μ and a scale σ per element (Minnen et al. 2018, without
   the autoregressive context): h_s has 2M output channels, [0, M) the means and [M, 2M) log σ; the symbol is
   round(y - μ), coded with the zero-mean Gaussian table of σ, and the decoder gets ŷ = symbol + μ.
+- "checkerboard": mean-and-scale plus a checkerboard context (He et al. 2021). The anchors (positions with
+  u + v even) take (μ, σ) from h_s as "meanscale" does; the other positions take h_s's (μ, log σ) plus a
+  correction from a small network of 1x1 convolutions over h_s's output and a 5x5 convolution of the decoded
+  anchors, masked to the anchor taps. Everything the context sees is on the codec's integer grid (see ``checkerboard_params``).
 
 What the codec side computes for "meanscale" (latent_codec/families/mean_scale.py, exported by
 training/export_map.py):
@@ -50,8 +54,11 @@ STRIDE = 4  # g_a's total downsampling: items are padded to a multiple of it
 HYPER_STRIDE = 2  # h_a's further downsampling of y
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64  # the Gaussian scale table (CompressAI's values)
 LIKELIHOOD_FLOOR = 1e-9
-ENTROPY_MODELS = ("hyperprior", "factorized", "meanscale")
-HYPER_ENTROPY = ("hyperprior", "meanscale")  # the entropy models with side information ẑ
+ENTROPY_MODELS = ("hyperprior", "factorized", "meanscale", "checkerboard")
+HYPER_ENTROPY = ("hyperprior", "meanscale", "checkerboard")  # the entropy models with side information ẑ
+MEAN_ENTROPY = ("meanscale", "checkerboard")  # h_s predicts 2M channels: means, then log σ
+CONTEXT_FRAC_BITS = 10  # the checkerboard context's fixed point (= training/export_map.py's HYPER_FRAC_BITS)
+CONTEXT_KERNEL = 5  # the masked convolution over the anchors (He et al. 2021)
 KERNELS = (3, 5)
 
 
@@ -99,6 +106,29 @@ def gaussian_likelihood(y: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return (upper - lower).clamp_min(LIKELIHOOD_FLOOR)
 
 
+def anchor_mask(h: int, w: int) -> torch.Tensor:
+    """(h, w) bool: the anchors of the checkerboard, positions (u, v) with u + v even (decoded first)."""
+    u, v = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
+    return (u + v) % 2 == 0
+
+
+def context_taps(k: int) -> torch.Tensor:
+    """(k, k) float: 1 at the taps (i, j) of a k x k window with i + j odd (k odd), i.e. the positions of the
+    other colour; seen from a non-anchor, exactly the anchors."""
+    i, j = torch.meshgrid(torch.arange(k), torch.arange(k), indexing="ij")
+    return ((i + j) % 2 == 1).float()
+
+
+def _ste_round(v: torch.Tensor) -> torch.Tensor:
+    return v + (torch.round(v) - v).detach()
+
+
+def _on_grid(v: torch.Tensor, frac_bits: int = CONTEXT_FRAC_BITS) -> torch.Tensor:
+    """v rounded to the multiples of 2^-F in the forward pass, gradient straight through."""
+    f = float(1 << frac_bits)
+    return v + (torch.round(v * f) / f - v).detach()
+
+
 @register_model("spatial")
 class SpatialAutoencoder(Autoencoder):
     """channels N in g_a/g_s, code_channels M in y, hyper_channels Nh in z; gdn off = ReLU."""
@@ -144,10 +174,25 @@ class SpatialAutoencoder(Autoencoder):
         if entropy in HYPER_ENTROPY:
             self.h_a = nn.Sequential(_conv(m, nh, 3), nn.ReLU(), _conv(nh, nh, 5, HYPER_STRIDE))
             # Nearest-neighbour upsampling + two 3x3 convolutions: simple to run exactly in integers.
-            # meanscale: 2M outputs, the means first, then log σ.
-            out = 2 * m if entropy == "meanscale" else m
+            # meanscale and checkerboard: 2M outputs, the means first, then log σ.
+            out = 2 * m if entropy in MEAN_ENTROPY else m
             self.h_s = nn.Sequential(_conv(nh, nh, 3), nn.ReLU(), _conv(nh, out, 3))
             self.z_prior = FactorizedLogisticPrior(nh)
+        if entropy == "checkerboard":
+            # the context of the anchors (its weights masked to the anchor taps in use and at export), and the
+            # entropy-parameter network: 1x1 convolutions over [h_s output, context] (CompressAI's widths)
+            self.context = nn.Conv2d(m, 2 * m, CONTEXT_KERNEL, padding=CONTEXT_KERNEL // 2)
+            widths = [4 * m, 10 * m // 3, 8 * m // 3, 2 * m]
+            layers: list[nn.Module] = []
+            for a, b in zip(widths, widths[1:]):
+                layers += [nn.Conv2d(a, b, 1), nn.ReLU()]
+            self.params_net = nn.Sequential(*layers[:-1])
+            # The network corrects h_s's own (μ, log σ) (a residual): its last layer starts at zero, so an
+            # untrained context codes the non-anchors as mean-and-scale does and training starts from there.
+            last = self.params_net[-1]
+            assert isinstance(last, nn.Conv2d) and last.bias is not None
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         else:
             self.y_prior = FactorizedLogisticPrior(m)
 
@@ -179,8 +224,46 @@ class SpatialAutoencoder(Autoencoder):
         m = self.args["code_channels"]
         lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
         scale = torch.exp(out[:, -m:].clamp(lo, hi))
-        mean = out[:, :m] if self.entropy == "meanscale" else torch.zeros_like(scale)
+        mean = out[:, :m] if self.entropy in MEAN_ENTROPY else torch.zeros_like(scale)
         return mean, scale
+
+    # ---- the checkerboard context, as the codec computes it ------------------------------------------------
+    def context_weight(self) -> torch.Tensor:
+        """The context convolution's weights with every tap that is not an anchor's set to zero."""
+        return self.context.weight * context_taps(CONTEXT_KERNEL).to(self.context.weight)
+
+    def checkerboard_params(self, y: torch.Tensor, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, σ) of every element of y: anchors from h_s alone, the others from h_s and the decoded anchors.
+
+        What enters the context is what the codec holds as integers (latent_codec/families/checkerboard.py):
+        each anchor as round(y - μ) + μ with μ on the 2^-F grid (straight-through rounding, so the forward
+        value is the codec's), h_s's output and every hidden activation on the 2^-F grid. The codec's results
+        differ from these only by the rounding of the weights to multiples of 2^-F.
+        """
+        m = self.args["code_channels"]
+        out = self.hyper_decode(z_hat, tuple(y.shape[-2:]))
+        anchors = anchor_mask(y.shape[-2], y.shape[-1]).to(y)[None, None]
+        mu_h = out[:, :m]
+        q = (_ste_round(y - mu_h) + _on_grid(mu_h)) * anchors
+        ctx = F.conv2d(q, self.context_weight(), self.context.bias, padding=CONTEXT_KERNEL // 2)
+        hyper = _on_grid(out)
+        h = torch.cat([hyper, _on_grid(ctx)], dim=1)
+        for layer in self.params_net:
+            h = layer(h)
+            if isinstance(layer, nn.ReLU):
+                h = _on_grid(h)
+        h = hyper + h  # the correction of h_s's output on the 2^-F grid
+        is_anchor = anchors.bool()
+        mean = torch.where(is_anchor, mu_h, h[:, :m])
+        log_scale = torch.where(is_anchor, out[:, m:], h[:, m:])
+        lo, hi = math.log(SCALE_MIN), math.log(SCALE_MAX)
+        return mean, torch.exp(log_scale.clamp(lo, hi))
+
+    def entropy_params(self, y: torch.Tensor, z_hat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(μ, σ) of every element of y given ẑ (and, with the checkerboard context, y's anchors)."""
+        if self.entropy == "checkerboard":
+            return self.checkerboard_params(y, z_hat)
+        return self.gaussian_params(z_hat, tuple(y.shape[-2:]))
 
     # ---- training ---------------------------------------------------------------------------------------
     def init_from(self, other: nn.Module) -> None:
@@ -207,10 +290,10 @@ class SpatialAutoencoder(Autoencoder):
         y, side = self.encode(x)
         proxy = self.quant_proxy if self.quant_proxy != "none" else "none"
         z_t = self._noisy(side["hyper"]) if proxy != "none" and self.entropy in HYPER_ENTROPY else None
-        params = self.gaussian_params(z_t, tuple(y.shape[-2:])) if z_t is not None else None
+        params = self.entropy_params(y, z_t) if z_t is not None else None
         if proxy == "none":
             y_dec = y
-        elif self.entropy == "meanscale":  # the symbol is round(y - μ); the decoder gets symbol + μ
+        elif self.entropy in MEAN_ENTROPY:  # the symbol is round(y - μ); the decoder gets symbol + μ
             assert params is not None
             mean = params[0]
             y_dec = quantize_proxy(y - mean, proxy, self.training) + mean
@@ -246,7 +329,7 @@ class SpatialAutoencoder(Autoencoder):
         if z_t is None:
             z_t = self._noisy(side["hyper"])
         z_bits = -torch.log2(self.z_prior.likelihood(self._channel_rows(z_t))).reshape(n, -1).sum(1)
-        mean, scale = params if params is not None else self.gaussian_params(z_t, tuple(y.shape[-2:]))
+        mean, scale = params if params is not None else self.entropy_params(y, z_t)
         r_t = self._noisy(y - mean)  # the symbol's proxy: y - μ plus noise (rounded in eval)
         y_bits = -torch.log2(gaussian_likelihood(r_t, scale)).flatten(1).sum(1)
         return y_bits + z_bits
