@@ -119,8 +119,10 @@ PRESETS: dict[str, dict] = {
         "runs": "runs/photo",
     },
     # The photo ladder's second stage: every rung continues from its own lambda's first-stage checkpoint
-    # (runs/photo, or the committed checkpoints/photo) for another 10,000 steps under a fresh cosine schedule
-    # at half the first stage's peak rate (a warm restart). make photo-zoo runs both stages.
+    # (runs/photo, or the committed checkpoints/photo) for another 10,000 steps (6,000 for the two end rungs,
+    # what one session's time allowed) under a fresh cosine schedule at half the first stage's peak rate (a
+    # warm restart); its bundles keep the first stage's names (zoo/photo/photo-lambda-L). make photo-zoo runs
+    # both stages.
     "photo-long": {
         "model": "spatial",
         "args": {
@@ -134,6 +136,8 @@ PRESETS: dict[str, dict] = {
         "lambdas": "0.005,0.0025,0.012,0.0012,0.04",
         "start_from": "runs/photo",
         "steps": 10000,
+        "rung_steps": "0.0012:6000,0.04:6000",
+        "bundle_name": "photo",
         "lr": 5e-4,
         "batch_size": 16,
         "threads": 1,
@@ -313,6 +317,17 @@ def _parser(preset: dict) -> argparse.ArgumentParser:
         "--first-steps", type=int, default=preset.get("first_steps", 0), help="steps of the first rung"
     )
     p.add_argument(
+        "--rung-steps",
+        default=preset.get("rung_steps", ""),
+        metavar="L:N,...",
+        help="steps of the rungs of these lambdas instead of --steps (e.g. 0.04:6000)",
+    )
+    p.add_argument(
+        "--bundle-name",
+        default=preset.get("bundle_name"),
+        help="bundles are named NAME-lambda-L (default: the preset's or model's name)",
+    )
+    p.add_argument(
         "--chain",
         choices=["previous", "nearest"],
         default=preset.get("chain", "previous"),
@@ -405,6 +420,9 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 3
+    except CodecError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
     finally:
         distributed.teardown()
     print(f"ladder trained and exported in {(time.perf_counter() - t0) / 60:.1f} min", file=sys.stderr)
@@ -418,6 +436,13 @@ def train_ladder(args: argparse.Namespace) -> dict:
     from training.train import TrainConfig, load_checkpoint, save_checkpoint, train
 
     lambdas = [float(v) for v in args.lambdas.split(",") if v.strip()]
+    try:
+        rung_steps = {
+            float(lam): int(n)
+            for lam, n in (item.split(":") for item in args.rung_steps.split(",") if item.strip())
+        }
+    except ValueError as exc:
+        raise CodecError(f"--rung-steps {args.rung_steps!r}: expected LAMBDA:STEPS,... ({exc})") from exc
     model_args = json.loads(args.args)
     common = dict(
         model=args.model,
@@ -477,6 +502,7 @@ def train_ladder(args: argparse.Namespace) -> dict:
         chained = not pca_init and not args.start_from
         epochs = args.first_epochs if i == 0 and chained and args.first_epochs else args.epochs
         steps = args.first_steps if i == 0 and chained and args.first_steps else args.steps
+        steps = rung_steps.get(lam, steps)
         ckpt_path = args.runs / f"lambda-{lam:g}.pt"
 
         def state_for(k: int, lam: float = lam) -> str:  # each rate of the retry sequence has its own state
@@ -548,7 +574,7 @@ def train_ladder(args: argparse.Namespace) -> dict:
             learned, counted = counted_bits(ckpt, record["rate_prior"], args.data, 10000)
             # Ship the learned tables unless counting the training codes is clearly (> 1 %) cheaper.
             quant = "learned" if learned <= counted * 1.01 else "learned-fit"
-        out = args.out / f"{args.name}-lambda-{lam:g}"
+        out = args.out / f"{args.bundle_name or args.name}-lambda-{lam:g}"
         m = (reused and exported_from(out, ckpt, quant, args)) or export_bundle(
             ckpt, out, quant=quant, test_limit=args.test_limit, weights=args.weights
         )
@@ -565,6 +591,7 @@ def train_ladder(args: argparse.Namespace) -> dict:
                 "test_psnr": t["psnr"],
                 "test_bytes_per_item": t["bytes_per_item"],
                 "epochs": epochs,
+                "steps": steps,
                 "started_from": str(start) if start else "scratch",
                 "train_seconds": record["train_seconds"],
             }
@@ -587,6 +614,7 @@ def train_ladder(args: argparse.Namespace) -> dict:
         "epochs": args.epochs,
         "first_steps": args.first_steps,
         "steps": args.steps,
+        "rung_steps": args.rung_steps,
         "chain": args.chain,
         "lr": args.lr,
         "batch_size": args.batch_size,

@@ -4,6 +4,7 @@ process visits the items in the order it always did."""
 
 from __future__ import annotations
 
+import json
 import math
 import signal
 import subprocess
@@ -308,3 +309,77 @@ def test_progress_lines_and_curve_with_the_guard_off(capsys):
     _, rec = train(_cfg(steps=20, guard=False, val_every=10, limit=300), progress=False)
     assert math.isfinite(rec["curve"][0]["train_loss_avg"]) and "val_bpp" in rec["curve"][0]
     assert "step 10/20: val PSNR" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_second_stage_continues_each_rung_from_its_own_lambda_with_its_own_steps(tmp_path):
+    """The photo ladder's second stage (preset photo-long): --start-from gives each rung its own lambda's
+    first-stage checkpoint, --rung-steps its own step budget, --bundle-name the first stage's bundle names;
+    a second run with --resume reuses every rung instead of training it again."""
+    from bench import train_ladder
+
+    common = [
+        "--model",
+        "dense",
+        "--args",
+        '{"code_dim": 8, "hidden": [32]}',
+        "--lambdas",
+        "0.03,0.1",
+        "--data",
+        "digits",
+        "--batch-size",
+        "64",
+        "--threads",
+        "1",
+        "--device",
+        "cpu",
+        "--test-limit",
+        "50",
+    ]
+    first = tmp_path / "first"
+    assert (
+        train_ladder.main(
+            [
+                *common,
+                "--steps",
+                "20",
+                "--checkpoints-only",
+                "--runs",
+                str(first),
+                "--summary",
+                str(tmp_path / "a.json"),
+                "--out",
+                str(tmp_path / "unused"),
+            ]
+        )
+        == 0
+    )
+    second = [
+        *common,
+        "--steps",
+        "30",
+        "--rung-steps",
+        "0.1:10",
+        "--start-from",
+        str(first),
+        "--runs",
+        str(tmp_path / "second"),
+        "--bundle-name",
+        "stage1",
+        "--summary",
+        str(tmp_path / "b.json"),
+        "--out",
+        str(tmp_path / "zoo"),
+    ]
+    assert train_ladder.main(second) == 0
+    for lam, steps in (("0.03", 30), ("0.1", 10)):
+        cfg, rec = load_checkpoint(tmp_path / "second" / f"lambda-{lam}.pt", for_export=False)[1:3]
+        assert cfg["init_checkpoint"] == str(first / f"lambda-{lam}.pt")
+        assert cfg["steps"] == steps and rec["history"][-1]["step"] == steps
+        assert (tmp_path / "zoo" / f"stage1-lambda-{lam}" / "manifest.json").is_file()
+    summary = json.loads((tmp_path / "b.json").read_text())
+    assert [r["steps"] for r in summary["rungs"]] == [30, 10]
+    before = (tmp_path / "second" / "lambda-0.1.pt").stat().st_mtime_ns
+    assert train_ladder.main([*second, "--resume"]) == 0
+    assert (tmp_path / "second" / "lambda-0.1.pt").stat().st_mtime_ns == before
+    assert train_ladder.main([*second[:-2], "--rung-steps", "0.1-10", "--out", str(tmp_path / "z2")]) == 2
