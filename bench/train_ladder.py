@@ -497,6 +497,10 @@ def train_ladder(args: argparse.Namespace) -> dict:
             start = Path(args.start_from) / f"lambda-{lam:g}.pt"
             if not start.is_file():
                 raise CodecError(f"--start-from: {start} is missing (train that ladder first)")
+            # A rung continued from its own lambda's checkpoint is judged against that checkpoint, not against
+            # the rung trained before it in this run (another lambda, many dB away).
+            history = load_checkpoint(start, for_export=False)[2].get("history") or [{}]
+            prev_psnr = history[-1].get("val_psnr")
         else:
             start = prev
         chained = not pca_init and not args.start_from

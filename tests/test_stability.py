@@ -312,7 +312,7 @@ def test_progress_lines_and_curve_with_the_guard_off(capsys):
 
 
 @pytest.mark.slow
-def test_a_second_stage_continues_each_rung_from_its_own_lambda_with_its_own_steps(tmp_path):
+def test_a_second_stage_continues_each_rung_from_its_own_lambda_with_its_own_steps(tmp_path, monkeypatch):
     """The photo ladder's second stage (preset photo-long): --start-from gives each rung its own lambda's
     first-stage checkpoint, --rung-steps its own step budget, --bundle-name the first stage's bundle names;
     a second run with --resume reuses every rung instead of training it again."""
@@ -324,11 +324,13 @@ def test_a_second_stage_continues_each_rung_from_its_own_lambda_with_its_own_ste
         "--args",
         '{"code_dim": 8, "hidden": [32]}',
         "--lambdas",
-        "0.03,0.1",
+        "0.0001,100",
         "--data",
         "digits",
         "--batch-size",
         "64",
+        "--lr",
+        "0.01",
         "--threads",
         "1",
         "--device",
@@ -336,30 +338,27 @@ def test_a_second_stage_continues_each_rung_from_its_own_lambda_with_its_own_ste
         "--test-limit",
         "50",
     ]
+    monkeypatch.setattr(train_ladder, "DIVERGED_DB", 1.0)
     first = tmp_path / "first"
-    assert (
-        train_ladder.main(
-            [
-                *common,
-                "--steps",
-                "20",
-                "--checkpoints-only",
-                "--runs",
-                str(first),
-                "--summary",
-                str(tmp_path / "a.json"),
-                "--out",
-                str(tmp_path / "unused"),
-            ]
-        )
-        == 0
-    )
+    for lam in ("0.0001", "100"):  # two independent first-stage rungs, each from scratch
+        first_stage = [
+            *common,
+            "--lambdas",
+            lam,
+            "--steps",
+            "150",
+            "--checkpoints-only",
+            "--runs",
+            str(first),
+        ]
+        first_stage += ["--summary", str(tmp_path / "a.json"), "--out", str(tmp_path / "unused")]
+        assert train_ladder.main(first_stage) == 0
     second = [
         *common,
         "--steps",
         "30",
         "--rung-steps",
-        "0.1:10",
+        "100:10",
         "--start-from",
         str(first),
         "--runs",
@@ -372,14 +371,21 @@ def test_a_second_stage_continues_each_rung_from_its_own_lambda_with_its_own_ste
         str(tmp_path / "zoo"),
     ]
     assert train_ladder.main(second) == 0
-    for lam, steps in (("0.03", 30), ("0.1", 10)):
+    for lam, steps in (("0.0001", 30), ("100", 10)):
         cfg, rec = load_checkpoint(tmp_path / "second" / f"lambda-{lam}.pt", for_export=False)[1:3]
         assert cfg["init_checkpoint"] == str(first / f"lambda-{lam}.pt")
         assert cfg["steps"] == steps and rec["history"][-1]["step"] == steps
+        assert cfg["lr"] == 0.01  # not retried at a lower rate: each rung is judged against its own start
         assert (tmp_path / "zoo" / f"stage1-lambda-{lam}" / "manifest.json").is_file()
+    psnr = [
+        load_checkpoint(first / f"lambda-{lam}.pt", for_export=False)[2]["history"][-1]["val_psnr"]
+        for lam in ("0.0001", "100")
+    ]
+    # the rungs lie further apart than a divergence is judged by (1 dB here, so tiny rungs show it)
+    assert psnr[0] - psnr[1] > train_ladder.DIVERGED_DB
     summary = json.loads((tmp_path / "b.json").read_text())
     assert [r["steps"] for r in summary["rungs"]] == [30, 10]
-    before = (tmp_path / "second" / "lambda-0.1.pt").stat().st_mtime_ns
+    before = (tmp_path / "second" / "lambda-100.pt").stat().st_mtime_ns
     assert train_ladder.main([*second, "--resume"]) == 0
-    assert (tmp_path / "second" / "lambda-0.1.pt").stat().st_mtime_ns == before
+    assert (tmp_path / "second" / "lambda-100.pt").stat().st_mtime_ns == before
     assert train_ladder.main([*second[:-2], "--rung-steps", "0.1-10", "--out", str(tmp_path / "z2")]) == 2
