@@ -178,6 +178,8 @@ class SpatialAutoencoder(Autoencoder):
             out = 2 * m if entropy in MEAN_ENTROPY else m
             self.h_s = nn.Sequential(_conv(nh, nh, 3), nn.ReLU(), _conv(nh, out, 3))
             self.z_prior = FactorizedLogisticPrior(nh)
+        else:
+            self.y_prior = FactorizedLogisticPrior(m)
         if entropy == "checkerboard":
             # the context of the anchors (its weights masked to the anchor taps in use and at export), and the
             # entropy-parameter network: 1x1 convolutions over [h_s output, context] (CompressAI's widths)
@@ -193,8 +195,6 @@ class SpatialAutoencoder(Autoencoder):
             assert isinstance(last, nn.Conv2d) and last.bias is not None
             nn.init.zeros_(last.weight)
             nn.init.zeros_(last.bias)
-        else:
-            self.y_prior = FactorizedLogisticPrior(m)
 
     # ---- the two exported graphs ------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
