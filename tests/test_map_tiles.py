@@ -19,21 +19,10 @@ from latent_codec.families import code_map
 from latent_codec.tiling import probe_radius, tiles
 from latent_codec.varint import put_varint
 from tests.helpers import ROOT
+from tests.helpers.photos import photo
 
 BUNDLE = ROOT / "zoo" / "spatial-lambda-0.0032"
 FACTORIZED = ROOT / "zoo" / "spatial-factorized-lambda-0.0064"
-
-
-def photo(h: int, w: int) -> np.ndarray:
-    """A grey photograph of h x w (scikit-image's camera and coins side by side, cropped), (1, 1, h, w)."""
-    from skimage import data
-
-    cam, coins = data.camera(), data.coins()
-    row = np.concatenate(
-        [cam, np.pad(coins, ((0, cam.shape[0] - coins.shape[0]), (0, 0)), mode="reflect")], 1
-    )
-    big = np.tile(row, (-(-h // row.shape[0]), -(-w // row.shape[1])))
-    return np.ascontiguousarray(big[None, None, :h, :w])
 
 
 def _psnr(a: np.ndarray, b: np.ndarray) -> float:

@@ -21,7 +21,7 @@ from latent_codec.errors import PayloadError
 from latent_codec.families import code_map, hyper_decoder
 from latent_codec.parallel import Workers, pieces
 from tests.helpers import ROOT, fashion_test_items
-from tests.test_map_tiles import photo
+from tests.helpers.photos import photo
 
 BUNDLE = ROOT / "zoo" / "spatial-lambda-0.0032"
 FACTORIZED = ROOT / "zoo" / "spatial-factorized-lambda-0.0064"

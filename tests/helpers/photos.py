@@ -1,4 +1,5 @@
-"""Photographs stored with an EXIF orientation tag, as a phone writes them (tests of the photo path)."""
+"""Photographs for tests: stored with an EXIF orientation tag as a phone writes them (the photo path), and big
+grey ones built from scikit-image's samples (tiles and strips)."""
 
 from __future__ import annotations
 
@@ -22,3 +23,15 @@ def write_oriented(path, upright: np.ndarray, orientation: int, **save) -> None:
     exif = Image.Exif()
     exif[0x0112] = orientation
     Image.fromarray(stored).save(path, exif=exif, **save)
+
+
+def photo(h: int, w: int) -> np.ndarray:
+    """A grey photograph of h x w (scikit-image's camera and coins side by side, cropped), (1, 1, h, w)."""
+    from skimage import data
+
+    cam, coins = data.camera(), data.coins()
+    row = np.concatenate(
+        [cam, np.pad(coins, ((0, cam.shape[0] - coins.shape[0]), (0, 0)), mode="reflect")], 1
+    )
+    big = np.tile(row, (-(-h // row.shape[0]), -(-w // row.shape[1])))
+    return np.ascontiguousarray(big[None, None, :h, :w])
