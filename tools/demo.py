@@ -92,6 +92,7 @@ def photo_step(py: str, bundle: Path, work: Path) -> str:
             str(folder),
             "--out",
             str(codes),
+            "--force",  # a second make demo replaces the first one's code file
             "--no-progress",
         ]
     )
