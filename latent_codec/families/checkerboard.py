@@ -41,9 +41,9 @@ from typing import ClassVar
 import numpy as np
 
 from .. import ans
-from ..codec import SPLIT, Progress, Side
+from ..codec import Progress, Side
 from ..errors import PayloadError
-from ..parallel import Workers, pieces
+from ..parallel import Workers
 from ..registry import register_family
 from ..varint import put_varint
 from . import hyper_decoder
@@ -544,28 +544,16 @@ class CheckerboardCodec(MeanScaleCodec):
     payload_type = CheckerboardPayload
     payload: CheckerboardPayload
 
-    def encode(self, x_raw: np.ndarray, progress: Progress | None = None) -> list[bytes]:
-        """(N, C, H, W) raw items of one size -> N payloads: ẑ, then the anchors, then the non-anchors.
-        A big item's tiles run on the codec's workers; many items run as groups on them (same bytes)."""
-        self.check_items(x_raw)
-        progress = progress or self.progress
-        n, _, h, w = x_raw.shape
-        sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
+    def _encode_tiled_item(
+        self, x_one: np.ndarray, size: np.ndarray, progress: Progress | None
+    ) -> list[bytes]:
+        """One big item: ẑ, then the anchors, then the non-anchors (the two passes once, on one thread)."""
         p = self.payload
-        if self.tiled_encode(h, w):
-            out: list[bytes] = []
-            for i in range(n):
-                y, z = self.analyse_tiled(x_raw[i : i + 1], progress, quantise=False)
-                assert z is not None
-                y_sym, idx = p.encode_indexed(y, z)
-                del y
-                out += p.pack_indexed(sizes[i : i + 1], y_sym, z, idx, progress)
-            return out
-        if self.workers.threads > 1 and n >= 2 * SPLIT:  # groups of items on the threads, payloads in order
-            groups = pieces(n, 4 * self.workers.threads, SPLIT)
-            done = self.workers.map(lambda ab: self._encode_whole(x_raw[ab[0] : ab[1]], None), groups)
-            return [b for group in done for b in group]
-        return self._encode_whole(x_raw, progress)
+        y, z = self.analyse_tiled(x_one, progress, quantise=False)
+        assert z is not None
+        y_sym, idx = p.encode_indexed(y, z)
+        del y
+        return p.pack_indexed(size, y_sym, z, idx, progress)
 
     def _encode_whole(self, x_raw: np.ndarray, progress: Progress | None) -> list[bytes]:
         n, _, h, w = x_raw.shape
@@ -582,37 +570,10 @@ class CheckerboardCodec(MeanScaleCodec):
         sizes, y_sym, _, mu = self.payload.unpack_means(list(payloads))
         return y_sym, {"size": sizes, "mean": mu}
 
-    def decode(
-        self,
-        payloads: Sequence[bytes],
-        unit: bool = False,
-        chunk: int = 0,
-        workers: Workers | None = None,
-        progress: Progress | None = None,
-    ) -> np.ndarray:
-        """N payloads of one item size -> N items; big items one at a time, synthesised tile by tile on
-        ``workers``; many items as groups on them (the same array as one call)."""
-        progress = progress or self.progress
-        workers = workers or self.workers
-        payloads = list(payloads)
-        sizes = self.payload.sizes(payloads)
-        self.payload.one_size(sizes)
-        h, w = (int(v) for v in sizes[0]) if len(sizes) else (0, 0)
-        if len(sizes) and self.tiled_decode(h, w):
-            out = None
-            for i, pl in enumerate(payloads):
-                _, y_sym, _, mu = self.payload.unpack_means([pl], progress)
-                codes = self.payload.dequantise_with(y_sym, mu)
-                del y_sym, mu
-                item = self.synthesise_tiled(codes, (h, w), progress, unit, workers)
-                if out is None:
-                    out = np.empty((len(payloads), *item.shape[1:]), item.dtype)
-                out[i] = item[0]
-            assert out is not None
-            return out
-        if workers.threads > 1 and len(payloads) >= 2 * SPLIT:
-            return self.decode_split(payloads, lambda part: self._decode_whole(part, unit, chunk), workers)
-        return self._decode_whole(payloads, unit, chunk)
+    def _tiled_item_codes(self, payload: bytes, progress: Progress | None, workers: Workers) -> np.ndarray:
+        """One big item's payload -> its codes ŷ = r + μ (both passes and the context on one thread)."""
+        _, y_sym, _, mu = self.payload.unpack_means([payload], progress)
+        return self.payload.dequantise_with(y_sym, mu)
 
     def unpack_costs(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, np.ndarray]:
         """Mean-and-scale's unpacking (its seconds measured on this payload: both passes and the context),

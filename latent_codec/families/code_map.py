@@ -705,14 +705,20 @@ class MapCodec(Codec):
         if self.tiled_encode(h, w):  # one item at a time: the symbols of one big item are held, not of all
             out: list[bytes] = []
             for i in range(n):
-                y_sym, z = self.analyse_tiled(x_raw[i : i + 1], progress)
-                out += self.payload.pack(sizes[i : i + 1], y_sym, z, progress, self.workers)
+                out += self._encode_tiled_item(x_raw[i : i + 1], sizes[i : i + 1], progress)
             return out
         if self.workers.threads > 1 and n >= 2 * SPLIT:  # groups of items on the threads, payloads in order
             groups = pieces(n, 4 * self.workers.threads, SPLIT)
             done = self.workers.map(lambda ab: self._encode_whole(x_raw[ab[0] : ab[1]], None), groups)
             return [b for group in done for b in group]
         return self._encode_whole(x_raw, progress)
+
+    def _encode_tiled_item(
+        self, x_one: np.ndarray, size: np.ndarray, progress: Progress | None
+    ) -> list[bytes]:
+        """One item bigger than an analysis tile -> its payload (tiles and strips on the codec's workers)."""
+        y_sym, z = self.analyse_tiled(x_one, progress)
+        return self.payload.pack(size, y_sym, z, progress, self.workers)
 
     def _encode_whole(self, x_raw: np.ndarray, progress: Progress | None) -> list[bytes]:
         """Items of one size, small enough to analyse whole, -> payloads (one thread)."""
@@ -883,8 +889,8 @@ class MapCodec(Codec):
             self.payload.one_size(sizes)
             out = None
             for i, p in enumerate(payloads):
-                y_sym = self.payload.unpack([p], progress, workers)[1]
-                item = self.synthesise_tiled(y_sym, (h, w), progress, unit, workers)
+                codes = self._tiled_item_codes(p, progress, workers)
+                item = self.synthesise_tiled(codes, (h, w), progress, unit, workers)
                 if out is None:
                     out = np.empty((len(payloads), *item.shape[1:]), item.dtype)
                 out[i] = item[0]
@@ -894,6 +900,10 @@ class MapCodec(Codec):
             self.payload.one_size(sizes)
             return self.decode_split(payloads, lambda part: self._decode_whole(part, unit, chunk), workers)
         return self._decode_whole(payloads, unit, chunk, progress)
+
+    def _tiled_item_codes(self, payload: bytes, progress: Progress | None, workers: Workers) -> np.ndarray:
+        """One big item's payload -> what synthesise_tiled takes: its symbols (dequantised tile by tile)."""
+        return self.payload.unpack([payload], progress, workers)[1]
 
     def _decode_whole(
         self, payloads: Sequence[bytes], unit: bool, chunk: int, progress: Progress | None = None

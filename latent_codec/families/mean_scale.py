@@ -23,9 +23,9 @@ from typing import ClassVar
 import numpy as np
 
 from ..bundle import Bundle
-from ..codec import SPLIT, Progress, Side
+from ..codec import Progress, Side
 from ..errors import PayloadError
-from ..parallel import Workers, pieces
+from ..parallel import Workers
 from ..registry import register_family
 from .code_map import MapCodec, MapPayload
 
@@ -94,27 +94,16 @@ class MeanScaleCodec(MapCodec):
         return codec
 
     # ---- encode -------------------------------------------------------------------------------------------
-    def encode(self, x_raw: np.ndarray, progress: Progress | None = None) -> list[bytes]:
-        """(N, C, H, W) raw items of one size -> N payloads: ẑ first, μ from it, then the residuals."""
-        self.check_items(x_raw)
-        progress = progress or self.progress
-        n, _, h, w = x_raw.shape
-        sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
+    def _encode_tiled_item(
+        self, x_one: np.ndarray, size: np.ndarray, progress: Progress | None
+    ) -> list[bytes]:
+        """One big item: its code map kept as float32 until μ is known, then ẑ, μ from it, the residuals."""
         p = self.payload
-        out: list[bytes] = []
-        if self.tiled_encode(h, w):  # one big item at a time, its code map kept as float32 until μ is known
-            for i in range(n):
-                y, z = self.analyse_tiled(x_raw[i : i + 1], progress, quantise=False)
-                assert z is not None
-                y_sym = p.residual_symbols(y, p.means(y.shape, z, self.workers))
-                del y
-                out += p.pack(sizes[i : i + 1], y_sym, z, progress, self.workers)
-            return out
-        if self.workers.threads > 1 and n >= 2 * SPLIT:  # groups of items on the threads, payloads in order
-            groups = pieces(n, 4 * self.workers.threads, SPLIT)
-            done = self.workers.map(lambda ab: self._encode_whole(x_raw[ab[0] : ab[1]], None), groups)
-            return [b for group in done for b in group]
-        return self._encode_whole(x_raw, progress)
+        y, z = self.analyse_tiled(x_one, progress, quantise=False)
+        assert z is not None
+        y_sym = p.residual_symbols(y, p.means(y.shape, z, self.workers))
+        del y
+        return p.pack(size, y_sym, z, progress, self.workers)
 
     def _encode_whole(self, x_raw: np.ndarray, progress: Progress | None) -> list[bytes]:
         n, _, h, w = x_raw.shape
@@ -143,37 +132,11 @@ class MeanScaleCodec(MapCodec):
             raise PayloadError("mean-and-scale codes need the means symbols() returned beside them")
         return self.payload.dequantise_with(symbols, side["mean"])
 
-    def decode(
-        self,
-        payloads: Sequence[bytes],
-        unit: bool = False,
-        chunk: int = 0,
-        workers: Workers | None = None,
-        progress: Progress | None = None,
-    ) -> np.ndarray:
-        """N payloads of one item size -> N items; big items one at a time, synthesised tile by tile."""
-        progress = progress or self.progress
-        workers = workers or self.workers
-        payloads = list(payloads)
-        sizes = self.payload.sizes(payloads)
-        self.payload.one_size(sizes)
-        h, w = (int(v) for v in sizes[0]) if len(sizes) else (0, 0)
-        if len(sizes) and self.tiled_decode(h, w):
-            out = None
-            for i, p in enumerate(payloads):
-                _, y_sym, z_sym = self.payload.unpack([p], progress, workers)
-                assert z_sym is not None
-                codes = self.payload.dequantise_with(y_sym, self.payload.means(y_sym.shape, z_sym, workers))
-                del y_sym
-                item = self.synthesise_tiled(codes, (h, w), progress, unit, workers)
-                if out is None:
-                    out = np.empty((len(payloads), *item.shape[1:]), item.dtype)
-                out[i] = item[0]
-            assert out is not None
-            return out
-        if workers.threads > 1 and len(payloads) >= 2 * SPLIT:
-            return self.decode_split(payloads, lambda part: self._decode_whole(part, unit, chunk), workers)
-        return self._decode_whole(payloads, unit, chunk)
+    def _tiled_item_codes(self, payload: bytes, progress: Progress | None, workers: Workers) -> np.ndarray:
+        """One big item's payload -> its codes ŷ = r + μ (float32), synthesised tile by tile."""
+        _, y_sym, z_sym = self.payload.unpack([payload], progress, workers)
+        assert z_sym is not None
+        return self.payload.dequantise_with(y_sym, self.payload.means(y_sym.shape, z_sym, workers))
 
     def _decode_whole(
         self, payloads: Sequence[bytes], unit: bool, chunk: int, progress: Progress | None = None
