@@ -33,6 +33,9 @@ from pathlib import Path
 
 from latent_codec.errors import CodecError
 
+# The photo ladder's model (both stages): GDN, 3x3 kernels, mean-and-scale hyperprior (docs/photo_training.md).
+PHOTO_ARGS = {"channels": 64, "code_channels": 32, "hyper_channels": 24, "entropy": "meanscale", "kernel": 3}
+
 # The committed ladder (docs/rd.md) is three presets, one per stretch of the rate axis. Each preset's values
 # are the defaults of the flags below; any flag given on the command line overrides them.
 PRESETS: dict[str, dict] = {
@@ -96,13 +99,7 @@ PRESETS: dict[str, dict] = {
     # are map+meanscale (latent_codec/families/mean_scale.py); make photo-zoo runs it into zoo/photo.
     "photo": {
         "model": "spatial",
-        "args": {
-            "channels": 64,
-            "code_channels": 32,
-            "hyper_channels": 24,
-            "entropy": "meanscale",
-            "kernel": 3,
-        },
+        "args": PHOTO_ARGS,
         "data": "data/crops/photo-64.npz",
         "lambdas": "0.005,0.0025,0.0012,0.012,0.04",
         "chain": "nearest",
@@ -125,13 +122,7 @@ PRESETS: dict[str, dict] = {
     # both stages.
     "photo-long": {
         "model": "spatial",
-        "args": {
-            "channels": 64,
-            "code_channels": 32,
-            "hyper_channels": 24,
-            "entropy": "meanscale",
-            "kernel": 3,
-        },
+        "args": PHOTO_ARGS,
         "data": "data/crops/photo-64.npz",
         "lambdas": "0.005,0.0025,0.012,0.0012,0.04",
         "start_from": "runs/photo",
