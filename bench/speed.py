@@ -169,7 +169,44 @@ def split_small(codec, x: np.ndarray, repeats: int) -> dict:
             cpu, wall = timed(parts[which][name], repeats)
             out[which][name] = (1e3 * cpu / n, 1e3 * wall / n)
     out["bytes"] = float(np.mean([len(b) for b in payloads]))
+    out["floor"] = floor(codec, idx, y_sym, z, repeats)
     return out
+
+
+def floor(codec, idx: np.ndarray, y_sym: np.ndarray, z: np.ndarray | None, repeats: int) -> dict:
+    """What the new path's table selection and entropy coding cannot go below as built: the coder's own calls
+    (one per table run, as many as the tables an item uses) with nothing else around them, and the hyper-decoder's
+    multiply-adds per item (float64 products: its exactness bound is past float32's 2^24)."""
+    import constriction
+
+    from latent_codec.families.code_map import _TableRuns
+
+    p = codec.payload
+    n = len(y_sym)
+    runs = _TableRuns(idx, p._y_models, presorted=p.entropy == "factorized")
+    ordered = runs.sort(y_sym).astype(np.int32)
+    items = [runs.item(j) for j in range(n)]
+    calls = float(np.mean([len(s) for s, _, _ in items])) + (1.0 if z is not None else 0.0)
+
+    def bare() -> None:  # ŷ's runs only: each item's ANS stream, one encode call per run
+        for j, (starts, ends, models) in enumerate(items):
+            coder = constriction.stream.stack.AnsCoder()
+            sym = ordered[j]
+            for r in range(len(starts) - 1, -1, -1):
+                coder.encode_reverse(sym[starts[r] : ends[r]], models[r])
+            coder.get_compressed()
+
+    cpu, _ = timed(bare, repeats)
+    macs = 0.0
+    bound = None
+    if p.has_hyper and p.hyper_decoder is not None:
+        hd = p.hyper_decoder
+        nh, m = hd.w1.shape[0], hd.w2.shape[0]
+        hz, wz = z.shape[2:] if z is not None else (0, 0)
+        h, w = y_sym.shape[2:]
+        macs = float(hz * wz * 4 * (4 * nh) * nh + h * w * 9 * nh * m)  # layer 1 by phases, layer 2
+        bound = p.exactness().largest.bit_length()
+    return {"calls": calls, "bare_ms": 1e3 * cpu / n, "macs": macs, "bound_bits": bound}
 
 
 # ---- which steps release Python's lock ---------------------------------------------------------------------
@@ -565,6 +602,26 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
         )
     lines += [
         "",
+        "What the share is made of (new path, one thread): the coder's own calls, one per table run of each item "
+        "(the format orders ŷ by table, so an item's runs are the tables it uses; timed bare, the encode calls "
+        "alone with nothing around them), and the hyper-decoder's multiply-adds in float64 (its proven bound "
+        "is past float32's 2^24, so the products cannot run in float32 and stay exact).",
+        "",
+        "| bundle | coder calls/item | bare coder ms/item | encode entropy ms/item | hyper-decoder multiply-adds/item "
+        "| exactness bound | table selection ms/item | GMAC/s |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, s in r["small"].items():
+        f, d = s["floor"], s["new"]
+        t = d["tables"][0]
+        gmacs = f"{f['macs'] / (t * 1e-3) / 1e9:.1f}" if f["macs"] and t > 0 else "-"
+        lines.append(
+            f"| `{name}` | {f['calls']:.1f} | {f['bare_ms']:.3f} | {d['encode entropy'][0]:.3f} | "
+            f"{f['macs'] / 1e6:.2f} M | {'2^' + str(f['bound_bits']) if f['bound_bits'] else '-'} | {t:.3f} | "
+            f"{gmacs} |"
+        )
+    lines += [
+        "",
         "## Which decode steps release Python's lock",
         "",
         f"`{E2E_BUNDLE}`, two disjoint groups of 256 items: each step done for both groups on one thread, then on "
@@ -678,7 +735,7 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
         "",
         "bench/serving.py's zoo rows: each bundle served alone by a real `python -m cloud.server` process with its "
         "defaults (2 decode threads), Fashion-MNIST's 28x28 test items, clients in this process; the ceiling is "
-        "that bundle's own in-process rate (Codec.decode of 256 items on 2 threads) measured just before the "
+        "that bundle's own in-process rate (Codec.decode of 256 items on 2 threads) measured just before and just after the "
         f"cell; {r['serving_seconds']:g} s per cell.",
         "",
         *zoo_lines(r["zoo"]),
