@@ -8,8 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -26,17 +24,15 @@ from latent_codec.families.checkerboard import (
     IntegerContext,
     anchor_mask,
 )
-from tests.helpers import ROOT, fashion_test_items, need_fashion, spatial_bundle
+from tests.helpers import decode_with_the_edge_client, fashion_test_items
+from tests.helpers.code_maps import floats_nudged_one_ulp, in_another_process, small_map_bundle
 
 pytestmark = pytest.mark.slow  # trains a small model (~35 s on 2 cores)
-
-SMALL = {"channels": 16, "code_channels": 8, "hyper_channels": 8, "entropy": "checkerboard"}
 
 
 @pytest.fixture(scope="module")
 def cb_bundle(tmp_path_factory) -> Path:
-    need_fashion()
-    return spatial_bundle(tmp_path_factory.mktemp("map-checkerboard"), SMALL)
+    return small_map_bundle(tmp_path_factory, "map-checkerboard", "checkerboard")
 
 
 @pytest.fixture(scope="module")
@@ -203,31 +199,14 @@ def test_payloads_and_codes_are_identical_across_threads_batch_sizes_and_process
         ref_codes = codes_all if ref_codes is None else ref_codes
         np.testing.assert_array_equal(codes_all, ref_codes)
     assert ref_codes is not None
-    (tmp_path / "p.json").write_text(json.dumps([p.hex() for p in ref]))
-    script = (
-        "import json,hashlib; from latent_codec.codec import Codec; from latent_codec import datasets;"
-        f"p=[bytes.fromhex(h) for h in json.load(open({str(tmp_path / 'p.json')!r}))];"
-        f"c=Codec.open({str(cb_bundle)!r}, threads=1); s,side=c.symbols(p);"
-        "print(hashlib.sha256(c.dequantise(s, side).tobytes()).hexdigest());"
-        "x=datasets.load('fashion-mnist','test').x[:24];"
-        "print(hashlib.sha256(b''.join(c.encode(x))).hexdigest())"
+    codes_hash, bytes_hash = in_another_process(
+        cb_bundle,
+        ref,
+        "s,side=c.symbols(p); print(hashlib.sha256(c.dequantise(s, side).tobytes()).hexdigest());"
+        "from latent_codec import datasets; x=datasets.load('fashion-mnist','test').x[:24];"
+        "print(hashlib.sha256(b''.join(c.encode(x))).hexdigest())",
+        tmp_path,
     )
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "PATH": "/usr/bin:/bin",
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    codes_hash, bytes_hash = out.stdout.split()
     assert codes_hash == hashlib.sha256(ref_codes.tobytes()).hexdigest()
     assert bytes_hash == hashlib.sha256(b"".join(ref)).hexdigest()
 
@@ -252,25 +231,16 @@ def test_a_one_ulp_perturbation_of_the_encoders_floats_changes_no_table(cb_bundl
     ref = codec.encode(x)
     _, ref_y, ref_z = codec.payload.unpack(ref)
     ref_idx = codec.payload.select_all(ref_y, ref_z)[0]
-    analysis = codec.transforms.analysis
-    try:
-        for target in (np.float32(1e9), np.float32(-1e9)):
-
-            def nudged(x_unit, target=target):
-                code, side = analysis(x_unit)
-                return np.nextafter(code, target), {k: np.nextafter(v, target) for k, v in side.items()}
-
-            codec.transforms.analysis = nudged  # type: ignore[method-assign]
+    for target in (np.float32(1e9), np.float32(-1e9)):
+        with floats_nudged_one_ulp(codec, target):
             got = codec.encode(x)
-            # a residual exactly at a rounding boundary may flip; anything more means a float decided a table
-            changed = [i for i, (a, b) in enumerate(zip(got, ref)) if a != b]
-            assert len(changed) <= 1
-            _, y, z = codec.payload.unpack(got)
-            np.testing.assert_array_equal(z, ref_z)
-            keep = [i for i in range(len(x)) if i not in changed]
-            np.testing.assert_array_equal(codec.payload.select_all(y, z)[0][keep], ref_idx[keep])
-    finally:
-        codec.transforms.analysis = analysis  # type: ignore[method-assign]
+        # a residual exactly at a rounding boundary may flip; anything more means a float decided a table
+        changed = [i for i, (a, b) in enumerate(zip(got, ref)) if a != b]
+        assert len(changed) <= 1
+        _, y, z = codec.payload.unpack(got)
+        np.testing.assert_array_equal(z, ref_z)
+        keep = [i for i in range(len(x)) if i not in changed]
+        np.testing.assert_array_equal(codec.payload.select_all(y, z)[0][keep], ref_idx[keep])
 
 
 def test_bad_and_truncated_payloads_are_payload_errors(cb_bundle):
@@ -297,23 +267,15 @@ def test_bad_and_truncated_payloads_are_payload_errors(cb_bundle):
 
 
 def test_the_server_decodes_checkerboard_items_with_honest_costs(cb_bundle):
-    from cloud.server import build_server
-    from edge.client import CloudClient
-
     codec = Codec.open(cb_bundle)
     x = fashion_test_items(12)
     payloads = codec.encode(x)
     costs = codec.decode_costs(payloads)
     ms_bytes = codec.payload.code_channels * 49 * (14 + 4)  # mean-and-scale's unpacking per 7x7 item
     assert np.all(costs.unpack_bytes > ms_bytes) and costs.run_bytes > 0 and np.all(costs.seconds > 0)
-    running = build_server(cb_bundle.parent, "127.0.0.1:0", workers=2)
-    try:
-        with CloudClient(f"127.0.0.1:{running.port}") as cloud:
-            got = cloud.decode(codec, payloads, originals=x)
-        np.testing.assert_array_equal(got.items, codec.decode(payloads))
-        assert got.mse is not None and np.allclose(got.mse, codec.squared_error(x, codec.decode(payloads)))
-    finally:
-        running.stop(grace=1.0)
+    got = decode_with_the_edge_client(cb_bundle.parent, codec, payloads, x)
+    np.testing.assert_array_equal(got.items, codec.decode(payloads))
+    assert got.mse is not None and np.allclose(got.mse, codec.squared_error(x, codec.decode(payloads)))
 
 
 def test_manifests_with_a_bad_context_are_refused(cb_bundle):

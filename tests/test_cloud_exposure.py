@@ -25,7 +25,7 @@ from edge.client import CloudClient
 from latent_codec import datasets
 from latent_codec.errors import CodecError
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
-from tests.helpers import ROOT, CloudStub, tiny_bundle, wait_for_file
+from tests.helpers import ROOT, CloudStub, server_cmd, tiny_bundle, wait_for_file
 from tests.helpers.edge_cli import RUNNER, assert_one_line_error
 from tests.helpers.requests import make_request
 
@@ -47,13 +47,9 @@ def token_file(tmp_path_factory):
     return p
 
 
-@pytest.fixture(scope="module")
-def cert(tmp_path_factory):
-    """A self-signed certificate for 127.0.0.1 and localhost: (cert path, key path)."""
-    if shutil.which("openssl") is None:
-        pytest.skip("the openssl CLI is not installed")
-    d = tmp_path_factory.mktemp("tls")
-    crt, key = d / "cloud.crt", d / "cloud.key"
+def _self_signed(d, name: str):
+    """A self-signed certificate for 127.0.0.1 and localhost, made with the openssl CLI: (cert path, key path)."""
+    crt, key = d / f"{name}.crt", d / f"{name}.key"
     subprocess.run(
         [
             "openssl",
@@ -81,34 +77,17 @@ def cert(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
+def cert(tmp_path_factory):
+    """A self-signed certificate for 127.0.0.1 and localhost: (cert path, key path)."""
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl CLI is not installed")
+    return _self_signed(tmp_path_factory.mktemp("tls"), "cloud")
+
+
+@pytest.fixture(scope="module")
 def other_cert(tmp_path_factory):
     """A second, unrelated self-signed certificate (a CA the server's certificate does not chain to)."""
-    d = tmp_path_factory.mktemp("tls-other")
-    crt, key = d / "other.crt", d / "other.key"
-    subprocess.run(
-        [
-            "openssl",
-            "req",
-            "-x509",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-days",
-            "2",
-            "-subj",
-            "/CN=localhost",
-            "-addext",
-            "subjectAltName=DNS:localhost,IP:127.0.0.1",
-            "-keyout",
-            str(key),
-            "-out",
-            str(crt),
-        ],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return crt
+    return _self_signed(tmp_path_factory.mktemp("tls-other"), "other")[0]
 
 
 @pytest.fixture
@@ -143,6 +122,23 @@ def run_edge(*args: str, env: dict | None = None, timeout: float = 120) -> subpr
         timeout=timeout,
         env=full_env,
     )
+
+
+def _edge_args(command: str, bundle, target: str, limit: int, *extra: str) -> list[str]:
+    """The edge CLI's arguments for `command` on the first `limit` digits against `target`."""
+    return [
+        command,
+        "--bundle",
+        str(bundle),
+        "--server",
+        target,
+        "--data",
+        "digits",
+        "--limit",
+        str(limit),
+        "--no-progress",
+        *extra,
+    ]
 
 
 # ---- auth -----------------------------------------------------------------------------------------------------
@@ -208,39 +204,14 @@ def test_edge_cli_evaluate_and_ingest_with_token_file_and_env(
     auth_server, digits_bundle, token_file, tmp_path
 ):
     target = f"127.0.0.1:{auth_server.port}"
-    base = [
-        "evaluate",
-        "--bundle",
-        str(digits_bundle),
-        "--server",
-        target,
-        "--data",
-        "digits",
-        "--limit",
-        "50",
-        "--no-progress",
-    ]
+    base = _edge_args("evaluate", digits_bundle, target, 50)
     assert_one_line_error(run_edge(*base), "refused the credentials", "AECODEC_TOKEN")
     ok = run_edge(*base, "--auth-token-file", str(token_file))
     assert ok.returncode == 0, ok.stderr
     assert "items             50" in ok.stdout
 
-    ingest = [
-        "ingest",
-        "--bundle",
-        str(digits_bundle),
-        "--server",
-        target,
-        "--data",
-        "digits",
-        "--limit",
-        "40",
-        "--spool",
-        str(tmp_path / "spool.sqlite"),
-        "--no-progress",
-        "--retry-for",
-        "5",
-    ]
+    spool = str(tmp_path / "spool.sqlite")
+    ingest = _edge_args("ingest", digits_bundle, target, 40, "--spool", spool, "--retry-for", "5")
     denied = run_edge(*ingest, env={"AECODEC_TOKEN": "wrong"})
     assert denied.returncode == 2 and "Traceback" not in denied.stderr
     assert "invalid bearer token" in denied.stderr and "40 items stay spooled" in denied.stderr
@@ -299,16 +270,7 @@ def test_server_cli_refuses_bad_security_flags(digits_bundle, tmp_path):
     ]
     for extra, needle in cases:
         proc = subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "cloud.server",
-                "--bundles",
-                str(digits_bundle),
-                "--address",
-                "127.0.0.1:0",
-                *extra,
-            ],
+            server_cmd(digits_bundle, *extra),
             cwd=ROOT,
             capture_output=True,
             text=True,
@@ -368,23 +330,11 @@ def test_tls_end_to_end_from_the_cli(digits_bundle, cert, token_file, tmp_path):
     crt, key = cert
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cloud.server",
-            "--bundles",
-            str(digits_bundle),
-            "--address",
-            "127.0.0.1:0",
-            "--port-file",
-            str(port_file),
-            "--tls-cert",
-            str(crt),
-            "--tls-key",
-            str(key),
-            "--auth-token-file",
-            str(token_file),
-        ],
+        server_cmd(
+            digits_bundle,
+            *("--port-file", str(port_file), "--tls-cert", str(crt), "--tls-key", str(key)),
+            *("--auth-token-file", str(token_file)),
+        ),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -393,22 +343,8 @@ def test_tls_end_to_end_from_the_cli(digits_bundle, cert, token_file, tmp_path):
     try:
         wait_for_file(proc, port_file, 60, "the server to start")
         target = f"127.0.0.1:{port_file.read_text()}"
-        base = [
-            "evaluate",
-            "--bundle",
-            str(digits_bundle),
-            "--server",
-            target,
-            "--data",
-            "digits",
-            "--limit",
-            "30",
-            "--no-progress",
-            "--auth-token-file",
-            str(token_file),
-            "--connect-timeout",
-            "5",
-        ]
+        extra = ("--auth-token-file", str(token_file), "--connect-timeout", "5")
+        base = _edge_args("evaluate", digits_bundle, target, 30, *extra)
         ok = run_edge(*base, "--tls-ca", str(crt))
         assert ok.returncode == 0, ok.stderr
         assert "items             30" in ok.stdout

@@ -130,69 +130,13 @@ def test_exif_orientation_is_applied_to_the_photograph_and_its_crops(tmp_path):
     np.testing.assert_array_equal(crops.read_photo(d / "portrait.png"), upright)
     Image.fromarray(stored).save(d / "other.png")
     out = tmp_path / "c.npz"
-    assert (
-        crops.main(
-            [
-                "--photos",
-                str(d),
-                "--out",
-                str(out),
-                "--size",
-                "40",
-                "--count",
-                "30",
-                "--quiet",
-                "--test-photos",
-                str(tmp_path / "t"),
-                "--max-side",
-                "512",
-            ]
-        )
-        == 2
-    )
+    args = ("--size", "40", "--count", "30", "--test-photos", str(tmp_path / "t"))
+    assert _build(d, out, *args, "--max-side", "512") == 2
     (tmp_path / "t").mkdir()
     Image.fromarray(stored[::-1]).save(tmp_path / "t" / "flipped.png")
-    assert (
-        crops.main(
-            [
-                "--photos",
-                str(d),
-                "--out",
-                str(out),
-                "--size",
-                "40",
-                "--count",
-                "30",
-                "--quiet",
-                "--test-photos",
-                str(tmp_path / "t"),
-                "--exclude",
-                str(tmp_path / "list"),
-            ]
-        )
-        == 2
-    )
+    assert _build(d, out, *args, "--exclude", str(tmp_path / "list")) == 2
     (tmp_path / "list").write_text("other.png\n")
-    assert (
-        crops.main(
-            [
-                "--photos",
-                str(d),
-                "--out",
-                str(out),
-                "--size",
-                "40",
-                "--count",
-                "30",
-                "--quiet",
-                "--test-photos",
-                str(tmp_path / "t"),
-                "--exclude",
-                str(tmp_path / "list"),
-            ]
-        )
-        == 0
-    )
+    assert _build(d, out, *args, "--exclude", str(tmp_path / "list")) == 0
     z = np.load(out)
     assert list(z["photos_train"]) == ["portrait.png"]
     for x, (_, _, top, left) in zip(z["x_train"], z["where_train"]):

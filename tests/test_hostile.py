@@ -35,6 +35,7 @@ from tests.helpers import (
     CloudStub,
     ServerProcess,
     child_env,
+    server_cmd,
     tiny_bundle,
     wait_until,
 )
@@ -430,7 +431,7 @@ def test_bundles_with_external_data_impostor_ids_or_duplicate_ids_are_refused(bu
     with pytest.raises(BundleError, match=r"two places: .*first and .*second"):
         build_server(two, "127.0.0.1:0")
     proc = subprocess.run(
-        [sys.executable, "-m", "cloud.server", "--bundles", str(two), "--address", "127.0.0.1:0"],
+        server_cmd(two),
         cwd=ROOT,
         env=child_env(),
         capture_output=True,
@@ -448,17 +449,7 @@ def test_a_read_only_store_is_a_start_up_error(bundle, tmp_path):
     ro = Path(__import__("tempfile").mkdtemp(prefix="aecodec-ro-"))
     try:
         SqliteStore(ro / "store.db").close()  # an existing, valid store
-        cmd = [
-            sys.executable,
-            "-m",
-            "cloud.server",
-            "--bundles",
-            str(bundle),
-            "--address",
-            "127.0.0.1:0",
-            "--store",
-            str(ro / "store.db"),
-        ]
+        cmd = server_cmd(bundle, "--store", str(ro / "store.db"))
         if os.geteuid() == 0:  # root writes anywhere: make the directory a read-only mount instead
             if shutil.which("unshare") is None:
                 pytest.skip("needs unshare to make a read-only mount as root")

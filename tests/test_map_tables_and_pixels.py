@@ -11,25 +11,15 @@ import torch
 
 from latent_codec.bundle import InputSpec
 from latent_codec.families.hyper_decoder import IntegerHyperDecoder
+from tests.helpers import tiny_spatial_model
 from training.export_map import HYPER_FRAC_BITS
 from training.models.spatial import log_scale_thresholds, scale_table
-from training.registry import build_model
 
 torch.set_num_threads(1)
 
 
 def _model(entropy: str):
-    torch.manual_seed(3)
-    m = build_model(
-        "spatial",
-        {
-            "input_shape": [1, 16, 16],
-            "channels": 8,
-            "code_channels": 4,
-            "hyper_channels": 4,
-            "entropy": entropy,
-        },
-    )
+    m = tiny_spatial_model(entropy, seed=3)
     with torch.no_grad():  # spread the log σ over the table (a fresh model's sit near one value)
         m.h_s[2].weight.mul_(2.0)
         m.h_s[2].bias.add_(torch.linspace(-2.0, 4.0, len(m.h_s[2].bias)))

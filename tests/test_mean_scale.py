@@ -6,8 +6,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,17 +16,15 @@ from latent_codec.codec import Codec
 from latent_codec.errors import BundleError, PayloadError
 from latent_codec.families import code_map
 from latent_codec.families.mean_scale import MeanScaleCodec
-from tests.helpers import ROOT, fashion_test_items, need_fashion, spatial_bundle
+from tests.helpers import decode_with_the_edge_client, fashion_test_items
+from tests.helpers.code_maps import floats_nudged_one_ulp, in_another_process, small_map_bundle
 
 pytestmark = pytest.mark.slow  # trains a small model (~30 s on 2 cores)
-
-SMALL = {"channels": 16, "code_channels": 8, "hyper_channels": 8, "entropy": "meanscale"}
 
 
 @pytest.fixture(scope="module")
 def ms_bundle(tmp_path_factory) -> Path:
-    need_fashion()
-    return spatial_bundle(tmp_path_factory.mktemp("map-meanscale"), SMALL)
+    return small_map_bundle(tmp_path_factory, "map-meanscale", "meanscale")
 
 
 def _reference_means(codec: MeanScaleCodec, z_sym: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -92,47 +88,24 @@ def test_means_and_tables_are_identical_across_batch_sizes_threads_and_processes
         ref_codes = codes_all if ref_codes is None else ref_codes
         np.testing.assert_array_equal(codes_all, ref_codes)
     assert ref_codes is not None
-    (tmp_path / "p.json").write_text(json.dumps([p.hex() for p in payloads]))
-    script = (
-        "import json,hashlib; from latent_codec.codec import Codec;"
-        f"p=[bytes.fromhex(h) for h in json.load(open({str(tmp_path / 'p.json')!r}))];"
-        f"c=Codec.open({str(ms_bundle)!r}, threads=1); s,side=c.symbols(p);"
-        "print(hashlib.sha256(c.dequantise(s, side).tobytes()).hexdigest())"
+    printed = in_another_process(
+        ms_bundle,
+        payloads,
+        "s,side=c.symbols(p); print(hashlib.sha256(c.dequantise(s, side).tobytes()).hexdigest())",
+        tmp_path,
     )
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "PATH": "/usr/bin:/bin",
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    assert out.stdout.strip() == hashlib.sha256(ref_codes.tobytes()).hexdigest()
+    assert printed == [hashlib.sha256(ref_codes.tobytes()).hexdigest()]
 
 
 def test_a_one_ulp_perturbation_of_the_encoders_floats_sends_the_same_bytes(ms_bundle):
     x = fashion_test_items(20)
     codec = Codec.open(ms_bundle)
     ref = codec.encode(x)
-    analysis = codec.transforms.analysis
     for target in (np.float32(1e9), np.float32(-1e9)):
-
-        def nudged(x_unit, target=target):
-            code, side = analysis(x_unit)
-            return np.nextafter(code, target), {k: np.nextafter(v, target) for k, v in side.items()}
-
-        codec.transforms.analysis = nudged  # type: ignore[method-assign]
-        got = codec.encode(x)
+        with floats_nudged_one_ulp(codec, target):
+            got = codec.encode(x)
         # a residual exactly at a rounding boundary may flip; anything more means μ is not from integers
         assert sum(a != b for a, b in zip(got, ref)) <= 1
-    codec.transforms.analysis = analysis  # type: ignore[method-assign]
 
 
 def test_tiles_give_the_whole_items_codes(ms_bundle, monkeypatch):
@@ -156,20 +129,12 @@ def test_tiles_give_the_whole_items_codes(ms_bundle, monkeypatch):
 
 
 def test_the_server_decodes_and_stores_mean_scale_items(ms_bundle, tmp_path):
-    from cloud.server import build_server
-    from edge.client import CloudClient
-
     codec = Codec.open(ms_bundle)
     x = fashion_test_items(12)
     payloads = codec.encode(x)
-    running = build_server(ms_bundle.parent, "127.0.0.1:0", workers=2)
-    try:
-        with CloudClient(f"127.0.0.1:{running.port}") as cloud:
-            got = cloud.decode(codec, payloads, originals=x)
-        np.testing.assert_array_equal(got.items, codec.decode(payloads))
-        assert got.mse is not None and np.allclose(got.mse, codec.squared_error(x, codec.decode(payloads)))
-    finally:
-        running.stop(grace=1.0)
+    got = decode_with_the_edge_client(ms_bundle.parent, codec, payloads, x)
+    np.testing.assert_array_equal(got.items, codec.decode(payloads))
+    assert got.mse is not None and np.allclose(got.mse, codec.squared_error(x, codec.decode(payloads)))
 
 
 def test_a_scale_only_manifest_is_not_read_as_mean_scale(ms_bundle):

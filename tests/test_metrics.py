@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 import urllib.error
 import urllib.request
 
@@ -14,7 +13,7 @@ from cloud.server import build_server
 from cloud.tenancy import ALL, Principal
 from latent_codec import datasets
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
-from tests.helpers import ROOT, CloudStub, tiny_bundle, wait_for_file
+from tests.helpers import ROOT, CloudStub, server_cmd, tiny_bundle, wait_for_file
 from tests.helpers.prometheus import scrape, val
 from tests.helpers.requests import make_request
 
@@ -132,19 +131,7 @@ def test_metrics_endpoint_from_the_server_cli(bundle, tmp_path):
         mport = sock.getsockname()[1]
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cloud.server",
-            "--bundles",
-            str(bundle),
-            "--address",
-            "127.0.0.1:0",
-            "--port-file",
-            str(port_file),
-            "--metrics-address",
-            f"127.0.0.1:{mport}",
-        ],
+        server_cmd(bundle, "--port-file", str(port_file), "--metrics-address", f"127.0.0.1:{mport}"),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,

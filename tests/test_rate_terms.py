@@ -12,25 +12,15 @@ import math
 import pytest
 import torch
 
+from tests.helpers import tiny_spatial_model
 from training.models.spatial import LIKELIHOOD_FLOOR, gaussian_likelihood
 from training.rate import FactorizedLogisticPrior, ModelRate, RateDistortion
-from training.registry import build_model
 
 torch.set_num_threads(1)
 
 
 def _spatial(entropy: str = "hyperprior"):
-    torch.manual_seed(0)
-    m = build_model(
-        "spatial",
-        {
-            "input_shape": [1, 16, 16],
-            "channels": 8,
-            "code_channels": 4,
-            "hyper_channels": 4,
-            "entropy": entropy,
-        },
-    )
+    m = tiny_spatial_model(entropy, seed=0)
     m.quant_proxy = "mixed"  # what the ladders train with
     return m
 

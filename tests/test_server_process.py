@@ -4,30 +4,19 @@ from __future__ import annotations
 
 import signal
 import subprocess
-import sys
 import time
 
 import grpc
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, server_cmd
 
 
 def start(bundles_dir, tmp_path):
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "cloud.server",
-            "--bundles",
-            str(bundles_dir),
-            "--address",
-            "127.0.0.1:0",
-            "--port-file",
-            str(port_file),
-        ],
+        server_cmd(bundles_dir, "--port-file", str(port_file)),
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -56,15 +45,7 @@ def test_clean_shutdown_on_signal(bundles_dir, tmp_path, sig):
 
 def test_bad_bundle_dir_is_one_line_error(tmp_path):
     proc = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "cloud.server",
-            "--bundles",
-            str(tmp_path / "none"),
-            "--address",
-            "127.0.0.1:0",
-        ],
+        server_cmd(tmp_path / "none"),
         cwd=ROOT,
         capture_output=True,
         text=True,

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import grpc
@@ -27,27 +25,20 @@ from latent_codec.families.hyper_decoder import IntegerHyperDecoder
 from latent_codec.varint import VarintError, get_varint, put_varint
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
-from tests.helpers import ROOT, fashion_test_items, need_fashion, spatial_bundle
+from tests.helpers import fashion_test_items
+from tests.helpers.code_maps import floats_nudged_one_ulp, in_another_process, small_map_bundle
 
 pytestmark = pytest.mark.slow  # trains three small models (~1 min on 2 cores)
-
-SMALL = {"channels": 16, "code_channels": 8, "hyper_channels": 8}
-
-
-def _spatial(root: Path, entropy: str) -> Path:
-    return spatial_bundle(root, {**SMALL, "entropy": entropy})
 
 
 @pytest.fixture(scope="module")
 def hyper_bundle(tmp_path_factory) -> Path:
-    need_fashion()
-    return _spatial(tmp_path_factory.mktemp("map-hyper"), "hyperprior")
+    return small_map_bundle(tmp_path_factory, "map-hyper", "hyperprior")
 
 
 @pytest.fixture(scope="module")
 def factorized_bundle(tmp_path_factory) -> Path:
-    need_fashion()
-    return _spatial(tmp_path_factory.mktemp("map-fact"), "factorized")
+    return small_map_bundle(tmp_path_factory, "map-fact", "factorized")
 
 
 def _flat_colour_psnr(x: np.ndarray) -> float:
@@ -385,18 +376,11 @@ def test_a_one_ulp_perturbation_of_the_float_path_selects_the_same_tables(hyper_
     ref = codec.encode(x)
     _, ref_y, ref_z = codec.payload.unpack(ref)
     ref_idx = codec.payload.table_indices(ref_y.shape, ref_z)
-    analysis = codec.transforms.analysis
     for target in (np.float32(1e9), np.float32(-1e9)):
-
-        def nudged(x_unit, target=target):
-            code, side = analysis(x_unit)
-            return np.nextafter(code, target), {k: np.nextafter(v, target) for k, v in side.items()}
-
-        codec.transforms.analysis = nudged  # type: ignore[method-assign]
-        assert codec.encode(x) == ref
-        _, y, z = codec.payload.unpack(ref)
-        np.testing.assert_array_equal(codec.payload.table_indices(y.shape, z), ref_idx)
-    codec.transforms.analysis = analysis  # type: ignore[method-assign]
+        with floats_nudged_one_ulp(codec, target):
+            assert codec.encode(x) == ref
+            _, y, z = codec.payload.unpack(ref)
+            np.testing.assert_array_equal(codec.payload.table_indices(y.shape, z), ref_idx)
     codec.payload.dequantise = lambda s: (_ for _ in ()).throw(AssertionError("parsing used floats"))  # type: ignore[method-assign]
     sizes, y, z = codec.payload.unpack(ref)
     np.testing.assert_array_equal(y, ref_y)
@@ -421,30 +405,15 @@ def test_symbols_and_tables_are_identical_across_batch_sizes_and_thread_counts(h
 def test_symbols_are_bit_identical_in_another_process(hyper_bundle, tmp_path):
     """Another interpreter, one ORT and BLAS thread, decodes the same payloads to the same symbols."""
     payloads = Codec.open(hyper_bundle).encode(fashion_test_items(25))
-    (tmp_path / "p.json").write_text(json.dumps([p.hex() for p in payloads]))
     here = Codec.open(hyper_bundle).payload.unpack(payloads)[1]
-    script = (
-        "import json,sys,hashlib; from latent_codec.codec import Codec;"
-        f"p=[bytes.fromhex(h) for h in json.load(open({str(tmp_path / 'p.json')!r}))];"
-        f"c=Codec.open({str(hyper_bundle)!r}, threads=1); y=c.payload.unpack(p)[1];"
-        "print(hashlib.sha256(y.tobytes()).hexdigest())"
-    )
-    env = {
-        "OMP_NUM_THREADS": "1",
-        "OPENBLAS_NUM_THREADS": "1",
-        "MKL_NUM_THREADS": "1",
-        "PATH": "/usr/bin:/bin",
-    }
-    out = subprocess.run(
-        [sys.executable, "-c", script],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        check=True,
+    printed = in_another_process(
+        hyper_bundle,
+        payloads,
+        "y=c.payload.unpack(p)[1]; print(hashlib.sha256(y.tobytes()).hexdigest())",
+        tmp_path,
         timeout=300,
     )
-    assert out.stdout.strip() == hashlib.sha256(here.tobytes()).hexdigest()
+    assert printed == [hashlib.sha256(here.tobytes()).hexdigest()]
 
 
 def test_float16_weights_halve_the_bundle_and_keep_its_quality(hyper_bundle, tmp_path):

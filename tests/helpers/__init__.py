@@ -151,6 +151,34 @@ def tiny_hashing_bundle(tmp_path_factory) -> Path:
     return bundle
 
 
+def server_cmd(bundles: Path, *extra: str) -> list[str]:
+    """The cloud server's command line (python -m cloud.server) on `bundles`, at an ephemeral port of 127.0.0.1."""
+    return [
+        sys.executable,
+        "-m",
+        "cloud.server",
+        "--bundles",
+        str(bundles),
+        "--address",
+        "127.0.0.1:0",
+        *extra,
+    ]
+
+
+def decode_with_the_edge_client(bundles_root: Path, codec, payloads: list[bytes], x: np.ndarray):
+    """Start a real server on bundles_root, decode these payloads (x their originals) with the edge's CloudClient,
+    stop the server; returns what CloudClient.decode returns."""
+    from cloud.server import build_server
+    from edge.client import CloudClient
+
+    running = build_server(bundles_root, "127.0.0.1:0", workers=2)
+    try:
+        with CloudClient(f"127.0.0.1:{running.port}") as cloud:
+            return cloud.decode(codec, payloads, originals=x)
+    finally:
+        running.stop(grace=1.0)
+
+
 def decode_through_server(bundles_root: Path, codec, payloads: list[bytes], x: np.ndarray):
     """Start a real server on bundles_root, send one evaluated DecodeRequest of these payloads, stop it."""
     import grpc
@@ -364,6 +392,18 @@ class CloudStub:
         return getattr(
             self.storage if name in ("Ingest", "Fetch", "ListStored", "Search") else self.decoding, name
         )
+
+
+def tiny_spatial_model(entropy: str, seed: int):
+    """An untrained spatial model on 16x16 grey items (8 channels, 4 code and 4 hyper channels) with the given
+    entropy model, its weights drawn after ``torch.manual_seed(seed)``: for the toy checks of tables and rates."""
+    import torch
+
+    from training.registry import build_model
+
+    torch.manual_seed(seed)
+    args = {"input_shape": [1, 16, 16], "channels": 8, "code_channels": 4, "hyper_channels": 4}
+    return build_model("spatial", {**args, "entropy": entropy})
 
 
 # A small spatial rate-distortion model on 8x8 digits (quantisation noise, a learned prior, a hyperprior): the
