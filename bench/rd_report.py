@@ -231,9 +231,11 @@ FAMILIES = {
     "spatial": "spatial code maps (training/models/spatial.py): 5x5 stride-2 convolutions with GDN to a 7x7x32 "
     "code map, a scale hyperprior whose hyper-decoder runs in integers (table selection cannot differ between "
     "machines), IGDN and transposed convolutions back; one bundle takes items of any size. Chained from the "
-    "highest rate down (16 epochs from scratch, then 4 per rung).",
+    "highest rate down (16 epochs from scratch, then 4 per rung); the two top rungs (lambda 0.0001 and 0.0002, "
+    "preset spatial-top) are a second chain of the same kind.",
     "spatial-factorized": "the same spatial maps with a per-channel factorised prior instead of the hyperprior "
-    "(no side information), at two rates; 8 epochs from scratch, then 4.",
+    "(no side information), at two rates; each rung starts from the hyperprior rung of its lambda and trains 4 "
+    "epochs.",
     "linres": "a linear path initialised to PCA at each rung's rate-distortion-optimal step, plus 784-512-128 MLP "
     "corrections, 2 epochs per rung.",
 }
