@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset photos photo-zoo postgres prometheus proto lint demo test test-fast mutate bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-speed bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
+.PHONY: setup dataset photos photo-zoo postgres prometheus proto lint demo test test-fast mutate bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-speed bench-coder-overhead bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -79,6 +79,10 @@ bench-serving: setup
 # (edge CLI + server process, peak RSS each side), zoo bundles served -> docs/speed.md (~10 min on a busy machine).
 bench-speed: setup
 	$(PY) -m bench.speed --out docs/speed.md
+
+# Where a small payload's bytes go: the entropy coder's termination against the ideal code length, per zoo bundle
+bench-coder-overhead: setup
+	$(PY) -m bench.coder_overhead --out docs/coder_overhead.md
 
 # Every autoencoder variant beside its plain twin, each idea's claimed benefit measured, on Fashion-MNIST
 # -> docs/variants.{md,png,json} (the cost of the last run is in variants.md).
