@@ -33,6 +33,15 @@ from pathlib import Path
 
 from latent_codec.errors import CodecError
 
+# The conv ladder's model (the chained conv preset and the long conv-long rung).
+CONV_ARGS = {
+    "channels": [32, 32],
+    "pool": "stride",
+    "kernel": 5,
+    "hidden": 256,
+    "code_dim": 64,
+    "output": "linear",
+}
 # The photo ladder's model (both stages): GDN, 3x3 kernels, mean-and-scale hyperprior (docs/photo_training.md).
 PHOTO_ARGS = {"channels": 64, "code_channels": 32, "hyper_channels": 24, "entropy": "meanscale", "kernel": 3}
 
@@ -46,14 +55,7 @@ PRESETS: dict[str, dict] = {
     # highest rate down (10 epochs from scratch, then 4 per rung; ~12 min).
     "conv": {
         "model": "conv",
-        "args": {
-            "channels": [32, 32],
-            "pool": "stride",
-            "kernel": 5,
-            "hidden": 256,
-            "code_dim": 64,
-            "output": "linear",
-        },
+        "args": CONV_ARGS,
         "lambdas": "0.03,0.1,0.3,1",
         "first_epochs": 10,
         "epochs": 4,
@@ -65,14 +67,7 @@ PRESETS: dict[str, dict] = {
     # on one core).
     "conv-long": {
         "model": "conv",
-        "args": {
-            "channels": [32, 32],
-            "pool": "stride",
-            "kernel": 5,
-            "hidden": 256,
-            "code_dim": 64,
-            "output": "linear",
-        },
+        "args": CONV_ARGS,
         "lambdas": "0.13",
         "first_epochs": 30,
         "lr": 2e-3,
