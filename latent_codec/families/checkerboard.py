@@ -36,7 +36,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -544,26 +544,24 @@ class CheckerboardCodec(MeanScaleCodec):
     payload_type = CheckerboardPayload
     payload: CheckerboardPayload
 
-    def _encode_tiled_item(
-        self, x_one: np.ndarray, size: np.ndarray, progress: Progress | None
-    ) -> list[bytes]:
-        """One big item: ẑ, then the anchors, then the non-anchors (the two passes once, on one thread)."""
-        p = self.payload
-        y, z = self.analyse_tiled(x_one, progress, quantise=False)
+    def _y_symbols(
+        self, y: np.ndarray, z: np.ndarray | None, workers: Workers | None
+    ) -> tuple[np.ndarray, Any]:
+        """Anchors, then non-anchors (the two passes once, on one thread): the symbols and their tables."""
         assert z is not None
-        y_sym, idx = p.encode_indexed(y, z)
-        del y
-        return p.pack_indexed(size, y_sym, z, idx, progress)
+        return self.payload.encode_indexed(y, z)
 
-    def _encode_whole(self, x_raw: np.ndarray, progress: Progress | None) -> list[bytes]:
-        n, _, h, w = x_raw.shape
-        sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
-        p = self.payload
-        y, side = self.analyse(self.scale(x_raw))
-        z = p.z_symbols(side["hyper"])
-        y_sym, idx = p.encode_indexed(y, z)
-        del y, side
-        return p.pack_indexed(sizes, y_sym, z, idx, progress)
+    def _pack(
+        self,
+        sizes: np.ndarray,
+        y_sym: np.ndarray,
+        z: np.ndarray | None,
+        extra: Any,
+        progress: Progress | None,
+        workers: Workers | None,
+    ) -> list[bytes]:
+        assert z is not None
+        return self.payload.pack_indexed(sizes, y_sym, z, extra, progress)
 
     def symbols(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, Side]:
         """Payloads of one size -> (residual symbols, {"size": (N, 2), "mean": μ (N, M, h, w)})."""

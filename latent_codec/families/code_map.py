@@ -713,12 +713,18 @@ class MapCodec(Codec):
             return [b for group in done for b in group]
         return self._encode_whole(x_raw, progress)
 
+    # Whether ŷ's symbols are a function of ŷ alone: a big item's tiles are then quantised as they are analysed
+    # (uint16, half float32's memory); families whose symbols depend on ẑ (mean-and-scale) keep the float map.
+    symbols_from_y_alone: ClassVar[bool] = True
+
     def _encode_tiled_item(
         self, x_one: np.ndarray, size: np.ndarray, progress: Progress | None
     ) -> list[bytes]:
         """One item bigger than an analysis tile -> its payload (tiles and strips on the codec's workers)."""
-        y_sym, z = self.analyse_tiled(x_one, progress)
-        return self.payload.pack(size, y_sym, z, progress, self.workers)
+        y, z = self.analyse_tiled(x_one, progress, quantise=self.symbols_from_y_alone)
+        y_sym, extra = self._y_symbols(y, z, self.workers)
+        del y  # the float map of a big item is the largest array of the encode: gone before entropy coding
+        return self._pack(size, y_sym, z, extra, progress, self.workers)
 
     def _encode_whole(self, x_raw: np.ndarray, progress: Progress | None) -> list[bytes]:
         """Items of one size, small enough to analyse whole, -> payloads (one thread)."""
@@ -726,9 +732,27 @@ class MapCodec(Codec):
         sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
         y, side = self.analyse(self.scale(x_raw))
         z = self.payload.z_symbols(side["hyper"]) if self.payload.has_hyper else None
-        y_sym = self.quantise(y)
+        y_sym, extra = self._y_symbols(y, z, None)
         del y, side
-        return self.payload.pack(sizes, y_sym, z, progress)
+        return self._pack(sizes, y_sym, z, extra, progress, None)
+
+    def _y_symbols(
+        self, y: np.ndarray, z: np.ndarray | None, workers: Workers | None
+    ) -> tuple[np.ndarray, Any]:
+        """ŷ (float, or already symbols when tiled with symbols_from_y_alone) and ẑ's symbols -> (ŷ's symbols,
+        whatever the family's ``_pack`` needs besides). The families override this and ``_pack`` only."""
+        return (y if y.dtype == np.uint16 else self.quantise(y)), None
+
+    def _pack(
+        self,
+        sizes: np.ndarray,
+        y_sym: np.ndarray,
+        z: np.ndarray | None,
+        extra: Any,
+        progress: Progress | None,
+        workers: Workers | None,
+    ) -> list[bytes]:
+        return self.payload.pack(sizes, y_sym, z, progress, workers)
 
     # ---- tiles ----------------------------------------------------------------------------------------------
     def tiled_encode(self, h: int, w: int) -> bool:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 
@@ -94,26 +94,15 @@ class MeanScaleCodec(MapCodec):
         return codec
 
     # ---- encode -------------------------------------------------------------------------------------------
-    def _encode_tiled_item(
-        self, x_one: np.ndarray, size: np.ndarray, progress: Progress | None
-    ) -> list[bytes]:
-        """One big item: its code map kept as float32 until μ is known, then ẑ, μ from it, the residuals."""
-        p = self.payload
-        y, z = self.analyse_tiled(x_one, progress, quantise=False)
-        assert z is not None
-        y_sym = p.residual_symbols(y, p.means(y.shape, z, self.workers))
-        del y
-        return p.pack(size, y_sym, z, progress, self.workers)
+    symbols_from_y_alone = False  # the residuals need μ, which needs ẑ
 
-    def _encode_whole(self, x_raw: np.ndarray, progress: Progress | None) -> list[bytes]:
-        n, _, h, w = x_raw.shape
-        sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
+    def _y_symbols(
+        self, y: np.ndarray, z: np.ndarray | None, workers: Workers | None
+    ) -> tuple[np.ndarray, Any]:
+        """The residuals around the means the integer hyper-decoder predicts from ẑ."""
+        assert z is not None
         p = self.payload
-        y, side = self.analyse(self.scale(x_raw))
-        z = p.z_symbols(side["hyper"])
-        y_sym = p.residual_symbols(y, p.means(y.shape, z))
-        del y, side
-        return p.pack(sizes, y_sym, z, progress)
+        return p.residual_symbols(y, p.means(y.shape, z, workers)), None
 
     def quantise(self, codes: np.ndarray) -> np.ndarray:
         raise PayloadError(
