@@ -234,24 +234,16 @@ def test_a_server_with_two_threads_decodes_256_items_as_in_process(tmp_path, mon
         running.stop(grace=1.0)
 
 
-def test_a_server_decodes_a_big_item_on_its_threads_as_in_process(tmp_path, small_tiles, monkeypatch):
+def _served_float32(bundles, codec: Codec, payloads: list[bytes], **server) -> np.ndarray:
+    """The float32 reconstructions a real server (build_server(bundles, **server)) sends back for payloads."""
     import grpc
 
-    from cloud.limits import MIB, Limits
     from cloud.server import build_server
     from latent_codec.container import from_tensor, to_batch
     from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
     from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
-    shutil.copytree(BUNDLE, tmp_path / "bundles" / BUNDLE.name)
-    codec = Codec.open(BUNDLE, threads=1)
-    x = photo(517, 389)
-    payloads = codec.encode(x)
-    local = codec.decode(payloads, unit=True)
-    splits = _spy_splits(monkeypatch)
-    running = build_server(
-        tmp_path / "bundles", "127.0.0.1:0", workers=2, limits=Limits(max_decode_bytes=512 * MIB)
-    )
+    running = build_server(bundles, "127.0.0.1:0", **server)
     try:
         with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
             resp = pb_grpc.DecodingStub(ch).Decode(
@@ -260,23 +252,32 @@ def test_a_server_decodes_a_big_item_on_its_threads_as_in_process(tmp_path, smal
                 ),
                 timeout=120,
             )
-        np.testing.assert_array_equal(from_tensor(resp.reconstructions, "reconstructions"), local)
-        assert {(2, "synthesise"), (2, "strip")} <= set(splits)  # its tiles and strips on the two threads
+        return from_tensor(resp.reconstructions, "reconstructions")
     finally:
         running.stop(grace=1.0)
+
+
+def test_a_server_decodes_a_big_item_on_its_threads_as_in_process(tmp_path, small_tiles, monkeypatch):
+    from cloud.limits import MIB, Limits
+
+    shutil.copytree(BUNDLE, tmp_path / "bundles" / BUNDLE.name)
+    codec = Codec.open(BUNDLE, threads=1)
+    x = photo(517, 389)
+    payloads = codec.encode(x)
+    local = codec.decode(payloads, unit=True)
+    splits = _spy_splits(monkeypatch)
+    got = _served_float32(
+        tmp_path / "bundles", codec, payloads, workers=2, limits=Limits(max_decode_bytes=512 * MIB)
+    )
+    np.testing.assert_array_equal(got, local)
+    assert {(2, "synthesise"), (2, "strip")} <= set(splits)  # its tiles and strips on the two threads
 
 
 def test_what_fits_the_budget_only_on_one_thread_is_still_decoded_on_one(tmp_path, small_tiles, monkeypatch):
     """Two tiles at once hold twice a tile's graph memory: a big item that a default server admitted before the
     split (priced on one thread) is admitted still, priced and decoded on one thread."""
-    import grpc
-
     from cloud.bundles import priced_codec
     from cloud.limits import Limits
-    from cloud.server import build_server
-    from latent_codec.container import from_tensor, to_batch
-    from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
-    from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 
     shutil.copytree(BUNDLE, tmp_path / "bundles" / BUNDLE.name)
     codec = priced_codec(BUNDLE, 1, need=("encoder", "decoder"))
@@ -286,16 +287,5 @@ def test_what_fits_the_budget_only_on_one_thread_is_still_decoded_on_one(tmp_pat
     assert limits.check(codec, payloads, split=True).threads == 1
     local = codec.decode(payloads, unit=True)
     splits = _spy_splits(monkeypatch)
-    running = build_server(tmp_path / "bundles", "127.0.0.1:0", workers=2)
-    try:
-        with grpc.insecure_channel(f"127.0.0.1:{running.port}") as ch:
-            resp = pb_grpc.DecodingStub(ch).Decode(
-                pb.DecodeRequest(
-                    codes=to_batch(codec, payloads), reconstruction_format=pb.RECONSTRUCTION_FORMAT_FLOAT32
-                ),
-                timeout=120,
-            )
-        np.testing.assert_array_equal(from_tensor(resp.reconstructions, "reconstructions"), local)
-        assert not splits
-    finally:
-        running.stop(grace=1.0)
+    np.testing.assert_array_equal(_served_float32(tmp_path / "bundles", codec, payloads, workers=2), local)
+    assert not splits
