@@ -1,16 +1,15 @@
-"""Where a small payload's bytes go: the entropy coder's termination against the ideal code length, per zoo bundle.
+"""Where a small payload's bytes go: each entropy coder's termination against the ideal code length, per zoo bundle.
 
-    python -m bench.coder_overhead --out docs/coder_overhead.md      # about a minute
+    python -m bench.coder_overhead --out docs/coder_overhead.md      # a few minutes
 
-For every bundle of the zoo (Fashion-MNIST's test items through its Codec, the path edge and cloud run): the real
-payload bytes per item, the ideal code length under the bundle's own tables (``Codec.ideal_bits``: what an
-entropy coder without any termination cost would emit), and their difference. At the low rates the difference is
-most of the payload: constriction's ANS stack starts from an empty state, so the first symbol pushed (the last one
-popped) sits in the state at its 24-bit CDF offset and costs about 24 bits whatever its probability (see the
-report for the rest). A second table codes the *same* symbol streams of the flat bundles (one fixed table per
-code dimension) with constriction's range coder instead, trailing zero bytes dropped as the project's ANS
-payloads drop them, so the two terminations are compared on identical input; no payload format uses the range
-coder today.
+For every bundle of the zoo (Fashion-MNIST's test items through its Codec, the path edge and cloud run), the same
+symbols under the same integer tables coded both ways, side by side in one run: the ANS stack (constriction-ans32,
+the coder of bundles exported before 2026-12-07; a map payload then spells out its size in a two-byte header) and
+the range coder with the shortest termination (constriction-range32, latent_codec/ans.py; a map payload of the
+size the model was trained on has a one-byte header). Ideal: the code length under the tables
+(``Codec.ideal_bits``), what a coder without any termination cost would emit. The ANS stack starts from an empty
+state, so the first symbol pushed (the last one popped) costs about 24 bits whatever its probability; the range
+coder ends on the value of its final interval with the fewest bytes.
 """
 
 from __future__ import annotations
@@ -22,8 +21,10 @@ from pathlib import Path
 
 import numpy as np
 
-from latent_codec import datasets
+from latent_codec import ans, datasets
 from latent_codec.codec import Codec
+from latent_codec.factorized_prior import table_sets
+from latent_codec.families.code_map import MapPayload
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -41,45 +42,34 @@ def bundles(zoo: Path) -> list[Path]:
     return sorted(p.parent for p in zoo.glob("*/manifest.json"))
 
 
-def stripped(words: np.ndarray, keep_three: bool) -> int:
-    """Bytes of a coder's 32-bit words with trailing zero bytes dropped (the ANS payloads drop at most three)."""
-    raw = words.astype("<u4").tobytes()
-    n = len(raw.rstrip(b"\x00"))
-    return max(n, len(raw) - 3) if keep_three else n
-
-
-def range_coded(codec: Codec, payloads: list[bytes]) -> np.ndarray | None:
-    """Bytes per item of the flat bundles' symbols through constriction's range coder (None for other kinds)."""
-    import constriction
-
-    prior = getattr(codec.payload, "prior", None)
-    tables = getattr(prior, "coder_tables", None)
-    if tables is None:
-        return None
-    symbols, _ = codec.symbols(payloads)
-    symbols = np.asarray(symbols).reshape(len(payloads), -1).astype(np.int32)
-    out = np.empty(len(payloads), np.int64)
-    for i, row in enumerate(symbols):  # symbol d under table row d, as the ANS payloads code it
-        enc = constriction.stream.queue.RangeEncoder()
-        enc.encode(row, tables.family, tables.probabilities)
-        out[i] = stripped(enc.get_compressed(), keep_three=False)
-    return out
+def use_coder(codec: Codec, coder: str) -> None:
+    """Switch a loaded codec to a coder in memory, as training.recode does to a bundle on disk."""
+    for t in table_sets(codec.payload):
+        t.coder = coder
+    if isinstance(codec.payload, MapPayload):
+        nominal = (int(codec.input.shape[1]), int(codec.input.shape[2]))
+        codec.payload.nominal_size = nominal if coder == ans.RANGE_CODER else None
 
 
 def measure(bundle: Path, x: np.ndarray) -> dict:
     codec = Codec.open(bundle, threads=1)
     t0 = time.perf_counter()
-    payloads = codec.encode(x)
-    real = np.asarray([len(b) for b in payloads], np.float64)
-    ideal = np.asarray(codec.ideal_bits(payloads), np.float64) / 8
-    rng = range_coded(codec, payloads)
+    shipped = codec.format, table_sets(codec.payload)[0].coder
+    sizes = {}
+    for coder in ans.CODERS:
+        use_coder(codec, coder)
+        payloads = codec.encode(x)
+        sizes[coder] = float(np.mean([len(b) for b in payloads]))
+        if coder == ans.RANGE_CODER:  # the round trip, so a size is never of a stream that does not decode
+            codec.symbols(payloads)
+    ideal = float(np.mean(np.asarray(codec.ideal_bits(payloads), np.float64) / 8))
     return {
         "bundle": bundle.name,
-        "format": codec.format,
-        "payload": float(real.mean()),
-        "ideal": float(ideal.mean()),
-        "overhead": float((real - ideal).mean()),
-        "range": None if rng is None else float(rng.mean()),
+        "format": shipped[0],
+        "coder": shipped[1],
+        "ideal": ideal,
+        "ans": sizes[ans.ANS_CODER],
+        "range": sizes[ans.RANGE_CODER],
         "seconds": time.perf_counter() - t0,
     }
 
@@ -92,27 +82,36 @@ def report(rows: list[dict], items: int) -> str:
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {items} Fashion-MNIST test items per bundle; "
         "do not edit by hand.",
         "",
-        "Payload: the item's real payload bytes (a map payload's 2-byte size header included). Ideal: the code "
-        "length under the bundle's own tables (`Codec.ideal_bits` / 8). Range coder: the flat bundles' same "
-        "symbols under the same tables through constriction's range coder, trailing zero bytes dropped "
-        "(a measurement, not a format: every bundle codes with the ANS stack).",
+        "The same symbols under the same tables, coded both ways in one run. ANS: constriction's ANS stack "
+        "(`constriction-ans32`, bundles exported before 2026-12-07), a map payload's size in a 2-byte header. "
+        "Range: constriction's range coder ending on the shortest value of its final interval "
+        "(`constriction-range32`), a map payload of the trained size with a 1-byte header. Ideal: the code length "
+        "under the tables (`Codec.ideal_bits` / 8). Coder: what the committed bundle ships.",
         "",
-        "| bundle | format | payload B/item | ideal B/item | payload - ideal | share of payload | range coder B/item |",
-        "|---|---|---:|---:|---:|---:|---:|",
+        "| bundle | format | coder | ideal B/item | ANS B/item | range B/item | ANS - ideal | range - ideal | "
+        "range / ANS |",
+        "|---|---|---|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in sorted(rows, key=lambda r: r["payload"]):
-        rng = "-" if r["range"] is None else f"{r['range']:.2f}"
+    for r in sorted(rows, key=lambda r: r["ideal"]):
         lines.append(
-            f"| `{r['bundle']}` | {r['format']} | {r['payload']:.2f} | {r['ideal']:.2f} | {r['overhead']:.2f} | "
-            f"{100 * r['overhead'] / r['payload']:.0f} % | {rng} |"
+            f"| `{r['bundle']}` | {r['format']} | {r['coder'].removeprefix('constriction-')} | {r['ideal']:.2f} | "
+            f"{r['ans']:.2f} | {r['range']:.2f} | {r['ans'] - r['ideal']:.2f} | {r['range'] - r['ideal']:.2f} | "
+            f"{r['range'] / r['ans']:.3f} |"
         )
-    low = [r for r in rows if r["payload"] <= 10]
-    if low:
+    low = [r for r in rows if r["ans"] <= 10]
+    if rows:
+        a = np.mean([r["ans"] - r["ideal"] for r in rows])
+        b = np.mean([r["range"] - r["ideal"] for r in rows])
         lines += [
             "",
-            "At the ladder's low end the termination is a third to half of every payload: "
-            + ", ".join(f"`{r['bundle']}` {r['overhead']:.1f} of {r['payload']:.1f} B" for r in low)
-            + ". It is paid once per item, so it matters only where items are a few bytes; above about 40 B it is "
+            f"Over the ideal length, averaged over the bundles: ANS {a:.2f} B/item, range {b:.2f} B/item "
+            "(a map's header included).",
+        ]
+    if low:
+        lines += [
+            "At the ladder's low end this is a third to half of every payload: "
+            + ", ".join(f"`{r['bundle']}` {r['ans']:.2f} -> {r['range']:.2f} B" for r in low)
+            + ". It is paid once per item, so it matters where items are a few bytes; above about 40 B it is "
             "under a tenth.",
         ]
     lines.append("")

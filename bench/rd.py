@@ -37,6 +37,8 @@ TARGET_BYTES = 32.0
 PROJECT = "aecodec (all bundles)"  # the Pareto front over every project bundle: what a user picks from
 TARGET_DB = 3.0
 WINDOW_DB = (24.0, 34.0)  # issue 10: BD-rate vs WebP over WebP's settings in this range, no extrapolation
+WIDE_WINDOW_DB, WIDE_WINDOW_TARGET = (24.0, 36.0), -50.0  # issue 26: half WebP's bytes up to 36 dB
+SMALL_BYTES, SMALL_TARGET_DB = 8.0, 20.0  # issue 26: a front point of at most 8 bytes reaching 20 dB
 WINDOW_TARGET = -30.0  # percent
 TOP_DB = 34.0  # the project's front must reach this
 
@@ -209,27 +211,45 @@ def summarise(rows: list[dict]) -> dict:
         if "WebP" in v and v["WebP"]["bd_rate_percent"] is not None
     ]
     front = cs.get(PROJECT) or (cs[families[0]] if families else [])
-    window = None
-    if front and "WebP" in cs:
+
+    def webp_window(db: tuple[float, float], target: float) -> dict | None:
+        if not front or "WebP" not in cs:
+            return None
         w = cs["WebP"]
         val, rng = bd_rate_window(
             [r["bytes"] for r in w],
             [r["psnr"] for r in w],
             [r["bytes"] for r in front],
             [r["psnr"] for r in front],
-            *WINDOW_DB,
+            *db,
         )
-        window = {
+        whole = rng is not None and rng[1] - rng[0] >= db[1] - db[0] - 0.01
+        return {
             "bd_rate_percent": val,
             "psnr_range": rng,
-            "window": list(WINDOW_DB),
-            "target_percent": WINDOW_TARGET,
-            "met": val is not None and val <= WINDOW_TARGET and rng is not None and rng[1] - rng[0] >= 9.99,
+            "window": list(db),
+            "target_percent": target,
+            "met": val is not None and val <= target and whole,
         }
+
+    window = webp_window(WINDOW_DB, WINDOW_TARGET)
+    small = [r for r in front if r["bytes"] <= SMALL_BYTES]
+    best_small = max(small, key=lambda r: r["psnr"], default=None)
     top = max((r["psnr"] for r in front), default=None)
     return {
         "bd_rate": bd,
         "webp_window": window,
+        "webp_window_wide": webp_window(WIDE_WINDOW_DB, WIDE_WINDOW_TARGET),
+        "best_at_small_bytes": None
+        if best_small is None
+        else {
+            "bundle": best_small["setting"],
+            "bytes": best_small["bytes"],
+            "psnr": best_small["psnr"],
+            "max_bytes": SMALL_BYTES,
+            "target_psnr": SMALL_TARGET_DB,
+            "met": best_small["psnr"] >= SMALL_TARGET_DB,
+        },
         "front_max_psnr": top,
         "front_reaches_top": top is not None and top >= TOP_DB,
         "bytes_at_30db": {c: bytes_at(v, 30.0) for c, v in cs.items() if not v[0].get("lossless")},

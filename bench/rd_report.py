@@ -102,6 +102,21 @@ def markdown(meta: dict, rows: list[dict], summary: dict, curves: dict[str, list
         lines.append(
             "- BD-rate vs WebP over 24–34 dB: the curves share no part of that window (target NOT met)."
         )
+    wide = summary.get("webp_window_wide")
+    if wide and wide["bd_rate_percent"] is not None:
+        lo, hi = wide["psnr_range"]
+        lines.append(
+            f"- BD-rate vs WebP over {lo:.2f}–{hi:.2f} dB (issue 26's window, 24–36 dB, the same method): "
+            f"**{wide['bd_rate_percent']:+.1f} %** (target ≤ {wide['target_percent']:.0f} %: "
+            f"{'met' if wide['met'] else 'NOT met'})."
+        )
+    small = summary.get("best_at_small_bytes")
+    if small:
+        lines.append(
+            f"- The best front point of at most {small['max_bytes']:.0f} bytes: `{small['bundle']}`, "
+            f"{small['psnr']:.2f} dB at {small['bytes']:.2f} bytes (target ≥ {small['target_psnr']:.0f} dB: "
+            f"{'met' if small['met'] else 'NOT met'})."
+        )
     at30 = {c: v for c, v in (summary.get("bytes_at_30db") or {}).items() if v is not None}
     if at30:
         lines.append(
@@ -199,9 +214,11 @@ def _notes(rows: list[dict], recipe: bool = False) -> list[str]:
         f"- Per-item framing: a DecodeRequest adds {dec:.2f} bytes/item on average over the payload (a size varint "
         f"per item plus the batch header shared by 500 items); an IngestRequest adds {ing:.1f} bytes/item "
         "(each IngestItem's own tag and length, its payload's length, its item_seq and its capture-time offset).",
-        f"- The payload includes the ANS coder's termination: {over} bytes/item on average above the prior's ideal code "
-        "length (the first symbol sits at its CDF offset in constriction's 24-bit-precision state). It is paid by "
-        "PCA too, which uses the same coder.",
+        f"- The payload includes the entropy coder's termination (and a map's size header): {over} bytes/item on "
+        "average above the prior's ideal code length. Bundles name their coder: the range coder with the shortest "
+        "termination (`constriction-range32`, under a byte; a map of its trained size has a 1-byte header) or, for "
+        "bundles exported before it, the ANS stack (`constriction-ans32`, about 3 bytes; docs/coder_overhead.md). "
+        "PCA's rows use the same coder as new bundles.",
         *(
             [RECIPE_NOTE]
             if recipe
@@ -223,7 +240,7 @@ def _notes(rows: list[dict], recipe: bool = False) -> list[str]:
 
 FAMILIES = {
     "vq": "one-hot code: the index of the nearest of 4096 codewords (training/models/vq.py), trained by Lloyd "
-    "iterations; one 12-bit symbol, which the ANS coder's minimum payload of about 3 bytes holds. The codewords "
+    "iterations; one 12-bit symbol, about 2 bytes once range-coded (3 with the ANS stack). The codewords "
     "live in the training data's top-64 PCA subspace, so the bundle holds 4096 x 64 numbers (float16), not "
     "4096 x 784 twice.",
     "conv": "5x5 stride-2 convolutions (32 channels), an MLP (256) to a 64-dim global code and back, transposed "

@@ -177,8 +177,7 @@ def floor(codec, idx: np.ndarray, y_sym: np.ndarray, z: np.ndarray | None, repea
     """What the new path's table selection and entropy coding cannot go below as built: the coder's own calls
     (one per table run, as many as the tables an item uses) with nothing else around them, and the hyper-decoder's
     multiply-adds per item (float64 products: its exactness bound is past float32's 2^24)."""
-    import constriction
-
+    from latent_codec import ans
     from latent_codec.families.code_map import _TableRuns
 
     p = codec.payload
@@ -188,13 +187,11 @@ def floor(codec, idx: np.ndarray, y_sym: np.ndarray, z: np.ndarray | None, repea
     items = [runs.item(j) for j in range(n)]
     calls = float(np.mean([len(s) for s, _, _ in items])) + (1.0 if z is not None else 0.0)
 
-    def bare() -> None:  # ŷ's runs only: each item's ANS stream, one encode call per run
+    def bare() -> None:  # ŷ's runs only: each item's stream in the bundle's coder, one encode call per run
         for j, (starts, ends, models) in enumerate(items):
-            coder = constriction.stream.stack.AnsCoder()
-            sym = ordered[j]
-            for r in range(len(starts) - 1, -1, -1):
-                coder.encode_reverse(sym[starts[r] : ends[r]], models[r])
-            coder.get_compressed()
+            enc = ans.encoder(p.coder)
+            enc.push_runs(ordered[j], starts, ends, models)
+            enc.finish()
 
     cpu, _ = timed(bare, repeats)
     macs = 0.0
@@ -285,7 +282,7 @@ def lock_release(codec, x: np.ndarray, repeats: int) -> list[dict]:
             out = runs.empty()
             zz = np.empty_like(z) if z is not None else None
             for j, (payload, pos) in enumerate(zip(groups[k], starts)):
-                dec = ans.Decoder(payload[pos:])
+                dec = ans.decoder(payload[pos:], p.coder)
                 if zz is not None:
                     p._pop_z(dec, zz[j].reshape(-1), hz, wz)
                 a, b, t = runs.item(j)

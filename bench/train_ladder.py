@@ -96,6 +96,25 @@ PRESETS: dict[str, dict] = {
         "lr": 1e-3,
         "batch_size": 32,
     },
+    # The spatial chain's second stage: every rung from 0.0004 to 0.0256 (the rungs the 24-36 dB comparison
+    # uses) continues from its own lambda's committed checkpoint (checkpoints/spatial) for another 4 epochs
+    # under a fresh cosine schedule at half the first stage's peak rate (a warm restart, as photo-long); its
+    # bundles keep the first stage's names (zoo/spatial-lambda-L). Rungs are independent, so two processes can
+    # share the lambdas (--lambdas ... --checkpoints-only, then one run with --resume exports them all).
+    "spatial-long": {
+        "model": "spatial",
+        "args": {"channels": 64, "code_channels": 32, "hyper_channels": 24, "entropy": "hyperprior"},
+        "lambdas": "0.0004,0.0008,0.0016,0.0032,0.0064,0.0128,0.0256",
+        "start_from": "checkpoints/spatial",
+        "epochs": 4,
+        "bundle_name": "spatial",
+        "lr": 5e-4,
+        "batch_size": 32,
+        "threads": 1,
+        "schedule": "cosine",
+        "checkpoint_minutes": 10,
+        "runs": "runs/spatial-long",
+    },
     # The same maps with a per-channel factorised prior instead of the hyperprior, at two rates: each rung starts
     # from the hyperprior ladder's transforms at the same lambda and trains 4 epochs, as the hyperprior rungs do,
     # so the two entropy models are compared on equal footing (run after the spatial preset). The committed

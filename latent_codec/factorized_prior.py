@@ -23,6 +23,7 @@ class FactorizedPrior:
 
     tables: np.ndarray  # (D, levels) int64, each row sums to 2**precision, entries >= 1
     precision: int = 16
+    coder: str = ans.DEFAULT_CODER  # the entropy coder its streams use (latent_codec/ans.py)
 
     # ---- fitting ----------------------------------------------------------
     @classmethod
@@ -78,17 +79,16 @@ class FactorizedPrior:
 
     # ---- (de)serialisation --------------------------------------------------
     def to_dict(self) -> dict:
-        return {"coder": ans.CODER_NAME, "precision": self.precision, "tables": self.tables.tolist()}
+        return {"coder": self.coder, "precision": self.precision, "tables": self.tables.tolist()}
 
     @classmethod
     def from_dict(cls, d: dict) -> FactorizedPrior:
-        if d.get("coder") != ans.CODER_NAME:
-            raise ValueError(f"unknown entropy coder {d.get('coder')!r} (this build has {ans.CODER_NAME!r})")
+        coder = ans.check_coder(str(d.get("coder")))
         precision = int(d["precision"])
         tables = np.asarray(d["tables"], dtype=np.int64)
         if tables.ndim != 2 or np.any(tables < 1) or np.any(tables.sum(axis=1) != (1 << precision)):
             raise ValueError("entropy tables must be positive integers, each row summing to 2**precision")
-        return cls(tables, precision)
+        return cls(tables, precision, coder)
 
     # ---- facts ------------------------------------------------------------------
     @property
@@ -101,7 +101,7 @@ class FactorizedPrior:
 
     @cached_property
     def coder_tables(self) -> ans.Tables:
-        """The tables as the ANS coder's models (built once)."""
+        """The tables as the coder's models (built once)."""
         return ans.Tables(self.tables, self.precision)
 
     def bits(self, symbols: np.ndarray) -> np.ndarray:
@@ -115,7 +115,7 @@ class FactorizedPrior:
 
     # ---- coding: one row per code dimension ----------------------------------------
     def encode(self, symbols: np.ndarray) -> list[bytes]:
-        """(N, D) symbols -> N ANS streams (symbol d under row d)."""
+        """(N, D) symbols -> N entropy-coded streams (symbol d under row d)."""
         s = np.asarray(symbols).reshape(len(symbols), -1)
         if s.shape[1] != self.dims:
             raise PayloadError(f"code has {s.shape[1]} dimensions, entropy tables have {self.dims}")
@@ -123,19 +123,26 @@ class FactorizedPrior:
             raise PayloadError(f"symbols outside 0..{self.levels - 1}")
         out = []
         for row in s.astype(np.int32):
-            enc = ans.Encoder()
+            enc = ans.encoder(self.coder)
             enc.push_rows(row, self.coder_tables)
             out.append(enc.finish())
         return out
 
     def decode(self, payloads: list[bytes]) -> np.ndarray:
-        """N ANS streams -> (N, D) uint16 symbols. PayloadError names the first corrupt item."""
+        """N entropy-coded streams -> (N, D) uint16 symbols. PayloadError names the first corrupt item."""
         out = np.empty((len(payloads), self.dims), dtype=np.uint16)
         for i, p in enumerate(payloads):
             try:
-                dec = ans.Decoder(p)
+                dec = ans.decoder(p, self.coder)
                 out[i] = dec.pop_rows(self.coder_tables)
                 dec.finish()
             except PayloadError as exc:
                 raise PayloadError(f"item {i}: {exc}") from None
         return out
+
+
+def table_sets(payload: object) -> list[FactorizedPrior]:
+    """Every table set of a payload section (a flat code's prior; a code map's ŷ and ẑ tables): one coder
+    codes them all, so switching a bundle's coder (training/recode.py) switches each of these."""
+    found = [getattr(payload, name, None) for name in ("prior", "y_tables", "z_tables")]
+    return [p for p in found if isinstance(p, FactorizedPrior)]

@@ -11,7 +11,7 @@ from latent_codec.errors import PayloadError
 from latent_codec.factorized_prior import FactorizedPrior
 from latent_codec.families.code_map import MapPayload
 from latent_codec.families.hyper_decoder import IntegerHyperDecoder
-from latent_codec.varint import put_varint
+from latent_codec.varint import VarintError, get_varint, put_varint
 
 
 def _tables(rng, k: int, levels: int) -> FactorizedPrior:
@@ -72,3 +72,42 @@ def test_hostile_bytes_give_payload_errors_or_symbols_never_anything_else(entrop
         return
     hy, wy = p.code_size(*sizes[0])
     assert y.shape == (1, 4, hy, wy) and int(y.max(initial=0)) < 16
+
+
+# ---- the size header -----------------------------------------------------------------------------------------
+def _bare_payload(nominal: tuple[int, int] | None = None) -> MapPayload:
+    """A factorized map payload of 4 channels, enough to read and write size headers."""
+    tables = FactorizedPrior(np.full((4, 16), 1 << 12, np.int64))
+    return MapPayload("factorized", 4, 4, 4, tables, nominal_size=nominal)
+
+
+def test_size_header_varints_round_trip_and_truncation_is_an_error():
+    for v in (0, 1, 127, 128, 300, 32768, 1 << 20):
+        assert get_varint(put_varint(v), 0) == (v, len(put_varint(v)))
+    with pytest.raises(VarintError) as e:
+        get_varint(b"\x80\x80", 0)
+    assert e.value.truncated
+    with pytest.raises(VarintError) as e:
+        get_varint(b"\x80" * 5 + b"\x01", 0, 28)
+    assert not e.value.truncated
+    # The map header turns both into a PayloadError naming the item.
+    with pytest.raises(PayloadError, match="item 0: payload ends inside its size header"):
+        _bare_payload()._headers([b"\x80\x80"])
+    with pytest.raises(PayloadError, match="item 1: payload size header is malformed"):
+        _bare_payload()._headers([put_varint(28) + put_varint(28), b"\xff" * 6])
+
+
+def test_a_payload_of_the_nominal_size_has_a_one_byte_size_header():
+    """Bundles exported since the range coder name the size they were trained on: its header is the one byte
+    0 (H is never 0); any other size is spelled out; a bundle without one refuses the short header."""
+    p = _bare_payload((28, 28))
+    assert p.size_header(28, 28) == b"\x00"
+    assert p.size_header(13, 22) == put_varint(13) + put_varint(22)
+    sizes, starts = p._headers([b"\x00\x07", put_varint(13) + put_varint(22) + b"\x07"])
+    assert sizes.tolist() == [[28, 28], [13, 22]] and starts == [1, 2]
+    again = MapPayload.from_dict(p.to_dict())
+    assert again.nominal_size == (28, 28) and again.size_header(28, 28) == b"\x00"
+    old = _bare_payload()
+    assert old.size_header(28, 28) == put_varint(28) + put_varint(28)
+    with pytest.raises(PayloadError, match="item 0: payload claims a 0x7 item"):
+        old._headers([b"\x00\x07"])

@@ -220,7 +220,8 @@ def test_bad_ingest_requests_are_invalid_argument_naming_the_field(served, encod
         (pb.IngestRequest(device_id="d", items=[item(captured_at_ms=-1)]), "captured_at_ms is negative"),
         (pb.IngestRequest(device_id="d", items=[item(item_id="x" * 300)]), "limit is 256"),
         (
-            pb.IngestRequest(device_id="d", items=[item(bundle_id=ans_enc.bundle_id, payload=b"\1")]),
+            # not what the range coder writes (it never ends a stream on a zero byte)
+            pb.IngestRequest(device_id="d", items=[item(bundle_id=ans_enc.bundle_id, payload=b"\1\0")]),
             "does not fit bundle",
         ),
     ]

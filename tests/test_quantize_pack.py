@@ -100,12 +100,12 @@ def test_split_validation():
     q = Quantiser.fit_affine(np.zeros((2, 1), np.float32), 4)
     variable = codes_codec(FlatPayload(q, 1, FactorizedPrior.fit(np.zeros((2, 1), np.int64), q.levels)))
     batch = to_batch(variable, [b"a", b"bcd"])
-    assert (batch.data, list(batch.sizes), batch.count, batch.format) == (b"abcd", [1, 3], 2, "affine4+ans")
+    assert (batch.data, list(batch.sizes), batch.count, batch.format) == (b"abcd", [1, 3], 2, "affine4+range")
     assert from_batch(variable, batch) == [b"a", b"bcd"]
     fixed = codes_codec(FlatPayload(q, 3))  # 12 bits -> 2 bytes per item
     assert list(to_batch(fixed, [b"ab", b"cd"]).sizes) == []
     batch.format = "affine8"
-    with pytest.raises(PayloadError, match="codes.format is 'affine8' but bundle  uses 'affine4\\+ans'"):
+    with pytest.raises(PayloadError, match="codes.format is 'affine8' but bundle  uses 'affine4\\+range'"):
         from_batch(variable, batch)
     with pytest.raises(PayloadError, match="codes.data is 5 bytes; 3 items of 2 bytes need 6"):
         split_payloads(b"abcde", [], 3, 2)

@@ -68,7 +68,7 @@ def test_pca_baseline_pays_the_project_framing():
 
         spec = FlatPayload(q, k, FactorizedPrior.fit(q.quantise(z[:, :k]), q.levels))
         sizes, rec = pca.roundtrip(model, spec, k, test)
-        assert spec.format.endswith("+ans") and sizes.min() >= 1
+        assert spec.format.endswith("+range") and sizes.min() >= 0
         results.append((sizes.mean(), psnr(test, rec)))
     assert results[1][1] > results[0][1] and results[1][0] > results[0][0]
 
@@ -153,7 +153,9 @@ def test_chained_ladder_on_digits(tmp_path):
     first, second = summary["rungs"]
     assert first["started_from"] == "scratch" and first["epochs"] == 4
     assert second["started_from"].endswith("lambda-0.01.pt") and second["epochs"] == 2
-    assert second["test_bytes_per_item"] < first["test_bytes_per_item"]
+    # the higher lambda learns a cheaper code (at this toy size both payloads range-code to about a byte)
+    assert second["train_bits_learned"] < first["train_bits_learned"]
+    assert second["test_bytes_per_item"] <= first["test_bytes_per_item"]
     assert (tmp_path / "bundles" / "conv-lambda-0.3" / "manifest.json").is_file()
 
 

@@ -37,7 +37,7 @@ def test_decode_matches_local_decoding_and_metrics(stub, fashion_bundle):
 def test_entropy_coded_bundle_decodes(stub, digits_bundle):
     x = datasets.load("digits", "test").x[:50]
     req, payloads = make_request(digits_bundle, x, fmt=pb.RECONSTRUCTION_FORMAT_FLOAT32)
-    assert req.codes.format.endswith("+ans") and len(req.codes.sizes) == 50
+    assert req.codes.format.endswith("+range") and len(req.codes.sizes) == 50
     resp = stub.Decode(req, timeout=30)
     rec = from_tensor(resp.reconstructions)
     assert rec.dtype == np.float32 and rec.shape == (50, 1, 8, 8)

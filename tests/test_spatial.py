@@ -22,7 +22,7 @@ from latent_codec.container import to_batch, to_tensor
 from latent_codec.errors import BundleError, DataError, PayloadError
 from latent_codec.families.code_map import MapCodec, MapPayload
 from latent_codec.families.hyper_decoder import IntegerHyperDecoder
-from latent_codec.varint import VarintError, get_varint, put_varint
+from latent_codec.varint import put_varint
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 from tests.helpers import fashion_test_items
@@ -95,8 +95,10 @@ def test_one_batch_must_share_a_size_and_decode_each_takes_a_mix(hyper_bundle):
     assert [m.shape for m in mixed] == [(1, 10, 12), (1, 28, 20), (1, 10, 12)]
     np.testing.assert_array_equal(mixed[2], codec.decode([a[1]])[0])
     assert codec.first_invalid([a[0], b[0], a[1]]) is None
-    assert codec.first_invalid([a[0], b[0][:-2] + b"\xff\xff", a[1]]) in (1, None)  # ANS may accept garbage
-    assert codec.first_invalid([a[0], b"\x00", a[1]]) == 1
+    # garbage in the stream may decode to other symbols (an efficient code has little redundancy to notice)
+    assert codec.first_invalid([a[0], b[0][:-2] + b"\xff\xff", a[1]]) in (1, None)
+    assert codec.first_invalid([a[0], b[0] + b"\x00", a[1]]) == 1  # padding: not what the encoder wrote
+    assert codec.first_invalid([a[0], b"\x05", a[1]]) == 1  # a header cut after its H
 
 
 def test_factorized_map_bundle_round_trips_any_size(factorized_bundle):
@@ -237,7 +239,7 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
                 )
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "share a size" in err.value.details()
-            for bad in (b"", b"\x80", put_varint(0) + put_varint(4), put_varint(40000) + put_varint(1)):
+            for bad in (b"", b"\x80", put_varint(4) + put_varint(0), put_varint(40000) + put_varint(1)):
                 with pytest.raises(grpc.RpcError) as err:
                     stub.Decode(pb.DecodeRequest(codes=to_batch(codec, [bad])), timeout=30)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad
@@ -252,22 +254,6 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
 
 
 # ---- the payload format -------------------------------------------------------------------------------------
-def test_size_header_varints_round_trip_and_truncation_is_an_error():
-    for v in (0, 1, 127, 128, 300, 32768, 1 << 20):
-        assert get_varint(put_varint(v), 0) == (v, len(put_varint(v)))
-    with pytest.raises(VarintError) as e:
-        get_varint(b"\x80\x80", 0)
-    assert e.value.truncated
-    with pytest.raises(VarintError) as e:
-        get_varint(b"\x80" * 5 + b"\x01", 0, 28)
-    assert not e.value.truncated
-    # The map header turns both into a PayloadError naming the item.
-    with pytest.raises(PayloadError, match="item 0: payload ends inside its size header"):
-        MapPayload._headers([b"\x80\x80"])
-    with pytest.raises(PayloadError, match="item 1: payload size header is malformed"):
-        MapPayload._headers([put_varint(28) + put_varint(28), b"\xff" * 6])
-
-
 def test_map_manifest_round_trips_and_refuses_inconsistent_tables(hyper_bundle, tmp_path):
     m = load_bundle(hyper_bundle).manifest
     assert isinstance(m.payload, MapPayload)

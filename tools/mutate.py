@@ -163,7 +163,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "tables-no-relu",
         "latent_codec/families/hyper_decoder.py",
-        "                np.maximum(a, 0, out=a)\n",
+        "        np.maximum(a, 0, out=a)\n",
         "",
         (TABLES, SPATIAL, EXACT),
         "the integer hyper-decoder leaves out h_s's ReLU",
@@ -347,6 +347,31 @@ MUTATIONS: list[Mutation] = [
         '"SELECT seq, item_id, bundle_id, payload, captured_at_ms, original, name FROM items WHERE seq > ? + 1 "',
         (ACK, "tests/test_ingest_faults.py"),
         "the sender's read of the spool skips an item after each batch",
+    ),
+    # ---- the range coder's termination, canonical check and the short size header ------------------------------
+    Mutation(
+        "range-seal-not-shortest",
+        "latent_codec/ans.py",
+        "value = shortest_in(lo, lo + span - 1)",
+        "value = lo + span - 1",
+        ("tests/test_entropy_coding.py",),
+        "the range coder ends on the top of its final interval instead of its shortest value",
+    ),
+    Mutation(
+        "range-no-canonical-check",
+        "latent_codec/ans.py",
+        "if self._popped.finish() != self._data:",
+        "if False:",
+        ("tests/test_entropy_coding.py",),
+        "a range-coded payload with bytes the encoder would not have written is accepted",
+    ),
+    Mutation(
+        "map-no-nominal-header",
+        "latent_codec/families/code_map.py",
+        "if (h, w) == self.nominal_size:",
+        "if False:",
+        (SPATIAL,),
+        "every map payload spells out its size, the trained size too",
     ),
 ]
 

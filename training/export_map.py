@@ -109,7 +109,7 @@ def export_map(job: ExportJob) -> Manifest:
                 tables = FactorizedPrior.gaussian(scale_table(), yb)
                 args = (model.entropy, m, STRIDE, yb, tables, model.args["hyper_channels"], 2, zb)
                 if context is not None:
-                    return CheckerboardPayload(*args, z_tables, decoder, context)
+                    return CheckerboardPayload(*args, z_tables, decoder, context=context)
                 return cls(*args, z_tables, decoder)
 
             if cls is CheckerboardPayload:  # the residuals of both colours, as the codec computes them
@@ -129,6 +129,7 @@ def export_map(job: ExportJob) -> Manifest:
                 payload = make(grid_bits(torch.from_numpy(np.concatenate(residuals))))
             else:
                 payload = make(grid_bits(torch.from_numpy(np.concatenate(ys))))
+    payload.nominal_size = (int(input_spec.shape[1]), int(input_spec.shape[2]))  # the one-byte size header
     manifest = new_manifest(job, input_spec, model.code_shape, payload, len(train), par)
     manifest.seal(enc_bytes, dec_bytes)
     write_bundle(out, manifest, enc_bytes, dec_bytes, test, force)

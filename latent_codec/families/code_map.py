@@ -77,6 +77,9 @@ class MapPayload:
     z_grid_bits: int = 0
     z_tables: FactorizedPrior | None = None  # (Nh, z levels)
     hyper_decoder: IntegerHyperDecoder | None = None
+    # The item size a one-byte header stands for (bundles exported since 2026-12-07: the size the model was
+    # trained on); None: every header spells out H and W (earlier bundles, whose payloads stay byte-identical).
+    nominal_size: tuple[int, int] | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # derived, cached
 
     def __post_init__(self) -> None:
@@ -109,6 +112,11 @@ class MapPayload:
         return None  # always variable size
 
     @property
+    def coder(self) -> str:
+        """The entropy coder of the whole stream (ẑ and ŷ tables name the same one)."""
+        return self.y_tables.coder
+
+    @property
     def code_dims(self) -> int:
         """Code elements per STRIDE x STRIDE block of pixels (a per-item count depends on the item's size)."""
         return self.code_channels
@@ -137,6 +145,8 @@ class MapPayload:
             "y_tables": self.y_tables.to_dict(),
             "item_bytes": None,
         }
+        if self.nominal_size is not None:
+            d["nominal_size"] = list(self.nominal_size)
         if self.has_hyper:
             assert self.z_tables is not None and self.hyper_decoder is not None
             d.update(
@@ -170,6 +180,11 @@ class MapPayload:
             )
         if p.stride < 1 or p.code_channels < 1:
             raise ValueError("map stride and code_channels must be positive")
+        if d.get("nominal_size") is not None:
+            nh, nw = (int(v) for v in d["nominal_size"])
+            if not (1 <= nh <= MAX_SIDE and 1 <= nw <= MAX_SIDE):
+                raise ValueError(f"nominal_size {nh}x{nw} outside 1..{MAX_SIDE}")
+            p.nominal_size = (nh, nw)
         if entropy == "factorized" and p.y_tables.dims != p.code_channels:
             raise ValueError(f"factorized map has {p.y_tables.dims} tables for {p.code_channels} channels")
         if p.has_hyper:
@@ -182,6 +197,8 @@ class MapPayload:
                 raise ValueError("the hyper-decoder upsamples by 2: hyper_stride must be 2")
             if p.z_tables.dims != p.hyper_channels or p.z_tables.levels != 1 << p.z_grid_bits:
                 raise ValueError("hyperprior z tables do not match hyper_channels and z_grid_bits")
+            if p.z_tables.coder != p.coder:
+                raise ValueError("z and y tables of one map must name the same entropy coder")
             hd = p.hyper_decoder
             if hd.w1.shape[0] != p.hyper_channels or hd.w2.shape[0] != p.hyper_outputs:
                 raise ValueError("hyper-decoder shapes do not match the map's channels")
@@ -304,30 +321,40 @@ class MapPayload:
             runs = _TableRuns(idx, self._y_models, presorted=self.entropy == "factorized")
             ordered = runs.sort(y_sym[i0:i1])
             for j in range(i1 - i0):
-                enc = ans.Encoder()
+                enc = ans.encoder(self.coder)
                 if z_sym is not None:  # ẑ first: the decoder needs it to choose ŷ's tables
                     self._push_z(enc, z_flat[i0 + j], hz, wz)
                 starts, ends, tables = runs.item(j)
                 enc.push_runs(ordered[j], starts, ends, tables)
                 i = i0 + j
-                out.append(put_varint(int(sizes[i][0])) + put_varint(int(sizes[i][1])) + enc.finish())
+                out.append(self.size_header(int(sizes[i][0]), int(sizes[i][1])) + enc.finish())
             if progress is not None:
                 progress("entropy-code", i1, n)
         return out
+
+    def size_header(self, h: int, w: int) -> bytes:
+        """[H varint][W varint]; with a nominal size, the one byte 0 stands for it (H is never 0)."""
+        if (h, w) == self.nominal_size:
+            return b"\x00"
+        return put_varint(h) + put_varint(w)
 
     def sizes(self, payloads: list[bytes]) -> np.ndarray:
         """(N, 2) true item sizes from the headers alone: cheap, checked before any decoding."""
         return self._headers(payloads)[0]
 
-    @staticmethod
-    def _headers(payloads: list[bytes]) -> tuple[np.ndarray, list[int]]:
-        """(N, 2) sizes and where each payload's ANS stream starts; PayloadError for a header out of bounds."""
+    def _headers(self, payloads: list[bytes]) -> tuple[np.ndarray, list[int]]:
+        """(N, 2) sizes and where each payload's entropy-coded stream starts; PayloadError for a header out of
+        bounds."""
         out = np.empty((len(payloads), 2), np.int64)
         starts = []
+        nominal = self.nominal_size
         for i, p in enumerate(payloads):
             try:
                 h, pos = get_varint(p, 0, HEADER_BITS)
-                w, pos = get_varint(p, pos, HEADER_BITS)
+                if h == 0 and nominal is not None:
+                    h, w = nominal
+                else:
+                    w, pos = get_varint(p, pos, HEADER_BITS)
             except VarintError as exc:
                 why = (
                     "payload ends inside its size header"
@@ -369,7 +396,7 @@ class MapPayload:
             z_sym = np.empty((n, self.hyper_channels, hz, wz), np.uint16)
         for i, (p, pos) in enumerate(zip(payloads, starts)):
             try:
-                dec = ans.Decoder(p[pos:])
+                dec = ans.decoder(p[pos:], self.coder)
                 if z_sym is not None:
                     self._pop_z(dec, z_sym[i].reshape(-1), hz, wz)
             except PayloadError as exc:

@@ -20,6 +20,7 @@ from typing import ClassVar, NamedTuple
 
 import numpy as np
 
+from .. import ans
 from ..bit_packing import pack_bits, unpack_bits
 from ..bundle import Bundle
 from ..codec import Codec, Side
@@ -66,7 +67,9 @@ class FlatPayload:
     @property
     def format(self) -> str:
         name = self.quantiser.name
-        return f"{name}+ans" if self.prior is not None else name
+        if self.prior is None:
+            return name
+        return f"{name}+{'ans' if self.prior.coder == ans.ANS_CODER else 'range'}"
 
     @property
     def fixed_bits(self) -> int:
