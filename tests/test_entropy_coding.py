@@ -69,8 +69,25 @@ def test_corrupt_payload_raises_payload_error(damage, coder):
         "garbage": b"\xff" * (len(p) + 6),
         "flip-last": p[:-1] + bytes([p[-1] ^ 0x01]),
     }[damage]
-    with pytest.raises(PayloadError):
+    with ans.verifying(), pytest.raises(PayloadError):  # as the cloud validates what it stores
         unpack_codes(spec, good[:7] + [bad] + good[8:])
+
+
+def test_plain_decoding_of_range_coded_streams_skips_the_canonical_pass():
+    """Decoding alone ignores bytes past the ones the symbols need (the second pass costs as much as the
+    coder's calls); validation (Codec.first_invalid, ans.verifying) refuses them."""
+    spec, z = _spec(seed=5, coder=ans.RANGE_CODER)
+    good = pack_codes(spec, z[:20])
+    padded = [p + b"\x01" for p in good]
+    np.testing.assert_array_equal(unpack_codes(spec, padded)[0], unpack_codes(spec, good)[0])
+    c = codes_codec(spec)
+    assert c.first_invalid(good) is None and c.first_invalid(good[:3] + padded[3:]) == 3
+    assert (
+        c.problem(padded[0])
+        == "range-coded payload is not what its symbols encode to (corrupt or wrong bundle)"
+    )
+    with pytest.raises(PayloadError, match="ends in a zero byte"):  # refused always
+        unpack_codes(spec, [good[0] + b"\x00"])
 
 
 def test_a_cut_range_coded_payload_never_decodes_to_its_own_symbols():
@@ -83,7 +100,8 @@ def test_a_cut_range_coded_payload_never_decodes_to_its_own_symbols():
     for i, p in enumerate(good):
         for cut in range(len(p)):
             try:
-                other, _ = unpack_codes(spec, [p[:cut]])
+                with ans.verifying():
+                    other, _ = unpack_codes(spec, [p[:cut]])
             except PayloadError:
                 continue
             assert not np.array_equal(other[0], codes[i])
@@ -145,3 +163,28 @@ def test_an_empty_payload_is_the_code_of_the_most_probable_symbols(coder):
     assert min(len(p) for p in payloads) == 0
     assert np.array_equal(prior.decode([b""]), np.zeros((1, 8)))
     assert np.array_equal(prior.decode(payloads), s[1:40])
+
+
+def test_ans_streams_stay_byte_identical_for_bundles_that_name_the_ans_stack():
+    """Payloads stored under bundles that name constriction-ans32 must keep decoding: the ANS stack's bytes for
+    fixed symbols and tables, recorded with the coder as it was before the range coder arrived (commit 9c03bb6).
+    The photo zoo pins the map layouts (tests/test_zoo_payloads.py); this pins the per-dimension rows path."""
+    import hashlib
+
+    rng = np.random.default_rng(26)
+    t = np.maximum(1, np.floor(rng.dirichlet(np.full(16, 0.4), size=8) * (65536 - 16))).astype(np.int64)
+    t[:, 0] += 65536 - t.sum(axis=1)
+    for row in t:  # (draws that keep the recorded sequence)
+        rng.choice(16, size=8, p=row / 65536)
+    sym = np.stack([[rng.choice(16, p=t[d] / 65536) for d in range(8)] for _ in range(50)]).astype(np.int32)
+    tables = ans.Tables(t, 16)
+    h = hashlib.sha256()
+    for row in sym:
+        enc = ans.encoder(ans.ANS_CODER)
+        enc.push_rows(row, tables)
+        b = enc.finish()
+        h.update(len(b).to_bytes(4, "little") + b)
+        dec = ans.decoder(b, ans.ANS_CODER)
+        np.testing.assert_array_equal(dec.pop_rows(tables), row)
+        dec.finish()
+    assert h.hexdigest() == "c5683489f4e6821b1a595ecd1c754bd708d66b0be873e0c2dee75f29ea6871b9"

@@ -17,8 +17,8 @@ from latent_codec.codec import Codec
 from latent_codec.errors import PayloadError
 from latent_codec.families import code_map
 from latent_codec.tiling import probe_radius, tiles
-from latent_codec.varint import put_varint
 from tests.helpers import ROOT
+from tests.helpers.code_maps import size_only
 from tests.helpers.photos import photo
 
 BUNDLE = ROOT / "zoo" / "spatial-lambda-0.0032"
@@ -119,7 +119,7 @@ def test_step_progress_draws_bars_and_stays_quiet_when_asked(monkeypatch):
 
 # ---- what a decode costs ---------------------------------------------------------------------------------
 def _header(h: int, w: int) -> bytes:
-    return put_varint(h) + put_varint(w)
+    return size_only(Codec.open(BUNDLE, need=(), threads=1).payload, h, w)
 
 
 def _measured(bundle=BUNDLE) -> Codec:

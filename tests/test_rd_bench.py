@@ -91,7 +91,16 @@ def test_train_ladder_presets_and_overrides():
     from bench.train_ladder import PRESETS, parse_args
 
     ladders = parse_args([])
-    assert [a.name for a in ladders] == ["vq", "conv", "conv-long", "linres", "spatial", "spatial-factorized"]
+    assert [a.name for a in ladders] == [
+        "vq",
+        "conv",
+        "conv-long",
+        "conv-long-0.06",
+        "linres",
+        "spatial",
+        "spatial-long",
+        "spatial-factorized",
+    ]
     assert [a.model for a in ladders][-2:] == ["spatial", "spatial"]
     # Two ladders of one model keep their checkpoints, bundles and summaries apart.
     assert len({str(a.runs) for a in ladders}) == len({str(a.summary) for a in ladders}) == len(ladders)

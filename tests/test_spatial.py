@@ -22,11 +22,10 @@ from latent_codec.container import to_batch, to_tensor
 from latent_codec.errors import BundleError, DataError, PayloadError
 from latent_codec.families.code_map import MapCodec, MapPayload
 from latent_codec.families.hyper_decoder import IntegerHyperDecoder
-from latent_codec.varint import put_varint
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 from tests.helpers import fashion_test_items
-from tests.helpers.code_maps import floats_nudged_one_ulp, in_another_process, small_map_bundle
+from tests.helpers.code_maps import floats_nudged_one_ulp, in_another_process, size_only, small_map_bundle
 
 pytestmark = pytest.mark.slow  # trains three small models (~1 min on 2 cores)
 
@@ -98,7 +97,7 @@ def test_one_batch_must_share_a_size_and_decode_each_takes_a_mix(hyper_bundle):
     # garbage in the stream may decode to other symbols (an efficient code has little redundancy to notice)
     assert codec.first_invalid([a[0], b[0][:-2] + b"\xff\xff", a[1]]) in (1, None)
     assert codec.first_invalid([a[0], b[0] + b"\x00", a[1]]) == 1  # padding: not what the encoder wrote
-    assert codec.first_invalid([a[0], b"\x05", a[1]]) == 1  # a header cut after its H
+    assert codec.first_invalid([a[0], b"\x05\x00", a[1]]) == 1  # not what the range coder writes
 
 
 def test_factorized_map_bundle_round_trips_any_size(factorized_bundle):
@@ -192,7 +191,7 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
             limits = Limits(decode_runs=2)  # the server's defaults with its 2 decode threads
 
             def claim(side: int) -> bytes:
-                return put_varint(side) + put_varint(side) + b"\x01\x02\x03"
+                return size_only(codec.payload, side, side)
 
             def refused(payload: bytes) -> str:
                 with pytest.raises(grpc.RpcError) as err:
@@ -229,7 +228,10 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
             )
             assert ok.count == 1
             with pytest.raises(grpc.RpcError) as err:
-                stub.Decode(pb.DecodeRequest(codes=to_batch(codec, [put_varint(30000) * 2])), timeout=30)
+                stub.Decode(
+                    pb.DecodeRequest(codes=to_batch(codec, [size_only(codec.payload, 30000, 30000)])),
+                    timeout=30,
+                )
             assert (
                 err.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "30000x30000" in err.value.details()
             )
@@ -239,7 +241,8 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
                 )
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "share a size" in err.value.details()
-            for bad in (b"", b"\x80", put_varint(4) + put_varint(0), put_varint(40000) + put_varint(1)):
+            sized = [size_only(codec.payload, h, w) for h, w in ((4, 0), (40000, 1), (0, 4))]
+            for bad in (b"\x80\x00", b"\x01\x00", *sized):
                 with pytest.raises(grpc.RpcError) as err:
                     stub.Decode(pb.DecodeRequest(codes=to_batch(codec, [bad])), timeout=30)
                 assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT, bad

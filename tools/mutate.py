@@ -360,7 +360,7 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "range-no-canonical-check",
         "latent_codec/ans.py",
-        "if self._popped.finish() != self._data:",
+        "if self._popped is not None and self._popped.finish() != self._data:",
         "if False:",
         ("tests/test_entropy_coding.py",),
         "a range-coded payload with bytes the encoder would not have written is accepted",

@@ -1,9 +1,9 @@
 """Switch a sealed bundle to another entropy coder without retraining.
 
 The graphs, the quantiser and the integer tables stay; the manifest names the new coder (and, for code maps,
-the one-byte size header of the size the model was trained on), is sealed again (a new content hash, so a new
-bundle id: payloads stored under the old id still need the old bundle) and the bundle is measured again on its
-test items through its own codec. This is how the zoo's earlier bundles moved from the ANS stack to the range
+the size the model was trained on, which then travels in the stream at next to no cost), is sealed again (a new
+content hash, so a new bundle id: payloads stored under the old id still need the old bundle) and the bundle is
+measured again on its test items through its own codec. This is how the zoo's earlier bundles moved from the ANS stack to the range
 coder with the short termination (latent_codec/ans.py) without their training being repeated:
 
     python -m training.recode zoo/conv-lambda-0.13             # in place, constriction-range32
@@ -47,15 +47,17 @@ def recode(bundle_dir: Path, out: Path, coder: str, data: str | None, test_limit
     old_id = m.bundle_id
     for t in tables:
         t.coder = coder
-    if isinstance(m.payload, MapPayload) and coder == ans.RANGE_CODER:
-        m.payload.nominal_size = (int(m.input.shape[1]), int(m.input.shape[2]))
+    if isinstance(m.payload, MapPayload):  # the in-stream size needs the range coder
+        nominal = (int(m.input.shape[1]), int(m.input.shape[2]))
+        m.payload.nominal_size = nominal if coder == ans.RANGE_CODER else None
     spec = data or (m.training.get("config") or {}).get("data") or "fashion-mnist"
     test = load(spec, "test")
     if test_limit:
         test.x = test.x[:test_limit]
-    m.training["recoded_from"] = old_id
     assert bundle.encoder_bytes is not None and bundle.decoder_bytes is not None
     m.seal(bundle.encoder_bytes, bundle.decoder_bytes)
+    if m.bundle_id != old_id:
+        m.training["recoded_from"] = old_id
     write_bundle(out, m, bundle.encoder_bytes, bundle.decoder_bytes, test, force=out == bundle_dir)
     return {"from": old_id, "to": m.bundle_id, "metrics": m.metrics["test"]}
 

@@ -440,12 +440,12 @@ class CheckerboardPayload(MeanScalePayload):
             runs_n = _TableRuns(ix[:, :, ~mask], self._y_models)
             ordered_a, ordered_n = runs_a.sort(ys[:, :, mask]), runs_n.sort(ys[:, :, ~mask])
             for j in range(i1 - i0):
-                enc = ans.encoder(self.coder)
-                self._push_z(enc, z_flat[i0 + j], hz, wz)
+                i = i0 + j
+                head, enc = self.begin(int(sizes[i][0]), int(sizes[i][1]))
+                self._push_z(enc, z_flat[i], hz, wz)
                 enc.push_runs(ordered_a[j], *runs_a.item(j))
                 enc.push_runs(ordered_n[j], *runs_n.item(j))
-                i = i0 + j
-                out.append(self.size_header(int(sizes[i][0]), int(sizes[i][1])) + enc.finish())
+                out.append(head + enc.finish())
             if progress is not None:
                 progress("entropy-code", i1, n)
         return out
@@ -464,7 +464,7 @@ class CheckerboardPayload(MeanScalePayload):
         decoders = []
         for i, (p, pos) in enumerate(zip(payloads, starts)):
             try:
-                dec = ans.decoder(p[pos:], self.coder)
+                dec = self.open(p, pos)
                 self._pop_z(dec, z_sym[i].reshape(-1), hz, wz)
             except PayloadError as exc:
                 raise PayloadError(f"item {i}: {exc}") from None

@@ -28,6 +28,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any, ClassVar
 
 import numpy as np
@@ -61,6 +62,27 @@ UNSCALE_BLOCK = 1 << 20  # values converted to raw pixels at a time (a few MB of
 SMALL_Z = 64  # ẑ elements per channel up to which an item's ẑ is coded in one call (per-symbol rows)
 
 
+_HALF_BITS = HEADER_BITS // 2  # a side travels in the stream as two halves of 14 bits
+_HALF_MASK = (1 << _HALF_BITS) - 1
+
+
+class _SizeModels:
+    """The coder models of an in-stream size: the nominal-size flag (symbol 0 at 65535/65536, so an item of
+    near-certain symbols still codes to zero bytes) and a uniform
+    14-bit half of a side; built on first use (imported lazily, like every constriction model)."""
+
+    @cached_property
+    def flag(self) -> Any:
+        return ans.Tables(np.array([[(1 << 16) - 1, 1]], np.int64), 16).models[0]
+
+    @cached_property
+    def half(self) -> Any:
+        return ans.Tables(np.full((1, 1 << _HALF_BITS), 1 << (16 - _HALF_BITS), np.int64), 16).models[0]
+
+
+_SIZE_MODELS = _SizeModels()
+
+
 @dataclass
 class MapPayload:
     """The manifest's payload section for code maps (kind "map"): grid, tables, hyper-decoder."""
@@ -77,8 +99,9 @@ class MapPayload:
     z_grid_bits: int = 0
     z_tables: FactorizedPrior | None = None  # (Nh, z levels)
     hyper_decoder: IntegerHyperDecoder | None = None
-    # The item size a one-byte header stands for (bundles exported since 2026-12-07: the size the model was
-    # trained on); None: every header spells out H and W (earlier bundles, whose payloads stay byte-identical).
+    # The size the model was trained on, whose in-stream size costs next to nothing (range-coded bundles
+    # exported since 2026-12-07); None: a varint header spells out H and W (earlier bundles, whose payloads stay
+    # byte-identical). See the size header below.
     nominal_size: tuple[int, int] | None = None
     _cache: dict = field(default_factory=dict, init=False, repr=False, compare=False)  # derived, cached
 
@@ -185,6 +208,8 @@ class MapPayload:
             if not (1 <= nh <= MAX_SIDE and 1 <= nw <= MAX_SIDE):
                 raise ValueError(f"nominal_size {nh}x{nw} outside 1..{MAX_SIDE}")
             p.nominal_size = (nh, nw)
+            if p.coder != ans.RANGE_CODER:
+                raise ValueError(f"an in-stream size (nominal_size) needs the {ans.RANGE_CODER} coder")
         if entropy == "factorized" and p.y_tables.dims != p.code_channels:
             raise ValueError(f"factorized map has {p.y_tables.dims} tables for {p.code_channels} channels")
         if p.has_hyper:
@@ -321,22 +346,52 @@ class MapPayload:
             runs = _TableRuns(idx, self._y_models, presorted=self.entropy == "factorized")
             ordered = runs.sort(y_sym[i0:i1])
             for j in range(i1 - i0):
-                enc = ans.encoder(self.coder)
+                i = i0 + j
+                head, enc = self.begin(int(sizes[i][0]), int(sizes[i][1]))
                 if z_sym is not None:  # ẑ first: the decoder needs it to choose ŷ's tables
-                    self._push_z(enc, z_flat[i0 + j], hz, wz)
+                    self._push_z(enc, z_flat[i], hz, wz)
                 starts, ends, tables = runs.item(j)
                 enc.push_runs(ordered[j], starts, ends, tables)
-                i = i0 + j
-                out.append(self.size_header(int(sizes[i][0]), int(sizes[i][1])) + enc.finish())
+                out.append(head + enc.finish())
             if progress is not None:
                 progress("entropy-code", i1, n)
         return out
 
-    def size_header(self, h: int, w: int) -> bytes:
-        """[H varint][W varint]; with a nominal size, the one byte 0 stands for it (H is never 0)."""
+    # ---- the size header ----------------------------------------------------------------------------------
+    # Earlier bundles: [H varint][W varint] before the stream. Bundles with a nominal size (range-coded,
+    # exported since 2026-12-07): the size is the stream's first symbols, a flag that costs 1/45,000 of a bit
+    # for the nominal size (the size the model was trained on), else H and W as two 14-bit halves each. Either
+    # way it is read before anything else is decoded, so budgets hold for any size and a forged one is refused.
+    @property
+    def size_in_stream(self) -> bool:
+        return self.nominal_size is not None
+
+    def begin(self, h: int, w: int) -> tuple[bytes, ans.Encoder]:
+        """An item's stream with its size in it: (bytes before the stream, the encoder to push the code onto)."""
+        enc = ans.encoder(self.coder)
+        if not self.size_in_stream:
+            return put_varint(h) + put_varint(w), enc
         if (h, w) == self.nominal_size:
-            return b"\x00"
-        return put_varint(h) + put_varint(w)
+            enc.push(np.zeros(1, np.int32), _SIZE_MODELS.flag)
+        else:
+            enc.push(np.ones(1, np.int32), _SIZE_MODELS.flag)
+            halves = [h >> _HALF_BITS, h & _HALF_MASK, w >> _HALF_BITS, w & _HALF_MASK]
+            enc.push(np.asarray(halves, np.int32), _SIZE_MODELS.half)
+        return b"", enc
+
+    def open(self, payload: bytes, start: int) -> ans.Decoder:
+        """The decoder of one payload, its size already read (``start``: where ``_headers`` found the stream)."""
+        dec = ans.decoder(payload[start:], self.coder)
+        if self.size_in_stream:
+            self._pop_size(dec)
+        return dec
+
+    def _pop_size(self, dec: ans.Decoder) -> tuple[int, int]:
+        if int(dec.pop(_SIZE_MODELS.flag, 1)[0]) == 0:
+            assert self.nominal_size is not None
+            return self.nominal_size
+        a, b, c, d = (int(v) for v in dec.pop(_SIZE_MODELS.half, 4))
+        return (a << _HALF_BITS) | b, (c << _HALF_BITS) | d
 
     def sizes(self, payloads: list[bytes]) -> np.ndarray:
         """(N, 2) true item sizes from the headers alone: cheap, checked before any decoding."""
@@ -347,13 +402,13 @@ class MapPayload:
         bounds."""
         out = np.empty((len(payloads), 2), np.int64)
         starts = []
-        nominal = self.nominal_size
         for i, p in enumerate(payloads):
+            pos = 0
             try:
-                h, pos = get_varint(p, 0, HEADER_BITS)
-                if h == 0 and nominal is not None:
-                    h, w = nominal
+                if self.size_in_stream:
+                    h, w = self._pop_size(ans.decoder(p, self.coder))
                 else:
+                    h, pos = get_varint(p, 0, HEADER_BITS)
                     w, pos = get_varint(p, pos, HEADER_BITS)
             except VarintError as exc:
                 why = (
@@ -362,6 +417,8 @@ class MapPayload:
                     else "payload size header is malformed"
                 )
                 raise PayloadError(f"item {i}: {why}") from None
+            except PayloadError as exc:
+                raise PayloadError(f"item {i}: {exc}") from None
             if not (1 <= h <= MAX_SIDE and 1 <= w <= MAX_SIDE) or h * w > MAX_PIXELS:
                 raise PayloadError(
                     f"item {i}: payload claims a {h}x{w} item; sides must be 1..{MAX_SIDE} pixels, "
@@ -396,7 +453,7 @@ class MapPayload:
             z_sym = np.empty((n, self.hyper_channels, hz, wz), np.uint16)
         for i, (p, pos) in enumerate(zip(payloads, starts)):
             try:
-                dec = ans.decoder(p[pos:], self.coder)
+                dec = self.open(p, pos)
                 if z_sym is not None:
                     self._pop_z(dec, z_sym[i].reshape(-1), hz, wz)
             except PayloadError as exc:
