@@ -145,11 +145,11 @@ def priced(bundle: Path):
     return priced_codec(bundle, 1, need=("encoder", "decoder"))
 
 
-def claim(h: int, w: int) -> bytes:
-    """A map payload header claiming an h x w item, and nothing else: a few bytes."""
-    from latent_codec.varint import put_varint
-
-    return put_varint(h) + put_varint(w) + b"\x01"
+def claim(h: int, w: int, codec) -> bytes:
+    """A map payload claiming an h x w item and holding nothing else, in the bundle's own size format (a varint
+    header, or the range coder's in-stream size): a few bytes."""
+    head, enc = codec.payload.begin(h, w)
+    return head + enc.finish()
 
 
 def largest_side(codec, budget: int) -> int:
@@ -161,7 +161,7 @@ def largest_side(codec, budget: int) -> int:
     while lo < hi:
         mid = (lo + hi + 1) // 2
         try:
-            lim.check(codec, [claim(mid, mid)])
+            lim.check(codec, [claim(mid, mid, codec)])
             lo = mid
         except OverBudget:
             hi = mid - 1
@@ -287,9 +287,9 @@ def round_two(work: Path, flat_bundle: Path) -> dict:
             stub = pb_grpc.DecodingStub(ch)
             bombs = {}
             for name, payloads in (
-                ("1 x 2640x2640", [claim(2640, 2640)]),
-                ("1 x 32768x212", [claim(32768, 212)]),
-                ("96 x 256x256", [claim(256, 256)] * 96),
+                ("1 x 2640x2640", [claim(2640, 2640, map_codec)]),
+                ("1 x 32768x212", [claim(32768, 212, map_codec)]),
+                ("96 x 256x256", [claim(256, 256, map_codec)] * 96),
             ):
                 req = pb.DecodeRequest(codes=to_batch(map_codec, payloads))
                 t0 = time.perf_counter()

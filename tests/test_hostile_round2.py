@@ -64,7 +64,7 @@ def test_the_budget_counts_the_decoder_graph_and_the_hyper_decoder_not_only_the_
     so the graph's part is one tile's (hundreds of bytes per pixel of the tile's window), still counted."""
     from latent_codec.families import code_map
 
-    costs = map_codec.decode_costs([claim(2640, 2640)])
+    costs = map_codec.decode_costs([claim(2640, 2640, map_codec)])
     pixels = 2640 * 2640
     assert int(costs.out_bytes[0]) == pixels * 4
     g = map_codec.graph_cost
@@ -75,10 +75,10 @@ def test_the_budget_counts_the_decoder_graph_and_the_hyper_decoder_not_only_the_
     # CPU seconds of the calling thread (not wall time: a busy machine does not raise the price): decoding 7 MP
     # takes about 3.8 s of CPU here (docs/speed.md: 0.54 s/MP); the price must be of that order, and grow with
     # the pixels.
-    small = map_codec.decode_costs([claim(264, 264)])
+    small = map_codec.decode_costs([claim(264, 264, map_codec)])
     assert costs.seconds[0] > 2 and costs.seconds[0] > 50 * small.seconds[0]
     with pytest.raises(Exception, match="--max-decode-mib"):
-        Limits().check(map_codec, [claim(2640, 2640)])
+        Limits().check(map_codec, [claim(2640, 2640, map_codec)])
 
 
 def test_map_bombs_are_refused_before_decoding_for_decode_stream_ingest_and_fetch(map_codec, tmp_path):
@@ -88,9 +88,11 @@ def test_map_bombs_are_refused_before_decoding_for_decode_stream_ingest_and_fetc
         with grpc.insecure_channel(f"127.0.0.1:{running.port}", options=OPTS) as ch:
             stub = CloudStub(ch)
             bombs = [
-                [claim(2640, 2640)],  # 53 bytes of request: answered OK after 37 s and +3.8 GiB before
-                [claim(32768, 212)],
-                [claim(256, 256)] * 96,  # 96 items in 530 bytes: +3.6 GiB, 4 at once
+                [
+                    claim(2640, 2640, map_codec)
+                ],  # 53 bytes of request: answered OK after 37 s and +3.8 GiB before
+                [claim(32768, 212, map_codec)],
+                [claim(256, 256, map_codec)] * 96,  # 96 items in 530 bytes: +3.6 GiB, 4 at once
             ]
             for payloads in bombs:
                 req = pb.DecodeRequest(codes=to_batch(map_codec, payloads))
@@ -108,7 +110,7 @@ def test_map_bombs_are_refused_before_decoding_for_decode_stream_ingest_and_fetc
                 device_id="cam",
                 bundle_id=bid,
                 items=[
-                    pb.IngestItem(item_id="big", payload=claim(2640, 2640)),
+                    pb.IngestItem(item_id="big", payload=claim(2640, 2640, map_codec)),
                     pb.IngestItem(
                         item_id="ok", payload=map_codec.encode(np.zeros((1, 1, 8, 8), np.uint8))[0]
                     ),
@@ -125,7 +127,7 @@ def test_map_bombs_are_refused_before_decoding_for_decode_stream_ingest_and_fetc
             from cloud.store import NewItem
 
             running.storage.store.put_many(
-                [NewItem("cam", f"old{k}", bid, claim(2640, 2640), k) for k in range(4)], 1
+                [NewItem("cam", f"old{k}", bid, claim(2640, 2640, map_codec), k) for k in range(4)], 1
             )
             t0 = time.monotonic()
             items = [it for r in stub.Fetch(pb.FetchRequest(device_id="cam"), timeout=20) for it in r.items]
@@ -137,7 +139,7 @@ def test_map_bombs_are_refused_before_decoding_for_decode_stream_ingest_and_fetc
 
 def test_the_cpu_budget_refuses_a_request_that_would_take_too_long(map_codec):
     side = 128
-    seconds = float(map_codec.decode_costs([claim(side, side)]).seconds[0])
+    seconds = float(map_codec.decode_costs([claim(side, side, map_codec)]).seconds[0])
     # The server times its graphs itself (thread CPU time, close to this process's figure but not equal, more
     # so on a busy machine): a budget of two items' price, one item admitted and six refused, keeps a factor of
     # two either way.
@@ -146,7 +148,10 @@ def test_the_cpu_budget_refuses_a_request_that_would_take_too_long(map_codec):
         with grpc.insecure_channel(f"127.0.0.1:{running.port}", options=OPTS) as ch:
             stub = CloudStub(ch)
             with pytest.raises(grpc.RpcError) as info:
-                stub.Decode(pb.DecodeRequest(codes=to_batch(map_codec, [claim(side, side)] * 6)), timeout=20)
+                stub.Decode(
+                    pb.DecodeRequest(codes=to_batch(map_codec, [claim(side, side, map_codec)] * 6)),
+                    timeout=20,
+                )
             assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
             assert "--max-decode-seconds" in info.value.details()
             x = (np.random.default_rng(0).random((1, 1, side, side)) * 255).astype(np.uint8)
@@ -667,7 +672,7 @@ def test_the_symbol_budget_is_a_flag_and_names_itself(map_codec):
     --max-decode-symbols (the other budgets raised too, as docs/deployment.md says for photos)."""
     from cloud.cli import config_from_args, parse_args
 
-    photo = [claim(3000, 4000)]
+    photo = [claim(3000, 4000, map_codec)]
     symbols = int(map_codec.decode_costs(photo).symbols.sum())
     assert 20e6 < symbols < 40e6
     with pytest.raises(Exception, match=r"--max-decode-symbols"):

@@ -349,7 +349,9 @@ def test_items_the_cloud_refuses_are_quarantined_not_lost_and_do_not_block_the_r
             )
         spool_path = tmp_path / "spool.sqlite"
         spool = Spool(spool_path, 1 << 26)
-        spool.add_many([("cam#junk", bid, b"\1", 5)])  # no valid ANS stream of this bundle
+        spool.add_many(
+            [("cam#junk", bid, b"\1\0", 5)]
+        )  # no valid stream of this bundle (ends in a zero byte)
         spool.close()
         report_path = tmp_path / "report.json"
         proc = run_edge(

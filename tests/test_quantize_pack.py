@@ -7,6 +7,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from latent_codec import ans
 from latent_codec.bit_packing import pack_bits, unpack_bits
 from latent_codec.container import from_batch, split_payloads, to_batch
 from latent_codec.errors import PayloadError
@@ -90,8 +91,10 @@ def test_corrupt_entropy_payload_is_reported(codes):
     q = Quantiser.fit_affine(codes, 6)
     spec = FlatPayload(q, 12, FactorizedPrior.fit(q.quantise(codes), q.levels))
     p = pack_codes(spec, codes[:1])[0]
-    with pytest.raises(PayloadError):
+    with ans.verifying(), pytest.raises(PayloadError):  # validation proves range-coded streams canonical
         unpack_codes(spec, [p + b"\xff\xff\xff\xff\x01"])
+    with pytest.raises(PayloadError, match="ends in a zero byte"):  # refused by plain decoding too
+        unpack_codes(spec, [p + b"\x00"])
 
 
 def test_split_validation():

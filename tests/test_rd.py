@@ -133,7 +133,7 @@ def test_rd_bundle_manifest_and_measured_rate(rd_bundle):
     from latent_codec.bundle import load_bundle
 
     m = load_bundle(rd_bundle).manifest
-    assert m.payload.format.endswith("+ans") and m.payload.quantiser.name.startswith("affine")
+    assert m.payload.format.endswith("+range") and m.payload.quantiser.name.startswith("affine")
     q = m.payload.quantiser
     assert q.lo[0] == -(1 << (q.bits - 1)) and q.hi[0] == (1 << (q.bits - 1)) - 1
     t = m.metrics["test"]

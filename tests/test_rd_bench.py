@@ -200,6 +200,11 @@ def test_summary_judges_targets_on_the_front_of_all_project_bundles():
     assert s["margin_by_family"]["aecodec vq"]["margin_db"] == pytest.approx(2.5)
     assert s["target_bd_rate_curve"] == PROJECT and s["curves"][PROJECT][0] == "far"
     assert s["bd_rate"][PROJECT]["WebP"]["bd_rate_percent"] < 0 and s["target_bd_rate_met"]
+    # issue 26: the best front point of at most 8 bytes (c1: 19.5 dB, short of 20), and the 24-36 dB window,
+    # which these curves do not share (the front ends at 24 dB): not met, never extrapolated
+    small = s["best_at_small_bytes"]
+    assert (small["bundle"], small["bytes"], small["met"]) == ("c1", 8.0, False)
+    assert s["webp_window_wide"]["window"] == [24.0, 36.0] and s["webp_window_wide"]["met"] is False
 
 
 def test_bd_rate_window_is_piecewise_linear_and_never_extrapolates():

@@ -370,7 +370,7 @@ MUTATIONS: list[Mutation] = [
         "latent_codec/families/code_map.py",
         "if (h, w) == self.nominal_size:",
         "if False:",
-        (SPATIAL,),
+        ("tests/test_codemap.py",),
         "every map payload spells out its size, the trained size too",
     ),
 ]
