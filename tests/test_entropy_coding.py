@@ -52,13 +52,18 @@ def test_manifest_dict_round_trip_decodes_the_same():
     assert np.array_equal(unpack_codes(spec2, payloads)[0], unpack_codes(spec, payloads)[0])
 
 
-@pytest.mark.parametrize("coder", ans.CODERS)
-@pytest.mark.parametrize("damage", ["append", "truncate", "zeros", "garbage", "flip-last"])
+# Not every coder can tell every damage: the ANS stack reads a changed top byte as other symbols, and a cut
+# range-coded stream can be the whole stream of other symbols (the test after this one covers that case).
+DAMAGES = [
+    (damage, coder)
+    for damage in ("append", "truncate", "zeros", "garbage", "flip-last")
+    for coder in ans.CODERS
+    if (damage, coder) not in {("flip-last", ans.ANS_CODER), ("truncate", ans.RANGE_CODER)}
+]
+
+
+@pytest.mark.parametrize(("damage", "coder"), DAMAGES)
 def test_corrupt_payload_raises_payload_error(damage, coder):
-    if coder == ans.ANS_CODER and damage == "flip-last":
-        pytest.skip("the ANS stack cannot tell a changed top byte (its streams are read as they are)")
-    if coder == ans.RANGE_CODER and damage == "truncate":
-        pytest.skip("a cut range-coded stream can be the whole stream of other symbols: see the test below")
     spec, z = _spec(seed=5, coder=coder)
     good = pack_codes(spec, z[:20])
     p = good[7]
