@@ -136,3 +136,26 @@ def test_a_payload_of_the_nominal_size_carries_its_size_in_the_stream_at_almost_
     d["y_tables"]["coder"] = ans.ANS_CODER
     with pytest.raises(ValueError, match="needs the constriction-range32 coder"):
         MapPayload.from_dict(d)
+
+
+def test_the_size_flag_is_read_without_a_decoder_exactly_as_the_decoder_reads_it():
+    """A server prices every request from its items' sizes before decoding, so the nominal-size flag is read
+    from the stream's first 8 bytes against a boundary found once (MapPayload._headers); around that boundary
+    and elsewhere it must agree with the range decoder to the last value."""
+    t = _SIZE_MODELS.nominal_below
+    rng = np.random.default_rng(7)
+    values = [t + k for k in range(-40, 40)] + [int(v) for v in rng.integers(0, 1 << 62, 500) * 4]
+    for v in values:
+        data = (v % (1 << 64)).to_bytes(8, "big") + bytes(rng.integers(1, 256, 3).astype(np.uint8))
+        try:
+            flag = int(ans.decoder(data, ans.RANGE_CODER).pop(_SIZE_MODELS.flag, 1)[0])
+        except PayloadError:
+            flag = 1
+        assert (int.from_bytes(data[:8], "big") < t) == (flag == 0), hex(v)
+    p = _bare_payload((28, 28))
+    below, at = (t - 1).to_bytes(8, "big") + b"\x07", t.to_bytes(8, "big") + b"\x07"
+    assert p.sizes([below]).tolist() == [[28, 28]]
+    try:
+        assert p.sizes([at]).tolist() != [[28, 28]]
+    except PayloadError:
+        pass  # read as another size, one out of bounds

@@ -366,6 +366,14 @@ MUTATIONS: list[Mutation] = [
         "a range-coded payload with bytes the encoder would not have written is accepted",
     ),
     Mutation(
+        "map-size-flag-boundary",
+        "latent_codec/families/code_map.py",
+        "if head < _SIZE_MODELS.nominal_below and",
+        "if head <= _SIZE_MODELS.nominal_below and",
+        ("tests/test_codemap.py",),
+        "the size flag read without a decoder disagrees with the decoder at its boundary",
+    ),
+    Mutation(
         "map-no-nominal-header",
         "latent_codec/families/code_map.py",
         "if (h, w) == self.nominal_size:",

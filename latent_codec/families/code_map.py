@@ -76,6 +76,28 @@ class _SizeModels:
         return ans.Tables(np.array([[(1 << 16) - 1, 1]], np.int64), 16).models[0]
 
     @cached_property
+    def nominal_below(self) -> int:
+        """The flag reads "nominal" exactly when the stream's first 8 bytes (big-endian, zero-padded) are below
+        this value: the decoder's first symbol is monotone in that value, so a binary search with the decoder
+        itself finds the boundary once, and sizes are then read without a decoder per payload (a server prices
+        every request from its sizes before decoding)."""
+        lo, hi = 0, 1 << 64  # flag(lo) is nominal; flag(hi) is not (or hi is past the end)
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self._flag_of(mid) == 0:
+                lo = mid
+            else:
+                hi = mid
+        return hi
+
+    def _flag_of(self, value: int) -> int:
+        data = value.to_bytes(8, "big").rstrip(b"\x00")
+        try:
+            return int(ans.decoder(data, ans.RANGE_CODER).pop(self.flag, 1)[0])
+        except PayloadError:
+            return 1
+
+    @cached_property
     def half(self) -> Any:
         return ans.Tables(np.full((1, 1 << _HALF_BITS), 1 << (16 - _HALF_BITS), np.int64), 16).models[0]
 
@@ -406,7 +428,12 @@ class MapPayload:
             pos = 0
             try:
                 if self.size_in_stream:
-                    h, w = self._pop_size(ans.decoder(p, self.coder))
+                    head = int.from_bytes(bytes(p[:8]).ljust(8, b"\x00"), "big")
+                    if head < _SIZE_MODELS.nominal_below and not p.endswith(b"\x00"):
+                        assert self.nominal_size is not None
+                        h, w = self.nominal_size  # the flag alone, read without a decoder
+                    else:
+                        h, w = self._pop_size(ans.decoder(p, self.coder))
                 else:
                     h, pos = get_varint(p, 0, HEADER_BITS)
                     w, pos = get_varint(p, pos, HEADER_BITS)
