@@ -23,8 +23,7 @@ import numpy as np
 
 from latent_codec import ans, datasets
 from latent_codec.codec import Codec
-from latent_codec.factorized_prior import table_sets
-from latent_codec.families.code_map import MapPayload
+from latent_codec.factorized_prior import switch_coder, table_sets
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -44,11 +43,7 @@ def bundles(zoo: Path) -> list[Path]:
 
 def use_coder(codec: Codec, coder: str) -> None:
     """Switch a loaded codec to a coder in memory, as training.recode does to a bundle on disk."""
-    for t in table_sets(codec.payload):
-        t.coder = coder
-    if isinstance(codec.payload, MapPayload):
-        nominal = (int(codec.input.shape[1]), int(codec.input.shape[2]))
-        codec.payload.nominal_size = nominal if coder == ans.RANGE_CODER else None
+    switch_coder(codec.payload, coder, (int(codec.input.shape[1]), int(codec.input.shape[2])))
 
 
 def measure(bundle: Path, x: np.ndarray) -> dict:

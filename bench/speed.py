@@ -600,7 +600,7 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
         "",
         "What the share is made of (new path, one thread): the coder's own calls, one per table run of each item "
         "(the format orders ŷ by table, so an item's runs are the tables it uses; timed bare, the encode calls "
-        "alone with nothing around them), and the hyper-decoder's multiply-adds in float64 (its proven bound "
+        "and the stream's termination with nothing else around them), and the hyper-decoder's multiply-adds in float64 (its proven bound "
         "is past float32's 2^24, so the products cannot run in float32 and stay exact).",
         "",
         "| bundle | coder calls/item | bare coder ms/item | encode entropy ms/item | hyper-decoder multiply-adds/item "

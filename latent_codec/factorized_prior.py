@@ -146,3 +146,14 @@ def table_sets(payload: object) -> list[FactorizedPrior]:
     codes them all, so switching a bundle's coder (training/recode.py) switches each of these."""
     found = [getattr(payload, name, None) for name in ("prior", "y_tables", "z_tables")]
     return [p for p in found if isinstance(p, FactorizedPrior)]
+
+
+def switch_coder(payload: object, coder: str, item_size: tuple[int, int]) -> None:
+    """Make a payload section code with another coder (the same tables): every table set, and for a code map
+    its in-stream size, which only the range coder carries (the nominal size is the item size the model was
+    trained on). training/recode.py does this to a bundle on disk, bench/coder_overhead.py to one in memory."""
+    ans.check_coder(coder)
+    for t in table_sets(payload):
+        t.coder = coder
+    if hasattr(payload, "nominal_size"):
+        payload.nominal_size = tuple(item_size) if coder == ans.RANGE_CODER else None

@@ -12,13 +12,13 @@ import tracemalloc
 import numpy as np
 import pytest
 
+from bench.hostile import claim
 from edge.progress import StepProgress
 from latent_codec.codec import Codec
 from latent_codec.errors import PayloadError
 from latent_codec.families import code_map
 from latent_codec.tiling import probe_radius, tiles
 from tests.helpers import ROOT
-from tests.helpers.code_maps import size_only
 from tests.helpers.photos import photo
 
 BUNDLE = ROOT / "zoo" / "spatial-lambda-0.0032"
@@ -119,7 +119,7 @@ def test_step_progress_draws_bars_and_stays_quiet_when_asked(monkeypatch):
 
 # ---- what a decode costs ---------------------------------------------------------------------------------
 def _header(h: int, w: int) -> bytes:
-    return size_only(Codec.open(BUNDLE, need=(), threads=1).payload, h, w)
+    return claim(h, w, Codec.open(BUNDLE, need=(), threads=1))
 
 
 def _measured(bundle=BUNDLE) -> Codec:

@@ -15,6 +15,7 @@ import grpc
 import numpy as np
 import pytest
 
+from bench.hostile import claim
 from cloud.limits import Limits
 from latent_codec.bundle import Manifest, load_bundle
 from latent_codec.codec import Codec
@@ -25,7 +26,7 @@ from latent_codec.families.hyper_decoder import IntegerHyperDecoder
 from latent_codec.wire.aecodec.v2 import codec_pb2 as pb
 from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 from tests.helpers import fashion_test_items
-from tests.helpers.code_maps import floats_nudged_one_ulp, in_another_process, size_only, small_map_bundle
+from tests.helpers.code_maps import floats_nudged_one_ulp, in_another_process, small_map_bundle
 
 pytestmark = pytest.mark.slow  # trains three small models (~1 min on 2 cores)
 
@@ -190,8 +191,8 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
             ).codec  # the server's codec: its graph measured at load
             limits = Limits(decode_runs=2)  # the server's defaults with its 2 decode threads
 
-            def claim(side: int) -> bytes:
-                return size_only(codec.payload, side, side)
+            def square(side: int) -> bytes:
+                return claim(side, side, codec)
 
             def refused(payload: bytes) -> str:
                 with pytest.raises(grpc.RpcError) as err:
@@ -200,13 +201,13 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
                 return err.value.details()
 
             def working(side: int) -> int:
-                return priced.decode_costs([claim(side)]).working_bytes(1)
+                return priced.decode_costs([square(side)]).working_bytes(1)
 
             # 8000 x 8000: more code symbols than one request may entropy-decode (and far more working memory).
-            costs = priced.decode_costs([claim(8000)])
+            costs = priced.decode_costs([square(8000)])
             symbols = int(costs.symbols.sum())
             assert symbols > limits.max_symbols and working(8000) > limits.max_decode_bytes
-            details = refused(claim(8000))
+            details = refused(square(8000))
             assert f"{symbols:,} code symbols" in details and f"{limits.max_symbols:,}" in details, details
             # The smallest square item over the working-memory budget (its symbols within theirs): the memory
             # budget names what decoding it would hold, as the codec prices it.
@@ -214,8 +215,8 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
             while lo < hi:
                 mid = (lo + hi) // 2
                 lo, hi = (lo, mid) if working(mid) > limits.max_decode_bytes else (mid + 1, hi)
-            assert int(priced.decode_costs([claim(lo)]).symbols.sum()) <= limits.max_symbols
-            details = refused(claim(lo))
+            assert int(priced.decode_costs([square(lo)]).symbols.sum()) <= limits.max_symbols
+            details = refused(square(lo))
             assert f"would hold {working(lo):,} bytes" in details and "--max-decode-mib" in details, details
             assert f"{limits.max_decode_bytes:,} bytes" in details
             # One pixel less on each side fits the budget: it is decoded, not refused.
@@ -229,7 +230,7 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
             assert ok.count == 1
             with pytest.raises(grpc.RpcError) as err:
                 stub.Decode(
-                    pb.DecodeRequest(codes=to_batch(codec, [size_only(codec.payload, 30000, 30000)])),
+                    pb.DecodeRequest(codes=to_batch(codec, [claim(30000, 30000, codec)])),
                     timeout=30,
                 )
             assert (
@@ -241,7 +242,7 @@ def test_server_decodes_maps_and_refuses_what_the_size_header_would_cost(hyper_b
                 )
             assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
             assert "share a size" in err.value.details()
-            sized = [size_only(codec.payload, h, w) for h, w in ((4, 0), (40000, 1), (0, 4))]
+            sized = [claim(h, w, codec) for h, w in ((4, 0), (40000, 1), (0, 4))]
             for bad in (b"\x80\x00", b"\x01\x00", *sized):
                 with pytest.raises(grpc.RpcError) as err:
                     stub.Decode(pb.DecodeRequest(codes=to_batch(codec, [bad])), timeout=30)

@@ -20,8 +20,7 @@ from latent_codec import ans
 from latent_codec.bundle import load_bundle
 from latent_codec.datasets import load
 from latent_codec.errors import CodecError
-from latent_codec.factorized_prior import table_sets
-from latent_codec.families.code_map import MapPayload
+from latent_codec.factorized_prior import switch_coder, table_sets
 from training.bundle_writer import write_bundle
 
 
@@ -45,11 +44,7 @@ def recode(bundle_dir: Path, out: Path, coder: str, data: str | None, test_limit
     if not tables:
         raise CodecError(f"{bundle_dir}: format {m.payload.format} is not entropy-coded; nothing to recode")
     old_id = m.bundle_id
-    for t in tables:
-        t.coder = coder
-    if isinstance(m.payload, MapPayload):  # the in-stream size needs the range coder
-        nominal = (int(m.input.shape[1]), int(m.input.shape[2]))
-        m.payload.nominal_size = nominal if coder == ans.RANGE_CODER else None
+    switch_coder(m.payload, coder, (int(m.input.shape[1]), int(m.input.shape[2])))
     spec = data or (m.training.get("config") or {}).get("data") or "fashion-mnist"
     test = load(spec, "test")
     if test_limit:

@@ -24,13 +24,6 @@ ONE_THREAD_ENV = {
 }
 
 
-def size_only(payload, h: int, w: int) -> bytes:
-    """A map payload that claims an h x w item and holds nothing else: its size header in the bundle's own
-    format (a varint header, or the range coder's in-stream size), for tests of what a size alone may cost."""
-    head, enc = payload.begin(h, w)
-    return head + enc.finish()
-
-
 def small_map_bundle(tmp_path_factory, name: str, entropy: str) -> Path:
     """A small Fashion-MNIST code-map bundle (SMALL_MAP) with this entropy model, in a new folder `name`."""
     need_fashion()
