@@ -42,7 +42,14 @@ MAP_BUNDLES = (
     "zoo/spatial-factorized-lambda-0.0064",
     "zoo/spatial-lambda-0.0004",
 )
-PHOTO_BUNDLES = ("zoo/spatial-lambda-0.0032", "zoo/spatial-factorized-lambda-0.0064")
+# The Fashion-MNIST map bundles on grey photos, and the photo zoo's (colour, docs/photo_training.md) middle and
+# highest-rate rungs on colour photos: what a user who sends photographs runs.
+PHOTO_BUNDLES = (
+    "zoo/spatial-lambda-0.0032",
+    "zoo/spatial-factorized-lambda-0.0064",
+    "zoo/photo/photo-lambda-0.005",
+    "zoo/photo/photo-lambda-0.0012",
+)
 E2E_BUNDLE = "zoo/spatial-lambda-0.0032"
 BIG = (3000, 4000)  # the 12-megapixel photo
 
@@ -323,34 +330,44 @@ def lock_release(codec, x: np.ndarray, repeats: int) -> list[dict]:
 # ---- photos -----------------------------------------------------------------------------------------------
 def grey_photos() -> dict[str, np.ndarray]:
     """scikit-image's sample photographs as grey uint8 (1, 1, H, W) items."""
+    return sample_photos(1)
+
+
+def sample_photos(channels: int) -> dict[str, np.ndarray]:
+    """scikit-image's sample photographs as uint8 (1, C, H, W) items: grey (C = 1) or RGB (C = 3; the grey
+    samples repeated over the three channels)."""
     from skimage import data
     from skimage.color import rgb2gray
 
     out = {}
     for name in ("camera", "moon", "coins", "astronaut", "coffee", "chelsea", "rocket", "hubble_deep_field"):
         img = getattr(data, name)()
-        if img.ndim == 3:
-            img = (rgb2gray(img[..., :3]) * 255).round().astype(np.uint8)
-        out[name] = np.ascontiguousarray(img[None, None].astype(np.uint8))
+        if img.ndim == 3 and channels == 1:
+            img = (rgb2gray(img[..., :3]) * 255).round().astype(np.uint8)[..., None]
+        elif img.ndim == 3:
+            img = img[..., :3]
+        else:
+            img = np.repeat(img[..., None], channels, axis=2)
+        out[name] = np.ascontiguousarray(img.transpose(2, 0, 1)[None].astype(np.uint8))
     return out
 
 
 def mosaic(photos: dict[str, np.ndarray], h: int, w: int) -> np.ndarray:
-    """A grey h x w photo: the sample photographs tiled (reflected at the seams) and cropped."""
+    """An h x w photo: the sample photographs tiled (reflected at the seams) and cropped."""
     rows, y = [], 0
     names = list(photos)
     k = 0
     while y < h:
         row, x, rh = [], 0, 512
         while x < w:
-            p = photos[names[k % len(names)]][0, 0]
+            p = photos[names[k % len(names)]][0]
             k += 1
-            p = np.pad(p, ((0, max(0, rh - p.shape[0])), (0, 0)), mode="reflect")[:rh]
+            p = np.pad(p, ((0, 0), (0, max(0, rh - p.shape[1])), (0, 0)), mode="reflect")[:, :rh]
             row.append(p)
-            x += p.shape[1]
-        rows.append(np.concatenate(row, axis=1)[:, :w])
+            x += p.shape[2]
+        rows.append(np.concatenate(row, axis=2)[:, :, :w])
         y += rh
-    return np.ascontiguousarray(np.concatenate(rows, axis=0)[None, None, :h, :w])
+    return np.ascontiguousarray(np.concatenate(rows, axis=1)[None, :, :h, :w])
 
 
 def photo_rates(codec, items: list[np.ndarray], old: bool) -> dict:
@@ -646,21 +663,24 @@ def write_report(path: Path, argv: list[str], r: dict) -> None:
     ]
     lines += ["", "## Photographs: CPU seconds per megapixel (wall in parentheses)", ""]
     lines += [
-        f"Grey versions of scikit-image's sample photographs ({r['photo_names']}; {r['photos_mp']:.2f} MP in all, "
-        f"one item per call) and a {r['mosaic_shape'][0]}x{r['mosaic_shape'][1]} mosaic of them "
-        f"({r['mosaic_mp']:.1f} MP; items larger than one tile go through the graphs tile by tile). The old "
-        "path runs whole items.",
+        f"scikit-image's sample photographs ({r['photo_names']}; {r['photos_mp']:.2f} MP in all, one item per "
+        f"call) and a {r['mosaic_shape'][0]}x{r['mosaic_shape'][1]} mosaic of them ({r['mosaic_mp']:.1f} MP; items "
+        "larger than one tile go through the graphs tile by tile): grey for the grey bundles (Fashion-MNIST's map "
+        "bundles), RGB for the photo zoo's colour bundles (the grey samples as three equal channels). Megapixels "
+        "count pixels, not values: a colour megapixel is three times the values of a grey one. The old path "
+        "runs whole items (grey only).",
         "",
         "| bundle | items | path | encode s/MP | decode s/MP |",
         "|---|---|---|---:|---:|",
     ]
     for name, ph in r["photos"].items():
+        colour = "RGB" if ph.get("channels", 1) == 3 else "grey"
         for label, res in (("samples", ph["samples"]), ("mosaic", ph["mosaic"])):
             for which in ("old", "new"):
                 if which in res:
                     d = res[which]
                     lines.append(
-                        f"| `{name}` | {label} | {which} | {d['encode']:.3f} ({d['encode_wall']:.3f}) | "
+                        f"| `{name}` | {label}, {colour} | {which} | {d['encode']:.3f} ({d['encode_wall']:.3f}) | "
                         f"{d['decode']:.3f} ({d['decode_wall']:.3f}) |"
                     )
         best = ph["mosaic"]["new"]
@@ -785,9 +805,12 @@ def main(argv: list[str] | None = None) -> int:
     r["photos"] = {}
     for b in PHOTO_BUNDLES:
         codec = Codec.open(ROOT / b, threads=1)
+        c = codec.input.shape[0]
+        ph = photos if c == 1 else sample_photos(c)
         r["photos"][Path(b).name] = {
-            "samples": photo_rates(codec, items, old=not args.quick),
-            "mosaic": photo_rates(codec, [four], old=False),
+            "channels": c,
+            "samples": photo_rates(codec, list(ph.values()), old=not args.quick and c == 1),
+            "mosaic": photo_rates(codec, [four if c == 1 else mosaic(ph, 2048, 2048)], old=False),
         }
         print(Path(b).name, r["photos"][Path(b).name], file=sys.stderr)
     r["e2e"] = end_to_end(big, work, threads=1)

@@ -123,3 +123,62 @@ def test_checkerboard_non_anchors_see_only_the_anchors_and_anchors_only_the_hype
         torch.testing.assert_close(m.checkerboard_params(other, z)[0], mean, rtol=0, atol=0)
         moved = y + 3.0 * anchors.float()  # the anchors moved by whole units
         assert (m.checkerboard_params(moved, z)[0][..., ~anchors] - mean[..., ~anchors]).abs().max() > 0.01
+
+
+def test_checkerboard_from_mean_and_scale_codes_as_it_did_and_keeps_its_trained_prior(tmp_path):
+    """Mean-and-scale -> checkerboard takes the transforms and the whole hyperprior (the context starts at zero, so
+    the rate and the reconstruction are the start's), and training from any start whose entropy model
+    came along keeps that prior: the first batch's data-dependent fit is for a prior nobody trained."""
+    from training.train import train
+
+    start = _meanscale()
+    with torch.no_grad():  # a trained prior looks nothing like the first batch's fit
+        start.z_prior.loc_raw.add_(0.7)
+        start.z_prior.log_scale_raw.sub_(0.2)
+    cb = SpatialAutoencoder((3, 32, 32), **SMALL, entropy="checkerboard")
+    assert cb.init_from(start) is True
+    for name in ("g_a", "g_s", "h_a", "h_s", "z_prior"):
+        for a, b in zip(getattr(start, name).parameters(), getattr(cb, name).parameters()):
+            assert torch.equal(a, b), name
+    x = torch.rand(2, 3, 32, 32)
+    cb.quant_proxy = "mixed"
+    a, b = start.eval()(x), cb.eval()(x)
+    # the same to the float rounding of the non-anchors' means (the context's 2^-10 grid)
+    torch.testing.assert_close(b["bits"], a["bits"], rtol=1e-4, atol=0.0)
+    torch.testing.assert_close(b["x_hat"], a["x_hat"], rtol=0.0, atol=1e-3)
+    fact = SpatialAutoencoder((3, 32, 32), **{**SMALL, "entropy": "factorized"})
+    assert fact.init_from(start) is False  # its prior is its own: fitted to the first batch as ever
+    narrow = SpatialAutoencoder((3, 32, 32), **{**SMALL, "hyper_channels": 2, "entropy": "checkerboard"})
+    assert narrow.init_from(start) is False  # other hyper widths: transforms only
+    bigger = SpatialAutoencoder((3, 64, 64), **SMALL, entropy="meanscale")  # larger crops from here
+    assert bigger.init_from(start) is True and torch.equal(bigger.h_s[2].bias, start.h_s[2].bias)
+
+    # Through training.train: a fine-tune (lr 0: nothing moves but what the start would do) keeps the start's prior.
+    cfg = TrainConfig(
+        model="spatial",
+        model_args={**SMALL, "entropy": "meanscale"},
+        data="digits",
+        steps=1,
+        limit=64,
+        batch_size=16,
+        rd_lambda=0.01,
+        quant_noise="mixed",
+        threads=1,
+    )
+    base = SpatialAutoencoder((1, 8, 8), **SMALL, entropy="meanscale")
+    with torch.no_grad():
+        base.z_prior.loc_raw.fill_(0.9)
+    path = save_checkpoint(tmp_path / "start.pt", base, cfg, {"history": []})
+    for entropy in ("meanscale", "checkerboard"):
+        tuned = train(
+            TrainConfig(
+                **{
+                    **cfg.__dict__,
+                    "model_args": {**SMALL, "entropy": entropy},
+                    "init_checkpoint": str(path),
+                    "lr": 0.0,
+                }
+            ),
+            progress=None,
+        )[0]
+        torch.testing.assert_close(tuned.z_prior.loc_raw, base.z_prior.loc_raw)

@@ -348,6 +348,23 @@ MUTATIONS: list[Mutation] = [
         (ACK, "tests/test_ingest_faults.py"),
         "the sender's read of the spool skips an item after each batch",
     ),
+    # ---- fine-tuning from another model: its trained entropy model comes along ----------------------------------
+    Mutation(
+        "finetune-refits-prior",
+        "training/train.py",
+        "            rate._started = True  # the model's own trained prior, not a fresh fit to one batch's codes",
+        "            pass",
+        ("tests/test_spatial_options.py",),
+        "a fine-tune fits its start's trained prior to the first batch's codes again",
+    ),
+    Mutation(
+        "checkerboard-start-without-hyperprior",
+        "training/models/spatial.py",
+        "            for name in hyper:",
+        "            for name in ():",
+        ("tests/test_spatial_options.py",),
+        "a checkerboard model started from mean-and-scale takes the transforms but not the trained hyperprior",
+    ),
     # ---- the range coder's termination, canonical check and the short size header ------------------------------
     Mutation(
         "range-seal-not-shortest",

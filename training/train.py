@@ -243,10 +243,11 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
         x_val = x_val[: cfg.val_items]
     model = build_model(cfg.model, {"input_shape": list(ds.item_shape), **cfg.model_args})
     model.set_input_stats(x_train.mean(0), x_train.std(0))
+    prior_trained = False  # a start whose entropy model came along keeps it (no refit to the first batch)
     if cfg.init_checkpoint:
         start = load_checkpoint(cfg.init_checkpoint, for_export=False)[0]
         if hasattr(model, "init_from"):  # e.g. a spatial model taking another entropy model's transforms
-            model.init_from(start)
+            prior_trained = bool(model.init_from(start))
         else:
             model.load_state_dict(start.state_dict())
     if hasattr(
@@ -278,6 +279,8 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
         from training.rate import build_rate
 
         rate = build_rate(model, cfg.rd_lambda, cfg.rd_distortion)
+        if prior_trained and hasattr(model, "init_priors"):
+            rate._started = True  # the model's own trained prior, not a fresh fit to one batch's codes
         first = x_train[: cfg.batch_size]
         with torch.no_grad():  # the prior starts from one fixed batch's codes, the same in every process
             rate.terms(model, model(first), first)

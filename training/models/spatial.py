@@ -266,18 +266,37 @@ class SpatialAutoencoder(Autoencoder):
         return self.gaussian_params(z_hat, tuple(y.shape[-2:]))
 
     # ---- training ---------------------------------------------------------------------------------------
-    def init_from(self, other: nn.Module) -> None:
+    def init_from(self, other: nn.Module) -> bool:
         """Start from another spatial model: all of it when the entropy models match, else its transforms
-        (g_a, g_s), so the two entropy models can be compared on the same transforms."""
+        (g_a, g_s), so the two entropy models can be compared on the same transforms. Mean-and-scale to
+        checkerboard also takes the hyperprior (h_a, h_s and ẑ's prior: the same modules); the context starts
+        at zero, so the new model codes exactly as the old one until it learns. Returns whether the entropy
+        model came along trained (then the prior must not be fitted again to the first batch)."""
         if getattr(other, "entropy", None) == self.entropy:
-            self.load_state_dict(other.state_dict())
-            return
+            # the input statistics are per pixel of the crop size (unused: spatial models do not standardise), so
+            # a start trained on other crop sizes keeps this model's
+            state = other.state_dict()
+            for k in ("input_mean", "input_std"):
+                if k in state:
+                    state[k] = getattr(self, k)
+            self.load_state_dict(state)
+            return True
         if {k: v for k, v in other.args.items() if k not in ("entropy", "hyper_channels")} != {
             k: v for k, v in self.args.items() if k not in ("entropy", "hyper_channels")
         }:
             raise ValueError(f"cannot start from a spatial model with other transforms ({other.args})")
         self.g_a.load_state_dict(other.g_a.state_dict())
         self.g_s.load_state_dict(other.g_s.state_dict())
+        hyper = ("h_a", "h_s", "z_prior")
+        if (
+            getattr(other, "entropy", None) in MEAN_ENTROPY
+            and self.entropy in MEAN_ENTROPY
+            and other.args.get("hyper_channels") == self.args["hyper_channels"]
+        ):
+            for name in hyper:
+                getattr(self, name).load_state_dict(getattr(other, name).state_dict())
+            return True
+        return False
 
     @staticmethod
     def pad_amounts(h: int, w: int) -> tuple[int, int]:
