@@ -173,7 +173,10 @@ def run_project(
     rows = []
     for b in bundles:
         codec = Codec.from_bundle(b, threads)
-        family = f"aecodec {b.manifest.model.get('name', 'model')}"
+        # Each entropy-model family is its own curve (the mean-and-scale and checkerboard photo ladders).
+        family = f"aecodec {b.manifest.model.get('name', 'model')}" + (
+            "-checkerboard" if "checkerboard" in b.manifest.payload.format else ""
+        )
         codec.decode(
             codec.encode(photos[0][None])
         )  # warm up the sessions: the timings are per photo afterwards

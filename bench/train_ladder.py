@@ -192,6 +192,29 @@ PRESETS: dict[str, dict] = {
         "checkpoint_minutes": 10,
         "runs": "runs/photo-long",
     },
+    # The photo ladder's checkerboard family (docs/photo_training.md): every rung starts from its own lambda's
+    # second-stage mean-and-scale checkpoint (runs/photo-long, or the committed checkpoints/photo-long) and
+    # trains a checkerboard context (latent_codec/families/checkerboard.py) with everything else for 6,000 more
+    # steps; the start's transforms and hyperprior come along and the context starts at zero, so a rung begins
+    # exactly where its mean-and-scale rung ended. Bundles beside the mean-and-scale ones in zoo/photo.
+    "photo-checkerboard": {
+        "model": "spatial",
+        "args": {**PHOTO_ARGS, "entropy": "checkerboard"},
+        "data": "data/crops/photo-64.npz",
+        "lambdas": "0.005,0.0025,0.012,0.0012,0.04",
+        "start_from": "runs/photo-long",
+        "steps": 6000,
+        "bundle_name": "photo-checkerboard",
+        "lr": 5e-4,
+        "batch_size": 16,
+        "threads": 1,
+        "schedule": "cosine",
+        "val_split": "test",
+        "val_items": 500,
+        "val_every": 500,
+        "checkpoint_minutes": 10,
+        "runs": "runs/photo-checkerboard",
+    },
     # Any other data (bench/recipe.py, make bench-rd DATA=...): the map ladder, because it is what transfers (the
     # flat rungs learn one item size and one dataset's look). Steps, not epochs, so the time does not grow with
     # the dataset and a dataset of 1,500 items still gets enough updates: 6,000 + 8 x 1,500 steps of 32 items, about
