@@ -131,16 +131,20 @@ endif
 # The photo ladder (docs/photo_training.md): 64x64 crops of data/photos/train, five rungs trained in two stages.
 # Stage 1 (preset photo) trains the first rung from scratch and the others from the nearest lambda's, and exports
 # them to runs/photo/bundles (docs/rd_ladder_photo.json); stage 2 (preset photo-long) continues each rung from its
-# own stage-1 checkpoint and exports into zoo/photo (docs/rd_ladder_photo_long.json); every rung's training time
-# is in those files. Resumable: after an interruption the same command continues each rung from its last state in
-# runs/photo and runs/photo-long. To export without retraining, copy the committed checkpoints first:
-#   mkdir -p runs/photo runs/photo-long && cp checkpoints/photo/*.pt runs/photo/ && cp checkpoints/photo-long/*.pt runs/photo-long/
+# own stage-1 checkpoint and exports into zoo/photo (docs/rd_ladder_photo_long.json); stage 3 (preset
+# photo-checkerboard) trains a checkerboard context on each stage-2 rung and exports it beside it into zoo/photo
+# (photo-checkerboard-lambda-L, docs/rd_ladder_photo_checkerboard.json); every rung's training time is in those
+# files. Resumable: after an interruption the same command continues each rung from its last state in runs/photo,
+# runs/photo-long and runs/photo-checkerboard. To export without retraining, copy the committed checkpoints first:
+#   mkdir -p runs/photo runs/photo-long runs/photo-checkerboard && cp checkpoints/photo/*.pt runs/photo/ && \
+#   cp checkpoints/photo-long/*.pt runs/photo-long/ && cp checkpoints/photo-checkerboard/*.pt runs/photo-checkerboard/
 PHOTO_CROPS := data/crops/photo-64.npz
 photo-zoo: setup photos
 	@test -f $(PHOTO_CROPS) || $(PY) -m training.crops --photos data/photos/train --exclude data/photos/heldout \
 	  --out $(PHOTO_CROPS) --size 64 --count 20000 --test-count 1000 --max-side 512,768,1024 --seed 0
 	$(PY) -m bench.train_ladder --preset photo --resume --out runs/photo/bundles --summary docs/rd_ladder_photo.json
 	$(PY) -m bench.train_ladder --preset photo-long --resume --out zoo/photo --summary docs/rd_ladder_photo_long.json
+	$(PY) -m bench.train_ladder --preset photo-checkerboard --resume --out zoo/photo --summary docs/rd_ladder_photo_checkerboard.json
 
 # Whole held-out photographs (PHOTOS, default data/photos/heldout): the colour bundles under zoo/ (PHOTO_ZOO) vs JPEG
 # 4:2:0/4:4:4, WebP, AVIF in bits per pixel, PSNR RGB/luma, MS-SSIM -> docs/photo_rd.{md,json,png}, photo_rd_crops.png.
