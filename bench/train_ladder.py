@@ -44,6 +44,19 @@ CONV_ARGS = {
 }
 # The photo ladder's model (both stages): GDN, 3x3 kernels, mean-and-scale hyperprior (docs/photo_training.md).
 PHOTO_ARGS = {"channels": 64, "code_channels": 32, "hyper_channels": 24, "entropy": "meanscale", "kernel": 3}
+# What the photo ladder's later stages (photo-long, photo-checkerboard) share: each rung continues from its own
+# lambda's checkpoint of the stage before under a fresh cosine schedule at half the first stage's peak rate.
+PHOTO_FINETUNE = {
+    "data": "data/crops/photo-64.npz",
+    "lr": 5e-4,
+    "batch_size": 16,
+    "threads": 1,
+    "schedule": "cosine",
+    "val_split": "test",
+    "val_items": 500,
+    "val_every": 500,
+    "checkpoint_minutes": 10,
+}
 
 # The committed ladder (docs/rd.md) is three presets, one per stretch of the rate axis. Each preset's values
 # are the defaults of the flags below; any flag given on the command line overrides them.
@@ -176,20 +189,12 @@ PRESETS: dict[str, dict] = {
     "photo-long": {
         "model": "spatial",
         "args": PHOTO_ARGS,
-        "data": "data/crops/photo-64.npz",
         "lambdas": "0.005,0.0025,0.012,0.0012,0.04",
         "start_from": "runs/photo",
         "steps": 10000,
         "rung_steps": "0.0012:6000,0.04:6000",
         "bundle_name": "photo",
-        "lr": 5e-4,
-        "batch_size": 16,
-        "threads": 1,
-        "schedule": "cosine",
-        "val_split": "test",
-        "val_items": 500,
-        "val_every": 500,
-        "checkpoint_minutes": 10,
+        **PHOTO_FINETUNE,
         "runs": "runs/photo-long",
     },
     # The photo ladder's checkerboard family (docs/photo_training.md): every rung starts from its own lambda's
@@ -200,19 +205,11 @@ PRESETS: dict[str, dict] = {
     "photo-checkerboard": {
         "model": "spatial",
         "args": {**PHOTO_ARGS, "entropy": "checkerboard"},
-        "data": "data/crops/photo-64.npz",
         "lambdas": "0.005,0.0025,0.012,0.0012,0.04",
         "start_from": "runs/photo-long",
         "steps": 6000,
         "bundle_name": "photo-checkerboard",
-        "lr": 5e-4,
-        "batch_size": 16,
-        "threads": 1,
-        "schedule": "cosine",
-        "val_split": "test",
-        "val_items": 500,
-        "val_every": 500,
-        "checkpoint_minutes": 10,
+        **PHOTO_FINETUNE,
         "runs": "runs/photo-checkerboard",
     },
     # Any other data (bench/recipe.py, make bench-rd DATA=...): the map ladder, because it is what transfers (the
