@@ -44,9 +44,10 @@ CONV_ARGS = {
 }
 # The photo ladder's model (both stages): GDN, 3x3 kernels, mean-and-scale hyperprior (docs/photo_training.md).
 PHOTO_ARGS = {"channels": 64, "code_channels": 32, "hyper_channels": 24, "entropy": "meanscale", "kernel": 3}
-# What the photo ladder's later stages (photo-long, photo-checkerboard) share: each rung continues from its own
-# lambda's checkpoint of the stage before under a fresh cosine schedule at half the first stage's peak rate.
-PHOTO_FINETUNE = {
+# What the photo ladder's three stages share (photo, photo-long, photo-checkerboard); the later two continue each
+# rung from its own lambda's checkpoint of the stage before under a fresh cosine schedule at this rate, half the
+# first stage's peak.
+PHOTO_RECIPE = {
     "data": "data/crops/photo-64.npz",
     "lr": 5e-4,
     "batch_size": 16,
@@ -166,19 +167,12 @@ PRESETS: dict[str, dict] = {
     "photo": {
         "model": "spatial",
         "args": PHOTO_ARGS,
-        "data": "data/crops/photo-64.npz",
         "lambdas": "0.005,0.0025,0.0012,0.012,0.04",
         "chain": "nearest",
         "first_steps": 20000,
         "steps": 8000,
+        **PHOTO_RECIPE,
         "lr": 1e-3,
-        "batch_size": 16,
-        "threads": 1,
-        "schedule": "cosine",
-        "val_split": "test",
-        "val_items": 500,
-        "val_every": 500,
-        "checkpoint_minutes": 10,
         "runs": "runs/photo",
     },
     # The photo ladder's second stage: every rung continues from its own lambda's first-stage checkpoint
@@ -194,7 +188,7 @@ PRESETS: dict[str, dict] = {
         "steps": 10000,
         "rung_steps": "0.0012:6000,0.04:6000",
         "bundle_name": "photo",
-        **PHOTO_FINETUNE,
+        **PHOTO_RECIPE,
         "runs": "runs/photo-long",
     },
     # The photo ladder's checkerboard family (docs/photo_training.md): every rung starts from its own lambda's
@@ -209,7 +203,7 @@ PRESETS: dict[str, dict] = {
         "start_from": "runs/photo-long",
         "steps": 6000,
         "bundle_name": "photo-checkerboard",
-        **PHOTO_FINETUNE,
+        **PHOTO_RECIPE,
         "runs": "runs/photo-checkerboard",
     },
     # Any other data (bench/recipe.py, make bench-rd DATA=...): the map ladder, because it is what transfers (the
