@@ -27,3 +27,10 @@ def test_a_mosaic_tiles_the_photos_in_order_for_any_channel_count():
         first, second = list(photos.values())[:2]
         assert np.array_equal(m[0, :, :512, :512], first[0, :, :512, :512])  # camera, 512x512
         assert np.array_equal(m[0, :, :512, 512:1024], second[0, :, :512, :512])  # then moon
+
+
+def test_the_reference_workload_reports_a_plausible_speed():
+    from bench.speed import reference_gflops
+
+    small, big = reference_gflops(64, 3), reference_gflops(256, 3)
+    assert 0.01 < small < 1e4 and 0.01 < big < 1e4  # GFLOP/s of one core, not seconds or FLOP/s
