@@ -351,9 +351,9 @@ MUTATIONS: list[Mutation] = [
     # ---- fine-tuning from another model: its trained entropy model comes along ----------------------------------
     Mutation(
         "finetune-refits-prior",
-        "training/train.py",
-        "            rate._started = True  # the model's own trained prior, not a fresh fit to one batch's codes",
-        "            pass",
+        "training/rate.py",
+        "        self._started = bool(prior_trained)",
+        "        self._started = False",
         ("tests/test_spatial_options.py",),
         "a fine-tune fits its start's trained prior to the first batch's codes again",
     ),

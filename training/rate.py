@@ -185,12 +185,13 @@ class ModelRate(nn.Module):
     hyperprior inside the model; the export reads the tables from the model's own parameters.
     """
 
-    def __init__(self, rd_lambda: float, distortion: str = "mse"):
+    def __init__(self, rd_lambda: float, distortion: str = "mse", prior_trained: bool = False):
         super().__init__()
         if distortion != "mse":
             raise ValueError("models with their own entropy model train with rd distortion 'mse'")
         self.rd_lambda = float(rd_lambda)
-        self._started = False
+        # the priors start from the first batch's codes, unless the model's own were trained (a fine-tune)
+        self._started = bool(prior_trained)
 
     def terms(self, model, out: dict, x01: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         if not self._started:
@@ -216,10 +217,13 @@ class ModelRate(nn.Module):
         }
 
 
-def build_rate(model, rd_lambda: float, distortion: str = "mse") -> RateDistortion | ModelRate:
-    """A rate-distortion objective: the model's own entropy model if it has one, else a factorised prior."""
+def build_rate(
+    model, rd_lambda: float, distortion: str = "mse", prior_trained: bool = False
+) -> RateDistortion | ModelRate:
+    """A rate-distortion objective: the model's own entropy model if it has one, else a factorised prior.
+    prior_trained: the model's entropy model came trained from a start (kept, not refitted to one batch)."""
     if hasattr(model, "init_priors"):
-        return ModelRate(rd_lambda, distortion)
+        return ModelRate(rd_lambda, distortion, prior_trained)
     return RateDistortion(math.prod(model.code_shape), rd_lambda, distortion)
 
 

@@ -278,9 +278,7 @@ def train(cfg: TrainConfig, progress: bool | None = True) -> tuple[torch.nn.Modu
     if cfg.rd_lambda > 0:
         from training.rate import build_rate
 
-        rate = build_rate(model, cfg.rd_lambda, cfg.rd_distortion)
-        if prior_trained and hasattr(model, "init_priors"):
-            rate._started = True  # the model's own trained prior, not a fresh fit to one batch's codes
+        rate = build_rate(model, cfg.rd_lambda, cfg.rd_distortion, prior_trained)
         first = x_train[: cfg.batch_size]
         with torch.no_grad():  # the prior starts from one fixed batch's codes, the same in every process
             rate.terms(model, model(first), first)
