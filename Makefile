@@ -5,7 +5,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed-$(shell cat requirements/*.txt | sha1sum | cut -c1-12)
 
-.PHONY: setup dataset photos photo-zoo postgres prometheus proto lint demo test test-fast mutate bench-rd bench-rd-photos bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-speed bench-coder-overhead bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
+.PHONY: setup dataset photos photo-zoo postgres prometheus proto lint demo test test-fast mutate bench-rd bench-rd-photos bench-rd-rounding bench-ingest bench-variants bench-deep-pca bench-hostile bench-serving bench-speed bench-coder-overhead bench-uses bench-map2d bench-features bench-denoise bench-anomaly bench-hashing bench-search-latency clean
 
 $(STAMP): requirements/*.txt
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -152,6 +152,11 @@ PHOTOS ?= data/photos/heldout
 PHOTO_ZOO ?= zoo/photo
 bench-rd-photos: setup photos
 	$(PY) -m bench.rd --photos $(PHOTOS) --max-side 768 --bundles $(PHOTO_ZOO) --out-dir docs
+
+# Rate-aware rounding's strength: chosen on training photographs, reported on the held-out ones
+bench-rd-rounding: setup photos
+	$(PY) -m bench.rd_rounding --photos data/photos/train --limit 10 --kappa 0,0.02,0.04,0.06,0.09 --out docs/rd_rounding_train.md
+	$(PY) -m bench.rd_rounding --photos $(PHOTOS) --kappa 0,0.02,0.04,0.06,0.09 --out docs/rd_rounding.md
 
 clean:
 	rm -rf runs bundles .pytest_cache

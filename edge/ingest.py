@@ -33,7 +33,7 @@ from latent_codec.wire.aecodec.v2 import codec_pb2_grpc as pb_grpc
 from .channel import CloudError, Security, describe, open_channel
 from .producer import Producer
 from .sender import AckTimeout, Backoff, Sender, StreamFailed
-from .source import check_sizes, load_for
+from .source import check_sizes, load_for, set_rounding
 from .spool import Spool
 
 MAX_ID_CHARS = 256
@@ -66,6 +66,9 @@ class IngestConfig:
     )
     max_quarantine: int = 100  # items the cloud may refuse for good before the run stops
     threads: int = 0  # ONNX Runtime threads (0 = default)
+    rounding: float | None = (
+        None  # rate-aware rounding strength κ (None: the codec's default; edge/source.py)
+    )
     audit_fraction: float = (
         0.0  # send this fraction of items with their original, so the cloud measures quality
     )
@@ -190,6 +193,7 @@ def run(
     """
     config.check()
     codec = Codec.open_split(config.bundle, need=("encoder",), threads=config.threads)
+    set_rounding(codec, config.rounding)
     x, source = load_source(config, codec, items)
     spool = Spool(config.spool, config.spool_max_bytes)
     report = IngestReport(bundle_id=codec.bundle_id, spool=str(config.spool), total=len(x))

@@ -11,6 +11,7 @@ A grey bundle given colour photographs refuses them, naming the flag that conver
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -19,6 +20,7 @@ import numpy as np
 from latent_codec import datasets
 from latent_codec.codec import Codec
 from latent_codec.datasets import Items
+from latent_codec.errors import DataError
 
 
 def codec_mode(codec: Codec) -> str:
@@ -49,11 +51,29 @@ def open_source(
     need: tuple[str, ...] = ("encoder",),
     grey: bool = False,
     alpha: str | None = None,
+    rounding: float | None = None,
 ) -> tuple[Codec, Items]:
     """The bundle's codec and the items it will encode (see ``load_for``); ``threads`` as ``Codec.open_split``
     takes them (a code-map bundle runs a photo's tiles and strips on that many threads)."""
     codec = Codec.open_split(bundle, need=need, threads=threads)
+    set_rounding(codec, rounding)
     return codec, load_for(codec, data, split, limit, grey, alpha)
+
+
+def set_rounding(codec: Codec, kappa: float | None) -> None:
+    """``--rounding``: the encoder's rate-aware rounding strength (None keeps the codec's default). Families
+    that code symbols without a per-element choice of tables have none: a non-zero value for them is refused."""
+    if kappa is None:
+        return
+    if not math.isfinite(kappa) or kappa < 0:
+        raise DataError(f"--rounding must be a finite number >= 0, not {kappa}")
+    if hasattr(codec, "rounding"):
+        codec.rounding = float(kappa)
+    elif kappa != 0:
+        raise DataError(
+            f"--rounding: bundle {codec.bundle_id} ({codec.format}) has no rate-aware rounding; it applies to "
+            "mean-and-scale and checkerboard code maps"
+        )
 
 
 def check_sizes(codec: Codec, items: Items) -> None:

@@ -108,7 +108,9 @@ def test_a_checkerboard_bundle_is_its_own_family_and_round_trips_any_size(cb_bun
         assert rec.shape == xc.shape
         # what the decoder synthesised is symbol + μ of the codec's own two passes
         sizes, y_sym, z_sym = codec.payload.unpack(payloads)
-        np.testing.assert_array_equal(y_sym, codec.payload.encode_symbols(*_analysed(codec, xc)))
+        np.testing.assert_array_equal(
+            y_sym, codec.payload.encode_symbols(*_analysed(codec, xc), codec.rounding)
+        )
         assert (
             codec.payload.pack(sizes, y_sym, z_sym) == payloads
         )  # tables from the symbols alone: same bytes
@@ -125,6 +127,7 @@ def _analysed(codec: CheckerboardCodec, x: np.ndarray) -> tuple[np.ndarray, np.n
 
 def test_tables_and_means_are_the_int64_reference_and_codes_are_residual_plus_mean(cb_bundle):
     codec = Codec.open(cb_bundle)
+    codec.rounding = 0.0  # plain rint (rate-aware rounding: tests/test_rd_rounding.py)
     x = fashion_test_items(32)
     payloads = codec.encode(x)
     _, y_sym, z_sym = codec.payload.unpack(payloads)

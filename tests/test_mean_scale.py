@@ -56,6 +56,7 @@ def test_a_mean_scale_bundle_is_its_own_family_and_round_trips_any_size(ms_bundl
 
 def test_the_means_are_the_integer_reference_and_the_codes_are_residual_plus_mean(ms_bundle):
     codec = Codec.open(ms_bundle)
+    codec.rounding = 0.0  # plain rint (rate-aware rounding: tests/test_rd_rounding.py)
     x = fashion_test_items(16)
     payloads = codec.encode(x)
     sizes, y_sym, z_sym = codec.payload.unpack(payloads)

@@ -279,6 +279,9 @@ def test_what_fits_the_budget_only_on_one_thread_is_still_decoded_on_one(tmp_pat
     from cloud.bundles import priced_codec
     from cloud.limits import Limits
 
+    # strips of 2^13 positions (the size before 2026-12-07's smaller strips): what puts this item's decode on two
+    # threads just over the default budget (smaller strips hold less, and the item would fit on two)
+    monkeypatch.setattr(hyper_decoder, "STRIP_POSITIONS", 1 << 13)
     shutil.copytree(BUNDLE, tmp_path / "bundles" / BUNDLE.name)
     codec = priced_codec(BUNDLE, 1, need=("encoder", "decoder"))
     payloads = codec.encode(photo(517, 389))

@@ -3,8 +3,13 @@
 A refactor or a faster implementation of any step (quantisation, table selection, entropy coding, layout)
 must not change one byte a device sends: payloads already stored in the cloud must keep decoding, and the
 edge and the cloud must agree. tests/data/zoo_payloads.json holds, per bundle id, the SHA-256 of the
-payloads of fixed inputs and of their decoded items, recorded with ``python -m tests.test_zoo_payloads``
+payloads of fixed inputs (code-map bundles: of fixed code maps, see ``digest``) and the mean of their decoded
+items, recorded with ``python -m tests.test_zoo_payloads``
 (run it only when a bundle is added or retrained, never to make this test pass after a code change).
+
+Mean-and-scale and checkerboard codecs encode with plain rounding here (``rounding = 0``): rate-aware rounding
+(latent_codec/rd_rounding.py) is the encoder's choice of symbols, deliberately different bytes that the same
+decoder reads, and tests/test_rd_rounding.py covers it; with κ = 0 every byte must be as recorded.
 """
 
 from __future__ import annotations
@@ -42,15 +47,47 @@ def _inputs(codec: Codec) -> list[np.ndarray]:
     return out
 
 
+def _code_maps(codec: Codec) -> list[tuple[np.ndarray, np.ndarray | None, np.ndarray]]:
+    """Seeded float code maps (ŷ, ẑ or None, true sizes) for a code-map bundle, on a 1/256 grid: exact floats,
+    so every step after the encoder graph gives the same bytes on every CPU (the graph's own floats may differ
+    in the last bit, and a value within 1e-6 of a rounding tie then flips: seen on a photo bundle)."""
+    rng = np.random.default_rng(20261207)
+    p = codec.payload
+    out = []
+    c, h0, w0 = codec.input.shape
+    shapes = [(24, h0, w0)] + ([(3, 13, 22), (3, 37, 9), (3, 64, 48)] if codec.input.any_size else [])
+    for n, h, w in shapes:
+        hy, wy = p.code_size(h, w)
+        y = np.round(rng.normal(0, 3, size=(n, p.code_channels, hy, wy)) * 256) / 256
+        hyper = None
+        if p.has_hyper:
+            hz, wz = p.hyper_size(h, w)
+            hyper = np.round(rng.normal(0, 2, size=(n, p.hyper_channels, hz, wz)) * 256) / 256
+            hyper = hyper.astype(np.float32)
+        out.append((y.astype(np.float32), hyper, np.tile([h, w], (n, 1))))
+    return out
+
+
 def digest(codec: Codec) -> dict:
+    """The payload hash (exact) and the mean decoded pixel (approximate: float graphs). Code-map bundles hash
+    the payloads of fixed code maps (``encode_maps``: every step after the encoder graph); flat bundles hash
+    the payloads of the fixed items."""
+    if hasattr(codec, "rounding"):
+        codec.rounding = 0.0  # plain rounding: the recorded bytes (see the module doc)
     pay = hashlib.sha256()
     total, count = 0.0, 0
+    maps = hasattr(codec, "encode_maps")
     for x in _inputs(codec):
         payloads = codec.encode(x)
-        for p in payloads:
-            pay.update(len(p).to_bytes(4, "little") + p)
+        if not maps:
+            for p in payloads:
+                pay.update(len(p).to_bytes(4, "little") + p)
         rec = codec.decode(payloads).astype(np.float64)
         total, count = total + float(rec.sum()), count + rec.size
+    if maps:
+        for y, hyper, sizes in _code_maps(codec):
+            for p in codec.encode_maps(y, hyper, sizes):
+                pay.update(len(p).to_bytes(4, "little") + p)
     return {"payloads": pay.hexdigest(), "decoded_mean": round(total / count, 4)}
 
 

@@ -25,6 +25,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flags.add_bundle(p)
     flags.add_source(p)
     flags.add_threads(p)
+    flags.add_rounding(p)
     p.add_argument("--batch-size", type=int, default=256, help="items encoded at once (of one size)")
     p.add_argument("--out", required=True, type=Path, help="the code file to write")
     flags.add_force(p)
@@ -35,7 +36,14 @@ def run(args: argparse.Namespace) -> int:
     if args.out.exists() and not args.force:
         raise DataError(f"{args.out} exists; pass --force to overwrite")
     codec, items = open_source(
-        args.bundle, args.data, args.split, args.limit, args.threads, grey=args.grey, alpha=args.alpha
+        args.bundle,
+        args.data,
+        args.split,
+        args.limit,
+        args.threads,
+        grey=args.grey,
+        alpha=args.alpha,
+        rounding=args.rounding,
     )
     codec.progress = StepProgress(not args.no_progress)
     payloads = encode_items(codec, items, range(len(items)), args.batch_size)

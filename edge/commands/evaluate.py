@@ -124,6 +124,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     flags.add_source(p)
     p.add_argument("--batch-size", type=int, default=500, help="items per request (of one size)")
     flags.add_threads(p)
+    flags.add_rounding(p)
     p.add_argument("--connect-timeout", type=float, default=10.0)
     p.add_argument("--timeout", type=float, default=None, help="deadline for the whole stream, seconds")
     p.add_argument("--no-evaluate", action="store_true", help="do not send originals; no MSE/PSNR")
@@ -145,7 +146,14 @@ def evaluate(args: argparse.Namespace) -> Report:
     if args.batch_size < 1:
         raise DataError("--batch-size must be at least 1")
     codec, items = open_source(
-        args.bundle, args.data, args.split, args.limit, args.threads, grey=args.grey, alpha=args.alpha
+        args.bundle,
+        args.data,
+        args.split,
+        args.limit,
+        args.threads,
+        grey=args.grey,
+        alpha=args.alpha,
+        rounding=args.rounding,
     )
     keep = args.keep_reconstructions is not None
     if keep and not items.uniform:

@@ -55,6 +55,18 @@ def add_threads(p: argparse.ArgumentParser) -> None:
     )
 
 
+def add_rounding(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--rounding",
+        type=float,
+        default=None,
+        metavar="KAPPA",
+        help="rate-aware rounding strength of a mean-and-scale or checkerboard bundle (latent_codec/"
+        "rd_rounding.py; 0 = plain rounding; default: the family's, 0.04 for mean-and-scale, 0.06 for checkerboard); "
+        "any value decodes with the same decoder",
+    )
+
+
 def add_force(p: argparse.ArgumentParser) -> None:
     p.add_argument("--force", action="store_true", help="overwrite existing output files")
 

@@ -79,6 +79,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "measure the quality it delivers on real data",
     )
     flags.add_threads(p)
+    flags.add_rounding(p)
     flags.add_report(p)
 
 

@@ -352,11 +352,14 @@ class MapPayload:
         z_sym: np.ndarray | None,
         progress: Progress | None = None,
         workers: Workers | None = None,
+        indices: np.ndarray | None = None,
     ) -> list[bytes]:
         """(N, 2) true sizes, (N, M, h, w) ŷ symbols, (N, Nh, hz, wz) ẑ symbols -> N payloads.
 
         Items go in groups of bounded size: table indices, the sort of each item's ŷ by table and the
         coder's runs are computed for the whole group with numpy, leaving one constriction call per run.
+        ``indices``: the table indices when the caller already computed them from ẑ (the same function of ẑ:
+        an encoder that needed them to choose its symbols saves the hyper-decoder's second pass).
         """
         n = len(y_sym)
         out = []
@@ -364,7 +367,10 @@ class MapPayload:
             hz, wz = z_sym.shape[2:]
             z_flat = np.ascontiguousarray(z_sym, np.int32).reshape(n, -1)
         for i0, i1 in self._groups(n, y_sym.shape[1:]):
-            idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1], workers)
+            if indices is not None:
+                idx = indices[i0:i1]
+            else:
+                idx = self.table_indices(y_sym[i0:i1].shape, None if z_sym is None else z_sym[i0:i1], workers)
             runs = _TableRuns(idx, self._y_models, presorted=self.entropy == "factorized")
             ordered = runs.sort(y_sym[i0:i1])
             for j in range(i1 - i0):
@@ -842,10 +848,18 @@ class MapCodec(Codec):
         n, _, h, w = x_raw.shape
         sizes = np.tile(np.asarray([h, w], np.int64), (n, 1))
         y, side = self.analyse(self.scale(x_raw))
-        z = self.payload.z_symbols(side["hyper"]) if self.payload.has_hyper else None
+        return self.encode_maps(y, side.get("hyper"), sizes, progress)
+
+    def encode_maps(
+        self, y: np.ndarray, hyper: np.ndarray | None, sizes: np.ndarray, progress: Progress | None = None
+    ) -> list[bytes]:
+        """Float code maps as the encoder graph outputs them (ŷ (N, M, h, w), and ẑ with a hyperprior) of items
+        of true sizes (N, 2) -> payloads: every step after the graph (quantisation, table selection, entropy
+        coding, layout). These steps are IEEE arithmetic and exact integers, so the same maps give the same
+        bytes on every machine; the graph's floats themselves may differ in the last bit across CPUs."""
+        z = self.payload.z_symbols(hyper) if self.payload.has_hyper and hyper is not None else None
         y_sym, extra = self._y_symbols(y, z, None)
-        del y, side
-        return self._pack(sizes, y_sym, z, extra, progress, None)
+        return self._pack(np.asarray(sizes, np.int64).reshape(-1, 2), y_sym, z, extra, progress, None)
 
     def _y_symbols(
         self, y: np.ndarray, z: np.ndarray | None, workers: Workers | None

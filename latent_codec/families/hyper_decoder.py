@@ -32,7 +32,8 @@ from ..parallel import Workers
 FLOAT32_EXACT = 1 << 24  # float32 represents every integer below 2^24 exactly
 FLOAT_EXACT = 1 << 53  # float64 likewise below 2^53: sums that stay below it are exact in any order
 INT64_EXACT = 1 << 63
-STRIP_POSITIONS = 1 << 13  # output positions per matrix product: im2col columns of a few MB
+STRIP_POSITIONS = 1 << 11  # output positions per matrix product: im2col columns of about a MB, which stay in
+# cache (measured against 2^13 in one run: the photo hyper-decoder 23 % faster, 28x28 table selection 36 %)
 
 
 _BLAS: list = []  # the process's threadpoolctl controller, made on first use

@@ -26,6 +26,7 @@ from ..bundle import Bundle
 from ..codec import Progress, Side
 from ..errors import PayloadError
 from ..parallel import Workers
+from ..rd_rounding import DEFAULT_KAPPA, RateRounding
 from ..registry import register_family
 from .code_map import MapCodec, MapPayload
 
@@ -70,9 +71,22 @@ class MeanScalePayload(MapPayload):
         """(N, M, h, w) float32 μ of every ŷ element, from ẑ alone."""
         return self._select(y_shape, z_sym, workers)[1]
 
-    def residual_symbols(self, y: np.ndarray, mu: np.ndarray) -> np.ndarray:
-        """Code map and means -> symbols of r = rint(y - μ) on the grid."""
-        return self.grid_symbols(np.asarray(y, np.float32) - mu, self.grid_bits)
+    def residual_symbols(
+        self, y: np.ndarray, mu: np.ndarray, idx: np.ndarray | None = None, kappa: float = 0.0
+    ) -> np.ndarray:
+        """Code map and means -> symbols of r = rint(y - μ) on the grid; with ``kappa`` > 0 and the elements'
+        table indices, r is floor or ceil of y - μ by rate-aware rounding (latent_codec/rd_rounding.py)."""
+        d = np.asarray(y, np.float32) - mu
+        if kappa <= 0 or idx is None:
+            return self.grid_symbols(d, self.grid_bits)
+        return self.rounding(kappa)(d, idx)
+
+    def rounding(self, kappa: float) -> RateRounding:
+        """The rate-aware rounding of this payload's tables at strength κ (built once per κ)."""
+        key = ("rounding", float(kappa))
+        if key not in self._cache:
+            self._cache[key] = RateRounding(self.y_tables.log2_probabilities, kappa, self.grid_bits)
+        return self._cache[key]
 
     def dequantise_with(self, symbols: np.ndarray, mu: np.ndarray) -> np.ndarray:
         """Symbols and means -> ŷ = r + μ (float32)."""
@@ -86,6 +100,9 @@ class MeanScaleCodec(MapCodec):
 
     payload_type = MeanScalePayload
     payload: MeanScalePayload
+    # The encoder's rounding of residuals: κ of latent_codec/rd_rounding.py (0: plain rint). Any value gives
+    # payloads every decoder reads; the edge CLI's --rounding sets it.
+    rounding: float = DEFAULT_KAPPA
 
     @classmethod
     def build(cls, bundle: Bundle, threads: int = 0) -> MeanScaleCodec:
@@ -99,10 +116,23 @@ class MeanScaleCodec(MapCodec):
     def _y_symbols(
         self, y: np.ndarray, z: np.ndarray | None, workers: Workers | None
     ) -> tuple[np.ndarray, Any]:
-        """The residuals around the means the integer hyper-decoder predicts from ẑ."""
+        """The residuals around the means the integer hyper-decoder predicts from ẑ, and their table indices
+        (the one hyper-decoder pass of the encode: ``_pack`` codes under these)."""
         assert z is not None
         p = self.payload
-        return p.residual_symbols(y, p.means(y.shape, z, workers)), None
+        idx, mu = p._select(y.shape, z, workers)
+        return p.residual_symbols(y, mu, idx, self.rounding), idx
+
+    def _pack(
+        self,
+        sizes: np.ndarray,
+        y_sym: np.ndarray,
+        z: np.ndarray | None,
+        extra: Any,
+        progress: Progress | None,
+        workers: Workers | None,
+    ) -> list[bytes]:
+        return self.payload.pack(sizes, y_sym, z, progress, workers, indices=extra)
 
     def quantise(self, codes: np.ndarray) -> np.ndarray:
         raise PayloadError(
