@@ -398,6 +398,47 @@ MUTATIONS: list[Mutation] = [
         ("tests/test_codemap.py",),
         "every map payload spells out its size, the trained size too",
     ),
+    # ---- rate-aware rounding at the encoder ---------------------------------------------------------------------
+    Mutation(
+        "rounding-ignores-rates",
+        "latent_codec/rd_rounding.py",
+        "t = 0.5 + 0.5 * self.kappa * extra",
+        "t = 0.5 + 0.0 * extra",
+        ("tests/test_rd_rounding.py",),
+        "residuals rounded to the nearest integer whatever their bits cost",
+    ),
+    Mutation(
+        "rounding-wrong-neighbour",
+        "latent_codec/rd_rounding.py",
+        "up = f > self.thresholds[np.asarray(idx, np.intp), s]",
+        "up = f < self.thresholds[np.asarray(idx, np.intp), s]",
+        ("tests/test_rd_rounding.py",),
+        "the rounding sends the neighbour of higher cost",
+    ),
+    Mutation(
+        "rounding-anchors-full-kappa",
+        "latent_codec/families/checkerboard.py",
+        "k_anchor = kappa * ANCHOR_ROUNDING",
+        "k_anchor = kappa",
+        ("tests/test_rd_rounding.py",),
+        "the checkerboard's anchors rounded at the non-anchors' strength",
+    ),
+    Mutation(
+        "rounding-off-by-default",
+        "latent_codec/families/mean_scale.py",
+        "    rounding: float = DEFAULT_KAPPA",
+        "    rounding: float = 0.0",
+        ("tests/test_rd_rounding.py",),
+        "the mean-and-scale encoder sends plain rounding unless asked",
+    ),
+    Mutation(
+        "meanscale-second-hyper-pass",
+        "latent_codec/families/mean_scale.py",
+        "return self.payload.pack(sizes, y_sym, z, progress, workers, indices=extra)",
+        "return self.payload.pack(sizes, y_sym, z, progress, workers)",
+        ("tests/test_rd_rounding.py",),
+        "a mean-and-scale encode runs the hyper-decoder twice",
+    ),
 ]
 
 
