@@ -3,7 +3,8 @@
 Payload kind ``map-meanscale``, format ``map+meanscale``. The layout is the scale hyperprior's
 (code_map.py: size header, ẑ under per-channel tables, then ŷ grouped by table); what differs is what a
 symbol means. The integer hyper-decoder has 2M outputs: the first M are means μ, the last M log σ. Each
-element of ŷ is sent as the residual r = rint(y - μ) on the grid, coded under the zero-mean Gaussian table
+element of ŷ is sent as an integer residual r next to y - μ on the grid (rint, or the neighbour that rate-aware
+rounding picks: latent_codec/rd_rounding.py, the codec's ``rounding``), coded under the zero-mean Gaussian table
 its σ selects, and the decoder feeds ŷ = r + μ to decoder.onnx.
 
 Why it stays deterministic: μ comes from the same exact integer arithmetic as the table indices
