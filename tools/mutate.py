@@ -434,8 +434,8 @@ MUTATIONS: list[Mutation] = [
     Mutation(
         "meanscale-second-hyper-pass",
         "latent_codec/families/mean_scale.py",
-        "return self.payload.pack(sizes, y_sym, z, progress, workers, indices=extra)",
-        "return self.payload.pack(sizes, y_sym, z, progress, workers)",
+        "return p.residual_symbols(y, mu, idx, self.rounding), idx",
+        "return p.residual_symbols(y, mu, idx, self.rounding), None",
         ("tests/test_rd_rounding.py",),
         "a mean-and-scale encode runs the hyper-decoder twice",
     ),

@@ -36,7 +36,7 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -560,22 +560,10 @@ class CheckerboardCodec(MeanScaleCodec):
 
     def _y_symbols(
         self, y: np.ndarray, z: np.ndarray | None, workers: Workers | None
-    ) -> tuple[np.ndarray, Any]:
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """Anchors, then non-anchors (the two passes once, on one thread): the symbols and their tables."""
         assert z is not None
         return self.payload.encode_indexed(y, z, self.rounding)
-
-    def _pack(
-        self,
-        sizes: np.ndarray,
-        y_sym: np.ndarray,
-        z: np.ndarray | None,
-        extra: Any,
-        progress: Progress | None,
-        workers: Workers | None,
-    ) -> list[bytes]:
-        assert z is not None
-        return self.payload.pack_indexed(sizes, y_sym, z, extra, progress)
 
     def symbols(self, payloads: Sequence[bytes]) -> tuple[np.ndarray, Side]:
         """Payloads of one size -> (residual symbols, {"size": (N, 2), "mean": μ (N, M, h, w)})."""

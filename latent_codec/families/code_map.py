@@ -839,9 +839,9 @@ class MapCodec(Codec):
     ) -> list[bytes]:
         """One item bigger than an analysis tile -> its payload (tiles and strips on the codec's workers)."""
         y, z = self.analyse_tiled(x_one, progress, quantise=self.symbols_from_y_alone)
-        y_sym, extra = self._y_symbols(y, z, self.workers)
+        y_sym, idx = self._y_symbols(y, z, self.workers)
         del y  # the float map of a big item is the largest array of the encode: gone before entropy coding
-        return self._pack(size, y_sym, z, extra, progress, self.workers)
+        return self.payload.pack(size, y_sym, z, progress, self.workers, indices=idx)
 
     def _encode_whole(self, x_raw: np.ndarray, progress: Progress | None) -> list[bytes]:
         """Items of one size, small enough to analyse whole, -> payloads (one thread)."""
@@ -858,26 +858,16 @@ class MapCodec(Codec):
         coding, layout). These steps are IEEE arithmetic and exact integers, so the same maps give the same
         bytes on every machine; the graph's floats themselves may differ in the last bit across CPUs."""
         z = self.payload.z_symbols(hyper) if self.payload.has_hyper and hyper is not None else None
-        y_sym, extra = self._y_symbols(y, z, None)
-        return self._pack(np.asarray(sizes, np.int64).reshape(-1, 2), y_sym, z, extra, progress, None)
+        y_sym, idx = self._y_symbols(y, z, None)
+        return self.payload.pack(np.asarray(sizes, np.int64).reshape(-1, 2), y_sym, z, progress, indices=idx)
 
     def _y_symbols(
         self, y: np.ndarray, z: np.ndarray | None, workers: Workers | None
-    ) -> tuple[np.ndarray, Any]:
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """ŷ (float, or already symbols when tiled with symbols_from_y_alone) and ẑ's symbols -> (ŷ's symbols,
-        whatever the family's ``_pack`` needs besides). The families override this and ``_pack`` only."""
+        their table indices when the family computed them to choose the symbols, else None: packing codes under
+        the given indices instead of running the hyper-decoder again). The families override this only."""
         return (y if y.dtype == np.uint16 else self.quantise(y)), None
-
-    def _pack(
-        self,
-        sizes: np.ndarray,
-        y_sym: np.ndarray,
-        z: np.ndarray | None,
-        extra: Any,
-        progress: Progress | None,
-        workers: Workers | None,
-    ) -> list[bytes]:
-        return self.payload.pack(sizes, y_sym, z, progress, workers)
 
     # ---- tiles ----------------------------------------------------------------------------------------------
     def tiled_encode(self, h: int, w: int) -> bool:

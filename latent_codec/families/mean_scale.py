@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import numpy as np
 
@@ -116,24 +116,13 @@ class MeanScaleCodec(MapCodec):
 
     def _y_symbols(
         self, y: np.ndarray, z: np.ndarray | None, workers: Workers | None
-    ) -> tuple[np.ndarray, Any]:
+    ) -> tuple[np.ndarray, np.ndarray | None]:
         """The residuals around the means the integer hyper-decoder predicts from ẑ, and their table indices
-        (the one hyper-decoder pass of the encode: ``_pack`` codes under these)."""
+        (the one hyper-decoder pass of the encode: packing codes under these)."""
         assert z is not None
         p = self.payload
         idx, mu = p._select(y.shape, z, workers)
         return p.residual_symbols(y, mu, idx, self.rounding), idx
-
-    def _pack(
-        self,
-        sizes: np.ndarray,
-        y_sym: np.ndarray,
-        z: np.ndarray | None,
-        extra: Any,
-        progress: Progress | None,
-        workers: Workers | None,
-    ) -> list[bytes]:
-        return self.payload.pack(sizes, y_sym, z, progress, workers, indices=extra)
 
     def quantise(self, codes: np.ndarray) -> np.ndarray:
         raise PayloadError(
