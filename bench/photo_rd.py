@@ -26,6 +26,7 @@ import numpy as np
 
 from bench import msssim
 from bench.bdrate import bd_rate_window, pareto
+from bench.families import bundle_family
 from latent_codec.bundle import Bundle, find_bundles, load_bundle
 from latent_codec.errors import CodecError
 
@@ -173,10 +174,8 @@ def run_project(
     rows = []
     for b in bundles:
         codec = Codec.from_bundle(b, threads)
-        # Each entropy-model family is its own curve (the mean-and-scale and checkerboard photo ladders).
-        family = f"aecodec {b.manifest.model.get('name', 'model')}" + (
-            "-checkerboard" if "checkerboard" in b.manifest.payload.format else ""
-        )
+        # Each family is its own curve (bench/families.py: entropy model and depth).
+        family = bundle_family(b.manifest)
         codec.decode(
             codec.encode(photos[0][None])
         )  # warm up the sessions: the timings are per photo afterwards

@@ -90,6 +90,7 @@ def measure_bundle(
     info = {
         "bundle_id": codec.bundle_id,
         "format": codec.format,
+        "stride": getattr(codec.payload, "stride", None),
         "model": m.model,
         "rd_lambda": (m.training.get("config") or {}).get("rd_lambda"),
         "path": str(bundle_dir),

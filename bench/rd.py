@@ -28,6 +28,7 @@ import numpy as np
 
 from bench import classic, pca, quality
 from bench.bdrate import bd_rate, bd_rate_window, common_range, pareto
+from bench.families import family_name
 from latent_codec import datasets
 from latent_codec.bundle import InputSpec, find_bundles
 from latent_codec.errors import CodecError
@@ -101,10 +102,8 @@ def run_project(items: np.ndarray, bundles_root: Path, threads: int) -> list[dic
     rows = []
     for b in find_bundles(bundles_root):
         sizes, recon, info = measure_bundle(b, items, threads)
-        # The two entropy models of spatial maps are separate curves: which one wins where is a finding.
-        family = f"aecodec {info['model']['name']}" + (
-            "-factorized" if info["format"] == "map+factorized" else ""
-        )
+        # Each family is its own curve (bench/families.py: entropy model and depth).
+        family = family_name(info["model"]["name"], info["format"], info.get("stride"))
         rows.append(
             _row(
                 family,

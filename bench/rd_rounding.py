@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bench.families import bundle_family
 from bench.photo_rd import bd, colour_bundles, load_photos, luma, psnr
 
 
@@ -54,10 +55,6 @@ def measure(codec, photos: list[np.ndarray], kappa: float) -> dict:
     }
 
 
-def family_of(bundle) -> str:
-    return "checkerboard" if "checkerboard" in bundle.manifest.payload.format else "mean-and-scale"
-
-
 def run(args: argparse.Namespace) -> dict:
     from latent_codec.codec import Codec
 
@@ -71,7 +68,9 @@ def run(args: argparse.Namespace) -> dict:
         if not hasattr(codec, "rounding"):
             continue
         for k in kappas:
-            rows.append({"family": family_of(b), "bundle": b.path.name, **measure(codec, photos, k)})
+            rows.append(
+                {"family": bundle_family(b.manifest), "bundle": b.path.name, **measure(codec, photos, k)}
+            )
             print(
                 f"{b.path.name} κ={k}: {rows[-1]['bpp']:.4f} bpp {rows[-1]['psnr']:.2f} dB", file=sys.stderr
             )

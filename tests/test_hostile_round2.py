@@ -62,13 +62,12 @@ def test_the_budget_counts_the_decoder_graph_and_the_hyper_decoder_not_only_the_
     +3.8 GiB when the whole item went through the graph at once: its price includes the graph's working memory,
     measured from the graph, and the unpacked codes. Since issue 21 such an item is synthesised tile by tile,
     so the graph's part is one tile's (hundreds of bytes per pixel of the tile's window), still counted."""
-    from latent_codec.families import code_map
 
     costs = map_codec.decode_costs([claim(2640, 2640, map_codec)])
     pixels = 2640 * 2640
     assert int(costs.out_bytes[0]) == pixels * 4
     g = map_codec.graph_cost
-    tile_pixels = ((code_map.DECODE_TILE + 2 * map_codec._decode_margin()) * map_codec.payload.stride) ** 2
+    tile_pixels = ((map_codec.decode_core() + 2 * map_codec._decode_margin()) * map_codec.payload.stride) ** 2
     assert costs.graph_bytes[0] == g.bytes(np.asarray([tile_pixels]))[0] > 100 * tile_pixels
     assert costs.unpack_bytes[0] > 8 * pixels // 16  # the unpacked codes: a few bytes per code symbol
     assert costs.item_bytes()[0] > 8 * int(costs.out_bytes[0])

@@ -183,3 +183,19 @@ def test_max_side_downscales_without_upscaling():
     # Lanczos keeps a smooth picture's colours: the mean survives
     smooth = np.broadcast_to(np.array([40, 120, 200], np.uint8)[:, None, None], (3, 300, 200)).copy()
     assert np.abs(downscale(smooth, 100).astype(int) - smooth[:, :100, :67].astype(int)).max() <= 1
+
+
+def test_one_rule_names_every_benchmark_curve():
+    """bench/families.py: the committed curves keep their names; a deeper map is a curve of its own."""
+    from bench.families import bundle_family, family_name
+    from latent_codec.bundle import load_bundle
+    from tests.helpers import ROOT
+
+    assert family_name("spatial", "map+meanscale", 4) == "aecodec spatial"
+    assert family_name("spatial", "map+checkerboard", 4) == "aecodec spatial-checkerboard"
+    assert family_name("spatial", "map+factorized", 4) == "aecodec spatial-factorized"
+    assert family_name("spatial", "map+meanscale", 8) == "aecodec spatial-s8"
+    assert family_name("spatial", "map+checkerboard", 8) == "aecodec spatial-s8-checkerboard"
+    assert family_name("conv", "ans", None) == "aecodec conv"
+    names = {bundle_family(load_bundle(p).manifest) for p in (ROOT / "zoo" / "photo").iterdir() if p.is_dir()}
+    assert {"aecodec spatial", "aecodec spatial-checkerboard"} <= names

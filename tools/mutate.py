@@ -439,6 +439,39 @@ MUTATIONS: list[Mutation] = [
         ("tests/test_rd_rounding.py",),
         "a mean-and-scale encode runs the hyper-decoder twice",
     ),
+    # ---- deeper code maps (stride 8 / 16) -----------------------------------------------------------------------
+    Mutation(
+        "deep-decode-tile-in-elements",
+        "latent_codec/families/code_map.py",
+        "return max(2, DECODE_TILE * 4 // self.payload.stride)",
+        "return DECODE_TILE",
+        ("tests/test_deep_maps.py",),
+        "a stride-16 map's synthesis tiles hold 16 times the pixels of a stride-4 map's",
+    ),
+    Mutation(
+        "deep-probe-too-small",
+        "latent_codec/families/code_map.py",
+        "side = max(128, 16 * self._align())",
+        "side = 128",
+        ("tests/test_deep_maps.py",),
+        "the receptive-field probe of a deep encoder is too small for its ẑ map: big items are not tiled",
+    ),
+    Mutation(
+        "deep-family-unnamed",
+        "bench/families.py",
+        'name += f"-s{int(stride)}"',
+        "pass",
+        ("tests/test_photo_rd.py",),
+        "the benchmarks merge a deeper ladder into the default ladder's curve",
+    ),
+    Mutation(
+        "step-speed-no-compile",
+        "training/step_speed.py",
+        "    if compile_forward:",
+        "    if False:",
+        ("tests/test_step_speed.py",),
+        "--compile is accepted and ignored",
+    ),
 ]
 
 

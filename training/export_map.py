@@ -31,7 +31,6 @@ from training.exporters import ExportJob, register_exporter
 from training.models.spatial import (
     CONTEXT_FRAC_BITS,
     HYPER_ENTROPY,
-    STRIDE,
     log_scale_thresholds,
     scale_table,
 )
@@ -86,7 +85,7 @@ def export_map(job: ExportJob) -> Manifest:
             yb = grid_bits(torch.from_numpy(np.concatenate(ys)))
             lo, hi = -(1 << (yb - 1)), (1 << (yb - 1)) - 1
             probs = model.y_prior.table(lo, hi).numpy()
-            payload = MapPayload("factorized", m, STRIDE, yb, FactorizedPrior.from_probabilities(probs))
+            payload = MapPayload("factorized", m, model.stride, yb, FactorizedPrior.from_probabilities(probs))
         else:
             zb = grid_bits(torch.from_numpy(np.concatenate(zs)))
             zlo, zhi = -(1 << (zb - 1)), (1 << (zb - 1)) - 1
@@ -107,7 +106,7 @@ def export_map(job: ExportJob) -> Manifest:
 
             def make(yb: int) -> MapPayload:
                 tables = FactorizedPrior.gaussian(scale_table(), yb)
-                args = (model.entropy, m, STRIDE, yb, tables, model.args["hyper_channels"], 2, zb)
+                args = (model.entropy, m, model.stride, yb, tables, model.args["hyper_channels"], 2, zb)
                 if context is not None:
                     return CheckerboardPayload(*args, z_tables, decoder, context=context)
                 return cls(*args, z_tables, decoder)
@@ -152,7 +151,7 @@ def _placeholder(model) -> MapPayload:
     return MapPayload(
         "factorized",
         model.args["code_channels"],
-        STRIDE,
+        model.stride,
         2,
         FactorizedPrior(np.full((model.args["code_channels"], 4), 1 << 14, np.int64)),
     )

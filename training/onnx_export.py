@@ -118,14 +118,14 @@ class _MapDecoder(torch.nn.Module):
 
 def export_map_graphs(model, sample: torch.Tensor) -> tuple[bytes, bytes]:
     """Spatial models: batch, height and width all dynamic (height and width multiples of the stride)."""
-    from training.models.spatial import HYPER_ENTROPY, STRIDE
+    from training.models.spatial import HYPER_ENTROPY
 
     model.eval()
     hyper = model.entropy in HYPER_ENTROPY
     n, h, w = (torch.export.Dim(k, min=1, max=1 << 14) for k in ("batch", "h", "w"))
     buf_names = ["code", "hyper"] if hyper else ["code"]
     enc = _export_dynamic(
-        _MapEncoder(model), (sample,), ["x"], buf_names, ({0: n, 2: STRIDE * h, 3: STRIDE * w},)
+        _MapEncoder(model), (sample,), ["x"], buf_names, ({0: n, 2: model.stride * h, 3: model.stride * w},)
     )
     with torch.no_grad():
         code = model.encode(sample)[0]

@@ -28,6 +28,8 @@ FREE_FIELDS = (
     "state",
     "stop_at_step",
     "stop_after_minutes",
+    "channels_last",  # step speed only (training/step_speed.py)
+    "compile",
 )
 
 

@@ -56,7 +56,10 @@ SORT_BLOCK = 1 << 20  # ŷ elements per argsort call (8 MB of int64 positions)
 GROUP_ELEMENTS = 1 << 22  # ŷ elements of the items coded together per pass (int32 buffers of 16 MB)
 ENCODE_TILE = 512  # pixels per side of an analysis tile's core (items larger than one tile are tiled)
 RELEASE_AFTER_TILES = 4  # items of more analysis tiles give the encoder's arena back before entropy coding
-DECODE_TILE = 64  # code elements per side of a synthesis tile's core (256 pixels at stride 4)
+DECODE_TILE = (
+    64  # code elements per side of a synthesis tile's core at stride 4 (256 pixels; the same pixels at
+)
+# other strides: ``decode_core``)
 UNPACK_BYTES_PER_SYMBOL = 14  # what unpacking holds per code symbol (MapCodec.unpack_costs)
 UNSCALE_BLOCK = 1 << 20  # values converted to raw pixels at a time (a few MB of temporaries)
 SMALL_Z = 64  # ẑ elements per channel up to which an item's ẑ is coded in one call (per-symbol rows)
@@ -767,7 +770,7 @@ class MapCodec(Codec):
             hy, wy = p.code_size(h, w)
             pixels = [
                 (t.r1 - t.r0) * (t.c1 - t.c0) * s * s
-                for t in tiles(hy, wy, DECODE_TILE, self._decode_margin(), 1)
+                for t in tiles(hy, wy, self.decode_core(), self._decode_margin(), 1)
             ]
             same = np.all(sizes == (h, w), axis=1)
             at_once = max(1, min(threads, len(pixels)))  # tiles on the threads at once, each its own run
@@ -880,7 +883,12 @@ class MapCodec(Codec):
         """Whether items of h x w pixels are synthesised in tiles."""
         hy, wy = self.payload.code_size(h, w)
         margin = self._decode_margin()
-        return margin >= 0 and max(hy, wy) > DECODE_TILE + 2 * margin
+        return margin >= 0 and max(hy, wy) > self.decode_core() + 2 * margin
+
+    def decode_core(self) -> int:
+        """Code elements per side of a synthesis tile's core: DECODE_TILE at stride 4, the same pixels at others
+        (a stride-16 map's 64 elements would be 1,024 pixels a side, a quarter of a GB of activations per tile)."""
+        return max(2, DECODE_TILE * 4 // self.payload.stride)
 
     def _align(self) -> int:
         """Pixels per element of the coarsest map the encoder outputs (ẑ with a hyperprior)."""
@@ -898,7 +906,8 @@ class MapCodec(Codec):
 
             strides = [self.payload.stride, self._align()] if hyper else [self.payload.stride]
             try:
-                r = probe_radius(run, (self.channels, 128, 128), strides)
+                side = max(128, 16 * self._align())  # ẑ's map 16 elements wide: room for its receptive field
+                r = probe_radius(run, (self.channels, side, side), strides)
             except BundleError:  # opened without its encoder: nothing to tile
                 return 0
             self._margins["encode"] = -1 if r is None else round_up(r, self._align()) + self._align()
@@ -977,7 +986,7 @@ class MapCodec(Codec):
         s = self.payload.stride
         raw_dtype = np.uint8 if self.input.dtype == "uint8" else np.float32
         out = np.empty((n, self.channels, h, w), np.float32 if unit else raw_dtype)
-        ts = tiles(hy, wy, DECODE_TILE, self._decode_margin(), 1)
+        ts = tiles(hy, wy, self.decode_core(), self._decode_margin(), 1)
         for i in range(n):
 
             def tile(

@@ -28,8 +28,13 @@ U[:, M:], side="right") as today. Encoder: symbol = rint(float32 y - μ) on the 
 (the grid is fitted on round(y - μ), not on round(y)). Decoder: ŷ = float32(symbol + μ) into g_s. Every table
 choice and every ŷ is then a function of decoded integers only, as the scale hyperprior's rule requires.
 
-kernel: the size of g_a's two strided convolutions and g_s's two transposed ones (5, as Ballé et al.; 3 is
-cheaper); the convolutions next to the code are 3x3 either way.
+kernel: the size of g_a's strided convolutions and g_s's transposed ones (5, as Ballé et al.; 3 is cheaper); the
+convolutions next to the code are 3x3 either way.
+
+downsamples: g_a's strided convolutions, 2 (the default: y at 1/4 of the item's side, as drawn above), 3 or 4 (y
+at 1/8 or 1/16; g_s mirrors them). A deeper map's code elements each see a wider neighbourhood of pixels: on
+whole photographs the stride-8 photo ladder needs about a third fewer bytes than the stride-4 one
+(docs/photo_training.md). The codec side reads the stride from the bundle's payload.
 
 h_s is trained in floating point here but shipped as integers (latent_codec/families/hyper_decoder.py's
 IntegerHyperDecoder: weights times 2^F, int64 arithmetic, integer thresholds on log σ), so the
@@ -50,7 +55,7 @@ from ..rate import FactorizedLogisticPrior, quantize_proxy
 from ..registry import register_model
 from .base import Autoencoder
 
-STRIDE = 4  # g_a's total downsampling: items are padded to a multiple of it
+STRIDE = 4  # g_a's total downsampling by default (``downsamples`` = 2): items are padded to a multiple of it
 HYPER_STRIDE = 2  # h_a's further downsampling of y
 SCALE_MIN, SCALE_MAX, SCALE_LEVELS = 0.11, 256.0, 64  # the Gaussian scale table (CompressAI's values)
 LIKELIHOOD_FLOOR = 1e-9
@@ -60,6 +65,7 @@ MEAN_ENTROPY = ("meanscale", "checkerboard")  # h_s predicts 2M channels: means,
 CONTEXT_FRAC_BITS = 10  # the checkerboard context's fixed point (= training/export_map.py's HYPER_FRAC_BITS)
 CONTEXT_KERNEL = 5  # the masked convolution over the anchors (He et al. 2021)
 KERNELS = (3, 5)
+DOWNSAMPLES = (2, 3, 4)  # g_a's strided convolutions: code maps at 1/4, 1/8 or 1/16 of the item's side
 
 
 def scale_table() -> list[float]:
@@ -147,6 +153,7 @@ class SpatialAutoencoder(Autoencoder):
         standardize: bool = False,
         loss: str | None = None,
         kernel: int = 5,
+        downsamples: int = 2,
     ):
         super().__init__(input_shape, output, standardize, loss)
         if entropy not in ENTROPY_MODELS:
@@ -155,22 +162,32 @@ class SpatialAutoencoder(Autoencoder):
             raise ValueError(f"kernel must be one of {KERNELS}, got {kernel!r}")
         if standardize:
             raise ValueError("spatial models take any item size: per-pixel standardisation does not apply")
+        if int(downsamples) not in DOWNSAMPLES:
+            raise ValueError(f"downsamples must be one of {DOWNSAMPLES}, got {downsamples!r}")
         c, n, m, nh = int(input_shape[0]), int(channels), int(code_channels), int(hyper_channels)
         self.args.update(
             {"channels": n, "code_channels": m, "hyper_channels": nh, "entropy": entropy, "gdn": bool(gdn)}
         )
         if kernel != 5:  # recorded only when not the default: earlier checkpoints and bundle ids unchanged
             self.args["kernel"] = int(kernel)
+        d = int(downsamples)
+        if d != 2:  # likewise
+            self.args["downsamples"] = d
         self.entropy = entropy
+        self.stride = 1 << d  # pixels per code element along each side
         k = int(kernel)
 
         def act(ch: int, inverse: bool = False) -> nn.Module:
             return GDN(ch, inverse) if gdn else nn.ReLU()
 
-        self.g_a = nn.Sequential(_conv(c, n, k, 2), act(n), _conv(n, n, k, 2), act(n), _conv(n, m, 3))
-        self.g_s = nn.Sequential(
-            _conv(m, n, 3), act(n, True), _deconv(n, n, k), act(n, True), _deconv(n, c, k)
-        )
+        analysis: list[nn.Module] = [_conv(c, n, k, 2), act(n)]
+        for _ in range(d - 1):
+            analysis += [_conv(n, n, k, 2), act(n)]
+        self.g_a = nn.Sequential(*analysis, _conv(n, m, 3))
+        synthesis: list[nn.Module] = [_conv(m, n, 3), act(n, True)]
+        for _ in range(d - 1):
+            synthesis += [_deconv(n, n, k), act(n, True)]
+        self.g_s = nn.Sequential(*synthesis, _deconv(n, c, k))
         if entropy in HYPER_ENTROPY:
             self.h_a = nn.Sequential(_conv(m, nh, 3), nn.ReLU(), _conv(nh, nh, 5, HYPER_STRIDE))
             # Nearest-neighbour upsampling + two 3x3 convolutions: simple to run exactly in integers.
@@ -198,7 +215,7 @@ class SpatialAutoencoder(Autoencoder):
 
     # ---- the two exported graphs ------------------------------------------------------------------
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Padded input (H, W multiples of STRIDE) -> (y, {"hyper": z before rounding} with a hyperprior)."""
+        """Padded input (H, W multiples of the stride) -> (y, {"hyper": z before rounding} with a hyperprior)."""
         y = self.g_a(x)
         return y, ({"hyper": self.h_a(y)} if self.entropy in HYPER_ENTROPY else {})
 
@@ -298,9 +315,8 @@ class SpatialAutoencoder(Autoencoder):
             return True
         return False
 
-    @staticmethod
-    def pad_amounts(h: int, w: int) -> tuple[int, int]:
-        return (-h) % STRIDE, (-w) % STRIDE
+    def pad_amounts(self, h: int, w: int) -> tuple[int, int]:
+        return (-h) % self.stride, (-w) % self.stride
 
     def forward(self, x01: torch.Tensor) -> dict[str, torch.Tensor]:
         h, w = x01.shape[-2:]
