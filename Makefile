@@ -133,11 +133,13 @@ endif
 # them to runs/photo/bundles (docs/rd_ladder_photo.json); stage 2 (preset photo-long) continues each rung from its
 # own stage-1 checkpoint and exports into zoo/photo (docs/rd_ladder_photo_long.json); stage 3 (preset
 # photo-checkerboard) trains a checkerboard context on each stage-2 rung and exports it beside it into zoo/photo
-# (photo-checkerboard-lambda-L, docs/rd_ladder_photo_checkerboard.json); every rung's training time is in those
-# files. Resumable: after an interruption the same command continues each rung from its last state in runs/photo,
-# runs/photo-long and runs/photo-checkerboard. To export without retraining, copy the committed checkpoints first:
-#   mkdir -p runs/photo runs/photo-long runs/photo-checkerboard && cp checkpoints/photo/*.pt runs/photo/ && \
-#   cp checkpoints/photo-long/*.pt runs/photo-long/ && cp checkpoints/photo-checkerboard/*.pt runs/photo-checkerboard/
+# (photo-checkerboard-lambda-L, docs/rd_ladder_photo_checkerboard.json). The deeper ladder (code maps at 1/8 of the
+# side): preset photo-deep trains its first rung from scratch and the others from the nearest lambda's, preset
+# photo-deep-checkerboard a checkerboard context on each (photo-deep-lambda-L, photo-deep-checkerboard-lambda-L in
+# zoo/photo). Every rung's training time is in those files. Resumable: after an interruption the same command
+# continues each rung from its last state in runs/<preset>. To export without retraining, copy the committed
+# checkpoints first: for d in photo photo-long photo-checkerboard photo-deep photo-deep-checkerboard; do
+#   mkdir -p runs/$d && cp checkpoints/$d/*.pt runs/$d/; done
 PHOTO_CROPS := data/crops/photo-64.npz
 photo-zoo: setup photos
 	@test -f $(PHOTO_CROPS) || $(PY) -m training.crops --photos data/photos/train --exclude data/photos/heldout \
@@ -145,6 +147,8 @@ photo-zoo: setup photos
 	$(PY) -m bench.train_ladder --preset photo --resume --out runs/photo/bundles --summary docs/rd_ladder_photo.json
 	$(PY) -m bench.train_ladder --preset photo-long --resume --out zoo/photo --summary docs/rd_ladder_photo_long.json
 	$(PY) -m bench.train_ladder --preset photo-checkerboard --resume --out zoo/photo --summary docs/rd_ladder_photo_checkerboard.json
+	$(PY) -m bench.train_ladder --preset photo-deep --resume --out zoo/photo --summary docs/rd_ladder_photo_deep.json
+	$(PY) -m bench.train_ladder --preset photo-deep-checkerboard --resume --out zoo/photo --summary docs/rd_ladder_photo_deep_checkerboard.json
 
 # Whole held-out photographs (PHOTOS, default data/photos/heldout): the colour bundles under zoo/ (PHOTO_ZOO) vs JPEG
 # 4:2:0/4:4:4, WebP, AVIF in bits per pixel, PSNR RGB/luma, MS-SSIM -> docs/photo_rd.{md,json,png}, photo_rd_crops.png.

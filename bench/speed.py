@@ -43,14 +43,16 @@ MAP_BUNDLES = (
     "zoo/spatial-lambda-0.0004",
 )
 # The Fashion-MNIST map bundles on grey photos, and the photo zoo's (colour, docs/photo_training.md) middle and
-# highest-rate mean-and-scale rungs and its middle checkerboard rung on colour photos: what a user who sends
-# photographs runs.
+# highest-rate mean-and-scale rungs and its middle checkerboard rung on colour photos, and the deeper (stride-8)
+# ladder's middle rungs of both families: what a user who sends photographs runs.
 PHOTO_BUNDLES = (
     "zoo/spatial-lambda-0.0032",
     "zoo/spatial-factorized-lambda-0.0064",
     "zoo/photo/photo-lambda-0.005",
     "zoo/photo/photo-lambda-0.0012",
     "zoo/photo/photo-checkerboard-lambda-0.005",
+    "zoo/photo/photo-deep-lambda-0.005",
+    "zoo/photo/photo-deep-checkerboard-lambda-0.005",
 )
 E2E_BUNDLE = "zoo/spatial-lambda-0.0032"
 BIG = (3000, 4000)  # the 12-megapixel photo

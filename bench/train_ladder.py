@@ -44,6 +44,7 @@ CONV_ARGS = {
 }
 # The photo ladder's model (both stages): GDN, 3x3 kernels, mean-and-scale hyperprior (docs/photo_training.md).
 PHOTO_ARGS = {"channels": 64, "code_channels": 32, "hyper_channels": 24, "entropy": "meanscale", "kernel": 3}
+PHOTO_DEEP_ARGS = {**PHOTO_ARGS, "code_channels": 64, "hyper_channels": 48, "downsamples": 3}
 # What the photo ladder's three stages share (photo, photo-long, photo-checkerboard); the later two continue each
 # rung from its own lambda's checkpoint of the stage before under a fresh cosine schedule at this rate, half the
 # first stage's peak.
@@ -174,6 +175,39 @@ PRESETS: dict[str, dict] = {
         **PHOTO_RECIPE,
         "lr": 1e-3,
         "runs": "runs/photo",
+    },
+    # The deeper photo ladder (docs/photo_training.md): the photo preset's recipe on a code map at 1/8 of the
+    # photograph's side (three strided convolutions, 64 code channels, 48 hyper channels), whose code elements
+    # each see a wider neighbourhood of pixels; compiled, channels-last steps (training/step_speed.py).
+    "photo-deep": {
+        "model": "spatial",
+        "args": PHOTO_DEEP_ARGS,
+        "lambdas": "0.005,0.0025,0.012,0.0012,0.04",
+        "chain": "nearest",
+        "first_steps": 20000,
+        "steps": 8000,
+        **PHOTO_RECIPE,
+        "lr": 1e-3,
+        "checkpoint_minutes": 5,
+        "compile": True,
+        "channels_last": True,
+        "bundle_name": "photo-deep",
+        "runs": "runs/photo-deep",
+    },
+    # The deeper photo ladder's checkerboard family: each rung from its own lambda's photo-deep checkpoint, as
+    # photo-checkerboard does for the photo ladder.
+    "photo-deep-checkerboard": {
+        "model": "spatial",
+        "args": {**PHOTO_DEEP_ARGS, "entropy": "checkerboard"},
+        "lambdas": "0.005,0.0025,0.012,0.0012,0.04",
+        "start_from": "runs/photo-deep",
+        "steps": 6000,
+        **PHOTO_RECIPE,
+        "checkpoint_minutes": 5,
+        "compile": True,
+        "channels_last": True,
+        "bundle_name": "photo-deep-checkerboard",
+        "runs": "runs/photo-deep-checkerboard",
     },
     # The photo ladder's second stage: every rung continues from its own lambda's first-stage checkpoint
     # (runs/photo, or the committed checkpoints/photo) for another 10,000 steps (6,000 for the two end rungs,
@@ -414,6 +448,18 @@ def _parser(preset: dict) -> argparse.ArgumentParser:
     )
     p.add_argument("--threads", type=int, default=preset.get("threads", 2))
     p.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=preset.get("compile", False),
+        help="as training.train --compile (faster CPU steps after a minute or two of compiling)",
+    )
+    p.add_argument(
+        "--channels-last",
+        action=argparse.BooleanOptionalAction,
+        default=preset.get("channels_last", False),
+        help="as training.train --channels-last",
+    )
+    p.add_argument(
         "--device", default="auto", choices=["auto", "cpu", "cuda"], help="as training.train --device"
     )
     p.add_argument(
@@ -520,6 +566,8 @@ def train_ladder(args: argparse.Namespace) -> dict:
         lr=args.lr,
         threads=args.threads,
         device=args.device,
+        compile=args.compile,
+        channels_last=args.channels_last,
         schedule=args.schedule,
         val_split=args.val_split,
         val_items=args.val_items,

@@ -48,7 +48,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-PHOTO_BUNDLE = ROOT / "zoo" / "photo" / "photo-lambda-0.005"
+PHOTO_BUNDLE = ROOT / "zoo" / "photo" / "photo-deep-lambda-0.005"
 HELD_OUT = ROOT / "data" / "photos" / "heldout" / "plasma-ColorfulCups.jpg"
 PHOTO_SIDE = 1024  # the photograph's longest side in the demo: a phone's share-size picture
 
