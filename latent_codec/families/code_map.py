@@ -56,10 +56,9 @@ SORT_BLOCK = 1 << 20  # ŷ elements per argsort call (8 MB of int64 positions)
 GROUP_ELEMENTS = 1 << 22  # ŷ elements of the items coded together per pass (int32 buffers of 16 MB)
 ENCODE_TILE = 512  # pixels per side of an analysis tile's core (items larger than one tile are tiled)
 RELEASE_AFTER_TILES = 4  # items of more analysis tiles give the encoder's arena back before entropy coding
-DECODE_TILE = (
-    64  # code elements per side of a synthesis tile's core at stride 4 (256 pixels; the same pixels at
-)
-# other strides: ``decode_core``)
+# code elements per side of a synthesis tile's core at stride 4 (256 pixels; the same pixels at other strides:
+# MapCodec.decode_core)
+DECODE_TILE = 64
 UNPACK_BYTES_PER_SYMBOL = 14  # what unpacking holds per code symbol (MapCodec.unpack_costs)
 UNSCALE_BLOCK = 1 << 20  # values converted to raw pixels at a time (a few MB of temporaries)
 SMALL_Z = 64  # ẑ elements per channel up to which an item's ẑ is coded in one call (per-symbol rows)
